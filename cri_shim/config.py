@@ -1,0 +1,237 @@
+"""The daemon's configuration: a TOML file, then command-line flags on top.
+
+The schema is the dataclasses below (and the engine's in ``runtime.config``): one loader
+walks them, so every key is typed, an unknown key or a bad value stops start-up with a
+message naming the key, and the example config is checked against the same schema.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from runtime.config import ImageSettings, NetworkSettings, RuntimeSettings, doc
+
+DEFAULT_CONFIG_PATH = Path("/etc/cri-shim/config.toml")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A config file or flag is invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingConfig:
+    address: str = field(
+        default="127.0.0.1:0",
+        metadata=doc(
+            "host:port of the streaming server for exec, attach and port-forward "
+            "(port 0 picks a free port). Keep it on loopback unless kubelet runs elsewhere."
+        ),
+    )
+    tls_cert: str = field(default="", metadata=doc("PEM certificate for the streaming server (empty: plain HTTP)."))
+    tls_key: str = field(default="", metadata=doc("PEM private key matching tls_cert."))
+    token_ttl: float = field(
+        default=60.0, metadata=doc("Seconds a streaming URL stays valid if unused (single use).")
+    )
+    idle_timeout: float = field(
+        default=14400.0, metadata=doc("Seconds a streaming session may stay idle before it is closed.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    address: str = field(
+        default="127.0.0.1:9472",
+        metadata=doc("host:port of the Prometheus /metrics endpoint; empty disables it."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    address: Path = field(
+        default=Path("/run/cri-shim/cri-shim.sock"),
+        metadata=doc("Unix socket of the CRI gRPC server (kubelet --container-runtime-endpoint)."),
+    )
+    root: Path = field(
+        default=Path("/var/lib/cri-shim"),
+        metadata=doc("Durable data: metadata database, image content, snapshots, container records."),
+    )
+    state: Path = field(
+        default=Path("/run/cri-shim"),
+        metadata=doc("Volatile data (gone at reboot): pinned namespaces, shim sockets, exit files."),
+    )
+    log_level: str = field(default="info", metadata=doc("One of debug, info, warning, error."))
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    image: ImageSettings = field(default_factory=ImageSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+
+    def runtime_settings(self) -> RuntimeSettings:
+        """The engine's part of the configuration."""
+        return RuntimeSettings(root=self.root, state=self.state, image=self.image, network=self.network)
+
+
+# -- validation of single values ----------------------------------------------------------------
+
+_HOSTPORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):(?P<port>[0-9]{1,5})$")
+
+
+def _check_hostport(key: str, value: str, allow_empty: bool) -> None:
+    if value == "" and allow_empty:
+        return
+    m = _HOSTPORT.match(value)
+    if not m or int(m.group("port")) > 65535:
+        raise ConfigError(f"{key}: {value!r} is not host:port")
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.log_level not in LOG_LEVELS:
+        raise ConfigError(f"log_level: {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    for key, path in (("address", cfg.address), ("root", cfg.root), ("state", cfg.state)):
+        if not path.is_absolute():
+            raise ConfigError(f"{key}: {str(path)!r} must be an absolute path")
+    if len(str(cfg.address).encode()) > 107:
+        raise ConfigError(f"address: {str(cfg.address)!r} is longer than a unix socket path may be (107 bytes)")
+    _check_hostport("streaming.address", cfg.streaming.address, allow_empty=False)
+    _check_hostport("metrics.address", cfg.metrics.address, allow_empty=True)
+    if bool(cfg.streaming.tls_cert) != bool(cfg.streaming.tls_key):
+        raise ConfigError("streaming.tls_cert and streaming.tls_key must be set together")
+    if cfg.streaming.token_ttl <= 0:
+        raise ConfigError("streaming.token_ttl: must be > 0")
+    if cfg.streaming.idle_timeout <= 0:
+        raise ConfigError("streaming.idle_timeout: must be > 0")
+    if cfg.image.pull_progress_timeout < 0:
+        raise ConfigError("image.pull_progress_timeout: must be >= 0")
+    if not 1 <= cfg.image.max_concurrent_downloads <= 64:
+        raise ConfigError("image.max_concurrent_downloads: must be between 1 and 64")
+    try:
+        net = ipaddress.ip_network(cfg.network.pod_cidr, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"network.pod_cidr: {cfg.network.pod_cidr!r} is not a CIDR: {exc}") from None
+    if net.version != 4 or net.prefixlen > 30:
+        raise ConfigError(f"network.pod_cidr: {cfg.network.pod_cidr!r} must be IPv4 with a prefix of /30 or wider")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", cfg.network.bridge):
+        raise ConfigError(f"network.bridge: {cfg.network.bridge!r} is not a valid interface name")
+    for key, path in (
+        ("network.cni_conf_dir", cfg.network.cni_conf_dir),
+        ("network.cni_cache_dir", cfg.network.cni_cache_dir),
+        ("image.registries_config", cfg.image.registries_config),
+        *((f"network.cni_bin_dirs[{i}]", p) for i, p in enumerate(cfg.network.cni_bin_dirs)),
+    ):
+        if not path.is_absolute():
+            raise ConfigError(f"{key}: {str(path)!r} must be an absolute path")
+
+
+# -- the generic loader ---------------------------------------------------------------------------
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in get_args(tp) if a is not type(None)]
+        return _coerce(key, inner, value)
+    if origin is tuple:
+        (item,) = get_args(tp)[:1]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(f"{key}[{i}]", item, v) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table [{key}], got {type(value).__name__}")
+        return _build(tp, value, prefix=f"{key}.")
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a non-empty path string")
+        return Path(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type[Any], table: dict[str, Any], prefix: str = "") -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if "doc" in f.metadata or dataclasses.is_dataclass(hints[f.name])}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]}")
+    kwargs = {k: _coerce(f"{prefix}{k}", hints[k], v) for k, v in table.items()}
+    return cls(**kwargs)
+
+
+def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``path`` (None: the default path, where a missing file means defaults), apply flag
+    ``overrides`` (top-level keys), validate. Raises ConfigError naming the key."""
+    table: dict[str, Any] = {}
+    source = path or DEFAULT_CONFIG_PATH
+    try:
+        with open(source, "rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        if path is not None:
+            raise ConfigError(f"config file {source} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {source}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {source}: {exc.strerror}") from None
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            table[key] = value
+    cfg: Config = _build(Config, table)
+    _validate(cfg)
+    return cfg
+
+
+def documented_keys(cls: type[Any] = Config, prefix: str = "") -> dict[str, str]:
+    """Every config key (dotted) with its documentation, in schema order."""
+    out: dict[str, str] = {}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            out.update(documented_keys(tp, f"{prefix}{f.name}."))
+        elif "doc" in f.metadata:
+            out[f"{prefix}{f.name}"] = f.metadata["doc"]
+    return out
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    """The effective configuration as plain values (for Status verbose info)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+
+    result: dict[str, Any] = plain(cfg)
+    return result
+
+
+def log_level_number(level: str) -> int:
+    return int(logging.getLevelName(level.upper()))

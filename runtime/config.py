@@ -1,0 +1,73 @@
+"""Engine settings: what the engine's services are configured with.
+
+Plain frozen dataclasses with defaults; the CRI edge reads them from TOML
+(``cri_shim.config``), validates them and passes them in. Each field's ``doc`` metadata is
+the text the example config and the config reference print, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def doc(text: str) -> dict[str, str]:
+    """Field metadata carrying the documentation of one config key."""
+    return {"doc": text}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSettings:
+    registries_config: Path = field(
+        default=Path("/etc/containers/registries.conf"),
+        metadata=doc(
+            "containers-registries.conf(5) v2 file: mirrors, insecure and blocked registries, "
+            "location rewrites. A missing file means no rewrites."
+        ),
+    )
+    pull_progress_timeout: float = field(
+        default=300.0,
+        metadata=doc("Seconds a pull may go without receiving a byte before it is cancelled (0 = never)."),
+    )
+    max_concurrent_downloads: int = field(
+        default=3, metadata=doc("Layers downloaded in parallel per pull.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSettings:
+    pod_cidr: str = field(
+        default="10.88.0.0/16",
+        metadata=doc(
+            "IPv4 CIDR the built-in network allocates pod IPs from. UpdateRuntimeConfig from "
+            "kubelet (its --pod-cidr / the node's podCIDR) replaces it."
+        ),
+    )
+    bridge: str = field(default="crishim0", metadata=doc("Name of the built-in network's bridge."))
+    cni_conf_dir: Path = field(
+        default=Path("/etc/cni/net.d"),
+        metadata=doc(
+            "Directory searched for a CNI network config list (*.conflist, *.conf, *.json). "
+            "When one is present, pods are networked by those CNI plugins instead of the "
+            "built-in bridge."
+        ),
+    )
+    cni_bin_dirs: tuple[Path, ...] = field(
+        default=(Path("/opt/cni/bin"), Path("/usr/lib/cni")),
+        metadata=doc("Directories searched, in order, for CNI plugin binaries."),
+    )
+    cni_cache_dir: Path = field(
+        default=Path("/var/lib/cni"),
+        metadata=doc("CNI result cache (lets DEL work after a restart), as libcni uses it."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSettings:
+    """Everything the engine needs; paths are absolute."""
+
+    root: Path = Path("/var/lib/cri-shim")
+    state: Path = Path("/run/cri-shim")
+    image: ImageSettings = field(default_factory=ImageSettings)
+    network: NetworkSettings = field(default_factory=NetworkSettings)
+    cgroup_root: Path = Path("/sys/fs/cgroup")

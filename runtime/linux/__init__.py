@@ -1,0 +1,1 @@
+"""The only package with privileged syscalls: ctypes libc, mounts, namespaces, /proc."""

@@ -1,0 +1,72 @@
+"""Process identity from /proc: a process is its pid **and** its start time.
+
+A pid alone can be reused after the process exits; runc and containerd store the start
+time (field 22 of /proc/PID/stat, in clock ticks since boot) with the pid, and so do we.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRef:
+    """A running process as (pid, start time in clock ticks since boot)."""
+
+    pid: int
+    start_time: int
+
+    def alive(self) -> bool:
+        """True while this very process exists (not a later one that reused the pid)."""
+        current = start_time_of(self.pid)
+        return current is not None and current == self.start_time
+
+
+def start_time_of(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot, or None when no such process exists.
+
+    A zombie still has its start time: it is dead for every purpose but reaping, so callers
+    that care check :func:`is_zombie` as well.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may contain spaces and ')' : split after the last ')'.
+    rest = data[data.rindex(b")") + 2 :].split()
+    # rest[0] is field 3 (state); field 22 is rest[19].
+    return int(rest[19])
+
+
+def state_of(pid: int) -> str | None:
+    """The one-letter state of ``pid`` (R, S, D, Z, ...) or None when absent."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def is_zombie(pid: int) -> bool:
+    return state_of(pid) == "Z"
+
+
+def ref_of(pid: int) -> ProcessRef:
+    """The ProcessRef of a live pid; raises ProcessLookupError when it is gone."""
+    st = start_time_of(pid)
+    if st is None:
+        raise ProcessLookupError(pid, f"no process {pid}")
+    return ProcessRef(pid, st)
+
+
+def boot_id() -> str:
+    """The kernel's boot id: records from an earlier boot have no live processes."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+def clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
