@@ -32,6 +32,16 @@ class Condition:
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeFeatures:
+    """What this runtime really supports, as Status reports it (never claimed ahead of the code)."""
+
+    recursive_read_only_mounts: bool = False
+    user_namespaces: bool = False
+    supplemental_groups_policy: bool = False
+    user_namespaces_host_network: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RecoveryReport:
     seconds: float
     counts: dict[str, int]
@@ -57,6 +67,7 @@ class Engine:
         # (name, coroutine) run in order by start(); each service appends its recover step.
         self._recover_steps: list[tuple[str, Callable[[], Awaitable[int]]]] = []
         self._close_steps: list[Callable[[], Awaitable[None]]] = []
+        self._features = RuntimeFeatures()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -98,6 +109,16 @@ class Engine:
         await asyncio.to_thread(self.store.close)
 
     # -- status -------------------------------------------------------------------------------
+
+    def features(self) -> RuntimeFeatures:
+        """Features of the default runtime handler; services set theirs as they implement them."""
+        return self._features
+
+    def set_features(self, **flags: bool) -> None:
+        """Called by a service at construction to declare a feature it implements."""
+        from dataclasses import replace
+
+        self._features = replace(self._features, **flags)
 
     def conditions(self) -> list[Condition]:
         """RuntimeReady and NetworkReady, with reasons when false."""

@@ -156,7 +156,8 @@ def mount(
         ctypes.c_ulong(flags),
         ctypes.c_char_p(_b(data)),
     )
-    _check(res, f"mount({source!s} -> {os.fsdecode(_b(target) or b'')}, type={fstype}, flags={flags:#x})")
+    src = os.fsdecode(_b(source) or b"")
+    _check(res, f"mount({src} -> {os.fsdecode(_b(target) or b'')}, type={fstype!r}, flags={flags:#x})")
 
 
 def umount2(target: str | bytes | os.PathLike[str], flags: int = 0) -> None:

@@ -1,0 +1,101 @@
+"""CRI runtime information: Version, Status, RuntimeConfig, UpdateRuntimeConfig."""
+
+from __future__ import annotations
+
+import json
+import platform
+from typing import Any
+
+import grpc
+
+from cri_shim import __version__
+from cri_shim.api.gen import api_pb2 as pb
+from cri_shim.api.version import CRI_API_VERSION
+from cri_shim.config import Config, as_dict
+from runtime.engine import Engine
+from runtime.settings_store import validate_pod_cidr
+
+RUNTIME_NAME = "cri-shim"
+RUNTIME_API_VERSION = "v1"
+#: The kubelet's Version handshake checks this against its own "0.1.0".
+KUBE_API_VERSION = "0.1.0"
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class RuntimeInfoHandlers:
+    """Answers from the engine's state and the effective configuration."""
+
+    def __init__(self, engine: Engine, config: Config) -> None:
+        self._engine = engine
+        self._config = config
+
+    async def Version(self, request: pb.VersionRequest, context: Ctx) -> pb.VersionResponse:
+        return pb.VersionResponse(
+            version=KUBE_API_VERSION,
+            runtime_name=RUNTIME_NAME,
+            runtime_version=__version__,
+            runtime_api_version=RUNTIME_API_VERSION,
+        )
+
+    async def Status(self, request: pb.StatusRequest, context: Ctx) -> pb.StatusResponse:
+        conditions = [
+            pb.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
+            for c in self._engine.conditions()
+        ]
+        features = self._engine.features()
+        handler = pb.RuntimeHandler(
+            name="",
+            features=pb.RuntimeHandlerFeatures(
+                recursive_read_only_mounts=features.recursive_read_only_mounts,
+                user_namespaces=features.user_namespaces,
+            ),
+        )
+        response = pb.StatusResponse(
+            status=pb.RuntimeStatus(conditions=conditions),
+            runtime_handlers=[handler],
+            features=pb.RuntimeFeatures(
+                supplemental_groups_policy=features.supplemental_groups_policy,
+                user_namespaces_host_network=features.user_namespaces_host_network,
+            ),
+        )
+        if request.verbose:
+            response.info.update(self._verbose_info())
+        return response
+
+    def _verbose_info(self) -> dict[str, str]:
+        host = self._engine.host
+        recovery = self._engine.recovery
+        info: dict[str, Any] = {
+            "config": as_dict(self._config),
+            "versions": {
+                "cri-shim": __version__,
+                "python": platform.python_version(),
+                "cri-api": CRI_API_VERSION,
+                "kernel": host.kernel if host else "",
+                "schema": self._engine.store.schema_versions() if self._engine.ready else {},
+            },
+            "cgroup": {"mode": str(host.cgroup_mode) if host else "", "driver": "cgroupfs"},
+            "recovery": (
+                {"seconds": round(recovery.seconds, 4), "counts": recovery.counts, "errors": list(recovery.errors)}
+                if recovery
+                else None
+            ),
+        }
+        return {k: json.dumps(v, sort_keys=True) for k, v in info.items()}
+
+    async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Ctx) -> pb.RuntimeConfigResponse:
+        # cri-shim manages cgroups through cgroupfs; kubelet >= 1.28 takes its driver from here.
+        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CGROUPFS))
+
+    async def UpdateRuntimeConfig(
+        self, request: pb.UpdateRuntimeConfigRequest, context: Ctx
+    ) -> pb.UpdateRuntimeConfigResponse:
+        cidr = request.runtime_config.network_config.pod_cidr
+        if cidr:
+            # kubelet may send a comma-separated dual-stack list; the built-in network uses IPv4.
+            first_v4 = [c for c in cidr.split(",") if ":" not in c]
+            if not first_v4:
+                validate_pod_cidr(cidr.split(",")[0])
+            await self._engine.runtime_settings.set("pod_cidr", validate_pod_cidr(first_v4[0]))
+        return pb.UpdateRuntimeConfigResponse()
