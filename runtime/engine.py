@@ -120,6 +120,10 @@ class Engine:
 
         self._features = replace(self._features, **flags)
 
+    async def pod_cidr(self) -> str:
+        """The pod CIDR in force: UpdateRuntimeConfig's (persisted) or the configured one."""
+        return await self.runtime_settings.get("pod_cidr") or self.settings.network.pod_cidr
+
     def conditions(self) -> list[Condition]:
         """RuntimeReady and NetworkReady, with reasons when false."""
         if not self.ready:

@@ -60,10 +60,10 @@ class RuntimeInfoHandlers:
             ),
         )
         if request.verbose:
-            response.info.update(self._verbose_info())
+            response.info.update(await self._verbose_info())
         return response
 
-    def _verbose_info(self) -> dict[str, str]:
+    async def _verbose_info(self) -> dict[str, str]:
         host = self._engine.host
         recovery = self._engine.recovery
         info: dict[str, Any] = {
@@ -75,6 +75,7 @@ class RuntimeInfoHandlers:
                 "kernel": host.kernel if host else "",
                 "schema": self._engine.store.schema_versions() if self._engine.ready else {},
             },
+            "network": {"pod_cidr": await self._engine.pod_cidr() if self._engine.ready else None},
             "cgroup": {"mode": str(host.cgroup_mode) if host else "", "driver": "cgroupfs"},
             "recovery": (
                 {"seconds": round(recovery.seconds, 4), "counts": recovery.counts, "errors": list(recovery.errors)}

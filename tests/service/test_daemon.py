@@ -1,0 +1,152 @@
+"""The daemon as a process: CRI info calls, real crictl, socket rules, signals, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri_shim.api.gen import api_pb2 as pb
+from tests.support.daemon import DaemonProcess, make_daemon
+
+pytestmark = [pytest.mark.service, pytest.mark.timeout(90)]
+
+
+def test_version_through_generated_client(daemon: DaemonProcess) -> None:
+    v = daemon.runtime.Version(pb.VersionRequest(), timeout=5)
+    assert v.runtime_name == "cri-shim"
+    assert v.runtime_api_version == "v1"
+    from cri_shim import __version__
+
+    assert v.runtime_version == __version__
+
+
+def test_crictl_version_and_info(daemon: DaemonProcess) -> None:
+    out = daemon.crictl("version").stdout
+    assert "RuntimeName:  cri-shim" in out
+    assert "RuntimeApiVersion:  v1" in out
+    info = json.loads(daemon.crictl("info").stdout)
+    conditions = {c["type"]: c for c in info["status"]["conditions"]}
+    assert conditions["RuntimeReady"]["status"] is True
+    assert "NetworkReady" in conditions
+    if not conditions["NetworkReady"]["status"]:
+        assert conditions["NetworkReady"]["reason"]
+    assert info["cgroup"]["driver"] == "cgroupfs"
+    assert info["config"]["root"] == str(daemon.root)
+
+
+def test_runtime_config_reports_cgroupfs(daemon: DaemonProcess) -> None:
+    r = daemon.runtime.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=5)
+    assert r.linux.cgroup_driver == pb.CGROUPFS
+
+
+def test_unbuilt_rpc_is_unimplemented_with_its_name(daemon: DaemonProcess) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.runtime.CheckpointPod(pb.CheckpointPodRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "CheckpointPod" in info.value.details()
+
+
+def test_socket_mode_is_0660(daemon: DaemonProcess) -> None:
+    mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
+    assert mode == 0o660
+
+
+def test_update_runtime_config_validates_and_survives_kill9(daemon: DaemonProcess) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        daemon.runtime.UpdateRuntimeConfig(
+            pb.UpdateRuntimeConfigRequest(
+                runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr="10.1.2.3/99"))
+            ),
+            timeout=5,
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    daemon.runtime.UpdateRuntimeConfig(
+        pb.UpdateRuntimeConfigRequest(
+            runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr="10.77.0.0/16"))
+        ),
+        timeout=5,
+    )
+    daemon.kill9()
+    assert daemon.socket.exists()  # the crash left its socket behind: the restart replaces it
+    daemon.start()
+    st = daemon.runtime.Status(pb.StatusRequest(verbose=True), timeout=5)
+    assert json.loads(st.info["network"])["pod_cidr"] == "10.77.0.0/16"
+    assert json.loads(st.info["recovery"])["errors"] == []
+
+
+def test_second_daemon_on_live_socket_exits_1(daemon: DaemonProcess, tmp_path: Path) -> None:
+    other = make_daemon(tmp_path / "other")
+    other.socket = daemon.socket
+    from tests.support.daemon import write_config
+
+    write_config(other)
+    res = subprocess.run(
+        [sys.executable, "-m", "cri_shim", "--config", str(other.config_path)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert res.returncode == 1
+    assert "already serving" in res.stderr
+    # the first one is unharmed
+    assert daemon.runtime.Version(pb.VersionRequest(), timeout=5).runtime_name == "cri-shim"
+
+
+def test_second_daemon_on_same_root_exits_1(daemon: DaemonProcess) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "cri_shim", "--config", str(daemon.config_path),
+         "--address", str(daemon.socket.parent / "other.sock")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert res.returncode == 1
+    assert "using root" in res.stderr
+
+
+def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path / "d")
+    d.socket.parent.mkdir(parents=True, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(d.socket))  # bound but never listening: a crashed daemon's leftover
+    s.close()
+    try:
+        d.start()
+        assert d.runtime.Version(pb.VersionRequest(), timeout=5).runtime_name == "cri-shim"
+    finally:
+        d.stop()
+
+
+def test_sigterm_exits_0_and_removes_socket(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path / "d")
+    d.start()
+    code = d.stop(signal.SIGTERM)
+    assert code == 0
+    assert not d.socket.exists()
+    assert "stopped" in d.log()
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("bogus_key = 1\n", "bogus_key"), ('[network]\npod_cidr = "300.1.1.1/8"\n', "network.pod_cidr")],
+)
+def test_bad_config_stops_startup_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    res = subprocess.run(
+        [sys.executable, "-m", "cri_shim", "--config", str(cfg), "--address", str(tmp_path / "s.sock")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert res.returncode == 2
+    assert key in res.stderr
+
+
+def test_help_matches_documented_flags() -> None:
+    res = subprocess.run([sys.executable, "-m", "cri_shim", "--help"], capture_output=True, text=True, timeout=30)
+    for flag in ("--config", "--address", "--root", "--state", "--log-level"):
+        assert flag in res.stdout

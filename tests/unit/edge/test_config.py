@@ -1,0 +1,100 @@
+"""Config loading: defaults, flags over file, strict validation naming the key."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from cri_shim.config import Config, ConfigError, documented_keys, load
+from cri_shim.config_doc import example_toml
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_missing_default_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load(None)  # /etc/cri-shim/config.toml does not exist on the test machine
+    assert cfg == Config() or Path("/etc/cri-shim/config.toml").exists()
+    assert cfg.address == Path("/run/cri-shim/cri-shim.sock") or Path("/etc/cri-shim/config.toml").exists()
+
+
+def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "nope.toml")
+
+
+def test_file_values_and_flag_overrides(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        'address = "/tmp/a.sock"\nroot = "/tmp/r"\n[streaming]\naddress = "127.0.0.1:1234"\n'
+        '[network]\npod_cidr = "10.244.0.0/16"\ncni_bin_dirs = ["/x/bin"]\n'
+        '[image]\npull_progress_timeout = 30\n',
+    )
+    cfg = load(p, {"root": "/tmp/flag-root", "log_level": None})
+    assert cfg.address == Path("/tmp/a.sock")
+    assert cfg.root == Path("/tmp/flag-root")  # the flag wins over the file
+    assert cfg.streaming.address == "127.0.0.1:1234"
+    assert cfg.network.pod_cidr == "10.244.0.0/16"
+    assert cfg.network.cni_bin_dirs == (Path("/x/bin"),)
+    assert cfg.image.pull_progress_timeout == 30.0
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("bogus = 1\n", "bogus"),
+        ("[streaming]\nport = 1\n", "streaming.port"),
+        ("[nonsense]\na = 1\n", "nonsense"),
+        ('log_level = "loud"\n', "log_level"),
+        ('root = "relative/dir"\n', "root"),
+        ("root = 5\n", "root"),
+        ('[network]\npod_cidr = "10.0.0.0/33"\n', "network.pod_cidr"),
+        ('[network]\npod_cidr = "fd00::/64"\n', "network.pod_cidr"),
+        ('[network]\ncni_bin_dirs = "/opt/cni/bin"\n', "network.cni_bin_dirs"),
+        ('[metrics]\naddress = "localhost"\n', "metrics.address"),
+        ('[streaming]\naddress = "127.0.0.1:99999"\n', "streaming.address"),
+        ('[streaming]\ntls_cert = "/c.pem"\n', "streaming.tls_cert"),
+        ("[image]\nmax_concurrent_downloads = 0\n", "image.max_concurrent_downloads"),
+        ('[image]\npull_progress_timeout = "5m"\n', "image.pull_progress_timeout"),
+        ("streaming = 3\n", "streaming"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text))
+    assert key in str(info.value)
+
+
+def test_invalid_toml_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="c.toml"):
+        load(write(tmp_path, "address = \n"))
+
+
+def test_empty_metrics_address_disables(tmp_path: Path) -> None:
+    assert load(write(tmp_path, '[metrics]\naddress = ""\n')).metrics.address == ""
+
+
+def test_example_config_is_current_and_documents_every_key() -> None:
+    committed = (REPO / "config.example.toml").read_text()
+    assert committed == example_toml(), "config.example.toml is stale: run `cri-shim config example`"
+    # Uncommenting every key gives a valid config equal to the defaults.
+    key_line = re.compile(r"^# [a-z_]+ = ")
+    uncommented = "\n".join(line[2:] if key_line.match(line) else line for line in committed.splitlines())
+    table = tomllib.loads(uncommented)
+    flat = {f"{k}.{kk}" if isinstance(v, dict) else k: None
+            for k, v in table.items() for kk in (v if isinstance(v, dict) else [None])}
+    assert set(documented_keys()) == {k.removesuffix(".None") for k in flat}
+    p = Path("/tmp") / f"cri-shim-example-{id(table)}.toml"
+    p.write_text(uncommented)
+    try:
+        assert load(p) == Config()
+    finally:
+        p.unlink()
