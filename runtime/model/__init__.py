@@ -1,0 +1,1 @@
+"""Frozen dataclasses shared by the engine's services (specs, records, states)."""

@@ -1,0 +1,154 @@
+"""What the pod shim needs to start a process: the launch spec, computed by the daemon.
+
+The daemon's container service turns a CRI ContainerConfig (already translated into the
+engine's model) plus the image config into a :class:`LaunchSpec`; the pod shim receives it
+as JSON and performs it in a forked child (runtime.shim.init). Everything here is data: no
+decision is left to the child, which must do as little as possible between fork and exec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class MountSpec:
+    """One mount inside the container, applied in order after the rootfs.
+
+    ``type`` is a filesystem type ("proc", "sysfs", "tmpfs", "devpts", "mqueue", ...) or
+    "bind". ``options`` are mount(8)-style words: ro, nosuid, nodev, noexec, rbind,
+    private/rprivate/slave/rslave/shared/rshared, rro (recursive read-only), and
+    filesystem data (e.g. "mode=755", "size=65536k").
+    """
+
+    destination: str
+    type: str
+    source: str = ""
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RootfsSpec:
+    """An overlay root: the image's snapshot dirs (top first) under a fresh upper dir.
+
+    ``path`` is where the overlay is mounted inside the container's own mount namespace
+    (the host never sees that mount, so it cannot leak: it goes with the namespace).
+    An empty ``lowerdirs`` with ``upperdir`` set means a plain bind of ``upperdir``.
+    """
+
+    path: str
+    lowerdirs: tuple[str, ...]
+    upperdir: str
+    workdir: str
+    readonly: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceSpec:
+    """Namespaces to join (paths) or create (flags) for the process.
+
+    net/ipc/uts: pinned pod namespaces to join, or "" for the host's.
+    pid: "" + new_pid=True → a fresh PID namespace (CRI CONTAINER mode); a path → join it
+    (pod-shared or TARGET mode); "" + new_pid=False → the host's (NODE mode).
+    mnt: "" → a fresh mount namespace built from ``rootfs`` and ``mounts``; a path → join
+    that mount namespace (exec into a running container).
+    """
+
+    net: str = ""
+    ipc: str = ""
+    uts: str = ""
+    pid: str = ""
+    new_pid: bool = True
+    mnt: str = ""
+    user: str = ""
+    cgroup_ns: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """Capability numbers (linux/capability.h) for each set."""
+
+    bounding: tuple[int, ...] = ()
+    effective: tuple[int, ...] = ()
+    permitted: tuple[int, ...] = ()
+    inheritable: tuple[int, ...] = ()
+    ambient: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rlimit:
+    resource: int
+    soft: int
+    hard: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """A device node to create (or bind from the host) inside the container's /dev."""
+
+    path: str
+    type: str  # "c" or "b"
+    major: int
+    minor: int
+    file_mode: int = 0o666
+    uid: int = 0
+    gid: int = 0
+    host_path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = "/"
+    uid: int = 0
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+    capabilities: Capabilities | None = None  # None: keep all (privileged)
+    no_new_privs: bool = False
+    seccomp_bpf: bytes = b""  # a compiled classic-BPF program (sock_filter array); empty: none
+    oom_score_adj: int | None = None
+    rlimits: tuple[Rlimit, ...] = ()
+    tty: bool = False
+    stdin: bool = False
+    stdin_once: bool = False
+    apparmor_profile: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """Everything needed to create one container process under the pod shim."""
+
+    container_id: str
+    sandbox_id: str
+    process: ProcessSpec
+    namespaces: NamespaceSpec
+    rootfs: RootfsSpec | None = None
+    mounts: tuple[MountSpec, ...] = ()
+    devices: tuple[DeviceSpec, ...] = ()
+    masked_paths: tuple[str, ...] = ()
+    readonly_paths: tuple[str, ...] = ()
+    #: cgroup.procs files (one per v1 hierarchy, one on v2) the process joins before setup.
+    cgroup_procs: tuple[str, ...] = ()
+    #: the memory cgroup dir whose OOM-kill counter decides reason OOMKilled.
+    memory_cgroup: str = ""
+    #: the CRI log file; "" means no log (output discarded).
+    log_path: str = ""
+    #: directory where the shim writes ``exit.json`` atomically when the process ends.
+    exit_dir: str = ""
+    sysctls: dict[str, str] = field(default_factory=dict)
+    privileged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ExitStatus:
+    """How a container process ended, as the shim records it (``exit.json``)."""
+
+    exit_code: int
+    signal: int = 0
+    started_at_ns: int = 0
+    finished_at_ns: int = 0
+    oom_killed: bool = False
+    pid: int = 0
+    reason: str = ""
+    message: str = ""

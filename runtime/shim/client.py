@@ -1,0 +1,124 @@
+"""The daemon's side of one pod shim: requests, the exit-event subscription, sessions.
+
+Each request borrows an idle connection from a small pool (or opens one: a unix connect
+costs microseconds), so a long ExecSync never holds up a StopContainer on the same pod.
+Errors in replies are re-raised as the engine exceptions they name; a shim that is gone
+raises :class:`runtime.errors.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from runtime import errors
+from runtime.shim import wire
+
+POOL_SIZE = 4
+
+
+class ShimClient:
+    def __init__(self, sandbox_id: str, socket_path: Path) -> None:
+        self.sandbox_id = sandbox_id
+        self.socket_path = socket_path
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._seq = 0
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.open_unix_connection(str(self.socket_path), limit=wire.MAX_LINE)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} is not running ({exc.strerror})") from None
+
+    async def call(self, op: str, rpc_timeout: float | None = None, **args: Any) -> Any:
+        """Send one request and return its result (or raise its error); ``rpc_timeout``
+        bounds the wait for the reply (the connection is dropped when it expires)."""
+        conn = self._idle.pop() if self._idle else await self._connect()
+        reader, writer = conn
+        self._seq += 1
+        try:
+            writer.write(wire.encode({"id": self._seq, "op": op, **args}))
+            await writer.drain()
+            reply = await asyncio.wait_for(wire.read_message(reader), rpc_timeout)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            writer.close()
+            raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} went away during {op}: {exc}") from None
+        except BaseException:
+            writer.close()
+            raise
+        if reply is None:
+            writer.close()
+            raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} closed the connection during {op}")
+        if len(self._idle) < POOL_SIZE:
+            self._idle.append(conn)
+        else:
+            writer.close()
+        if "error" in reply:
+            wire.raise_error(reply["error"])
+        return reply.get("result")
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Exit events: first a replay of exits the shim knows, then ``{"event": "subscribed"}``,
+        then live ones. Ends when the shim exits."""
+        reader, writer = await self._connect()
+        try:
+            writer.write(wire.encode({"op": "subscribe"}))
+            await writer.drain()
+            while True:
+                msg = await wire.read_message(reader)
+                if msg is None:
+                    return
+                yield msg
+        finally:
+            writer.close()
+
+    async def open_session(
+        self, op: str, **args: Any
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]]:
+        """Start an attach/exec session; after the first reply the connection carries frames."""
+        reader, writer = await self._connect()
+        writer.write(wire.encode({"op": op, **args}))
+        await writer.drain()
+        reply = await wire.read_message(reader)
+        if reply is None:
+            writer.close()
+            raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} closed the session")
+        if "error" in reply:
+            writer.close()
+            wire.raise_error(reply["error"])
+        return reader, writer, reply.get("result") or {}
+
+    async def port_connect(self, netns: str, port: int, host: str = "127.0.0.1") -> socket.socket:
+        """A connected TCP socket to host:port inside the pod's network namespace."""
+        return await asyncio.to_thread(self._port_connect_blocking, netns, port, host)
+
+    def _port_connect_blocking(self, netns: str, port: int, host: str) -> socket.socket:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(20)
+        try:
+            try:
+                s.connect(str(self.socket_path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} is not running") from None
+            s.sendall(wire.encode({"op": "port_connect", "netns": netns, "port": port, "host": host}))
+            data, fds, _, _ = socket.recv_fds(s, 65536, 1)
+        finally:
+            s.close()
+        import json
+
+        reply = json.loads(data.split(b"\n", 1)[0] or b"{}")
+        if "error" in reply or not fds:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    socket.socket(fileno=fd).close()
+            wire.raise_error(reply.get("error") or {"kind": "Unavailable", "message": "no socket from shim"})
+        return socket.socket(fileno=fds[0])
+
+    def close(self) -> None:
+        for _, w in self._idle:
+            w.close()
+        self._idle.clear()

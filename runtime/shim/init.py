@@ -1,0 +1,333 @@
+"""What a forked child of the pod shim does between fork() and execve().
+
+Runs only in a child of the single-threaded pod shim, so setns/unshare/mount are safe.
+Every entry point ends in ``os.execvpe`` or ``os._exit``: the child never returns into the
+shim's event loop. Errors are reported as one line on the ``report`` pipe
+(``error <message>``) before exiting.
+
+Container creation takes two processes, because a new PID namespace applies to children:
+
+    shim ── fork ──▶ A: join cgroups, setns(net/ipc/uts[/pid]), unshare(NEWNS[|NEWPID])
+                        └─ fork ──▶ B (pid 1 of the container): mounts, pivot_root,
+                                      reports "ready", waits for "start",
+                                      drops privileges, seccomp, execve
+    A reports "pid <B's host pid>" and exits; the shim (a child subreaper) adopts B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+from collections.abc import Callable
+from typing import NoReturn
+
+from runtime.linux import caps, libc
+from runtime.linux.mounts import apply_mount, mask_path, readonly_path
+from runtime.linux.paths import secure_join
+from runtime.model.launch import DeviceSpec, LaunchSpec, ProcessSpec, RootfsSpec
+
+SECCOMP_MODE_FILTER = 2
+_TIOCSCTTY = 0x540E
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def child_guard(report_fd: int, body: Callable[[], None]) -> NoReturn:
+    """Run ``body`` in a forked child; any failure is reported and the child exits 1."""
+    try:
+        body()
+    except BaseException as exc:
+        msg = f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError):
+            _write_all(report_fd, b"error " + msg.replace("\n", " ").encode(errors="replace") + b"\n")
+        os._exit(1)
+    os._exit(0)
+
+
+def reset_signals() -> None:
+    """Default dispositions and an empty mask: Python ignores SIGPIPE and the shim blocks/handles
+    others; a container must start with the kernel defaults."""
+    for sig in (signal.SIGPIPE, signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                signal.SIGUSR1, signal.SIGUSR2, signal.SIGXFSZ):
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
+    with contextlib.suppress(OSError, ValueError):
+        signal.set_wakeup_fd(-1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def join_cgroups(procs_files: tuple[str, ...]) -> None:
+    for path in procs_files:
+        with open(path, "w") as f:
+            f.write("0")
+
+
+def close_fds_except(keep: set[int]) -> None:
+    """Close every fd but 0-2 and ``keep``: a waiting child must not hold the shim's other
+    pipes (another container's exec-report pipe would never see EOF)."""
+    lo = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 1 << 20)
+
+
+def setup_stdio(stdin: int, stdout: int, stderr: int, tty: bool) -> None:
+    """stdio on 0-2 and a session of its own (the tty, if any, as controlling terminal)."""
+    os.dup2(stdin, 0)
+    os.dup2(stdout, 1)
+    os.dup2(stderr, 2)
+    for fd in {stdin, stdout, stderr} - {0, 1, 2}:
+        os.close(fd)
+    os.setsid()
+    if tty:
+        import fcntl
+
+        fcntl.ioctl(0, _TIOCSCTTY, 0)
+
+
+def _mknod(root: str, dev: DeviceSpec) -> None:
+    target = secure_join(root, dev.path)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(target)
+    kind = 0o020000 if dev.type == "c" else 0o060000
+    try:
+        os.mknod(target, kind | (dev.file_mode & 0o7777), os.makedev(dev.major, dev.minor))
+        os.chown(target, dev.uid, dev.gid)
+        os.chmod(target, dev.file_mode & 0o7777)
+    except PermissionError:
+        # no CAP_MKNOD (e.g. a user namespace): bind the host's node instead, as runc does
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        libc.mount(dev.host_path or dev.path, target, None, libc.MS_BIND)
+
+
+def _dev_links(root: str) -> None:
+    for name, target in (
+        ("dev/fd", "/proc/self/fd"),
+        ("dev/stdin", "/proc/self/fd/0"),
+        ("dev/stdout", "/proc/self/fd/1"),
+        ("dev/stderr", "/proc/self/fd/2"),
+        ("dev/core", "/proc/kcore"),
+    ):
+        path = os.path.join(root, name)
+        if os.path.isdir(os.path.join(root, "dev")) and not os.path.lexists(path):
+            os.symlink(target, path)
+    ptmx = os.path.join(root, "dev/ptmx")
+    if os.path.isdir(os.path.join(root, "dev/pts")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(ptmx)
+        os.symlink("pts/ptmx", ptmx)
+
+
+def mount_rootfs(rootfs: RootfsSpec) -> None:
+    """Mount the overlay (or bind) at rootfs.path in this (new) mount namespace."""
+    if not rootfs.lowerdirs:
+        libc.mount(rootfs.upperdir, rootfs.path, None, libc.MS_BIND | libc.MS_REC)
+        return
+    lowers = list(rootfs.lowerdirs)
+    options = f"lowerdir={':'.join(lowers)},upperdir={rootfs.upperdir},workdir={rootfs.workdir}"
+    if len(options) >= 4000:
+        # kernel: mount data is one page; shorten the paths by mounting from their common parent
+        # (containerd does the same for long layer chains).
+        base = os.path.commonpath([*lowers, rootfs.upperdir, rootfs.workdir])
+        os.chdir(base)
+        rel = [os.path.relpath(p, base) for p in lowers]
+        options = (
+            f"lowerdir={':'.join(rel)},upperdir={os.path.relpath(rootfs.upperdir, base)},"
+            f"workdir={os.path.relpath(rootfs.workdir, base)}"
+        )
+    libc.mount("overlay", rootfs.path, "overlay", 0, options)
+
+
+def build_mount_namespace(spec: LaunchSpec) -> None:
+    """In a fresh mount namespace: rootfs, mounts, devices, pivot_root, masks, read-only root."""
+    assert spec.rootfs is not None
+    root = spec.rootfs.path
+    # Do not propagate anything we mount back to the host; receive the host's unmounts.
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
+    mount_rootfs(spec.rootfs)
+    # pivot_root needs the new root's parent mount to be private to this namespace.
+    libc.mount(None, root, None, libc.MS_PRIVATE)
+    for m in spec.mounts:
+        apply_mount(root, m.destination, m.type, m.source, m.options)
+    for dev in spec.devices:
+        _mknod(root, dev)
+    _dev_links(root)
+    os.chdir(root)
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+    for path in spec.masked_paths:
+        mask_path(path)
+    for path in spec.readonly_paths:
+        readonly_path(path)
+    if spec.rootfs.readonly:
+        libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+
+
+def apply_oom_score_adj(value: int | None) -> None:
+    if value is None:
+        return
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write(str(value))
+
+
+def load_seccomp(bpf: bytes) -> None:
+    """Install a classic-BPF seccomp filter (array of struct sock_filter, 8 bytes each)."""
+    if not bpf:
+        return
+    count = len(bpf) // 8
+    buf = ctypes.create_string_buffer(bpf, len(bpf))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
+    res = libc._libc().syscall(
+        ctypes.c_long(libc.syscall_number("seccomp")),
+        ctypes.c_uint(SECCOMP_MODE_FILTER),
+        ctypes.c_uint(0),
+        ctypes.byref(prog),
+    )
+    libc._check(res, "seccomp(SECCOMP_SET_MODE_FILTER)")
+
+
+def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
+    """Drop to the process's credentials and capabilities, load seccomp, execve.
+
+    Order as runc's finalizeNamespace: keep caps across setuid, drop the bounding set,
+    switch uid/gid, set the capability sets, no_new_privs, seccomp last (or before the
+    switch when no_new_privs is off, since loading a filter then needs CAP_SYS_ADMIN).
+    """
+    c = proc.capabilities
+    if c is not None:
+        libc.prctl(libc.PR_SET_KEEPCAPS, 1)
+        caps.drop_bounding(c.bounding)
+    if proc.seccomp_bpf and not proc.no_new_privs:
+        load_seccomp(proc.seccomp_bpf)
+    os.setgroups(list(proc.additional_gids))
+    os.setresgid(proc.gid, proc.gid, proc.gid)
+    os.setresuid(proc.uid, proc.uid, proc.uid)
+    if c is not None:
+        libc.prctl(libc.PR_SET_KEEPCAPS, 0)
+        caps.capset(c.effective, c.permitted, c.inheritable)
+        if c.ambient:
+            caps.raise_ambient(c.ambient)
+    if proc.no_new_privs:
+        libc.set_no_new_privs()
+    try:
+        os.chdir(proc.cwd or "/")
+    except OSError as exc:
+        raise OSError(exc.errno, f"working directory {proc.cwd!r}: {exc.strerror}") from None
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in proc.env)
+    if "PATH" not in env:
+        env["PATH"] = DEFAULT_PATH
+    if proc.seccomp_bpf and proc.no_new_privs:
+        load_seccomp(proc.seccomp_bpf)
+    reset_signals()
+    try:
+        os.execvpe(proc.args[0], list(proc.args), env)
+    except OSError as exc:
+        what = "executable file not found in $PATH" if exc.errno == 2 else exc.strerror
+        _write_all(exec_report_fd, f"exec: {proc.args[0]!r}: {what}".encode())
+        os._exit(127)
+
+
+def run_container(
+    spec: LaunchSpec,
+    report_fd: int,
+    start_fd: int,
+    exec_report_fd: int,
+    stdio: tuple[int, int, int],
+) -> NoReturn:
+    """Child A's entry point (see the module docstring)."""
+
+    def a_body() -> None:
+        reset_signals()
+        close_fds_except({report_fd, start_fd, exec_report_fd, *stdio})
+        join_cgroups(spec.cgroup_procs)
+        ns = spec.namespaces
+        for path, flag in ((ns.net, libc.CLONE_NEWNET), (ns.ipc, libc.CLONE_NEWIPC), (ns.uts, libc.CLONE_NEWUTS)):
+            if path:
+                libc.setns_path(path, flag)
+        if ns.pid:
+            libc.setns_path(ns.pid, libc.CLONE_NEWPID)
+        flags = libc.CLONE_NEWNS
+        if ns.new_pid and not ns.pid:
+            flags |= libc.CLONE_NEWPID
+        libc.unshare(flags)
+        pid = os.fork()
+        if pid == 0:
+            child_guard(report_fd, b_body)
+        _write_all(report_fd, f"pid {pid}\n".encode())
+
+    def b_body() -> None:
+        if spec.namespaces.cgroup_ns:
+            libc.unshare(libc.CLONE_NEWCGROUP)
+        build_mount_namespace(spec)
+        apply_oom_score_adj(spec.process.oom_score_adj)
+        for rl in spec.process.rlimits:
+            import resource
+
+            resource.setrlimit(rl.resource, (rl.soft, rl.hard))
+        setup_stdio(*stdio, tty=spec.process.tty)
+        close_fds_except({report_fd, start_fd, exec_report_fd})
+        _write_all(report_fd, b"ready\n")
+        go = os.read(start_fd, 1)
+        if go != b"1":
+            os._exit(0)  # removed before start: nothing to run
+        os.close(start_fd)
+        os.close(report_fd)
+        finalize_and_exec(spec.process, exec_report_fd)
+
+    child_guard(report_fd, a_body)
+
+
+def run_exec(
+    spec: LaunchSpec,
+    container_pid: int,
+    report_fd: int,
+    exec_report_fd: int,
+    stdio: tuple[int, int, int],
+) -> NoReturn:
+    """Exec a process inside a running container (ExecSync, Exec): join its cgroups and every
+    namespace of ``container_pid``, then fork (for the PID namespace) and exec."""
+
+    def a_body() -> None:
+        reset_signals()
+        close_fds_except({report_fd, exec_report_fd, *stdio})
+        join_cgroups(spec.cgroup_procs)
+        fds = []
+        for name, flag in (
+            ("ipc", libc.CLONE_NEWIPC), ("uts", libc.CLONE_NEWUTS), ("net", libc.CLONE_NEWNET),
+            ("pid", libc.CLONE_NEWPID), ("cgroup", libc.CLONE_NEWCGROUP), ("mnt", libc.CLONE_NEWNS),
+        ):
+            path = f"/proc/{container_pid}/ns/{name}"
+            if os.readlink(path) == os.readlink(f"/proc/self/ns/{name}"):
+                continue  # already shared (e.g. host network): setns would be a no-op
+            fds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), flag))
+        for fd, flag in fds:
+            libc.setns(fd, flag)
+            os.close(fd)
+        pid = os.fork()
+        if pid == 0:
+            child_guard(report_fd, b_body)
+        _write_all(report_fd, f"pid {pid}\n".encode())
+
+    def b_body() -> None:
+        setup_stdio(*stdio, tty=spec.process.tty)
+        os.close(report_fd)
+        finalize_and_exec(spec.process, exec_report_fd)
+
+    child_guard(report_fd, a_body)

@@ -1,0 +1,150 @@
+"""The daemon's side of the shim factory: find or start it, spawn shims, reach them.
+
+Files under ``<state>/shims/``: ``factory.sock``, ``factory.log``, one ``<sandbox id>.sock``
+and ``<sandbox id>.log`` per pod shim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import select
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime import errors
+from runtime.linux.proc import ProcessRef, ref_of
+from runtime.shim.client import ShimClient
+from runtime.shim.version import code_hash
+
+log = logging.getLogger(__name__)
+
+FACTORY_START_TIMEOUT = 30.0
+
+
+class ShimManager:
+    """Construction does no I/O; :meth:`start` finds or starts the factory."""
+
+    def __init__(self, state_dir: Path, python: str = sys.executable) -> None:
+        self.dir = state_dir / "shims"
+        self._python = python
+        self._clients: dict[str, ShimClient] = {}
+        self._factory_lock = asyncio.Lock()
+        self.factory_pid = 0
+        self._factory_proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def factory_socket(self) -> Path:
+        return self.dir / "factory.sock"
+
+    def socket_of(self, sandbox_id: str) -> Path:
+        # unix socket paths are limited to 107 bytes: 20 hex digits of the id are unique enough
+        return self.dir / f"{sandbox_id[:20]}.sock"
+
+    async def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self._ensure_factory()
+
+    async def _factory_call(self, req: dict[str, Any], timeout: float) -> Any:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.factory_socket)), 5)
+        try:
+            writer.write(json.dumps(req).encode() + b"\n")
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        finally:
+            writer.close()
+        if not line:
+            raise errors.Unavailable("shim factory closed the connection")
+        reply = json.loads(line)
+        if "error" in reply:
+            from runtime.shim import wire
+
+            wire.raise_error(reply["error"])
+        return reply.get("result")
+
+    async def _ensure_factory(self) -> None:
+        async with self._factory_lock:
+            if self.factory_socket.exists():
+                try:
+                    info = await self._factory_call({"op": "ping"}, 5)
+                except (OSError, errors.EngineError, TimeoutError, ValueError):
+                    info = None
+                if info and info.get("code") == code_hash():
+                    self.factory_pid = int(info["pid"])
+                    return
+                if info:
+                    log.info("shim factory %s runs other code; replacing it", info.get("pid"))
+                    with contextlib.suppress(Exception):
+                        await self._factory_call({"op": "exit"}, 5)
+            await self._spawn_factory()
+
+    async def _spawn_factory(self) -> None:
+        self._factory_proc = await asyncio.to_thread(self._spawn_factory_blocking)
+        self.factory_pid = self._factory_proc.pid
+        log.info("shim factory started, pid %d", self.factory_pid)
+
+    def _spawn_factory_blocking(self) -> subprocess.Popen[bytes]:
+        # subprocess (fork+exec in C) rather than asyncio's child watcher: the factory is
+        # meant to outlive this daemon, and we must not keep loop resources tied to it.
+        with open(self.dir / "factory.log", "ab") as logf:
+            proc = subprocess.Popen(
+                [self._python, "-m", "runtime.shim.factory", "--socket", str(self.factory_socket)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf, start_new_session=True,
+            )
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], FACTORY_START_TIMEOUT)
+        line = proc.stdout.readline() if ready else b""
+        proc.stdout.close()
+        if not line.startswith(b"ready "):
+            proc.kill()
+            proc.wait()
+            raise errors.Unavailable(f"the shim factory failed to start (see {self.dir / 'factory.log'})")
+        return proc
+
+    async def spawn(self, sandbox_id: str) -> ProcessRef:
+        """Fork a pod shim for ``sandbox_id``; returns once it listens on its socket."""
+        req = {
+            "op": "spawn",
+            "sandbox_id": sandbox_id,
+            "socket": str(self.socket_of(sandbox_id)),
+            "log": str(self.dir / f"{sandbox_id[:20]}.log"),
+        }
+        try:
+            result = await self._factory_call(req, 30)
+        except (OSError, errors.Unavailable):
+            await self._ensure_factory()  # the factory died (or was replaced): start a new one
+            result = await self._factory_call(req, 30)
+        return ref_of(int(result["pid"]))
+
+    def client(self, sandbox_id: str) -> ShimClient:
+        c = self._clients.get(sandbox_id)
+        if c is None:
+            c = self._clients[sandbox_id] = ShimClient(sandbox_id, self.socket_of(sandbox_id))
+        return c
+
+    def forget(self, sandbox_id: str) -> None:
+        c = self._clients.pop(sandbox_id, None)
+        if c is not None:
+            c.close()
+        for suffix in (".sock", ".log"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / f"{sandbox_id[:20]}{suffix}").unlink()
+
+    async def close(self) -> None:
+        """Close connections; the factory and the shims keep running (as after a crash)."""
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+        if self._factory_proc is not None:
+            self._factory_proc.poll()  # reap it if it already ended
+
+    async def stop_factory(self) -> None:
+        """Ask the factory to exit (tests, uninstall); running shims are not affected."""
+        with contextlib.suppress(Exception):
+            await self._factory_call({"op": "exit"}, 5)
+        if self._factory_proc is not None:
+            await asyncio.to_thread(self._factory_proc.wait, 10)

@@ -1,0 +1,455 @@
+"""The pod shim's process table: spawning container/exec children, their stdio, and exits.
+
+Single-threaded asyncio. Each container process has its stdio held here: output goes to
+the CRI log and to attached sessions; input comes from attached sessions. When a process
+ends, its output is drained (bounded), its OOM state read from its memory cgroup, and the
+exit written atomically to ``<exit_dir>/exit.json`` before anyone is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import pty
+import signal
+import struct
+import termios
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime import errors
+from runtime.model.launch import ExitStatus, LaunchSpec, ProcessSpec
+from runtime.shim import init
+from runtime.shim.logwriter import CriLogFile, LineSplitter
+from runtime.store.codec import to_json
+from runtime.store.files import atomic_write
+
+log = logging.getLogger("cri_shim.shim")
+
+OUTPUT_DRAIN_SECONDS = 2.0
+EXEC_SYNC_MAX_OUTPUT = 16 * 1024 * 1024
+
+
+class OutputSink:
+    """Receives a process's output chunks (an attach or exec session)."""
+
+    def on_output(self, stream: int, data: bytes) -> None: ...
+
+    def on_exit(self, status: ExitStatus) -> None: ...
+
+
+@dataclass
+class Proc:
+    """One container (or streaming exec) process held by the shim."""
+
+    key: str  # container id, or "exec:<n>"
+    spec: LaunchSpec
+    pid: int = 0
+    state: str = "created"  # created | running | exited
+    created_at_ns: int = field(default_factory=time.time_ns)
+    started_at_ns: int = 0
+    exit: ExitStatus | None = None
+    start_w: int = -1
+    exec_report_r: int = -1
+    stdin_w: int = -1
+    tty_master: int = -1
+    log: CriLogFile | None = None
+    splitters: dict[int, LineSplitter] = field(default_factory=dict)
+    sinks: set[OutputSink] = field(default_factory=set)
+    open_outputs: int = 0
+    output_fds: set[int] = field(default_factory=set)
+    io_done: asyncio.Event = field(default_factory=asyncio.Event)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    oom_base: int = 0
+    stdin_attached_once: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "container_id": self.key,
+            "pid": self.pid,
+            "state": self.state,
+            "created_at_ns": self.created_at_ns,
+            "started_at_ns": self.started_at_ns,
+            "exit": None if self.exit is None else _exit_dict(self.exit),
+        }
+
+
+def _exit_dict(e: ExitStatus) -> dict[str, Any]:
+    return {
+        "exit_code": e.exit_code, "signal": e.signal, "started_at_ns": e.started_at_ns,
+        "finished_at_ns": e.finished_at_ns, "oom_killed": e.oom_killed, "pid": e.pid,
+        "reason": e.reason, "message": e.message,
+    }
+
+
+def oom_kill_count(memory_cgroup: str) -> int:
+    """The cgroup's cumulative OOM-kill counter (v2 memory.events, v1 memory.oom_control)."""
+    if not memory_cgroup:
+        return 0
+    for name in ("memory.events", "memory.oom_control"):
+        try:
+            with open(os.path.join(memory_cgroup, name)) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (FileNotFoundError, ValueError):
+            continue
+    return 0
+
+
+def _set_nonblocking(fd: int) -> None:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+
+class ProcessTable:
+    """Spawns and tracks the processes of one pod. Events go to ``on_exit``."""
+
+    def __init__(self, on_exit: Callable[[Proc], None]) -> None:
+        self.procs: dict[str, Proc] = {}
+        self._by_pid: dict[int, Proc] = {}
+        self._early_exits: dict[int, int] = {}  # reaped before we learned the pid
+        self._waiters: dict[int, asyncio.Future[int]] = {}  # plain children (helpers)
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self._exec_seq = 0
+
+    # -- reaping ------------------------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Collect every exited child (we are a child subreaper: orphans come here too)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            fut = self._waiters.pop(pid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(status)
+                continue
+            proc = self._by_pid.pop(pid, None)
+            if proc is None:
+                if len(self._early_exits) < 4096:
+                    self._early_exits[pid] = status
+                continue
+            self._loop.create_task(self._finish(proc, status))
+
+    def wait_child(self, pid: int) -> asyncio.Future[int]:
+        """A future for the wait status of a direct helper child."""
+        fut: asyncio.Future[int] = self._loop.create_future()
+        if pid in self._early_exits:
+            fut.set_result(self._early_exits.pop(pid))
+        else:
+            self._waiters[pid] = fut
+        return fut
+
+    def _track(self, proc: Proc, pid: int) -> None:
+        proc.pid = pid
+        status = self._early_exits.pop(pid, None)
+        if status is None:
+            self._by_pid[pid] = proc
+        else:
+            self._loop.create_task(self._finish(proc, status))
+
+    async def _finish(self, proc: Proc, status: int) -> None:
+        finished = time.time_ns()
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            code = 128 + sig
+        else:
+            sig = 0
+            code = os.WEXITSTATUS(status)
+        oom = oom_kill_count(proc.spec.memory_cgroup) > proc.oom_base
+        # Drain what the process wrote before it died (bounded: a daemonized grandchild may
+        # hold the pipe open forever; kubernetes#92057).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.io_done.wait(), OUTPUT_DRAIN_SECONDS)
+        self._close_io(proc)
+        proc.exit = ExitStatus(
+            exit_code=code, signal=sig, started_at_ns=proc.started_at_ns, finished_at_ns=finished,
+            oom_killed=oom, pid=proc.pid,
+        )
+        proc.state = "exited"
+        if proc.spec.exit_dir:
+            try:
+                atomic_write(Path(proc.spec.exit_dir) / "exit.json", to_json(proc.exit).encode(), 0o644)
+            except OSError:
+                log.exception("shim: cannot write exit file of %s", proc.key)
+        for sink in list(proc.sinks):
+            sink.on_exit(proc.exit)
+        proc.exited.set()
+        self._on_exit(proc)
+
+    # -- stdio --------------------------------------------------------------------------------
+
+    def _open_stdio(self, proc: Proc, want_stdin: bool, tty: bool) -> tuple[int, int, int]:
+        """Create the child's stdio; returns the child's ends (closed here after fork)."""
+        if tty:
+            master, slave = pty.openpty()
+            proc.tty_master = master
+            self._reader(proc, master, 1)
+            if want_stdin:
+                proc.stdin_w = master
+            return slave, slave, slave
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        if want_stdin:
+            r, w = os.pipe()
+            proc.stdin_w = w
+            _set_nonblocking(w)
+            stdin = r
+        else:
+            stdin = null
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self._reader(proc, out_r, 1)
+        self._reader(proc, err_r, 2)
+        if stdin is not null:
+            os.close(null)
+        return stdin, out_w, err_w
+
+    def _reader(self, proc: Proc, fd: int, stream: int) -> None:
+        _set_nonblocking(fd)
+        proc.open_outputs += 1
+        proc.output_fds.add(fd)
+        if proc.log is not None:
+            proc.splitters[stream] = LineSplitter(b"stdout" if stream == 1 else b"stderr")
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""  # EIO: the pty's other side is closed
+            if data:
+                self._deliver(proc, stream, data)
+                return
+            self._loop.remove_reader(fd)
+            proc.output_fds.discard(fd)
+            os.close(fd)
+            if fd == proc.tty_master:
+                if proc.stdin_w == fd:
+                    proc.stdin_w = -1
+                proc.tty_master = -1
+            self._flush_stream(proc, stream)
+            proc.open_outputs -= 1
+            if proc.open_outputs == 0:
+                proc.io_done.set()
+
+        self._loop.add_reader(fd, readable)
+
+    def _deliver(self, proc: Proc, stream: int, data: bytes) -> None:
+        splitter = proc.splitters.get(stream)
+        if splitter is not None and proc.log is not None:
+            proc.log.write(splitter.feed(data, time.time_ns()))
+        for sink in list(proc.sinks):
+            sink.on_output(stream, data)
+
+    def _flush_stream(self, proc: Proc, stream: int) -> None:
+        splitter = proc.splitters.get(stream)
+        if splitter is not None and proc.log is not None:
+            proc.log.write(splitter.flush(time.time_ns()))
+
+    def _close_io(self, proc: Proc) -> None:
+        if proc.stdin_w >= 0 and proc.stdin_w == proc.tty_master:
+            proc.stdin_w = -1  # the same fd: closed once, as tty_master
+        if proc.tty_master >= 0:
+            proc.output_fds.discard(proc.tty_master)
+        for fd in list(proc.output_fds):  # a grandchild still holds the pipe: stop reading it
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        proc.output_fds.clear()
+        for fd_attr in ("stdin_w", "tty_master", "start_w", "exec_report_r"):
+            fd = getattr(proc, fd_attr)
+            if fd >= 0:
+                with contextlib.suppress(OSError, ValueError):
+                    self._loop.remove_reader(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(proc, fd_attr, -1)
+        if proc.log is not None:
+            for stream in list(proc.splitters):
+                self._flush_stream(proc, stream)
+            proc.log.close()
+
+    def write_stdin(self, proc: Proc, data: bytes) -> None:
+        """Best effort, non-blocking: a container that does not read its stdin drops input."""
+        if proc.stdin_w < 0:
+            return
+        view = memoryview(data)
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
+            while view:
+                n = os.write(proc.stdin_w, view)
+                view = view[n:]
+
+    def close_stdin(self, proc: Proc) -> None:
+        if proc.stdin_w >= 0 and proc.stdin_w != proc.tty_master:
+            os.close(proc.stdin_w)
+            proc.stdin_w = -1
+        elif proc.tty_master >= 0 and proc.stdin_w == proc.tty_master:
+            # tty: send EOF (^D) the way a terminal would; keep the pty open for output
+            self.write_stdin(proc, b"\x04")
+
+    @staticmethod
+    def resize(proc: Proc, width: int, height: int) -> None:
+        if proc.tty_master >= 0:
+            fcntl.ioctl(proc.tty_master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+    # -- spawning -----------------------------------------------------------------------------
+
+    async def _read_report(self, fd: int) -> list[str]:
+        """Lines from a child's report pipe until "ready", an error, or EOF."""
+        lines: list[str] = []
+        buf = b""
+        reader = asyncio.StreamReader()
+        transport, _ = await self._loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+        try:
+            while True:
+                chunk = await reader.read(4096)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    text = line.decode(errors="replace")
+                    lines.append(text)
+                    if text == "ready" or text.startswith("error "):
+                        return lines
+        finally:
+            transport.close()
+        return lines
+
+    async def create(self, spec: LaunchSpec) -> Proc:
+        """Create a container process: set up, then waiting for :meth:`start`."""
+        if spec.container_id in self.procs:
+            raise errors.AlreadyExists(f"container {spec.container_id} already exists in this pod")
+        proc = Proc(key=spec.container_id, spec=spec)
+        proc.log = CriLogFile(spec.log_path) if spec.log_path else None
+        proc.oom_base = oom_kill_count(spec.memory_cgroup)
+        report_r, report_w = os.pipe()
+        start_r, start_w = os.pipe()
+        exec_r, exec_w = os.pipe()
+        stdio = self._open_stdio(proc, spec.process.stdin, spec.process.tty)
+        pid = os.fork()
+        if pid == 0:
+            init.run_container(spec, report_w, start_r, exec_w, stdio)
+        for fd in {report_w, start_r, exec_w, *stdio}:
+            os.close(fd)
+        proc.start_w, proc.exec_report_r = start_w, exec_r
+        helper = self.wait_child(pid)
+        self.procs[spec.container_id] = proc
+        try:
+            lines = await asyncio.wait_for(self._read_report(report_r), 60)
+        except BaseException:
+            self._abort(proc)
+            raise
+        finally:
+            await helper
+        err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
+        pid_line = next((ln for ln in lines if ln.startswith("pid ")), None)
+        if pid_line is not None:
+            self._track(proc, int(pid_line[4:]))
+        if err is not None or "ready" not in lines:
+            self._abort(proc)
+            raise errors.FailedPrecondition(
+                f"creating container {spec.container_id}: {err or 'setup process ended without reporting'}"
+            )
+        return proc
+
+    def _abort(self, proc: Proc) -> None:
+        if proc.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        self._close_io(proc)
+        self.procs.pop(proc.key, None)
+
+    async def start(self, proc: Proc) -> None:
+        """Let a created process exec; raises if execve fails (the container then ends 127)."""
+        if proc.state != "created" or proc.start_w < 0:
+            raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
+        proc.started_at_ns = time.time_ns()
+        os.write(proc.start_w, b"1")
+        os.close(proc.start_w)
+        proc.start_w = -1
+        proc.state = "running"
+        fd, proc.exec_report_r = proc.exec_report_r, -1
+        message = await self._read_all(fd, 5.0)
+        if message:
+            raise errors.FailedPrecondition(f"starting container {proc.key}: {message}")
+
+    async def _read_all(self, fd: int, timeout: float) -> str:
+        reader = asyncio.StreamReader()
+        transport, _ = await self._loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+        try:
+            data = await asyncio.wait_for(reader.read(65536), timeout)
+        except TimeoutError:
+            data = b""  # still no EOF: exec succeeded but a child inherited nothing... treat as started
+        finally:
+            transport.close()
+        return data.decode(errors="replace")
+
+    async def spawn_exec(
+        self, container: Proc, process: ProcessSpec, sink: OutputSink | None, stdin: bool
+    ) -> Proc:
+        """Start ``process`` inside the running container (ExecSync or a streaming exec)."""
+        if container.state != "running" or not container.pid:
+            raise errors.FailedPrecondition(f"container {container.key} is not running")
+        self._exec_seq += 1
+        spec = LaunchSpec(
+            container_id=f"exec:{self._exec_seq}",
+            sandbox_id=container.spec.sandbox_id,
+            process=process,
+            namespaces=container.spec.namespaces,
+            cgroup_procs=container.spec.cgroup_procs,
+        )
+        proc = Proc(key=spec.container_id, spec=spec)
+        if sink is not None:
+            proc.sinks.add(sink)
+        report_r, report_w = os.pipe()
+        exec_r, exec_w = os.pipe()
+        stdio = self._open_stdio(proc, stdin, process.tty)
+        pid = os.fork()
+        if pid == 0:
+            init.run_exec(spec, container.pid, report_w, exec_w, stdio)
+        for fd in {report_w, exec_w, *stdio}:
+            os.close(fd)
+        helper = self.wait_child(pid)
+        try:
+            lines = await asyncio.wait_for(self._read_report(report_r), 30)
+        finally:
+            await helper
+        err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
+        pid_line = next((ln for ln in lines if ln.startswith("pid ")), None)
+        if pid_line is None:
+            self._close_io(proc)
+            os.close(exec_r)
+            raise errors.FailedPrecondition(f"exec in {container.key}: {err or 'setup failed'}")
+        proc.started_at_ns = time.time_ns()
+        proc.state = "running"
+        self._track(proc, int(pid_line[4:]))
+        message = await self._read_all(exec_r, 10.0)
+        if message or err:
+            await proc.exited.wait()
+            raise errors.FailedPrecondition(f"exec in {container.key}: {message or err}")
+        return proc
+
+    def kill(self, proc: Proc, sig: int) -> None:
+        if proc.state == "exited" or not proc.pid:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)

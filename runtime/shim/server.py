@@ -1,0 +1,425 @@
+"""The pod shim process: serves the daemon on a unix socket and parents the pod's processes.
+
+Requests (JSON lines, see runtime.shim.wire):
+  ping, create_namespaces, pid_holder, create, start, kill, state, list, exec_sync,
+  reopen_log, close_stdin, delete, port_connect (replies with an fd), shutdown,
+  subscribe (then exit events as lines), attach / exec_session (then binary frames).
+
+The shim is single-threaded (asyncio without executors: the kernel refuses setns in a
+multithreaded process), a child subreaper, in its own session, ignoring terminal signals,
+and it keeps running when the daemon dies. It ends on ``shutdown`` (pod stopped) or when
+its pod's processes are all gone after a shutdown request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from runtime import errors
+from runtime.linux import libc
+from runtime.model.launch import ExitStatus, LaunchSpec, ProcessSpec
+from runtime.shim import nsinit, wire
+from runtime.shim.procs import EXEC_SYNC_MAX_OUTPUT, OutputSink, Proc, ProcessTable
+from runtime.store.codec import from_plain
+
+log = logging.getLogger("cri_shim.shim")
+
+SHIM_PROTOCOL = 1
+
+
+class _Collector(OutputSink):
+    """Collects ExecSync output, capped."""
+
+    def __init__(self) -> None:
+        self.out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        self.status: ExitStatus | None = None
+
+    def on_output(self, stream: int, data: bytes) -> None:
+        buf = self.out[stream]
+        room = EXEC_SYNC_MAX_OUTPUT - len(buf)
+        if room > 0:
+            buf += data[:room]
+
+    def on_exit(self, status: ExitStatus) -> None:
+        self.status = status
+
+
+class _Session(OutputSink):
+    """An attach or exec session: frames to one daemon connection."""
+
+    def __init__(self, writer: asyncio.StreamWriter, want: set[int]) -> None:
+        self.writer = writer
+        self.want = want
+        self.done: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+
+    def on_output(self, stream: int, data: bytes) -> None:
+        if stream in self.want and not self.writer.is_closing():
+            for i in range(0, len(data), wire.MAX_FRAME):
+                self.writer.write(
+                    wire.frame(wire.F_STDOUT if stream == 1 else wire.F_STDERR, data[i : i + wire.MAX_FRAME])
+                )
+
+    def on_exit(self, status: ExitStatus) -> None:
+        if not self.done.done():
+            self.done.set_result(status)
+
+
+class ShimServer:
+    def __init__(self, sandbox_id: str, socket_path: Path) -> None:
+        self.sandbox_id = sandbox_id
+        self.socket_path = socket_path
+        self.table: ProcessTable | None = None
+        self._subscribers: set[asyncio.StreamWriter] = set()
+        self._stopping = asyncio.Event()
+        self._holder_pid = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def run(self, ready_fd: int = -1) -> None:
+        loop = asyncio.get_running_loop()
+        libc.set_child_subreaper()
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+        self.table = ProcessTable(self._on_exit)
+        loop.add_signal_handler(signal.SIGCHLD, self.table.reap)
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._server = await asyncio.start_unix_server(self._client, path=str(self.socket_path), limit=wire.MAX_LINE)
+        os.chmod(self.socket_path, 0o600)
+        if ready_fd >= 0:
+            os.write(ready_fd, f"ready {os.getpid()}\n".encode())
+            os.close(ready_fd)
+        await self._stopping.wait()
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        assert self.table is not None
+        for proc in list(self.table.procs.values()):
+            self.table.kill(proc, signal.SIGKILL)
+        if self._holder_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._holder_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(p.state != "exited" for p in self.table.procs.values()):
+            await asyncio.sleep(0.02)
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._subscribers):
+            w.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _on_exit(self, proc: Proc) -> None:
+        if proc.key.startswith("exec:") or proc.exit is None:
+            return
+        line = wire.encode({"event": "exit", "container_id": proc.key, "exit": proc.as_dict()["exit"]})
+        for w in list(self._subscribers):
+            if w.is_closing():
+                self._subscribers.discard(w)
+            else:
+                w.write(line)
+
+    # -- connections --------------------------------------------------------------------------
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                msg = await wire.read_message(reader)
+                if msg is None:
+                    return
+                op = msg.get("op", "")
+                if op in ("attach", "exec_session"):
+                    await self._session(msg, reader, writer)
+                    return
+                if op == "subscribe":
+                    await self._subscribe(msg, reader, writer)
+                    return
+                if op == "port_connect":
+                    await self._port_connect(msg, writer)
+                    return
+                try:
+                    handler = getattr(self, f"op_{op}", None)
+                    if handler is None:
+                        raise errors.InvalidArgument(f"unknown shim operation {op!r}")
+                    result = await handler(msg)
+                    writer.write(wire.encode({"id": msg.get("id"), "result": result}))
+                except Exception as exc:
+                    if not isinstance(exc, errors.EngineError):
+                        log.exception("shim op %s failed", op)
+                    writer.write(wire.encode({"id": msg.get("id"), "error": wire.error_payload(exc)}))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def _proc(self, container_id: str) -> Proc:
+        assert self.table is not None
+        proc = self.table.procs.get(container_id)
+        if proc is None:
+            raise errors.NotFound(f"container {container_id} is not known to the pod shim")
+        return proc
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def op_ping(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "sandbox_id": self.sandbox_id, "protocol": SHIM_PROTOCOL}
+
+    async def op_create_namespaces(self, msg: dict[str, Any]) -> Any:
+        assert self.table is not None
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            nsinit.create_namespaces(msg["request"], w)
+        os.close(w)
+        done = self.table.wait_child(pid)
+        data = await _read_pipe(r)
+        status = await done
+        line = data.decode(errors="replace").strip()
+        if line.startswith("error ") or not line:
+            raise errors.FailedPrecondition(f"creating pod namespaces: {line[6:] or f'helper exited {status}'}")
+        return json.loads(line)
+
+    async def op_pid_holder(self, msg: dict[str, Any]) -> dict[str, int]:
+        assert self.table is not None
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            nsinit.pid_holder(w)
+        os.close(w)
+        done = self.table.wait_child(pid)
+        data = (await _read_pipe(r)).decode(errors="replace").strip()
+        await done
+        if not data.startswith("pid "):
+            raise errors.FailedPrecondition(f"creating the pod PID namespace: {data[6:] or 'helper failed'}")
+        self._holder_pid = int(data[4:])
+        return {"pid": self._holder_pid}
+
+    async def op_create(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.table is not None
+        spec: LaunchSpec = from_plain(LaunchSpec, msg["spec"])
+        proc = await self.table.create(spec)
+        return proc.as_dict()
+
+    async def op_start(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.table is not None
+        proc = self._proc(msg["container_id"])
+        await self.table.start(proc)
+        return proc.as_dict()
+
+    async def op_kill(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.table is not None
+        proc = self._proc(msg["container_id"])
+        self.table.kill(proc, int(msg.get("signal", signal.SIGKILL)))
+        return proc.as_dict()
+
+    async def op_wait(self, msg: dict[str, Any]) -> dict[str, Any]:
+        proc = self._proc(msg["container_id"])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.exited.wait(), float(msg.get("timeout", 0)) or None)
+        return proc.as_dict()
+
+    async def op_state(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return self._proc(msg["container_id"]).as_dict()
+
+    async def op_list(self, msg: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.table is not None
+        return [p.as_dict() for p in self.table.procs.values()]
+
+    async def op_reopen_log(self, msg: dict[str, Any]) -> dict[str, Any]:
+        proc = self._proc(msg["container_id"])
+        if proc.state != "running":
+            raise errors.FailedPrecondition(f"container {proc.key} is not running")
+        if proc.log is not None:
+            try:
+                proc.log.reopen()
+            except OSError as exc:
+                raise errors.FailedPrecondition(f"reopening log {proc.log.path}: {exc.strerror}") from None
+        return proc.as_dict()
+
+    async def op_delete(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Forget an exited (or never started) container; kills a created one first."""
+        assert self.table is not None
+        proc = self.table.procs.get(msg["container_id"])
+        if proc is None:
+            return {}
+        if proc.state == "running":
+            raise errors.FailedPrecondition(f"container {proc.key} is still running")
+        if proc.state == "created":
+            self.table.kill(proc, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.exited.wait(), 10)
+        self.table.procs.pop(proc.key, None)
+        return {}
+
+    async def op_exec_sync(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.table is not None
+        container = self._proc(msg["container_id"])
+        process: ProcessSpec = from_plain(ProcessSpec, msg["process"])
+        collector = _Collector()
+        proc = await self.table.spawn_exec(container, process, collector, stdin=False)
+        timeout = float(msg.get("timeout", 0)) or None
+        try:
+            await asyncio.wait_for(proc.exited.wait(), timeout)
+        except TimeoutError:
+            self.table.kill(proc, signal.SIGKILL)
+            await proc.exited.wait()
+            raise errors.DeadlineExceeded(
+                f"command {list(process.args)!r} timed out after {timeout:g}s and was killed"
+            ) from None
+        status = proc.exit
+        assert status is not None
+        return {
+            "exit_code": status.exit_code,
+            "stdout": base64.b64encode(bytes(collector.out[1])).decode(),
+            "stderr": base64.b64encode(bytes(collector.out[2])).decode(),
+        }
+
+    async def op_shutdown(self, msg: dict[str, Any]) -> dict[str, Any]:
+        asyncio.get_running_loop().call_soon(self._stopping.set)
+        return {}
+
+    # -- long-lived connections ---------------------------------------------------------------
+
+    async def _subscribe(self, msg: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self.table is not None
+        # Replay the current exits so a daemon that was down catches up.
+        for proc in self.table.procs.values():
+            if proc.exit is not None:
+                writer.write(wire.encode({"event": "exit", "container_id": proc.key, "exit": proc.as_dict()["exit"]}))
+        writer.write(wire.encode({"event": "subscribed"}))
+        self._subscribers.add(writer)
+        try:
+            await writer.drain()
+            await reader.read()  # until the daemon closes
+        finally:
+            self._subscribers.discard(writer)
+
+    async def _port_connect(self, msg: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        assert self.table is not None
+        sock: socket.socket = writer.get_extra_info("socket")
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            nsinit.connect_in_netns(
+                msg.get("netns", ""), msg.get("host", "127.0.0.1"), int(msg["port"]), child.detach()
+            )
+        child.close()
+        done = self.table.wait_child(pid)
+        loop = asyncio.get_running_loop()
+        parent.setblocking(False)
+        try:
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(parent.fileno(), lambda: fut.done() or fut.set_result(None))
+            try:
+                await asyncio.wait_for(fut, 15)
+            finally:
+                loop.remove_reader(parent.fileno())
+            data, fds, _, _ = socket.recv_fds(parent, 4096, 1)
+        finally:
+            parent.close()
+            await done
+        raw = sock.dup()
+        try:
+            raw.setblocking(True)
+            if fds and data == b"ok":
+                socket.send_fds(raw, [wire.encode({"result": {"ok": True}})], fds)
+            else:
+                text = data.decode(errors="replace").removeprefix("error ").strip() or "connect failed"
+                raw.sendall(wire.encode({"error": {"kind": "Unavailable", "message": text}}))
+        finally:
+            raw.close()
+            for fd in fds:
+                os.close(fd)
+
+    async def _session(self, msg: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Attach or exec session: frames both ways until the process ends or the peer leaves."""
+        assert self.table is not None
+        want = {s for s, flag in ((1, msg.get("stdout", True)), (2, msg.get("stderr", True))) if flag}
+        session = _Session(writer, want)
+        try:
+            container = self._proc(msg["container_id"])
+            if msg["op"] == "attach":
+                if container.state != "running":
+                    raise errors.FailedPrecondition(f"container {container.key} is not running")
+                target = container
+                target.sinks.add(session)
+                if target.exit is not None:
+                    session.on_exit(target.exit)
+            else:
+                process: ProcessSpec = from_plain(ProcessSpec, msg["process"])
+                target = await self.table.spawn_exec(container, process, session, stdin=bool(msg.get("stdin")))
+            writer.write(wire.encode({"result": {"pid": target.pid}}))
+        except Exception as exc:
+            writer.write(wire.encode({"error": wire.error_payload(exc)}))
+            await writer.drain()
+            return
+        use_stdin = bool(msg.get("stdin")) and target.stdin_w >= 0
+        pump = asyncio.create_task(self._pump_input(reader, target, use_stdin))
+        try:
+            done, _ = await asyncio.wait({pump, session.done}, return_when=asyncio.FIRST_COMPLETED)
+            if session.done in done:
+                status = session.done.result()
+                writer.write(wire.frame(wire.F_EXIT, json.dumps({"exit_code": status.exit_code}).encode()))
+                await writer.drain()
+        finally:
+            pump.cancel()
+            target.sinks.discard(session)
+            if msg["op"] == "attach" and use_stdin and target.spec.process.stdin_once:
+                self.table.close_stdin(target)
+
+    async def _pump_input(self, reader: asyncio.StreamReader, target: Proc, use_stdin: bool) -> None:
+        assert self.table is not None
+        while True:
+            fr = await wire.read_frame(reader)
+            if fr is None:
+                return
+            kind, payload = fr
+            if kind == wire.F_STDIN and use_stdin:
+                self.table.write_stdin(target, payload)
+            elif kind == wire.F_STDIN_CLOSE and use_stdin:
+                self.table.close_stdin(target)
+            elif kind == wire.F_RESIZE:
+                size = json.loads(payload)
+                with contextlib.suppress(OSError):
+                    self.table.resize(target, int(size["width"]), int(size["height"]))
+
+
+async def _read_pipe(fd: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+    )
+    try:
+        return await reader.read()
+    finally:
+        transport.close()
+
+
+def main(sandbox_id: str, socket_path: str, ready_fd: int, log_path: str) -> None:
+    """Shim entry point after the factory forked us (already in our own session)."""
+    libc.set_process_name(f"shim-{sandbox_id[:10]}")
+    logging.basicConfig(
+        filename=log_path or None,
+        level=logging.INFO,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    asyncio.run(ShimServer(sandbox_id, Path(socket_path)).run(ready_fd))

@@ -1,0 +1,82 @@
+"""The daemon <-> shim wire format over a unix stream socket.
+
+Control messages are JSON objects, one per line (``\\n``-terminated, at most
+:data:`MAX_LINE` bytes). A request carries ``id`` and ``op``; the reply carries the same
+``id`` and either ``result`` or ``error`` = {"kind": <runtime.errors class name>,
+"message": ...}, so the daemon re-raises the same typed error.
+
+A session connection (attach, interactive exec) starts with one JSON request line and then
+switches to binary frames: ``type (1 byte) | length (4 bytes, big endian) | payload``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from typing import Any
+
+from runtime import errors
+
+MAX_LINE = 64 * 1024 * 1024  # ExecSync output (capped at 16 MiB per stream) travels base64'd in one line
+
+# frame types
+F_STDIN = 0
+F_STDOUT = 1
+F_STDERR = 2
+F_EXIT = 3
+F_RESIZE = 4
+F_STDIN_CLOSE = 5
+F_ERROR = 6
+
+_HDR = struct.Struct(">BI")
+MAX_FRAME = 1024 * 1024
+
+
+def encode(msg: dict[str, Any]) -> bytes:
+    return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next JSON line, or None at EOF."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise errors.Unavailable("shim connection closed mid-message") from None
+        return None
+    msg: dict[str, Any] = json.loads(line)
+    return msg
+
+
+def error_payload(exc: BaseException) -> dict[str, str]:
+    kind = type(exc).__name__ if isinstance(exc, errors.EngineError) else "Internal"
+    return {"kind": kind, "message": str(exc) or type(exc).__name__}
+
+
+def raise_error(payload: dict[str, str]) -> None:
+    """Re-raise an error reply as the engine exception it names."""
+    cls = getattr(errors, payload.get("kind", "Internal"), errors.Internal)
+    if not (isinstance(cls, type) and issubclass(cls, errors.EngineError)):
+        cls = errors.Internal
+    raise cls(payload.get("message", ""))
+
+
+def frame(kind: int, payload: bytes = b"") -> bytes:
+    return _HDR.pack(kind, len(payload)) + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
+    """The next frame, or None at EOF."""
+    try:
+        hdr = await reader.readexactly(_HDR.size)
+    except asyncio.IncompleteReadError:
+        return None
+    kind, length = _HDR.unpack(hdr)
+    if length > MAX_FRAME:
+        raise errors.InvalidArgument(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    try:
+        payload = await reader.readexactly(length) if length else b""
+    except asyncio.IncompleteReadError:
+        return None
+    return kind, payload

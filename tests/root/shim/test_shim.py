@@ -1,0 +1,153 @@
+"""The pod shim as root: factory, namespaces, a container on an overlay rootfs, logs,
+exit codes, ExecSync, attach session, shutdown; nothing left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from runtime.linux import libc
+from runtime.model.launch import LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec, RootfsSpec
+from runtime.shim import wire
+from runtime.shim.manager import ShimManager
+from runtime.store.codec import to_plain
+from tests.support.rootfs import busybox_rootfs
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
+
+SID = "a" * 64
+
+
+@pytest.fixture
+async def shim(tmp_path: Path) -> AsyncIterator[tuple[ShimManager, Path]]:
+    import tempfile
+
+    state = Path(tempfile.mkdtemp(prefix="shimt", dir="/tmp"))
+    mgr = ShimManager(state)
+    shim_ref = None
+    try:
+        await mgr.start()
+        shim_ref = await mgr.spawn(SID)
+        yield mgr, tmp_path
+    finally:
+        with contextlib.suppress(Exception):
+            await mgr.client(SID).call("shutdown")
+        deadline = time.monotonic() + 10
+        while shim_ref is not None and shim_ref.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if shim_ref is not None and shim_ref.alive():
+            os.kill(shim_ref.pid, signal.SIGKILL)
+        await mgr.stop_factory()
+        await mgr.close()
+        pins = tmp_path / "pins"
+        if pins.exists():
+            for p in pins.iterdir():
+                with contextlib.suppress(OSError):
+                    libc.umount2(str(p), libc.MNT_DETACH)
+
+
+def container_spec(tmp_path: Path, cid: str, args: tuple[str, ...], pins: dict[str, str] | None = None,
+                   **proc_kw: object) -> LaunchSpec:
+    lower = tmp_path / "lower"
+    if not lower.exists():
+        busybox_rootfs(lower)
+    base = tmp_path / cid[:8]
+    for d in ("upper", "work", "rootfs", "exit"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    pins = pins or {}
+    return LaunchSpec(
+        container_id=cid,
+        sandbox_id=SID,
+        process=ProcessSpec(args=args, env=("PATH=/bin", "FOO=bar"), **proc_kw),  # type: ignore[arg-type]
+        namespaces=NamespaceSpec(net=pins.get("net", ""), ipc=pins.get("ipc", ""), uts=pins.get("uts", "")),
+        rootfs=RootfsSpec(str(base / "rootfs"), (str(lower),), str(base / "upper"), str(base / "work")),
+        mounts=(
+            MountSpec("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),
+            MountSpec("/dev", "tmpfs", "tmpfs", ("nosuid", "mode=755", "size=65536k")),
+            MountSpec("/sys", "sysfs", "sysfs", ("nosuid", "noexec", "nodev", "ro")),
+        ),
+        log_path=str(base / "log"),
+        exit_dir=str(base / "exit"),
+    )
+
+
+async def test_container_lifecycle(shim: tuple[ShimManager, Path]) -> None:
+    mgr, tmp_path = shim
+    client = mgr.client(SID)
+    assert (await client.call("ping"))["sandbox_id"] == SID
+    pins_dir = tmp_path / "pins"
+    pins_dir.mkdir()
+    ns = await client.call("create_namespaces", request={
+        "pin_dir": str(pins_dir), "types": ["net", "ipc", "uts"], "hostname": "podhost", "sysctls": {},
+    })
+    assert set(ns["pins"]) == {"net", "ipc", "uts"}
+    assert os.stat(ns["pins"]["net"]).st_ino != os.stat("/proc/self/ns/net").st_ino
+
+    cid = "c" * 64
+    spec = container_spec(tmp_path, cid, ("sh", "-c", "echo hello $FOO; hostname; echo err >&2; exit 3"),
+                          ns["pins"])
+    events = client.subscribe()
+    first = await anext(events)
+    assert first == {"event": "subscribed"}
+    created = await client.call("create", spec=to_plain(spec))
+    assert created["state"] == "created"
+    await client.call("start", container_id=cid)
+    ev = await asyncio.wait_for(anext(events), 10)
+    assert ev["container_id"] == cid and ev["exit"]["exit_code"] == 3
+    log = (tmp_path / cid[:8] / "log").read_text().splitlines()
+    assert [line.split(" ", 3)[1:] for line in log] == [
+        ["stdout", "F", "hello bar"], ["stdout", "F", "podhost"], ["stderr", "F", "err"]
+    ] or sorted(line.split(" ", 3)[3] for line in log) == ["err", "hello bar", "podhost"]
+    exit_file = json.loads((tmp_path / cid[:8] / "exit" / "exit.json").read_text())
+    assert exit_file["exit_code"] == 3
+    await client.call("delete", container_id=cid)
+
+    # a long-running one: exec_sync, attach, kill
+    cid2 = "d" * 64
+    spec2 = container_spec(tmp_path, cid2, ("sh", "-c", "while true; do echo tick; sleep 0.2; done"), ns["pins"])
+    await client.call("create", spec=to_plain(spec2))
+    await client.call("start", container_id=cid2)
+    r = await client.call("exec_sync", container_id=cid2, timeout=10,
+                          process=to_plain(ProcessSpec(args=("sh", "-c", "echo in; cat /etc/hostname 2>/dev/null;"
+                                                             " echo oops >&2; exit 7"), env=("PATH=/bin",))))
+    assert r["exit_code"] == 7
+    assert base64.b64decode(r["stdout"]).startswith(b"in\n")
+    assert base64.b64decode(r["stderr"]) == b"oops\n"
+    # exec sees the container's filesystem and pid namespace
+    r = await client.call("exec_sync", container_id=cid2, timeout=10,
+                          process=to_plain(ProcessSpec(args=("sh", "-c", "ls /bin/busybox && cat /proc/1/cmdline"),
+                                                       env=("PATH=/bin",))))
+    assert r["exit_code"] == 0, r
+    assert b"while true" in base64.b64decode(r["stdout"])
+    # timeout kills
+    with pytest.raises(Exception) as info:
+        await client.call("exec_sync", container_id=cid2, timeout=0.5,
+                          process=to_plain(ProcessSpec(args=("sleep", "30"), env=("PATH=/bin",))))
+    assert "timed out" in repr(info.value), repr(info.value)
+    # attach sees output
+    reader, writer, _ = await client.open_session("attach", container_id=cid2, stdout=True, stderr=True)
+    fr = await asyncio.wait_for(wire.read_frame(reader), 5)
+    assert fr is not None and fr[0] == wire.F_STDOUT and b"tick" in fr[1]
+    writer.close()
+    await client.call("kill", container_id=cid2, signal=signal.SIGKILL)
+    ev = await asyncio.wait_for(anext(events), 10)
+    assert ev["container_id"] == cid2 and ev["exit"]["exit_code"] == 128 + 9
+    await events.aclose()
+
+
+async def test_start_of_missing_binary_fails_clearly(shim: tuple[ShimManager, Path]) -> None:
+    mgr, tmp_path = shim
+    client = mgr.client(SID)
+    spec = container_spec(tmp_path, "e" * 64, ("/nonexistent-binary",))
+    await client.call("create", spec=to_plain(spec))
+    with pytest.raises(Exception, match="nonexistent-binary"):
+        await client.call("start", container_id="e" * 64)
