@@ -32,6 +32,13 @@ class ImageSettings:
     max_concurrent_downloads: int = field(
         default=3, metadata=doc("Layers downloaded in parallel per pull.")
     )
+    max_layer_bytes: int = field(
+        default=64 << 30,
+        metadata=doc(
+            "Largest uncompressed size of one layer, in bytes; a layer expanding beyond it "
+            "(a decompression bomb) is refused and nothing of it is kept."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,318 @@
+"""Distribution v2 client (async, httpx): manifests and blobs with auth and verification.
+
+- Scheme: HTTPS, verified. For loopback hosts and registries marked insecure, HTTPS is tried
+  first without verification and plain HTTP is used when the TLS handshake fails (Docker's
+  rule for insecure registries); the choice is remembered per host.
+- Auth: anonymous first; on 401 the ``WWW-Authenticate`` challenge decides: Basic with the
+  credentials, or Bearer via the realm (GET with Basic credentials, or the OAuth2
+  refresh-token POST for an identity token; a registry token is used as is). Tokens are
+  cached per host, scope and credentials until they expire.
+- Every manifest and blob is checked against its digest (and size when known) before use.
+- No-progress timeout: a read that receives nothing for ``progress_timeout`` seconds fails
+  the pull with DeadlineExceeded (kubelet gives PullImage no deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from runtime.errors import DeadlineExceeded, EngineError, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from runtime.image.auth import Challenge, RegistryAuth, parse_challenges
+from runtime.image.content import DigestMismatch
+from runtime.image.manifest import ACCEPT, MAX_MANIFEST_BYTES
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "cri-shim"
+_BATCH = 1 << 20
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 and ::1, with or without a port."""
+    h = host
+    if h.startswith("["):
+        h = h[1 : h.index("]")]
+    elif h.count(":") == 1:
+        h = h.split(":", 1)[0]
+    if h == "localhost" or h.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedManifest:
+    data: bytes
+    media_type: str
+    digest: str
+
+
+class RegistryClient:
+    """Shared HTTP state (connection pools, scheme choices, tokens). One per ImageService."""
+
+    def __init__(self, progress_timeout: float, max_connections: int = 16) -> None:
+        read = progress_timeout if progress_timeout > 0 else None
+        self._timeout = httpx.Timeout(connect=30.0, read=read, write=60.0, pool=None)
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._progress_timeout = progress_timeout
+        self._clients: dict[bool, httpx.AsyncClient] = {}
+        self._schemes: dict[str, str] = {}
+        self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
+
+    def _client(self, verify: bool) -> httpx.AsyncClient:
+        c = self._clients.get(verify)
+        if c is None:
+            c = httpx.AsyncClient(
+                verify=verify,
+                timeout=self._timeout,
+                limits=self._limits,
+                follow_redirects=True,
+                headers={"User-Agent": USER_AGENT},
+                trust_env=False,
+            )
+            self._clients[verify] = c
+        return c
+
+    async def close(self) -> None:
+        for c in self._clients.values():
+            await c.aclose()
+        self._clients.clear()
+
+    def session(self, host: str, repository: str, insecure: bool, auth: RegistryAuth | None) -> RegistrySession:
+        """A view on one repository of one registry, with the credentials to use there."""
+        usable = auth if auth is not None and not auth.is_empty() and auth.applies_to(host) else None
+        return RegistrySession(self, host, repository, insecure, usable)
+
+
+class RegistrySession:
+    def __init__(
+        self, client: RegistryClient, host: str, repository: str, insecure: bool, auth: RegistryAuth | None
+    ) -> None:
+        self._c = client
+        self.host = host
+        self.repository = repository
+        self.relaxed = insecure or is_loopback(host)
+        self._auth = auth
+        self._authorization: str | None = None
+        self._scope = f"repository:{repository}:pull"
+
+    def describe(self) -> str:
+        return f"{self.host}/{self.repository}"
+
+    # -- transport -----------------------------------------------------------------------------
+
+    def _cred_key(self) -> str:
+        if self._auth is None:
+            return ""
+        parts = (self._auth.username, self._auth.password, self._auth.auth, self._auth.identity_token,
+                 self._auth.registry_token)
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+    async def _send(self, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+        """Send with the chosen scheme; for relaxed hosts fall back from HTTPS to HTTP."""
+        scheme = self._c._schemes.get(self.host, "https")
+        verify = not self.relaxed
+        client = self._c._client(verify)
+        try:
+            req = client.build_request(method, f"{scheme}://{self.host}{path}", headers=headers)
+            return await client.send(req, stream=True)
+        except httpx.ConnectError as exc:
+            if scheme == "https" and self.relaxed:
+                log.info("registry %s: HTTPS failed (%s); using plain HTTP", self.host, exc)
+                self._c._schemes[self.host] = "http"
+                req = client.build_request(method, f"http://{self.host}{path}", headers=headers)
+                return await client.send(req, stream=True)
+            raise
+
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
+        """A streamed response (caller closes it), authorised; maps transport failures."""
+        hdrs = dict(headers or {})
+        try:
+            if self._authorization is None and self._auth is not None and self._auth.registry_token:
+                self._authorization = f"Bearer {self._auth.registry_token}"
+            if self._authorization is None:
+                cached = self._c._tokens.get((self.host, self._scope, self._cred_key()))
+                if cached and cached[1] > time.time():
+                    self._authorization = f"Bearer {cached[0]}"
+            if self._authorization:
+                hdrs["Authorization"] = self._authorization
+            resp = await self._send(method, path, hdrs)
+            if resp.status_code != 401:
+                return resp
+            challenges = [c for v in resp.headers.get_list("www-authenticate") for c in parse_challenges(v)]
+            await resp.aclose()
+            self._authorization = await self._authorize(challenges)
+            hdrs["Authorization"] = self._authorization
+            resp = await self._send(method, path, hdrs)
+            if resp.status_code == 401:
+                await resp.aclose()
+                raise PermissionDenied(
+                    f"registry {self.host} refused the credentials for {self.repository}"
+                    + ("" if self._auth else " (no credentials were given)")
+                )
+            return resp
+        except httpx.TimeoutException as exc:
+            raise DeadlineExceeded(
+                f"registry {self.host}: no progress for {self._c._progress_timeout:g}s ({type(exc).__name__})"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"registry {self.host} unreachable: {exc or type(exc).__name__}") from None
+
+    async def _authorize(self, challenges: list[Challenge]) -> str:
+        for ch in challenges:
+            if ch.scheme == "bearer" and "realm" in ch.params:
+                return "Bearer " + await self._token(ch.params)
+        for ch in challenges:
+            if ch.scheme == "basic":
+                basic = self._auth.basic() if self._auth else None
+                if basic is None:
+                    raise PermissionDenied(f"registry {self.host} requires credentials for {self.repository}")
+                token = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+                return f"Basic {token}"
+        raise PermissionDenied(f"registry {self.host}: unsupported authentication challenge {challenges!r}")
+
+    async def _token(self, params: dict[str, str]) -> str:
+        key = (self.host, self._scope, self._cred_key())
+        cached = self._c._tokens.get(key)
+        if cached and cached[1] > time.time():
+            return cached[0]
+        realm = params["realm"]
+        if not realm.startswith(("https://", "http://")):
+            raise PermissionDenied(f"registry {self.host}: token realm {realm!r} is not an http(s) URL")
+        if realm.startswith("http://") and not self.relaxed and not is_loopback(httpx.URL(realm).host):
+            raise PermissionDenied(f"registry {self.host}: refusing a plain-HTTP token realm {realm!r}")
+        query = {"scope": self._scope}
+        if params.get("service"):
+            query["service"] = params["service"]
+        client = self._c._client(not self.relaxed)
+        try:
+            if self._auth is not None and self._auth.identity_token:
+                form = {
+                    "grant_type": "refresh_token",
+                    "refresh_token": self._auth.identity_token,
+                    "client_id": USER_AGENT,
+                    **query,
+                }
+                resp = await client.post(realm, data=form)
+            else:
+                basic = self._auth.basic() if self._auth else None
+                resp = await client.get(realm, params=query, auth=httpx.BasicAuth(*basic) if basic else None)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"token server {realm} of registry {self.host} unreachable: {exc}") from None
+        if resp.status_code in (401, 403):
+            raise PermissionDenied(f"token server of registry {self.host} refused the credentials ({resp.status_code})")
+        if resp.status_code != 200:
+            raise Unavailable(f"token server of registry {self.host} answered {resp.status_code}")
+        try:
+            body: dict[str, Any] = resp.json()
+        except ValueError:
+            raise Unavailable(f"token server of registry {self.host} sent no JSON") from None
+        token = body.get("token") or body.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise Unavailable(f"token server of registry {self.host} sent no token")
+        expires = body.get("expires_in")
+        ttl = float(expires) if isinstance(expires, (int, float)) and expires > 0 else 60.0
+        self._c._tokens[key] = (token, time.time() + max(ttl - 10.0, 5.0))
+        return token
+
+    # -- API -----------------------------------------------------------------------------------
+
+    async def _check(self, resp: httpx.Response, what: str) -> None:
+        if resp.status_code == 200:
+            return
+        body = b""
+        try:
+            body = (await resp.aread())[:500]
+        finally:
+            await resp.aclose()
+        detail = body.decode("utf-8", "replace").strip()
+        if resp.status_code == 404:
+            raise NotFound(f"{what} not found in registry {self.host}")
+        if resp.status_code == 403:
+            raise PermissionDenied(f"registry {self.host} denied access to {what}: {detail}")
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise Unavailable(f"registry {self.host} answered {resp.status_code} for {what}: {detail}")
+        raise Unavailable(f"registry {self.host} answered {resp.status_code} for {what}: {detail}")
+
+    async def manifest(self, reference: str, expected_digest: str = "") -> FetchedManifest:
+        """GET a manifest or index by tag or digest, bounded in size and digest-checked."""
+        what = f"manifest {self.repository}:{reference}" if ":" not in reference else f"manifest {self.repository}@{reference}"
+        resp = await self.request("GET", f"/v2/{self.repository}/manifests/{reference}", {"Accept": ACCEPT})
+        try:
+            await self._check(resp, what)
+            length = resp.headers.get("content-length")
+            if length is not None and int(length) > MAX_MANIFEST_BYTES:
+                raise InvalidArgument(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes")
+            data = bytearray()
+            async for chunk in resp.aiter_bytes():
+                data += chunk
+                if len(data) > MAX_MANIFEST_BYTES:
+                    raise InvalidArgument(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes")
+        except httpx.TimeoutException:
+            raise DeadlineExceeded(f"registry {self.host}: no progress while reading {what}") from None
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"registry {self.host}: reading {what} failed: {exc}") from None
+        finally:
+            await resp.aclose()
+        body = bytes(data)
+        algo = (expected_digest or "sha256:").split(":", 1)[0]
+        digest = f"{algo}:{hashlib.new(algo, body).hexdigest()}"
+        if expected_digest and digest != expected_digest:
+            raise DigestMismatch(f"{what}: registry sent content with digest {digest}")
+        header_digest = resp.headers.get("docker-content-digest", "")
+        if not expected_digest and header_digest.startswith("sha256:") and header_digest != digest:
+            raise DigestMismatch(f"{what}: Docker-Content-Digest {header_digest} does not match the body ({digest})")
+        return FetchedManifest(body, resp.headers.get("content-type", ""), digest)
+
+    async def blob(
+        self,
+        digest: str,
+        sink: Callable[[bytes], Awaitable[None]],
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream blob ``digest`` into ``sink`` (in batches of about 1 MiB); returns bytes read.
+        The caller verifies size and digest (the content store's Ingest does)."""
+        what = f"blob {digest} of {self.repository}"
+        resp = await self.request("GET", f"/v2/{self.repository}/blobs/{digest}")
+        total = 0
+        try:
+            await self._check(resp, what)
+            batch = bytearray()
+            async for chunk in resp.aiter_bytes():
+                batch += chunk
+                total += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+                if len(batch) >= _BATCH:
+                    await sink(bytes(batch))
+                    batch.clear()
+            if batch:
+                await sink(bytes(batch))
+        except httpx.TimeoutException:
+            raise DeadlineExceeded(
+                f"registry {self.host}: no progress for {self._c._progress_timeout:g}s while downloading {what}"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"registry {self.host}: download of {what} failed: {exc}") from None
+        finally:
+            await resp.aclose()
+        return total
+
+
+def retryable(exc: BaseException) -> bool:
+    """Errors after which the next pull source (mirror → primary) is worth trying."""
+    return isinstance(exc, (NotFound, Unavailable, PermissionDenied, DeadlineExceeded)) or (
+        isinstance(exc, EngineError) is False and isinstance(exc, (OSError, asyncio.TimeoutError))
+    )
