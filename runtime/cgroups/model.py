@@ -71,7 +71,7 @@ class Resources:
 
 
 def _cpu_list(value: str, what: str) -> None:
-    if value and not _CPU_LIST.match(value):
+    if value and not _CPU_LIST.fullmatch(value):
         raise InvalidArgument(f"invalid {what} {value!r}: want a list like '0-3,6'")
     for part in value.split(",") if value else ():
         lo, _, hi = part.partition("-")
@@ -81,7 +81,7 @@ def _cpu_list(value: str, what: str) -> None:
 
 def check_unified_key(key: str) -> str:
     """Validate one ``unified`` key: a plain interface file name, never a path or a control file."""
-    if not _UNIFIED_KEY.match(key) or key in _STRUCTURAL_KEYS:
+    if not _UNIFIED_KEY.fullmatch(key) or key in _STRUCTURAL_KEYS:
         raise InvalidArgument(f"invalid unified cgroup key {key!r}")
     return key
 
@@ -106,7 +106,7 @@ def check_resources(r: Resources) -> Resources:
     _cpu_list(r.cpuset_mems, "cpuset_mems")
     seen: set[str] = set()
     for h in r.hugepage_limits:
-        if not PAGE_SIZE.match(h.page_size):
+        if not PAGE_SIZE.fullmatch(h.page_size):
             raise InvalidArgument(f"invalid huge page size {h.page_size!r}: want e.g. '2MB' or '1GB'")
         if h.page_size in seen:
             raise InvalidArgument(f"huge page size {h.page_size} given twice")

@@ -40,7 +40,7 @@ def check_cgroup_path(path: str) -> str:
     if not trimmed:
         return "/"
     for part in trimmed[1:].split("/"):
-        if part in ("", ".", "..") or not _COMPONENT.match(part) or len(part) > _MAX_COMPONENT:
+        if part in ("", ".", "..") or not _COMPONENT.fullmatch(part) or len(part) > _MAX_COMPONENT:
             raise InvalidArgument(f"invalid cgroup path {path!r}: bad component {part!r}")
     return trimmed
 

@@ -109,7 +109,7 @@ def _unified(w: _V1Writes, key: str, value: str) -> None:
     elif key in ("cpuset.cpus", "cpuset.mems"):
         check_resources(Resources(cpuset_cpus=v) if key == "cpuset.cpus" else Resources(cpuset_mems=v))
         w.put("cpuset", key, v)
-    elif key.startswith("hugetlb.") and key.endswith(".max") and PAGE_SIZE.match(key[8:-4]):
+    elif key.startswith("hugetlb.") and key.endswith(".max") and PAGE_SIZE.fullmatch(key[8:-4]):
         _hugetlb(w, key[8:-4], parse_v2_bytes(v, key))
     else:
         raise InvalidArgument(
