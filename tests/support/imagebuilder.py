@@ -35,6 +35,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import platform as _platform
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -444,10 +445,7 @@ class _TokenAwareClient:
             token = base64.b64encode(f"{self._auth[0]}:{self._auth[1]}".encode()).decode()
             self._header = {"Authorization": f"Basic {token}"}
         elif chal.lower().startswith("bearer"):
-            params = dict(
-                part.split("=", 1) for part in (p.strip() for p in chal[7:].split(",")) if "=" in part
-            )
-            params = {k: v.strip('"') for k, v in params.items()}
+            params = dict(re.findall(r'(\w+)="([^"]*)"', chal))
             realm = params.pop("realm")
             q = {k: v for k, v in params.items() if k in ("service", "scope")}
             tr = httpx.get(realm, params=q, auth=self._auth, timeout=30.0)
