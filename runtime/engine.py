@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from runtime.config import RuntimeSettings
 from runtime.events import EventBus
 from runtime.hostinfo import HostInfo, probe_host
+from runtime.image.metadata import IMAGE_MIGRATIONS
+from runtime.image.service import ImageService
 from runtime.settings_store import SETTINGS_MIGRATIONS, SettingsStore
 from runtime.store import Migration, Store
 
@@ -50,7 +52,7 @@ class RecoveryReport:
 
 def all_migrations() -> list[Migration]:
     """Every component's schema steps; each service module contributes its own list."""
-    return [*SETTINGS_MIGRATIONS]
+    return [*SETTINGS_MIGRATIONS, *IMAGE_MIGRATIONS]
 
 
 class Engine:
@@ -67,6 +69,11 @@ class Engine:
         # (name, coroutine) run in order by start(); each service appends its recover step.
         self._recover_steps: list[tuple[str, Callable[[], Awaitable[int]]]] = []
         self._close_steps: list[Callable[[], Awaitable[None]]] = []
+        # Images and snapshots under <root>/images; recovery (half-made snapshots, temp and
+        # orphan blobs) runs first: container recovery relies on the snapshots it keeps.
+        self.images = ImageService(settings.image, self.store, settings.root / "images")
+        self._recover_steps.insert(0, ("images", self.images.recover))
+        self._close_steps.append(self.images.close)
         self._features = RuntimeFeatures()
 
     # -- life cycle ---------------------------------------------------------------------------
