@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from cri_shim.api.dispatch import Dispatcher
+from cri_shim.api.images import ImageHandlers
 from cri_shim.api.runtime_info import RuntimeInfoHandlers
 from cri_shim.config import Config
 from cri_shim.metrics import Metrics, MetricsServer
@@ -100,7 +101,7 @@ class Daemon:
 
     def handlers(self) -> list[Any]:
         """The CRI area handler objects; each area module adds its own here."""
-        return [RuntimeInfoHandlers(self.engine, self.config)]
+        return [RuntimeInfoHandlers(self.engine, self.config), ImageHandlers(self.engine)]
 
     def request_stop(self) -> None:
         self._stop.set()
