@@ -28,10 +28,11 @@ def join_cgroup(procs_files: Sequence[bytes]) -> None:
     file; a child should report it to the parent and ``os._exit``.
     """
     for f in procs_files:
-        fd = os.open(f, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.write(fd, b"0")
+            fd = os.open(f, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise OSError(exc.errno, f"joining cgroup via {os.fsdecode(f)}: {exc.strerror}") from None
-        finally:
-            os.close(fd)

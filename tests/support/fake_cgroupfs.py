@@ -86,6 +86,7 @@ class FakeCgroupKernel(LinuxCgroupFs):
     mountinfo: str
     hugepages_dir: Path
     writer_pid: int = 4242
+    v1_files: dict[str, dict[str, str]] = field(default_factory=lambda: {c: dict(f) for c, f in V1_FILES.items()})
     writes: list[tuple[Path, str]] = field(default_factory=list)
     kills: list[tuple[int, int]] = field(default_factory=list)
 
@@ -117,7 +118,7 @@ class FakeCgroupKernel(LinuxCgroupFs):
             return
         self._populate(d, {"cgroup.procs": "", "tasks": "", "cgroup.clone_children": "0"})
         for c in controllers:
-            self._populate(d, V1_FILES.get(c, {}))
+            self._populate(d, self.v1_files.get(c, {}))
 
     # -- what a test sets up or looks at ------------------------------------------------------
 
@@ -225,6 +226,12 @@ def make_v1_tree(tmp: Path, layout: tuple[tuple[str, ...], ...] = DEFAULT_V1_LAY
         hierarchies[mount] = ("v2",)
     kernel = FakeCgroupKernel(root, CgroupMode.HYBRID if hybrid else CgroupMode.V1, hierarchies,
                               "\n".join(lines) + "\n", _hugepages(tmp))
+    memory = kernel.v1_files["memory"]
+    if not memsw:
+        for name in [n for n in memory if n.startswith("memory.memsw.")]:
+            del memory[name]
+    if not oom_kill:
+        memory["memory.oom_control"] = "oom_kill_disable 0\nunder_oom 0\n"
     for mount, controllers in hierarchies.items():
         if controllers == ("v2",):
             kernel._populate(mount, {k: v for k, v in V2_CORE.items() if k != "cgroup.kill"})
@@ -232,12 +239,6 @@ def make_v1_tree(tmp: Path, layout: tuple[tuple[str, ...], ...] = DEFAULT_V1_LAY
         kernel.populate_new(mount)
         for c in controllers:
             kernel._populate(mount, V1_ROOT_ONLY.get(c, {}))
-        if "memory" in controllers:
-            if not memsw:
-                for f in mount.glob("memory.memsw.*"):
-                    f.unlink()
-            if not oom_kill:
-                (mount / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\n")
     return kernel
 
 
