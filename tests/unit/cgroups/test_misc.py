@@ -88,7 +88,7 @@ def test_os_errors_become_typed_errors(code: int, kind: type[Exception]) -> None
 
 def test_apply_plan_missing_file_is_not_found(tmp_path: Path) -> None:
     fs = FakeCgroupKernel(tmp_path, None, {}, "", tmp_path)  # type: ignore[arg-type]
-    with pytest.raises(NotFound, match="cpu.max"):
+    with pytest.raises(NotFound, match=r"cpu\.max"):
         apply_plan(fs, CgroupPlan((Write(tmp_path / "cpu.max", "max"),)))
     assert not (tmp_path / "cpu.max").exists()  # never created by a write
 

@@ -55,7 +55,8 @@ def test_parsers() -> None:
 def test_io_stat_v2_and_blkio_v1() -> None:
     io = parse.io_stat("8:16 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n8:0 rbytes=5 wbytes=0 rios=3 wios=0\n")
     assert io == (IoDeviceStats(8, 0, 5, 0, 3, 0), IoDeviceStats(8, 16, 10, 20, 1, 2))
-    service = "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Async 12288\n8:0 Discard 0\n8:0 Total 12288\nTotal 12288\n"
+    service = ("8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Async 12288\n8:0 Discard 0\n8:0 Total 12288\n"
+               "Total 12288\n")
     serviced = "8:0 Read 1\n8:0 Write 2\n8:0 Total 3\nTotal 3\n"
     assert parse.blkio(service, serviced) == (IoDeviceStats(8, 0, 4096, 8192, 1, 2),)
     assert parse.blkio("Total 0\n", "Total 0\n") == ()
@@ -140,8 +141,8 @@ def test_v1_stats(v1: FakeCgroupKernel, v1_driver: CgroupV1Driver) -> None:
     assert (s.oom.oom_kill, s.oom.under_oom, s.oom.oom_events) == (4, True, None)
     assert s.pids is not None and (s.pids.current, s.pids.limit) == (3, 100)
     assert s.io is not None and s.io.devices == (IoDeviceStats(8, 0, 10, 20, 1, 2),) and s.io.psi is None
-    assert [(h.page_size, h.usage_bytes, h.max_usage_bytes, h.limit_bytes) for h in s.hugetlb][0] == (
-        "2MB", 2097152, 4194304, None)
+    h = s.hugetlb[0]
+    assert (h.page_size, h.usage_bytes, h.max_usage_bytes, h.limit_bytes) == ("2MB", 2097152, 4194304, None)
     assert v1_driver.oom_kill_count(CTR) == 4
     with pytest.raises(NotFound):
         v1_driver.stats("/absent")
