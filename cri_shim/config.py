@@ -121,6 +121,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"network.pod_cidr: {cfg.network.pod_cidr!r} must be IPv4 with a prefix of /30 or wider")
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", cfg.network.bridge):
         raise ConfigError(f"network.bridge: {cfg.network.bridge!r} is not a valid interface name")
+    if cfg.network.mode not in ("auto", "builtin", "cni"):
+        raise ConfigError(f"network.mode: {cfg.network.mode!r} is not one of auto, builtin, cni")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", cfg.network.nft_table):
+        raise ConfigError(f"network.nft_table: {cfg.network.nft_table!r} is not a valid nftables table name")
     for key, path in (
         ("network.cni_conf_dir", cfg.network.cni_conf_dir),
         ("network.cni_cache_dir", cfg.network.cni_cache_dir),

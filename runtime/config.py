@@ -67,6 +67,21 @@ class NetworkSettings:
         default=Path("/var/lib/cni"),
         metadata=doc("CNI result cache (lets DEL work after a restart), as libcni uses it."),
     )
+    mode: str = field(
+        default="auto",
+        metadata=doc(
+            "How pods are networked: \"auto\" (CNI when cni_conf_dir holds a usable network "
+            "config, else the built-in bridge), \"builtin\" (always the bridge) or \"cni\" "
+            "(only CNI: NetworkReady stays false until a config and its plugins are installed)."
+        ),
+    )
+    nft_table: str = field(
+        default="cri_shim",
+        metadata=doc(
+            "Name of the built-in network's own nftables table (\"table ip <name>\": masquerade "
+            "and hostPort DNAT). Replaced as a whole on every change; deleted with the last pod."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from runtime.events import EventBus
 from runtime.hostinfo import HostInfo, probe_host
 from runtime.image.metadata import IMAGE_MIGRATIONS
 from runtime.image.service import ImageService
+from runtime.network.service import NetworkService
+from runtime.network.state import NETWORK_MIGRATIONS
 from runtime.settings_store import SETTINGS_MIGRATIONS, SettingsStore
 from runtime.store import Migration, Store
 
@@ -52,7 +54,7 @@ class RecoveryReport:
 
 def all_migrations() -> list[Migration]:
     """Every component's schema steps; each service module contributes its own list."""
-    return [*SETTINGS_MIGRATIONS, *IMAGE_MIGRATIONS]
+    return [*SETTINGS_MIGRATIONS, *NETWORK_MIGRATIONS, *IMAGE_MIGRATIONS]
 
 
 class Engine:
@@ -74,6 +76,11 @@ class Engine:
         self.images = ImageService(settings.image, self.store, settings.root / "images")
         self._recover_steps.insert(0, ("images", self.images.recover))
         self._close_steps.append(self.images.close)
+        # Pod networking; its step re-applies nftables from the store. The sandbox service's
+        # recovery calls network.recover(live_ids) once it knows which sandboxes survived.
+        self.network = NetworkService(settings.network, self.store, self.pod_cidr)
+        self._recover_steps.append(("network", self.network.start))
+        self._close_steps.append(self.network.close)
         self._features = RuntimeFeatures()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -137,7 +144,6 @@ class Engine:
             runtime = Condition("RuntimeReady", False, "RecoveryInProgress", "recovering state after start")
         else:
             runtime = Condition("RuntimeReady", True)
-        network = Condition(
-            "NetworkReady", False, "NetworkPluginNotReady", "pod networking is not implemented yet"
-        )
+        net = self.network.status()
+        network = Condition("NetworkReady", net.ready, net.reason, net.message)
         return [runtime, network]

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from runtime.errors import InvalidArgument
+from runtime.network.model import Protocol
+from runtime.network.nft import render_delete, render_ruleset
+from runtime.network.state import HostPortRule, NatState
+
+
+def test_empty_state_deletes_the_table() -> None:
+    assert render_ruleset("t1", NatState()) == "table ip t1 {}\ndelete table ip t1\n"
+    assert render_delete("t1") == render_ruleset("t1", NatState())
+
+
+def test_masquerade_only() -> None:
+    text = render_ruleset("cri_shim", NatState(subnets=("10.88.0.0/16",)))
+    assert text.startswith("table ip cri_shim {}\ndelete table ip cri_shim\ntable ip cri_shim {\n")
+    assert "ip saddr 10.88.0.0/16 ip daddr != { 10.88.0.0/16, 224.0.0.0/4 } masquerade" in text
+    assert "ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.0/16 masquerade" in text
+    assert "127.0.0.0/8" not in text  # no hostPorts: no loopback masquerade
+    assert "dnat to" not in text
+
+
+def test_host_ports() -> None:
+    state = NatState(
+        subnets=("10.88.0.0/16",),
+        host_ports=(
+            HostPortRule(Protocol.TCP, 8080, "", "10.88.0.5", 80),
+            HostPortRule(Protocol.UDP, 5353, "127.0.0.1", "10.88.0.6", 53),
+            HostPortRule(Protocol.SCTP, 9000, "", "10.88.0.7", 9000),
+        ),
+    )
+    text = render_ruleset("t", state)
+    assert "\t\ttcp dport 8080 dnat to 10.88.0.5:80\n" in text
+    assert "\t\tip daddr 127.0.0.1 udp dport 5353 dnat to 10.88.0.6:53\n" in text
+    assert "\t\tsctp dport 9000 dnat to 10.88.0.7:9000\n" in text
+    assert "fib daddr type local jump hostports" in text
+    assert "ct status dnat ip saddr 127.0.0.0/8 masquerade" in text
+
+
+def test_overlapping_subnets_are_collapsed() -> None:
+    text = render_ruleset("t", NatState(subnets=("10.88.0.0/16", "10.88.1.0/24")))
+    assert "10.88.1.0/24" not in text
+    assert "ip saddr 10.88.0.0/16 ip daddr != { 10.88.0.0/16, 224.0.0.0/4 }" in text
+
+
+def test_two_subnets_use_sets() -> None:
+    text = render_ruleset("t", NatState(subnets=("10.88.0.0/16", "10.99.0.0/24")))
+    assert "ip saddr { 10.88.0.0/16, 10.99.0.0/24 } ip daddr != { 10.88.0.0/16, 10.99.0.0/24, 224.0.0.0/4 }" in text
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "a-b", "a b", "x" * 33, "t;flush ruleset"])
+def test_bad_table_names(name: str) -> None:
+    with pytest.raises(InvalidArgument):
+        render_ruleset(name, NatState())
