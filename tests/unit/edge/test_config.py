@@ -74,7 +74,7 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
 
 
 def test_invalid_toml_is_reported(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="c.toml"):
+    with pytest.raises(ConfigError, match=r"c\.toml"):
         load(write(tmp_path, "address = \n"))
 
 
