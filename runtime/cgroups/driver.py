@@ -54,6 +54,11 @@ class CgroupDriver(Protocol):
         """True when the cgroup exists (on v1: in at least one hierarchy)."""
         ...
 
+    def children(self, path: str) -> list[str]:
+        """The cgroup paths directly below ``path`` (v1: in any hierarchy), sorted; [] when
+        ``path`` does not exist. For recovery: find leftover cgroups under our default parent."""
+        ...
+
     def procs_files(self, path: str) -> tuple[Path, ...]:
         """The cgroup.procs files a process writes to join ``path`` (see ``join``)."""
         ...

@@ -63,6 +63,17 @@ class CgroupHost:
     def hugetlb(self) -> bool:
         return "hugetlb" in self.controllers
 
+    def features(self) -> dict[str, bool]:
+        """Yes/no facts for the Status RPC's verbose info and the start-up log line."""
+        return {
+            "cgroup_v2": self.mode is CgroupMode.V2,
+            "swap_accounting": self.swap_accounting,
+            "hugetlb": self.hugetlb,
+            "psi": self.psi,
+            "oom_kill_counter": self.oom_kill_counter,
+            **{f"controller_{c}": True for c in sorted(self.controllers)},
+        }
+
     @property
     def v1_hierarchies(self) -> tuple[Path, ...]:
         """Each v1 hierarchy once, in a stable order."""

@@ -95,6 +95,11 @@ class CgroupV1Driver:
     def exists(self, path: str) -> bool:
         return any(self.fs.is_dir(d) for d in self.directories(self._checked(path)))
 
+    def children(self, path: str) -> list[str]:
+        base = check_cgroup_path(path)
+        names = {c.name for d in self.directories(base) for c in self.fs.child_dirs(d)}
+        return [f"{base.rstrip('/')}/{n}" for n in sorted(names)]
+
     def procs_files(self, path: str) -> tuple[Path, ...]:
         return tuple(d / "cgroup.procs" for d in self.directories(self._checked(path)))
 

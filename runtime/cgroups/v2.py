@@ -78,6 +78,10 @@ class CgroupV2Driver:
     def exists(self, path: str) -> bool:
         return self.fs.is_dir(self.directory(path))
 
+    def children(self, path: str) -> list[str]:
+        base = check_cgroup_path(path)
+        return [f"{base.rstrip('/')}/{c.name}" for c in self.fs.child_dirs(under(self.root, base))]
+
     def procs_files(self, path: str) -> tuple[Path, ...]:
         return (self.directory(path) / "cgroup.procs",)
 

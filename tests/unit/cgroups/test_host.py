@@ -107,3 +107,10 @@ def test_probe_v2_without_swap_or_memory(tmp_path: Path) -> None:
     assert not host.swap_accounting and not host.oom_kill_counter and not host.hugetlb
     (k.root / "cpu.pressure").unlink()
     assert not k.host().psi
+
+
+def test_features_summary(tmp_path: Path) -> None:
+    f = make_v1_tree(tmp_path, (("cpu", "cpuacct"), ("memory",)), hybrid=True).host().features()
+    assert f == {"cgroup_v2": False, "swap_accounting": True, "hugetlb": False, "psi": True,
+                 "oom_kill_counter": True, "controller_cpu": True, "controller_cpuacct": True,
+                 "controller_memory": True}

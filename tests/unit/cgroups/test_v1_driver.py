@@ -285,3 +285,11 @@ def test_hybrid_also_uses_the_unified_hierarchy(tmp_path: Path, fake_time: FakeT
     assert cg(k, "unified").is_dir()
     assert cg(k, "unified") / "cgroup.procs" in d.procs_files(CTR)
     assert d.remove(POD) is True and not cg(k, "unified", POD).exists()
+
+
+def test_children_lists_across_hierarchies(v1: FakeCgroupKernel, v1_driver: CgroupV1Driver) -> None:
+    v1_driver.create(CTR)
+    (v1.root / "memory" / "kubepods" / "burstable" / "pod2").mkdir()  # only in one hierarchy
+    assert v1_driver.children("/kubepods/burstable") == ["/kubepods/burstable/pod1", "/kubepods/burstable/pod2"]
+    assert v1_driver.children("/") == ["/kubepods"]
+    assert v1_driver.children("/absent") == []

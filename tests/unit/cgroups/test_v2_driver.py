@@ -172,3 +172,10 @@ def test_failed_create_rolls_back_new_directories(tmp_path: Path, fake_time: Fak
 
 def test_procs_files(v2: FakeCgroupKernel, v2_driver: CgroupV2Driver) -> None:
     assert v2_driver.procs_files(CTR) == (d(v2) / "cgroup.procs",)
+
+
+def test_children(v2_driver: CgroupV2Driver) -> None:
+    v2_driver.create(CTR)
+    assert v2_driver.children(POD) == [CTR]
+    assert v2_driver.children("/") == ["/init.scope", "/kubepods"]
+    assert v2_driver.children("/absent") == []
