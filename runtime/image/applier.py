@@ -33,6 +33,7 @@ import logging
 import os
 import stat
 import tarfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -256,9 +257,6 @@ def apply_layer(
     try:
         try:
             tar = tarfile.open(fileobj=reader, mode="r|")
-        except tarfile.ReadError as exc:
-            raise LayerRejected(f"layer {label} is not a tar archive: {exc}") from None
-        try:
             for member in tar:
                 entries += 1
                 if entries > limits.max_entries:
@@ -277,17 +275,24 @@ def apply_layer(
                     size += added[1]
                 if on_progress is not None and entries % 256 == 0:
                     on_progress(reader.count)
+            reader.drain()
         except tarfile.TarError as exc:
-            raise LayerRejected(f"layer {label} is a corrupt tar archive: {exc}") from None
-        except (EOFError, gzip.BadGzipFile, ValueError) as exc:
+            raise LayerRejected(f"layer {label} is not a valid tar archive: {exc}") from None
+        except (EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
             if isinstance(exc, InvalidArgument):
                 raise
             raise LayerRejected(f"layer {label} is truncated or corrupt: {exc}") from None
-        reader.drain()
+        except Exception as exc:
+            if type(exc).__name__ == "ZstdError":
+                raise LayerRejected(f"layer {label} is corrupt zstd: {exc}") from None
+            raise
         # Directory mtimes last: creating children changed them.
         tree.close_cached()
         for rel, mtime in reversed(dirs):
-            fd = tree.dir_fd(rel, create=False)
+            try:
+                fd = tree.dir_fd(rel, create=False)
+            except (FileNotFoundError, LayerRejected):
+                continue  # replaced or removed by a later entry of the layer
             os.utime(fd, ns=(mtime, mtime))
         tree.close_cached()
         if root_meta is not None:
