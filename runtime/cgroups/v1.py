@@ -11,41 +11,29 @@ import logging
 import signal
 from pathlib import Path
 
-from runtime.cgroups.fs import CgroupFs, read_optional
-from runtime.cgroups.host import CgroupHost
+from runtime.cgroups.base import CgroupDriverBase
+from runtime.cgroups.fs import read_optional
 from runtime.cgroups.model import Resources
-from runtime.cgroups.paths import ancestors, check_cgroup_path, under
-from runtime.cgroups.plan import CgroupPlan, InheritCpuset, Mkdir, PlanStep, apply_plan, os_error
+from runtime.cgroups.paths import ancestors, under
+from runtime.cgroups.plan import CgroupPlan, InheritCpuset, Mkdir, PlanStep, os_error
 from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.stats_v1 import read_v1_oom_kill, read_v1_stats
-from runtime.cgroups.tree import Clock, kill_listed, kill_until_empty, read_pids, remove_subtrees
+from runtime.cgroups.tree import kill_listed, kill_until_empty, read_pids
 from runtime.cgroups.v1resources import plan_v1_resources
-from runtime.errors import InvalidArgument, NotFound
+from runtime.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
 FROZEN, THAWED = "FROZEN", "THAWED"
 
 
-class CgroupV1Driver:
+class CgroupV1Driver(CgroupDriverBase):
     """See :class:`runtime.cgroups.driver.CgroupDriver` for the contract of each method."""
 
-    def __init__(self, host: CgroupHost, fs: CgroupFs, clock: Clock, *, remove_timeout: float = 10.0,
-                 freeze_timeout: float = 2.0) -> None:
-        self.host = host
-        self.fs = fs
-        self.clock = clock
-        self.remove_timeout = remove_timeout
-        self.freeze_timeout = freeze_timeout
-
-    # -- layout -------------------------------------------------------------------------------
-
-    def directories(self, path: str) -> list[Path]:
-        """The cgroup's directory in each v1 hierarchy, then the unified one (hybrid)."""
-        dirs = [under(h, path) for h in self.host.v1_hierarchies]
-        if self.host.unified is not None:
-            dirs.append(under(self.host.unified, path))
-        return dirs
+    def hierarchy_roots(self) -> list[Path]:
+        """Each v1 hierarchy, then the unified one (hybrid: for PSI and tracking)."""
+        unified = [self.host.unified] if self.host.unified is not None else []
+        return [*self.host.v1_hierarchies, *unified]
 
     def _pid_dir(self, path: str) -> Path:
         """The hierarchy pids are read from: freezer (what kill freezes), else any."""
@@ -57,19 +45,13 @@ class CgroupV1Driver:
             raise InvalidArgument("no cgroup v1 hierarchy is mounted")
         return under(self.host.v1_hierarchies[0], path)
 
-    def _checked(self, path: str) -> str:
-        checked = check_cgroup_path(path)
-        if checked == "/":
-            raise InvalidArgument("the root cgroup cannot be managed")
-        return checked
-
     # -- plans --------------------------------------------------------------------------------
 
     def plan_create(self, path: str, resources: Resources | None = None) -> CgroupPlan:
-        path = self._checked(path)
+        path = self.checked(path)
         cpuset = self.host.v1_mounts.get("cpuset")
         steps: list[PlanStep] = []
-        for h in [*self.host.v1_hierarchies, *([self.host.unified] if self.host.unified else [])]:
+        for h in self.hierarchy_roots():
             for cg in ancestors(path):
                 steps.append(Mkdir(under(h, cg)))
                 if h == cpuset:
@@ -77,44 +59,15 @@ class CgroupV1Driver:
         return CgroupPlan(tuple(steps)) + plan_v1_resources(self.host, path, resources or Resources())
 
     def plan_update(self, path: str, resources: Resources) -> CgroupPlan:
-        return plan_v1_resources(self.host, self._checked(path), resources)
+        return plan_v1_resources(self.host, self.checked(path), resources)
 
-    # -- life cycle ---------------------------------------------------------------------------
-
-    def create(self, path: str, resources: Resources | None = None) -> bool:
-        leaf_dirs = set(self.directories(self._checked(path)))
-        applied = apply_plan(self.fs, self.plan_create(path, resources))
-        return any(d in leaf_dirs for d in applied.created)
-
-    def update(self, path: str, resources: Resources) -> None:
-        plan = self.plan_update(path, resources)
-        if not self.exists(path):
-            raise NotFound(f"cgroup {path} does not exist")
-        apply_plan(self.fs, plan)
-
-    def exists(self, path: str) -> bool:
-        return any(self.fs.is_dir(d) for d in self.directories(self._checked(path)))
-
-    def children(self, path: str) -> list[str]:
-        base = check_cgroup_path(path)
-        names = {c.name for d in self.directories(base) for c in self.fs.child_dirs(d)}
-        return [f"{base.rstrip('/')}/{n}" for n in sorted(names)]
-
-    def procs_files(self, path: str) -> tuple[Path, ...]:
-        return tuple(d / "cgroup.procs" for d in self.directories(self._checked(path)))
-
-    def add_process(self, path: str, pid: int) -> None:
-        for f in self.procs_files(path):
-            try:
-                self.fs.write(f, str(pid))
-            except OSError as exc:
-                raise os_error(exc, f"adding pid {pid} to {f}") from exc
+    # -- processes ----------------------------------------------------------------------------
 
     def pids(self, path: str, recursive: bool = True) -> list[int]:
-        return read_pids(self.fs, self._pid_dir(self._checked(path)), recursive=recursive)
+        return read_pids(self.fs, self._pid_dir(self.checked(path)), recursive=recursive)
 
     def kill_all(self, path: str, sig: int = signal.SIGKILL) -> None:
-        path = self._checked(path)
+        path = self.checked(path)
         freezer = self.host.v1_mounts.get("freezer")
         if freezer is None:
             kill_until_empty(self.fs, self._pid_dir(path), self.clock, self.freeze_timeout)
@@ -152,18 +105,10 @@ class CgroupV1Driver:
             self.clock.sleep(0.005)
             self._write_state(d, FROZEN)  # kernel: a new write retries tasks that failed
 
-    def remove(self, path: str, *, kill: bool = True) -> bool:
-        path = self._checked(path)
-        if kill and self.exists(path) and self.pids(path):
-            self.kill_all(path)
-        return remove_subtrees(self.fs, self.directories(path), self.clock, self.remove_timeout)
-
     # -- measurements -------------------------------------------------------------------------
 
-    def stats(self, path: str) -> CgroupStats:
-        if not self.exists(path):
-            raise NotFound(f"cgroup {path} does not exist")
-        return read_v1_stats(self.fs, self.host, self._checked(path))
+    def read_stats(self, path: str) -> CgroupStats:
+        return read_v1_stats(self.fs, self.host, self.checked(path))
 
     def oom_kill_count(self, path: str) -> int | None:
-        return read_v1_oom_kill(self.fs, self.host, self._checked(path))
+        return read_v1_oom_kill(self.fs, self.host, self.checked(path))

@@ -12,41 +12,39 @@ import logging
 import signal
 from pathlib import Path
 
+from runtime.cgroups.base import CgroupDriverBase
 from runtime.cgroups.fs import CgroupFs, read_optional
 from runtime.cgroups.host import V2_CONTROLLERS, CgroupHost
 from runtime.cgroups.model import Resources
 from runtime.cgroups.parse import flat_keyed
-from runtime.cgroups.paths import ancestors, check_cgroup_path, parent_of, under
-from runtime.cgroups.plan import CgroupPlan, EnableControllers, Mkdir, PlanStep, apply_plan, os_error
+from runtime.cgroups.paths import ancestors, parent_of, under
+from runtime.cgroups.plan import CgroupPlan, EnableControllers, Mkdir, PlanStep, os_error
 from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.stats_v2 import read_v2_oom_kill, read_v2_stats
-from runtime.cgroups.tree import Clock, kill_listed, kill_until_empty, read_pids, remove_subtrees
+from runtime.cgroups.tree import Clock, kill_listed, kill_until_empty, read_pids
 from runtime.cgroups.v2resources import plan_v2_resources
-from runtime.errors import InvalidArgument, NotFound
+from runtime.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
 
 
-class CgroupV2Driver:
+class CgroupV2Driver(CgroupDriverBase):
     """See :class:`runtime.cgroups.driver.CgroupDriver` for the contract of each method."""
 
     def __init__(self, host: CgroupHost, fs: CgroupFs, clock: Clock, *, remove_timeout: float = 10.0,
                  freeze_timeout: float = 2.0) -> None:
         if host.unified is None:
             raise InvalidArgument("cgroup v2 driver needs a unified hierarchy")
-        self.host = host
+        super().__init__(host, fs, clock, remove_timeout=remove_timeout, freeze_timeout=freeze_timeout)
         self.root: Path = host.unified
-        self.fs = fs
-        self.clock = clock
-        self.remove_timeout = remove_timeout
-        self.freeze_timeout = freeze_timeout
         self.controllers = tuple(c for c in V2_CONTROLLERS if c in host.controllers)
 
+    def hierarchy_roots(self) -> list[Path]:
+        return [self.root]
+
     def directory(self, path: str) -> Path:
-        checked = check_cgroup_path(path)
-        if checked == "/":
-            raise InvalidArgument("the root cgroup cannot be managed")
-        return under(self.root, checked)
+        """The cgroup's one directory."""
+        return under(self.root, self.checked(path))
 
     # -- plans --------------------------------------------------------------------------------
 
@@ -62,35 +60,7 @@ class CgroupV2Driver:
     def plan_update(self, path: str, resources: Resources) -> CgroupPlan:
         return plan_v2_resources(self.host, self.directory(path), resources)
 
-    # -- life cycle ---------------------------------------------------------------------------
-
-    def create(self, path: str, resources: Resources | None = None) -> bool:
-        leaf = self.directory(path)
-        applied = apply_plan(self.fs, self.plan_create(path, resources))
-        return leaf in applied.created
-
-    def update(self, path: str, resources: Resources) -> None:
-        plan = self.plan_update(path, resources)
-        if not self.exists(path):
-            raise NotFound(f"cgroup {path} does not exist")
-        apply_plan(self.fs, plan)
-
-    def exists(self, path: str) -> bool:
-        return self.fs.is_dir(self.directory(path))
-
-    def children(self, path: str) -> list[str]:
-        base = check_cgroup_path(path)
-        return [f"{base.rstrip('/')}/{c.name}" for c in self.fs.child_dirs(under(self.root, base))]
-
-    def procs_files(self, path: str) -> tuple[Path, ...]:
-        return (self.directory(path) / "cgroup.procs",)
-
-    def add_process(self, path: str, pid: int) -> None:
-        f = self.directory(path) / "cgroup.procs"
-        try:
-            self.fs.write(f, str(pid))
-        except OSError as exc:
-            raise os_error(exc, f"adding pid {pid} to {f}") from exc
+    # -- processes ----------------------------------------------------------------------------
 
     def pids(self, path: str, recursive: bool = True) -> list[int]:
         return read_pids(self.fs, self.directory(path), recursive=recursive)
@@ -130,19 +100,10 @@ class CgroupV2Driver:
             self.clock.sleep(0.005)
         return True
 
-    def remove(self, path: str, *, kill: bool = True) -> bool:
-        d = self.directory(path)
-        if kill and self.fs.is_dir(d) and self.pids(path):
-            self.kill_all(path)
-        return remove_subtrees(self.fs, [d], self.clock, self.remove_timeout)
-
     # -- measurements -------------------------------------------------------------------------
 
-    def stats(self, path: str) -> CgroupStats:
-        d = self.directory(path)
-        if not self.fs.is_dir(d):
-            raise NotFound(f"cgroup {path} does not exist")
-        return read_v2_stats(self.fs, d, self.host.hugepage_sizes)
+    def read_stats(self, path: str) -> CgroupStats:
+        return read_v2_stats(self.fs, self.directory(path), self.host.hugepage_sizes)
 
     def oom_kill_count(self, path: str) -> int | None:
         return read_v2_oom_kill(self.fs, self.directory(path))

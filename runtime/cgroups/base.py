@@ -1,0 +1,115 @@
+"""What both drivers share: a cgroup is one directory per hierarchy root (v1: one per
+controller mount, plus the hybrid unified mount; v2: the one unified root), created and
+limited by applying a plan, joined through each directory's cgroup.procs, removed bottom-up.
+
+The version-specific parts (plans, pid listing, kill, stats) are the subclasses'.
+"""
+
+from __future__ import annotations
+
+import signal
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from runtime.cgroups.fs import CgroupFs
+from runtime.cgroups.host import CgroupHost
+from runtime.cgroups.model import Resources
+from runtime.cgroups.paths import check_cgroup_path, under
+from runtime.cgroups.plan import CgroupPlan, apply_plan, os_error
+from runtime.cgroups.stats import CgroupStats
+from runtime.cgroups.tree import Clock, remove_subtrees
+from runtime.errors import InvalidArgument, NotFound
+
+
+class CgroupDriverBase(ABC):
+    """See :class:`runtime.cgroups.driver.CgroupDriver` for the contract of each method."""
+
+    def __init__(self, host: CgroupHost, fs: CgroupFs, clock: Clock, *, remove_timeout: float = 10.0,
+                 freeze_timeout: float = 2.0) -> None:
+        self.host = host
+        self.fs = fs
+        self.clock = clock
+        self.remove_timeout = remove_timeout
+        self.freeze_timeout = freeze_timeout
+
+    # -- layout -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def hierarchy_roots(self) -> list[Path]:
+        """The root directory of every hierarchy a cgroup lives in."""
+
+    def checked(self, path: str) -> str:
+        """``path`` validated; the root cgroup is never managed (it is the host's)."""
+        checked = check_cgroup_path(path)
+        if checked == "/":
+            raise InvalidArgument("the root cgroup cannot be managed")
+        return checked
+
+    def directories(self, path: str) -> list[Path]:
+        """The cgroup's directory in each hierarchy."""
+        checked = self.checked(path)
+        return [under(r, checked) for r in self.hierarchy_roots()]
+
+    # -- plans --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def plan_create(self, path: str, resources: Resources | None = None) -> CgroupPlan: ...
+
+    @abstractmethod
+    def plan_update(self, path: str, resources: Resources) -> CgroupPlan: ...
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def create(self, path: str, resources: Resources | None = None) -> bool:
+        leaves = set(self.directories(path))
+        applied = apply_plan(self.fs, self.plan_create(path, resources))
+        return any(d in leaves for d in applied.created)
+
+    def update(self, path: str, resources: Resources) -> None:
+        plan = self.plan_update(path, resources)
+        if not self.exists(path):
+            raise NotFound(f"cgroup {path} does not exist")
+        apply_plan(self.fs, plan)
+
+    def exists(self, path: str) -> bool:
+        return any(self.fs.is_dir(d) for d in self.directories(path))
+
+    def children(self, path: str) -> list[str]:
+        base = check_cgroup_path(path)
+        names = {c.name for r in self.hierarchy_roots() for c in self.fs.child_dirs(under(r, base))}
+        return [f"{base.rstrip('/')}/{n}" for n in sorted(names)]
+
+    def procs_files(self, path: str) -> tuple[Path, ...]:
+        return tuple(d / "cgroup.procs" for d in self.directories(path))
+
+    def add_process(self, path: str, pid: int) -> None:
+        for f in self.procs_files(path):
+            try:
+                self.fs.write(f, str(pid))
+            except OSError as exc:
+                raise os_error(exc, f"adding pid {pid} to {f}") from exc
+
+    @abstractmethod
+    def pids(self, path: str, recursive: bool = True) -> list[int]: ...
+
+    @abstractmethod
+    def kill_all(self, path: str, sig: int = signal.SIGKILL) -> None: ...
+
+    def remove(self, path: str, *, kill: bool = True) -> bool:
+        dirs = self.directories(path)
+        if kill and self.exists(path) and self.pids(path):
+            self.kill_all(path)
+        return remove_subtrees(self.fs, dirs, self.clock, self.remove_timeout)
+
+    # -- measurements -------------------------------------------------------------------------
+
+    @abstractmethod
+    def read_stats(self, path: str) -> CgroupStats: ...
+
+    def stats(self, path: str) -> CgroupStats:
+        if not self.exists(path):
+            raise NotFound(f"cgroup {path} does not exist")
+        return self.read_stats(path)
+
+    @abstractmethod
+    def oom_kill_count(self, path: str) -> int | None: ...
