@@ -24,7 +24,9 @@ class HostNetwork(Protocol):
         ...
 
     async def attach_to_bridge(self, ifname: str, bridge_index: int) -> None:
-        """Enslave link ``ifname`` to the bridge and set it up. FailedPrecondition if missing."""
+        """Enslave link ``ifname`` to the bridge, hairpin mode on, set it up.
+
+        FailedPrecondition if the link is missing."""
         ...
 
     async def delete_link(self, ifname: str) -> bool:
@@ -58,9 +60,10 @@ def sysctl_path(key: str, root: Path = Path("/proc/sys")) -> Path:
 class PyrouteHost:
     """:class:`HostNetwork` over one long-lived pyroute2 ``AsyncIPRoute`` (opened on first use)."""
 
-    def __init__(self, sysctl_root: Path = Path("/proc/sys")) -> None:
+    def __init__(self, sysctl_root: Path = Path("/proc/sys"), sysfs_net: Path = Path("/sys/class/net")) -> None:
         self._ipr: Any = None
         self._sysctl_root = sysctl_root
+        self._sysfs_net = sysfs_net
 
     def _nl(self) -> Any:
         if self._ipr is None:
@@ -143,6 +146,14 @@ class PyrouteHost:
                     f"host interface {ifname} does not exist (was the pod netns step run?)"
                 ) from None
             raise Internal(f"cannot attach {ifname} to bridge {bridge_index}: {exc}") from None
+        # kernel: with br_netfilter (every Kubernetes node has it), a DNAT back to the pod that
+        # sent the packet (pod -> hostIP:hostPort -> itself) is forwarded at layer 2 out of
+        # the port it came in on, which the bridge drops unless the port is in hairpin mode
+        # (kubenet's hairpin-veth, the CNI bridge plugin's hairpinMode).
+        try:
+            (self._sysfs_net / ifname / "brport" / "hairpin_mode").write_text("1")
+        except FileNotFoundError:
+            raise FailedPrecondition(f"host interface {ifname} vanished while it was attached") from None
 
     async def delete_link(self, ifname: str) -> bool:
         from pyroute2.netlink.exceptions import NetlinkError

@@ -78,7 +78,7 @@ def render_ruleset(table: str, state: NatState) -> str:
         "\t\tfib daddr type local jump hostports",
         "\t}",
         "\tchain output {",
-        "\t\ttype nat hook output priority dstnat; policy accept;",
+        "\t\ttype nat hook output priority -100; policy accept;",  # nft 1.0.6: no "dstnat" for output
         "\t\tfib daddr type local jump hostports",
         "\t}",
         "\tchain hostports {",
