@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from runtime.config import ImageSettings, NetworkSettings, RuntimeSettings, doc
+from runtime.cgroups.paths import check_cgroup_path
+from runtime.config import ImageSettings, NetworkSettings, PodSettings, RuntimeSettings, doc
+from runtime.errors import InvalidArgument
 
 DEFAULT_CONFIG_PATH = Path("/etc/cri-shim/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -74,10 +76,13 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     image: ImageSettings = field(default_factory=ImageSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
+    pods: PodSettings = field(default_factory=PodSettings)
 
     def runtime_settings(self) -> RuntimeSettings:
         """The engine's part of the configuration."""
-        return RuntimeSettings(root=self.root, state=self.state, image=self.image, network=self.network)
+        return RuntimeSettings(
+            root=self.root, state=self.state, image=self.image, network=self.network, pods=self.pods
+        )
 
 
 # -- validation of single values ----------------------------------------------------------------
@@ -109,6 +114,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("streaming.token_ttl: must be > 0")
     if cfg.streaming.idle_timeout <= 0:
         raise ConfigError("streaming.idle_timeout: must be > 0")
+    try:
+        check_cgroup_path(cfg.pods.cgroup_parent)
+    except InvalidArgument as exc:
+        raise ConfigError(f"pods.cgroup_parent: {exc}") from None
+    if cfg.pods.cgroup_parent == "/":
+        raise ConfigError("pods.cgroup_parent: must not be the root cgroup")
+    if cfg.pods.shm_size < 4096:
+        raise ConfigError("pods.shm_size: must be at least 4096 bytes")
+    if cfg.pods.stop_kill_timeout <= 0:
+        raise ConfigError("pods.stop_kill_timeout: must be > 0")
     if cfg.image.pull_progress_timeout < 0:
         raise ConfigError("image.pull_progress_timeout: must be >= 0")
     if not 1 <= cfg.image.max_concurrent_downloads <= 64:

@@ -85,6 +85,28 @@ class NetworkSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PodSettings:
+    cgroup_parent: str = field(
+        default="/cri-shim",
+        metadata=doc(
+            "cgroupfs path under which a pod gets its own cgroup (<cgroup_parent>/<pod id>) when "
+            "kubelet names none (crictl). With kubelet's cgroup_parent, kubelet's cgroup is used."
+        ),
+    )
+    shm_size: int = field(
+        default=64 << 20,
+        metadata=doc("Size in bytes of each pod's /dev/shm tmpfs (containerd's default: 64 MiB)."),
+    )
+    stop_kill_timeout: float = field(
+        default=30.0,
+        metadata=doc(
+            "Seconds StopContainer waits for a process to die after SIGKILL before it gives up "
+            "with an error (a process stuck in the kernel)."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     """Everything the engine needs; paths are absolute."""
 
@@ -93,3 +115,4 @@ class RuntimeSettings:
     image: ImageSettings = field(default_factory=ImageSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
     cgroup_root: Path = Path("/sys/fs/cgroup")
+    pods: PodSettings = field(default_factory=PodSettings)
