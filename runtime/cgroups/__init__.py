@@ -1,24 +1,33 @@
 """Cgroups, v1 and v2: paths, resources, drivers, stats and OOM detection.
 
-Start-up (blocking, in a thread)::
+Start-up (blocking: run in a thread)::
 
-    host = probe_cgroups(settings.cgroup_root, hostinfo.cgroup_mode)
-    driver = cgroup_driver(host)
+    host = probe_cgroups(settings.cgroup_root, hostinfo.cgroup_mode)   # CgroupHost
+    driver = cgroup_driver(host)              # CgroupV2Driver on v2, CgroupV1Driver on v1/hybrid
+    host.features()                           # swap accounting, hugetlb, PSI, controllers
 
-Per pod and container (blocking, via ``asyncio.to_thread``)::
+Per pod and container (every driver method blocks: call through ``asyncio.to_thread``)::
 
-    pod = sandbox_cgroup_path(config.linux.cgroup_parent, sandbox_id)
-    driver.create(pod, sandbox_resources(res, overhead) if owns_sandbox_cgroup(parent) else None)
+    pod = sandbox_cgroup_path(linux.cgroup_parent, sandbox_id)   # kubelet's, or /cri-shim/<id>
+    ours = owns_sandbox_cgroup(linux.cgroup_parent)              # only then create/limit/remove it
+    driver.create(pod, sandbox_resources(linux.resources, linux.overhead) if ours else None)
     ctr = container_cgroup_path(pod, container_id)
-    driver.create(ctr, resources)
+    driver.create(ctr, resources)                # Resources mirrors LinuxContainerResources
     files = procs_files_bytes(driver.procs_files(ctr))   # in the shim, before fork
-    join_cgroup(files)                                    # in the child, before exec
+    join_cgroup(files)                                    # in the child, after fork, before exec
+    set_oom_score_adj(resources.oom_score_adj, pid)       # not a cgroup file; clamped to ours
     driver.update(ctr, new_resources)                     # UpdateContainerResources
-    driver.stats(ctr); driver.oom_kill_count(ctr)
-    driver.remove(ctr)                                    # kills leftovers, children first
+    driver.stats(ctr) / driver.stats(pod)                 # CgroupStats (hierarchical counters)
+    driver.oom_kill_count(ctr)                            # at start and at exit: see oom.py
+    driver.remove(ctr); driver.remove(pod) if ours        # kills leftovers, children first
+
+Errors are ``runtime.errors`` types: InvalidArgument for a bad request or a value the kernel
+refuses, NotFound for a missing cgroup, FailedPrecondition when the kernel says busy,
+DeadlineExceeded when processes outlive removal. Settings the host cannot apply (controller
+not mounted, no swap accounting) are plan notes, logged as warnings, not errors.
 
 Plans are data: ``driver.plan_create``/``plan_update`` return the steps, ``apply_plan``
-performs them; ``CgroupFs`` is the port to cgroupfs.
+performs them through ``CgroupFs``, the port to cgroupfs (tests use a fake tree).
 """
 
 from runtime.cgroups.driver import CgroupDriver, cgroup_driver, default_clock
