@@ -104,3 +104,12 @@ def test_invalid_resources_are_refused(resources: Resources, message: str) -> No
 def test_trailing_newlines_are_refused(resources: Resources) -> None:
     with pytest.raises(InvalidArgument):
         check_resources(resources)
+
+
+def test_resources_round_trip_through_the_store_codec() -> None:
+    from runtime.store import from_json, to_json
+
+    r = Resources(cpu_quota=5000, hugepage_limits=(HugepageLimit("2MB", 1 << 21),), unified={"pids.max": "10"},
+                  memory_swap_limit_in_bytes=-1)
+    assert from_json(Resources, to_json(r)) == r
+    assert from_json(Resources, "{}") == Resources()

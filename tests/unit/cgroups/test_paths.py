@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from runtime.cgroups.paths import (
     ancestors,
@@ -75,3 +78,15 @@ def test_ancestors_parent_and_join() -> None:
         parent_of("/")
     assert under(Path("/sys/fs/cgroup/memory"), "/a/b") == Path("/sys/fs/cgroup/memory/a/b")
     assert under(Path("/r"), "/") == Path("/r")
+
+
+@given(st.text(alphabet=st.sampled_from(list("/.a-_:@\\ \n\x00")), max_size=30))
+def test_accepted_paths_never_leave_the_root(raw: str) -> None:
+    root = Path("/sys/fs/cgroup/memory")
+    try:
+        checked = check_cgroup_path(raw)
+    except InvalidArgument:
+        return
+    target = os.path.normpath(under(root, checked))
+    assert target == str(root) or target.startswith(str(root) + "/")
+    assert str(under(root, checked)) == target  # nothing for normpath to fold
