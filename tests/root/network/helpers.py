@@ -149,3 +149,7 @@ def ip_json(*args: str) -> Any:
 
 def nft_delete_table(table: str) -> None:
     subprocess.run(["nft", "delete", "table", "ip", table], check=True, capture_output=True, timeout=10)
+
+
+def nft_ruleset() -> str:
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, timeout=10).stdout
