@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -98,7 +99,9 @@ class Puller:
         limits: ApplyLimits,
         owner: str,
         platform: mf.Platform | None = None,
+        collect: Callable[[Sequence[str]], Awaitable[object]] | None = None,
     ) -> None:
+        self._collect = collect
         self._store = store
         self._content = content
         self._snapshots = snapshots
@@ -252,11 +255,21 @@ class Puller:
                 created=cfg.created,
                 config_json=config_bytes.decode("utf-8", "replace"),
             )
+            def commit(c: sqlite3.Connection) -> Image | None:
+                md.commit_image(c, image, all_blobs, lease)
+                return md.load_image(c, image.id)  # with every name the image has now
+
             try:
-                await self._store.write(lambda c: md.commit_image(c, image, all_blobs, lease))
+                stored = await self._store.write(commit)
             except LookupError as exc:
                 raise Internal(str(exc)) from None
-            return image
+            return stored or image
+        except BaseException:
+            # Nothing of a failed pull is kept: its blobs and layers no image uses are freed.
+            await asyncio.shield(self._store.write(lambda c: md.release_leases(c, lease)))
+            if self._collect is not None:
+                await asyncio.shield(self._collect(all_blobs))
+            raise
         finally:
             await asyncio.shield(self._store.write(lambda c: md.release_leases(c, lease)))
 

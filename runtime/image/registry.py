@@ -64,7 +64,8 @@ class RegistryClient:
 
     def __init__(self, progress_timeout: float, max_connections: int = 16) -> None:
         read = progress_timeout if progress_timeout > 0 else None
-        self._timeout = httpx.Timeout(connect=30.0, read=read, write=60.0, pool=None)
+        connect = min(30.0, read) if read is not None else 30.0
+        self._timeout = httpx.Timeout(connect=connect, read=read, write=60.0, pool=None)
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._progress_timeout = progress_timeout
         self._clients: dict[bool, httpx.AsyncClient] = {}

@@ -109,6 +109,7 @@ class ImageService:
             limits=self._limits,
             owner=self._owner,
             platform=platform,
+            collect=self.collect_garbage,
         )
         self._pulls: dict[tuple[str, str], asyncio.Task[Image]] = {}
         self._container_usage: tuple[float, tuple[int, int]] | None = None

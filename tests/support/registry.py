@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import crypt
 import datetime
 import http.server
 import json
@@ -37,6 +36,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +234,9 @@ def _config(workdir: Path, port: int, auth: AuthMode, username: str, password: s
         f"  secret: {secrets.token_hex(16)}",
     ]
     if auth == "htpasswd":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt  # bcrypt through libxcrypt; docker-registry's htpasswd wants bcrypt
         hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 4))
         (workdir / "htpasswd").write_text(f"{username}:{hashed}\n")
         lines += ["auth:", "  htpasswd:", "    realm: cri-shim-test", f"    path: {workdir / 'htpasswd'}"]
