@@ -71,7 +71,7 @@ def pick_address(
         candidate = first + (start - first + step) % size
         if candidate not in taken:
             return IPv4Address(candidate)
-    raise ResourceExhausted(f"no free IP address left in pod CIDR {subnet} ({size} in use)")
+    raise ResourceExhausted(f"no free IP address left in pod CIDR {subnet} (all {size} are allocated)")
 
 
 def mac_for(address: IPv4Address) -> str:
