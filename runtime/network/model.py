@@ -217,7 +217,8 @@ class Attachment:
 class NetworkEvent:
     """One network operation, for metrics and logs (the edge turns these into histograms).
 
-    ``operation``: prepare, attach, teardown, check, recover, nft_apply, status.
+    ``operation``: prepare, pod_netns (the in-netns step, timed by the shim's child), attach,
+    teardown, check, recover, nft_apply, status (only when NetworkReady changes).
     ``error``: the exception's class name, "" on success.
     """
 

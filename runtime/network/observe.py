@@ -36,8 +36,8 @@ class LogObserver:
 class FanoutObserver:
     """Several observers; one that raises is logged and does not stop the others."""
 
-    def __init__(self, *observers: NetworkObserver) -> None:
-        self._observers = observers
+    def __init__(self, observers: list[NetworkObserver]) -> None:
+        self._observers = observers  # shared: appending later adds an observer
 
     def network_event(self, event: NetworkEvent) -> None:
         for o in self._observers:

@@ -79,7 +79,7 @@ from runtime.network.model import (
     PodNetworkRequest,
 )
 from runtime.network.nft import NatTable, NftCli, NftRunner
-from runtime.network.observe import LogObserver, NetworkObserver
+from runtime.network.observe import FanoutObserver, LogObserver, NetworkObserver
 from runtime.network.state import NetworkState
 from runtime.store import Store
 
@@ -117,7 +117,8 @@ class NetworkService:
         self._pod_cidr = pod_cidr
         self.state = NetworkState(store)
         self._host = host or PyrouteHost()
-        self._observer = observer or LogObserver()
+        self._observers: list[NetworkObserver] = [observer or LogObserver()]
+        self._observer = FanoutObserver(self._observers)
         self.nat = NatTable(
             nft or NftCli(),
             nft_table or settings.nft_table,
@@ -140,6 +141,10 @@ class NetworkService:
         # prepare -> attach of one RunPodSandbox: the CNI config and request to ADD with.
         self._cni_configs: dict[str, CniConfigList] = {}
         self._requests: dict[str, PodNetworkRequest] = {}
+
+    def add_observer(self, observer: NetworkObserver) -> None:
+        """Also report every operation to ``observer`` (the edge's metrics, for instance)."""
+        self._observers.append(observer)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -272,6 +277,9 @@ class NetworkService:
                 if att.phase is AttachPhase.ATTACHED:
                     status = att.status()
                 else:
+                    if result.seconds:
+                        # the in-netns step's own duration, measured in the shim's child
+                        self._observer.network_event(NetworkEvent("pod_netns", att.mode, sandbox_id, result.seconds))
                     try:
                         if att.mode is NetworkMode.BUILTIN:
                             att = await self.builtin.attach(att, netns_path, result)

@@ -70,7 +70,7 @@ class Rig:
             return PodNetnsResult(plan.sandbox_id, loopback=True)
         self.host.add_link(plan.interface.host_ifname)
         iface = PodInterfaceResult("eth0", plan.interface.host_ifname, 2, plan.interface.mac)
-        return PodNetnsResult(plan.sandbox_id, loopback=True, interface=iface)
+        return PodNetnsResult(plan.sandbox_id, loopback=True, interface=iface, seconds=0.001)
 
     async def run_pod(self, svc: NetworkService, *mappings: PortMapping) -> tuple[str, str]:
         sid = new_id()
@@ -121,6 +121,11 @@ async def test_builtin_sequence(rig: Rig) -> None:
     ops = [op for op, err in rig.events.ops() if not err]
     assert ops.count("prepare") == 1 and ops.count("attach") == 2 and ops.count("teardown") == 2
     assert ("nft_apply", "") in rig.events.ops()
+    assert ("pod_netns", "") in rig.events.ops()
+    seen = []
+    svc.add_observer(type("O", (), {"network_event": lambda self, e: seen.append(e.operation)})())
+    await svc.teardown(sid)
+    assert seen == ["teardown"]
     await svc.close()
     assert rig.host.closed
 
