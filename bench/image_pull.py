@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support import imagebuilder as ib  # noqa: E402
-from tests.support.daemon import CRICTL, running_daemon  # noqa: E402
-from tests.support.registry import running_registry  # noqa: E402
+from tests.support import imagebuilder as ib
+from tests.support.daemon import CRICTL, running_daemon
+from tests.support.registry import running_registry
 
 CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
 

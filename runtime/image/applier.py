@@ -111,11 +111,11 @@ def open_decompressed(f: IO[bytes]) -> IO[bytes]:
         head = f.read(4)
         f.seek(pos)
     if head.startswith(GZIP_MAGIC):
-        return gzip.GzipFile(fileobj=f, mode="rb")  # handles multi-member streams
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]  # multi-member aware
     if head.startswith(ZSTD_MAGIC):
         from backports import zstd
 
-        zf: IO[bytes] = zstd.ZstdFile(f, "rb")
+        zf: IO[bytes] = zstd.ZstdFile(f, "rb")  # type: ignore[assignment]
         return zf
     return f
 
@@ -256,7 +256,7 @@ def apply_layer(
     declared = 0
     try:
         try:
-            tar = tarfile.open(fileobj=reader, mode="r|")
+            tar = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
             for member in tar:
                 entries += 1
                 if entries > limits.max_entries:

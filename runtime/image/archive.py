@@ -49,10 +49,10 @@ class _Archive:
         try:
             self._stream: IO[bytes] = open_decompressed(self._raw)
             if self._stream is self._raw:
-                self._tar = tarfile.open(fileobj=self._raw, mode="r:")
+                self._tar = tarfile.open(fileobj=self._raw, mode="r:")  # noqa: SIM115 - closed in close()
             else:
                 # Compressed: members are read in one sequential pass into a name index.
-                self._tar = tarfile.open(fileobj=self._stream, mode="r:")
+                self._tar = tarfile.open(fileobj=self._stream, mode="r:")  # noqa: SIM115 - closed in close()
         except tarfile.TarError as exc:
             self._raw.close()
             raise InvalidArgument(f"{path} is not a tar archive: {exc}") from None
@@ -114,7 +114,7 @@ async def import_archive(
     """Import every image of the archive at ``path``; returns them (with their names).
     Raises InvalidArgument for an unreadable or inconsistent archive, LayerRejected for
     unsafe layers; nothing of a failed image is kept."""
-    if not path.is_file():
+    if not await asyncio.to_thread(path.is_file):
         raise NotFound(f"archive {path} does not exist")
     archive = await asyncio.to_thread(_Archive, path)
     try:
@@ -180,8 +180,8 @@ def _plan_docker(archive: _Archive, service: ImageService) -> list[_Plan]:
         if not isinstance(config_name, str) or not isinstance(layers, list):
             raise InvalidArgument(f"{archive.path}: manifest.json entry without Config/Layers")
         config = archive.read(config_name, mf.MAX_CONFIG_BYTES)
-        config_desc = {"mediaType": mf.DOCKER_CONFIG, "size": len(config),
-                       "digest": "sha256:" + hashlib.sha256(config).hexdigest()}
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        config_desc: dict[str, Any] = {"mediaType": mf.DOCKER_CONFIG, "size": len(config), "digest": config_digest}
         layer_descs = []
         for name in layers:
             digest, size = _hash_member(archive, name)
@@ -191,9 +191,9 @@ def _plan_docker(archive: _Archive, service: ImageService) -> list[_Plan]:
         digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
         parsed = mf.parse_manifest(manifest_bytes, mf.DOCKER_MANIFEST)
         assert isinstance(parsed, mf.Manifest)
-        service.content.write(config_desc["digest"], config)
+        service.content.write(config_digest, config)
         tags = [t for t in (e.get("RepoTags") or []) if isinstance(t, str)]
-        refs = [parse(t) for t in tags] or [None]
+        refs: list[Reference | None] = [parse(t) for t in tags] or [None]
         for ref in refs:
             plans.append(_Plan(ref, "", parsed, [(digest, manifest_bytes)], list(layers)))
     return plans
@@ -217,8 +217,8 @@ async def _import_one(
     if service.content.exists(manifest.config.digest):
         config = await asyncio.to_thread(service.content.read, manifest.config.digest, mf.MAX_CONFIG_BYTES)
     else:
-        config = _verify(manifest.config.digest, await asyncio.to_thread(archive.read, config_name, mf.MAX_CONFIG_BYTES),
-                         "image config")
+        raw = await asyncio.to_thread(archive.read, config_name, mf.MAX_CONFIG_BYTES)
+        config = _verify(manifest.config.digest, raw, "image config")
     cfg = mf.parse_config(config)
     if len(cfg.diff_ids) != len(manifest.layers):
         raise InvalidArgument(f"{archive.path}: manifest has {len(manifest.layers)} layers, config {len(cfg.diff_ids)}")
@@ -236,7 +236,8 @@ async def _import_one(
             async def open_blob(desc: mf.Descriptor = desc, member: str = member) -> Path:
                 return await asyncio.to_thread(_ingest_member, service, archive, member, desc)
 
-            await service.snapshots.ensure_layer(chain[i], cfg.diff_ids[i], chain[i - 1] if i else "", open_blob, limits)
+            parent = chain[i - 1] if i else ""
+            await service.snapshots.ensure_layer(chain[i], cfg.diff_ids[i], parent, open_blob, limits)
         size = await store.read(lambda c: md.layer_sizes(c, chain)) + len(config)
         ref = plan.ref
         image = Image(

@@ -164,7 +164,9 @@ def parse_manifest(body: bytes, header_type: str = "") -> Manifest | Index:
         parsed = tuple(_descriptor(d, "image manifest layer") for d in layers)
         for layer in parsed:
             if layer.media_type not in LAYER_TYPES:
-                raise InvalidArgument(f"image manifest layer {layer.digest} has unsupported media type {layer.media_type!r}")
+                raise InvalidArgument(
+                    f"image manifest layer {layer.digest} has unsupported media type {layer.media_type!r}"
+                )
         config = _descriptor(doc.get("config"), "image manifest config")
         return Manifest(media_type, config, parsed)
     raise InvalidArgument(f"unsupported manifest media type {media_type!r}")
@@ -248,7 +250,11 @@ def parse_config(body: bytes) -> ParsedConfig:
         labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
     )
     return ParsedConfig(
-        tuple(diff_ids), cfg, str(doc.get("os") or "linux"), str(doc.get("architecture") or ""), str(doc.get("created") or "")
+        tuple(diff_ids),
+        cfg,
+        str(doc.get("os") or "linux"),
+        str(doc.get("architecture") or ""),
+        str(doc.get("created") or ""),
     )
 
 

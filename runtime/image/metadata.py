@@ -275,7 +275,9 @@ def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
 
 
 def usage_totals(conn: sqlite3.Connection) -> tuple[int, int]:
-    row = conn.execute("SELECT COALESCE(SUM(size),0), COALESCE(SUM(inodes),0) FROM layers WHERE state=?", (READY,)).fetchone()
+    row = conn.execute(
+        "SELECT COALESCE(SUM(size),0), COALESCE(SUM(inodes),0) FROM layers WHERE state=?", (READY,)
+    ).fetchone()
     return int(row[0]), int(row[1])
 
 

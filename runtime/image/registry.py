@@ -249,7 +249,8 @@ class RegistrySession:
 
     async def manifest(self, reference: str, expected_digest: str = "") -> FetchedManifest:
         """GET a manifest or index by tag or digest, bounded in size and digest-checked."""
-        what = f"manifest {self.repository}:{reference}" if ":" not in reference else f"manifest {self.repository}@{reference}"
+        sep = "@" if ":" in reference else ":"
+        what = f"manifest {self.repository}{sep}{reference}"
         resp = await self.request("GET", f"/v2/{self.repository}/manifests/{reference}", {"Accept": ACCEPT})
         try:
             await self._check(resp, what)

@@ -12,6 +12,7 @@ Files under ``root``: ``content/`` (blobs), ``layers/`` and ``containers/`` (sna
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import logging
 import re
@@ -28,7 +29,7 @@ from runtime.image.auth import RegistryAuth
 from runtime.image.content import ContentStore, owner_tag
 from runtime.image.manifest import Platform
 from runtime.image.model import FilesystemUsage, FsInfo, Image
-from runtime.image.pull import PullObserver, Puller
+from runtime.image.pull import Puller, PullObserver
 from runtime.image.reference import parse, parse_image_id
 from runtime.image.registries import RegistriesConfigCache
 from runtime.image.registry import RegistryClient
@@ -96,7 +97,9 @@ class ImageService:
         self.snapshots = OverlaySnapshotter(store, root, self._owner)
         self.snapshots.set_collector(self.collect_garbage)
         self._observers: list[PullObserver] = list(observers)
-        self._client = RegistryClient(settings.pull_progress_timeout, max_connections=4 * settings.max_concurrent_downloads)
+        self._client = RegistryClient(
+            settings.pull_progress_timeout, max_connections=4 * settings.max_concurrent_downloads
+        )
         self._limits = ApplyLimits(max_bytes=settings.max_layer_bytes)
         self._puller = Puller(
             store,
@@ -251,7 +254,7 @@ class ImageService:
 
     # -- import --------------------------------------------------------------------------------
 
-    async def import_archive(self, path: Path) -> list[Image]:
+    async def import_archive(self, path: Path) -> builtins.list[Image]:
         """Load a ``docker save`` tarball or an OCI image layout archive; see
         :mod:`runtime.image.archive`."""
         from runtime.image.archive import import_archive

@@ -255,7 +255,8 @@ class OverlaySnapshotter:
         try:
             await asyncio.to_thread(self._make_dirs, path)
         except BaseException:
-            await asyncio.shield(self._store.write(lambda c: c.execute("DELETE FROM container_snapshots WHERE key=?", (key,))))
+            forget = "DELETE FROM container_snapshots WHERE key=?"
+            await asyncio.shield(self._store.write(lambda c: c.execute(forget, (key,))))
             raise
         return self._mount(snaps, path)
 

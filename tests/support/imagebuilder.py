@@ -35,8 +35,8 @@ import hashlib
 import io
 import json
 import os
-import re
 import platform as _platform
+import re
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -376,7 +376,8 @@ def user_image(user: str, users: Iterable[tuple[str, int, int, str]] = (("app", 
     users, groups = list(users), list(groups)
     homes = Layer()
     for name, uid, gid, home in users:
-        homes.dir(home.lstrip("/"), 0o755, uid, gid).file(f"{home.lstrip('/')}/.profile", f"# {name}\n", 0o644, uid, gid)
+        rel = home.lstrip("/")
+        homes.dir(rel, 0o755, uid, gid).file(f"{rel}/.profile", f"# {name}\n", 0o644, uid, gid)
     return build_image(
         [busybox_layer(passwd=passwd_files(users, groups)), homes],
         config={"User": user, "Cmd": ["id"], "Env": ["PATH=/bin"]},

@@ -82,7 +82,7 @@ class TokenServer:
         self.requests = 0
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cri-shim test token signer")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())

@@ -19,8 +19,9 @@ from tests.support import imagebuilder as ib
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
 
-def apply(data: bytes, target: Path, limits: ApplyLimits = ApplyLimits()) -> str:
+def apply(data: bytes, target: Path, limits: ApplyLimits | None = None) -> str:
     target.mkdir(exist_ok=True)
+    limits = limits or ApplyLimits()
     return apply_layer(io.BufferedReader(io.BytesIO(data)), str(target), limits=limits).diff_id  # type: ignore[arg-type]
 
 

@@ -222,8 +222,8 @@ async def test_image_in_use_keeps_content_until_snapshot_removed(env: Env, reg: 
     image = await env.service.pull(reg.ref(name, "v1"))
     mount = await env.service.snapshots.prepare("ctr-1", image.id)
     assert len(mount.lowerdirs) == 4 and mount.fits_mount_data
-    assert Path(mount.upperdir).is_dir() and Path(mount.workdir).is_dir()
-    assert mount.lowerdirs[-1].endswith(env.layer_dirs()[0]) or len(env.layer_dirs()) == 4
+    assert os.path.isdir(mount.upperdir) and os.path.isdir(mount.workdir)  # noqa: ASYNC240
+    assert {os.path.basename(p) for p in mount.lowerdirs} == set(env.layer_dirs())
     (Path(mount.upperdir) / "written").write_bytes(b"x" * 10000)
     used, inodes = await env.service.snapshots.usage("ctr-1")
     assert used >= 10000 and inodes >= 2

@@ -37,7 +37,7 @@ def test_parse_built_manifests_both_formats() -> None:
 
 def test_schema1_and_unknown_types_refused() -> None:
     with pytest.raises(Unimplemented):
-        mf.parse_manifest(b'{"schemaVersion":1,"fsLayers":[]}', "application/vnd.docker.distribution.manifest.v1+prettyjws")
+        mf.parse_manifest(b'{"schemaVersion":1,"fsLayers":[]}', mf.DOCKER_SCHEMA1[1])
     with pytest.raises(InvalidArgument):
         mf.parse_manifest(b'{"mediaType":"application/x-foo"}', "")
     with pytest.raises(InvalidArgument):
