@@ -75,7 +75,7 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     buf = b""
     while True:
         end = buf.find(b"\r\n\r\n")
-        if end >= 0:
+        if 0 <= end <= MAX_HEAD_BYTES:
             return buf[: end + 4], buf[end + 4 :]
         if len(buf) > MAX_HEAD_BYTES:
             raise HeadError(431, "request head too large")

@@ -82,7 +82,7 @@ class StreamingServer:
             settings.token_ttl, clock=clock, max_in_flight=settings.max_tokens
         )
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._base_url = ""
         self.served = 0
 
@@ -122,7 +122,8 @@ class StreamingServer:
         if self._server is not None:
             self._server.close()
         tasks = list(self._connections)
-        for task in tasks:
+        for task, writer in list(self._connections.items()):
+            writer.transport.abort()  # no lingering: the server is going away
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -148,7 +149,7 @@ class StreamingServer:
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = writer
         peer = writer.get_extra_info("peername")
         try:
             if len(self._connections) > self.settings.max_connections:
@@ -157,12 +158,13 @@ class StreamingServer:
                 return
             await self._serve(reader, writer, peer)
         except asyncio.CancelledError:
+            # Only close() cancels these tasks, and it waits for them. Ending normally keeps
+            # asyncio's stream callback from logging the cancellation as an error.
             writer.transport.abort()
-            raise
         except Exception:
             log.exception("streaming: connection from %s failed", peer)
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             if not writer.is_closing():
                 writer.close()
             with contextlib.suppress(Exception):

@@ -258,11 +258,14 @@ class WsClient:
         await self.writer.drain()
 
     async def receive(self) -> bytes | str | None:
+        data = b"-"
         while not self._messages:
             if self.closed:
                 return None
-            data = await self.reader.read(65536)
-            self.ws.receive_data(data or None)
+            if not data:
+                self.closed = True
+                continue
+            # events already buffered (e.g. read along with the handshake) come first
             for event in self.ws.events():
                 if isinstance(event, BytesMessage | TextMessage):
                     self._parts.append(event.data)
@@ -279,8 +282,9 @@ class WsClient:
                     with contextlib.suppress(Exception):
                         self.writer.write(self.ws.send(event.response()))
                     self.closed = True
-            if not data:
-                self.closed = True
+            if not self._messages and not self.closed:
+                data = await self.reader.read(65536)
+                self.ws.receive_data(data or None)
         return self._messages.pop(0)
 
     async def close(self) -> None:
