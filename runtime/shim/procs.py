@@ -168,7 +168,9 @@ class ProcessTable:
         else:
             sig = 0
             code = os.WEXITSTATUS(status)
-        oom = oom_kill_count(proc.spec.memory_cgroup) > proc.oom_base
+        # The counter is cumulative over the cgroup: only a SIGKILL death after it grew is an
+        # OOM kill of this process (kubernetes#140718: a SIGTERM exit is not OOMKilled).
+        oom = sig == signal.SIGKILL and oom_kill_count(proc.spec.memory_cgroup) > proc.oom_base
         # Drain what the process wrote before it died (bounded: a daemonized grandchild may
         # hold the pipe open forever; kubernetes#92057).
         with contextlib.suppress(TimeoutError):
