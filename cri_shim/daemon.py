@@ -24,8 +24,11 @@ import grpc
 from cri_shim.api.dispatch import Dispatcher
 from cri_shim.api.images import ImageHandlers
 from cri_shim.api.runtime_info import RuntimeInfoHandlers
+from cri_shim.api.streaming import StreamingHandlers, StreamingTargets
 from cri_shim.config import Config
 from cri_shim.metrics import Metrics, MetricsServer
+from cri_shim.streaming.backend import StreamingBackend
+from cri_shim.streaming.server import StreamingServer, StreamingSettings
 from runtime.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -97,11 +100,30 @@ class Daemon:
         self._stop = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
+        self.streaming: StreamingServer | None = None
+        self._streaming_targets: StreamingTargets | None = None
+        parts = self.streaming_parts()
+        if parts is not None:
+            backend, self._streaming_targets = parts
+            self.streaming = StreamingServer(backend, streaming_settings(config))
         self._lock = RootLock(config.root)
 
     def handlers(self) -> list[Any]:
         """The CRI area handler objects; each area module adds its own here."""
-        return [RuntimeInfoHandlers(self.engine, self.config), ImageHandlers(self.engine)]
+        out: list[Any] = [RuntimeInfoHandlers(self.engine, self.config), ImageHandlers(self.engine)]
+        if self.streaming is not None and self._streaming_targets is not None:
+            out.append(StreamingHandlers(self._streaming_targets, self.streaming))
+        return out
+
+    def streaming_parts(self) -> tuple[StreamingBackend, StreamingTargets] | None:
+        """The engine objects behind exec/attach/port-forward: the backend the streaming server
+        calls (``cri_shim.streaming.backend.StreamingBackend``) and the target checks of the
+        Exec/Attach/PortForward RPCs (``cri_shim.api.streaming.StreamingTargets``).
+
+        None until the container side provides them: then no streaming server is started and
+        the three RPCs answer UNIMPLEMENTED instead of handing out URLs nobody serves.
+        """
+        return None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -122,6 +144,12 @@ class Daemon:
             log.info("removing stale socket %s left by an earlier run", sock)
             sock.unlink()
         self.metrics.build_info.labels(_version(), _cri_api()).set(1)
+        if self.streaming is not None:
+            try:
+                await self.streaming.start()
+            except (OSError, ValueError) as exc:
+                address = self.config.streaming.address
+                raise StartupError(f"cannot start the streaming server on {address}: {exc}") from None
         dispatcher = Dispatcher(self.handlers(), gate=self.engine, observer=self.metrics)
         server = grpc.aio.server(
             options=[
@@ -178,10 +206,25 @@ class Daemon:
             self._server = None
         if self._metrics_server is not None:
             await self._metrics_server.close()
+        if self.streaming is not None:
+            # ends every session; the backend kills execs and detaches attaches while the engine lives
+            await self.streaming.close()
         await self.engine.close()
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
         log.info("cri-shim stopped; containers keep running under their pod shims")
+
+
+def streaming_settings(config: Config) -> StreamingSettings:
+    """The streaming server's settings from the ``[streaming]`` table."""
+    c = config.streaming
+    return StreamingSettings(
+        address=c.address,
+        tls_cert=c.tls_cert,
+        tls_key=c.tls_key,
+        token_ttl=c.token_ttl,
+        idle_timeout=c.idle_timeout,
+    )
 
 
 def _version() -> str:
