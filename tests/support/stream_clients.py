@@ -73,7 +73,8 @@ async def _open(url: str, tls: ssl.SSLContext | None) -> tuple[asyncio.StreamRea
         tls = ssl.create_default_context()
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port, ssl=tls if parts.scheme == "https" else None)
+    use_tls = tls if parts.scheme == "https" else None
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port, ssl=use_tls)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     return reader, writer, target, parts.netloc
 

@@ -263,7 +263,9 @@ async def test_client_that_never_opens_streams_times_out(server: StreamingServer
 
 
 @pytest.mark.parametrize("transport", ["spdy", "websocket"])
-async def test_vanished_client_leaves_no_process(server: StreamingServer, backend: LocalBackend, transport: str) -> None:
+async def test_vanished_client_leaves_no_process(
+    server: StreamingServer, backend: LocalBackend, transport: str
+) -> None:
     url = server.exec_url(exec_req(("sleep", "300"), stdin=False))
     if transport == "spdy":
         conn, _ = await c.spdy_connect(url, [p.V4])
@@ -432,7 +434,8 @@ async def test_20_concurrent_port_forward_connections(server: StreamingServer, e
 
 async def test_tls(tmp_path: Path, backend: LocalBackend) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
          "-days", "1", "-subj", "/CN=localhost"],
         check=True, capture_output=True,
