@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -64,6 +65,8 @@ class EventBus:
         self._seq = itertools.count(1)
         self.dropped_total = 0
         self.published_total = 0
+        #: events published so far, by kind (metrics read it at scrape time: OOM kills, ...)
+        self.published_by_kind: Counter[EventKind] = Counter()
 
     def subscribe(self, maxsize: int = 1000) -> Subscription:
         sub = Subscription(self, maxsize)
@@ -73,6 +76,7 @@ class EventBus:
     def publish(self, kind: EventKind, sandbox_id: str, container_id: str = "") -> Event:
         event = Event(kind, sandbox_id, container_id, time.time_ns(), next(self._seq))
         self.published_total += 1
+        self.published_by_kind[kind] += 1
         for sub in list(self._subs):
             try:
                 sub.queue.put_nowait(event)
