@@ -21,8 +21,10 @@ from typing import Any
 
 import grpc
 
+from cri_shim.api.containers import ContainerHandlers
 from cri_shim.api.dispatch import Dispatcher
 from cri_shim.api.images import ImageHandlers
+from cri_shim.api.pods import PodHandlers
 from cri_shim.api.runtime_info import RuntimeInfoHandlers
 from cri_shim.api.streaming import StreamingHandlers, StreamingTargets
 from cri_shim.config import Config
@@ -110,7 +112,12 @@ class Daemon:
 
     def handlers(self) -> list[Any]:
         """The CRI area handler objects; each area module adds its own here."""
-        out: list[Any] = [RuntimeInfoHandlers(self.engine, self.config), ImageHandlers(self.engine)]
+        out: list[Any] = [
+            RuntimeInfoHandlers(self.engine, self.config),
+            ImageHandlers(self.engine),
+            PodHandlers(self.engine),
+            ContainerHandlers(self.engine),
+        ]
         if self.streaming is not None and self._streaming_targets is not None:
             out.append(StreamingHandlers(self._streaming_targets, self.streaming))
         return out

@@ -12,14 +12,21 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from runtime.cgroups import CgroupDriver, cgroup_driver, probe_cgroups
 from runtime.config import RuntimeSettings
+from runtime.container.records import CONTAINER_MIGRATIONS
+from runtime.container.service import ContainerService
+from runtime.errors import Unavailable
 from runtime.events import EventBus
 from runtime.hostinfo import HostInfo, probe_host
 from runtime.image.metadata import IMAGE_MIGRATIONS
 from runtime.image.service import ImageService
 from runtime.network.service import NetworkService
 from runtime.network.state import NETWORK_MIGRATIONS
+from runtime.sandbox.records import SANDBOX_MIGRATIONS
+from runtime.sandbox.service import SandboxService
 from runtime.settings_store import SETTINGS_MIGRATIONS, SettingsStore
+from runtime.shim.manager import ShimManager
 from runtime.store import Migration, Store
 
 log = logging.getLogger(__name__)
@@ -54,7 +61,8 @@ class RecoveryReport:
 
 def all_migrations() -> list[Migration]:
     """Every component's schema steps; each service module contributes its own list."""
-    return [*SETTINGS_MIGRATIONS, *NETWORK_MIGRATIONS, *IMAGE_MIGRATIONS]
+    return [*SETTINGS_MIGRATIONS, *NETWORK_MIGRATIONS, *IMAGE_MIGRATIONS, *SANDBOX_MIGRATIONS,
+            *CONTAINER_MIGRATIONS]
 
 
 class Engine:
@@ -81,6 +89,20 @@ class Engine:
         self.network = NetworkService(settings.network, self.store, self.pod_cidr)
         self._recover_steps.append(("network", self.network.start))
         self._close_steps.append(self.network.close)
+        # Pods and containers: the shim factory starts before their recovery, which
+        # reconnects to live pod shims (records, exit files), then cleans leftovers and lets
+        # the network tear down what belongs to no sandbox.
+        self._cgroup_driver: CgroupDriver | None = None
+        self.shims = ShimManager(settings.state)
+        self.sandboxes = SandboxService(settings, self.store, self.shims, self.network, self.events, self.cgroups)
+        self.containers = ContainerService(
+            settings, self.store, self.sandboxes, self.images, self.events, self.cgroups
+        )
+        self.sandboxes.containers = self.containers
+        self._recover_steps.append(("shims", self._start_shims))
+        self._recover_steps.append(("sandboxes", self.sandboxes.recover))
+        self._recover_steps.append(("containers", self.containers.recover))
+        self._close_steps.append(self.shims.close)
         self._features = RuntimeFeatures()
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -121,6 +143,20 @@ class Engine:
             except Exception:
                 log.exception("engine close step failed")
         await asyncio.to_thread(self.store.close)
+
+    def cgroups(self) -> CgroupDriver:
+        """The cgroup driver of this host (probed by :meth:`start`)."""
+        if self._cgroup_driver is None:
+            raise Unavailable("cgroups are not probed yet (the runtime is starting)")
+        return self._cgroup_driver
+
+    async def _start_shims(self) -> int:
+        """Probe cgroups, then find or start the shim factory (it outlives the daemon)."""
+        assert self.host is not None
+        host = await asyncio.to_thread(probe_cgroups, self.settings.cgroup_root, self.host.cgroup_mode)
+        self._cgroup_driver = cgroup_driver(host)
+        await self.shims.start()
+        return 1
 
     # -- status -------------------------------------------------------------------------------
 

@@ -112,9 +112,9 @@ class SandboxMetadata:
     attempt: int = 0
 
     def key(self) -> str:
-        """The reserved name: one sandbox per (name, uid, namespace, attempt), as kubelet's
-        ``BuildPodSandboxName`` composes it."""
-        return f"k8s_POD_{self.name}_{self.namespace}_{self.uid}_{self.attempt}"
+        """The reserved name: one sandbox per (namespace, name, uid, attempt). The parts never
+        contain '/' (the edge refuses it), so the key is unambiguous."""
+        return f"{self.namespace}/{self.name}/{self.uid}/{self.attempt}"
 
 
 @dataclass(frozen=True, slots=True)

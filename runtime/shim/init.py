@@ -172,6 +172,12 @@ def build_mount_namespace(spec: LaunchSpec) -> None:
         mask_path(path)
     for path in spec.readonly_paths:
         readonly_path(path)
+    cwd = spec.process.cwd
+    if cwd and cwd != "/":
+        # CRI: the working directory is created when the image lacks it (as runc does), as
+        # root and inside the new root, before a read-only rootfs forbids it.
+        with contextlib.suppress(OSError):
+            os.makedirs(cwd, mode=0o755, exist_ok=True)
     if spec.rootfs.readonly:
         libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
 
@@ -230,7 +236,10 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
         os.chdir(proc.cwd or "/")
     except OSError as exc:
         raise OSError(exc.errno, f"working directory {proc.cwd!r}: {exc.strerror}") from None
-    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in proc.env)
+    env: dict[str, str] = {}
+    for e in proc.env:
+        key, _, value = e.partition("=")
+        env[key] = value
     if "PATH" not in env:
         env["PATH"] = DEFAULT_PATH
     if proc.seccomp_bpf and proc.no_new_privs:

@@ -1,7 +1,9 @@
 """The daemon's side of the shim factory: find or start it, spawn shims, reach them.
 
-Files under ``<state>/shims/``: ``factory.sock``, ``factory.log``, one ``<sandbox id>.sock``
-and ``<sandbox id>.log`` per pod shim.
+Files under ``<state>/shims/``: ``factory.sock``, ``factory.log``, ``factory.pid``, one
+``<sandbox id>.sock``, ``<sandbox id>.log`` and ``<sandbox id>.pid`` per pod shim. A pid file
+holds "<pid> <start time>" (runtime.linux.proc.ProcessRef), so whoever reads it later (a test's
+teardown, an operator) can tell the process from a later one with the same pid.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class ShimManager:
                     info = None
                 if info and info.get("code") == code_hash():
                     self.factory_pid = int(info["pid"])
+                    self._write_pid_file("factory", self.factory_pid)
                     return
                 if info:
                     log.info("shim factory %s runs other code; replacing it", info.get("pid"))
@@ -85,6 +88,7 @@ class ShimManager:
     async def _spawn_factory(self) -> None:
         self._factory_proc = await asyncio.to_thread(self._spawn_factory_blocking)
         self.factory_pid = self._factory_proc.pid
+        self._write_pid_file("factory", self.factory_pid)
         log.info("shim factory started, pid %d", self.factory_pid)
 
     def _spawn_factory_blocking(self) -> subprocess.Popen[bytes]:
@@ -118,7 +122,16 @@ class ShimManager:
         except (OSError, errors.Unavailable):
             await self._ensure_factory()  # the factory died (or was replaced): start a new one
             result = await self._factory_call(req, 30)
-        return ref_of(int(result["pid"]))
+        ref = ref_of(int(result["pid"]))
+        self._write_pid_file(sandbox_id[:20], ref.pid, ref)
+        return ref
+
+    def _write_pid_file(self, name: str, pid: int, ref: ProcessRef | None = None) -> None:
+        try:
+            ref = ref or ref_of(pid)
+            (self.dir / f"{name}.pid").write_text(f"{ref.pid} {ref.start_time}\n")
+        except (OSError, ProcessLookupError) as exc:
+            log.warning("cannot write pid file %s.pid: %s", name, exc)
 
     def client(self, sandbox_id: str) -> ShimClient:
         c = self._clients.get(sandbox_id)
@@ -130,7 +143,7 @@ class ShimManager:
         c = self._clients.pop(sandbox_id, None)
         if c is not None:
             c.close()
-        for suffix in (".sock", ".log"):
+        for suffix in (".sock", ".log", ".pid"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / f"{sandbox_id[:20]}{suffix}").unlink()
 

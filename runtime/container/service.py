@@ -1,0 +1,678 @@
+"""ContainerService: CreateContainer ... ExecSync, and the record of every container exit.
+
+A container is a process under its pod's shim: created (set up, waiting for start) by the
+shim's ``create``, started by ``start``; its rootfs is an overlay over the image's snapshots
+with a fresh upper dir (``OverlaySnapshotter.prepare``), its cgroup ``<pod cgroup>/<id>``.
+
+Contracts:
+- create: validated first; name (sandbox/name/attempt) reserved atomically; each step's
+  undo registered; a failure undoes everything (shielded, bounded). Outlives a cancelled
+  caller and is handed to the retry (runtime.handoff).
+- stop: idempotent; the stop signal (config, else image, else SIGTERM), SIGKILL after the
+  timeout; returns once the exit is recorded. NotFound for an unknown id.
+- remove: idempotent (unknown id is success); kills a running container first.
+- Exits are recorded from the shim's events (ShimWatch), from ``wait`` replies, and after a
+  restart from the exit files the shim wrote (``<state>/containers/<id>/exit.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from runtime import errors
+from runtime.cgroups.model import Resources, check_resources
+from runtime.cgroups.oomscore import read_oom_score_adj, restrict_oom_score_adj
+from runtime.cgroups.paths import container_cgroup_path
+from runtime.config import RuntimeSettings
+from runtime.container import spec as specs
+from runtime.container.records import ContainerRecords
+from runtime.container.userdb import user_from_layers
+from runtime.events import EventBus, EventKind
+from runtime.handoff import Handoff
+from runtime.ids import check_id, new_id
+from runtime.image.model import Image
+from runtime.image.service import ImageService
+from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
+from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
+from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
+from runtime.sandbox.hooks import CgroupsPort
+from runtime.sandbox.service import SandboxService, shim_alive
+from runtime.store import Store, from_json
+from runtime.store.codec import to_plain
+from runtime.undo import UndoStack
+
+log = logging.getLogger(__name__)
+
+# kernel: MAX_ARG_STRLEN (32 pages) per string; we keep the whole of argv+env well below
+# ARG_MAX (a quarter of the default 8 MiB stack) so execve never fails with E2BIG.
+MAX_ARG_STRLEN = 128 * 1024
+MAX_ARGS_ENV_BYTES = 1024 * 1024
+UNKNOWN_EXIT_CODE = 255
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+
+
+def exit_reason(status: ExitStatus) -> str:
+    """kubelet's reasons: OOMKilled, Completed (0), Error (anything else)."""
+    if status.reason:
+        return status.reason
+    if status.oom_killed:
+        return "OOMKilled"
+    return "Completed" if status.exit_code == 0 else "Error"
+
+
+class ContainerService:
+    """Containers. Construction does no I/O; the engine calls :meth:`recover` at start."""
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        store: Store,
+        sandboxes: SandboxService,
+        images: ImageService,
+        events: EventBus,
+        cgroups: CgroupsPort,
+    ) -> None:
+        self.settings = settings
+        self.records = ContainerRecords(store)
+        self.sandboxes = sandboxes
+        self.images = images
+        self.events = events
+        self._cgroups = cgroups
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._handoff = Handoff("container")
+        self._own_oom_score_adj: int | None = None
+
+    def state_dir(self, container_id: str) -> Path:
+        return self.settings.state / "containers" / check_id(container_id, "container id")
+
+    def lock(self, container_id: str) -> asyncio.Lock:
+        lk = self._locks.get(container_id)
+        if lk is None:
+            lk = self._locks[container_id] = asyncio.Lock()
+        return lk
+
+    # -- create -------------------------------------------------------------------------------
+
+    async def create(self, sandbox_id: str, config: ContainerConfig) -> str:
+        """Create a container in a READY sandbox; returns its id (see the module docstring)."""
+        md = config.metadata
+        if not md.name or "/" in md.name or any(ord(c) < 0x20 for c in md.name):
+            raise errors.InvalidArgument(f"container metadata.name {md.name!r} is missing or invalid")
+        if not config.image.image:
+            raise errors.InvalidArgument("container image is required")
+        _check_sizes(config)
+        sandbox = self.sandboxes.get(sandbox_id)
+        key = f"{sandbox.id}/{md.name}/{md.attempt}"
+        return await self._handoff.run(key, lambda: self._create(sandbox.id, config))
+
+    async def _create(self, sandbox_id: str, config: ContainerConfig) -> str:
+        async with self.sandboxes.lock(sandbox_id):
+            sandbox = self.sandboxes.get(sandbox_id)
+            if sandbox.state is not SandboxState.READY:
+                raise errors.FailedPrecondition(f"pod sandbox {sandbox_id} is not ready")
+            cid = new_id()
+            rec = ContainerRecord(id=cid, sandbox_id=sandbox_id, config=config, created_at_ns=time.time_ns(),
+                                  exit_dir=str(self.state_dir(cid)))
+            await self.records.reserve(rec)
+            undo = UndoStack(f"container {cid}")
+            undo.push("record", lambda: self.records.delete(cid))
+            try:
+                rec = await self._build(rec, sandbox, undo)
+                undo.clear()
+            except BaseException as exc:
+                failed = await undo.run()
+                log.warning("container %s (%s): creation failed (%s: %s); undone%s", cid, config.metadata.name,
+                            type(exc).__name__, exc, f" except {failed}" if failed else "")
+                raise
+        self.events.publish(EventKind.CONTAINER_CREATED, sandbox_id, cid)
+        log.info("container %s created in sandbox %s: %s image=%s", cid, sandbox_id, config.metadata.name,
+                 rec.image_ref)
+        return cid
+
+    async def _build(self, rec: ContainerRecord, sandbox: SandboxRecord, undo: UndoStack) -> ContainerRecord:
+        cid, config = rec.id, rec.config
+        image = await self.images.get(config.image.image)
+        mounts = await asyncio.to_thread(specs.prepare_host_mounts, config.mounts)
+        config = replace(config, mounts=mounts)
+        devices = list(specs.DEFAULT_DEVICES)
+        for d in config.devices:
+            devices.extend(await asyncio.to_thread(specs.host_device, d.container_path, d.host_path))
+        security = config.security
+        rootfs_mount = await self.images.snapshots.prepare(cid, image.id)
+        undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
+        layers = (rootfs_mount.upperdir, *rootfs_mount.lowerdirs)
+        user = await asyncio.to_thread(user_from_layers, layers, security, image.config.user)
+        log_path = self._log_path(sandbox, config)
+        state_dir = Path(rec.exit_dir)
+        await asyncio.to_thread(_make_state_dir, state_dir, log_path)
+        undo.push("state dir", lambda: asyncio.to_thread(shutil.rmtree, state_dir, True))
+        driver = self._cgroups()
+        cg_path = container_cgroup_path(sandbox.cgroup_path, cid)
+        resources = check_resources(config.resources) if config.resources is not None else None
+        await asyncio.to_thread(driver.create, cg_path, resources)
+        undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, cg_path))
+        procs = tuple(str(p) for p in driver.procs_files(cg_path))
+        memory_dir = _memory_dir(driver, cg_path)
+        process = ProcessSpec(
+            args=specs.merge_args(config, image.config),
+            env=specs.merge_env(image.config, config, sandbox.config.hostname or _node_hostname()),
+            cwd=specs.working_dir(config, image.config),
+            uid=user.uid, gid=user.gid, additional_gids=user.supplemental_groups,
+            capabilities=specs.capability_sets(security),
+            no_new_privs=security.no_new_privs,
+            seccomp_bpf=b"",
+            oom_score_adj=self._oom_score_adj(resources),
+            tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
+        )
+        _check_process_size(process)
+        masked, readonly = specs.masked_and_readonly(security)
+        readonly_rootfs = security.readonly_rootfs
+        pod = specs.PodMountSources(sandbox.files_dir, sandbox.shm_path, sandbox.config.host_ipc)
+        launch = LaunchSpec(
+            container_id=cid,
+            sandbox_id=sandbox.id,
+            process=process,
+            namespaces=self._namespaces(sandbox, config),
+            rootfs=RootfsSpec(str(state_dir / "rootfs"), rootfs_mount.lowerdirs, rootfs_mount.upperdir,
+                              rootfs_mount.workdir, readonly=readonly_rootfs),
+            mounts=specs.container_mounts(config, pod, readonly_rootfs, security.privileged),
+            devices=() if security.privileged else tuple(devices),
+            masked_paths=masked,
+            readonly_paths=readonly,
+            cgroup_procs=procs,
+            memory_cgroup=memory_dir,
+            log_path=log_path,
+            exit_dir=str(state_dir),
+            privileged=security.privileged,
+        )
+        client = self.sandboxes.shims.client(sandbox.id)
+        created = await client.call("create", spec=to_plain(launch), rpc_timeout=90)
+        undo.push("shim process", lambda: client.call("delete", container_id=cid, rpc_timeout=30))
+        stop_signal = config.stop_signal or _signal_number(image.config.stop_signal) or signal.SIGTERM
+        rec = replace(
+            rec, config=config, state=ContainerState.CREATED, pid=int(created.get("pid", 0)),
+            image_id=image.id, image_ref=_image_ref(image), image_name=_image_name(config.image.image, image),
+            log_path=log_path, cgroup_path=cg_path, snapshot_key=cid, user=user, mounts=config.mounts,
+            resources=resources, stop_signal=stop_signal,
+        )
+        await self.records.put(rec)
+        await asyncio.to_thread(_save_exec_process, state_dir, process)
+        return rec
+
+    def _log_path(self, sandbox: SandboxRecord, config: ContainerConfig) -> str:
+        """kubelet: log_path is relative to the sandbox's log_directory; never '..'."""
+        if not config.log_path:
+            return ""
+        if config.log_path.startswith("/") or ".." in config.log_path.split("/") or "\0" in config.log_path:
+            raise errors.InvalidArgument(f"log_path {config.log_path!r} must be relative, without '..'")
+        if not sandbox.config.log_directory:
+            raise errors.InvalidArgument("log_path given but the pod sandbox has no log_directory")
+        return os.path.join(sandbox.config.log_directory, config.log_path)
+
+    def _oom_score_adj(self, resources: Resources | None) -> int | None:
+        if resources is None or resources.oom_score_adj == 0:
+            return None
+        if self._own_oom_score_adj is None:
+            self._own_oom_score_adj = read_oom_score_adj()
+        # kernel: lowering it below ours needs CAP_SYS_RESOURCE; never ask for less (containerd).
+        return restrict_oom_score_adj(resources.oom_score_adj, self._own_oom_score_adj)
+
+    def _namespaces(self, sandbox: SandboxRecord, config: ContainerConfig) -> NamespaceSpec:
+        pins = sandbox.namespaces
+        mode = config.security.namespaces.pid
+        pid, new_pid = "", True
+        if mode is NamespaceMode.POD:
+            if not pins.pid:
+                raise errors.FailedPrecondition(f"pod sandbox {sandbox.id} has no shared PID namespace")
+            pid, new_pid = pins.pid, False
+        elif mode is NamespaceMode.NODE:
+            new_pid = False
+        elif mode is NamespaceMode.TARGET:
+            target = self.records.find(config.security.namespaces.target_id)
+            if target is None or target.sandbox_id != sandbox.id or target.state is not ContainerState.RUNNING:
+                raise errors.NotFound(
+                    f"target container {config.security.namespaces.target_id!r} is not running in this pod"
+                )
+            pid, new_pid = f"/proc/{target.pid}/ns/pid", False
+        return NamespaceSpec(net=pins.net, ipc=pins.ipc, uts=pins.uts, pid=pid, new_pid=new_pid)
+
+    # -- start --------------------------------------------------------------------------------
+
+    async def start(self, id_or_prefix: str) -> None:
+        rec = self.get(id_or_prefix)
+        async with self.lock(rec.id):
+            rec = self.get(rec.id)
+            if rec.state is not ContainerState.CREATED:
+                raise errors.FailedPrecondition(f"container {rec.id} is {rec.state.value}, not created")
+            sandbox = self.sandboxes.get(rec.sandbox_id)
+            if sandbox.state is not SandboxState.READY:
+                raise errors.FailedPrecondition(f"pod sandbox {sandbox.id} of container {rec.id} is not ready")
+            client = self.sandboxes.shims.client(sandbox.id)
+            try:
+                got = await client.call("start", container_id=rec.id, rpc_timeout=30)
+            except errors.FailedPrecondition as exc:
+                now = time.time_ns()
+                await self.records.put(replace(
+                    rec, state=ContainerState.EXITED, started_at_ns=now, finished_at_ns=now, exit_code=128,
+                    reason="StartError", message=str(exc),
+                ))
+                self.events.publish(EventKind.CONTAINER_STOPPED, rec.sandbox_id, rec.id)
+                raise
+            rec = replace(rec, state=ContainerState.RUNNING, pid=int(got.get("pid", rec.pid)),
+                          started_at_ns=int(got.get("started_at_ns") or time.time_ns()))
+            await self.records.put(rec)
+        self.events.publish(EventKind.CONTAINER_STARTED, rec.sandbox_id, rec.id)
+        log.info("container %s started, pid %d", rec.id, rec.pid)
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    async def stop(self, id_or_prefix: str, timeout: float = 0) -> None:
+        """Stop a running container (idempotent): stop signal, SIGKILL after ``timeout``."""
+        rec = self.get(id_or_prefix)
+        await asyncio.shield(asyncio.ensure_future(self._stop(rec.id, timeout)))
+
+    async def _stop(self, cid: str, timeout: float) -> None:
+        rec = self.records.get(cid)
+        if rec is None or rec.state is not ContainerState.RUNNING:
+            return
+        client = self.sandboxes.shims.client(rec.sandbox_id)
+        try:
+            if timeout > 0 and rec.stop_signal != signal.SIGKILL:
+                await client.call("kill", container_id=cid, signal=rec.stop_signal, rpc_timeout=10)
+                got = await client.call("wait", container_id=cid, timeout=timeout, rpc_timeout=timeout + 10)
+                if got.get("exit") is not None:
+                    await self._record_exit(cid, _exit_of(got))
+                    return
+                log.info("container %s: still running %gs after signal %d; killing it", cid, timeout, rec.stop_signal)
+            await client.call("kill", container_id=cid, signal=signal.SIGKILL, rpc_timeout=10)
+            kill_timeout = self.settings.pods.stop_kill_timeout
+            got = await client.call("wait", container_id=cid, timeout=kill_timeout, rpc_timeout=kill_timeout + 10)
+        except errors.NotFound:
+            await self._record_lost(cid, "the pod shim does not know the container")
+            return
+        except errors.Unavailable:
+            await self._record_lost(cid, "the pod shim is gone")
+            return
+        if got.get("exit") is None:
+            raise errors.DeadlineExceeded(f"container {cid} did not exit {self.settings.pods.stop_kill_timeout:g}s "
+                                          "after SIGKILL")
+        await self._record_exit(cid, _exit_of(got))
+
+    async def _record_exit(self, cid: str, status: ExitStatus) -> None:
+        """Persist an exit (from an event, a wait reply or an exit file); first one wins."""
+        async with self.lock(cid):
+            rec = self.records.get(cid)
+            if rec is None or rec.state not in (ContainerState.RUNNING, ContainerState.CREATED):
+                return
+            rec = replace(
+                rec, state=ContainerState.EXITED, exit_code=status.exit_code,
+                finished_at_ns=status.finished_at_ns or time.time_ns(),
+                started_at_ns=rec.started_at_ns or status.started_at_ns,
+                reason=exit_reason(status), message=status.message, oom_killed=status.oom_killed,
+            )
+            await self.records.put(rec)
+        self.events.publish(EventKind.CONTAINER_STOPPED, rec.sandbox_id, cid)
+        if status.oom_killed:
+            self.events.publish(EventKind.CONTAINER_OOM, rec.sandbox_id, cid)
+        log.info("container %s exited: code %d reason %s", cid, rec.exit_code, rec.reason)
+
+    async def _record_lost(self, cid: str, why: str) -> None:
+        """The shim cannot tell: use the exit file if it wrote one, else an unknown exit."""
+        rec = self.records.get(cid)
+        if rec is None:
+            return
+        status = await asyncio.to_thread(read_exit_file, Path(rec.exit_dir))
+        if status is None:
+            status = ExitStatus(exit_code=UNKNOWN_EXIT_CODE, finished_at_ns=time.time_ns(), reason="Unknown",
+                                message=f"exit status unknown: {why}")
+        await self._record_exit(cid, status)
+
+    # -- remove -------------------------------------------------------------------------------
+
+    async def remove(self, id_or_prefix: str) -> None:
+        """Remove a container and all of it (idempotent; unknown ids are success)."""
+        rec = self.records.find(id_or_prefix)
+        if rec is None or rec.state is ContainerState.CREATING:
+            return
+        await asyncio.shield(asyncio.ensure_future(self._remove(rec.id)))
+
+    async def _remove(self, cid: str) -> None:
+        await self._stop(cid, 0)
+        async with self.lock(cid):
+            rec = self.records.get(cid)
+            if rec is None:
+                return
+            await self._release(rec)
+            await self.records.delete(cid)
+        self._locks.pop(cid, None)
+        self._handoff.forget(cid)
+        self.events.publish(EventKind.CONTAINER_DELETED, rec.sandbox_id, cid)
+        log.info("container %s removed", cid)
+
+    async def _release(self, rec: ContainerRecord) -> None:
+        """Forget the process in the shim, remove cgroup, snapshot and state dir."""
+        sandbox = self.sandboxes.records.get(rec.sandbox_id)
+        if sandbox is not None and shim_alive(sandbox.shim):
+            with contextlib.suppress(errors.Unavailable, errors.NotFound):
+                await self.sandboxes.shims.client(rec.sandbox_id).call("delete", container_id=rec.id, rpc_timeout=30)
+        if rec.cgroup_path:
+            await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
+        await self.images.snapshots.remove(rec.snapshot_key or rec.id)
+        await asyncio.to_thread(shutil.rmtree, Path(rec.exit_dir), True)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def get(self, id_or_prefix: str) -> ContainerRecord:
+        rec = self.records.resolve(id_or_prefix)
+        if rec.state is ContainerState.CREATING:
+            raise errors.NotFound(f"container {id_or_prefix!r} not found")
+        return rec
+
+    def list(
+        self,
+        id_prefix: str = "",
+        state: ContainerState | None = None,
+        sandbox_id: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> list[ContainerRecord]:
+        out = []
+        for rec in self.records.all():
+            if rec.state is ContainerState.CREATING:
+                continue
+            if id_prefix and not rec.id.startswith(id_prefix):
+                continue
+            if state is not None and rec.state is not state:
+                continue
+            if sandbox_id and not rec.sandbox_id.startswith(sandbox_id):
+                continue
+            if labels and any(rec.config.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(rec)
+        out.sort(key=lambda r: r.created_at_ns)
+        return out
+
+    async def running_container(self, container_id: str) -> str:
+        """Streaming target check: the canonical id of a RUNNING container."""
+        rec = self.get(container_id)
+        if rec.state is not ContainerState.RUNNING:
+            raise errors.FailedPrecondition(f"container {rec.id} is not running")
+        return rec.id
+
+    def info(self, rec: ContainerRecord) -> dict[str, Any]:
+        """Verbose ContainerStatus info."""
+        return {"pid": rec.pid, "sandbox_id": rec.sandbox_id, "cgroup": rec.cgroup_path,
+                "snapshot": rec.snapshot_key, "exit_dir": rec.exit_dir, "stop_signal": rec.stop_signal,
+                "config": to_plain(rec.config)}
+
+    # -- live changes -------------------------------------------------------------------------
+
+    async def update_resources(self, id_or_prefix: str, resources: Resources) -> None:
+        """Apply new limits to the container's cgroup now (CRI UpdateContainerResources)."""
+        rec = self.get(id_or_prefix)
+        check_resources(resources)
+        async with self.lock(rec.id):
+            rec = self.get(rec.id)
+            if rec.state not in (ContainerState.CREATED, ContainerState.RUNNING):
+                raise errors.FailedPrecondition(f"container {rec.id} is {rec.state.value}")
+            await asyncio.to_thread(self._cgroups().update, rec.cgroup_path, resources)
+            await self.records.put(replace(rec, resources=resources))
+
+    async def reopen_log(self, id_or_prefix: str) -> None:
+        rec = self.get(id_or_prefix)
+        if rec.state is not ContainerState.RUNNING:
+            raise errors.FailedPrecondition(f"container {rec.id} is not running")
+        await self.sandboxes.shims.client(rec.sandbox_id).call("reopen_log", container_id=rec.id, rpc_timeout=30)
+
+    async def exec_sync(self, id_or_prefix: str, cmd: tuple[str, ...], timeout: float = 0) -> ExecResult:
+        """Run ``cmd`` in the running container; DeadlineExceeded (process killed) after
+        ``timeout`` seconds (0: no limit)."""
+        if not cmd or not cmd[0]:
+            raise errors.InvalidArgument("cmd must not be empty")
+        rec = self.get(id_or_prefix)
+        if rec.state is not ContainerState.RUNNING:
+            raise errors.FailedPrecondition(f"container {rec.id} is not running")
+        base = await asyncio.to_thread(load_exec_process, Path(rec.exit_dir))
+        process = replace(base, args=tuple(cmd), tty=False, stdin=False, stdin_once=False)
+        got = await self.sandboxes.shims.client(rec.sandbox_id).call(
+            "exec_sync", container_id=rec.id, process=to_plain(process), timeout=timeout,
+            rpc_timeout=(timeout + 30) if timeout > 0 else None,
+        )
+        return ExecResult(base64.b64decode(got["stdout"]), base64.b64decode(got["stderr"]), int(got["exit_code"]))
+
+    async def exec_process(self, container_id: str) -> ProcessSpec:
+        """The container's process spec (user, env, caps, seccomp) for streaming exec."""
+        rec = self.get(container_id)
+        return await asyncio.to_thread(load_exec_process, Path(rec.exit_dir))
+
+    # -- the sandbox service's hooks ------------------------------------------------------------
+
+    async def load(self) -> None:
+        for cid, problem in await self.records.load():
+            log.error("container record %s cannot be read (%s); left in the store", cid, problem)
+
+    async def stop_all(self, sandbox_id: str) -> None:
+        running = [r.id for r in self.records.of_sandbox(sandbox_id) if r.state is ContainerState.RUNNING]
+        results = await asyncio.gather(*(self._stop(cid, 0) for cid in running), return_exceptions=True)
+        for cid, res in zip(running, results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("sandbox %s: stopping container %s failed: %s", sandbox_id, cid, res)
+
+    async def remove_all(self, sandbox_id: str) -> None:
+        for rec in self.records.of_sandbox(sandbox_id):
+            await self._remove(rec.id)
+
+    async def statuses(self, sandbox_id: str) -> Sequence[Any]:
+        return [r for r in self.records.of_sandbox(sandbox_id) if r.state is not ContainerState.CREATING]
+
+    async def container_exited(self, sandbox_id: str, container_id: str, status: ExitStatus) -> None:
+        rec = self.records.get(container_id)
+        if rec is None or rec.sandbox_id != sandbox_id:
+            return
+        await self._record_exit(container_id, status)
+
+    async def shim_gone(self, sandbox_id: str) -> None:
+        """Record every container of a sandbox whose shim is gone (exit files, else unknown)
+        and kill what may be left of them (orphans of a killed shim)."""
+        for rec in self.records.of_sandbox(sandbox_id):
+            if rec.state not in (ContainerState.RUNNING, ContainerState.CREATED):
+                continue
+            if rec.cgroup_path:
+                with contextlib.suppress(errors.EngineError, OSError):
+                    await asyncio.to_thread(self._cgroups().kill_all, rec.cgroup_path)
+            await self._record_lost(rec.id, "the pod shim exited")
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """After the sandbox service's recovery (records loaded, shims followed): finish
+        half-made containers, check running ones against their shim, clean leftovers."""
+        for rec in self.records.all():
+            try:
+                await self._recover_one(rec)
+            except Exception:
+                log.exception("recovery of container %s failed", rec.id)
+        known = {r.id for r in self.records.all()}
+        try:
+            for key in await self.images.snapshots.keys():
+                if key not in known and len(key) == 64:
+                    log.info("recovery: removing snapshot %s of an unknown container", key)
+                    await self.images.snapshots.remove(key)
+        except Exception:
+            log.exception("recovery: cleaning container snapshots failed")
+        await asyncio.to_thread(self._clean_leftovers, known)
+        return len(known)
+
+    async def _recover_one(self, rec: ContainerRecord) -> None:
+        sandbox = self.sandboxes.records.get(rec.sandbox_id)
+        if rec.state is ContainerState.CREATING or sandbox is None:
+            log.info("container %s: removing what a crash left half-made (or of a removed pod)", rec.id)
+            async with self.lock(rec.id):
+                await self._release(rec)
+                await self.records.delete(rec.id)
+            return
+        if rec.state not in (ContainerState.RUNNING, ContainerState.CREATED):
+            return
+        if sandbox.state is not SandboxState.READY or not shim_alive(sandbox.shim):
+            await self._record_lost(rec.id, "the pod shim is gone")
+            return
+        try:
+            got = await self.sandboxes.shims.client(rec.sandbox_id).call("state", container_id=rec.id,
+                                                                         rpc_timeout=10)
+        except errors.NotFound:
+            await self._record_lost(rec.id, "the pod shim does not know the container")
+            return
+        if got.get("exit") is not None:
+            await self._record_exit(rec.id, _exit_of(got))
+        elif got.get("state") == "running" and rec.state is ContainerState.CREATED:
+            # started, but the daemon died before it recorded that
+            async with self.lock(rec.id):
+                await self.records.put(replace(rec, state=ContainerState.RUNNING,
+                                               started_at_ns=int(got.get("started_at_ns") or 0)))
+
+    def _clean_leftovers(self, known: set[str]) -> None:
+        base = self.settings.state / "containers"
+        if base.is_dir():
+            for entry in base.iterdir():
+                if entry.name not in known:
+                    log.info("recovery: removing leftover container directory %s", entry)
+                    shutil.rmtree(entry, ignore_errors=True)
+        driver = self._cgroups()
+        for sandbox in self.sandboxes.records.all():
+            if not sandbox.cgroup_path:
+                continue
+            for name in _child_cgroups(driver, sandbox.cgroup_path):
+                if len(name) == 64 and name not in known:
+                    path = container_cgroup_path(sandbox.cgroup_path, name)
+                    log.info("recovery: removing cgroup %s of an unknown container", path)
+                    try:
+                        driver.remove(path)
+                    except errors.EngineError as exc:
+                        log.error("recovery: removing cgroup %s failed: %s", path, exc)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _exit_of(state: dict[str, Any]) -> ExitStatus:
+    from runtime.store.codec import from_plain
+
+    status: ExitStatus = from_plain(ExitStatus, state["exit"])
+    return status
+
+
+def read_exit_file(exit_dir: Path) -> ExitStatus | None:
+    try:
+        return from_json(ExitStatus, (exit_dir / "exit.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _save_exec_process(state_dir: Path, process: ProcessSpec) -> None:
+    from runtime.store.codec import to_json
+    from runtime.store.files import atomic_write
+
+    atomic_write(state_dir / "process.json", to_json(process).encode(), 0o600)
+
+
+def load_exec_process(state_dir: Path) -> ProcessSpec:
+    try:
+        return from_json(ProcessSpec, (state_dir / "process.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise errors.FailedPrecondition(f"the container's process spec is unreadable: {exc}") from None
+
+
+def _make_state_dir(state_dir: Path, log_path: str) -> None:
+    state_dir.mkdir(parents=True, mode=0o711)
+    (state_dir / "rootfs").mkdir(mode=0o755)
+    if log_path:
+        os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
+
+
+def _memory_dir(driver: Any, path: str) -> str:
+    host = driver.host
+    if host.mode.value == "v2" and host.unified is not None:
+        return str(host.unified / path.lstrip("/"))
+    memory = host.v1_mounts.get("memory")
+    return str(memory / path.lstrip("/")) if memory is not None else ""
+
+
+def _child_cgroups(driver: Any, path: str) -> list[str]:
+    host = driver.host
+    roots = [host.unified] if host.mode.value == "v2" and host.unified is not None else list(host.v1_hierarchies)
+    names: set[str] = set()
+    for root in roots:
+        d = root / path.lstrip("/")
+        with contextlib.suppress(OSError):
+            names.update(e.name for e in d.iterdir() if e.is_dir())
+    return sorted(names)
+
+
+def _image_ref(image: Image) -> str:
+    return image.repo_digests[0] if image.repo_digests else image.id
+
+
+def _image_name(requested: str, image: Image) -> str:
+    if requested.startswith("sha256:") or len(requested) == 64:
+        return image.repo_tags[0] if image.repo_tags else requested
+    return requested
+
+
+def _signal_number(name: str) -> int:
+    """An image's StopSignal ("SIGQUIT", "QUIT", "3") as a number; 0 when unset or unknown."""
+    if not name:
+        return 0
+    if name.isdigit():
+        return int(name)
+    key = name.upper()
+    if not key.startswith("SIG"):
+        key = "SIG" + key
+    try:
+        return int(signal.Signals[key])
+    except KeyError:
+        log.warning("image stop signal %r is unknown; using SIGTERM", name)
+        return 0
+
+
+def _node_hostname() -> str:
+    return os.uname().nodename
+
+
+def _check_sizes(config: ContainerConfig) -> None:
+    total = 0
+    for s in (*config.command, *config.args, *(f"{k}={v}" for k, v in config.envs)):
+        n = len(s.encode(errors="surrogateescape")) + 1
+        if n > MAX_ARG_STRLEN:
+            raise errors.InvalidArgument(
+                f"an argument or environment variable is {n} bytes; the kernel allows {MAX_ARG_STRLEN}"
+            )
+        total += n
+    if total > MAX_ARGS_ENV_BYTES:
+        raise errors.InvalidArgument(
+            f"command, arguments and environment are {total} bytes; at most {MAX_ARGS_ENV_BYTES} are allowed"
+        )
+
+
+def _check_process_size(process: ProcessSpec) -> None:
+    total = sum(len(s.encode(errors="surrogateescape")) + 1 for s in (*process.args, *process.env))
+    if total > MAX_ARGS_ENV_BYTES:
+        raise errors.InvalidArgument(
+            f"command, arguments and environment (with the image's) are {total} bytes; at most "
+            f"{MAX_ARGS_ENV_BYTES} are allowed"
+        )

@@ -1,0 +1,564 @@
+"""SandboxService: RunPodSandbox, StopPodSandbox, RemovePodSandbox, status and list.
+
+A sandbox is a pod shim (forked by the shim factory), the pod's pinned namespaces (net, ipc,
+uts as bind mounts under ``<state>/sandboxes/<id>/ns``; a pid-1 holder only when the pod
+shares one PID namespace), a pod cgroup, the pod files (hostname, hosts, resolv.conf under
+``<root>/sandboxes/<id>``), a /dev/shm tmpfs and, unless hostNetwork, a network from
+:class:`runtime.network.service.NetworkService`. No pause process.
+
+Contracts:
+- run: validated before anything is made; the name (namespace/name/uid/attempt) is reserved
+  atomically in the store; every step registers its undo; a failure undoes all of them
+  (shielded, bounded). The creation runs in its own task: if the caller goes away (kubelet's
+  deadline) it finishes anyway and the retry with the same name gets the same id.
+- stop: idempotent; stops every container (SIGKILL), tears the network down, shuts the shim
+  down, unpins the namespaces, unmounts /dev/shm. NotFound for an unknown id.
+- remove: idempotent (an unknown id is success, CRI); removes containers, cgroup, files.
+- Every change is persisted before the call returns; recovery (:meth:`recover`) reconnects
+  to live shims and cleans what a crash left half-made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from runtime import errors
+from runtime.cgroups.model import Resources, check_resources
+from runtime.cgroups.paths import sandbox_cgroup_path
+from runtime.cgroups.pod import sandbox_resources
+from runtime.config import RuntimeSettings
+from runtime.events import EventBus, EventKind
+from runtime.handoff import Handoff
+from runtime.ids import check_id, new_id
+from runtime.linux import libc
+from runtime.linux.proc import ProcessRef, boot_id, is_zombie, ref_of
+from runtime.model.launch import ExitStatus
+from runtime.model.sandbox import (
+    NamespaceMode,
+    PinnedNamespaces,
+    SandboxConfig,
+    SandboxRecord,
+    SandboxState,
+)
+from runtime.network.model import PodNetnsResult, PodNetworkRequest
+from runtime.network.service import NetworkService
+from runtime.sandbox.hooks import CgroupsPort, SandboxContainers
+from runtime.sandbox.podfiles import node_hostname, write_pod_files
+from runtime.sandbox.records import SandboxRecords
+from runtime.sandbox.validate import check_sandbox_config
+from runtime.sandbox.watch import ShimWatch
+from runtime.shim.manager import ShimManager
+from runtime.store import Store
+from runtime.store.codec import from_plain, to_plain
+from runtime.undo import UndoStack
+
+log = logging.getLogger(__name__)
+
+SHIM_STOP_TIMEOUT = 15.0
+
+
+def shim_alive(ref: ProcessRef | None) -> bool:
+    """True while the pod shim runs (a zombie awaiting its reaper counts as gone)."""
+    return ref is not None and ref.alive() and not is_zombie(ref.pid)
+
+
+class SandboxService:
+    """Pod sandboxes. Construction does no I/O; the engine calls :meth:`recover` at start."""
+
+    def __init__(
+        self,
+        settings: RuntimeSettings,
+        store: Store,
+        shims: ShimManager,
+        network: NetworkService,
+        events: EventBus,
+        cgroups: CgroupsPort,
+    ) -> None:
+        self.settings = settings
+        self.records = SandboxRecords(store)
+        self.shims = shims
+        self.network = network
+        self.events = events
+        self._cgroups = cgroups
+        self.containers: SandboxContainers | None = None
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._handoff = Handoff("pod sandbox")
+        self._watches: dict[str, ShimWatch] = {}
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def state_dir(self, sandbox_id: str) -> Path:
+        return self.settings.state / "sandboxes" / check_id(sandbox_id, "sandbox id")
+
+    def files_dir(self, sandbox_id: str) -> Path:
+        return self.settings.root / "sandboxes" / check_id(sandbox_id, "sandbox id")
+
+    def lock(self, sandbox_id: str) -> asyncio.Lock:
+        lk = self._locks.get(sandbox_id)
+        if lk is None:
+            lk = self._locks[sandbox_id] = asyncio.Lock()
+        return lk
+
+    def _hooks(self) -> SandboxContainers:
+        if self.containers is None:
+            raise errors.Internal("sandbox service used before the container service was attached")
+        return self.containers
+
+    # -- run ----------------------------------------------------------------------------------
+
+    async def run(self, config: SandboxConfig) -> str:
+        """Create and start a sandbox; returns its id. See the module docstring."""
+        sysctls = check_sandbox_config(config)
+        return await self._handoff.run(config.metadata.key(), lambda: self._run(config, sysctls))
+
+    async def _run(self, config: SandboxConfig, sysctls: dict[str, str]) -> str:
+        sid = new_id()
+        ns = config.security.namespaces
+        host_net = config.host_network
+        state_dir, files_dir = self.state_dir(sid), self.files_dir(sid)
+        rec = SandboxRecord(
+            id=sid, config=config, state=SandboxState.CREATING, created_at_ns=time.time_ns(),
+            state_dir=str(state_dir), files_dir=str(files_dir), boot_id=boot_id(),
+        )
+        await self.records.reserve(rec)
+        undo = UndoStack(f"sandbox {sid}")
+        undo.push("record", lambda: self.records.delete(sid))
+        try:
+            async with self.lock(sid):
+                await asyncio.to_thread(_make_dirs, state_dir, files_dir)
+                undo.push("directories", lambda: asyncio.to_thread(_remove_dirs, state_dir, files_dir))
+                rec = await self._make_cgroup(rec, undo)
+                plan = None
+                if not host_net:
+                    plan = await self.network.prepare(_network_request(sid, config))
+                    undo.push("network", lambda: self.network.teardown(sid))
+                shim = await self.shims.spawn(sid)
+                undo.push("shim", lambda: self._shutdown_shim(sid, shim))
+                rec = replace(rec, shim=shim, network_mode=None if plan is None else plan.mode)
+                await self.records.put(rec)  # recovery must find the shim if we crash now
+                hostname = config.hostname or node_hostname()
+                client = self.shims.client(sid)
+                types = [t for t, on in (("net", not host_net), ("ipc", ns.ipc is NamespaceMode.POD),
+                                         ("uts", not host_net)) if on]
+                pins = PinnedNamespaces()
+                net_result: Any = None
+                if types:
+                    pin_dir = state_dir / "ns"
+                    await asyncio.to_thread(pin_dir.mkdir, 0o711, False, True)
+                    undo.push("namespaces", lambda: asyncio.to_thread(unpin_namespaces, pin_dir))
+                    made = await client.call("create_namespaces", rpc_timeout=60, request={
+                        "pin_dir": str(pin_dir), "types": types, "hostname": hostname, "sysctls": sysctls,
+                        "network": None if plan is None else to_plain(plan),
+                    })
+                    pins = PinnedNamespaces(**made["pins"])
+                    net_result = made.get("network")
+                holder: ProcessRef | None = None
+                if ns.pid is NamespaceMode.POD:
+                    got = await client.call("pid_holder", rpc_timeout=30)
+                    holder = ref_of(int(got["pid"]))
+                    pins = replace(pins, pid=f"/proc/{holder.pid}/ns/pid")
+                ip, more_ips = "", tuple[str, ...]()
+                if plan is not None:
+                    result = from_plain(PodNetnsResult, net_result) if net_result else PodNetnsResult(sid)
+                    status = await self.network.attach(sid, pins.net, result)
+                    ip, more_ips = status.ip, tuple(status.additional_ips)
+                await asyncio.to_thread(write_pod_files, files_dir, hostname, config.dns, host_net, ip)
+                shm = ""
+                if ns.ipc is NamespaceMode.POD:
+                    shm = str(state_dir / "shm")
+                    await asyncio.to_thread(mount_shm, Path(shm), self.settings.pods.shm_size)
+                    undo.push("shm", lambda: asyncio.to_thread(unmount_quietly, Path(shm)))
+                rec = replace(rec, state=SandboxState.READY, pid_holder=holder, namespaces=pins, ip=ip,
+                              additional_ips=more_ips, shm_path=shm)
+                await self.records.put(rec)
+                undo.clear()
+                await self._follow(rec)
+        except BaseException as exc:
+            failed = await undo.run()
+            log.warning("sandbox %s (%s): creation failed (%s: %s); undone%s", sid, rec.name_key,
+                        type(exc).__name__, exc, f" except {failed}" if failed else "")
+            raise
+        self.events.publish(EventKind.SANDBOX_CREATED, sid)
+        log.info("sandbox %s ready: %s ip=%s", sid, rec.name_key, rec.ip or "-")
+        return sid
+
+    async def _make_cgroup(self, rec: SandboxRecord, undo: UndoStack) -> SandboxRecord:
+        config = rec.config
+        driver = self._cgroups()
+        path = sandbox_cgroup_path(config.cgroup_parent, rec.id, default_parent=self.settings.pods.cgroup_parent)
+        owned = not config.cgroup_parent
+        # With kubelet's cgroup_parent, kubelet limits the pod cgroup itself (cgroupfs driver).
+        resources = sandbox_resources(config.resources, config.overhead) if owned else None
+        created = await asyncio.to_thread(driver.create, path, resources)
+        owned = owned or created
+        if owned:
+            undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, path))
+        return replace(rec, cgroup_path=path, owns_cgroup=owned)
+
+    async def _follow(self, rec: SandboxRecord) -> None:
+        """Start following the shim's exit events (replayed first)."""
+        assert rec.shim is not None
+        old = self._watches.pop(rec.id, None)
+        if old is not None:
+            await old.stop()
+        watch = ShimWatch(rec.id, self.shims.client(rec.id), rec.shim, self)
+        self._watches[rec.id] = watch
+        await watch.start()
+
+    # -- the shim's events (ShimWatch sink) ------------------------------------------------------
+
+    async def container_exited(self, sandbox_id: str, container_id: str, status: ExitStatus) -> None:
+        await self._hooks().container_exited(sandbox_id, container_id, status)
+
+    async def shim_gone(self, sandbox_id: str) -> None:
+        """The shim died on its own: its containers are gone, the sandbox is not ready."""
+        await self._hooks().shim_gone(sandbox_id)
+        await self.mark_not_ready(sandbox_id)
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    async def stop(self, id_or_prefix: str) -> None:
+        """Stop the sandbox (idempotent); NotFound when no sandbox has that id."""
+        rec = self.records.resolve(id_or_prefix)
+        await asyncio.shield(self._stop_task(rec.id))
+
+    def _stop_task(self, sandbox_id: str) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self._stop_locked_outer(sandbox_id))
+
+    async def _stop_locked_outer(self, sandbox_id: str) -> None:
+        async with self.lock(sandbox_id):
+            rec = self.records.get(sandbox_id)
+            if rec is not None:
+                await self._stop(rec)
+
+    async def _stop(self, rec: SandboxRecord) -> SandboxRecord:
+        sid = rec.id
+        was_ready = rec.state is SandboxState.READY
+        await self._hooks().stop_all(sid)
+        if not rec.config.host_network:
+            await self.network.teardown(sid)
+        watch = self._watches.pop(sid, None)
+        if watch is not None:
+            await watch.stop()
+        await self._shutdown_shim(sid, rec.shim)
+        # A container started while we stopped the others died with the shim: record it.
+        await self._hooks().shim_gone(sid)
+        await asyncio.to_thread(unpin_namespaces, Path(rec.state_dir) / "ns")
+        if rec.shm_path:
+            await asyncio.to_thread(unmount_quietly, Path(rec.shm_path))
+        if rec.state is not SandboxState.NOTREADY:
+            rec = replace(rec, state=SandboxState.NOTREADY, stopped_at_ns=time.time_ns())
+            await self.records.put(rec)
+        if was_ready:
+            self.events.publish(EventKind.SANDBOX_STOPPED, sid)
+            log.info("sandbox %s stopped", sid)
+        return rec
+
+    async def _shutdown_shim(self, sandbox_id: str, shim: ProcessRef | None) -> None:
+        """Ask the shim to end (it kills what is left of the pod), wait; SIGKILL if it must."""
+        if shim is None or not shim_alive(shim):
+            return
+        with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
+            await self.shims.client(sandbox_id).call("shutdown", rpc_timeout=5)
+        deadline = time.monotonic() + SHIM_STOP_TIMEOUT
+        while shim_alive(shim) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if shim_alive(shim):
+            log.warning("sandbox %s: shim %d did not exit; killing it", sandbox_id, shim.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(shim.pid, signal.SIGKILL)
+        self.shims.client(sandbox_id).close()
+
+    # -- remove -------------------------------------------------------------------------------
+
+    async def remove(self, id_or_prefix: str) -> None:
+        """Remove the sandbox and everything of it; success when it does not exist (CRI)."""
+        rec = self.records.find(id_or_prefix)
+        if rec is None:
+            return
+        await asyncio.shield(asyncio.ensure_future(self._remove(rec.id)))
+
+    async def _remove(self, sandbox_id: str) -> None:
+        async with self.lock(sandbox_id):
+            rec = self.records.get(sandbox_id)
+            if rec is None:
+                return
+            rec = await self._stop(rec)
+            await self._hooks().remove_all(sandbox_id)
+            await self._release(rec)
+            await self.records.delete(sandbox_id)
+            self._handoff.forget(sandbox_id)
+        self._locks.pop(sandbox_id, None)
+        self.events.publish(EventKind.SANDBOX_DELETED, sandbox_id)
+        log.info("sandbox %s removed", sandbox_id)
+
+    async def _release(self, rec: SandboxRecord) -> None:
+        """Free the cgroup, files and directories of a stopped sandbox."""
+        if rec.owns_cgroup and rec.cgroup_path:
+            await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
+        await asyncio.to_thread(_remove_dirs, Path(rec.state_dir), Path(rec.files_dir))
+        self.shims.forget(rec.id)
+
+    async def update_resources(
+        self, id_or_prefix: str, resources: Resources | None, overhead: Resources | None
+    ) -> None:
+        """CRI UpdatePodSandboxResources: kubelet resized the pod. With kubelet's cgroup_parent
+        kubelet has already written the pod cgroup (nothing is ours to do); a pod cgroup of
+        our own gets the new limits now. The new values are recorded either way."""
+        rec = self.get(id_or_prefix)
+        for r in (resources, overhead):
+            if r is not None:
+                check_resources(r)
+        async with self.lock(rec.id):
+            rec = self.get(rec.id)
+            config = replace(rec.config, resources=resources or rec.config.resources,
+                             overhead=overhead or rec.config.overhead)
+            if rec.owns_cgroup and not rec.config.cgroup_parent and rec.state is SandboxState.READY:
+                await asyncio.to_thread(self._cgroups().update, rec.cgroup_path,
+                                        sandbox_resources(config.resources, config.overhead))
+            await self.records.put(replace(rec, config=config))
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def get(self, id_or_prefix: str) -> SandboxRecord:
+        """The visible sandbox an id or unique prefix names; NotFound otherwise."""
+        rec = self.records.resolve(id_or_prefix)
+        if rec.state is SandboxState.CREATING:
+            raise errors.NotFound(f"pod sandbox {id_or_prefix!r} not found")
+        return rec
+
+    def list(
+        self, id_prefix: str = "", state: SandboxState | None = None, labels: dict[str, str] | None = None
+    ) -> list[SandboxRecord]:
+        """Visible sandboxes matching every given filter, oldest first."""
+        out = []
+        for rec in self.records.all():
+            if rec.state is SandboxState.CREATING:
+                continue
+            if id_prefix and not rec.id.startswith(id_prefix):
+                continue
+            if state is not None and rec.state is not state:
+                continue
+            if labels and any(rec.config.labels.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(rec)
+        out.sort(key=lambda r: r.created_at_ns)
+        return out
+
+    async def ready_sandbox(self, sandbox_id: str) -> str:
+        """Streaming target check: the canonical id of a READY sandbox."""
+        rec = self.get(sandbox_id)
+        if rec.state is not SandboxState.READY:
+            raise errors.FailedPrecondition(f"pod sandbox {rec.id} is not ready")
+        return rec.id
+
+    def info(self, rec: SandboxRecord) -> dict[str, Any]:
+        """Verbose PodSandboxStatus info (runtime-specific, for operators)."""
+        return {
+            "shim": {"pid": rec.shim.pid if rec.shim else 0, "alive": shim_alive(rec.shim),
+                     "socket": str(self.shims.socket_of(rec.id))},
+            "pid_holder": rec.pid_holder.pid if rec.pid_holder else 0,
+            "namespaces": to_plain(rec.namespaces),
+            "cgroup": {"path": rec.cgroup_path, "owned": rec.owns_cgroup},
+            "network": {"mode": rec.network_mode.value if rec.network_mode else "host",
+                        "ip": rec.ip, "additional_ips": list(rec.additional_ips)},
+            "files": rec.files_dir,
+            "shm": rec.shm_path,
+            "config": to_plain(rec.config),
+        }
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Reload records, follow live shims, mark sandboxes with dead shims not ready, undo
+        half-made ones, clean directories, pins, cgroups and shims nothing owns. One bad
+        record never stops start-up. Returns the number of sandboxes known afterwards."""
+        hooks = self._hooks()
+        await hooks.load()
+        for sid, problem in await self.records.load():
+            log.error("sandbox record %s cannot be read (%s); left in the store", sid, problem)
+        this_boot = boot_id()
+        for rec in self.records.all():
+            try:
+                await self._recover_one(rec, this_boot)
+            except Exception:
+                log.exception("recovery of sandbox %s failed", rec.id)
+        known = {r.id for r in self.records.all()}
+        await asyncio.to_thread(self._clean_leftover_dirs, known)
+        await self._clean_orphan_shims(known)
+        await asyncio.to_thread(self._clean_orphan_cgroups, known)
+        try:
+            await self.network.recover(known)
+        except Exception:
+            log.exception("network recovery failed")
+        return len(known)
+
+    async def _recover_one(self, rec: SandboxRecord, this_boot: str) -> None:
+        if rec.state is SandboxState.CREATING:
+            log.info("sandbox %s: removing what a crash left half-made", rec.id)
+            async with self.lock(rec.id):
+                if not rec.config.host_network:
+                    await self.network.teardown(rec.id)
+                await self._shutdown_shim(rec.id, rec.shim)
+                await asyncio.to_thread(unpin_namespaces, Path(rec.state_dir) / "ns")
+                await self._release(rec)
+                await self.records.delete(rec.id)
+            return
+        alive = rec.boot_id == this_boot and shim_alive(rec.shim)
+        if rec.state is SandboxState.READY and alive:
+            await self._follow(rec)
+            return
+        if rec.state is SandboxState.READY:
+            log.warning("sandbox %s: its shim died while the daemon was down; marking it not ready", rec.id)
+            await self.shim_gone(rec.id)
+        elif alive:
+            # NOTREADY but its shim still runs (a crash in the middle of a stop): finish the stop.
+            async with self.lock(rec.id):
+                await self._stop(rec)
+
+    async def mark_not_ready(self, sandbox_id: str) -> None:
+        """The shim is gone: the sandbox is not ready any more (kubelet will stop/remove it)."""
+        rec = self.records.get(sandbox_id)
+        if rec is None or rec.state is not SandboxState.READY:
+            return
+        await self.records.put(replace(rec, state=SandboxState.NOTREADY, stopped_at_ns=time.time_ns()))
+        self._watches.pop(sandbox_id, None)
+        self.events.publish(EventKind.SANDBOX_STOPPED, sandbox_id)
+
+    def _clean_leftover_dirs(self, known: set[str]) -> None:
+        for base in (self.settings.state / "sandboxes", self.settings.root / "sandboxes"):
+            if not base.is_dir():
+                continue
+            for entry in base.iterdir():
+                if entry.name in known:
+                    continue
+                log.info("recovery: removing leftover sandbox directory %s", entry)
+                unpin_namespaces(entry / "ns")
+                unmount_quietly(entry / "shm")
+                shutil.rmtree(entry, ignore_errors=True)
+
+    async def _clean_orphan_shims(self, known: set[str]) -> None:
+        prefixes = {sid[:20] for sid in known}
+        try:
+            entries = list(self.shims.dir.glob("*.pid"))
+        except OSError:
+            return
+        for pid_file in entries:
+            name = pid_file.stem
+            if name == "factory" or name in prefixes:
+                continue
+            try:
+                pid, start = (int(x) for x in pid_file.read_text().split()[:2])
+            except (OSError, ValueError):
+                pid_file.unlink(missing_ok=True)
+                continue
+            ref = ProcessRef(pid, start)
+            if shim_alive(ref):
+                log.info("recovery: shutting down pod shim %d of an unknown sandbox %s", pid, name)
+                client = self.shims.client(name)
+                with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
+                    await client.call("shutdown", rpc_timeout=5)
+                deadline = time.monotonic() + SHIM_STOP_TIMEOUT
+                while shim_alive(ref) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                if shim_alive(ref):
+                    os.kill(pid, signal.SIGKILL)
+            self.shims.forget(name)
+
+    def _clean_orphan_cgroups(self, known: set[str]) -> None:
+        driver = self._cgroups()
+        parent = self.settings.pods.cgroup_parent
+        try:
+            children = _cgroup_children(driver, parent)
+        except OSError:
+            return
+        for name in children:
+            if name in known or len(name) != 64:
+                continue
+            path = f"{parent.rstrip('/')}/{name}"
+            log.info("recovery: removing cgroup %s of an unknown sandbox", path)
+            try:
+                driver.remove(path)
+            except errors.EngineError as exc:
+                log.error("recovery: removing cgroup %s failed: %s", path, exc)
+
+
+# -- host helpers (blocking; run in threads) ----------------------------------------------------
+
+
+def _network_request(sandbox_id: str, config: SandboxConfig) -> PodNetworkRequest:
+    md = config.metadata
+    return PodNetworkRequest(
+        sandbox_id=sandbox_id, name=md.name, namespace=md.namespace, uid=md.uid,
+        port_mappings=config.port_mappings, annotations=dict(config.annotations),
+        labels=dict(config.labels), cgroup_parent=config.cgroup_parent, dns=config.dns,
+    )
+
+
+def _make_dirs(state_dir: Path, files_dir: Path) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    files_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+
+
+def _remove_dirs(state_dir: Path, files_dir: Path) -> None:
+    unpin_namespaces(state_dir / "ns")
+    unmount_quietly(state_dir / "shm")
+    shutil.rmtree(state_dir, ignore_errors=True)
+    shutil.rmtree(files_dir, ignore_errors=True)
+
+
+def mount_shm(path: Path, size: int) -> None:
+    """The pod's /dev/shm: a sized tmpfs, world-writable with the sticky bit."""
+    path.mkdir(mode=0o755, exist_ok=True)
+    libc.mount("shm", path, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
+               f"mode=1777,size={size}")
+
+
+def unmount_quietly(path: Path) -> None:
+    """Unmount (lazily) whatever is mounted at ``path``; nothing mounted is fine."""
+    while True:
+        try:
+            libc.umount2(str(path), libc.MNT_DETACH)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOENT):
+                return
+            raise
+
+
+def unpin_namespaces(pin_dir: Path) -> None:
+    """Unmount and delete every namespace pin in ``pin_dir`` (idempotent)."""
+    try:
+        entries = list(pin_dir.iterdir())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        unmount_quietly(entry)
+        entry.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        pin_dir.rmdir()
+
+
+def _cgroup_children(driver: Any, parent: str) -> list[str]:
+    """Names of the cgroups directly below ``parent`` in any hierarchy."""
+    host = driver.host
+    roots: list[Path] = []
+    if host.unified is not None and host.mode.value == "v2":
+        roots.append(host.unified)
+    else:
+        roots.extend(host.v1_hierarchies)
+    names: set[str] = set()
+    for root in roots:
+        d = root / parent.lstrip("/")
+        if d.is_dir():
+            names.update(e.name for e in d.iterdir() if e.is_dir())
+    return sorted(names)

@@ -1,0 +1,117 @@
+"""Checks of a RunPodSandbox request before anything is made: every refusal is an
+InvalidArgument (or Unimplemented) naming the field, so a bad request leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+
+from runtime.cgroups.paths import check_cgroup_path
+from runtime.errors import InvalidArgument, Unimplemented
+from runtime.model.sandbox import NamespaceMode, SandboxConfig
+
+# RFC 1123 host name: labels of letters, digits and '-', dot-separated; kernel: <= 64 bytes.
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SYSCTL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
+PROC_SYS = Path("/proc/sys")
+
+# kernel/ipc: sysctls the IPC namespace owns (kubelet pkg/kubelet/sysctl/namespace.go).
+_IPC_SYSCTLS = frozenset(
+    {"kernel.shmmax", "kernel.shmall", "kernel.shmmni", "kernel.shm_rmid_forced", "kernel.msgmax",
+     "kernel.msgmnb", "kernel.msgmni", "kernel.sem"}
+)
+_UTS_SYSCTLS = frozenset({"kernel.hostname", "kernel.domainname"})
+
+
+def _text(value: str, what: str, *, required: bool) -> None:
+    if required and not value:
+        raise InvalidArgument(f"{what} is required")
+    if _CONTROL.search(value) or "/" in value:
+        raise InvalidArgument(f"{what} {value!r} contains '/' or control characters")
+
+
+def sysctl_namespace(name: str) -> str | None:
+    """The namespace that owns sysctl ``name`` (dotted), or None when it is node-wide."""
+    if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
+        return "ipc"
+    if name in _UTS_SYSCTLS:
+        return "uts"
+    if name.startswith("net."):
+        return "net"
+    return None
+
+
+def normalize_sysctl(name: str) -> str:
+    """kubelet accepts '/' as separator too (``net/ipv4/ip_forward``); we use dots."""
+    return name.replace("/", ".") if "/" in name else name
+
+
+def check_sysctls(config: SandboxConfig, proc_sys: Path = PROC_SYS) -> dict[str, str]:
+    """The pod's sysctls, normalised; InvalidArgument for node-wide, unknown or misplaced ones."""
+    ns = config.security.namespaces
+    out: dict[str, str] = {}
+    for raw, value in config.sysctls.items():
+        if not _SYSCTL_NAME.match(raw) or ".." in raw:
+            raise InvalidArgument(f"sysctl {raw!r}: invalid name")
+        name = normalize_sysctl(raw)
+        owner = sysctl_namespace(name)
+        if owner is None:
+            raise InvalidArgument(f"sysctl {raw!r} is not namespaced: it would change the whole node")
+        if owner == "net" and ns.network is NamespaceMode.NODE:
+            raise InvalidArgument(f"sysctl {raw!r} cannot be set for a pod on the host network")
+        if owner == "ipc" and ns.ipc is NamespaceMode.NODE:
+            raise InvalidArgument(f"sysctl {raw!r} cannot be set for a pod in the host IPC namespace")
+        if owner == "uts" and ns.network is NamespaceMode.NODE:
+            raise InvalidArgument(f"sysctl {raw!r} cannot be set for a pod in the host UTS namespace")
+        if not (proc_sys / name.replace(".", "/")).exists():
+            raise InvalidArgument(f"sysctl {raw!r} does not exist on this kernel")
+        if _CONTROL.search(value) or not value.strip():
+            raise InvalidArgument(f"sysctl {raw!r}: invalid value {value!r}")
+        out[name] = value.strip()
+    return out
+
+
+def check_sandbox_config(config: SandboxConfig, runtime_handlers: tuple[str, ...] = ("",)) -> dict[str, str]:
+    """Validate the whole request; returns the normalised sysctls."""
+    md = config.metadata
+    _text(md.name, "metadata.name", required=True)
+    _text(md.namespace, "metadata.namespace", required=True)
+    _text(md.uid, "metadata.uid", required=True)
+    if md.attempt < 0:
+        raise InvalidArgument("metadata.attempt must not be negative")
+    if config.runtime_handler not in runtime_handlers:
+        raise InvalidArgument(f"runtime handler {config.runtime_handler!r} is not configured")
+    if config.hostname and (len(config.hostname) > 64 or not _HOSTNAME.match(config.hostname)):
+        raise InvalidArgument(f"hostname {config.hostname!r} is not a valid RFC 1123 host name")
+    if config.log_directory and (
+        not os.path.isabs(config.log_directory) or ".." in config.log_directory.split("/")
+    ):
+        raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path without '..'")
+    if config.cgroup_parent:
+        check_cgroup_path(config.cgroup_parent)
+    if config.dns is not None:
+        for server in config.dns.servers:
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise InvalidArgument(f"dns_config: nameserver {server!r} is not an IP address") from None
+        for word in (*config.dns.searches, *config.dns.options):
+            if not word or any(c.isspace() for c in word) or _CONTROL.search(word):
+                raise InvalidArgument(f"dns_config: invalid search domain or option {word!r}")
+    ns = config.security.namespaces
+    if ns.pid is NamespaceMode.TARGET or ns.network is NamespaceMode.TARGET or ns.ipc is NamespaceMode.TARGET:
+        raise InvalidArgument("namespace mode TARGET is only valid for a container's PID namespace")
+    if ns.network is NamespaceMode.CONTAINER or ns.ipc is NamespaceMode.CONTAINER:
+        raise InvalidArgument("network and IPC namespace mode CONTAINER is not valid for a pod")
+    if ns.userns is not None and ns.userns.mode is NamespaceMode.POD:
+        raise Unimplemented("user namespaces (hostUsers: false) are not supported by this runtime yet")
+    for pm in config.port_mappings:
+        pm.validated()
+    for key in (*config.labels, *config.annotations):
+        if not key:
+            raise InvalidArgument("label and annotation keys must not be empty")
+    return check_sysctls(config)
