@@ -24,6 +24,7 @@ from cri_shim.streaming import portforward, remotecommand
 from cri_shim.streaming import protocol as p
 from cri_shim.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend
 from cri_shim.streaming.httphead import HeadError, RequestHead, parse_head, query_ports, read_head, response, route
+from cri_shim.streaming.metrics import NoStreamingMetrics, StreamingMetrics
 from cri_shim.streaming.spdy.connection import SpdyConnection
 from cri_shim.streaming.tokens import TokenCache
 from cri_shim.streaming.transport import StreamTransport, TransportClosed
@@ -75,9 +76,11 @@ class StreamingServer:
         settings: StreamingSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        metrics: StreamingMetrics | None = None,
     ) -> None:
         self.backend = backend
         self.settings = settings
+        self.metrics: StreamingMetrics = metrics or NoStreamingMetrics()
         self.tokens: TokenCache[StreamRequest] = TokenCache(
             settings.token_ttl, clock=clock, max_in_flight=settings.max_tokens
         )
@@ -189,13 +192,19 @@ class StreamingServer:
             return
         started = time.monotonic()
         request = entry.request
-        if head.is_websocket:
-            outcome = await self._serve_websocket(reader, writer, head, rest, kind, request)
-        elif head.is_spdy:
-            outcome = await self._serve_spdy(reader, writer, head, rest, kind, request)
-        else:
+        if not (head.is_websocket or head.is_spdy):
             await _answer(writer, 400, "unable to upgrade: missing upgrade headers in request")
             outcome = "not an upgrade request"
+        else:
+            protocol = "websocket" if head.is_websocket else "spdy"
+            self.metrics.session_opened(kind, protocol)
+            try:
+                if head.is_websocket:
+                    outcome = await self._serve_websocket(reader, writer, head, rest, kind, request)
+                else:
+                    outcome = await self._serve_spdy(reader, writer, head, rest, kind, request)
+            finally:
+                self.metrics.session_closed(kind, protocol, time.monotonic() - started)
         self.served += 1
         target = request.sandbox_id if isinstance(request, PortForwardRequest) else request.container_id
         log.info(
