@@ -1,7 +1,22 @@
-"""Prometheus metrics: the registry, the RPC observer, and the /metrics HTTP endpoint.
+"""Prometheus metrics: the registry, the observers that feed it, and the /metrics endpoint.
 
-One registry per daemon (no global state). The HTTP endpoint is a small asyncio server in
-the daemon's own event loop; the exposition text comes from prometheus-client.
+One registry per daemon (no global state). Every family is named ``cri_shim_*`` by
+Prometheus conventions (base units in the name, ``_total`` counters, ``_seconds``
+histograms), except the standard ``process_*`` and ``python_*`` families of
+prometheus-client's process and platform collectors, which keep the names every exporter
+uses.
+
+Two ways values arrive:
+- pushed, as they happen, by the engine through small observer ports that this module
+  implements without the engine importing prometheus-client: CRI calls
+  (``RpcObserver``), image pulls (``runtime.image.pull.PullObserver``), network operations
+  (``runtime.network.observe.NetworkObserver``) and streaming sessions
+  (``cri_shim.streaming.metrics.StreamingMetrics``);
+- computed at scrape time from the engine's state (pods and containers by state, shims,
+  recovery, events): :class:`cri_shim.metrics_engine.EngineCollector`.
+
+The HTTP endpoint is a small asyncio server in the daemon's own event loop: it refreshes the
+scrape-time snapshot on the loop, then renders the text with prometheus-client in a thread.
 """
 
 from __future__ import annotations
@@ -9,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,53 +37,168 @@ from prometheus_client import (
     generate_latest,
 )
 
+from runtime.image.pull import PullReport
+from runtime.network.model import NetworkEvent
+
 log = logging.getLogger(__name__)
 
 PREFIX = "cri_shim"
 
 #: Latency buckets for CRI calls: sub-millisecond reads up to kubelet's 2 min deadline.
 RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+#: Image pulls: a cached manifest check to a multi-gigabyte image on a slow link.
+PULL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+#: Network set-up/tear-down: a netlink change (~1 ms) to a slow CNI plugin chain.
+NETWORK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+#: Streaming sessions: an exec probe to an interactive shell of hours.
+STREAM_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400)
+
+
+class ScrapeSource(Protocol):
+    """A collector whose values are computed on the event loop just before a scrape."""
+
+    def refresh(self) -> None: ...
 
 
 class Metrics:
-    """Every metric family of the daemon. Construction registers them; no I/O."""
+    """Every pushed metric family of the daemon. Construction registers them; no I/O."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._scrape_sources: list[ScrapeSource] = []
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+        r = self.registry
+        # CRI calls
         self.rpc_requests = Counter(
-            f"{PREFIX}_grpc_requests",
-            "CRI gRPC calls handled, by service, method and gRPC status code.",
-            ["service", "method", "code"],
-            registry=self.registry,
+            f"{PREFIX}_grpc_requests", "CRI gRPC calls handled, by service, method and gRPC status code.",
+            ["service", "method", "code"], registry=r,
         )
         self.rpc_errors = Counter(
-            f"{PREFIX}_grpc_errors",
-            "CRI gRPC calls that ended with a status other than OK, by method and code.",
-            ["service", "method", "code"],
-            registry=self.registry,
+            f"{PREFIX}_grpc_errors", "CRI gRPC calls that ended with a status other than OK, by method and code.",
+            ["service", "method", "code"], registry=r,
         )
         self.rpc_latency = Histogram(
             f"{PREFIX}_grpc_request_duration_seconds",
-            "Latency of CRI gRPC calls, by service and method.",
-            ["service", "method"],
-            buckets=RPC_BUCKETS,
-            registry=self.registry,
+            "Latency of CRI gRPC calls, by service and method (server streams: the stream's lifetime).",
+            ["service", "method"], buckets=RPC_BUCKETS, registry=r,
         )
         self.build_info = Gauge(
-            f"{PREFIX}_build_info", "cri-shim version information.", ["version", "cri_api"], registry=self.registry
+            f"{PREFIX}_build_info", "cri-shim version information.", ["version", "cri_api"], registry=r
         )
+        # image pulls
+        self.image_pulls = Counter(
+            f"{PREFIX}_image_pulls", "Image pulls finished, by result (success, or the error's class).",
+            ["result"], registry=r,
+        )
+        self.image_pulls_in_progress = Gauge(
+            f"{PREFIX}_image_pulls_in_progress", "Image pulls under way.", registry=r
+        )
+        self.image_pull_bytes = Counter(
+            f"{PREFIX}_image_pull_bytes",
+            "Bytes downloaded from registries by image pulls (counted when a pull ends, also a failed one).",
+            registry=r,
+        )
+        self.image_pull_duration = Histogram(
+            f"{PREFIX}_image_pull_duration_seconds", "Duration of image pulls, by result.",
+            ["result"], buckets=PULL_BUCKETS, registry=r,
+        )
+        self.image_pull_layers = Counter(
+            f"{PREFIX}_image_pull_layers", "Layers of the images pulled successfully.", registry=r
+        )
+        self.image_pull_layers_reused = Counter(
+            f"{PREFIX}_image_pull_layers_reused",
+            "Layers of the images pulled successfully that were already unpacked locally (not downloaded).",
+            registry=r,
+        )
+        # pod networking
+        self.network_duration = Histogram(
+            f"{PREFIX}_network_operation_duration_seconds",
+            "Latency of pod network operations, by operation (set-up: prepare then attach; tear-down: teardown; "
+            "check, recover, nft_apply, status) and plugin (builtin, cni).",
+            ["operation", "plugin"], buckets=NETWORK_BUCKETS, registry=r,
+        )
+        self.network_errors = Counter(
+            f"{PREFIX}_network_operation_errors",
+            "Pod network operations that failed, by operation, plugin and the error's class.",
+            ["operation", "plugin", "error"], registry=r,
+        )
+        # streaming
+        self.streaming_active = Gauge(
+            f"{PREFIX}_streaming_sessions_active",
+            "Streaming sessions (exec, attach, portforward) open now, by kind.", ["kind"], registry=r,
+        )
+        self.streaming_sessions = Counter(
+            f"{PREFIX}_streaming_sessions", "Streaming sessions ended, by kind and protocol (spdy, websocket).",
+            ["kind", "protocol"], registry=r,
+        )
+        self.streaming_duration = Histogram(
+            f"{PREFIX}_streaming_session_duration_seconds", "Duration of streaming sessions, by kind.",
+            ["kind"], buckets=STREAM_BUCKETS, registry=r,
+        )
+        for kind in ("exec", "attach", "portforward"):
+            self.streaming_active.labels(kind).set(0)
 
-    # RpcObserver
+    # -- scrape-time collectors ---------------------------------------------------------------
+
+    def add_scrape_source(self, source: ScrapeSource) -> None:
+        """Register a collector (already in :attr:`registry`) to refresh before each scrape."""
+        self._scrape_sources.append(source)
+
+    def refresh(self) -> None:
+        """Recompute scrape-time values; call on the event loop (engine state lives there)."""
+        for source in self._scrape_sources:
+            try:
+                source.refresh()
+            except Exception:
+                log.exception("metrics source %r failed to refresh", source)
+
+    def exposition(self) -> bytes:
+        """The text exposition (thread-safe; does not refresh)."""
+        return generate_latest(self.registry)
+
+    # -- RpcObserver ------------------------------------------------------------------------------
+
     def observe(self, service: str, method: str, code: str, seconds: float) -> None:
         self.rpc_requests.labels(service, method, code).inc()
         if code != "OK":
             self.rpc_errors.labels(service, method, code).inc()
         self.rpc_latency.labels(service, method).observe(seconds)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    # -- PullObserver -----------------------------------------------------------------------------
+
+    def pull_started(self, reference: str) -> None:
+        self.image_pulls_in_progress.inc()
+
+    def pull_progress(self, reference: str, bytes_downloaded: int, bytes_total: int) -> None:
+        return None  # bytes are counted once, at the end: see pull_finished
+
+    def pull_finished(self, report: PullReport) -> None:
+        self.image_pulls_in_progress.dec()
+        self.image_pulls.labels(report.result).inc()
+        self.image_pull_duration.labels(report.result).observe(report.duration)
+        self.image_pull_bytes.inc(max(0, report.bytes_downloaded))
+        if report.result == "success":
+            self.image_pull_layers.inc(report.layers_total)
+            self.image_pull_layers_reused.inc(report.layers_reused)
+
+    # -- NetworkObserver --------------------------------------------------------------------------
+
+    def network_event(self, event: NetworkEvent) -> None:
+        plugin = event.mode.value if event.mode is not None else "none"
+        self.network_duration.labels(event.operation, plugin).observe(event.seconds)
+        if event.error:
+            self.network_errors.labels(event.operation, plugin, event.error).inc()
+
+    # -- StreamingMetrics -------------------------------------------------------------------------
+
+    def session_opened(self, kind: str, protocol: str) -> None:
+        self.streaming_active.labels(kind).inc()
+
+    def session_closed(self, kind: str, protocol: str, seconds: float) -> None:
+        self.streaming_active.labels(kind).dec()
+        self.streaming_sessions.labels(kind, protocol).inc()
+        self.streaming_duration.labels(kind).observe(seconds)
 
 
 class MetricsServer:
@@ -107,6 +238,7 @@ class MetricsServer:
             elif parts[1].split("?", 1)[0] != "/metrics":
                 await self._respond(writer, 404, b"not found; try /metrics\n", "text/plain")
             else:
+                self._metrics.refresh()
                 body = await asyncio.to_thread(self._metrics.exposition)
                 await self._respond(writer, 200, body if parts[0] == "GET" else b"", CONTENT_TYPE_LATEST)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
