@@ -215,6 +215,11 @@ class Puller:
                 f"image {ref}: manifest has {len(manifest.layers)} layers, config has {len(cfg.diff_ids)} diff_ids"
             )
         chain = mf.chain_ids(cfg.diff_ids)
+        for layer in manifest.layers:
+            if layer.size > self._limits.max_bytes:
+                raise InvalidArgument(
+                    f"image {ref}: layer {layer.digest} is {layer.size} bytes, more than image.max_layer_bytes"
+                )
         layer_digests = [d.digest for d in manifest.layers]
         all_blobs = [d for d, _ in blobs_to_keep] + [manifest.config.digest] + layer_digests
         lease = f"{self._owner}/{secrets.token_hex(6)}"

@@ -34,6 +34,7 @@ from runtime.image.manifest import ACCEPT, MAX_MANIFEST_BYTES
 log = logging.getLogger(__name__)
 
 USER_AGENT = "cri-shim"
+DOCKER_HUB_API = "registry-1.docker.io"
 _BATCH = 1 << 20
 
 
@@ -103,6 +104,8 @@ class RegistrySession:
     ) -> None:
         self._c = client
         self.host = host
+        # Docker Hub's API lives on registry-1.docker.io (docker.io itself serves no /v2/).
+        self.api_host = DOCKER_HUB_API if host in ("docker.io", "index.docker.io") else host
         self.repository = repository
         self.relaxed = insecure or is_loopback(host)
         self._auth = auth
@@ -123,17 +126,17 @@ class RegistrySession:
 
     async def _send(self, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
         """Send with the chosen scheme; for relaxed hosts fall back from HTTPS to HTTP."""
-        scheme = self._c._schemes.get(self.host, "https")
+        scheme = self._c._schemes.get(self.api_host, "https")
         verify = not self.relaxed
         client = self._c._client(verify)
         try:
-            req = client.build_request(method, f"{scheme}://{self.host}{path}", headers=headers)
+            req = client.build_request(method, f"{scheme}://{self.api_host}{path}", headers=headers)
             return await client.send(req, stream=True)
         except httpx.ConnectError as exc:
             if scheme == "https" and self.relaxed:
                 log.info("registry %s: HTTPS failed (%s); using plain HTTP", self.host, exc)
-                self._c._schemes[self.host] = "http"
-                req = client.build_request(method, f"http://{self.host}{path}", headers=headers)
+                self._c._schemes[self.api_host] = "http"
+                req = client.build_request(method, f"http://{self.api_host}{path}", headers=headers)
                 return await client.send(req, stream=True)
             raise
 

@@ -180,6 +180,8 @@ class OverlaySnapshotter:
             started = time.monotonic()
             result = await asyncio.to_thread(self._apply, blob, target, limits, chain_id, on_progress)
             if result.diff_id != diff_id:
+                # The blob matched its own digest but not the DiffID: never reuse it.
+                await asyncio.to_thread(blob.unlink, True)
                 raise LayerRejected(
                     f"layer {chain_id}: uncompressed content has digest {result.diff_id}, "
                     f"the image config says {diff_id}"
