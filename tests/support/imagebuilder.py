@@ -22,6 +22,7 @@ Ready-made images (all ``linux/<host arch>``):
 - :func:`multi_layer_image`: several layers exercising whiteouts, opaque directories,
   symlinks, hard links, xattrs, gzip + zstd + uncompressed layers.
 - :func:`build_index`: an OCI index / Docker manifest list over per-platform images.
+- :func:`critest_images`: stand-ins for the images critest pulls (users, web servers, tags).
 
 Archives for air-gapped import: :func:`write_oci_archive` (OCI image layout tar) and
 :func:`write_docker_archive` (``docker save`` format).
@@ -317,14 +318,16 @@ def _json(doc: Any) -> bytes:
 # -- ready-made content ---------------------------------------------------------------------------
 
 
-def passwd_files(users: Iterable[tuple[str, int, int, str]] = (), groups: Iterable[tuple[str, int]] = ()
-                 ) -> tuple[str, str]:
-    """(/etc/passwd, /etc/group) text with root and nobody plus ``users`` (name, uid, gid,
-    home) and ``groups`` (name, gid)."""
-    pw = ["root:x:0:0:root:/root:/bin/sh", "nobody:x:65534:65534:nobody:/nonexistent:/bin/false"]
-    gr = ["root:x:0:", "nogroup:x:65534:"]
+def passwd_files(users: Iterable[tuple[str, int, int, str]] = (), groups: Iterable[tuple[str, int]] = (),
+                 members: Mapping[str, Sequence[str]] | None = None) -> tuple[str, str]:
+    """(/etc/passwd, /etc/group) text with root, www-data (33), nobody and the groups root,
+    www-data, users (100), nogroup, plus ``users`` (name, uid, gid, home), ``groups``
+    (name, gid) and supplementary ``members`` (group name → user names)."""
+    pw = ["root:x:0:0:root:/root:/bin/sh", "www-data:x:33:33:www-data:/var/www:/bin/false",
+          "nobody:x:65534:65534:nobody:/nonexistent:/bin/false"]
+    gr = ["root:x:0:", "www-data:x:33:", "users:x:100:", "nogroup:x:65534:"]
     pw += [f"{n}:x:{u}:{g}:{n}:{h}:/bin/sh" for n, u, g, h in users]
-    gr += [f"{n}:x:{g}:" for n, g in groups]
+    gr += [f"{n}:x:{g}:{','.join((members or {}).get(n, ()))}" for n, g in groups]
     return "\n".join(pw) + "\n", "\n".join(gr) + "\n"
 
 
@@ -382,6 +385,42 @@ def user_image(user: str, users: Iterable[tuple[str, int, int, str]] = (("app", 
         [busybox_layer(passwd=passwd_files(users, groups)), homes],
         config={"User": user, "Cmd": ["id"], "Env": ["PATH=/bin"]},
     )
+
+
+def critest_images() -> dict[str, BuiltImage]:
+    """Stand-ins for the images critest v1.37 uses, keyed by name *without* registry prefix
+    (critest pulls them from gcr.io/k8s-staging-cri-tools/ and registry.k8s.io/e2e-test-images/;
+    point those prefixes at a local registry with registries.conf ``location`` rewrites).
+
+    The users match cri-tools' images/image-user and image-predefined-group Dockerfiles:
+    uid 1002, ``www-data``, ``1003:users``, ``www-data:users``, and uid 1000 in group 50000.
+    ``test-image-digest@sha256:...`` cannot be reproduced: critest names a fixed digest."""
+    web = httpd_image(80, "hello from the critest web server\n")
+    predefined = build_image(
+        [busybox_layer(passwd=passwd_files([("default-user", 1000, 1000, "/home/default-user")],
+                                           [("default-user", 1000), ("group-defined-in-image", 50000)],
+                                           {"group-defined-in-image": ["default-user"]}))],
+        config={"User": "1000", "Cmd": ["sh"], "Env": ["PATH=/bin"]},
+    )
+    out: dict[str, BuiltImage] = {
+        "busybox:1.36.1-1": busybox_image(),
+        "nginx:1.14-2": web,
+        f"hostnet-nginx-{host_arch()}:latest": httpd_image(12003),
+        "test-image-user-uid:latest": busybox_image(config={"User": "1002"}),
+        "test-image-user-username:latest": busybox_image(config={"User": "www-data"}),
+        "test-image-user-uid-group:latest": busybox_image(config={"User": "1003:users"}),
+        "test-image-user-username-group:latest": busybox_image(config={"User": "www-data:users"}),
+        "test-image-predefined-group:latest": predefined,
+        "test-image-latest:latest": busybox_image(config={"Labels": {"critest": "latest"}}),
+        "test-image-tag:test": busybox_image(config={"Labels": {"critest": "tag"}}),
+        "test-image-tag:all": busybox_image(config={"Labels": {"critest": "all"}}),
+    }
+    for i in (1, 2, 3):
+        out[f"test-image-{i}:latest"] = busybox_image(config={"Labels": {"critest": f"image-{i}"}})
+    same = busybox_image(config={"Labels": {"critest": "tags"}})
+    for i in (1, 2, 3):
+        out[f"test-image-tags:{i}"] = same
+    return out
 
 
 def multi_layer_image(fmt: Format = "oci", big_files: int = 0, big_size: int = 1 << 20) -> BuiltImage:
