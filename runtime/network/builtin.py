@@ -5,9 +5,9 @@ Host-side steps only (the daemon's part); the in-netns step is ``runtime.network
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
-from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 
 from runtime.errors import FailedPrecondition, Internal
@@ -15,7 +15,6 @@ from runtime.network import ipam
 from runtime.network.host import HostNetwork
 from runtime.network.model import (
     Attachment,
-    AttachPhase,
     NetworkCondition,
     NetworkMode,
     PodInterfacePlan,
@@ -59,6 +58,8 @@ class BuiltinNetwork:
         self._nft_binary = nft_binary
         # (ifindex, addresses) of the bridge as last ensured; skips netlink on the hot path.
         self._bridge_cache: tuple[int, frozenset[tuple[str, int]]] | None = None
+        self._deletions: set[asyncio.Task[None]] = set()
+        self._current_subnet = ""
 
     def condition(self) -> NetworkCondition:
         if shutil.which(self._nft_binary) is None:
@@ -69,11 +70,13 @@ class BuiltinNetwork:
         return NetworkCondition(True, mode=NetworkMode.BUILTIN)
 
     async def prepare(self, req: PodNetworkRequest, subnet: IPv4Network) -> tuple[Attachment, PodNetnsPlan]:
+        self._current_subnet = str(subnet)
         host_ifname = host_ifname_for(req.sandbox_id)
-        att = await self._state.prepare_builtin(req.sandbox_id, subnet, host_ifname, req.port_mappings)
-        # A host end left by a crash between the in-netns step and the record update would
-        # make the veth creation fail with EEXIST.
-        if att.phase is AttachPhase.PREPARED and await self._host.delete_link(att.host_ifname):
+        att, new = await self._state.prepare_builtin(req.sandbox_id, subnet, host_ifname, req.port_mappings)
+        # A host end of this name can only be a leftover (a crash after the in-netns step and
+        # before the record went); it would make the veth creation fail with EEXIST. A
+        # repeated prepare of a known sandbox never touches its (possibly live) interface.
+        if new and self._host.link_exists(att.host_ifname) and await self._host.delete_link(att.host_ifname):
             log.warning("network: removed stale host interface %s of sandbox %s", att.host_ifname, att.sandbox_id)
         plan = PodNetnsPlan(
             sandbox_id=att.sandbox_id,
@@ -92,12 +95,20 @@ class BuiltinNetwork:
         )
         return att, plan
 
-    async def ensure_bridge(self) -> int:
-        """The bridge with one gateway address per subnet in use, up; ip_forward on."""
-        subnets = (await self._state.nat_state()).subnets
-        want = frozenset((str(ipam.gateway_of(IPv4Network(s))), IPv4Network(s).prefixlen) for s in subnets)
+    async def ensure_bridge(self, subnet: str = "") -> int:
+        """The bridge with one gateway address per subnet in use, up; ip_forward on.
+
+        With ``subnet`` (the attaching sandbox's) and a bridge known to carry its gateway,
+        no netlink and no store read happen (the pod-start path).
+        """
         self._ensure_forwarding()
         cached = self._bridge_cache
+        if subnet and cached is not None:
+            net = IPv4Network(subnet)
+            if (str(ipam.gateway_of(net)), net.prefixlen) in cached[1]:
+                return cached[0]
+        subnets = (await self._state.nat_state()).subnets
+        want = frozenset((str(ipam.gateway_of(IPv4Network(s))), IPv4Network(s).prefixlen) for s in subnets)
         if cached is not None and cached[1] == want:
             return cached[0]
         first = min(want) if want else None
@@ -114,14 +125,19 @@ class BuiltinNetwork:
             log.info("network: enabling net.ipv4.ip_forward (pods route through the host)")
             self._host.write_sysctl("net.ipv4.ip_forward", "1")
 
-    async def attach(self, att: Attachment, netns_path: str, result: PodNetnsResult) -> Attachment:
+    async def attach(self, att: Attachment, result: PodNetnsResult) -> Attachment:
+        """Host side: bridge, enslave + hairpin + up the host end, nftables. Idempotent.
+
+        Writes nothing to the store: the record made at prepare already holds all a
+        teardown or a status needs (one fsync less per pod start, ~4 ms here).
+        """
         iface = result.interface
         if iface is None or iface.host_ifname != att.host_ifname:
             raise FailedPrecondition(
                 f"sandbox {att.sandbox_id}: the pod netns step reported "
                 f"{iface.host_ifname if iface else 'no interface'}, expected {att.host_ifname}"
             )
-        index = await self.ensure_bridge()
+        index = await self.ensure_bridge(att.subnet)
         try:
             await self._host.attach_to_bridge(att.host_ifname, index)
         except FailedPrecondition:
@@ -132,17 +148,39 @@ class BuiltinNetwork:
             self._bridge_cache = None
             index = await self.ensure_bridge()
             await self._host.attach_to_bridge(att.host_ifname, index)
-        await self._nat.sync()
-        attached = replace(att, phase=AttachPhase.ATTACHED, netns_path=netns_path)
-        await self._state.put(attached)
-        return attached
+        if att.port_mappings or not self._nat.covers(att.subnet):
+            await self._nat.sync()
+        return att
 
     async def teardown(self, att: Attachment) -> None:
-        """Delete the veth (both ends), release address and host ports, shrink the nft table."""
-        if att.host_ifname:
-            await self._host.delete_link(att.host_ifname)
+        """Release address and host ports (durably), shrink the nft table, delete the veth.
+
+        The veth is deleted in the background: the kernel waits an RCU grace period for it
+        (15-20 ms measured here), and nothing waits on it. The address is not handed out
+        again at once (round-robin IPAM), and deleting the pod's netns deletes the pair too.
+        :meth:`settle` waits for these deletions.
+        """
         await self._state.release(att.sandbox_id)
+        if att.subnet != self._current_subnet:
+            self._bridge_cache = None  # maybe the last pod of an old pod CIDR: reconcile next time
+        if att.host_ifname:
+            task = asyncio.get_running_loop().create_task(
+                self._delete_link(att.sandbox_id, att.host_ifname), name=f"delete-{att.host_ifname}"
+            )
+            self._deletions.add(task)
+            task.add_done_callback(self._deletions.discard)
         await self._nat.sync_later()
+
+    async def _delete_link(self, sandbox_id: str, ifname: str) -> None:
+        try:
+            await self._host.delete_link(ifname)
+        except Exception as exc:
+            log.error("network: deleting %s of sandbox %s failed: %s", ifname, sandbox_id, exc)
+
+    async def settle(self) -> None:
+        """Wait for background link deletions."""
+        while self._deletions:
+            await asyncio.gather(*list(self._deletions))
 
     async def check(self, att: Attachment) -> None:
         index = await self._host.link_index(self.bridge)

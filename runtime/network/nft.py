@@ -172,6 +172,7 @@ class NatTable:
         self._on_apply = on_apply
         self._lock = asyncio.Lock()
         self._applied: str | None = None  # None: unknown (not applied since start)
+        self._applied_state: NatState | None = None
         self._timer: asyncio.Task[None] | None = None
         self._timer_sleeping = False
 
@@ -191,7 +192,8 @@ class NatTable:
 
     async def _locked_sync(self, force: bool) -> bool:
         async with self._lock:
-            script = render_ruleset(self.table, await self._load())
+            state = await self._load()
+            script = render_ruleset(self.table, state)
             if script == self._applied and not force:
                 return False
             started = time.monotonic()
@@ -199,18 +201,38 @@ class NatTable:
                 await self._runner.run(script)
             except BaseException as exc:
                 self._applied = None
+                self._applied_state = None
                 if self._on_apply is not None:
                     self._on_apply(time.monotonic() - started, exc)
                 raise
             self._applied = script
+            self._applied_state = state
             if self._on_apply is not None:
                 self._on_apply(time.monotonic() - started, None)
             return True
 
+    def covers(self, subnet: str) -> bool:
+        """True if the table as applied masquerades ``subnet`` and no apply is under way.
+
+        A sandbox without host ports in such a subnet changes nothing in the rendering, so
+        its attach can skip :meth:`sync` (and the store read it costs). A pending deferred
+        sync is fine: it re-reads the state, which already holds that sandbox.
+        """
+        if self._applied is None or self._lock.locked() or not subnet:
+            return False
+        return self._applied_state is not None and subnet in self._applied_state.subnets
+
     async def sync_later(self) -> None:
-        """Schedule a :meth:`sync` after ``linger`` seconds (now, awaited, when linger is 0)."""
+        """Schedule a :meth:`sync` after ``linger`` seconds (now, awaited, when linger is 0).
+
+        Never raises: a failed removal leaves stale rules that the next change replaces (the
+        whole table is rewritten every time), so it is logged, not passed to the teardown.
+        """
         if self._linger <= 0:
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception:
+                log.exception("nft: shrinking table %s failed (retried at the next change)", self.table)
             return
         if self._timer is None or self._timer.done() or not self._timer_sleeping:
             self._timer_sleeping = True

@@ -66,7 +66,7 @@ from runtime.network.builtin import BuiltinNetwork
 from runtime.network.cni import DEFAULT_IFNAME, CniNetwork
 from runtime.network.cniconf import CniConfigList
 from runtime.network.cniexec import PluginExec
-from runtime.network.host import HostNetwork, PyrouteHost
+from runtime.network.host import HostNetwork, RtnlHost
 from runtime.network.model import (
     Attachment,
     AttachPhase,
@@ -116,7 +116,7 @@ class NetworkService:
         self._mode_setting = mode
         self._pod_cidr = pod_cidr
         self.state = NetworkState(store)
-        self._host = host or PyrouteHost()
+        self._host = host or RtnlHost()
         self._observers: list[NetworkObserver] = [observer or LogObserver()]
         self._observer = FanoutObserver(self._observers)
         self.nat = NatTable(
@@ -168,11 +168,14 @@ class NetworkService:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        await self.builtin.settle()
         await self.nat.close()
         self._host.close()
 
     async def settle(self) -> None:
-        """Apply deferred nftables changes now (a table lingers after its last pod: see NatTable)."""
+        """Finish background work now: deferred nftables changes (a table lingers after its
+        last pod, see NatTable) and veth deletions of torn-down sandboxes."""
+        await self.builtin.settle()
         await self.nat.settle()
 
     async def _watch(self) -> None:
@@ -221,7 +224,8 @@ class NetworkService:
         try:
             async with self._sandbox_lock(req.sandbox_id):
                 existing = await self.state.get(req.sandbox_id)
-                if existing is not None and existing.phase is not AttachPhase.PREPARED:
+                cni_busy = existing is not None and existing.mode is NetworkMode.CNI
+                if existing is not None and cni_busy and existing.phase is not AttachPhase.PREPARED:
                     raise FailedPrecondition(
                         f"sandbox {req.sandbox_id} already has a network ({existing.phase}); tear it down first"
                     )
@@ -274,7 +278,7 @@ class NetworkService:
                 if att is None:
                     raise NotFound(f"sandbox {sandbox_id} has no prepared network")
                 mode = att.mode
-                if att.phase is AttachPhase.ATTACHED:
+                if att.mode is NetworkMode.CNI and att.phase is AttachPhase.ATTACHED:
                     status = att.status()
                 else:
                     if result.seconds:
@@ -282,7 +286,7 @@ class NetworkService:
                         self._observer.network_event(NetworkEvent("pod_netns", att.mode, sandbox_id, result.seconds))
                     try:
                         if att.mode is NetworkMode.BUILTIN:
-                            att = await self.builtin.attach(att, netns_path, result)
+                            att = await self.builtin.attach(att, result)
                         else:
                             att = await self._attach_cni(att, netns_path)
                     except BaseException:
@@ -358,7 +362,7 @@ class NetworkService:
         check_id(sandbox_id, "sandbox id")
         started = time.monotonic()
         att = await self.state.get(sandbox_id)
-        if att is None or att.phase is not AttachPhase.ATTACHED:
+        if att is None or (att.mode is NetworkMode.CNI and att.phase is not AttachPhase.ATTACHED):
             raise NotFound(f"sandbox {sandbox_id} has no attached network")
         try:
             if att.mode is NetworkMode.BUILTIN:
@@ -373,7 +377,7 @@ class NetworkService:
     async def sandbox_status(self, sandbox_id: str) -> NetworkStatus | None:
         """The sandbox's network as recorded (None: no network, e.g. hostNetwork)."""
         att = await self.state.get(sandbox_id)
-        if att is None or att.phase is not AttachPhase.ATTACHED:
+        if att is None or (att.mode is NetworkMode.CNI and att.phase is not AttachPhase.ATTACHED):
             return None
         return att.status()
 

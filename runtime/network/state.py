@@ -125,14 +125,14 @@ class NetworkState:
 
     async def prepare_builtin(
         self, sandbox_id: str, subnet: IPv4Network, host_ifname: str, mappings: Sequence[PortMapping]
-    ) -> Attachment:
+    ) -> tuple[Attachment, bool]:
         """Allocate an address and reserve host ports for ``sandbox_id`` in one transaction.
 
         Idempotent per sandbox: an existing built-in attachment keeps its address (its host
         ports are replaced by ``mappings``). Raises AlreadyExists when a host port is held by
         another sandbox, ResourceExhausted when the subnet is full, FailedPrecondition when
         the subnet's gateway address is held by a pod of an older pod CIDR; nothing is
-        written then.
+        written then. Returns the attachment and whether it is new.
         """
         ports = host_port_mappings(mappings)
         return await self._store.write(lambda c: _prepare_builtin(c, sandbox_id, subnet, host_ifname, ports))
@@ -211,10 +211,10 @@ def _check_ports(c: sqlite3.Connection, sandbox_id: str, ports: Sequence[PortMap
 
 def _prepare_builtin(
     c: sqlite3.Connection, sandbox_id: str, subnet: IPv4Network, host_ifname: str, ports: Sequence[PortMapping]
-) -> Attachment:
+) -> tuple[Attachment, bool]:
     existing = _get(c, sandbox_id)
     if existing is not None and existing.mode is not NetworkMode.BUILTIN:
-        return existing
+        return existing, False
     _check_ports(c, sandbox_id, ports)
     row = c.execute("SELECT ip, subnet FROM network_ips WHERE sandbox_id=?", (sandbox_id,)).fetchone()
     if row is not None:
@@ -262,7 +262,7 @@ def _prepare_builtin(
         port_mappings=tuple(ports),
     )
     _put(c, attachment)
-    return attachment
+    return attachment, existing is None
 
 
 def is_ipv4(value: str) -> bool:

@@ -96,6 +96,7 @@ async def test_pods_talk_to_host_each_other_outside_and_via_host_ports(
                     await stop_pod(svc, a)
                     await stop_pod(svc, b)
                 # teardown removed everything of the pods; the table went with the last pod
+                await svc.settle()  # veths are deleted in the background
                 assert host_ifname_for(a.sandbox_id) not in nsutil.link_names()
                 assert nft_table_text(settings.nft_table) is None
                 assert await svc.state.allocated_ips() == {}
@@ -151,6 +152,7 @@ async def test_rules_and_allocations_survive_a_restart(tmp_path: Path, leaks: Le
                     # the sandbox died while we were down: recovery releases everything
                     assert await svc2.recover(set()) == 1
                     assert await svc2.state.allocated_ips() == {}
+                    await svc2.settle()
                     assert host_ifname_for(a.sandbox_id) not in nsutil.link_names()
                     assert nft_table_text(settings.nft_table) is None
             finally:

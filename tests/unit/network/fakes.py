@@ -47,6 +47,9 @@ class FakeHost:
     async def link_index(self, ifname: str) -> int | None:
         return self.indexes.get(ifname)
 
+    def link_exists(self, ifname: str) -> bool:
+        return ifname in self.links
+
     async def link_master(self, ifname: str) -> int | None:
         return self.links.get(ifname)
 

@@ -113,6 +113,7 @@ async def test_builtin_sequence(rig: Rig) -> None:
     assert await svc.attach(sid, NETNS, rig.netns_step(plan)) == status  # retry: same answer
 
     await svc.teardown(sid)
+    await svc.settle()  # the veth goes in the background
     assert host_ifname_for(sid) not in rig.host.links
     assert not rig.nft.table_present  # last pod gone: table deleted
     assert await svc.state.allocated_ips() == {}
@@ -195,6 +196,7 @@ async def test_failed_attach_undoes_everything(rig: Rig) -> None:
         await svc.attach(sid, NETNS, rig.netns_step(plan))
     rig.nft.fail = False
     assert await svc.state.get(sid) is None
+    await svc.settle()
     assert host_ifname_for(sid) not in rig.host.links
     assert ("attach", "NftError") in rig.events.ops()
     # the port is free again
@@ -298,6 +300,7 @@ async def test_recover(rig: Rig) -> None:
     assert await svc2.recover(None) == 0  # live set unknown: nothing torn down
     assert await svc2.recover({keep}) == 2
     assert set((await svc2.state.allocated_ips()).keys()) == {keep}
+    await svc2.settle()
     assert host_ifname_for(gone) not in rig.host.links
     assert "dport 8080" in rig.nft.scripts[-1] and "dport 8081" not in rig.nft.scripts[-1]
     assert ("recover", "") in rig.events.ops()
