@@ -148,6 +148,11 @@ async def run_session(
     exc = task.exception()
     if exc is None:
         code = task.result()
+        if code is not None and not 0 <= code <= 255:
+            # client-go parses the ExitCode cause as a uint8; a backend bug must not make it fail
+            log.warning("stream: backend returned exit code %d for %s; reporting %d", code,
+                        request.container_id, code & 0xFF)
+            code &= 0xFF
         status = p.exit_code_status(code) if code else p.success_status()
         outcome = f"exit {code}" if code is not None else "detached"
     elif isinstance(exc, EngineError):
