@@ -119,13 +119,16 @@ def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
         d.start()
         assert d.runtime.Version(pb.VersionRequest(), timeout=5).runtime_name == "cri-shim"
     finally:
-        d.stop()
+        d.cleanup()
 
 
 def test_sigterm_exits_0_and_removes_socket(tmp_path: Path) -> None:
     d = make_daemon(tmp_path / "d")
     d.start()
-    code = d.stop(signal.SIGTERM)
+    try:
+        code = d.stop(signal.SIGTERM)
+    finally:
+        d.cleanup()  # the shim factory outlives the daemon by design
     assert code == 0
     assert not d.socket.exists()
     assert "stopped" in d.log()

@@ -7,13 +7,19 @@ Public test helper: the service, container, streaming and conformance tests all 
         d.crictl("version")
 
 The daemon runs as a subprocess (``python -m cri_shim``); it is ended by pid (SIGTERM, then
-SIGKILL) when the block exits, also when the test fails.
+SIGKILL) when the block exits, also when the test fails. Each daemon gets host names of its
+own (bridge, nftables table, pod subnet, cgroup parent); at the end its pods are removed
+through the daemon, then whatever is left of it on the host (shims and shim factory, by pid
+file; mounts, cgroups, veths, the bridge, the nft table) is cleaned up
+(``tests.support.leaks``). ``d.leaks()`` lists what remains, for leak assertions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,6 +34,8 @@ from typing import Any
 import grpc
 
 from cri_shim.api.gen import api_pb2_grpc
+from tests.support import leaks as leakmod
+from tests.support.names import unique
 
 CRICTL = os.environ.get("CRICTL", shutil.which("crictl") or "/root/go/bin/crictl")
 
@@ -51,6 +59,10 @@ class DaemonProcess:
     metrics_port: int
     proc: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
+    bridge: str = ""
+    nft_table: str = ""
+    pod_cidr: str = ""
+    cgroup_parent: str = ""
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -103,6 +115,39 @@ class DaemonProcess:
     def kill9(self) -> None:
         """SIGKILL the daemon (crash simulation); its socket file stays behind."""
         self.stop(signal.SIGKILL)
+
+    @property
+    def footprint(self) -> leakmod.HostFootprint:
+        return leakmod.HostFootprint(
+            dirs=(self.base, self.state, self.root), state=self.state, cgroup_parent=self.cgroup_parent,
+            bridge=self.bridge, nft_table=self.nft_table,
+        )
+
+    def leaks(self, *, processes: bool = False) -> list[str]:
+        """What of this daemon's pods is still on the host (mounts, cgroups, veths, and with
+        ``processes`` its shims and shim factory)."""
+        return leakmod.host_leaks(self.footprint, processes=processes)
+
+    def remove_all_pods(self, timeout: float = 60) -> None:
+        """StopPodSandbox + RemovePodSandbox of every pod, through the running daemon."""
+        from cri_shim.api.gen import api_pb2 as pb
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pods = self.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
+        for pod in pods:
+            self.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
+            self.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=timeout)
+
+    def cleanup(self) -> None:
+        """Remove pods, stop the daemon, then clean whatever of it is left on the host."""
+        try:
+            self.remove_all_pods()
+        except Exception:  # a broken daemon must not keep us from cleaning up by hand
+            pass
+        finally:
+            self.stop()
+            leakmod.cleanup_host(self.footprint)
 
     def log(self) -> str:
         try:
@@ -166,7 +211,12 @@ def make_daemon(base: Path, extra_config: str = "") -> DaemonProcess:
     base.mkdir(parents=True, exist_ok=True)
     short = Path(f"/tmp/cs-{os.getpid()}-{abs(hash(str(base))) % 10**8}")
     short.mkdir(exist_ok=True)
+    cidr = unique_subnet()
     d = DaemonProcess(
+        bridge=unique("tcb"),
+        nft_table=unique("tcn"),
+        pod_cidr=cidr,
+        cgroup_parent="/" + unique("crishim-test-", 30),
         base=base,
         socket=short / "cri.sock",
         root=base / "root",
@@ -180,14 +230,49 @@ def make_daemon(base: Path, extra_config: str = "") -> DaemonProcess:
     return d
 
 
+def unique_subnet(prefix: int = 24) -> str:
+    """A 10.x.y.0/prefix that overlaps no route of the host (tests run in parallel sessions)."""
+    out = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    taken = []
+    for line in out.splitlines():
+        words = [w for w in line.split() if w not in ("local", "broadcast", "unicast")]
+        with contextlib.suppress(ValueError, IndexError):
+            net = ipaddress.ip_network(words[0], strict=False)
+            if net.version == 4 and net.prefixlen > 0:
+                taken.append(net)
+    for _ in range(1000):
+        net = ipaddress.IPv4Network(f"10.{random.randint(100, 149)}.{random.randint(0, 255)}.0/{prefix}")
+        if not any(net.overlaps(t) for t in taken):
+            return str(net)
+    raise RuntimeError("no free subnet found")
+
+
+def _with_defaults(extra: str, table: str, defaults: dict[str, str]) -> tuple[str, str]:
+    """Insert ``defaults`` (keys not already set) into ``[table]`` of ``extra``; returns
+    (extra, text of a new table when ``extra`` has none)."""
+    header = f"[{table}]"
+    lines = extra.splitlines()
+    if header not in (line.strip() for line in lines):
+        body = "".join(f"{k} = {v}\n" for k, v in defaults.items())
+        return extra, f"\n{header}\n{body}"
+    start = next(i for i, line in enumerate(lines) if line.strip() == header)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("[")), len(lines))
+    present = {line.split("=", 1)[0].strip() for line in lines[start + 1:end] if "=" in line}
+    add = [f"{k} = {v}" for k, v in defaults.items() if k not in present]
+    return "\n".join(lines[: start + 1] + add + lines[start + 1:]) + "\n", ""
+
+
 def write_config(d: DaemonProcess) -> None:
     top = (
         f'address = "{d.socket}"\nroot = "{d.root}"\nstate = "{d.state}"\nlog_level = "debug"\n'
     )
     tables = f'[metrics]\naddress = "127.0.0.1:{d.metrics_port}"\n'
-    if "[network]" not in d.extra_config:
-        tables += f'\n[network]\ncni_conf_dir = "{d.base / "cni-none"}"\n'
-    d.config_path.write_text(top + "\n" + tables + "\n" + d.extra_config)
+    extra, net_table = _with_defaults(d.extra_config, "network", {
+        "cni_conf_dir": f'"{d.base / "cni-none"}"', "bridge": f'"{d.bridge}"', "nft_table": f'"{d.nft_table}"',
+        "pod_cidr": f'"{d.pod_cidr}"',
+    })
+    extra, pods_table = _with_defaults(extra, "pods", {"cgroup_parent": f'"{d.cgroup_parent}"'})
+    d.config_path.write_text(top + "\n" + tables + net_table + pods_table + "\n" + extra)
 
 
 @contextlib.contextmanager
@@ -198,5 +283,5 @@ def running_daemon(base: Path, extra_config: str = "", wait_ready: bool = True) 
         d.start(wait_ready=wait_ready)
         yield d
     finally:
-        d.stop()
+        d.cleanup()
         shutil.rmtree(d.socket.parent, ignore_errors=True)
