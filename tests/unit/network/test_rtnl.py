@@ -73,3 +73,30 @@ def test_socket_reports_which_request_failed() -> None:
         assert nl.link("nosuchlink0") is None
         with pytest.raises(OSError, match="delete link nosuchlink0"):
             nl.call(rtnl.del_link("nosuchlink0"))
+
+
+def test_set_link_and_bridge() -> None:
+    req = rtnl.set_link("veth1", master=7, up=True)
+    assert req.type == rtnl.RTM_NEWLINK and not req.flags & rtnl.NLM_F_CREATE
+    _f, _t, index, flags, change = struct.unpack_from("=BxHiII", req.body)
+    assert (index, flags, change) == (0, rtnl.IFF_UP, rtnl.IFF_UP)
+    attrs = _attrs(req.body, 16)
+    assert attrs[rtnl.IFLA_IFNAME] == b"veth1\0" and struct.unpack("=I", attrs[rtnl.IFLA_MASTER]) == (7,)
+    untouched = rtnl.set_link("veth1", master=7)
+    assert struct.unpack_from("=BxHiII", untouched.body)[4] == 0  # up/down left alone
+    br = rtnl.new_bridge("br0", mac="0a:58:00:00:00:01", mtu=1500)
+    info = rtnl.parse_attrs(_attrs(br.body, 16)[rtnl.IFLA_LINKINFO])
+    assert info[rtnl.IFLA_INFO_KIND] == b"bridge"
+
+
+def test_addresses_dump_and_parse() -> None:
+    dump = rtnl.dump_addr4()
+    assert dump.flags & rtnl.NLM_F_DUMP == rtnl.NLM_F_DUMP
+    body = rtnl.new_addr4(3, "10.0.0.1", 16).body
+    assert rtnl.parse_addr4(body) == rtnl.AddrInfo(3, "10.0.0.1", 16)
+    assert rtnl.del_addr4(3, "10.0.0.1", 16).type == rtnl.RTM_DELADDR
+    with rtnl.RtnlSocket() as nl:  # a real dump of this netns (no root needed)
+        addrs = [a for a in map(rtnl.parse_addr4, nl.call(rtnl.dump_addr4())) if a is not None]
+        assert any(a.address == "127.0.0.1" for a in addrs)
+        lo = nl.link("lo")
+        assert lo is not None and lo.master == 0 and lo.kind == ""
