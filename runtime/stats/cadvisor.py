@@ -11,7 +11,9 @@ filesystem series; ``id`` is the container id (the pod's id for pod-level series
 ``container`` and ``image`` are empty, as containerd reports them).
 
 CRI carries values as uint64: seconds are whole seconds (cumulative CPU time is truncated, as
-containerd and CRI-O do); counters never go below 0.
+containerd and CRI-O do); counters never go below 0. Timestamps are 0 for values read live
+(CRI: "Timestamp should be 0 if the metric was gathered live"); a cached writable-layer usage
+carries the time it was measured.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from runtime.cgroups.stats import CgroupStats
 from runtime.stats.model import ContainerSample, NetworkSample, SandboxSample
 
 NS_PER_S = 1_000_000_000
+#: The timestamp of a value read for this very call.
+LIVE = 0
 BASE_LABELS = ("container", "id", "image", "namespace", "pod")
 NETWORK_LABELS = (*BASE_LABELS, "interface")
 DEVICE_LABELS = (*BASE_LABELS, "device")
@@ -123,14 +127,15 @@ class _Points:
         self.timestamp_ns = timestamp_ns
         self.points: list[MetricPoint] = []
 
-    def add(self, name: str, value: int | None, *extra: str) -> None:
+    def add(self, name: str, value: int | None, *extra: str, timestamp_ns: int | None = None) -> None:
         if value is None:
             return
         d = BY_NAME[name]
         values = (*self.labels, *extra)
         if len(values) != len(d.label_keys):
             raise ValueError(f"{name}: {len(values)} label values for {len(d.label_keys)} keys")
-        self.points.append(MetricPoint(name, d.kind, values, max(0, int(value)), self.timestamp_ns))
+        ts = self.timestamp_ns if timestamp_ns is None else timestamp_ns
+        self.points.append(MetricPoint(name, d.kind, values, max(0, int(value)), ts))
 
 
 def _seconds(ns: int | None) -> int | None:
@@ -186,16 +191,18 @@ def container_points(sample: ContainerSample, pod: str, namespace: str) -> list[
     """Metrics of one container (cgroup, writable layer, start time, spec)."""
     r = sample.record
     image = r.image_name or r.config.image.user_specified_image or r.config.image.image
-    p = _Points((r.config.metadata.name, r.id, image, namespace, pod), sample.timestamp_ns)
+    p = _Points((r.config.metadata.name, r.id, image, namespace, pod), LIVE)
     if sample.cgroup is not None:
         _cgroup_points(p, sample.cgroup, sample.processes)
         p.add("container_last_seen", sample.timestamp_ns // NS_PER_S)
     layer = sample.writable_layer
     if layer is not None:
-        p.add("container_fs_usage_bytes", layer.used_bytes, layer.mountpoint)
-        p.add("container_fs_limit_bytes", layer.capacity_bytes, layer.mountpoint)
-        p.add("container_fs_inodes_total", layer.inodes_total, layer.mountpoint)
-        p.add("container_fs_inodes_free", layer.inodes_free, layer.mountpoint)
+        # measured in this call (after the cgroup read), or earlier and cached
+        ts = LIVE if layer.timestamp_ns >= sample.timestamp_ns else layer.timestamp_ns
+        p.add("container_fs_usage_bytes", layer.used_bytes, layer.mountpoint, timestamp_ns=ts)
+        p.add("container_fs_limit_bytes", layer.capacity_bytes, layer.mountpoint, timestamp_ns=ts)
+        p.add("container_fs_inodes_total", layer.inodes_total, layer.mountpoint, timestamp_ns=ts)
+        p.add("container_fs_inodes_free", layer.inodes_free, layer.mountpoint, timestamp_ns=ts)
     if r.started_at_ns:
         p.add("container_start_time_seconds", r.started_at_ns // NS_PER_S)
     res = r.resources or r.config.resources
@@ -218,7 +225,7 @@ def sandbox_points(sample: SandboxSample) -> tuple[list[MetricPoint], dict[str, 
     with ``container`` and ``image`` empty and ``id`` the pod's id.
     """
     md = sample.record.config.metadata
-    p = _Points(("", sample.record.id, "", md.namespace, md.name), sample.timestamp_ns)
+    p = _Points(("", sample.record.id, "", md.namespace, md.name), LIVE)
     if sample.cgroup is not None:
         _cgroup_points(p, sample.cgroup, sample.processes)
     if sample.network is not None:
