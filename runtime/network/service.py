@@ -21,7 +21,8 @@ hostNetwork pods never call the network service at all: no netns, no IP, nothing
     #    eth0 (address, MAC, MTU, default route) in the pod and the host end born in the
     #    host netns. ~0.8 ms. On OSError: discard the netns, then step 5.
 
-    # 3. daemon: host side. Built-in: bridge, enslave + up the host end, nftables.
+    # 3. daemon: host side. Built-in: bridge, enslave (hairpin) + up the host end, nftables
+    #    (an nft transaction only when the rules change: hostPorts, first pod of a subnet).
     #    CNI: the plugins' ADD with CNI_NETNS=<pinned netns path>.
     status = await engine.network.attach(sandbox_id, netns_path, result)
     #    -> NetworkStatus(ip, additional_ips, ...) for PodSandboxStatus. On failure it has
@@ -31,16 +32,24 @@ hostNetwork pods never call the network service at all: no netns, no IP, nothing
 
     # 5. StopPodSandbox (and RemovePodSandbox, and any failed RunPodSandbox after step 1):
     await engine.network.teardown(sandbox_id)      # idempotent; before the netns is removed
-    #    Built-in: deletes the veth, releases IP and hostPorts. CNI: DEL (cached config and
-    #    result), cache entry removed. Raises on a CNI DEL failure (retry it; records stay).
+    #    Built-in: releases IP and hostPorts (durably), shrinks the nft table (deferred by
+    #    nat_linger, 5 s, so pod churn does not recreate it), deletes the veth in the
+    #    background (a kernel RCU wait of 15-25 ms; unpinning the netns would delete it too).
+    #    CNI: DEL (cached config and result), cache entry removed. Raises on a CNI DEL
+    #    failure (retry it; records stay). settle() waits for the background work (tests).
 
     # Restart: after the sandbox service knows which sandboxes still exist:
     await engine.network.recover(live_sandbox_ids)  # tears down the others, CNI GC, re-applies nft
 
 Every step is safe to retry; each sandbox's operations are serialized; attach and teardown
 run to completion even if the calling RPC is cancelled (shielded tasks). Every operation is
-reported to the injected :class:`~runtime.network.observe.NetworkObserver` with its latency
-and error.
+reported to the injected :class:`~runtime.network.observe.NetworkObserver` (more with
+:meth:`NetworkService.add_observer`) with its latency and error.
+
+Costs on this machine (p50, built-in, no hostPort): prepare ~2-4 ms (one SQLite commit with
+fsync), in-netns step ~1.5 ms, attach ~3 ms (the kernel enslaving the veth), teardown ~2 ms
+(one commit). A pod with hostPorts adds one ``nft`` transaction (~20 ms, the kernel commit)
+at attach.
 
 Mode: ``network.mode`` = ``auto`` (CNI when the conf dir holds a usable config list, else
 built-in), ``builtin`` or ``cni``. The mode is recorded per sandbox at prepare, so teardown
@@ -353,7 +362,8 @@ class NetworkService:
         if att.mode is NetworkMode.BUILTIN:
             await self.builtin.teardown(att)
             return
-        if att.cni_network:
+        # PREPARED: ADD never started (the cache entry is written when it starts), nothing to DEL.
+        if att.cni_network and att.phase is not AttachPhase.PREPARED:
             await self.cni.delete(att.sandbox_id, att.cni_network, att.netns_path, att.ifname)
         await self.state.release(att.sandbox_id)
 
