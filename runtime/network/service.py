@@ -70,7 +70,7 @@ from typing import Any, TypeVar
 from runtime.config import NetworkSettings
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.ids import check_id
-from runtime.network import ipam
+from runtime.network import cniargs, ipam
 from runtime.network.builtin import BuiltinNetwork
 from runtime.network.cni import DEFAULT_IFNAME, CniNetwork
 from runtime.network.cniconf import CniConfigList
@@ -252,6 +252,10 @@ class NetworkService:
             raise
 
     async def _prepare_cni(self, req: PodNetworkRequest) -> PodNetnsPlan:
+        # Bad port mappings, bandwidth annotations or CNI_ARGS values fail here, before
+        # anything is recorded, rather than half-way through ADD.
+        cniargs.capability_args(req)
+        cniargs.format_cni_args(cniargs.cni_args(req))
         config = self.cni.scan.config
         if config is None:
             raise FailedPrecondition(f"network not ready: {(await self.cni.status()).message}")

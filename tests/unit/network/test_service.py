@@ -332,6 +332,20 @@ async def test_cni_mode_with_fake_plugins(rig: Rig) -> None:
     await svc.close()
 
 
+async def test_cni_bad_request_fails_before_anything(rig: Rig) -> None:
+    fakecni.install(rig.tmp / "bin", rig.tmp / "log")
+    rig.settings.cni_conf_dir.mkdir()
+    (rig.settings.cni_conf_dir / "10-fake.conflist").write_text(fakecni.conflist())
+    svc = rig.service()
+    await svc.start()
+    sid = new_id()
+    with pytest.raises(InvalidArgument):
+        await svc.prepare(PodNetworkRequest(sid, annotations={"kubernetes.io/ingress-bandwidth": "lots"}))
+    with pytest.raises(InvalidArgument):
+        await svc.prepare(PodNetworkRequest(sid, name="a;b"))
+    assert await svc.state.get(sid) is None and fakecni.calls(rig.tmp / "log") == []
+
+
 async def test_cni_add_failure_runs_del(rig: Rig) -> None:
     fakecni.install(rig.tmp / "bin", rig.tmp / "log")
     rig.settings.cni_conf_dir.mkdir()
