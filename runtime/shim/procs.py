@@ -64,6 +64,12 @@ class Proc:
     sinks: set[OutputSink] = field(default_factory=set)
     open_outputs: int = 0
     output_fds: set[int] = field(default_factory=set)
+    readers: dict[int, Callable[[], None]] = field(default_factory=dict)
+    stdin_buf: bytearray = field(default_factory=bytearray)
+    stdin_idle: asyncio.Event = field(default_factory=asyncio.Event)
+    stdin_writer: bool = False
+    stdin_close_pending: bool = False
+    paused: bool = False
     io_done: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     oom_base: int = 0
@@ -237,6 +243,7 @@ class ProcessTable:
                 return
             self._loop.remove_reader(fd)
             proc.output_fds.discard(fd)
+            proc.readers.pop(fd, None)
             os.close(fd)
             if fd == proc.tty_master:
                 if proc.stdin_w == fd:
@@ -247,6 +254,7 @@ class ProcessTable:
             if proc.open_outputs == 0:
                 proc.io_done.set()
 
+        proc.readers[fd] = readable
         self._loop.add_reader(fd, readable)
 
     def _deliver(self, proc: Proc, stream: int, data: bytes) -> None:
@@ -262,6 +270,12 @@ class ProcessTable:
             proc.log.write(splitter.flush(time.time_ns()))
 
     def _close_io(self, proc: Proc) -> None:
+        if proc.stdin_writer and proc.stdin_w >= 0:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_writer(proc.stdin_w)
+        proc.stdin_writer = False
+        proc.stdin_buf.clear()
+        proc.stdin_idle.set()
         if proc.stdin_w >= 0 and proc.stdin_w == proc.tty_master:
             proc.stdin_w = -1  # the same fd: closed once, as tty_master
         if proc.tty_master >= 0:
@@ -285,18 +299,73 @@ class ProcessTable:
                 self._flush_stream(proc, stream)
             proc.log.close()
 
-    def write_stdin(self, proc: Proc, data: bytes) -> None:
-        """Best effort, non-blocking: a container that does not read its stdin drops input."""
-        if proc.stdin_w < 0:
+    def pause_output(self, proc: Proc) -> None:
+        """Stop reading the process's output pipes (its writes block once they fill)."""
+        for fd in proc.output_fds:
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_reader(fd)
+        proc.paused = True
+
+    def resume_output(self, proc: Proc) -> None:
+        if not proc.paused:
             return
-        view = memoryview(data)
-        with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
-            while view:
-                n = os.write(proc.stdin_w, view)
-                view = view[n:]
+        proc.paused = False
+        for fd, cb in list(proc.readers.items()):
+            if fd in proc.output_fds:
+                self._loop.add_reader(fd, cb)
+
+    def write_stdin(self, proc: Proc, data: bytes) -> None:
+        """Queue input for the process; written as its stdin accepts it (never blocks the shim).
+
+        Callers that feed a lot await :meth:`stdin_drained` to apply backpressure.
+        """
+        if proc.stdin_w < 0 or not data:
+            return
+        proc.stdin_buf += data
+        proc.stdin_idle.clear()
+        self._flush_stdin(proc)
+
+    def _flush_stdin(self, proc: Proc) -> None:
+        fd = proc.stdin_w
+        if fd < 0:
+            proc.stdin_buf.clear()
+            proc.stdin_idle.set()
+            return
+        try:
+            while proc.stdin_buf:
+                n = os.write(fd, proc.stdin_buf[:65536])
+                del proc.stdin_buf[:n]
+        except BlockingIOError:
+            if not proc.stdin_writer:
+                proc.stdin_writer = True
+                self._loop.add_writer(fd, self._flush_stdin, proc)
+            return
+        except OSError:
+            proc.stdin_buf.clear()  # the process closed its stdin (EPIPE): input is moot
+        if proc.stdin_writer:
+            proc.stdin_writer = False
+            with contextlib.suppress(OSError, ValueError):
+                self._loop.remove_writer(fd)
+        proc.stdin_idle.set()
+        if proc.stdin_close_pending:
+            proc.stdin_close_pending = False
+            self.close_stdin(proc)
+
+    async def stdin_drained(self, proc: Proc, high_water: int = 1 << 20) -> None:
+        """Wait while more than ``high_water`` bytes of input are queued."""
+        if len(proc.stdin_buf) > high_water:
+            await proc.stdin_idle.wait()
 
     def close_stdin(self, proc: Proc) -> None:
+        """End the process's input (after queued input is written)."""
+        if proc.stdin_buf and proc.stdin_w >= 0:
+            proc.stdin_close_pending = True
+            return
         if proc.stdin_w >= 0 and proc.stdin_w != proc.tty_master:
+            if proc.stdin_writer:
+                proc.stdin_writer = False
+                with contextlib.suppress(OSError, ValueError):
+                    self._loop.remove_writer(proc.stdin_w)
             os.close(proc.stdin_w)
             proc.stdin_w = -1
         elif proc.tty_master >= 0 and proc.stdin_w == proc.tty_master:

@@ -35,6 +35,7 @@ from runtime.store.codec import from_plain
 log = logging.getLogger("cri_shim.shim")
 
 SHIM_PROTOCOL = 1
+SESSION_HIGH_WATER = 4 * 1024 * 1024
 
 
 class _Collector(OutputSink):
@@ -55,19 +56,45 @@ class _Collector(OutputSink):
 
 
 class _Session(OutputSink):
-    """An attach or exec session: frames to one daemon connection."""
+    """An attach or exec session: frames to one daemon connection.
 
-    def __init__(self, writer: asyncio.StreamWriter, want: set[int]) -> None:
+    Backpressure: an exec session pauses reading its process's output while more than
+    :data:`SESSION_HIGH_WATER` bytes wait for the client (the process then blocks on a full
+    pipe, as it would on a slow terminal). An attach session never slows the container or
+    its log: beyond the high-water mark its copy of the output is dropped.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter, want: set[int], table: ProcessTable, exec_mode: bool) -> None:
         self.writer = writer
         self.want = want
+        self.table = table
+        self.exec_mode = exec_mode
+        self.proc: Proc | None = None
+        self.dropped = 0
         self.done: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+        self._paused = False
 
     def on_output(self, stream: int, data: bytes) -> None:
-        if stream in self.want and not self.writer.is_closing():
-            for i in range(0, len(data), wire.MAX_FRAME):
-                self.writer.write(
-                    wire.frame(wire.F_STDOUT if stream == 1 else wire.F_STDERR, data[i : i + wire.MAX_FRAME])
-                )
+        if stream not in self.want or self.writer.is_closing():
+            return
+        buffered = self.writer.transport.get_write_buffer_size()
+        if buffered > SESSION_HIGH_WATER and not self.exec_mode:
+            self.dropped += len(data)
+            return
+        kind = wire.F_STDOUT if stream == 1 else wire.F_STDERR
+        for i in range(0, len(data), wire.MAX_FRAME):
+            self.writer.write(wire.frame(kind, data[i : i + wire.MAX_FRAME]))
+        if self.exec_mode and self.proc is not None and not self._paused and buffered > SESSION_HIGH_WATER:
+            self._paused = True
+            self.table.pause_output(self.proc)
+            asyncio.get_running_loop().create_task(self._resume_after_drain())
+
+    async def _resume_after_drain(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+        self._paused = False
+        if self.proc is not None:
+            self.table.resume_output(self.proc)
 
     def on_exit(self, status: ExitStatus) -> None:
         if not self.done.done():
@@ -353,7 +380,8 @@ class ShimServer:
         """Attach or exec session: frames both ways until the process ends or the peer leaves."""
         assert self.table is not None
         want = {s for s, flag in ((1, msg.get("stdout", True)), (2, msg.get("stderr", True))) if flag}
-        session = _Session(writer, want)
+        exec_mode = msg["op"] == "exec_session"
+        session = _Session(writer, want, self.table, exec_mode)
         try:
             container = self._proc(msg["container_id"])
             if msg["op"] == "attach":
@@ -366,26 +394,35 @@ class ShimServer:
             else:
                 process: ProcessSpec = from_plain(ProcessSpec, msg["process"])
                 target = await self.table.spawn_exec(container, process, session, stdin=bool(msg.get("stdin")))
+            session.proc = target
             writer.write(wire.encode({"result": {"pid": target.pid}}))
         except Exception as exc:
             writer.write(wire.encode({"error": wire.error_payload(exc)}))
             await writer.drain()
             return
         use_stdin = bool(msg.get("stdin")) and target.stdin_w >= 0
-        pump = asyncio.create_task(self._pump_input(reader, target, use_stdin))
+        # An attach client's EOF closes the container's stdin only for stdin_once containers
+        # (kubelet semantics); an exec client's EOF closes its process's stdin.
+        close_on_eof = exec_mode or target.spec.process.stdin_once
+        pump = asyncio.create_task(self._pump_input(reader, target, use_stdin, close_on_eof))
         try:
             done, _ = await asyncio.wait({pump, session.done}, return_when=asyncio.FIRST_COMPLETED)
             if session.done in done:
                 status = session.done.result()
                 writer.write(wire.frame(wire.F_EXIT, json.dumps({"exit_code": status.exit_code}).encode()))
                 await writer.drain()
+            elif exec_mode and target.state != "exited":
+                # the client went away: an exec'd process does not outlive its session
+                self.table.kill(target, signal.SIGKILL)
         finally:
             pump.cancel()
             target.sinks.discard(session)
-            if msg["op"] == "attach" and use_stdin and target.spec.process.stdin_once:
+            if not exec_mode and use_stdin and target.spec.process.stdin_once:
                 self.table.close_stdin(target)
 
-    async def _pump_input(self, reader: asyncio.StreamReader, target: Proc, use_stdin: bool) -> None:
+    async def _pump_input(
+        self, reader: asyncio.StreamReader, target: Proc, use_stdin: bool, close_on_eof: bool
+    ) -> None:
         assert self.table is not None
         while True:
             fr = await wire.read_frame(reader)
@@ -394,7 +431,8 @@ class ShimServer:
             kind, payload = fr
             if kind == wire.F_STDIN and use_stdin:
                 self.table.write_stdin(target, payload)
-            elif kind == wire.F_STDIN_CLOSE and use_stdin:
+                await self.table.stdin_drained(target)
+            elif kind == wire.F_STDIN_CLOSE and use_stdin and close_on_eof:
                 self.table.close_stdin(target)
             elif kind == wire.F_RESIZE:
                 size = json.loads(payload)
