@@ -23,12 +23,15 @@ import grpc
 
 from cri_shim.api.containers import ContainerHandlers
 from cri_shim.api.dispatch import Dispatcher
+from cri_shim.api.events import ContainerEventFeed, EngineStatusSource, EventHandlers
 from cri_shim.api.images import ImageHandlers
 from cri_shim.api.pods import PodHandlers
 from cri_shim.api.runtime_info import RuntimeInfoHandlers
+from cri_shim.api.stats import StatsHandlers
 from cri_shim.api.streaming import StreamingHandlers, StreamingTargets
 from cri_shim.config import Config
 from cri_shim.metrics import Metrics, MetricsServer
+from cri_shim.metrics_engine import EngineCollector
 from cri_shim.streaming.backend import StreamingBackend
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
 from runtime.engine import Engine
@@ -99,6 +102,12 @@ class Daemon:
         self.config = config
         self.engine = Engine(config.runtime_settings())
         self.metrics = Metrics()
+        self.engine.images.add_observer(self.metrics)
+        self.engine.network.add_observer(self.metrics)
+        self.container_events = ContainerEventFeed(self.engine.events, EngineStatusSource(self.engine))
+        collector = EngineCollector(self.engine, self.engine.lifecycle, self.container_events)
+        self.metrics.registry.register(collector)
+        self.metrics.add_scrape_source(collector)
         self._stop = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
@@ -107,7 +116,7 @@ class Daemon:
         parts = self.streaming_parts()
         if parts is not None:
             backend, self._streaming_targets = parts
-            self.streaming = StreamingServer(backend, streaming_settings(config))
+            self.streaming = StreamingServer(backend, streaming_settings(config), metrics=self.metrics)
         self._lock = RootLock(config.root)
 
     def handlers(self) -> list[Any]:
@@ -117,6 +126,8 @@ class Daemon:
             ImageHandlers(self.engine),
             PodHandlers(self.engine),
             ContainerHandlers(self.engine),
+            StatsHandlers(self.engine.stats),
+            EventHandlers(self.container_events),
         ]
         if self.streaming is not None and self._streaming_targets is not None:
             out.append(StreamingHandlers(self._streaming_targets, self.streaming))
@@ -158,6 +169,7 @@ class Daemon:
                 address = self.config.streaming.address
                 raise StartupError(f"cannot start the streaming server on {address}: {exc}") from None
         dispatcher = Dispatcher(self.handlers(), gate=self.engine, observer=self.metrics)
+        self.container_events.start()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -208,6 +220,7 @@ class Daemon:
         self._stop.set()
 
     async def _shutdown(self, sock: Path) -> None:
+        await self.container_events.close()  # ends GetContainerEvents streams: nothing to wait for
         if self._server is not None:
             await self._server.stop(SHUTDOWN_GRACE_SECONDS)
             self._server = None

@@ -27,6 +27,8 @@ from runtime.sandbox.records import SANDBOX_MIGRATIONS
 from runtime.sandbox.service import SandboxService
 from runtime.settings_store import SETTINGS_MIGRATIONS, SettingsStore
 from runtime.shim.manager import ShimManager
+from runtime.stats.service import StatsService
+from runtime.stats.view import RecordsView
 from runtime.store import Migration, Store
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,9 @@ class Engine:
         self._recover_steps.append(("sandboxes", self.sandboxes.recover))
         self._recover_steps.append(("containers", self.containers.recover))
         self._close_steps.append(self.shims.close)
+        # Statistics (CRI stats RPCs, cAdvisor-style metrics, the census) read the records.
+        self.lifecycle = RecordsView(self.sandboxes.records.all, self.containers.records.all)
+        self.stats = StatsService(self.lifecycle, self.cgroups, self.images.snapshots)
         self._features = RuntimeFeatures()
 
     # -- life cycle ---------------------------------------------------------------------------

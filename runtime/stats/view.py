@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from runtime.model.container import ContainerRecord
@@ -19,3 +19,21 @@ class LifecycleView(Protocol):
     def sandbox_records(self) -> Sequence[SandboxRecord]: ...
 
     def container_records(self) -> Sequence[ContainerRecord]: ...
+
+
+class RecordsView:
+    """A :class:`LifecycleView` over two functions returning the current records."""
+
+    def __init__(
+        self,
+        sandboxes: Callable[[], Sequence[SandboxRecord]],
+        containers: Callable[[], Sequence[ContainerRecord]],
+    ) -> None:
+        self._sandboxes = sandboxes
+        self._containers = containers
+
+    def sandbox_records(self) -> Sequence[SandboxRecord]:
+        return self._sandboxes()
+
+    def container_records(self) -> Sequence[ContainerRecord]:
+        return self._containers()
