@@ -50,6 +50,7 @@ OPAQUE_MARKER = ".wh..wh..opq"
 _CHUNK = 1 << 20
 _DIR_CACHE_MAX = 512
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class LayerRejected(InvalidArgument):
@@ -331,6 +332,8 @@ def _apply_member(
     if base.startswith(WHITEOUT_PREFIX):
         return _whiteout(tree, parent, base, rel)
     pfd = tree.dir_fd(parent)
+    if m.isreg() and not m.issparse():
+        return _regular_file(tar, m, tree, pfd, base, rel)
     existing = _lstat(base, pfd)
     if m.isdir():
         if existing is not None and not stat.S_ISDIR(existing.st_mode):
@@ -347,23 +350,11 @@ def _apply_member(
         return _hardlink(tree, m, pfd, base, rel, existing)
     if existing is not None:
         _remove(tree, pfd, base, rel, existing)
-    if m.isreg():
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=pfd)
-        try:
-            if m.size:
-                src = tar.extractfile(m)
-                assert src is not None
-                while chunk := src.read(_CHUNK):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
-            _set_owner_mode(fd, m)
-            _set_xattrs(fd, m)
-            t = _mtime_ns(m)
-            os.utime(fd, ns=(t, t))
-        finally:
-            os.close(fd)
-        return 1, (m.size + 4095) // 4096 * 4096
+    if m.isreg():  # sparse: tarfile fills the holes
+        fd = os.open(base, _O_NEWFILE, 0o600, dir_fd=pfd)
+        src = tar.extractfile(m)
+        assert src is not None
+        return _fill(fd, m, src.read)
     if m.issym():
         os.symlink(m.linkname, base, dir_fd=pfd)
         os.chown(base, m.uid, m.gid, dir_fd=pfd, follow_symlinks=False)
@@ -386,6 +377,49 @@ def _apply_member(
         os.chmod(base, m.mode & 0o7777, dir_fd=pfd)
         return 1, 0
     raise LayerRejected(f"layer entry {m.name!r} has unsupported tar type {m.type!r}")
+
+
+def _regular_file(
+    tar: tarfile.TarFile, m: tarfile.TarInfo, tree: _Tree, pfd: int, base: str, rel: str
+) -> tuple[int, int]:
+    """The common case, kept cheap: create (O_EXCL, never through a symlink), replacing an
+    existing entry only when the create says there is one."""
+    try:
+        fd = os.open(base, _O_NEWFILE, 0o600, dir_fd=pfd)
+    except FileExistsError:
+        existing = _lstat(base, pfd)
+        if existing is not None:
+            _remove(tree, pfd, base, rel, existing)
+        fd = os.open(base, _O_NEWFILE, 0o600, dir_fd=pfd)
+    stream = tar.fileobj
+    if stream is not None and stream.tell() == m.offset_data:
+        # Read the member straight from the tar stream (tarfile skips the padding itself).
+        return _fill(fd, m, stream.read)
+    src = tar.extractfile(m)
+    assert src is not None
+    return _fill(fd, m, src.read)
+
+
+def _fill(fd: int, m: tarfile.TarInfo, read: Callable[[int], bytes]) -> tuple[int, int]:
+    """Write ``m.size`` bytes from ``read`` into the new file ``fd``, set its metadata, close it."""
+    try:
+        remaining = m.size
+        while remaining > 0:
+            chunk = read(min(remaining, _CHUNK))
+            if not chunk:
+                raise LayerRejected(f"layer entry {m.name!r} is truncated")
+            remaining -= len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        _set_owner_mode(fd, m)
+        if m.pax_headers:
+            _set_xattrs(fd, m)
+        t = _mtime_ns(m)
+        os.utime(fd, ns=(t, t))
+    finally:
+        os.close(fd)
+    return 1, (m.size + 4095) // 4096 * 4096
 
 
 def _whiteout(tree: _Tree, parent: str, base: str, rel: str) -> tuple[int, int]:
