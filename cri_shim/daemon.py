@@ -34,6 +34,7 @@ from cri_shim.metrics import Metrics, MetricsServer
 from cri_shim.metrics_engine import EngineCollector
 from cri_shim.streaming.backend import StreamingBackend
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
+from cri_shim.streaming.shim_backend import EngineStreaming, ShimStreamingBackend
 from runtime.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,10 @@ class Daemon:
         calls (``cri_shim.streaming.backend.StreamingBackend``) and the target checks of the
         Exec/Attach/PortForward RPCs (``cri_shim.api.streaming.StreamingTargets``).
 
-        None until the container side provides them: then no streaming server is started and
-        the three RPCs answer UNIMPLEMENTED instead of handing out URLs nobody serves.
+        Both are the pod shims' sessions (cri_shim.streaming.shim_backend).
         """
-        return None
+        adapter = EngineStreaming(self.engine.sandboxes, self.engine.containers)
+        return ShimStreamingBackend(adapter), adapter
 
     def request_stop(self) -> None:
         self._stop.set()

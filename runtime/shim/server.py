@@ -73,9 +73,21 @@ class _Session(OutputSink):
         self.dropped = 0
         self.done: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
         self._paused = False
+        # Output that arrives before the session's reply line is held back: the peer reads
+        # one JSON line first, frames after it.
+        self._held: list[tuple[int, bytes]] | None = []
+
+    def open(self) -> None:
+        """The reply line is written: release held output."""
+        held, self._held = self._held or [], None
+        for stream, data in held:
+            self.on_output(stream, data)
 
     def on_output(self, stream: int, data: bytes) -> None:
         if stream not in self.want or self.writer.is_closing():
+            return
+        if self._held is not None:
+            self._held.append((stream, data))
             return
         buffered = self.writer.transport.get_write_buffer_size()
         if buffered > SESSION_HIGH_WATER and not self.exec_mode:
@@ -396,6 +408,7 @@ class ShimServer:
                 target = await self.table.spawn_exec(container, process, session, stdin=bool(msg.get("stdin")))
             session.proc = target
             writer.write(wire.encode({"result": {"pid": target.pid}}))
+            session.open()
         except Exception as exc:
             writer.write(wire.encode({"error": wire.error_payload(exc)}))
             await writer.drain()

@@ -1,0 +1,173 @@
+"""The streaming server's backend on the pod shims: exec, attach, port-forward.
+
+Exec and attach open a session connection to the container's pod shim
+(runtime.shim.server: ``exec_session`` / ``attach``) and pump frames between it and the
+client's :class:`StreamIO`: client stdin -> F_STDIN (F_STDIN_CLOSE at EOF), resizes ->
+F_RESIZE, F_STDOUT/F_STDERR -> the client, F_EXIT ends the session with the exit code.
+Port-forward asks the shim for a TCP socket connected inside the pod's network namespace
+(the daemon itself never enters a namespace) and wraps it as asyncio streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from dataclasses import replace
+from typing import Any, Protocol
+
+from cri_shim.streaming.backend import AttachRequest, ExecRequest, StreamIO
+from runtime import errors
+from runtime.model.launch import ProcessSpec
+from runtime.shim import wire
+from runtime.shim.client import ShimClient
+from runtime.store.codec import to_plain
+
+
+class StreamingEngine(Protocol):
+    """The engine calls the backend needs (implemented by runtime.engine.Engine's services)."""
+
+    def container_sandbox(self, container_id: str) -> str: ...
+
+    async def exec_process(self, container_id: str) -> ProcessSpec: ...
+
+    def sandbox_netns(self, sandbox_id: str) -> str: ...
+
+    def shim(self, sandbox_id: str) -> ShimClient: ...
+
+
+class ShimStreamingBackend:
+    """Implements cri_shim.streaming.backend.StreamingBackend over the pod shims."""
+
+    def __init__(self, engine: StreamingEngine) -> None:
+        self._engine = engine
+
+    async def exec(self, request: ExecRequest, streams: StreamIO) -> int:
+        base = await self._engine.exec_process(request.container_id)
+        process = replace(base, args=tuple(request.cmd), tty=request.tty, stdin=request.stdin, stdin_once=False)
+        client = self._engine.shim(self._engine.container_sandbox(request.container_id))
+        reader, writer, _ = await client.open_session(
+            "exec_session", container_id=request.container_id, process=to_plain(process),
+            stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
+        )
+        code = await _pump(reader, writer, streams, request.stdin, request.tty)
+        return 255 if code is None else code
+
+    async def attach(self, request: AttachRequest, streams: StreamIO) -> None:
+        client = self._engine.shim(self._engine.container_sandbox(request.container_id))
+        reader, writer, _ = await client.open_session(
+            "attach", container_id=request.container_id,
+            stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
+        )
+        await _pump(reader, writer, streams, request.stdin, request.tty)
+
+    async def port_forward(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        netns = self._engine.sandbox_netns(sandbox_id)
+        sock: socket.socket = await self._engine.shim(sandbox_id).port_connect(netns, port)
+        try:
+            sock.setblocking(False)
+            return await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+
+
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, streams: StreamIO, stdin: bool, tty: bool
+) -> int | None:
+    """Frames <-> client streams until the exit frame; returns the exit code (None when the
+    shim closed the session without one). Cancellation closes the session, which makes the
+    shim kill an exec'd process (attach only detaches)."""
+    tasks: list[asyncio.Task[None]] = []
+    if stdin:
+        tasks.append(asyncio.create_task(_feed_stdin(streams, writer)))
+    if tty:
+        tasks.append(asyncio.create_task(_feed_resizes(streams, writer)))
+    try:
+        while True:
+            fr = await wire.read_frame(reader)
+            if fr is None:
+                return None
+            kind, payload = fr
+            if kind == wire.F_STDOUT:
+                await streams.write_stdout(payload)
+            elif kind == wire.F_STDERR:
+                await streams.write_stderr(payload)
+            elif kind == wire.F_EXIT:
+                return int(json.loads(payload)["exit_code"])
+            elif kind == wire.F_ERROR:
+                raise errors.Unavailable(json.loads(payload).get("message", "session failed"))
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        writer.close()
+
+
+async def _feed_stdin(streams: StreamIO, writer: asyncio.StreamWriter) -> None:
+    while True:
+        data = await streams.read_stdin()
+        if not data:
+            writer.write(wire.frame(wire.F_STDIN_CLOSE))
+            await writer.drain()
+            return
+        for i in range(0, len(data), wire.MAX_FRAME):
+            writer.write(wire.frame(wire.F_STDIN, data[i : i + wire.MAX_FRAME]))
+        await writer.drain()
+
+
+async def _feed_resizes(streams: StreamIO, writer: asyncio.StreamWriter) -> None:
+    async for size in streams.resizes():
+        writer.write(wire.frame(wire.F_RESIZE, json.dumps({"width": size.width, "height": size.height}).encode()))
+        await writer.drain()
+
+
+class EngineStreaming:
+    """Adapts the engine's sandbox and container services to :class:`StreamingEngine` and to
+    the Exec/Attach/PortForward target checks (cri_shim.api.streaming.StreamingTargets)."""
+
+    def __init__(self, sandboxes: _Sandboxes, containers: _Containers) -> None:
+        self._sandboxes = sandboxes
+        self._containers = containers
+
+    def container_sandbox(self, container_id: str) -> str:
+        return str(self._containers.get(container_id).sandbox_id)
+
+    async def exec_process(self, container_id: str) -> ProcessSpec:
+        return await self._containers.exec_process(container_id)
+
+    def sandbox_netns(self, sandbox_id: str) -> str:
+        return str(self._sandboxes.get(sandbox_id).namespaces.net)
+
+    def shim(self, sandbox_id: str) -> ShimClient:
+        return self._sandboxes.shims.client(sandbox_id)
+
+    async def running_container(self, container_id: str) -> str:
+        return await self._containers.running_container(container_id)
+
+    async def ready_sandbox(self, sandbox_id: str) -> str:
+        return await self._sandboxes.ready_sandbox(sandbox_id)
+
+
+class _Sandboxes(Protocol):
+    @property
+    def shims(self) -> _Shims: ...
+
+    def get(self, id_or_prefix: str) -> Any: ...
+
+    async def ready_sandbox(self, sandbox_id: str) -> str: ...
+
+
+class _Shims(Protocol):
+    def client(self, sandbox_id: str) -> ShimClient: ...
+
+
+class _Containers(Protocol):
+    def get(self, id_or_prefix: str) -> Any: ...
+
+    async def exec_process(self, container_id: str) -> ProcessSpec: ...
+
+    async def running_container(self, container_id: str) -> str: ...
