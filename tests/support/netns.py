@@ -112,7 +112,10 @@ async def tcp_peer(netns: str, host: str, port: int) -> str:
     if code == 2:
         return ""
     if code != 0:
-        raise AssertionError(f"tcp-connect {host}:{port} from {netns} failed ({code}): {err.strip()}")
+        raise AssertionError(
+            f"tcp-connect {host}:{port} from {netns} failed ({code}): {err.strip()} "
+            f"[ip_forward={_forwarding()}; a test in another session may have switched it off]"
+        )
     return out.strip()
 
 
@@ -121,6 +124,10 @@ async def udp_peer(netns: str, host: str, port: int) -> str:
     if code != 0:
         raise AssertionError(f"udp-send {host}:{port} from {netns} failed ({code}): {err.strip()}")
     return out.strip()
+
+
+def _forwarding() -> str:
+    return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
