@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 
 _PACKAGE_DIRS = ("shim", "linux", "model")
-_EXTRA_FILES = ("network/podside.py",)
+_EXTRA_FILES = ("network/podside.py", "network/rtnl.py", "network/model.py")
 
 
 @cache
