@@ -13,6 +13,7 @@ from cri_shim.api.gen import api_pb2 as pb
 from cri_shim.api.version import CRI_API_VERSION
 from cri_shim.config import Config, as_dict
 from runtime.engine import Engine
+from runtime.sandbox.validate import RUNTIME_HANDLERS
 from runtime.settings_store import validate_pod_cidr
 
 RUNTIME_NAME = "cri-shim"
@@ -44,16 +45,19 @@ class RuntimeInfoHandlers:
             for c in self._engine.conditions()
         ]
         features = self._engine.features()
-        handler = pb.RuntimeHandler(
-            name="",
-            features=pb.RuntimeHandlerFeatures(
-                recursive_read_only_mounts=features.recursive_read_only_mounts,
-                user_namespaces=features.user_namespaces,
-            ),
-        )
+        handlers = [
+            pb.RuntimeHandler(
+                name=name,
+                features=pb.RuntimeHandlerFeatures(
+                    recursive_read_only_mounts=features.recursive_read_only_mounts,
+                    user_namespaces=features.user_namespaces,
+                ),
+            )
+            for name in RUNTIME_HANDLERS
+        ]
         response = pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),
-            runtime_handlers=[handler],
+            runtime_handlers=handlers,
             features=pb.RuntimeFeatures(
                 supplemental_groups_policy=features.supplemental_groups_policy,
                 user_namespaces_host_network=features.user_namespaces_host_network,

@@ -75,7 +75,13 @@ def check_sysctls(config: SandboxConfig, proc_sys: Path = PROC_SYS) -> dict[str,
     return out
 
 
-def check_sandbox_config(config: SandboxConfig, runtime_handlers: tuple[str, ...] = ("",)) -> dict[str, str]:
+#: Runtime handlers (RuntimeClass ``handler``) this runtime serves: the default ("") and its
+#: name, which a RuntimeClass can select (k8s-manifests/runtimeclass.yaml); both run pods the
+#: same way.
+RUNTIME_HANDLERS: tuple[str, ...] = ("", "cri-shim")
+
+
+def check_sandbox_config(config: SandboxConfig, runtime_handlers: tuple[str, ...] = RUNTIME_HANDLERS) -> dict[str, str]:
     """Validate the whole request; returns the normalised sysctls."""
     md = config.metadata
     _text(md.name, "metadata.name", required=True)
