@@ -237,6 +237,12 @@ class ContainerService:
     def _namespaces(self, sandbox: SandboxRecord, config: ContainerConfig) -> NamespaceSpec:
         pins = sandbox.namespaces
         mode = config.security.namespaces.pid
+        if mode is NamespaceMode.POD and not pins.pid:
+            # POD is the proto default (crictl without namespace_options); a pod without a
+            # shared PID namespace gives each container what the pod was configured with.
+            mode = sandbox.config.security.namespaces.pid
+            if mode is NamespaceMode.POD:
+                raise errors.FailedPrecondition(f"pod sandbox {sandbox.id} has no shared PID namespace")
         pid, new_pid = "", True
         if mode is NamespaceMode.POD:
             if not pins.pid:

@@ -8,8 +8,10 @@ them for CRI:
   ("", "uid", "name", "uid:gid", "name:group").
 - The gid is ``run_as_group`` if set, else the one after ':' in the image's User, else the
   user's primary group from /etc/passwd, else 0.
-- Supplementary groups: with policy MERGE, every /etc/group entry that lists the user, plus
-  the requested ``supplemental_groups``; with STRICT only the requested ones.
+- Supplementary groups: the primary gid first (containerd since CVE-2023-25173: a process must
+  not keep group access it was not given, nor lack its own group), then with policy MERGE
+  every /etc/group entry that lists the user, then the requested ``supplemental_groups``;
+  with STRICT no /etc/group entries.
 A name that the image does not know is refused (InvalidArgument); a numeric id needs no entry.
 """
 
@@ -141,7 +143,7 @@ def resolve_user(
             gid = named.gid
     else:
         gid = entry.gid if entry is not None else 0
-    extra: list[int] = []
+    extra: list[int] = [gid]
     if security.supplemental_groups_policy is SupplementalGroupsPolicy.MERGE and entry is not None:
         extra.extend(g.gid for g in groups if entry.name in g.members)
     extra.extend(security.supplemental_groups)

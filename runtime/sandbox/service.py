@@ -67,6 +67,23 @@ log = logging.getLogger(__name__)
 SHIM_STOP_TIMEOUT = 15.0
 
 
+class StepTimer:
+    """Durations of the steps of one operation, for its log line."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._steps: list[tuple[str, float]] = []
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self._steps.append((name, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        total = sum(d for _, d in self._steps)
+        return f"{total * 1000:.1f} ms: " + " ".join(f"{n}={d * 1000:.1f}" for n, d in self._steps)
+
+
 def shim_alive(ref: ProcessRef | None) -> bool:
     """True while the pod shim runs (a zombie awaiting its reaper counts as gone)."""
     return ref is not None and ref.alive() and not is_zombie(ref.pid)
@@ -130,7 +147,9 @@ class SandboxService:
             id=sid, config=config, state=SandboxState.CREATING, created_at_ns=time.time_ns(),
             state_dir=str(state_dir), files_dir=str(files_dir), boot_id=boot_id(),
         )
+        steps = StepTimer()
         await self.records.reserve(rec)
+        steps.mark("reserve")
         undo = UndoStack(f"sandbox {sid}")
         undo.push("record", lambda: self.records.delete(sid))
         try:
@@ -138,14 +157,18 @@ class SandboxService:
                 await asyncio.to_thread(_make_dirs, state_dir, files_dir)
                 undo.push("directories", lambda: asyncio.to_thread(_remove_dirs, state_dir, files_dir))
                 rec = await self._make_cgroup(rec, undo)
+                steps.mark("cgroup")
                 plan = None
                 if not host_net:
                     plan = await self.network.prepare(_network_request(sid, config))
                     undo.push("network", lambda: self.network.teardown(sid))
+                    steps.mark("net-prepare")
                 shim = await self.shims.spawn(sid)
+                steps.mark("shim")
                 undo.push("shim", lambda: self._shutdown_shim(sid, shim))
                 rec = replace(rec, shim=shim, network_mode=None if plan is None else plan.mode)
                 await self.records.put(rec)  # recovery must find the shim if we crash now
+                steps.mark("record")
                 hostname = config.hostname or node_hostname()
                 client = self.shims.client(sid)
                 types = [t for t, on in (("net", not host_net), ("ipc", ns.ipc is NamespaceMode.POD),
@@ -162,34 +185,41 @@ class SandboxService:
                     })
                     pins = PinnedNamespaces(**made["pins"])
                     net_result = made.get("network")
+                    steps.mark("namespaces")
                 holder: ProcessRef | None = None
                 if ns.pid is NamespaceMode.POD:
                     got = await client.call("pid_holder", rpc_timeout=30)
                     holder = ref_of(int(got["pid"]))
                     pins = replace(pins, pid=f"/proc/{holder.pid}/ns/pid")
+                    steps.mark("pid-holder")
                 ip, more_ips = "", tuple[str, ...]()
                 if plan is not None:
                     result = from_plain(PodNetnsResult, net_result) if net_result else PodNetnsResult(sid)
                     status = await self.network.attach(sid, pins.net, result)
                     ip, more_ips = status.ip, tuple(status.additional_ips)
+                    steps.mark("net-attach")
                 await asyncio.to_thread(write_pod_files, files_dir, hostname, config.dns, host_net, ip)
+                steps.mark("files")
                 shm = ""
                 if ns.ipc is NamespaceMode.POD:
                     shm = str(state_dir / "shm")
                     await asyncio.to_thread(mount_shm, Path(shm), self.settings.pods.shm_size)
                     undo.push("shm", lambda: asyncio.to_thread(unmount_quietly, Path(shm)))
+                    steps.mark("shm")
                 rec = replace(rec, state=SandboxState.READY, pid_holder=holder, namespaces=pins, ip=ip,
                               additional_ips=more_ips, shm_path=shm)
                 await self.records.put(rec)
+                steps.mark("record")
                 undo.clear()
                 await self._follow(rec)
+                steps.mark("follow")
         except BaseException as exc:
             failed = await undo.run()
             log.warning("sandbox %s (%s): creation failed (%s: %s); undone%s", sid, rec.name_key,
                         type(exc).__name__, exc, f" except {failed}" if failed else "")
             raise
         self.events.publish(EventKind.SANDBOX_CREATED, sid)
-        log.info("sandbox %s ready: %s ip=%s", sid, rec.name_key, rec.ip or "-")
+        log.info("sandbox %s ready: %s ip=%s (%s)", sid, rec.name_key, rec.ip or "-", steps)
         return sid
 
     async def _make_cgroup(self, rec: SandboxRecord, undo: UndoStack) -> SandboxRecord:

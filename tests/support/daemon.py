@@ -95,6 +95,12 @@ class DaemonProcess:
             time.sleep(0.05)
         raise TimeoutError(f"cri-shim did not become ready in {timeout}s:\n{self.log()}")
 
+    def start_if_stopped(self) -> None:
+        """Start the daemon again if a test stopped or killed it."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = None
+            self.start()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
         """Signal the daemon (by pid) and wait; SIGKILL if it does not exit in time."""
         self.close_channel()
