@@ -15,6 +15,7 @@ import asyncio
 import builtins
 import hashlib
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -34,6 +35,7 @@ from runtime.image.reference import parse, parse_image_id
 from runtime.image.registries import RegistriesConfigCache
 from runtime.image.registry import RegistryClient
 from runtime.image.snapshot import OverlaySnapshotter
+from runtime.image.unpack_pool import UnpackPool
 from runtime.store import Store
 
 log = logging.getLogger(__name__)
@@ -88,13 +90,18 @@ class ImageService:
         observers: Sequence[PullObserver] = (),
         platform: Platform | None = None,
         owner: str | None = None,
+        unpack_workers: int | None = None,
     ) -> None:
         self.settings = settings
         self.root = root
         self._store = store
         self._owner = owner or owner_tag()
         self.content = ContentStore(root / "content", self._owner)
-        self.snapshots = OverlaySnapshotter(store, root, self._owner)
+        # Layers unpack in worker processes (parallel, off the event loop's GIL) unless
+        # unpack_workers is 0, when worker threads of this process do it.
+        workers = min(4, os.cpu_count() or 1) if unpack_workers is None else unpack_workers
+        self._unpack = UnpackPool(workers) if workers > 0 else None
+        self.snapshots = OverlaySnapshotter(store, root, self._owner, unpack=self._unpack)
         self.snapshots.set_collector(self.collect_garbage)
         self._observers: list[PullObserver] = list(observers)
         self._client = RegistryClient(
@@ -128,6 +135,8 @@ class ImageService:
 
     async def close(self) -> None:
         await self._client.close()
+        if self._unpack is not None:
+            await self._unpack.close()
 
     # -- pull ----------------------------------------------------------------------------------
 

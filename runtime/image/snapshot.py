@@ -41,6 +41,7 @@ from runtime.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from runtime.image import metadata as md
 from runtime.image.applier import ApplyLimits, ApplyResult, LayerRejected, apply_layer
 from runtime.image.content import owner_alive
+from runtime.image.unpack_pool import UnpackPool
 from runtime.store import Store
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ class OverlaySnapshotter:
         root: Path,
         owner: str,
         collect: Callable[[], Awaitable[object]] | None = None,
+        unpack: UnpackPool | None = None,
     ) -> None:
+        self._unpack = unpack
         self._store = store
         self.root = root
         self.layers_dir = root / "layers"
@@ -178,7 +181,11 @@ class OverlaySnapshotter:
         target = self.layers_dir / name
         try:
             started = time.monotonic()
-            result = await asyncio.to_thread(self._apply, blob, target, limits, chain_id, on_progress)
+            if self._unpack is not None:
+                await asyncio.to_thread(target.mkdir, 0o755)
+                result = await self._unpack.apply(blob, target, limits, chain_id)
+            else:
+                result = await asyncio.to_thread(self._apply, blob, target, limits, chain_id, on_progress)
             if result.diff_id != diff_id:
                 # The blob matched its own digest but not the DiffID: never reuse it.
                 await asyncio.to_thread(blob.unlink, True)

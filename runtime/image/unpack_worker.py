@@ -1,0 +1,57 @@
+"""A layer-unpack worker: a fresh, single-threaded interpreter that applies layers on request.
+
+Started by :class:`runtime.image.unpack_pool.UnpackPool` as ``python -m
+runtime.image.unpack_worker`` (never forked from the daemon). Protocol: one JSON object per
+line on stdin::
+
+    {"blob": PATH, "target": DIR, "max_bytes": N, "max_entries": N, "label": STR}
+
+and one JSON line on stdout per request: ``{"ok": true, "result": {...ApplyResult}}`` or
+``{"ok": false, "kind": "LayerRejected" | "OSError" | ..., "message": STR, "errno": N}``.
+The worker exits on end of input and dies with its parent (PR_SET_PDEATHSIG), so a killed
+daemon never leaves it writing into a snapshot that recovery is about to remove.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from runtime.image.applier import ApplyLimits, LayerRejected, apply_layer, describe
+
+
+def handle(request: dict[str, Any]) -> dict[str, Any]:
+    limits = ApplyLimits(max_bytes=int(request["max_bytes"]), max_entries=int(request["max_entries"]))
+    try:
+        with open(request["blob"], "rb", buffering=1 << 20) as f:
+            result = apply_layer(f, request["target"], limits=limits, label=str(request.get("label", "")))
+    except LayerRejected as exc:
+        return {"ok": False, "kind": "LayerRejected", "message": str(exc)}
+    except OSError as exc:
+        return {"ok": False, "kind": "OSError", "message": str(exc), "errno": exc.errno or 0}
+    except Exception as exc:
+        return {"ok": False, "kind": type(exc).__name__, "message": str(exc)}
+    return {"ok": True, "result": describe(result)}
+
+
+def main() -> int:
+    from runtime.linux import libc
+
+    libc.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() == 1:
+        return 1  # the parent died before the death signal was armed
+    out = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        if not line.strip():
+            continue
+        reply = handle(json.loads(line))
+        out.write(json.dumps(reply).encode() + b"\n")
+        out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The unpack worker pool: results, refusals, dead and cancelled workers, idle stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import Internal
+from runtime.image.applier import ApplyLimits, LayerRejected
+from runtime.image.unpack_pool import UnpackPool
+from tests.support import imagebuilder as ib
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
+
+
+def blob(tmp_path: Path, name: str, layer: ib.Layer, compression: ib.Compression = "gzip") -> Path:
+    p = tmp_path / name
+    p.write_bytes(ib.compress(layer.tar(), compression))
+    return p
+
+
+async def test_results_refusals_and_reuse(tmp_path: Path) -> None:
+    pool = UnpackPool(2, idle_timeout=0.2)
+    try:
+        good = ib.Layer().dir("a", 0o750, 7, 8).file("a/f", "data", 0o4755, 7, 8)
+        targets = [tmp_path / f"t{i}" for i in range(4)]
+        for t in targets:
+            t.mkdir()
+        results = await asyncio.gather(*(pool.apply(blob(tmp_path, f"b{i}", good, "zstd"), t, ApplyLimits(), "l")
+                                         for i, t in enumerate(targets)))
+        assert {r.diff_id for r in results} == {ib.digest_of(good.tar())}
+        st = os.stat(targets[0] / "a/f")
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (7, 8, 0o4755)
+        assert len(pool._idle) <= 2
+        evil = tmp_path / "evil"
+        evil.mkdir()
+        with pytest.raises(LayerRejected, match="symlink"):
+            await pool.apply(blob(tmp_path, "e", ib.Layer().symlink("l", "/").file("l/x", "x")), evil,
+                             ApplyLimits(), "evil")
+        await asyncio.sleep(0.6)
+        assert pool._idle == []  # idle workers were stopped
+        (tmp_path / "t9").mkdir()
+        assert (await pool.apply(blob(tmp_path, "b9", good), tmp_path / "t9", ApplyLimits(), "l")).entries == 2
+    finally:
+        await pool.close()
+
+
+async def test_dead_and_cancelled_workers(tmp_path: Path) -> None:
+    pool = UnpackPool(1)
+    try:
+        big = ib.Layer()
+        for i in range(3000):
+            big.file(f"f{i}", os.urandom(512))
+        path = blob(tmp_path, "big", big)
+        (tmp_path / "a").mkdir()
+        task = asyncio.create_task(pool.apply(path, tmp_path / "a", ApplyLimits(), "big"))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pool.pids() == []
+        (tmp_path / "b").mkdir()
+        worker_task = asyncio.create_task(pool.apply(path, tmp_path / "b", ApplyLimits(), "big"))
+        await asyncio.sleep(0.5)
+        (busy,) = pool.pids()
+        os.kill(busy, signal.SIGKILL)  # a worker this test's pool started
+        with pytest.raises(Internal, match="exited"):
+            await worker_task
+        (tmp_path / "c").mkdir()
+        assert (await pool.apply(blob(tmp_path, "s", ib.Layer().file("x", "y")), tmp_path / "c",
+                                 ApplyLimits(), "s")).entries == 1
+    finally:
+        await pool.close()
