@@ -136,8 +136,11 @@ class Metrics:
             f"{PREFIX}_streaming_session_duration_seconds", "Duration of streaming sessions, by kind.",
             ["kind"], buckets=STREAM_BUCKETS, registry=r,
         )
+        # series that exist (at 0) from the start, so rates and alerts need no special case
         for kind in ("exec", "attach", "portforward"):
             self.streaming_active.labels(kind).set(0)
+        self.image_pulls.labels("success")
+        self.image_pull_duration.labels("success")
 
     # -- scrape-time collectors ---------------------------------------------------------------
 
