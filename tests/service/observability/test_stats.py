@@ -200,3 +200,25 @@ def test_metrics_count_pods_containers_and_shims(d: DaemonProcess, tmp_path: Pat
     m = _scrape(d)
     assert m["cri_shim_containers"][(("state", "running"),)] == 0
     assert m["cri_shim_pods"][(("state", "notready"),)] >= 1
+
+
+def test_an_oom_kill_is_counted(d: DaemonProcess, tmp_path: Path, busybox: str) -> None:
+    pull(d, busybox)
+    before = _scrape(d)["cri_shim_container_oom_kills_total"][()]
+    pcfg = pod_config()
+    pod = d.crictl("runp", str(to_json_file(pcfg, tmp_path / "pod.json"))).stdout.strip()
+    # the main process doubles a string until the OOM killer stops it
+    ccfg = container_config("hog", busybox, ["sh", "-c", "x=a; while :; do x=$x$x; done"],
+                            resources=pb.LinuxContainerResources(memory_limit_in_bytes=16 << 20))
+    ccfg.linux.security_context.namespace_options.pid = pb.CONTAINER
+    cid = d.crictl("create", pod, str(to_json_file(ccfg, tmp_path / "c.json")), str(tmp_path / "pod.json")
+                   ).stdout.strip()
+    d.crictl("start", cid)
+    deadline = time.monotonic() + 60
+    while json.loads(d.crictl("inspect", cid).stdout)["status"]["state"] != "CONTAINER_EXITED":
+        assert time.monotonic() < deadline, "the container was not OOM-killed"
+        time.sleep(0.2)
+    assert json.loads(d.crictl("inspect", cid).stdout)["status"]["reason"] == "OOMKilled"
+    m = _scrape(d)
+    assert m["cri_shim_container_oom_kills_total"][()] == before + 1
+    assert m["cri_shim_container_events_total"][(("type", "container_oom"),)] >= 1
