@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Protocol
 
 from prometheus_client import (
@@ -36,6 +37,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
 from runtime.image.pull import PullReport
 from runtime.network.model import NetworkEvent
@@ -157,8 +159,13 @@ class Metrics:
                 log.exception("metrics source %r failed to refresh", source)
 
     def exposition(self) -> bytes:
-        """The text exposition (thread-safe; does not refresh)."""
-        return generate_latest(self.registry)
+        """The text exposition (thread-safe; does not refresh).
+
+        Without prometheus-client's ``*_created`` samples: in the text format they would be
+        ingested as extra gauge series of every counter and histogram (the creation time
+        is the daemon's start, which ``process_start_time_seconds`` already gives).
+        """
+        return generate_latest(_WithoutCreated(self.registry))
 
     # -- RpcObserver ------------------------------------------------------------------------------
 
@@ -202,6 +209,23 @@ class Metrics:
         self.streaming_active.labels(kind).dec()
         self.streaming_sessions.labels(kind, protocol).inc()
         self.streaming_duration.labels(kind).observe(seconds)
+
+
+class _WithoutCreated:
+    """A read-only view of a registry that leaves out ``*_created`` samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            if family.type in ("counter", "histogram", "summary", "gaugehistogram"):
+                samples = [s for s in family.samples if not s.name.endswith("_created")]
+                copy = Metric(family.name, family.documentation, family.type, family.unit)
+                copy.samples = samples
+                yield copy
+            else:
+                yield family
 
 
 class MetricsServer:

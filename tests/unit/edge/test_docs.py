@@ -35,7 +35,10 @@ def test_readme_config_table_keys_exist() -> None:
     from cri_shim.config import documented_keys
 
     readme = (REPO / "README.md").read_text()
+    config_section = readme.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
     keys = set(documented_keys())
-    for m in re.finditer(r"^\| `(?:\[(\w+)\] )?(\w+)` \|", readme, re.M):
+    rows = list(re.finditer(r"^\| `(?:\[(\w+)\] )?(\w+)` \|", config_section, re.M))
+    assert len(rows) >= 5, "the Configuration section lost its key table"
+    for m in rows:
         section, key = m.group(1), m.group(2)
         assert (f"{section}.{key}" if section else key) in keys, m.group(0)

@@ -162,3 +162,18 @@ def test_a_live_shim_is_counted_once() -> None:
     m.registry.register(c)
     m.add_scrape_source(c)
     assert families(m)["cri_shim_pod_shims_running"][()] == 1
+
+
+def test_the_readme_lists_exactly_the_families_of_the_code() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("### Prometheus endpoint", 1)[1].split("\n### ", 1)[0]
+    listed = {}
+    for name, kind in re.findall(r"^\| `(cri_shim_\w+)` \| (\w+) \|", section, re.M):
+        listed[name.removesuffix("_total") if kind == "counter" else name] = kind
+    m = Metrics()
+    m.registry.register(EngineCollector(FakeEngine(), FakeView(), FakeStreams()))
+    exposed = {f.name: f.type for f in text_string_to_metric_families(m.exposition().decode())
+               if f.name.startswith("cri_shim_")}
+    assert listed == exposed
