@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +202,23 @@ def test_kill9_during_pull_then_pull_again(tmp_path: Path, reg: Registry, conf: 
         assert set(layer_dirs(dm)) == ready and len(ready) == 4
         on_disk = {"sha256:" + p.name for p in (dm.root / "images/content/blobs/sha256").iterdir()}
         assert on_disk == referenced
+
+
+def test_cli_import_and_ls_next_to_running_daemon(d: DaemonProcess, tmp_path: Path) -> None:
+    multi, httpd = ib.multi_layer_image(), ib.httpd_image()
+    ib.write_oci_archive(tmp_path / "oci.tar", {"docker.io/library/offline:1": multi})
+    ib.write_docker_archive(tmp_path / "saved.tar", {"example.com/web:2": httpd})
+    cli = [sys.executable, "-m", "cri_shim", "--config", str(d.config_path), "image"]
+    for archive in ("oci.tar", "saved.tar"):
+        res = subprocess.run([*cli, "import", str(tmp_path / archive)], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+    assert "imported docker.io/library/offline:1" in res.stdout or "imported example.com/web:2" in res.stdout
+    listed = json.loads(d.crictl("images", "-o", "json").stdout)["images"]
+    assert {i["id"]: i["repoTags"] for i in listed} == {
+        multi.id: ["docker.io/library/offline:1"], httpd.id: ["example.com/web:2"]}
+    ls = subprocess.run([*cli, "ls"], capture_output=True, text=True, timeout=60)
+    assert ls.returncode == 0 and "offline" in ls.stdout and "example.com/web" in ls.stdout
+    quiet = subprocess.run([*cli, "ls", "-q"], capture_output=True, text=True, timeout=60).stdout.split()
+    assert sorted(quiet) == sorted([multi.id, httpd.id])
+    bad = subprocess.run([*cli, "import", str(tmp_path / "absent.tar")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
