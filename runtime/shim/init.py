@@ -17,18 +17,16 @@ Container creation takes two processes, because a new PID namespace applies to c
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 from collections.abc import Callable
 from typing import NoReturn
 
-from runtime.linux import caps, libc
+from runtime.linux import caps, libc, seccomp
 from runtime.linux.mounts import apply_mount, mask_path, readonly_path
 from runtime.linux.paths import secure_join
 from runtime.model.launch import DeviceSpec, LaunchSpec, ProcessSpec, RootfsSpec
 
-SECCOMP_MODE_FILTER = 2
 _TIOCSCTTY = 0x540E
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -154,8 +152,15 @@ def build_mount_namespace(spec: LaunchSpec) -> None:
     """In a fresh mount namespace: rootfs, mounts, devices, pivot_root, masks, read-only root."""
     assert spec.rootfs is not None
     root = spec.rootfs.path
-    # Do not propagate anything we mount back to the host; receive the host's unmounts.
-    libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
+    if any("rshared" in m.options for m in spec.mounts):
+        # A BIDIRECTIONAL mount must stay a peer of the host's shared mount (runc's
+        # rootfsPropagation "rshared"); the rootfs's parent mount is made private instead, so
+        # the overlay and everything under it stay out of the host's mount table.
+        libc.mount(None, "/", None, libc.MS_REC | libc.MS_SHARED)
+        libc.mount(None, mount_point_of(root), None, libc.MS_PRIVATE)
+    else:
+        # Do not propagate anything we mount back to the host; receive the host's mounts.
+        libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
     mount_rootfs(spec.rootfs)
     # pivot_root needs the new root's parent mount to be private to this namespace.
     libc.mount(None, root, None, libc.MS_PRIVATE)
@@ -166,6 +171,9 @@ def build_mount_namespace(spec: LaunchSpec) -> None:
     _dev_links(root)
     os.chdir(root)
     libc.pivot_root(".", ".")
+    # The old root is stacked on "."; make it a slave first so detaching it (and the shared
+    # mounts under it) cannot propagate unmounts to the host (runc does the same).
+    libc.mount(None, ".", None, libc.MS_SLAVE | libc.MS_REC)
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
     for path in spec.masked_paths:
@@ -189,24 +197,39 @@ def apply_oom_score_adj(value: int | None) -> None:
         f.write(str(value))
 
 
+def mount_point_of(path: str) -> str:
+    """The mount point ``path`` lies on in this mount namespace (last mounted wins)."""
+    best = "/"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 5:
+                continue
+            point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best = point
+    return best
+
+
 def load_seccomp(bpf: bytes) -> None:
     """Install a classic-BPF seccomp filter (array of struct sock_filter, 8 bytes each)."""
-    if not bpf:
+    seccomp.load_filter(bpf)
+
+
+def apply_apparmor(profile: str) -> None:
+    """Switch to the AppArmor ``profile`` at the coming execve (change_onexec)."""
+    if not profile:
         return
-    count = len(bpf) // 8
-    buf = ctypes.create_string_buffer(bpf, len(bpf))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    prog = SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
-    res = libc._libc().syscall(
-        ctypes.c_long(libc.syscall_number("seccomp")),
-        ctypes.c_uint(SECCOMP_MODE_FILTER),
-        ctypes.c_uint(0),
-        ctypes.byref(prog),
-    )
-    libc._check(res, "seccomp(SECCOMP_SET_MODE_FILTER)")
+    path = "/proc/self/attr/apparmor/exec"
+    if not os.path.exists(path):
+        path = "/proc/self/attr/exec"
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, f"exec {profile}".encode())
+    except OSError as exc:
+        raise OSError(exc.errno, f"AppArmor profile {profile!r}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
@@ -232,6 +255,7 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
             caps.raise_ambient(c.ambient)
     if proc.no_new_privs:
         libc.set_no_new_privs()
+    apply_apparmor(proc.apparmor_profile)
     try:
         os.chdir(proc.cwd or "/")
     except OSError as exc:

@@ -1,0 +1,101 @@
+"""Sysctl validation and AppArmor/SELinux decisions (with a fake /sys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
+from runtime.model.sandbox import ProfileType, SecurityProfile, SELinuxOption
+from runtime.security.lsm import LsmState, apparmor_profile, check_selinux, detect_lsm
+from runtime.security.sysctls import normalize, proc_path, validate_sysctls
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_namespaced_sysctls_are_allowed() -> None:
+    got = validate_sysctls({"kernel.shmmax": "1000", "kernel.sem": "250 32000 32 128", "fs.mqueue.msg_max": "20",
+                            "net.ipv4.ip_local_port_range": "1024 65000",
+                            "net/ipv4/conf/eth0.100/forwarding": "1"},
+                           host_network=False, host_ipc=False)
+    assert "net.ipv4.conf.eth0/100.forwarding" in got
+    assert proc_path("net.ipv4.conf.eth0/100.forwarding") == "/proc/sys/net/ipv4/conf/eth0.100/forwarding"
+    assert proc_path("kernel.shmmax") == "/proc/sys/kernel/shmmax"
+    assert normalize("kernel.msgmax") == "kernel.msgmax"
+
+
+@pytest.mark.parametrize(("name", "host_network", "host_ipc", "match"), [
+    ("vm.swappiness", False, False, "not namespaced"),
+    ("kernel.hostname", False, False, "not namespaced"),
+    ("kernel.pid_max", False, False, "not namespaced"),
+    ("net.core.somaxconn", True, False, "host's network"),
+    ("kernel.shmmax", False, True, "host's IPC"),
+    ("fs.mqueue.queues_max", False, True, "host's IPC"),
+    ("net..x", False, False, "not a valid"),
+    ("Net.x", False, False, "not a valid"),
+])
+def test_node_wide_or_host_namespace_sysctls_are_refused(name: str, host_network: bool, host_ipc: bool,
+                                                         match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        validate_sysctls({name: "1"}, host_network=host_network, host_ipc=host_ipc)
+
+
+def test_sysctl_value_is_one_line() -> None:
+    with pytest.raises(InvalidArgument, match="one line"):
+        validate_sysctls({"kernel.shmmax": "1\n2"}, host_network=False, host_ipc=False)
+
+
+RD = SecurityProfile(ProfileType.RUNTIME_DEFAULT)
+UNCONFINED = SecurityProfile(ProfileType.UNCONFINED)
+LOCAL = SecurityProfile(ProfileType.LOCALHOST, "my-profile")
+
+
+def test_apparmor_absent() -> None:
+    none = LsmState()
+    assert apparmor_profile(None, privileged=False, state=none) == ""
+    assert apparmor_profile(RD, privileged=False, state=none) == ""
+    assert apparmor_profile(UNCONFINED, privileged=False, state=none) == ""
+    with pytest.raises(InvalidArgument, match="AppArmor is not enabled"):
+        apparmor_profile(LOCAL, privileged=False, state=none)
+
+
+def test_apparmor_present() -> None:
+    loaded = LsmState(apparmor=True, apparmor_profiles=frozenset({"my-profile", "cri-shim-default"}))
+    assert apparmor_profile(RD, privileged=False, state=loaded) == "cri-shim-default"
+    assert apparmor_profile(None, privileged=False, state=loaded) == "cri-shim-default"
+    assert apparmor_profile(RD, privileged=True, state=loaded) == ""
+    assert apparmor_profile(LOCAL, privileged=False, state=loaded) == "my-profile"
+    assert apparmor_profile(SecurityProfile(ProfileType.LOCALHOST, "localhost/my-profile"), privileged=False,
+                            state=loaded) == "my-profile"
+    with pytest.raises(InvalidArgument, match="not loaded"):
+        apparmor_profile(SecurityProfile(ProfileType.LOCALHOST, "other"), privileged=False, state=loaded)
+    with pytest.raises(FailedPrecondition, match="cri-shim-default"):
+        apparmor_profile(RD, privileged=False, state=LsmState(apparmor=True))
+
+
+def test_selinux() -> None:
+    label = SELinuxOption(type="spc_t")
+    check_selinux(label, state=LsmState())  # accepted and ignored without SELinux
+    check_selinux(SELinuxOption(), state=LsmState(selinux=True))  # empty: nothing asked
+    with pytest.raises(Unimplemented):
+        check_selinux(label, state=LsmState(selinux=True))
+
+
+def test_detect_lsm(tmp_path: Path) -> None:
+    assert detect_lsm(tmp_path) == LsmState()
+    (tmp_path / "module/apparmor/parameters").mkdir(parents=True)
+    (tmp_path / "module/apparmor/parameters/enabled").write_text("Y\n")
+    (tmp_path / "kernel/security/apparmor").mkdir(parents=True)
+    (tmp_path / "kernel/security/apparmor/profiles").write_text("cri-shim-default (enforce)\nx y (complain)\n")
+    (tmp_path / "fs/selinux").mkdir(parents=True)
+    (tmp_path / "fs/selinux/enforce").write_text("1")
+    state = detect_lsm(tmp_path)
+    assert state.apparmor and state.selinux and state.apparmor_profiles == {"cri-shim-default", "x y"}
+
+
+def test_this_host_has_neither() -> None:
+    state = detect_lsm()
+    if Path("/sys/module/apparmor").exists() or Path("/sys/fs/selinux/enforce").exists():
+        pytest.skip("host has an LSM")
+    assert state == LsmState()
