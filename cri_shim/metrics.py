@@ -116,8 +116,8 @@ class Metrics:
         # pod networking
         self.network_duration = Histogram(
             f"{PREFIX}_network_operation_duration_seconds",
-            "Latency of pod network operations, by operation (set-up: prepare then attach; tear-down: teardown; "
-            "check, recover, nft_apply, status) and plugin (builtin, cni).",
+            "Latency of pod network operations, by operation (set-up: prepare, pod_netns (inside the pod), attach; "
+            "tear-down: teardown; also check, recover, nft_apply, status) and plugin (builtin, cni, none).",
             ["operation", "plugin"], buckets=NETWORK_BUCKETS, registry=r,
         )
         self.network_errors = Counter(
