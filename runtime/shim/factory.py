@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any, NoReturn
 
 from runtime.shim.version import code_hash
@@ -49,6 +50,66 @@ def _preload() -> None:
 
     with contextlib.suppress(ImportError):
         import runtime.network.podside  # noqa: F401
+
+
+LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+
+
+def _warm_up(workdir: str) -> None:
+    """Run a shim in this process once (server, client requests, shutdown) before freezing.
+
+    Measured (bench/lifecycle.py): what a forked shim costs is the pages it dirties. Code run
+    for the first time writes into shared pages (CPython 3.11 specialises bytecode in place,
+    builds caches and lazily creates objects); doing that once here, before ``gc.freeze()``
+    and fork, leaves those pages shared by every shim. Logging is configured here too
+    (stderr, which the spawned shim points at its own log file).
+    """
+    import asyncio
+    import logging
+
+    from runtime.shim import server, wire
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
+    sock = os.path.join(workdir, "warm.sock")
+
+    async def exchange() -> None:
+        shim = server.ShimServer("0" * 64, Path(sock))
+        task = asyncio.get_running_loop().create_task(shim.run())
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            for _ in range(400):
+                try:
+                    return await asyncio.open_unix_connection(sock, limit=wire.MAX_LINE)
+                except (FileNotFoundError, ConnectionRefusedError):
+                    await asyncio.sleep(0.005)
+            raise TimeoutError("warm-up shim did not listen")
+
+        for _ in range(3):
+            reader, writer = await connect()
+            ops: tuple[tuple[str, dict[str, Any]], ...] = (
+                ("ping", {}), ("list", {}), ("state", {"container_id": "x"}),
+                # the fork-a-helper paths, without making any namespace
+                ("create_namespaces", {"request": {"pin_dir": workdir, "types": [], "sysctls": {}}}),
+            )
+            for op, extra in ops:
+                writer.write(wire.encode({"id": 1, "op": op, **extra}))
+                await writer.drain()
+                await wire.read_message(reader)
+            writer.close()
+        reader, writer = await connect()
+        writer.write(wire.encode({"id": 2, "op": "shutdown"}))
+        await writer.drain()
+        await wire.read_message(reader)
+        writer.close()
+        await asyncio.wait_for(task, 10)
+
+    try:
+        asyncio.run(exchange())
+    except Exception as exc:  # a failed warm-up costs memory, never correctness
+        sys.stderr.write(f"shim factory warm-up failed: {type(exc).__name__}: {exc}\n")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock)
 
 
 def _reap(*_: object) -> None:
@@ -119,6 +180,7 @@ def _shim_child(req: dict[str, Any], listener: socket.socket, conn: socket.socke
 
 def serve(path: str) -> None:
     _preload()
+    _warm_up(os.path.dirname(path))
     signal.signal(signal.SIGCHLD, _reap)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)

@@ -468,9 +468,10 @@ async def _read_pipe(fd: int) -> bytes:
 def main(sandbox_id: str, socket_path: str, ready_fd: int, log_path: str) -> None:
     """Shim entry point after the factory forked us (already in our own session)."""
     libc.set_process_name(f"shim-{sandbox_id[:10]}")
-    logging.basicConfig(
-        filename=log_path or None,
-        level=logging.INFO,
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
+    if not logging.getLogger().handlers:  # the factory configured it already (stderr = our log)
+        logging.basicConfig(
+            filename=log_path or None,
+            level=logging.INFO,
+            format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        )
     asyncio.run(ShimServer(sandbox_id, Path(socket_path)).run(ready_fd))

@@ -247,7 +247,9 @@ def unique_subnet(prefix: int = 24) -> str:
             if net.version == 4 and net.prefixlen > 0:
                 taken.append(net)
     for _ in range(1000):
-        net = ipaddress.IPv4Network(f"10.{random.randint(100, 149)}.{random.randint(0, 255)}.0/{prefix}")
+        net = ipaddress.IPv4Network(f"10.{random.randint(100, 149)}.{random.randint(0, 255)}.0/24")
+        if prefix < 24:
+            net = net.supernet(new_prefix=prefix)
         if not any(net.overlaps(t) for t in taken):
             return str(net)
     raise RuntimeError("no free subnet found")
