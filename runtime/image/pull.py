@@ -173,7 +173,7 @@ class Puller:
     ) -> tuple[RegistrySession, FetchedManifest, str]:
         config = await asyncio.to_thread(self._registries.get)
         if config.is_blocked(ref):
-            raise PermissionDenied(f"registry of {ref.name} is blocked by {self._registries_path()}")
+            raise PermissionDenied(f"registry of {ref.name} is blocked by {self._registries.path}")
         sources = config.sources(ref)
         errors: list[tuple[PullSource, BaseException]] = []
         for source in sources:
@@ -188,9 +188,6 @@ class Puller:
                 errors.append((source, exc))
         # Report the primary location's error: mirrors are an optimisation.
         raise errors[-1][1]
-
-    def _registries_path(self) -> str:
-        return "registries.conf"
 
     async def _pull(self, ref: Reference, auth: RegistryAuth | None, p: _Progress) -> Image:
         session, top, source = await self._resolve(ref, auth)

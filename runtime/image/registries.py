@@ -203,6 +203,10 @@ class RegistriesConfigCache:
         self._stamp: tuple[tuple[str, int, int], ...] | None = None
         self._config = RegistriesConfig()
 
+    @property
+    def path(self) -> Path:
+        return self._path
+
     def _current_stamp(self) -> tuple[tuple[str, int, int], ...]:
         out = []
         candidates = [self._path]

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import ipaddress
@@ -26,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from runtime.errors import DeadlineExceeded, EngineError, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from runtime.image.auth import Challenge, RegistryAuth, parse_challenges
 from runtime.image.content import DigestMismatch
 from runtime.image.manifest import ACCEPT, MAX_MANIFEST_BYTES
@@ -317,7 +316,7 @@ class RegistrySession:
 
 
 def retryable(exc: BaseException) -> bool:
-    """Errors after which the next pull source (mirror → primary) is worth trying."""
-    return isinstance(exc, (NotFound, Unavailable, PermissionDenied, DeadlineExceeded)) or (
-        isinstance(exc, EngineError) is False and isinstance(exc, (OSError, asyncio.TimeoutError))
-    )
+    """Errors after which the next pull source (mirror → primary) is worth trying: the
+    source lacks the image, refused us, is down or slow, or sent content that is not what
+    it claimed."""
+    return isinstance(exc, (NotFound, Unavailable, PermissionDenied, DeadlineExceeded, DigestMismatch))
