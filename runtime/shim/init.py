@@ -169,10 +169,14 @@ def build_mount_namespace(spec: LaunchSpec) -> None:
     for dev in spec.devices:
         _mknod(root, dev)
     _dev_links(root)
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
     os.chdir(root)
     libc.pivot_root(".", ".")
-    # The old root is stacked on "."; make it a slave first so detaching it (and the shared
-    # mounts under it) cannot propagate unmounts to the host (runc does the same).
+    # Stand in the old root (stacked on the new one) and make it a slave before detaching
+    # it, so its unmounts cannot propagate to the host; the new root's mounts keep their
+    # propagation (runc's pivotRoot does the same).
+    os.fchdir(old_root)
+    os.close(old_root)
     libc.mount(None, ".", None, libc.MS_SLAVE | libc.MS_REC)
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
