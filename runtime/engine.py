@@ -25,6 +25,7 @@ from runtime.network.service import NetworkService
 from runtime.network.state import NETWORK_MIGRATIONS
 from runtime.sandbox.records import SANDBOX_MIGRATIONS
 from runtime.sandbox.service import SandboxService
+from runtime.security.container import ContainerSecurityPlanner, probe_security_host, security_features
 from runtime.settings_store import SETTINGS_MIGRATIONS, SettingsStore
 from runtime.shim.manager import ShimManager
 from runtime.stats.service import StatsService
@@ -156,10 +157,14 @@ class Engine:
         return self._cgroup_driver
 
     async def _start_shims(self) -> int:
-        """Probe cgroups, then find or start the shim factory (it outlives the daemon)."""
+        """Probe cgroups and the security facts of the host, then find or start the shim
+        factory (it outlives the daemon)."""
         assert self.host is not None
         host = await asyncio.to_thread(probe_cgroups, self.settings.cgroup_root, self.host.cgroup_mode)
         self._cgroup_driver = cgroup_driver(host)
+        security = await asyncio.to_thread(probe_security_host, host)
+        self.containers.security = ContainerSecurityPlanner(security)
+        self.set_features(**security_features(security.kernel))
         await self.shims.start()
         return 1
 

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.cgroups.fs import LinuxCgroupFs
 from runtime.cgroups.model import Resources, check_resources
-from runtime.cgroups.oomscore import read_oom_score_adj, restrict_oom_score_adj
 from runtime.cgroups.paths import container_cgroup_path
+from runtime.cgroups.plan import apply_plan
 from runtime.config import RuntimeSettings
 from runtime.container import spec as specs
 from runtime.container.records import ContainerRecords
-from runtime.container.userdb import user_from_layers
 from runtime.events import EventBus, EventKind
 from runtime.handoff import Handoff
 from runtime.ids import check_id, new_id
@@ -48,6 +48,9 @@ from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessS
 from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
 from runtime.sandbox.hooks import CgroupsPort
 from runtime.sandbox.service import SandboxService, shim_alive
+from runtime.security.container import ContainerSecurityPlanner
+from runtime.security.devices import device_cgroup_plan
+from runtime.security.rootfs import LayeredRootfs
 from runtime.store import Store, from_json
 from runtime.store.codec import to_plain
 from runtime.undo import UndoStack
@@ -97,7 +100,9 @@ class ContainerService:
         self._cgroups = cgroups
         self._locks: dict[str, asyncio.Lock] = {}
         self._handoff = Handoff("container")
-        self._own_oom_score_adj: int | None = None
+        #: set by the engine once the host is probed (runtime.security.container)
+        self.security: ContainerSecurityPlanner | None = None
+        self._exec_cache: dict[str, ProcessSpec] = {}
 
     def state_dir(self, container_id: str) -> Path:
         return self.settings.state / "containers" / check_id(container_id, "container id")
@@ -148,18 +153,22 @@ class ContainerService:
 
     async def _build(self, rec: ContainerRecord, sandbox: SandboxRecord, undo: UndoStack) -> ContainerRecord:
         cid, config = rec.id, rec.config
+        planner = self._planner()
         image = await self.images.get(config.image.image)
-        mounts = await asyncio.to_thread(specs.prepare_host_mounts, config.mounts)
-        config = replace(config, mounts=mounts)
-        devices = list(specs.DEFAULT_DEVICES)
-        for d in config.devices:
-            devices.extend(await asyncio.to_thread(specs.host_device, d.container_path, d.host_path))
-        security = config.security
+        log_path = self._log_path(sandbox, config)
+        args = specs.merge_args(config, image.config)
+        env = specs.merge_env(image.config, config, sandbox.config.hostname or _node_hostname())
+        cwd = specs.working_dir(config, image.config)
         rootfs_mount = await self.images.snapshots.prepare(cid, image.id)
         undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
         layers = (rootfs_mount.upperdir, *rootfs_mount.lowerdirs)
-        user = await asyncio.to_thread(user_from_layers, layers, security, image.config.user)
-        log_path = self._log_path(sandbox, config)
+        plan = await asyncio.to_thread(
+            planner.plan, config, sandbox.config, image_user=image.config.user,
+            read_image_file=LayeredRootfs(layers).read_file, shm_path=sandbox.shm_path,
+            sandbox_mounts=specs.pod_file_mounts(sandbox.files_dir, config.security.readonly_rootfs),
+        )
+        for warning in plan.warnings:
+            log.warning("container %s: %s", cid, warning)
         state_dir = Path(rec.exit_dir)
         await asyncio.to_thread(_make_state_dir, state_dir, log_path)
         undo.push("state dir", lambda: asyncio.to_thread(shutil.rmtree, state_dir, True))
@@ -168,53 +177,48 @@ class ContainerService:
         resources = check_resources(config.resources) if config.resources is not None else None
         await asyncio.to_thread(driver.create, cg_path, resources)
         undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, cg_path))
+        devices_plan = device_cgroup_plan(driver.host, cg_path, plan.device_rules)
+        await asyncio.to_thread(apply_plan, LinuxCgroupFs(), devices_plan)
         procs = tuple(str(p) for p in driver.procs_files(cg_path))
-        memory_dir = _memory_dir(driver, cg_path)
-        process = ProcessSpec(
-            args=specs.merge_args(config, image.config),
-            env=specs.merge_env(image.config, config, sandbox.config.hostname or _node_hostname()),
-            cwd=specs.working_dir(config, image.config),
-            uid=user.uid, gid=user.gid, additional_gids=user.supplemental_groups,
-            capabilities=specs.capability_sets(security),
-            no_new_privs=security.no_new_privs,
-            seccomp_bpf=b"",
-            oom_score_adj=self._oom_score_adj(resources),
-            tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
-        )
+        process = plan.process(args, env, cwd, tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once)
         _check_process_size(process)
-        masked, readonly = specs.masked_and_readonly(security)
-        readonly_rootfs = security.readonly_rootfs
-        pod = specs.PodMountSources(sandbox.files_dir, sandbox.shm_path, sandbox.config.host_ipc)
         launch = LaunchSpec(
             container_id=cid,
             sandbox_id=sandbox.id,
             process=process,
             namespaces=self._namespaces(sandbox, config),
             rootfs=RootfsSpec(str(state_dir / "rootfs"), rootfs_mount.lowerdirs, rootfs_mount.upperdir,
-                              rootfs_mount.workdir, readonly=readonly_rootfs),
-            mounts=specs.container_mounts(config, pod, readonly_rootfs, security.privileged),
-            devices=() if security.privileged else tuple(devices),
-            masked_paths=masked,
-            readonly_paths=readonly,
+                              rootfs_mount.workdir, readonly=plan.readonly_rootfs),
+            mounts=plan.mounts,
+            devices=plan.devices,
+            masked_paths=plan.masked_paths,
+            readonly_paths=plan.readonly_paths,
             cgroup_procs=procs,
-            memory_cgroup=memory_dir,
+            memory_cgroup=_memory_dir(driver, cg_path),
             log_path=log_path,
             exit_dir=str(state_dir),
-            privileged=security.privileged,
+            privileged=plan.privileged,
         )
         client = self.sandboxes.shims.client(sandbox.id)
         created = await client.call("create", spec=to_plain(launch), rpc_timeout=90)
         undo.push("shim process", lambda: client.call("delete", container_id=cid, rpc_timeout=30))
+        exec_process = plan.process(args, env, cwd, main=False)
+        await asyncio.to_thread(_save_exec_process, state_dir, exec_process)
+        self._exec_cache[cid] = exec_process
         stop_signal = config.stop_signal or _signal_number(image.config.stop_signal) or signal.SIGTERM
         rec = replace(
             rec, config=config, state=ContainerState.CREATED, pid=int(created.get("pid", 0)),
             image_id=image.id, image_ref=_image_ref(image), image_name=_image_name(config.image.image, image),
-            log_path=log_path, cgroup_path=cg_path, snapshot_key=cid, user=user, mounts=config.mounts,
+            log_path=log_path, cgroup_path=cg_path, snapshot_key=cid, user=plan.user.user, mounts=config.mounts,
             resources=resources, stop_signal=stop_signal,
         )
         await self.records.put(rec)
-        await asyncio.to_thread(_save_exec_process, state_dir, process)
         return rec
+
+    def _planner(self) -> ContainerSecurityPlanner:
+        if self.security is None:
+            raise errors.Unavailable("the security planner is not ready yet (the runtime is starting)")
+        return self.security
 
     def _log_path(self, sandbox: SandboxRecord, config: ContainerConfig) -> str:
         """kubelet: log_path is relative to the sandbox's log_directory; never '..'."""
@@ -225,14 +229,6 @@ class ContainerService:
         if not sandbox.config.log_directory:
             raise errors.InvalidArgument("log_path given but the pod sandbox has no log_directory")
         return os.path.join(sandbox.config.log_directory, config.log_path)
-
-    def _oom_score_adj(self, resources: Resources | None) -> int | None:
-        if resources is None or resources.oom_score_adj == 0:
-            return None
-        if self._own_oom_score_adj is None:
-            self._own_oom_score_adj = read_oom_score_adj()
-        # kernel: lowering it below ours needs CAP_SYS_RESOURCE; never ask for less (containerd).
-        return restrict_oom_score_adj(resources.oom_score_adj, self._own_oom_score_adj)
 
     def _namespaces(self, sandbox: SandboxRecord, config: ContainerConfig) -> NamespaceSpec:
         pins = sandbox.namespaces
@@ -368,6 +364,7 @@ class ContainerService:
             await self._release(rec)
             await self.records.delete(cid)
         self._locks.pop(cid, None)
+        self._exec_cache.pop(cid, None)
         self._handoff.forget(cid)
         self.events.publish(EventKind.CONTAINER_DELETED, rec.sandbox_id, cid)
         log.info("container %s removed", cid)
@@ -454,7 +451,7 @@ class ContainerService:
         rec = self.get(id_or_prefix)
         if rec.state is not ContainerState.RUNNING:
             raise errors.FailedPrecondition(f"container {rec.id} is not running")
-        base = await asyncio.to_thread(load_exec_process, Path(rec.exit_dir))
+        base = await self.exec_process(rec.id)
         process = replace(base, args=tuple(cmd), tty=False, stdin=False, stdin_once=False)
         got = await self.sandboxes.shims.client(rec.sandbox_id).call(
             "exec_sync", container_id=rec.id, process=to_plain(process), timeout=timeout,
@@ -465,7 +462,10 @@ class ContainerService:
     async def exec_process(self, container_id: str) -> ProcessSpec:
         """The container's process spec (user, env, caps, seccomp) for streaming exec."""
         rec = self.get(container_id)
-        return await asyncio.to_thread(load_exec_process, Path(rec.exit_dir))
+        cached = self._exec_cache.get(rec.id)
+        if cached is None:
+            cached = self._exec_cache[rec.id] = await asyncio.to_thread(load_exec_process, Path(rec.exit_dir))
+        return cached
 
     # -- the sandbox service's hooks ------------------------------------------------------------
 

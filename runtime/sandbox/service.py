@@ -57,6 +57,7 @@ from runtime.sandbox.podfiles import node_hostname, write_pod_files
 from runtime.sandbox.records import SandboxRecords
 from runtime.sandbox.validate import check_sandbox_config
 from runtime.sandbox.watch import ShimWatch
+from runtime.security.sysctls import proc_path
 from runtime.shim.manager import ShimManager
 from runtime.store import Store
 from runtime.store.codec import from_plain, to_plain
@@ -180,7 +181,8 @@ class SandboxService:
                     await asyncio.to_thread(pin_dir.mkdir, 0o711, False, True)
                     undo.push("namespaces", lambda: asyncio.to_thread(unpin_namespaces, pin_dir))
                     made = await client.call("create_namespaces", rpc_timeout=60, request={
-                        "pin_dir": str(pin_dir), "types": types, "hostname": hostname, "sysctls": sysctls,
+                        "pin_dir": str(pin_dir), "types": types, "hostname": hostname,
+                        "sysctls": {proc_path(k): v for k, v in sysctls.items()},
                         "network": None if plan is None else to_plain(plan),
                     })
                     pins = PinnedNamespaces(**made["pins"])

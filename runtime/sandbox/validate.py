@@ -12,19 +12,12 @@ from pathlib import Path
 from runtime.cgroups.paths import check_cgroup_path
 from runtime.errors import InvalidArgument, Unimplemented
 from runtime.model.sandbox import NamespaceMode, SandboxConfig
+from runtime.security.sysctls import proc_path, validate_sysctls
 
 # RFC 1123 host name: labels of letters, digits and '-', dot-separated; kernel: <= 64 bytes.
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_SYSCTL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")
 PROC_SYS = Path("/proc/sys")
-
-# kernel/ipc: sysctls the IPC namespace owns (kubelet pkg/kubelet/sysctl/namespace.go).
-_IPC_SYSCTLS = frozenset(
-    {"kernel.shmmax", "kernel.shmall", "kernel.shmmni", "kernel.shm_rmid_forced", "kernel.msgmax",
-     "kernel.msgmnb", "kernel.msgmni", "kernel.sem"}
-)
-_UTS_SYSCTLS = frozenset({"kernel.hostname", "kernel.domainname"})
 
 
 def _text(value: str, what: str, *, required: bool) -> None:
@@ -34,44 +27,15 @@ def _text(value: str, what: str, *, required: bool) -> None:
         raise InvalidArgument(f"{what} {value!r} contains '/' or control characters")
 
 
-def sysctl_namespace(name: str) -> str | None:
-    """The namespace that owns sysctl ``name`` (dotted), or None when it is node-wide."""
-    if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
-        return "ipc"
-    if name in _UTS_SYSCTLS:
-        return "uts"
-    if name.startswith("net."):
-        return "net"
-    return None
-
-
-def normalize_sysctl(name: str) -> str:
-    """kubelet accepts '/' as separator too (``net/ipv4/ip_forward``); we use dots."""
-    return name.replace("/", ".") if "/" in name else name
-
-
 def check_sysctls(config: SandboxConfig, proc_sys: Path = PROC_SYS) -> dict[str, str]:
-    """The pod's sysctls, normalised; InvalidArgument for node-wide, unknown or misplaced ones."""
+    """The pod's sysctls (names normalised, ``runtime.security.sysctls``'s namespace rules),
+    each known to this kernel; InvalidArgument for node-wide, unknown or misplaced ones."""
     ns = config.security.namespaces
-    out: dict[str, str] = {}
-    for raw, value in config.sysctls.items():
-        if not _SYSCTL_NAME.match(raw) or ".." in raw:
-            raise InvalidArgument(f"sysctl {raw!r}: invalid name")
-        name = normalize_sysctl(raw)
-        owner = sysctl_namespace(name)
-        if owner is None:
-            raise InvalidArgument(f"sysctl {raw!r} is not namespaced: it would change the whole node")
-        if owner == "net" and ns.network is NamespaceMode.NODE:
-            raise InvalidArgument(f"sysctl {raw!r} cannot be set for a pod on the host network")
-        if owner == "ipc" and ns.ipc is NamespaceMode.NODE:
-            raise InvalidArgument(f"sysctl {raw!r} cannot be set for a pod in the host IPC namespace")
-        if owner == "uts" and ns.network is NamespaceMode.NODE:
-            raise InvalidArgument(f"sysctl {raw!r} cannot be set for a pod in the host UTS namespace")
-        if not (proc_sys / name.replace(".", "/")).exists():
-            raise InvalidArgument(f"sysctl {raw!r} does not exist on this kernel")
-        if _CONTROL.search(value) or not value.strip():
-            raise InvalidArgument(f"sysctl {raw!r}: invalid value {value!r}")
-        out[name] = value.strip()
+    out = validate_sysctls(config.sysctls, host_network=ns.network is NamespaceMode.NODE,
+                           host_ipc=ns.ipc is NamespaceMode.NODE)
+    for name in out:
+        if not (proc_sys / proc_path(name).removeprefix("/proc/sys/")).exists():
+            raise InvalidArgument(f"sysctl {name!r} does not exist on this kernel")
     return out
 
 
@@ -81,7 +45,9 @@ def check_sysctls(config: SandboxConfig, proc_sys: Path = PROC_SYS) -> dict[str,
 RUNTIME_HANDLERS: tuple[str, ...] = ("", "cri-shim")
 
 
-def check_sandbox_config(config: SandboxConfig, runtime_handlers: tuple[str, ...] = RUNTIME_HANDLERS) -> dict[str, str]:
+def check_sandbox_config(
+    config: SandboxConfig, runtime_handlers: tuple[str, ...] = RUNTIME_HANDLERS
+) -> dict[str, str]:
     """Validate the whole request; returns the normalised sysctls."""
     md = config.metadata
     _text(md.name, "metadata.name", required=True)

@@ -41,7 +41,8 @@ def loopback_up() -> None:
 
 
 def write_sysctl(name: str, value: str) -> None:
-    path = "/proc/sys/" + name.replace(".", "/")
+    """``name`` is a /proc/sys path, or a dotted name without literal dots in components."""
+    path = name if name.startswith("/proc/sys/") else "/proc/sys/" + name.replace(".", "/")
     with open(path, "w") as f:
         f.write(value)
 

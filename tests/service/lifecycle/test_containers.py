@@ -206,6 +206,13 @@ def test_users_groups_and_capabilities(d: DaemonProcess, images: Images, tmp_pat
     caps = out("all", images.busybox, "grep CapEff /proc/self/status",
                pb.LinuxContainerSecurityContext(capabilities=pb.Capability(drop_capabilities=["ALL"])))
     assert "0000000000000000" in caps
+    # seccomp RuntimeDefault: creating a user namespace needs no capability, but is denied (EPERM)
+    script = "grep Seccomp: /proc/self/status; busybox unshare -U true; echo rc=$?"
+    confined = out("seccomp", images.busybox, script, pb.LinuxContainerSecurityContext(
+        seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)))
+    assert "Seccomp:\t2" in confined and "Operation not permitted" in confined and "rc=1" in confined, confined
+    free = out("unconfined", images.busybox, script)
+    assert "Seccomp:\t0" in free and "rc=0" in free, free
     remove_pod(d, pod)
 
 
@@ -283,15 +290,19 @@ def test_bad_container_configs_leave_nothing(d: DaemonProcess, images: Images, t
          grpc.StatusCode.INVALID_ARGUMENT, "absolute"),
         (container_config("filemount", images.busybox, ["true"],
                           mounts=[pb.Mount(container_path="/x", host_path="/etc/passwd/below-a-file")]),
-         grpc.StatusCode.INVALID_ARGUMENT, "mount source"),
+         grpc.StatusCode.INVALID_ARGUMENT, "host path"),
         (container_config("dotdot", images.busybox, ["true"], log_path="../escape.log"),
          grpc.StatusCode.INVALID_ARGUMENT, ".."),
         (container_config("hugeenv", images.busybox, ["true"], env={f"V{i}": "x" * 4000 for i in range(400)}),
          grpc.StatusCode.INVALID_ARGUMENT, "bytes"),
         (container_config("", images.busybox, ["true"]), grpc.StatusCode.INVALID_ARGUMENT, "name"),
-        (container_config("badcap", images.busybox, ["true"],
-                          security=pb.LinuxContainerSecurityContext(capabilities=pb.Capability(
-                              add_capabilities=["NOT_A_CAP"]))), grpc.StatusCode.INVALID_ARGUMENT, "NOT_A_CAP"),
+        (container_config("priv", images.busybox, ["true"],
+                          security=pb.LinuxContainerSecurityContext(privileged=True)),
+         grpc.StatusCode.INVALID_ARGUMENT, "privileged sandbox"),
+        (container_config("badseccomp", images.busybox, ["true"],
+                          security=pb.LinuxContainerSecurityContext(seccomp=pb.SecurityProfile(
+                              profile_type=pb.SecurityProfile.Localhost, localhost_ref="/no/such/profile.json"))),
+         grpc.StatusCode.INVALID_ARGUMENT, "profile"),
     ]
     for ccfg, want, words in cases:
         code, msg = code_of(d.runtime.CreateContainer,
