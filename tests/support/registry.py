@@ -173,10 +173,11 @@ class Registry:
     password: str = ""
     token_server: TokenServer | None = None
     log_path: Path = field(default_factory=Path)
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def credentials(self) -> tuple[str, str] | None:
@@ -214,8 +215,34 @@ class Registry:
         self.stop()
 
 
+def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate and key for ``host`` (an IP address), as PEM files."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = workdir / "tls.crt", workdir / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
 def _config(workdir: Path, port: int, auth: AuthMode, username: str, password: str,
-            token: TokenServer | None) -> str:
+            token: TokenServer | None, tls: bool = False) -> str:
     lines = [
         "version: 0.1",
         "log:",
@@ -233,6 +260,9 @@ def _config(workdir: Path, port: int, auth: AuthMode, username: str, password: s
         f"  addr: 127.0.0.1:{port}",
         f"  secret: {secrets.token_hex(16)}",
     ]
+    if tls:
+        cert, key = self_signed(workdir)
+        lines += ["  tls:", f"    certificate: {cert}", f"    key: {key}"]
     if auth == "htpasswd":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -248,10 +278,10 @@ def _config(workdir: Path, port: int, auth: AuthMode, username: str, password: s
 
 
 def start_registry(parent: Path | None = None, *, auth: AuthMode = "none", username: str = "testuser",
-                   password: str | None = None, timeout: float = 20.0) -> Registry:
+                   password: str | None = None, timeout: float = 20.0, tls: bool = False) -> Registry:
     """Start docker-registry on 127.0.0.1 (random free port) with storage in a new temp dir
     under ``parent``; waits until ``/v2/`` answers. Retries with another port if the chosen
-    one was taken meanwhile."""
+    one was taken meanwhile. ``tls=True`` serves HTTPS with a fresh self-signed certificate."""
     if not REGISTRY_BIN.exists():
         raise RuntimeError(f"{REGISTRY_BIN} is missing: apt-get install docker-registry")
     password = password or secrets.token_hex(8)
@@ -261,18 +291,18 @@ def start_registry(parent: Path | None = None, *, auth: AuthMode = "none", usern
         token = TokenServer(workdir, username, password) if auth == "token" else None
         port = free_port()
         cfg = workdir / "config.yml"
-        cfg.write_text(_config(workdir, port, auth, username, password, token))
+        cfg.write_text(_config(workdir, port, auth, username, password, token, tls))
         log_path = workdir / "registry.log"
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(cfg)], stdout=logf, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                     "OTEL_TRACES_EXPORTER": "none"})
         reg = Registry(f"127.0.0.1:{port}", workdir, auth, proc, username if auth != "none" else "",
-                       password if auth != "none" else "", token, log_path)
+                       password if auth != "none" else "", token, log_path, tls)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                r = httpx.get(f"{reg.url}/v2/", timeout=2)
+                r = httpx.get(f"{reg.url}/v2/", timeout=2, verify=False)
                 if r.status_code in (200, 401):
                     return reg
             except httpx.HTTPError:

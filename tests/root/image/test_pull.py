@@ -373,3 +373,13 @@ async def test_fs_info(env: Env, reg: Registry) -> None:
     assert img_fs.used_bytes > before.image_filesystems[0].used_bytes + 1_000_000
     assert img_fs.inodes_used > 50
     assert owner_tag()  # the service's owner tag is this process
+
+
+async def test_tls_registry_on_loopback(env: Env, tmp_path: Path) -> None:
+    with running_registry(tmp_path, tls=True) as treg:
+        img = ib.busybox_image(config={"Labels": {"tls": "yes"}})
+        treg.push("secure/bb", "v1", img)
+        image = await env.service.pull(treg.ref("secure/bb", "v1"))
+        assert image.id == img.id
+        # HTTPS worked, so the client never fell back to plain HTTP for this host.
+        assert env.service._client._schemes.get(treg.host, "https") == "https"
