@@ -9,13 +9,15 @@
 - Privileged containers get every host device (a walk of /dev without pts, shm, mqueue,
   fd and console, as containerd's ``HostDevices``) and an allow-all device rule.
 
-Device cgroup, v1: the container's ``devices.deny`` gets "a" (deny all), then
-``devices.allow`` gets runc's default list (mknod of any node, the standard nodes, ptys,
-console) and the CRI devices, as a plan (``runtime.cgroups.plan``) the container service
-applies after creating the cgroup. v2 has no device files: access control there needs a
-BPF_PROG_TYPE_CGROUP_DEVICE program, which this runtime does not load yet — on v2 hosts
-the device rules are reported as not applied (``CgroupPlan.notes``), never as enforced;
-device nodes that are not created in /dev are still unreachable from the container.
+Device cgroup rules: deny all, then runc's default allow list (mknod of any node, the
+standard nodes, ptys, console) and the CRI devices; privileged: allow all.
+:func:`apply_device_rules` enforces them on the container's cgroup after it is created and
+before the process joins: on v1 (and hybrid hosts) as writes to ``devices.deny`` /
+``devices.allow`` (also available as a plan, :func:`device_cgroup_plan`); on v2, which has
+no device files, as a BPF_PROG_TYPE_CGROUP_DEVICE program (:func:`device_program`, the same
+first-match-from-the-end semantics as runc's devicefilter) attached to the cgroup with
+BPF_F_ALLOW_MULTI. Without this, a root process with CAP_MKNOD could make and open any
+host device node.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.cgroups.fs import CgroupFs, LinuxCgroupFs
 from runtime.cgroups.host import CgroupHost
 from runtime.cgroups.paths import under
-from runtime.cgroups.plan import CgroupPlan, Write
+from runtime.cgroups.plan import CgroupPlan, Write, apply_plan, os_error
 from runtime.errors import InvalidArgument
 from runtime.hostinfo import CgroupMode
 from runtime.model.container import Device
@@ -173,15 +177,14 @@ def device_cgroup_plan(host: CgroupHost, cgroup_path: str, rules: tuple[DeviceRu
     """The writes that put ``rules`` on the container cgroup ``cgroup_path``.
 
     v1: writes to the devices hierarchy (after the cgroup exists, before the process joins).
-    v2 (or no devices controller): no steps, and a note saying the rules are not enforced.
+    v2: no steps (the rules need a BPF program: use :func:`apply_device_rules`); without a
+    devices controller: no steps and a note saying the rules are not enforced.
     """
     mount = host.v1_mounts.get("devices")
-    if host.mode is CgroupMode.V2 or mount is None:
-        return CgroupPlan(notes=(
-            f"device access rules for {cgroup_path} not enforced: "
-            + ("cgroup v2 needs a device BPF program, not implemented" if host.mode is CgroupMode.V2
-               else "no devices cgroup controller mounted"),
-        ))
+    if host.mode is CgroupMode.V2:
+        return CgroupPlan(notes=(f"device rules for {cgroup_path} need a BPF program (apply_device_rules)",))
+    if mount is None:
+        return CgroupPlan(notes=(f"device access rules for {cgroup_path} not enforced: no devices controller",))
     directory = under(mount, cgroup_path)
     steps = [Write(directory / ("devices.allow" if r.allow else "devices.deny"), r.text()) for r in rules]
     return CgroupPlan(tuple(steps))
@@ -190,3 +193,83 @@ def device_cgroup_plan(host: CgroupHost, cgroup_path: str, rules: tuple[DeviceRu
 def read_v1_device_list(directory: Path) -> list[str]:
     """devices.list of a v1 cgroup (for tests and diagnostics). Blocking."""
     return (directory / "devices.list").read_text().split("\n")[:-1]
+
+
+# linux/bpf.h: bpf_cgroup_dev_ctx { u32 access_type (access << 16 | type); u32 major; u32 minor; }
+_DEV_TYPE = {"b": 1, "c": 2}  # BPF_DEVCG_DEV_BLOCK, BPF_DEVCG_DEV_CHAR
+_DEV_ACCESS = {"m": 1, "r": 2, "w": 4}  # BPF_DEVCG_ACC_MKNOD, _READ, _WRITE
+
+
+def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
+
+
+_LDX_W, _ALU32_AND_K, _ALU32_RSH_K, _MOV64_K, _MOV64_X = 0x61, 0x54, 0x74, 0xB7, 0xBF
+_JMP32_JNE_K, _EXIT = 0x56, 0x95
+
+
+def device_program(rules: tuple[DeviceRule, ...]) -> bytes:
+    """An eBPF cgroup-device program deciding as the v1 rule list does: the last rule that
+    matches the request wins (so rules are checked from the end); nothing matching: deny."""
+    prologue = [
+        _insn(_LDX_W, 2, 1, 0), _insn(_ALU32_AND_K, 2, imm=0xFFFF),  # r2 = device type
+        _insn(_LDX_W, 3, 1, 0), _insn(_ALU32_RSH_K, 3, imm=16),  # r3 = requested access
+        _insn(_LDX_W, 4, 1, 4), _insn(_LDX_W, 5, 1, 8),  # r4 = major, r5 = minor
+    ]
+    blocks: list[list[tuple[int, int, int, int] | bytes]] = []
+    for rule in reversed(rules):
+        checks: list[tuple[int, int, int, int] | bytes] = []  # (code, dst, imm, 0): a jump to the next block
+        if rule.type != "a":
+            checks.append((_JMP32_JNE_K, 2, _DEV_TYPE[rule.type], 0))
+        allowed = sum(_DEV_ACCESS[c] for c in set(rule.access))
+        if rule.type != "a" and allowed != 7:
+            checks.append(_insn(_MOV64_X, 1, 3))
+            checks.append(_insn(_ALU32_AND_K, 1, imm=7 & ~allowed))
+            checks.append((_JMP32_JNE_K, 1, 0, 0))  # asks for an access this rule does not give
+        if rule.major is not None:
+            checks.append((_JMP32_JNE_K, 4, rule.major, 0))
+        if rule.minor is not None:
+            checks.append((_JMP32_JNE_K, 5, rule.minor, 0))
+        checks.append(_insn(_MOV64_K, 0, imm=1 if rule.allow else 0))
+        checks.append(_insn(_EXIT))
+        blocks.append(checks)
+        if rule.type == "a":
+            break  # matches everything: rules before it can never decide (the verifier refuses dead code)
+    out = b"".join(prologue)
+    for block in blocks:
+        for i, item in enumerate(block):
+            if isinstance(item, bytes):
+                out += item
+            else:
+                code, dst, imm, _ = item
+                out += _insn(code, dst, 0, len(block) - i - 1, imm)  # to the first insn after the block
+    if any(r.type == "a" for r in rules):
+        return out
+    return out + _insn(_MOV64_K, 0, imm=0) + _insn(_EXIT)
+
+
+def apply_device_rules(host: CgroupHost, cgroup_path: str, rules: tuple[DeviceRule, ...],
+                       fs: CgroupFs | None = None) -> str:
+    """Enforce ``rules`` on the (existing) cgroup; returns how ("v1", "bpf", "none").
+
+    Blocking. Raises typed engine errors (the cgroup plan's mapping) when the kernel refuses.
+    Allow-all rules (privileged containers) attach nothing on v2.
+    """
+    if host.mode is not CgroupMode.V2:
+        plan = device_cgroup_plan(host, cgroup_path, rules)
+        apply_plan(fs or LinuxCgroupFs(), plan)
+        return "v1" if plan.steps else "none"
+    if rules == (DeviceRule(True, "a"),):
+        return "none"
+    from runtime.linux import bpf
+
+    directory = under(host.root, cgroup_path)
+    try:
+        prog = bpf.load_device_program(device_program(rules))
+        try:
+            bpf.attach_device_program(str(directory), prog)
+        finally:
+            os.close(prog)
+    except OSError as exc:
+        raise os_error(exc, f"attaching the device filter to {directory}") from exc
+    return "bpf"

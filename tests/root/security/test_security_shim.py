@@ -32,7 +32,7 @@ from runtime.model.container import (
 from runtime.model.launch import LaunchSpec, NamespaceSpec, RootfsSpec
 from runtime.model.sandbox import ProfileType, SandboxConfig, SandboxMetadata, SandboxSecurity, SecurityProfile
 from runtime.security.container import ContainerSecurityPlan, ContainerSecurityPlanner, probe_security_host
-from runtime.security.devices import device_cgroup_plan
+from runtime.security.devices import apply_device_rules
 from runtime.security.rootfs import LayeredRootfs
 from runtime.shim.manager import ShimManager
 from runtime.store.codec import to_plain
@@ -361,14 +361,15 @@ async def test_device_cgroup_denies_unlisted_devices(pod: Pod) -> None:
         # A host block device outside the default list, allowed for reading only.
         loop = _a_loop_device()
         plan = pod.plan(devices=(Device("/dev/myloop", loop, "r"),))
-        for step in device_cgroup_plan(host, cg, plan.device_rules).steps:
-            step.path.write_text(step.value)  # type: ignore[union-attr]
-        out = await pod.run(plan, "mknod /tmp/mem c 1 1 && echo made; cat /tmp/mem >/dev/null; echo mem=$?; "
-                                        "dd if=/dev/myloop of=/dev/null count=1 2>/dev/null; echo read=$?; "
-                                        "echo x > /dev/myloop; echo write=$?; "
-                                        "echo y > /dev/null; echo null=$?",
+        assert apply_device_rules(host, cg, plan.device_rules) == "v1"
+        other = int(loop.removeprefix("/dev/loop")) ^ 1  # a loop device the rules do not list
+        out = await pod.run(plan, f"mknod /tmp/blk b 7 {other} && echo made; "
+                                  "dd if=/tmp/blk of=/dev/null count=1 2>/dev/null; echo other=$?; "
+                                  "dd if=/dev/myloop of=/dev/null count=1 2>/dev/null; echo read=$?; "
+                                  "(echo x > /dev/myloop) 2>/dev/null; echo write=$?; "
+                                  "echo y > /dev/null; echo null=$?",
                                   cgroup_procs=(str(directory / "cgroup.procs"),))
-        assert "made" in out and "mem=1" in out and "read=0" in out and "write=1" in out and "null=0" in out, out
+        assert "made" in out and "other=1" in out and "read=0" in out and "write=1" in out and "null=0" in out, out
     finally:
         for _ in range(50):
             try:
