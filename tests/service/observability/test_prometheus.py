@@ -80,6 +80,7 @@ def test_prometheus_scrapes_the_daemon(d: DaemonProcess, tmp_path: Path, busybox
         d.crictl("stats", "-o", "json")
         d.crictl("statsp", "-o", "json")
         d.crictl("exec", "-s", cid, "true")
+        d.crictl("exec", cid, "true")  # a streaming session (SPDY) through the streaming server
         d.crictl("stop", "--timeout", "0", cid)
         d.crictl("rm", cid)
         d.crictl("stopp", pod)
@@ -106,6 +107,9 @@ def test_prometheus_scrapes_the_daemon(d: DaemonProcess, tmp_path: Path, busybox
         status = 'sum(increase(cri_shim_grpc_requests_total{job="cri-shim",method="Status"}[1m]))'
         assert (prom.value(status) or 0) > 0
         prom.wait_value('cri_shim_image_pulls_total{job="cri-shim",result="success"}', 1)
+        prom.wait_value('cri_shim_streaming_sessions_total{job="cri-shim",kind="exec",protocol="spdy"}', 1)
+        assert prom.value('cri_shim_streaming_sessions_active{job="cri-shim",kind="exec"}') == 0
+        assert "Exec" in used
         prom.wait_value('cri_shim_pods{job="cri-shim",state="ready"}', 0)
         # the 50th percentile of Version calls is answerable from the histogram
         p50 = prom.value('histogram_quantile(0.5, sum by (le) (cri_shim_grpc_request_duration_seconds_bucket'
