@@ -4,6 +4,7 @@ masked/read-only paths, devices and device-cgroup plans."""
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -177,4 +178,46 @@ def test_device_rules_and_plans() -> None:
     assert plan.steps[-1] == Write(Path("/sys/fs/cgroup/devices/kubepods/pod1/c1/devices.allow"), "c 10:200 rwm")
     assert dev.device_rules((), privileged=True) == (dev.DeviceRule(True, "a"),)
     v2 = dev.device_cgroup_plan(V2, "/kubepods/pod1/c1", rules)
-    assert v2.steps == () and "not enforced" in v2.notes[0]
+    assert v2.steps == () and "BPF program" in v2.notes[0]
+
+
+def run_ebpf(prog: bytes, kind: str, access: str, major: int, minor: int) -> int:
+    """Interpret the subset of eBPF device_program emits, on one bpf_cgroup_dev_ctx."""
+    ctx = struct.pack("<III", ({"m": 1, "r": 2, "w": 4}[access] << 16) | {"b": 1, "c": 2}[kind], major, minor)
+    regs = [0] * 11
+    pc = 0
+    while True:
+        code, r, off, imm = struct.unpack_from("<BBhi", prog, pc * 8)
+        dst, src = r & 0xF, r >> 4
+        pc += 1
+        if code == 0x61:
+            regs[dst] = struct.unpack_from("<I", ctx, off)[0]
+        elif code == 0x54:
+            regs[dst] = (regs[dst] & imm) & 0xFFFFFFFF
+        elif code == 0x74:
+            regs[dst] = (regs[dst] & 0xFFFFFFFF) >> imm
+        elif code == 0xB7:
+            regs[dst] = imm
+        elif code == 0xBF:
+            regs[dst] = regs[src]
+        elif code == 0x56:
+            if (regs[dst] & 0xFFFFFFFF) != (imm & 0xFFFFFFFF):
+                pc += off
+        elif code == 0x95:
+            return regs[0]
+        else:
+            raise AssertionError(f"unexpected opcode {code:#x}")
+
+
+def test_device_program_decides_like_the_v1_list() -> None:
+    rules = dev.device_rules((dev.DeviceRule(True, "b", 7, 0, "r"), dev.DeviceRule(False, "c", 1, 3, "w")),
+                             privileged=False)
+    prog = dev.device_program(rules)
+    assert run_ebpf(prog, "c", "r", 1, 3) == 1  # /dev/null read: allowed by default
+    assert run_ebpf(prog, "c", "w", 1, 3) == 0  # write: the later deny wins
+    assert run_ebpf(prog, "b", "r", 7, 0) == 1 and run_ebpf(prog, "b", "w", 7, 0) == 0
+    assert run_ebpf(prog, "b", "r", 7, 1) == 0  # not listed
+    assert run_ebpf(prog, "b", "m", 8, 0) == 1  # mknod of anything ("b *:* m")
+    assert run_ebpf(prog, "c", "r", 136, 5) == 1 and run_ebpf(prog, "c", "r", 10, 200) == 0
+    no_default = dev.device_program((dev.DeviceRule(True, "c", 1, 5, "rwm"),))
+    assert run_ebpf(no_default, "c", "r", 1, 5) == 1 and run_ebpf(no_default, "c", "r", 1, 6) == 0
