@@ -366,7 +366,7 @@ class ShimServer:
         parent.setblocking(False)
         try:
             fut: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(parent.fileno(), lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(parent.fileno(), lambda: None if fut.done() else fut.set_result(None))
             try:
                 await asyncio.wait_for(fut, 15)
             finally:
@@ -419,7 +419,8 @@ class ShimServer:
         close_on_eof = exec_mode or target.spec.process.stdin_once
         pump = asyncio.create_task(self._pump_input(reader, target, use_stdin, close_on_eof))
         try:
-            done, _ = await asyncio.wait({pump, session.done}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {pump, session.done}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if session.done in done:
                 status = session.done.result()
                 writer.write(wire.frame(wire.F_EXIT, json.dumps({"exit_code": status.exit_code}).encode()))

@@ -35,11 +35,14 @@ def test_settings_follow_the_streaming_table(tmp_path: Path) -> None:
     assert (s.address, s.token_ttl, s.idle_timeout, s.tls_cert) == ("127.0.0.1:0", 5.0, 30.0, "")
 
 
-def test_without_a_backend_the_rpcs_stay_unimplemented(tmp_path: Path) -> None:
+def test_the_daemon_serves_streams_from_the_pod_shims(tmp_path: Path) -> None:
+    from cri_shim.streaming.shim_backend import EngineStreaming, ShimStreamingBackend
+
     daemon = Daemon(config(tmp_path))
-    assert daemon.streaming is None
+    backend, targets = daemon.streaming_parts()
+    assert isinstance(backend, ShimStreamingBackend) and isinstance(targets, EngineStreaming)
     implemented = Dispatcher(daemon.handlers(), gate=_Ready()).implemented()
-    assert "Exec" not in implemented and "PortForward" not in implemented
+    assert {"Exec", "Attach", "PortForward"} <= set(implemented)
 
 
 async def test_with_a_backend_the_rpcs_are_registered_and_served(tmp_path: Path) -> None:
