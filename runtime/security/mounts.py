@@ -106,16 +106,17 @@ def default_mounts(
     cgroups: CgroupHost | None = None,
 ) -> tuple[MountSpec, ...]:
     """The mounts every container gets (see the module docstring). ``shm_path`` is the pod's
-    /dev/shm tmpfs; with ``host_ipc`` the host's /dev/shm and /dev/mqueue are bound instead
-    (the host's IPC namespace owns them)."""
+    /dev/shm tmpfs; with ``host_ipc`` the host's /dev/shm is bound instead. /dev/mqueue is
+    always a fresh mqueue mount: its instance belongs to the IPC namespace the container is
+    in (the host's, with host IPC), so no bind is needed (and hosts often have no
+    /dev/mqueue to bind)."""
     shared_opts = ("rbind", "rprivate", "nosuid", "nodev", "noexec")
     mounts = [
         MountSpec("/proc", "proc", "proc", ("nosuid", "noexec", "nodev")),
         MountSpec("/dev", "tmpfs", "tmpfs", ("nosuid", "strictatime", "mode=755", "size=65536k")),
         MountSpec("/dev/pts", "devpts", "devpts",
                   ("nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5")),
-        MountSpec("/dev/mqueue", "bind", "/dev/mqueue", shared_opts) if host_ipc
-        else MountSpec("/dev/mqueue", "mqueue", "mqueue", ("nosuid", "noexec", "nodev")),
+        MountSpec("/dev/mqueue", "mqueue", "mqueue", ("nosuid", "noexec", "nodev")),
         MountSpec("/sys", "sysfs", "sysfs", ("nosuid", "noexec", "nodev") + (() if privileged else ("ro",))),
     ]
     if host_ipc or shm_path:

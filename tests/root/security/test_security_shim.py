@@ -70,7 +70,8 @@ class Pod:
                                  resources=resources)
         return self.planner.plan(config, sandbox, image_user=image_user, read_image_file=self.image.read_file)
 
-    def spec(self, plan: ContainerSecurityPlan, script: str, cgroup_procs: tuple[str, ...] = ()) -> LaunchSpec:
+    def spec(self, plan: ContainerSecurityPlan, script: str, cgroup_procs: tuple[str, ...] = (),
+             host_ipc: bool = False) -> LaunchSpec:
         self.n += 1
         cid = f"{self.n:x}".rjust(64, "c")
         d = self.base / f"c{self.n}"
@@ -79,7 +80,8 @@ class Pod:
         return LaunchSpec(
             container_id=cid, sandbox_id=SID,
             process=plan.process(("sh", "-c", script), ("PATH=/bin",)),
-            namespaces=NamespaceSpec(net=self.pins["net"], ipc=self.pins["ipc"], uts=self.pins["uts"]),
+            namespaces=NamespaceSpec(net=self.pins["net"], ipc="" if host_ipc else self.pins["ipc"],
+                                     uts=self.pins["uts"]),
             rootfs=RootfsSpec(str(d / "rootfs"), (str(self.lower),), str(d / "upper"), str(d / "work"),
                               readonly=plan.readonly_rootfs),
             mounts=plan.mounts, devices=plan.devices, masked_paths=plan.masked_paths,
@@ -87,9 +89,10 @@ class Pod:
             log_path=str(d / "log"), exit_dir=str(d / "exit"), privileged=plan.privileged,
         )
 
-    async def run(self, plan: ContainerSecurityPlan, script: str, cgroup_procs: tuple[str, ...] = ()) -> str:
+    async def run(self, plan: ContainerSecurityPlan, script: str, cgroup_procs: tuple[str, ...] = (),
+                  host_ipc: bool = False) -> str:
         """Run ``script`` to its end; its stdout+stderr text."""
-        spec = self.spec(plan, script, cgroup_procs)
+        spec = self.spec(plan, script, cgroup_procs, host_ipc)
         events = self.client.subscribe()
         try:
             assert await anext(events) == {"event": "subscribed"}
@@ -377,3 +380,30 @@ async def test_device_cgroup_denies_unlisted_devices(pod: Pod) -> None:
                 break
             except OSError:
                 await asyncio.sleep(0.1)
+
+
+async def test_host_ipc_pod_sees_the_hosts_shm_and_mqueue(pod: Pod) -> None:
+    from runtime.model.sandbox import NamespaceMode, NamespaceOptions
+
+    host_ipc_pod = SandboxConfig(SandboxMetadata("sec", "uid-ipc", "default"),
+                                 security=SandboxSecurity(namespaces=NamespaceOptions(ipc=NamespaceMode.NODE)))
+    marker = unique("shm")
+    _write_host_shm(marker)
+    try:
+        out = await pod.run(pod.plan(sandbox=host_ipc_pod), f"ls /dev/shm | grep -c {marker}; "
+                                                              "grep -c ' /dev/mqueue ' /proc/self/mountinfo",
+                            host_ipc=True)
+        assert out.split() == ["1", "1"], out
+        out = await pod.run(pod.plan(), f"ls /dev/shm | grep -c {marker}")
+        assert out.split() == ["0"], out  # the pod's own IPC namespace and shm
+    finally:
+        _remove_host_shm(marker)
+
+
+def _write_host_shm(name: str) -> None:
+    Path("/dev/shm", name).write_text("x")
+
+
+def _remove_host_shm(name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join("/dev/shm", name))

@@ -46,7 +46,7 @@ def test_default_mounts() -> None:
     priv = {x.destination: x for x in mnt.default_mounts(privileged=True, host_ipc=True, cgroups=V2)}
     assert "ro" not in priv["/sys"].options and "ro" not in priv["/sys/fs/cgroup"].options
     assert priv["/sys/fs/cgroup"].type == "cgroup2"
-    assert priv["/dev/shm"].source == "/dev/shm" and priv["/dev/mqueue"].source == "/dev/mqueue"
+    assert priv["/dev/shm"].source == "/dev/shm" and priv["/dev/mqueue"].type == "mqueue"
     assert mnt.default_mounts(privileged=False)[-1].type == "tmpfs"  # no pod shm: a private tmpfs
 
 
