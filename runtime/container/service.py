@@ -43,16 +43,18 @@ from runtime.handoff import Handoff
 from runtime.ids import check_id, new_id
 from runtime.image.model import Image
 from runtime.image.service import ImageService
+from runtime.image.snapshot import OverlayMount
 from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
 from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
 from runtime.sandbox.hooks import CgroupsPort
 from runtime.sandbox.service import SandboxService, shim_alive
-from runtime.security.container import ContainerSecurityPlanner
+from runtime.security.container import ContainerSecurityPlan, ContainerSecurityPlanner
 from runtime.security.devices import device_cgroup_plan
 from runtime.security.rootfs import LayeredRootfs
 from runtime.store import Store, from_json
 from runtime.store.codec import to_plain
+from runtime.timing import StepTimer
 from runtime.undo import UndoStack
 
 log = logging.getLogger(__name__)
@@ -154,32 +156,50 @@ class ContainerService:
     async def _build(self, rec: ContainerRecord, sandbox: SandboxRecord, undo: UndoStack) -> ContainerRecord:
         cid, config = rec.id, rec.config
         planner = self._planner()
+        steps = StepTimer()
         image = await self.images.get(config.image.image)
+        steps.mark("image")
         log_path = self._log_path(sandbox, config)
         args = specs.merge_args(config, image.config)
         env = specs.merge_env(image.config, config, sandbox.config.hostname or _node_hostname())
         cwd = specs.working_dir(config, image.config)
-        rootfs_mount = await self.images.snapshots.prepare(cid, image.id)
-        undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
-        layers = (rootfs_mount.upperdir, *rootfs_mount.lowerdirs)
-        plan = await asyncio.to_thread(
-            planner.plan, config, sandbox.config, image_user=image.config.user,
-            read_image_file=LayeredRootfs(layers).read_file, shm_path=sandbox.shm_path,
-            sandbox_mounts=specs.pod_file_mounts(sandbox.files_dir, config.security.readonly_rootfs),
-        )
-        for warning in plan.warnings:
-            log.warning("container %s: %s", cid, warning)
         state_dir = Path(rec.exit_dir)
-        await asyncio.to_thread(_make_state_dir, state_dir, log_path)
-        undo.push("state dir", lambda: asyncio.to_thread(shutil.rmtree, state_dir, True))
         driver = self._cgroups()
         cg_path = container_cgroup_path(sandbox.cgroup_path, cid)
         resources = check_resources(config.resources) if config.resources is not None else None
-        await asyncio.to_thread(driver.create, cg_path, resources)
-        undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, cg_path))
+
+        async def rootfs_and_security() -> tuple[OverlayMount, ContainerSecurityPlan]:
+            mount = await self.images.snapshots.prepare(cid, image.id)
+            undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
+            layers = (mount.upperdir, *mount.lowerdirs)
+            plan = await asyncio.to_thread(
+                planner.plan, config, sandbox.config, image_user=image.config.user,
+                read_image_file=LayeredRootfs(layers).read_file, shm_path=sandbox.shm_path,
+                sandbox_mounts=specs.pod_file_mounts(sandbox.files_dir, config.security.readonly_rootfs),
+            )
+            return mount, plan
+
+        async def dirs_and_cgroup() -> None:
+            await asyncio.to_thread(_make_state_dir, state_dir, log_path)
+            undo.push("state dir", lambda: asyncio.to_thread(shutil.rmtree, state_dir, True))
+            await asyncio.to_thread(driver.create, cg_path, resources)
+            undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, cg_path))
+
+        # independent steps side by side; each registers its undo as soon as it is done, and
+        # both finish before a failure is raised (so nothing is made behind the undo's back)
+        first, second = await asyncio.gather(rootfs_and_security(), dirs_and_cgroup(), return_exceptions=True)
+        for outcome in (first, second):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert not isinstance(first, BaseException)
+        rootfs_mount, plan = first
+        steps.mark("snapshot+security+cgroup")
+        for warning in plan.warnings:
+            log.warning("container %s: %s", cid, warning)
         devices_plan = device_cgroup_plan(driver.host, cg_path, plan.device_rules)
         await asyncio.to_thread(apply_plan, LinuxCgroupFs(), devices_plan)
         procs = tuple(str(p) for p in driver.procs_files(cg_path))
+        steps.mark("devices")
         process = plan.process(args, env, cwd, tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once)
         _check_process_size(process)
         launch = LaunchSpec(
@@ -200,11 +220,15 @@ class ContainerService:
             privileged=plan.privileged,
         )
         client = self.sandboxes.shims.client(sandbox.id)
-        created = await client.call("create", spec=to_plain(launch), rpc_timeout=90)
-        undo.push("shim process", lambda: client.call("delete", container_id=cid, rpc_timeout=30))
         exec_process = plan.process(args, env, cwd, main=False)
-        await asyncio.to_thread(_save_exec_process, state_dir, exec_process)
+        saved = asyncio.ensure_future(asyncio.to_thread(_save_exec_process, state_dir, exec_process))
+        try:
+            created = await client.call("create", spec=to_plain(launch), rpc_timeout=90)
+        finally:
+            await saved
+        undo.push("shim process", lambda: client.call("delete", container_id=cid, rpc_timeout=30))
         self._exec_cache[cid] = exec_process
+        steps.mark("shim")
         stop_signal = config.stop_signal or _signal_number(image.config.stop_signal) or signal.SIGTERM
         rec = replace(
             rec, config=config, state=ContainerState.CREATED, pid=int(created.get("pid", 0)),
@@ -213,6 +237,8 @@ class ContainerService:
             resources=resources, stop_signal=stop_signal,
         )
         await self.records.put(rec)
+        steps.mark("record")
+        log.debug("container %s built (%s)", cid, steps)
         return rec
 
     def _planner(self) -> ContainerSecurityPlanner:
@@ -591,10 +617,18 @@ def read_exit_file(exit_dir: Path) -> ExitStatus | None:
 
 
 def _save_exec_process(state_dir: Path, process: ProcessSpec) -> None:
+    """The exec process spec (for Exec/ExecSync after a daemon restart): temp file + rename, so
+    a reader sees all or nothing; no fsync, as for everything under the volatile state dir
+    (a power loss ends the container too)."""
     from runtime.store.codec import to_json
-    from runtime.store.files import atomic_write
 
-    atomic_write(state_dir / "process.json", to_json(process).encode(), 0o600)
+    tmp = state_dir / ".process.json.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, to_json(process).encode())
+    finally:
+        os.close(fd)
+    os.rename(tmp, state_dir / "process.json")
 
 
 def load_exec_process(state_dir: Path) -> ProcessSpec:

@@ -61,28 +61,12 @@ from runtime.security.sysctls import proc_path
 from runtime.shim.manager import ShimManager
 from runtime.store import Store
 from runtime.store.codec import from_plain, to_plain
+from runtime.timing import StepTimer
 from runtime.undo import UndoStack
 
 log = logging.getLogger(__name__)
 
 SHIM_STOP_TIMEOUT = 15.0
-
-
-class StepTimer:
-    """Durations of the steps of one operation, for its log line."""
-
-    def __init__(self) -> None:
-        self._last = time.monotonic()
-        self._steps: list[tuple[str, float]] = []
-
-    def mark(self, name: str) -> None:
-        now = time.monotonic()
-        self._steps.append((name, now - self._last))
-        self._last = now
-
-    def __str__(self) -> str:
-        total = sum(d for _, d in self._steps)
-        return f"{total * 1000:.1f} ms: " + " ".join(f"{n}={d * 1000:.1f}" for n, d in self._steps)
 
 
 def shim_alive(ref: ProcessRef | None) -> bool:

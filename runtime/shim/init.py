@@ -381,22 +381,7 @@ def run_exec(
 
     def spawn_body() -> None:
         join()
-        proc = spec.process
-        assume_identity(proc)
-        env = process_env(proc)
-        path = find_executable(proc.args[0], env["PATH"])
-        if path is None:
-            raise OSError(2, f"exec: {proc.args[0]!r}: executable file not found in $PATH")
-        stdin, stdout, stderr = stdio
-        try:
-            pid = os.posix_spawn(
-                path, list(proc.args), env,
-                file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
-                              (os.POSIX_SPAWN_DUP2, stderr, 2)],
-                setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS,
-            )
-        except OSError as exc:
-            raise OSError(exc.errno, f"exec: {proc.args[0]!r}: {exc.strerror}") from None
+        pid = spawn_process(spec.process, stdio)
         _write_all(report_fd, f"pid {pid}\n".encode())
 
     if spec.process.tty or spec.process.apparmor_profile:
@@ -405,6 +390,27 @@ def run_exec(
 
 
 _DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def spawn_process(proc: ProcessSpec, stdio: tuple[int, int, int]) -> int:
+    """Take on ``proc``'s identity, then posix_spawn it (vfork + exec) with ``stdio`` on 0-2, in
+    a session of its own, default signal dispositions and an empty mask; returns its pid.
+    Our fds are close-on-exec, so nothing else reaches it."""
+    assume_identity(proc)
+    env = process_env(proc)
+    exe = find_executable(proc.args[0], env["PATH"])
+    if exe is None:
+        raise OSError(2, f"exec: {proc.args[0]!r}: executable file not found in $PATH")
+    stdin, stdout, stderr = stdio
+    try:
+        return os.posix_spawn(
+            exe, list(proc.args), env,
+            file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
+                          (os.POSIX_SPAWN_DUP2, stderr, 2)],
+            setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS,
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, f"exec: {proc.args[0]!r}: {exc.strerror}") from None
 
 
 def process_env(proc: ProcessSpec) -> dict[str, str]:
