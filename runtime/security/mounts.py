@@ -24,9 +24,9 @@ a message saying so (make it shared with ``mount --make-rshared``). A missing ho
 created as a directory (containerd does; CRI's comment asks for an error, kubelet relies on
 containerd's behaviour); symlinks in it are resolved on the host.
 
-Masked and read-only paths: kubelet's lists when it sends them; when it sends none and the
-container is not privileged, kubelet's defaults (below), as containerd keeps its spec
-defaults for an empty list. Privileged containers get neither.
+Masked and read-only paths: kubelet's lists when it sends them; for a list it sends empty,
+kubelet's defaults (below), as containerd keeps its spec default for an empty list (empty and
+absent are the same on the wire). Privileged containers get neither.
 """
 
 from __future__ import annotations
@@ -133,8 +133,10 @@ def masked_and_readonly_paths(
     """The paths to mask and to make read-only. Raises InvalidArgument for a bad path."""
     if privileged:
         return (), ()
-    if not masked and not readonly:
-        masked, readonly = DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS
+    # containerd keeps its spec default for a list kubelet left empty (an empty repeated
+    # field is absent on the wire), each list on its own.
+    masked = masked or DEFAULT_MASKED_PATHS
+    readonly = readonly or DEFAULT_READONLY_PATHS
     return (tuple(check_destination(p, "masked path") for p in masked),
             tuple(check_destination(p, "read-only path") for p in readonly))
 

@@ -53,7 +53,8 @@ def test_default_mounts() -> None:
 def test_masked_and_readonly_paths() -> None:
     assert mnt.masked_and_readonly_paths((), (), privileged=False) == (mnt.DEFAULT_MASKED_PATHS,
                                                                        mnt.DEFAULT_READONLY_PATHS)
-    assert mnt.masked_and_readonly_paths(("/proc/kcore",), (), privileged=False) == (("/proc/kcore",), ())
+    assert mnt.masked_and_readonly_paths(("/proc/kcore",), (), privileged=False) == (("/proc/kcore",),
+                                                                                     mnt.DEFAULT_READONLY_PATHS)
     assert mnt.masked_and_readonly_paths(("/proc/kcore",), ("/proc/sys",), privileged=True) == ((), ())
     with pytest.raises(InvalidArgument):
         mnt.masked_and_readonly_paths(("proc/kcore",), (), privileged=False)
