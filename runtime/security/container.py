@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from runtime.cgroups.host import CgroupHost
 from runtime.cgroups.oomscore import read_oom_score_adj, restrict_oom_score_adj
 from runtime.errors import InvalidArgument
-from runtime.linux import caps as kcaps
 from runtime.linux import seccomp as kseccomp
 from runtime.model.container import ContainerConfig
 from runtime.model.launch import Capabilities, DeviceSpec, MountSpec, ProcessSpec, Rlimit
@@ -211,9 +210,4 @@ class ContainerSecurityPlanner:
             rlimits=self.default_rlimits,
             warnings=tuple(warnings),
         )
-
-
-def capability_names(numbers: tuple[int, ...]) -> list[str]:
-    """Names of capability numbers (for logs and status)."""
-    return [kcaps.CAP_NAMES[n] if n < len(kcaps.CAP_NAMES) else f"CAP_{n}" for n in numbers]
 
