@@ -407,3 +407,17 @@ def _write_host_shm(name: str) -> None:
 def _remove_host_shm(name: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(os.path.join("/dev/shm", name))
+
+
+async def test_exec_gets_the_containers_confinement(pod: Pod) -> None:
+    plan = pod.plan(image_user="app", seccomp=RUNTIME_DEFAULT, no_new_privs=True,
+                    capabilities=CapabilityChange(drop=("ALL",), add_ambient=("NET_BIND_SERVICE",)))
+    spec = await pod.start(plan, "while true; do sleep 1; done")
+    try:
+        _, out = await pod.exec(spec, "id -u; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; "
+                                      "unshare -U true; echo rc=$?", plan)
+        assert out.splitlines()[0] == "1000", out
+        assert "Seccomp:\t2" in out and "NoNewPrivs:\t1" in out and "CapEff:\t0000000000000400" in out, out
+        assert "rc=1" in out, out
+    finally:
+        await pod.kill(spec)
