@@ -312,8 +312,11 @@ class ContainerService:
     # -- stop ---------------------------------------------------------------------------------
 
     async def stop(self, id_or_prefix: str, timeout: float = 0) -> None:
-        """Stop a running container (idempotent): stop signal, SIGKILL after ``timeout``."""
-        rec = self.get(id_or_prefix)
+        """Stop a running container (idempotent; unknown ids are success, as CRI asks of
+        StopContainer): stop signal, SIGKILL after ``timeout``."""
+        rec = self.records.find(id_or_prefix)
+        if rec is None or rec.state is ContainerState.CREATING:
+            return
         await asyncio.shield(asyncio.ensure_future(self._stop(rec.id, timeout)))
 
     async def _stop(self, cid: str, timeout: float) -> None:

@@ -244,8 +244,11 @@ class SandboxService:
     # -- stop ---------------------------------------------------------------------------------
 
     async def stop(self, id_or_prefix: str) -> None:
-        """Stop the sandbox (idempotent); NotFound when no sandbox has that id."""
-        rec = self.records.resolve(id_or_prefix)
+        """Stop the sandbox (idempotent; unknown ids are success: CRI says StopPodSandbox
+        must not fail once everything of the sandbox is reclaimed, and critest checks it)."""
+        rec = self.records.find(id_or_prefix)
+        if rec is None:
+            return
         await asyncio.shield(self._stop_task(rec.id))
 
     def _stop_task(self, sandbox_id: str) -> asyncio.Future[None]:
