@@ -5,13 +5,18 @@ Every entry point ends in ``os.execvpe`` or ``os._exit``: the child never return
 shim's event loop. Errors are reported as one line on the ``report`` pipe
 (``error <message>``) before exiting.
 
-Container creation takes two processes, because a new PID namespace applies to children:
+A new (or another) PID namespace applies to children only, so the shim forks each container
+and exec process *in* its PID namespace (:func:`children_in_pid_ns`: unshare or setns of
+CLONE_NEWPID around the fork, then back to its own) and the child does the rest itself:
 
-    shim ── fork ──▶ A: join cgroups, setns(net/ipc/uts[/pid]), unshare(NEWNS[|NEWPID])
-                        └─ fork ──▶ B (pid 1 of the container): mounts, pivot_root,
-                                      reports "ready", waits for "start",
-                                      drops privileges, seccomp, execve
-    A reports "pid <B's host pid>" and exits; the shim (a child subreaper) adopts B.
+    shim ── fork (in the container's PID ns) ──▶ the container's process: join cgroups,
+              setns(net/ipc/uts), unshare(NEWNS|NEWCGROUP), mounts, pivot_root, reports
+              "ready", waits for "start", drops privileges, seccomp, execve
+
+Measured (bench/lifecycle.py): every fork of the interpreter costs milliseconds here (page
+tables, copy-on-write faults), so one fork per container, per exec, and none for the pod's
+namespaces (the shim makes and pins them itself, then returns to its own:
+``runtime.shim.nsinit.make_namespaces``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from runtime.linux import caps, libc, seccomp
@@ -37,6 +42,32 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+@contextlib.contextmanager
+def children_in_pid_ns(join: str = "", new: bool = False) -> Iterator[None]:
+    """Within the block, children forked by this (single-threaded) process start in another
+    PID namespace: a new one (``new``) or the one at ``join``; afterwards ours again.
+
+    kernel: unshare/setns(CLONE_NEWPID) change only where *children* go, and a process may
+    always return to its own active namespace. A child forked in the block must never leave
+    it (it must exec or _exit inside), or it would put its own children back in ours.
+    """
+    if not join and not new:
+        yield
+        return
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if new:
+            libc.unshare(libc.CLONE_NEWPID)
+        else:
+            libc.setns_path(join, libc.CLONE_NEWPID)
+        yield
+    finally:
+        try:
+            libc.setns(own, libc.CLONE_NEWPID)
+        finally:
+            os.close(own)
 
 
 def child_guard(report_fd: int, body: Callable[[], None]) -> NoReturn:
@@ -289,9 +320,10 @@ def run_container(
     exec_report_fd: int,
     stdio: tuple[int, int, int],
 ) -> NoReturn:
-    """Child A's entry point (see the module docstring)."""
+    """The container's first process, forked by the shim in the container's PID namespace
+    (see :func:`children_in_pid_ns`): set up, report "ready", wait for "start", exec."""
 
-    def a_body() -> None:
+    def body() -> None:
         reset_signals()
         close_fds_except({report_fd, start_fd, exec_report_fd, *stdio})
         join_cgroups(spec.cgroup_procs)
@@ -299,20 +331,8 @@ def run_container(
         for path, flag in ((ns.net, libc.CLONE_NEWNET), (ns.ipc, libc.CLONE_NEWIPC), (ns.uts, libc.CLONE_NEWUTS)):
             if path:
                 libc.setns_path(path, flag)
-        if ns.pid:
-            libc.setns_path(ns.pid, libc.CLONE_NEWPID)
-        flags = libc.CLONE_NEWNS
-        if ns.new_pid and not ns.pid:
-            flags |= libc.CLONE_NEWPID
-        libc.unshare(flags)
-        pid = os.fork()
-        if pid == 0:
-            child_guard(report_fd, b_body)
-        _write_all(report_fd, f"pid {pid}\n".encode())
-
-    def b_body() -> None:
-        if spec.namespaces.cgroup_ns:
-            libc.unshare(libc.CLONE_NEWCGROUP)
+        # cgroup namespace after joining the cgroup: it is rooted at the container's cgroup
+        libc.unshare(libc.CLONE_NEWNS | (libc.CLONE_NEWCGROUP if ns.cgroup_ns else 0))
         build_mount_namespace(spec)
         apply_oom_score_adj(spec.process.oom_score_adj)
         for rl in spec.process.rlimits:
@@ -329,7 +349,7 @@ def run_container(
         os.close(report_fd)
         finalize_and_exec(spec.process, exec_report_fd)
 
-    child_guard(report_fd, a_body)
+    child_guard(report_fd, body)
 
 
 def run_exec(
@@ -339,25 +359,18 @@ def run_exec(
     exec_report_fd: int,
     stdio: tuple[int, int, int],
 ) -> NoReturn:
-    """Exec a process inside a running container (ExecSync, Exec): join its cgroups and every
-    namespace of ``container_pid``, then start the process in the container's PID namespace.
+    """Exec a process inside a running container (ExecSync, Exec). Forked by the shim in the
+    container's PID namespace (:func:`children_in_pid_ns`): join its cgroups and its other
+    namespaces, take the process's identity, exec. One interpreter fork, no second process."""
 
-    Without a terminal or an AppArmor profile, A takes on the process's identity itself
-    (credentials, capabilities, no_new_privs, seccomp, working directory) and starts it with
-    posix_spawn (vfork + exec: no copy of the interpreter's page tables, no Python in the new
-    process); A's fds are close-on-exec, so only the stdio reaches it. Measured: an ExecSync
-    of ``true`` costs two Python forks the other way. A terminal (setsid + TIOCSCTTY in the
-    child) or an AppArmor exec transition takes the fork path.
-    """
-
-    def join() -> None:
+    def body() -> None:
         reset_signals()
         close_fds_except({report_fd, exec_report_fd, *stdio})
         join_cgroups(spec.cgroup_procs)
         fds = []
         for name, flag in (
             ("ipc", libc.CLONE_NEWIPC), ("uts", libc.CLONE_NEWUTS), ("net", libc.CLONE_NEWNET),
-            ("pid", libc.CLONE_NEWPID), ("cgroup", libc.CLONE_NEWCGROUP), ("mnt", libc.CLONE_NEWNS),
+            ("cgroup", libc.CLONE_NEWCGROUP), ("mnt", libc.CLONE_NEWNS),
         ):
             path = f"/proc/{container_pid}/ns/{name}"
             if os.readlink(path) == os.readlink(f"/proc/self/ns/{name}"):
@@ -366,95 +379,8 @@ def run_exec(
         for fd, flag in fds:
             libc.setns(fd, flag)
             os.close(fd)
-
-    def a_body() -> None:
-        join()
-        pid = os.fork()
-        if pid == 0:
-            child_guard(report_fd, b_body)
-        _write_all(report_fd, f"pid {pid}\n".encode())
-
-    def b_body() -> None:
         setup_stdio(*stdio, tty=spec.process.tty)
         os.close(report_fd)
         finalize_and_exec(spec.process, exec_report_fd)
 
-    def spawn_body() -> None:
-        join()
-        pid = spawn_process(spec.process, stdio)
-        _write_all(report_fd, f"pid {pid}\n".encode())
-
-    if spec.process.tty or spec.process.apparmor_profile:
-        child_guard(report_fd, a_body)
-    child_guard(report_fd, spawn_body)
-
-
-_DEFAULT_SIGNALS = tuple(s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP))
-
-
-def spawn_process(proc: ProcessSpec, stdio: tuple[int, int, int]) -> int:
-    """Take on ``proc``'s identity, then posix_spawn it (vfork + exec) with ``stdio`` on 0-2, in
-    a session of its own, default signal dispositions and an empty mask; returns its pid.
-    Our fds are close-on-exec, so nothing else reaches it."""
-    assume_identity(proc)
-    env = process_env(proc)
-    exe = find_executable(proc.args[0], env["PATH"])
-    if exe is None:
-        raise OSError(2, f"exec: {proc.args[0]!r}: executable file not found in $PATH")
-    stdin, stdout, stderr = stdio
-    try:
-        return os.posix_spawn(
-            exe, list(proc.args), env,
-            file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
-                          (os.POSIX_SPAWN_DUP2, stderr, 2)],
-            setsid=True, setsigmask=(), setsigdef=_DEFAULT_SIGNALS,
-        )
-    except OSError as exc:
-        raise OSError(exc.errno, f"exec: {proc.args[0]!r}: {exc.strerror}") from None
-
-
-def process_env(proc: ProcessSpec) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for e in proc.env:
-        key, _, value = e.partition("=")
-        env[key] = value
-    if "PATH" not in env:
-        env["PATH"] = DEFAULT_PATH
-    return env
-
-
-def find_executable(name: str, path: str) -> str | None:
-    """execvp's lookup: a name with '/' as is, else the first executable in ``path``."""
-    if "/" in name:
-        return name
-    for d in path.split(":"):
-        candidate = os.path.join(d or ".", name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def assume_identity(proc: ProcessSpec) -> None:
-    """:func:`finalize_and_exec` up to, not including, the exec (the caller then spawns)."""
-    c = proc.capabilities
-    if c is not None:
-        libc.prctl(libc.PR_SET_KEEPCAPS, 1)
-        caps.drop_bounding(c.bounding)
-    if proc.seccomp_bpf and not proc.no_new_privs:
-        load_seccomp(proc.seccomp_bpf)
-    os.setgroups(list(proc.additional_gids))
-    os.setresgid(proc.gid, proc.gid, proc.gid)
-    os.setresuid(proc.uid, proc.uid, proc.uid)
-    if c is not None:
-        libc.prctl(libc.PR_SET_KEEPCAPS, 0)
-        caps.capset(c.effective, c.permitted, c.inheritable)
-        if c.ambient:
-            caps.raise_ambient(c.ambient)
-    if proc.no_new_privs:
-        libc.set_no_new_privs()
-    try:
-        os.chdir(proc.cwd or "/")
-    except OSError as exc:
-        raise OSError(exc.errno, f"working directory {proc.cwd!r}: {exc.strerror}") from None
-    if proc.seccomp_bpf and proc.no_new_privs:
-        load_seccomp(proc.seccomp_bpf)
+    child_guard(report_fd, body)

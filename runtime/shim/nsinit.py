@@ -1,21 +1,18 @@
-"""Forked children of the pod shim that make, pin and use pod namespaces.
+"""The pod's namespaces: making and pinning them, the PID holder, connecting inside them.
 
-- :func:`create_namespaces`: unshare the pod's net/ipc/uts namespaces, set the hostname,
-  apply namespaced sysctls, run the network's in-namespace step, and pin each namespace by
-  bind-mounting ``/proc/self/ns/<type>`` onto a file (as ``ip netns add`` does), so it
-  outlives every process (no pause process).
-- :func:`pid_holder`: pid 1 of a pod-shared PID namespace; reaps orphans, nothing else.
+- :func:`make_namespaces`: make, configure and pin the pod's net/ipc/uts namespaces (no
+  pause process), in the shim itself, which then returns to its own namespaces.
+- :func:`start_pid_holder`: pid 1 of a pod-shared PID namespace; reaps orphans, nothing else.
 - :func:`connect_in_netns`: a TCP connection made inside the pod's network namespace,
   handed back as an fd (port-forward).
 
-All run in a child of the single-threaded shim and end in ``os._exit``.
+They rely on the shim being single-threaded (the kernel refuses these calls otherwise).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -23,7 +20,7 @@ import struct
 from typing import Any, NoReturn
 
 from runtime.linux import libc
-from runtime.shim.init import child_guard, close_fds_except, reset_signals
+from runtime.shim.init import child_guard, children_in_pid_ns, close_fds_except, reset_signals
 
 NS_FLAGS = {"net": libc.CLONE_NEWNET, "ipc": libc.CLONE_NEWIPC, "uts": libc.CLONE_NEWUTS}
 
@@ -53,38 +50,58 @@ def _pin(kind: str, pin_path: str) -> None:
     libc.mount(f"/proc/self/ns/{kind}", pin_path, None, libc.MS_BIND)
 
 
-def create_namespaces(request: dict[str, Any], result_fd: int) -> NoReturn:
-    """Child entry point. ``request``: {"pin_dir", "types": [...], "hostname", "sysctls",
-    "network": {...} or None}. Writes one JSON line {"pins": {...}, "network": ...}."""
-
-    def body() -> None:
-        reset_signals()
-        close_fds_except({result_fd})
-        host_net_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+def make_namespaces(request: dict[str, Any]) -> dict[str, Any]:
+    """Make the pod's namespaces, in the (single-threaded) shim itself, without a child:
+    unshare them, set the hostname, apply namespaced sysctls, run the network's in-namespace
+    step, pin each by bind-mounting ``/proc/self/ns/<type>`` onto a file (as ``ip netns add``
+    does) so it outlives every process, then setns back into our own. Blocking
+    (about a millisecond: no await may run while we stand in the pod's namespaces). Returns
+    {"pins": {...}, "network": ...}; raises OSError, with our own namespaces restored."""
+    types = list(request["types"])
+    own = {kind: os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in ("net", "ipc", "uts")}
+    try:
         flags = 0
-        for kind in request["types"]:
+        for kind in types:
             flags |= NS_FLAGS[kind]
         if flags:
             libc.unshare(flags)
-        if "uts" in request["types"] and request.get("hostname"):
-            libc.sethostname(request["hostname"])
-        network_result: Any = None
-        if "net" in request["types"]:
-            loopback_up()
-            plan = request.get("network")
-            if plan:
-                network_result = _configure_network(plan, host_net_fd)
-        for name, value in (request.get("sysctls") or {}).items():
-            write_sysctl(name, value)
-        pins: dict[str, str] = {}
-        for kind in request["types"]:
-            path = os.path.join(request["pin_dir"], kind)
-            _pin(kind, path)
-            pins[kind] = path
-        out = json.dumps({"pins": pins, "network": network_result}).encode() + b"\n"
-        os.write(result_fd, out)
+        try:
+            if "uts" in types and request.get("hostname"):
+                libc.sethostname(request["hostname"])
+            network_result: Any = None
+            if "net" in types:
+                loopback_up()
+                plan = request.get("network")
+                if plan:
+                    network_result = _configure_network(plan, own["net"])
+            for name, value in (request.get("sysctls") or {}).items():
+                write_sysctl(name, value)
+            pins: dict[str, str] = {}
+            for kind in types:
+                path = os.path.join(request["pin_dir"], kind)
+                _pin(kind, path)
+                pins[kind] = path
+        finally:
+            for kind in types:
+                libc.setns(own[kind], NS_FLAGS[kind])
+    finally:
+        for fd in own.values():
+            os.close(fd)
+    return {"pins": pins, "network": network_result}
 
-    child_guard(result_fd, body)
+
+def start_pid_holder() -> int:
+    """Fork the pid 1 of a new PID namespace (the pod-shared one) from the calling shim;
+    returns its pid. The holder only reaps orphans."""
+    with children_in_pid_ns(new=True):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                reset_signals()
+                close_fds_except(set())
+            finally:
+                _holder_loop()
+    return pid
 
 
 def _configure_network(plan: dict[str, Any], host_net_fd: int) -> Any:
@@ -92,22 +109,6 @@ def _configure_network(plan: dict[str, Any], host_net_fd: int) -> Any:
     from runtime.network import podside  # imported lazily: the factory pre-imports it
 
     return podside.configure_from_plain(plan, host_net_fd)
-
-
-def pid_holder(report_fd: int) -> NoReturn:
-    """Child A: unshare a PID namespace, fork its pid 1 (B), report B's pid, exit."""
-
-    def a_body() -> None:
-        reset_signals()
-        close_fds_except({report_fd})
-        libc.unshare(libc.CLONE_NEWPID)
-        pid = os.fork()
-        if pid == 0:
-            os.close(report_fd)
-            _holder_loop()
-        os.write(report_fd, f"pid {pid}\n".encode())
-
-    child_guard(report_fd, a_body)
 
 
 def _holder_loop() -> NoReturn:

@@ -414,34 +414,43 @@ class ProcessTable:
         start_r, start_w = os.pipe()
         exec_r, exec_w = os.pipe()
         stdio = self._open_stdio(proc, spec.process.stdin, spec.process.tty)
-        pid = os.fork()
-        if pid == 0:
-            init.run_container(spec, report_w, start_r, exec_w, stdio)
+        ns = spec.namespaces
+        try:
+            with init.children_in_pid_ns(join=ns.pid, new=ns.new_pid and not ns.pid):
+                pid = os.fork()
+                if pid == 0:
+                    init.run_container(spec, report_w, start_r, exec_w, stdio)
+        except BaseException:
+            for fd in (report_r, report_w, start_r, start_w, exec_r, exec_w, *stdio):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._close_io(proc)
+            raise
         for fd in {report_w, start_r, exec_w, *stdio}:
             os.close(fd)
         proc.start_w, proc.exec_report_r = start_w, exec_r
-        helper = self.wait_child(pid)
+        proc.pid = pid
+        setup = self.wait_child(pid)
         self.procs[spec.container_id] = proc
         try:
             lines = await asyncio.wait_for(self._read_report(report_r), 60)
         except BaseException:
-            self._abort(proc)
+            self._abort(proc, setup)
             raise
-        finally:
-            await helper
         err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
-        pid_line = next((ln for ln in lines if ln.startswith("pid ")), None)
-        if pid_line is not None:
-            self._track(proc, int(pid_line[4:]))
-        if err is not None or "ready" not in lines:
-            self._abort(proc)
+        if err is not None or "ready" not in lines or setup.done():
+            self._abort(proc, setup)
             raise errors.FailedPrecondition(
                 f"creating container {spec.container_id}: {err or 'setup process ended without reporting'}"
             )
+        # ready and waiting: from now on its end is the container's end
+        self._waiters.pop(pid, None)
+        self._track(proc, pid)
         return proc
 
-    def _abort(self, proc: Proc) -> None:
-        if proc.pid:
+    def _abort(self, proc: Proc, setup: asyncio.Future[int]) -> None:
+        """Undo a failed create: the set-up process is killed and reaped quietly."""
+        if not setup.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
         self._close_io(proc)
@@ -494,25 +503,44 @@ class ProcessTable:
         report_r, report_w = os.pipe()
         exec_r, exec_w = os.pipe()
         stdio = self._open_stdio(proc, stdin, process.tty)
-        pid = os.fork()
-        if pid == 0:
-            init.run_exec(spec, container.pid, report_w, exec_w, stdio)
+        pid_ns = f"/proc/{container.pid}/ns/pid"
+        try:
+            join = pid_ns if os.readlink(pid_ns) != os.readlink("/proc/self/ns/pid") else ""
+            with init.children_in_pid_ns(join=join):
+                pid = os.fork()
+                if pid == 0:
+                    init.run_exec(spec, container.pid, report_w, exec_w, stdio)
+        except BaseException:
+            for fd in (report_r, report_w, exec_r, exec_w, *stdio):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._close_io(proc)
+            raise
         for fd in {report_w, exec_w, *stdio}:
             os.close(fd)
-        helper = self.wait_child(pid)
+        setup = self.wait_child(pid)
+        proc.started_at_ns = time.time_ns()
         try:
-            lines = await asyncio.wait_for(self._read_report(report_r), 30)
-        finally:
-            await helper
-        err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
-        pid_line = next((ln for ln in lines if ln.startswith("pid ")), None)
-        if pid_line is None:
+            lines = await asyncio.wait_for(self._read_report(report_r), 30)  # EOF at its exec
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
             self._close_io(proc)
             os.close(exec_r)
-            raise errors.FailedPrecondition(f"exec in {container.key}: {err or 'setup failed'}")
-        proc.started_at_ns = time.time_ns()
+            raise
+        err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
+        if err is not None:
+            await setup
+            self._close_io(proc)
+            os.close(exec_r)
+            raise errors.FailedPrecondition(f"exec in {container.key}: {err}")
         proc.state = "running"
-        self._track(proc, int(pid_line[4:]))
+        if setup.done():  # exec'd and already gone (reaped as a helper): it ended
+            proc.pid = pid
+            self._loop.create_task(self._finish(proc, setup.result()))
+        else:
+            self._waiters.pop(pid, None)
+            self._track(proc, pid)
         message = await self._read_all(exec_r, 10.0)
         if message or err:
             await proc.exited.wait()

@@ -219,35 +219,17 @@ class ShimServer:
         return {"pid": os.getpid(), "sandbox_id": self.sandbox_id, "protocol": SHIM_PROTOCOL}
 
     async def op_create_namespaces(self, msg: dict[str, Any]) -> Any:
-        assert self.table is not None
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            nsinit.create_namespaces(msg["request"], w)
-        os.close(w)
-        done = self.table.wait_child(pid)
-        data = await _read_pipe(r)
-        status = await done
-        line = data.decode(errors="replace").strip()
-        if line.startswith("error ") or not line:
-            raise errors.FailedPrecondition(f"creating pod namespaces: {line[6:] or f'helper exited {status}'}")
-        return json.loads(line)
+        # made here, in the shim itself, which returns to its own namespaces (no fork)
+        try:
+            return nsinit.make_namespaces(msg["request"])
+        except OSError as exc:
+            raise errors.FailedPrecondition(f"creating pod namespaces: {exc}") from None
 
     async def op_pid_holder(self, msg: dict[str, Any]) -> dict[str, int]:
-        assert self.table is not None
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            nsinit.pid_holder(w)
-        os.close(w)
-        done = self.table.wait_child(pid)
-        data = (await _read_pipe(r)).decode(errors="replace").strip()
-        await done
-        if not data.startswith("pid "):
-            raise errors.FailedPrecondition(f"creating the pod PID namespace: {data[6:] or 'helper failed'}")
-        self._holder_pid = int(data[4:])
+        try:
+            self._holder_pid = nsinit.start_pid_holder()
+        except OSError as exc:
+            raise errors.FailedPrecondition(f"creating the pod PID namespace: {exc}") from None
         return {"pid": self._holder_pid}
 
     async def op_create(self, msg: dict[str, Any]) -> dict[str, Any]:
@@ -452,18 +434,6 @@ class ShimServer:
                 size = json.loads(payload)
                 with contextlib.suppress(OSError):
                     self.table.resize(target, int(size["width"]), int(size["height"]))
-
-
-async def _read_pipe(fd: int) -> bytes:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-    )
-    try:
-        return await reader.read()
-    finally:
-        transport.close()
 
 
 def main(sandbox_id: str, socket_path: str, ready_fd: int, log_path: str) -> None:
