@@ -79,14 +79,21 @@ def _mount_from_pb(m: pb.Mount) -> Mount:
 
 
 def _mount_to_pb(m: Mount) -> pb.Mount:
-    return pb.Mount(
+    out = pb.Mount(
         container_path=m.container_path,
         host_path=m.host_path,
         readonly=m.readonly,
         selinux_relabel=m.selinux_relabel,
         propagation=_PROPAGATION_PB[m.propagation],
         recursive_read_only=m.recursive_read_only,
+        image_sub_path=m.image_sub_path,
     )
+    if m.image is not None:
+        # image_ref: the image id the volume was resolved to (KEP-5365; critest checks it)
+        out.image.CopyFrom(pb.ImageSpec(image=m.image.image, annotations=m.image.annotations,
+                                        user_specified_image=m.image.user_specified_image,
+                                        runtime_handler=m.image.runtime_handler, image_ref=m.image.image_ref))
+    return out
 
 
 def container_config_from_pb(config: pb.ContainerConfig) -> ContainerConfig:

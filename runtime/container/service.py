@@ -37,6 +37,7 @@ from runtime.cgroups.paths import container_cgroup_path
 from runtime.cgroups.plan import apply_plan
 from runtime.config import RuntimeSettings
 from runtime.container import spec as specs
+from runtime.container.imagevolumes import leftover_volume_dirs, release_image_volumes, resolve_image_volumes
 from runtime.container.records import ContainerRecords
 from runtime.events import EventBus, EventKind
 from runtime.handoff import Handoff
@@ -159,6 +160,10 @@ class ContainerService:
         steps = StepTimer()
         image = await self.images.get(config.image.image)
         steps.mark("image")
+        mounts = await resolve_image_volumes(self.images, self.settings.state, cid, config.mounts, undo)
+        if mounts != config.mounts:
+            config = replace(config, mounts=mounts)
+            steps.mark("image volumes")
         log_path = self._log_path(sandbox, config)
         args = specs.merge_args(config, image.config)
         env = specs.merge_env(image.config, config, sandbox.config.hostname or _node_hostname())
@@ -407,6 +412,7 @@ class ContainerService:
         if rec.cgroup_path:
             await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
         await self.images.snapshots.remove(rec.snapshot_key or rec.id)
+        await release_image_volumes(self.images, self.settings.state, rec.id, rec.config.mounts)
         await asyncio.to_thread(shutil.rmtree, Path(rec.exit_dir), True)
 
     # -- queries ------------------------------------------------------------------------------
@@ -546,7 +552,8 @@ class ContainerService:
         known = {r.id for r in self.records.all()}
         try:
             for key in await self.images.snapshots.keys():
-                if key not in known and len(key) == 64:
+                owner = key.split("-v", 1)[0]  # image volumes: <container id>-v<index>
+                if owner not in known and len(owner) == 64:
                     log.info("recovery: removing snapshot %s of an unknown container", key)
                     await self.images.snapshots.remove(key)
         except Exception:
@@ -582,6 +589,7 @@ class ContainerService:
                                                started_at_ns=int(got.get("started_at_ns") or 0)))
 
     def _clean_leftovers(self, known: set[str]) -> None:
+        leftover_volume_dirs(self.settings.state, known)
         base = self.settings.state / "containers"
         if base.is_dir():
             for entry in base.iterdir():
