@@ -220,7 +220,7 @@ class StatsHandlers:
         self, request: pb.ListPodSandboxMetricsRequest, context: Ctx
     ) -> pb.ListPodSandboxMetricsResponse:
         out = []
-        for sample in await self._stats.sandboxes(SandboxFilter()):
+        for sample in await self._stats.sandboxes(SandboxFilter(), process_counts=True):
             pod_points, by_container = sandbox_points(sample)
             out.append(
                 pb.PodSandboxMetrics(

@@ -54,6 +54,10 @@ class MemoryStats:
     swap_usage_bytes: int | None = None
     swap_limit_bytes: int | None = None  # swap alone (v1: memsw limit - memory limit)
     psi: Psi | None = None
+    failcnt: int | None = None  # times usage hit the limit: v1 memory.failcnt, v2 memory.events max
+    max_usage_bytes: int | None = None  # peak usage: v1 memory.max_usage_in_bytes, v2 memory.peak
+    kernel_bytes: int | None = None  # v1 memory.kmem.usage_in_bytes, v2 memory.stat kernel
+    mapped_file_bytes: int | None = None  # v1 total_mapped_file, v2 file_mapped
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,10 @@ def _memory(fs: CgroupFs, host: CgroupHost, path: str) -> tuple[MemoryStats | No
         swap_usage_bytes=swap_usage,
         swap_limit_bytes=swap_limit,
         psi=_psi(fs, host, path, "memory"),
+        failcnt=_int(fs, mem / "memory.failcnt"),
+        max_usage_bytes=_int(fs, mem / "memory.max_usage_in_bytes"),
+        kernel_bytes=_int(fs, mem / "memory.kmem.usage_in_bytes"),
+        mapped_file_bytes=stat.get("total_mapped_file"),
     )
     oom_text = read_optional(fs, mem / "memory.oom_control")
     oom = None

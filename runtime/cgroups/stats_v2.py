@@ -61,6 +61,7 @@ def _memory(fs: CgroupFs, d: Path) -> tuple[MemoryStats | None, OomStats | None]
     current = read_optional(fs, d / "memory.current")
     events_text = read_optional(fs, d / "memory.events")
     oom = None
+    events: dict[str, int] = {}
     if events_text is not None:
         events = parse.flat_keyed(events_text)
         oom = OomStats(oom_kill=events.get("oom_kill"), oom_events=events.get("oom"))
@@ -83,8 +84,20 @@ def _memory(fs: CgroupFs, d: Path) -> tuple[MemoryStats | None, OomStats | None]
         swap_usage_bytes=int(swap_current.strip()) if swap_current else None,
         swap_limit_bytes=_limit(fs, d / "memory.swap.max"),
         psi=_psi(fs, d, "memory"),
+        failcnt=events.get("max"),
+        max_usage_bytes=_limit(fs, d / "memory.peak"),
+        kernel_bytes=_kernel_bytes(stat),
+        mapped_file_bytes=stat.get("file_mapped"),
     )
     return memory, oom
+
+
+def _kernel_bytes(stat: dict[str, int]) -> int | None:
+    """memory.stat ``kernel`` (Linux >= 5.18), else the sum of the kernel items older kernels list."""
+    if "kernel" in stat:
+        return stat["kernel"]
+    parts = [stat[k] for k in ("kernel_stack", "pagetables", "percpu", "sock", "slab") if k in stat]
+    return sum(parts) if parts else None
 
 
 def _pids(fs: CgroupFs, d: Path) -> PidsStats | None:

@@ -18,11 +18,13 @@ carries the time it was measured.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
 from runtime.cgroups.stats import CgroupStats
 from runtime.stats.model import ContainerSample, NetworkSample, SandboxSample
+from runtime.stats.procfds import ProcessCounts
 
 NS_PER_S = 1_000_000_000
 #: The timestamp of a value read for this very call.
@@ -31,6 +33,7 @@ BASE_LABELS = ("container", "id", "image", "namespace", "pod")
 NETWORK_LABELS = (*BASE_LABELS, "interface")
 DEVICE_LABELS = (*BASE_LABELS, "device")
 FAILURE_LABELS = (*BASE_LABELS, "failure_type", "scope")
+BLKIO_LABELS = (*BASE_LABELS, "device", "major", "minor", "operation")
 
 
 class MetricKind(StrEnum):
@@ -79,6 +82,10 @@ DESCRIPTORS: tuple[MetricDescriptor, ...] = (
     _d("container_memory_cache", "Number of bytes of page cache memory.", G),
     _d("container_memory_swap", "Container swap usage in bytes.", G),
     _d("container_memory_failures_total", "Cumulative count of memory allocation failures.", C, FAILURE_LABELS),
+    _d("container_memory_failcnt", "Number of memory usage hits limits", C),
+    _d("container_memory_max_usage_bytes", "Maximum memory usage recorded in bytes", G),
+    _d("container_memory_kernel_usage", "Size of kernel memory allocated in bytes.", G),
+    _d("container_memory_mapped_file", "Size of memory mapped files in bytes.", G),
     _d("container_oom_events_total", "Count of out of memory events observed for the container.", C),
     # network (pod level)
     _d("container_network_receive_bytes_total", "Cumulative count of bytes received.", C, NETWORK_LABELS),
@@ -104,14 +111,19 @@ DESCRIPTORS: tuple[MetricDescriptor, ...] = (
     _d("container_fs_writes_bytes_total", "Cumulative count of bytes written.", C, DEVICE_LABELS),
     _d("container_fs_reads_total", "Cumulative count of reads completed.", C, DEVICE_LABELS),
     _d("container_fs_writes_total", "Cumulative count of writes completed.", C, DEVICE_LABELS),
+    _d("container_blkio_device_usage_total", "Blkio Device bytes usage", C, BLKIO_LABELS),
     # processes
     _d("container_processes", "Number of processes running inside the container.", G),
+    _d("container_threads", "Number of threads running inside the container", G),
+    _d("container_file_descriptors", "Number of open file descriptors for the container.", G),
+    _d("container_sockets", "Number of open sockets for the container.", G),
     _d("container_threads_max", "Maximum number of threads allowed inside the container, infinity if value is zero.",
        G),
     # misc and spec
     _d("container_start_time_seconds", "Start time of the container since unix epoch in seconds.", G),
     _d("container_last_seen", "Last time a container was seen by the exporter.", G),
     _d("container_spec_memory_limit_bytes", "Memory limit for the container.", G),
+    _d("container_spec_memory_swap_limit_bytes", "Memory swap limit for the container.", G),
     _d("container_spec_cpu_shares", "CPU share of the container.", G),
     _d("container_spec_cpu_period", "CPU period of the container.", G),
     _d("container_spec_cpu_quota", "CPU quota of the container.", G),
@@ -138,11 +150,26 @@ class _Points:
         self.points.append(MetricPoint(name, d.kind, values, max(0, int(value)), ts))
 
 
+@functools.lru_cache(maxsize=256)
+def block_device_name(major: int, minor: int, sys: str = "/sys") -> str:
+    """``/dev/<name>`` of a block device (its uevent DEVNAME), as cAdvisor labels blkio
+    series; "" when sysfs does not know it."""
+    try:
+        with open(f"{sys}/dev/block/{major}:{minor}/uevent") as f:
+            for line in f:
+                if line.startswith("DEVNAME="):
+                    return "/dev/" + line.strip().split("=", 1)[1]
+    except OSError:
+        pass
+    return ""
+
+
 def _seconds(ns: int | None) -> int | None:
     return None if ns is None else ns // NS_PER_S
 
 
-def _cgroup_points(p: _Points, stats: CgroupStats, processes: int | None) -> None:
+def _cgroup_points(p: _Points, stats: CgroupStats, processes: int | None,
+                   counts: ProcessCounts | None = None) -> None:
     if stats.cpu is not None:
         cpu = stats.cpu
         p.add("container_cpu_usage_seconds_total", _seconds(cpu.usage_ns))
@@ -161,6 +188,10 @@ def _cgroup_points(p: _Points, stats: CgroupStats, processes: int | None) -> Non
         # cAdvisor: scope "container" is this cgroup's own counter; ours are hierarchical.
         p.add("container_memory_failures_total", mem.page_faults, "pgfault", "hierarchy")
         p.add("container_memory_failures_total", mem.major_page_faults, "pgmajfault", "hierarchy")
+        p.add("container_memory_failcnt", mem.failcnt)
+        p.add("container_memory_max_usage_bytes", mem.max_usage_bytes)
+        p.add("container_memory_kernel_usage", mem.kernel_bytes)
+        p.add("container_memory_mapped_file", mem.mapped_file_bytes)
     if stats.oom is not None:
         p.add("container_oom_events_total", stats.oom.oom_kill)
     if stats.io is not None:
@@ -170,7 +201,15 @@ def _cgroup_points(p: _Points, stats: CgroupStats, processes: int | None) -> Non
             p.add("container_fs_writes_bytes_total", dev.write_bytes, device)
             p.add("container_fs_reads_total", dev.read_ios, device)
             p.add("container_fs_writes_total", dev.write_ios, device)
+            major, minor = str(dev.major), str(dev.minor)
+            name = block_device_name(dev.major, dev.minor)
+            p.add("container_blkio_device_usage_total", dev.read_bytes, name, major, minor, "Read")
+            p.add("container_blkio_device_usage_total", dev.write_bytes, name, major, minor, "Write")
     p.add("container_processes", processes)
+    if counts is not None:
+        p.add("container_threads", counts.threads)
+        p.add("container_file_descriptors", counts.file_descriptors)
+        p.add("container_sockets", counts.sockets)
     if stats.pids is not None:
         p.add("container_threads_max", stats.pids.limit or 0)
 
@@ -193,7 +232,7 @@ def container_points(sample: ContainerSample, pod: str, namespace: str) -> list[
     image = r.image_name or r.config.image.user_specified_image or r.config.image.image
     p = _Points((r.config.metadata.name, r.id, image, namespace, pod), LIVE)
     if sample.cgroup is not None:
-        _cgroup_points(p, sample.cgroup, sample.processes)
+        _cgroup_points(p, sample.cgroup, sample.processes, sample.process_counts)
         p.add("container_last_seen", sample.timestamp_ns // NS_PER_S)
     layer = sample.writable_layer
     if layer is not None:
@@ -209,6 +248,8 @@ def container_points(sample: ContainerSample, pod: str, namespace: str) -> list[
     if res is not None:
         if res.memory_limit_in_bytes > 0:
             p.add("container_spec_memory_limit_bytes", res.memory_limit_in_bytes)
+        if res.memory_swap_limit_in_bytes > 0:
+            p.add("container_spec_memory_swap_limit_bytes", res.memory_swap_limit_in_bytes)
         if res.cpu_shares > 0:
             p.add("container_spec_cpu_shares", res.cpu_shares)
         if res.cpu_period > 0:
@@ -227,7 +268,7 @@ def sandbox_points(sample: SandboxSample) -> tuple[list[MetricPoint], dict[str, 
     md = sample.record.config.metadata
     p = _Points(("", sample.record.id, "", md.namespace, md.name), LIVE)
     if sample.cgroup is not None:
-        _cgroup_points(p, sample.cgroup, sample.processes)
+        _cgroup_points(p, sample.cgroup, sample.processes, sample.process_counts)
     if sample.network is not None:
         _network_points(p, sample.network)
     containers = {c.record.id: container_points(c, md.name, md.namespace) for c in sample.containers}

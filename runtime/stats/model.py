@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from runtime.cgroups.stats import CgroupStats
 from runtime.model.container import ContainerRecord
 from runtime.model.sandbox import SandboxRecord
+from runtime.stats.procfds import ProcessCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,8 @@ class ContainerSample:
     cpu_nano_cores: int | None = None
     processes: int | None = None
     writable_layer: LayerUsage | None = None
+    #: open files, sockets and threads (only when asked for: ListPodSandboxMetrics)
+    process_counts: ProcessCounts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,7 @@ class SandboxSample:
     processes: int | None = None
     network: NetworkSample | None = None
     containers: tuple[ContainerSample, ...] = ()
+    process_counts: ProcessCounts | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from runtime.stats.model import (
     SandboxSample,
 )
 from runtime.stats.netdev import read_pod_network
+from runtime.stats.procfds import ProcessCounts, count_processes
 from runtime.stats.rate import NS_PER_S, CpuRateTracker
 from runtime.stats.view import LifecycleView
 
@@ -63,6 +64,7 @@ class _CgroupRead:
     stats: CgroupStats | None
     processes: int | None
     timestamp_ns: int
+    counts: ProcessCounts | None = None
 
 
 def _labels_match(labels: dict[str, str], selector: dict[str, str]) -> bool:
@@ -161,9 +163,10 @@ class StatsService:
         record = self._resolve_sandbox(id_or_prefix)
         return (await self._sandbox_samples([record]))[0]
 
-    async def sandboxes(self, flt: SandboxFilter) -> list[SandboxSample]:
-        """Samples of every READY pod matching ``flt``, with their containers."""
-        samples = await self._sandbox_samples(self.select_sandboxes(flt))
+    async def sandboxes(self, flt: SandboxFilter, *, process_counts: bool = False) -> list[SandboxSample]:
+        """Samples of every READY pod matching ``flt``, with their containers; with
+        ``process_counts`` also the open files, sockets and threads of their processes."""
+        samples = await self._sandbox_samples(self.select_sandboxes(flt), process_counts)
         self._forget_gone()
         return samples
 
@@ -175,7 +178,8 @@ class StatsService:
             raise Unavailable("cgroups are not probed yet; retry shortly")
         return driver
 
-    def _read_cgroups(self, driver: CgroupDriver, paths: Iterable[str]) -> dict[str, _CgroupRead]:
+    def _read_cgroups(self, driver: CgroupDriver, paths: Iterable[str],
+                      process_counts: bool = False) -> dict[str, _CgroupRead]:
         """Blocking: one sample per cgroup path (None stats when it does not exist)."""
         out: dict[str, _CgroupRead] = {}
         for path in paths:
@@ -183,13 +187,16 @@ class StatsService:
                 continue
             stats: CgroupStats | None
             processes: int | None = None
+            counts: ProcessCounts | None = None
             try:
                 stats = driver.stats(path)
                 # pids.current is hierarchical; without the pids controller, count cgroup.procs
                 processes = stats.pids.current if stats.pids else len(driver.pids(path, recursive=True))
+                if process_counts:
+                    counts = count_processes(driver.pids(path, recursive=True), self._proc)
             except (NotFound, OSError):
                 stats = None  # gone, or removed while we read it
-            out[path] = _CgroupRead(stats, processes, self._clock_ns())
+            out[path] = _CgroupRead(stats, processes, self._clock_ns(), counts)
         return out
 
     def _rate(self, key: str, read: _CgroupRead | None) -> int | None:
@@ -226,6 +233,7 @@ class StatsService:
             cpu_nano_cores=self._rate(record.id, read),
             processes=read.processes if read else None,
             writable_layer=layer,
+            process_counts=read.counts if read else None,
         )
 
     async def _container_samples(self, records: list[ContainerRecord]) -> list[ContainerSample]:
@@ -248,7 +256,8 @@ class StatsService:
             return None
         return read_pod_network(pids, Path(record.namespaces.net), timestamp_ns, self._proc)
 
-    async def _sandbox_samples(self, records: list[SandboxRecord]) -> list[SandboxSample]:
+    async def _sandbox_samples(self, records: list[SandboxRecord],
+                               process_counts: bool = False) -> list[SandboxSample]:
         if not records:
             return []
         driver = self._driver()
@@ -260,7 +269,7 @@ class StatsService:
         net_jobs = [(s, self._network_pids(s, by_sandbox[s.id])) for s in records]
 
         def read_all() -> tuple[dict[str, _CgroupRead], list[NetworkSample | None]]:
-            reads = self._read_cgroups(driver, paths)
+            reads = self._read_cgroups(driver, paths, process_counts)
             nets = [self._read_network(s, pids, self._clock_ns()) for s, pids in net_jobs]
             return reads, nets
 
@@ -280,6 +289,7 @@ class StatsService:
                     processes=read.processes if read else None,
                     network=net,
                     containers=tuple(containers),
+                    process_counts=read.counts if read else None,
                 )
             )
         return out

@@ -36,6 +36,7 @@ total_rss 5000000
 total_inactive_file 1000000
 total_pgfault 4242
 total_pgmajfault 17
+total_mapped_file 4096
 hierarchical_memory_limit 9223372036854771712
 """
 
@@ -71,6 +72,7 @@ def test_v2_stats(v2: FakeCgroupKernel, v2_driver: CgroupV2Driver) -> None:
     v2.set_file(d / "memory.stat", V2_MEMORY_STAT)
     v2.set_file(d / "memory.swap.current", "4096\n")
     v2.set_file(d / "memory.events", "low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\n")
+    v2.set_file(d / "memory.peak", "9500000\n")
     v2.set_file(d / "pids.current", "3\n")
     v2.set_file(d / "io.stat", "8:0 rbytes=10 wbytes=20 rios=1 wios=2\n")
     v2.set_file(d / "cpu.pressure", PRESSURE)
@@ -86,6 +88,7 @@ def test_v2_stats(v2: FakeCgroupKernel, v2_driver: CgroupV2Driver) -> None:
     assert m.limit_bytes == 64 * MiB and m.available_bytes == 64 * MiB - 8000000
     assert (m.swap_usage_bytes, m.swap_limit_bytes) == (4096, 32 * MiB)
     assert m.psi is not None
+    assert (m.failcnt, m.max_usage_bytes, m.kernel_bytes, m.mapped_file_bytes) == (12, 9500000, 100000, None)
     assert (s.oom.oom_kill, s.oom.oom_events, s.oom.under_oom) == (1, 2, None)
     assert s.pids is not None and (s.pids.current, s.pids.limit) == (3, None)
     assert s.io is not None and s.io.read_bytes == 10 and s.io.write_bytes == 20 and s.io.psi is not None
@@ -123,6 +126,9 @@ def test_v1_stats(v1: FakeCgroupKernel, v1_driver: CgroupV1Driver) -> None:
     f("memory", "memory.memsw.usage_in_bytes", "9004096\n")
     f("memory", "memory.stat", V1_MEMORY_STAT)
     f("memory", "memory.oom_control", "oom_kill_disable 0\nunder_oom 1\noom_kill 4\n")
+    f("memory", "memory.failcnt", "7\n")
+    f("memory", "memory.max_usage_in_bytes", "9500000\n")
+    f("memory", "memory.kmem.usage_in_bytes", "200000\n")
     f("pids", "pids.current", "3\n")
     f("pids", "pids.max", "100\n")
     f("blkio", "blkio.throttle.io_service_bytes_recursive", "8:0 Read 10\n8:0 Write 20\nTotal 30\n")
@@ -138,6 +144,7 @@ def test_v1_stats(v1: FakeCgroupKernel, v1_driver: CgroupV1Driver) -> None:
     assert (m.page_faults, m.major_page_faults) == (4242, 17)
     assert m.limit_bytes == 64 * MiB and m.available_bytes == 64 * MiB - 8000000
     assert (m.swap_usage_bytes, m.swap_limit_bytes) == (4096, 32 * MiB)
+    assert (m.failcnt, m.max_usage_bytes, m.kernel_bytes, m.mapped_file_bytes) == (7, 9500000, 200000, 4096)
     assert (s.oom.oom_kill, s.oom.under_oom, s.oom.oom_events) == (4, True, None)
     assert s.pids is not None and (s.pids.current, s.pids.limit) == (3, 100)
     assert s.io is not None and s.io.devices == (IoDeviceStats(8, 0, 10, 20, 1, 2),) and s.io.psi is None

@@ -23,13 +23,19 @@ def test_descriptors_are_prometheus_names_with_sorted_base_keys() -> None:
     for d in DESCRIPTORS:
         assert re.fullmatch(r"container_[a-z_]+", d.name), d.name
         assert d.help and d.label_keys[:5] == ("container", "id", "image", "namespace", "pod")
-        # cAdvisor's one exception: container_fs_inodes_total is a gauge (the filesystem's inodes)
-        counter_name = d.name.endswith("_total") and d.name != "container_fs_inodes_total"
+        # cAdvisor's exceptions: container_fs_inodes_total is a gauge (the filesystem's inodes),
+        # container_memory_failcnt a counter
+        counter_name = (d.name.endswith("_total") and d.name != "container_fs_inodes_total"
+                        or d.name == "container_memory_failcnt")
         assert counter_name == (d.kind is MetricKind.COUNTER), d.name
     for name in ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
                  "container_memory_usage_bytes", "container_memory_rss", "container_network_receive_bytes_total",
                  "container_network_transmit_bytes_total", "container_fs_usage_bytes", "container_processes",
-                 "container_oom_events_total", "container_start_time_seconds"):
+                 "container_oom_events_total", "container_start_time_seconds",
+                 # critest v1.37 (PodSandbox metrics operations) expects these too
+                 "container_blkio_device_usage_total", "container_file_descriptors", "container_memory_failcnt",
+                 "container_memory_kernel_usage", "container_memory_mapped_file", "container_memory_max_usage_bytes",
+                 "container_sockets", "container_spec_memory_swap_limit_bytes", "container_threads"):
         assert name in BY_NAME
 
 
