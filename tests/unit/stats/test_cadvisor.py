@@ -25,7 +25,7 @@ def test_descriptors_are_prometheus_names_with_sorted_base_keys() -> None:
         assert d.help and d.label_keys[:5] == ("container", "id", "image", "namespace", "pod")
         # cAdvisor's exceptions: container_fs_inodes_total is a gauge (the filesystem's inodes),
         # container_memory_failcnt a counter
-        counter_name = (d.name.endswith("_total") and d.name != "container_fs_inodes_total"
+        counter_name = ((d.name.endswith("_total") and d.name != "container_fs_inodes_total")
                         or d.name == "container_memory_failcnt")
         assert counter_name == (d.kind is MetricKind.COUNTER), d.name
     for name in ("container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
