@@ -58,6 +58,21 @@ else
   say "Debian packages present"
 fi
 
+# -- Debian's dynamically linked busybox, for critest's default image ---------------------------
+# busybox-static's shell runs applets itself (FEATURE_SH_STANDALONE), so a container never
+# executes /bin/ls; critest's MaskedPaths spec masks /bin/ls and expects the shell to exec it,
+# as upstream busybox images do. The two packages conflict: the .deb is only downloaded, and
+# the image builder (tests/conformance/images.py) unpacks it.
+DEB_CACHE="$top/.cache/debs"
+if ! ls "$DEB_CACHE"/busybox_*.deb >/dev/null 2>&1; then
+  say "apt-get download busybox (into .cache/debs)"
+  mkdir -p "$DEB_CACHE"
+  dl() { (cd "$DEB_CACHE" && apt-get -qq -o APT::Sandbox::User=root download busybox); }
+  dl || { apt-get update -qq && dl; }
+else
+  say "busybox .deb present"
+fi
+
 # -- Python venv with the project -------------------------------------------------------------
 PY="${PYTHON:-python3}"
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then

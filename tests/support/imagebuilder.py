@@ -22,7 +22,6 @@ Ready-made images (all ``linux/<host arch>``):
 - :func:`multi_layer_image`: several layers exercising whiteouts, opaque directories,
   symlinks, hard links, xattrs, gzip + zstd + uncompressed layers.
 - :func:`build_index`: an OCI index / Docker manifest list over per-platform images.
-- :func:`critest_images`: stand-ins for the images critest pulls (users, web servers, tags).
 
 Archives for air-gapped import: :func:`write_oci_archive` (OCI image layout tar) and
 :func:`write_docker_archive` (``docker save`` format).
@@ -385,42 +384,6 @@ def user_image(user: str, users: Iterable[tuple[str, int, int, str]] = (("app", 
         [busybox_layer(passwd=passwd_files(users, groups)), homes],
         config={"User": user, "Cmd": ["id"], "Env": ["PATH=/bin"]},
     )
-
-
-def critest_images() -> dict[str, BuiltImage]:
-    """Stand-ins for the images critest v1.37 uses, keyed by name *without* registry prefix
-    (critest pulls them from gcr.io/k8s-staging-cri-tools/ and registry.k8s.io/e2e-test-images/;
-    point those prefixes at a local registry with registries.conf ``location`` rewrites).
-
-    The users match cri-tools' images/image-user and image-predefined-group Dockerfiles:
-    uid 1002, ``www-data``, ``1003:users``, ``www-data:users``, and uid 1000 in group 50000.
-    ``test-image-digest@sha256:...`` cannot be reproduced: critest names a fixed digest."""
-    web = httpd_image(80, "hello from the critest web server\n")
-    predefined = build_image(
-        [busybox_layer(passwd=passwd_files([("default-user", 1000, 1000, "/home/default-user")],
-                                           [("default-user", 1000), ("group-defined-in-image", 50000)],
-                                           {"group-defined-in-image": ["default-user"]}))],
-        config={"User": "1000", "Cmd": ["sh"], "Env": ["PATH=/bin"]},
-    )
-    out: dict[str, BuiltImage] = {
-        "busybox:1.36.1-1": busybox_image(),
-        "nginx:1.14-2": web,
-        f"hostnet-nginx-{host_arch()}:latest": httpd_image(12003),
-        "test-image-user-uid:latest": busybox_image(config={"User": "1002"}),
-        "test-image-user-username:latest": busybox_image(config={"User": "www-data"}),
-        "test-image-user-uid-group:latest": busybox_image(config={"User": "1003:users"}),
-        "test-image-user-username-group:latest": busybox_image(config={"User": "www-data:users"}),
-        "test-image-predefined-group:latest": predefined,
-        "test-image-latest:latest": busybox_image(config={"Labels": {"critest": "latest"}}),
-        "test-image-tag:test": busybox_image(config={"Labels": {"critest": "tag"}}),
-        "test-image-tag:all": busybox_image(config={"Labels": {"critest": "all"}}),
-    }
-    for i in (1, 2, 3):
-        out[f"test-image-{i}:latest"] = busybox_image(config={"Labels": {"critest": f"image-{i}"}})
-    same = busybox_image(config={"Labels": {"critest": "tags"}})
-    for i in (1, 2, 3):
-        out[f"test-image-tags:{i}"] = same
-    return out
 
 
 def multi_layer_image(fmt: Format = "oci", big_files: int = 0, big_size: int = 1 << 20) -> BuiltImage:

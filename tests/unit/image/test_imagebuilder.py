@@ -35,16 +35,3 @@ def test_whiteouts_and_compressions() -> None:
     m = members(img.layers[2])
     assert "opt/.wh.removed.txt" in m and "opt/cache/.wh..wh..opq" in m
     assert ib.build_image([ib.Layer()], fmt="docker").manifest.media_type == ib.DOCKER_MANIFEST
-
-
-def test_critest_users() -> None:
-    images = ib.critest_images()
-    users = {k: json.loads(v.config.data)["config"].get("User") for k, v in images.items()}
-    assert users["test-image-user-uid:latest"] == "1002"
-    assert users["test-image-user-username-group:latest"] == "www-data:users"
-    assert users["test-image-predefined-group:latest"] == "1000"
-    group = members(images["test-image-predefined-group:latest"].layers[0])["etc/group"]
-    assert group.size > 0
-    assert images["test-image-tags:1"].id == images["test-image-tags:3"].id
-    assert len({images[f"test-image-{i}:latest"].id for i in (1, 2, 3)}) == 3
-    assert json.loads(images["nginx:1.14-2"].config.data)["config"]["ExposedPorts"] == {"80/tcp": {}}
