@@ -1,18 +1,23 @@
-"""Run critest v1.37.0 against a fresh cri-shim daemon and summarise the result.
+"""Run critest v1.37.0 against a fresh cri-shim daemon (or a private containerd) and
+summarise the result.
 
-    python -m tests.conformance.critest [--websocket] [--gate] [--parallel N] [--focus RE]
+    python -m tests.conformance.critest [--runtime cri-shim|containerd] [--websocket] [--gate]
+                                        [--parallel N] [--focus RE]
 
 Starts a local registry (Debian's docker-registry on loopback) holding stand-ins for every
-image critest pulls (tests/conformance/images.py, built from busybox-static), a daemon on
-temp dirs whose registries.conf rewrites every registry critest names to that registry (so
-nothing leaves the machine), runs critest with a JUnit report in test-reports/critest-<label>/
-and the skip list (tests/conformance/skip.txt), and prints passed/failed/skipped with the
-duration. ``--gate`` makes a failure (or critest failing to run) fail the run.
+image critest pulls (tests/conformance/images.py, built from busybox), then a daemon on temp
+dirs whose registries.conf rewrites every registry critest names to that registry -- or, with
+``--runtime containerd``, a private containerd whose hosts.toml files do the same
+(tests/conformance/containerd.py) -- so nothing leaves the machine. Runs critest with the skip
+list (tests/conformance/skip.txt) and a JUnit report in test-reports/critest-<label>/ (with
+the runtime's log), and prints passed/failed/skipped with the duration. ``--gate`` makes a
+failure (or critest failing to run) fail the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -21,11 +26,12 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.conformance import images
+from tests.conformance.containerd import running_containerd
 from tests.support.daemon import running_daemon
 from tests.support.registry import running_registry
 
@@ -65,10 +71,26 @@ class Summary:
     failed: int = 0
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
-    skips: list[str] = field(default_factory=list)
+    #: why specs were skipped -> how many
+    skip_reasons: dict[str, int] = field(default_factory=dict)
 
 
-def summarise(report: Path) -> Summary:
+def skip_reason(name: str, message: str, entries: Sequence[SkipEntry]) -> str:
+    """Why a spec was skipped: our skip list (by name), critest itself (its message), or
+    critest's validation mode (benchmark specs run only with -benchmark)."""
+    for e in entries:
+        if re.search(e.pattern, name):
+            return f"skip list: {e.reason}"
+    message = re.sub(r"^skipped( - )?", "", message.strip())
+    message = re.sub(r': failed to .*|"[0-9a-f]{8,}".*', "", message)
+    if message:
+        return f"critest: {message}"
+    if "benchmark" in name:
+        return "critest: benchmarks run only with critest -benchmark"
+    return "critest: skipped"
+
+
+def summarise(report: Path, entries: Sequence[SkipEntry] = ()) -> Summary:
     """Count the spec test cases of a ginkgo JUnit report (suite set-up nodes are not specs,
     but a failing one counts as a failure)."""
     s = Summary()
@@ -78,14 +100,16 @@ def summarise(report: Path) -> Summary:
         name = re.sub(r"\s+", " ", case.get("name", "")).strip()
         failed = case.find("failure") is not None or case.find("error") is not None
         is_spec = not name.startswith("[") or name.startswith("[It]")
+        skipped = case.find("skipped")
         if failed:
             s.failed += 1
             s.failures.append(name)
         elif not is_spec:
             continue
-        elif case.find("skipped") is not None:
+        elif skipped is not None:
             s.skipped += 1
-            s.skips.append(name)
+            why = skip_reason(name, skipped.get("message", ""), entries)
+            s.skip_reasons[why] = s.skip_reasons.get(why, 0) + 1
         else:
             s.passed += 1
     return s
@@ -107,15 +131,31 @@ def critest_command(endpoint: str, report: Path, parallel: int, websocket: bool,
     return cmd
 
 
+@contextlib.contextmanager
+def runtime_under_test(name: str, base: Path, registry_host: str) -> Iterator[tuple[str, Path, str]]:
+    """(CRI endpoint, its log file, a description) of a fresh cri-shim or private containerd
+    whose registry configuration sends critest's registries to ``registry_host``."""
+    if name == "containerd":
+        with running_containerd(base / "containerd", registry_host, images.UPSTREAM_REGISTRIES) as cd:
+            yield cd.endpoint, cd.log_path, cd.version()
+        return
+    conf = base / "registries.conf"
+    conf.write_text(images.registries_conf(registry_host))
+    with running_daemon(base / "d", extra_config=f'[image]\nregistries_config = "{conf}"\n') as d:
+        yield d.endpoint, d.log_path, "cri-shim"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--runtime", choices=("cri-shim", "containerd"), default="cri-shim")
     ap.add_argument("--websocket", action="store_true", help="-websocket-exec -websocket-attach -websocket-portforward")
     ap.add_argument("--gate", action="store_true", help="exit 1 when a spec fails")
     ap.add_argument("--parallel", type=int, default=int(os.environ.get("CRITEST_PARALLEL", "2")))
     ap.add_argument("--focus", default="", help="ginkgo focus regex (for debugging one area)")
-    ap.add_argument("--label", default="", help="report directory suffix (default: spdy/websocket)")
+    ap.add_argument("--label", default="", help="report directory suffix (default: [containerd-]spdy/websocket)")
     args = ap.parse_args(argv)
-    label = args.label or ("websocket" if args.websocket else "spdy")
+    transport = "websocket" if args.websocket else "spdy"
+    label = args.label or (transport if args.runtime == "cri-shim" else f"{args.runtime}-{transport}")
     reports = REPO / "test-reports" / f"critest-{label}"
     shutil.rmtree(reports, ignore_errors=True)
     reports.mkdir(parents=True)
@@ -123,28 +163,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="critest-"))
     started = time.monotonic()
     rc = -1
+    what = args.runtime
     try:
         with running_registry(base) as reg:
             images.push_all(reg.url)
-            conf = base / "registries.conf"
-            conf.write_text(images.registries_conf(reg.host))
-            extra = f'[image]\nregistries_config = "{conf}"\n'
-            with running_daemon(base / "d", extra_config=extra) as d:
-                cmd = critest_command(d.endpoint, report, args.parallel, args.websocket,
+            with runtime_under_test(args.runtime, base, reg.host) as (endpoint, log_path, what):
+                cmd = critest_command(endpoint, report, args.parallel, args.websocket,
                                       ginkgo_skip(skip_entries()), args.focus)
                 print("+", " ".join(cmd), flush=True)
                 env = dict(os.environ, PATH=f"/usr/local/bin:{os.environ.get('PATH', '')}")
-                # cwd: critest writes temp files (seccomp profiles, logs) relative to nothing
-                # we keep; run it in the throw-away dir.
-                res = subprocess.run(cmd, cwd=base, env=env, timeout=(SUITE_TIMEOUT_MIN + 5) * 60, check=False)
-                rc = res.returncode
-                shutil.copyfile(d.log_path, reports / "daemon.log")
+                # cwd: the throw-away dir (critest writes nothing we keep)
+                try:
+                    res = subprocess.run(cmd, cwd=base, env=env, timeout=(SUITE_TIMEOUT_MIN + 5) * 60, check=False)
+                    rc = res.returncode
+                finally:
+                    shutil.copyfile(log_path, reports / f"{args.runtime}.log")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     elapsed = time.monotonic() - started
-    s = summarise(report)
-    print(f"\ncritest v1.37.0 ({label}, --parallel={args.parallel}): {s.passed} passed, {s.failed} failed, "
-          f"{s.skipped} skipped in {elapsed / 60:.1f} min (critest exit {rc}); JUnit in {report}")
+    s = summarise(report, skip_entries())
+    print(f"\ncritest v1.37.0 against {what} ({transport}, --parallel={args.parallel}): {s.passed} passed, "
+          f"{s.failed} failed, {s.skipped} skipped in {elapsed / 60:.1f} min (critest exit {rc}); JUnit in {report}")
+    for why, n in sorted(s.skip_reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"  skipped {n:3d}: {why}")
     for name in s.failures:
         print("  FAILED:", name)
     if args.gate and (s.failed or rc != 0):
