@@ -14,8 +14,12 @@ Pods: for each size (30 and 100 by default) run that many pods one after the oth
 each RunPodSandbox), measure memory, then stop and remove each (timing each call). Memory per
 pod is PSS from /proc/PID/smaps_rollup: the per-pod processes (cri-shim: the pod shim;
 containerd: containerd-shim-runc-v2 + pause) plus the daemon's own growth, divided by the
-number of pods. Containers: in one pod, create+start a busybox container, ExecSync ``true``
-a few times, stop (timeout 0) + remove; repeated.
+number of pods. cri-shim runs with ``pods.merge_shim_memory`` (KSM) unless ``--no-ksm``: its
+memory is printed right after the pods started and again once ksmd has merged the shims'
+identical pages (ksmd is stopped again afterwards if it was stopped before).
+
+Containers: in one pod, create+start a busybox container, ExecSync ``true`` a few times,
+stop (timeout 0) + remove; repeated.
 
     .venv/bin/python bench/lifecycle.py [--pods 30,100] [--containers 30] [--execs 5]
 
@@ -88,10 +92,21 @@ def cni_conflist(name: str, bridge: str, subnet: str) -> str:
     })
 
 
+def settle_ksm(limit: float = 600.0) -> None:
+    """Wait until ksmd has scanned all offered memory twice since now (a page is merged on
+    the scan after the one that saw it unchanged), at most ``limit`` seconds."""
+    scans = Path("/sys/kernel/mm/ksm/full_scans")
+    start = int(scans.read_text())
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and int(scans.read_text()) < start + 2:
+        time.sleep(2)
+
+
 class Runtime:
     """A CRI endpoint plus how to find its per-pod processes."""
 
     name = ""
+    merges = False
 
     def __init__(self, socket: Path) -> None:
         self.socket = socket
@@ -208,8 +223,9 @@ state = "{base / 'state'}"
 class CriShim(Runtime):
     name = "cri-shim"
 
-    def __init__(self, daemon: Any) -> None:
+    def __init__(self, daemon: Any, merges: bool) -> None:
         self.d = daemon
+        self.merges = merges
         super().__init__(daemon.socket)
 
     def daemon_pid(self) -> int:
@@ -233,7 +249,7 @@ class Results:
         self.samples.setdefault((runtime, op), []).append(seconds)
 
 
-def timed(results: Results, runtime: str, op: str, fn: Callable[[], Any]) -> Any:
+def timed(results: Results, runtime: str, op: str, fn: Callable[..., Any]) -> Any:
     started = time.perf_counter()
     out = fn()
     results.add(runtime, op, time.perf_counter() - started)
@@ -258,11 +274,18 @@ def bench_pods(r: Runtime, n: int, results: Results) -> None:
                      lambda c=cfg: r.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=c), timeout=120))
         ids.append(resp.pod_sandbox_id)
     time.sleep(1.0)
-    per_pod = sum(pss_kib(p) for p in r.pod_pids())
-    growth = max(0, pss_kib(r.daemon_pid()) - base_pss)
-    results.memory[(r.name, n)] = (per_pod + growth) / n / 1024
-    print(f"{r.name} n={n}: per-pod processes {per_pod / n / 1024:.2f} MiB PSS, daemon growth "
-          f"{growth / n / 1024:.2f} MiB per pod", flush=True)
+
+    def measure(label: str) -> float:
+        per_pod = sum(pss_kib(p) for p in r.pod_pids())
+        growth = max(0, pss_kib(r.daemon_pid()) - base_pss)
+        print(f"{r.name} n={n}{label}: per-pod processes {per_pod / n / 1024:.2f} MiB PSS, daemon growth "
+              f"{growth / n / 1024:.2f} MiB per pod", flush=True)
+        return (per_pod + growth) / n / 1024
+
+    results.memory[(r.name + (" (no KSM yet)" if r.merges else ""), n)] = measure("")
+    if r.merges:
+        settle_ksm()
+        results.memory[(r.name, n)] = measure(" after KSM merged")
     for sid in ids:
         started = time.perf_counter()
         timed(results, r.name, f"stop pod (n={n})",
@@ -305,7 +328,7 @@ def bench_containers(r: Runtime, image: str, n: int, execs: int, results: Result
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def report(results: Results) -> None:
@@ -323,26 +346,26 @@ def report(results: Results) -> None:
         print(f"{op:34s} {cp50:10.1f} / {pct(c, .95) * 1000:8.1f}  {sp50:10.1f} / {pct(s, .95) * 1000:8.1f}  "
               f"{sp50 / cp50:9.2f}")
     for (rt, n), mib in sorted(results.memory.items()):
-        other = results.memory.get(("containerd" if rt == "cri-shim" else "cri-shim", n))
-        if rt == "cri-shim" and other:
-            print(f"memory per pod (n={n}): containerd {other:.2f} MiB PSS, cri-shim {mib:.2f} MiB PSS, "
+        other = results.memory.get(("containerd", n))
+        if rt != "containerd" and other:
+            print(f"memory per pod (n={n}): containerd {other:.2f} MiB PSS, {rt} {mib:.2f} MiB PSS, "
                   f"ratio {mib / other:.2f}")
 
 
 @contextlib.contextmanager
-def both(base: Path, registry: str, pause: str, shim_cni: bool) -> Iterator[tuple[Containerd, CriShim]]:
-    extra = ""
+def both(base: Path, registry: str, pause: str, shim_cni: bool, ksm: bool) -> Iterator[tuple[Containerd, CriShim]]:
+    extra = f"[pods]\nmerge_shim_memory = {'true' if ksm else 'false'}\n"
     if shim_cni:
         conf = base / "shim-cni"
         conf.mkdir()
         (conf / "10-bench.conflist").write_text(cni_conflist("bench-shim", unique("bcs"), unique_subnet(prefix=22)))
-        extra = f'[network]\ncni_conf_dir = "{conf}"\nmode = "cni"\n'
+        extra += f'[network]\ncni_conf_dir = "{conf}"\nmode = "cni"\n'
     else:
-        extra = f'[network]\npod_cidr = "{unique_subnet(prefix=22)}"\n'
+        extra += f'[network]\npod_cidr = "{unique_subnet(prefix=22)}"\n'
     cd = Containerd(base / "containerd", registry, pause)
     try:
         with running_daemon(base / "crishim", extra_config=extra) as d:
-            shim = CriShim(d)
+            shim = CriShim(d, ksm)
             try:
                 yield cd, shim
             finally:
@@ -358,8 +381,11 @@ def main() -> int:
     ap.add_argument("--execs", type=int, default=5)
     ap.add_argument("--shim-cni", action="store_true", help="cri-shim uses the CNI plugins too")
     ap.add_argument("--only", choices=("pods", "containers"), default=None)
+    ap.add_argument("--no-ksm", action="store_true", help="pods.merge_shim_memory = false for cri-shim")
     args = ap.parse_args()
     before_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    ksm_run = Path("/sys/kernel/mm/ksm/run")
+    before_ksm = ksm_run.read_text() if ksm_run.exists() else None
     base = Path(tempfile.mkdtemp(prefix="bench-lc-"))
     results = Results()
     try:
@@ -368,7 +394,7 @@ def main() -> int:
                                                          config={"Entrypoint": ["/bin/sleep", "infinity"]}))
             reg.push("bench/busybox", "1", ib.busybox_image())
             pause, busybox = reg.ref("bench/pause", "1"), reg.ref("bench/busybox", "1")
-            with both(base, reg.host, pause, args.shim_cni) as (cd, shim):
+            with both(base, reg.host, pause, args.shim_cni, not args.no_ksm) as (cd, shim):
                 runtimes: list[Runtime] = [cd, shim]
                 # warm up both (first pod pays one-time costs: image unpack, bridge, nft table)
                 for r in runtimes:
@@ -386,6 +412,8 @@ def main() -> int:
                         print(f"{r.name}: containers done", flush=True)
     finally:
         Path("/proc/sys/net/ipv4/ip_forward").write_text(before_forward)
+        if before_ksm is not None and before_ksm.strip() == "0":
+            ksm_run.write_text("0")  # stop ksmd again (merged pages stay merged)
         shutil.rmtree(base, ignore_errors=True)
     report(results)
     return 0

@@ -97,6 +97,15 @@ class PodSettings:
         default=64 << 20,
         metadata=doc("Size in bytes of each pod's /dev/shm tmpfs (containerd's default: 64 MiB)."),
     )
+    merge_shim_memory: bool = field(
+        default=True,
+        metadata=doc(
+            "Let the kernel merge identical memory pages of the pod shims (KSM): a shim costs "
+            "about 2 MiB PSS instead of 5. The shims offer their memory to KSM and cri-shim starts "
+            "ksmd (/sys/kernel/mm/ksm/run) if it is stopped; ksmd then scans only memory offered "
+            "to it. false leaves KSM alone."
+        ),
+    )
     stop_kill_timeout: float = field(
         default=30.0,
         metadata=doc(

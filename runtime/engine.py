@@ -21,6 +21,7 @@ from runtime.events import EventBus
 from runtime.hostinfo import HostInfo, probe_host
 from runtime.image.metadata import IMAGE_MIGRATIONS
 from runtime.image.service import ImageService
+from runtime.linux.ksm import start_ksm
 from runtime.network.service import NetworkService
 from runtime.network.state import NETWORK_MIGRATIONS
 from runtime.sandbox.records import SANDBOX_MIGRATIONS
@@ -96,7 +97,7 @@ class Engine:
         # reconnects to live pod shims (records, exit files), then cleans leftovers and lets
         # the network tear down what belongs to no sandbox.
         self._cgroup_driver: CgroupDriver | None = None
-        self.shims = ShimManager(settings.state)
+        self.shims = ShimManager(settings.state, merge_memory=settings.pods.merge_shim_memory)
         self.sandboxes = SandboxService(settings, self.store, self.shims, self.network, self.events, self.cgroups)
         self.containers = ContainerService(
             settings, self.store, self.sandboxes, self.images, self.events, self.cgroups
@@ -165,6 +166,16 @@ class Engine:
         security = await asyncio.to_thread(probe_security_host, host)
         self.containers.security = ContainerSecurityPlanner(security)
         self.set_features(**security_features(security.kernel))
+        if self.settings.pods.merge_shim_memory:
+            try:
+                before = await asyncio.to_thread(start_ksm)
+            except OSError as exc:
+                log.warning("cannot start ksmd (pods.merge_shim_memory): %s", exc)
+            else:
+                if before == "stopped":
+                    log.info("started ksmd to merge the pod shims' identical pages (pods.merge_shim_memory)")
+                elif before == "unavailable":
+                    log.info("this kernel has no KSM: pod shims' pages are not merged")
         await self.shims.start()
         return 1
 

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from runtime.linux import libc
 from runtime.shim.version import code_hash
 
 SPAWN_TIMEOUT = 20.0
@@ -178,7 +179,7 @@ def _shim_child(req: dict[str, Any], listener: socket.socket, conn: socket.socke
     os._exit(0)
 
 
-def serve(path: str) -> None:
+def serve(path: str, merge_memory: bool = False) -> None:
     _preload()
     _warm_up(os.path.dirname(path))
     signal.signal(signal.SIGCHLD, _reap)
@@ -191,6 +192,14 @@ def serve(path: str) -> None:
     os.chmod(path, 0o600)
     listener.listen(64)
     code = code_hash()
+    if merge_memory:
+        # Shims dirty mostly the same pages in the same way; offered to KSM (inherited by
+        # every shim we fork), identical pages are merged back (see runtime.linux.ksm).
+        try:
+            libc.set_memory_merge()
+        except OSError as exc:
+            sys.stderr.write(f"shim factory: memory merging not available: {exc}\n")
+            merge_memory = False
     gc.collect()
     gc.freeze()
     sys.stdout.write(f"ready {os.getpid()}\n")
@@ -211,7 +220,7 @@ def serve(path: str) -> None:
                 req = json.loads(line)
                 op = req.get("op")
                 if op == "ping":
-                    reply: dict[str, Any] = {"result": {"pid": os.getpid(), "code": code}}
+                    reply: dict[str, Any] = {"result": {"pid": os.getpid(), "code": code, "merge": merge_memory}}
                 elif op == "spawn":
                     reply = _spawn(req, listener, conn)
                 elif op == "exit":
@@ -232,8 +241,9 @@ def serve(path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="cri-shim-factory")
     p.add_argument("--socket", required=True)
+    p.add_argument("--merge-memory", action="store_true", help="offer shim memory to KSM")
     args = p.parse_args(argv)
-    serve(args.socket)
+    serve(args.socket, args.merge_memory)
 
 
 if __name__ == "__main__":

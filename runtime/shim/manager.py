@@ -31,9 +31,11 @@ FACTORY_START_TIMEOUT = 30.0
 class ShimManager:
     """Construction does no I/O; :meth:`start` finds or starts the factory."""
 
-    def __init__(self, state_dir: Path, python: str = sys.executable) -> None:
+    def __init__(self, state_dir: Path, python: str = sys.executable, *, merge_memory: bool = False) -> None:
         self.dir = state_dir / "shims"
         self._python = python
+        #: offer the shims' memory to KSM (runtime.linux.ksm); a factory started otherwise is replaced
+        self.merge_memory = merge_memory
         self._clients: dict[str, ShimClient] = {}
         self._factory_lock = asyncio.Lock()
         self.factory_pid = 0
@@ -75,12 +77,12 @@ class ShimManager:
                     info = await self._factory_call({"op": "ping"}, 5)
                 except (OSError, errors.EngineError, TimeoutError, ValueError):
                     info = None
-                if info and info.get("code") == code_hash():
+                if info and info.get("code") == code_hash() and bool(info.get("merge")) == self.merge_memory:
                     self.factory_pid = int(info["pid"])
                     self._write_pid_file("factory", self.factory_pid)
                     return
                 if info:
-                    log.info("shim factory %s runs other code; replacing it", info.get("pid"))
+                    log.info("shim factory %s runs other code or settings; replacing it", info.get("pid"))
                     with contextlib.suppress(Exception):
                         await self._factory_call({"op": "exit"}, 5)
             await self._spawn_factory()
@@ -96,7 +98,8 @@ class ShimManager:
         # meant to outlive this daemon, and we must not keep loop resources tied to it.
         with open(self.dir / "factory.log", "ab") as logf:
             proc = subprocess.Popen(
-                [self._python, "-m", "runtime.shim.factory", "--socket", str(self.factory_socket)],
+                [self._python, "-m", "runtime.shim.factory", "--socket", str(self.factory_socket),
+                 *(["--merge-memory"] if self.merge_memory else [])],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf, start_new_session=True,
             )
         assert proc.stdout is not None

@@ -279,7 +279,9 @@ def write_config(d: DaemonProcess) -> None:
         "cni_conf_dir": f'"{d.base / "cni-none"}"', "bridge": f'"{d.bridge}"', "nft_table": f'"{d.nft_table}"',
         "pod_cidr": f'"{d.pod_cidr}"',
     })
-    extra, pods_table = _with_defaults(extra, "pods", {"cgroup_parent": f'"{d.cgroup_parent}"'})
+    # tests leave the host's KSM alone unless they ask for it (pods.merge_shim_memory)
+    extra, pods_table = _with_defaults(extra, "pods", {"cgroup_parent": f'"{d.cgroup_parent}"',
+                                                       "merge_shim_memory": "false"})
     d.config_path.write_text(top + "\n" + tables + net_table + pods_table + "\n" + extra)
 
 
