@@ -184,10 +184,17 @@ class ContainerService:
             )
             return mount, plan
 
+        def make_dirs_and_cgroup() -> None:
+            _make_state_dir(state_dir, log_path)
+            try:
+                driver.create(cg_path, resources)
+            except BaseException:
+                shutil.rmtree(state_dir, True)
+                raise
+
         async def dirs_and_cgroup() -> None:
-            await asyncio.to_thread(_make_state_dir, state_dir, log_path)
+            await asyncio.to_thread(make_dirs_and_cgroup)  # one thread hop: both are quick
             undo.push("state dir", lambda: asyncio.to_thread(shutil.rmtree, state_dir, True))
-            await asyncio.to_thread(driver.create, cg_path, resources)
             undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, cg_path))
 
         # independent steps side by side; each registers its undo as soon as it is done, and
@@ -202,7 +209,13 @@ class ContainerService:
         for warning in plan.warnings:
             log.warning("container %s: %s", cid, warning)
         devices_plan = device_cgroup_plan(driver.host, cg_path, plan.device_rules)
-        await asyncio.to_thread(apply_plan, LinuxCgroupFs(), devices_plan)
+        exec_process = plan.process(args, env, cwd, main=False)
+
+        def devices_and_process_file() -> None:
+            apply_plan(LinuxCgroupFs(), devices_plan)
+            _save_exec_process(state_dir, exec_process)
+
+        await asyncio.to_thread(devices_and_process_file)
         procs = tuple(str(p) for p in driver.procs_files(cg_path))
         steps.mark("devices")
         process = plan.process(args, env, cwd, tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once)
@@ -225,12 +238,7 @@ class ContainerService:
             privileged=plan.privileged,
         )
         client = self.sandboxes.shims.client(sandbox.id)
-        exec_process = plan.process(args, env, cwd, main=False)
-        saved = asyncio.ensure_future(asyncio.to_thread(_save_exec_process, state_dir, exec_process))
-        try:
-            created = await client.call("create", spec=to_plain(launch), rpc_timeout=90)
-        finally:
-            await saved
+        created = await client.call("create", spec=to_plain(launch), rpc_timeout=90)
         undo.push("shim process", lambda: client.call("delete", container_id=cid, rpc_timeout=30))
         self._exec_cache[cid] = exec_process
         steps.mark("shim")
