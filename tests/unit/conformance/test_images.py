@@ -127,3 +127,14 @@ def test_skip_list_has_a_reason_for_every_entry(tmp_path: Path) -> None:
     bad.write_text(critest.SKIP_FILE.read_text() + "some spec without a reason\n")
     with pytest.raises(ValueError):
         critest.skip_entries(bad)
+
+
+def test_readme_lists_every_skip_with_its_reason() -> None:
+    readme = (critest.REPO / "README.md").read_text()
+    section = readme[readme.index("**Skip list**"):]
+    table = section[section.index("\n|"):section.index("\n\n", section.index("\n|"))].strip().splitlines()
+    rows = table[2:]  # after the header and the |---| line
+    entries = critest.skip_entries()
+    assert len(rows) == len(entries)
+    for e in entries:
+        assert any(row.endswith(f"| {e.reason} |") for row in rows), e.reason
