@@ -364,7 +364,7 @@ def both(base: Path, registry: str, pause: str, shim_cni: bool, ksm: bool) -> It
         extra += f'[network]\npod_cidr = "{unique_subnet(prefix=22)}"\n'
     cd = Containerd(base / "containerd", registry, pause)
     try:
-        with running_daemon(base / "crishim", extra_config=extra) as d:
+        with running_daemon(base / "crishim", extra_config=extra, log_level="info") as d:
             shim = CriShim(d, ksm)
             try:
                 yield cd, shim

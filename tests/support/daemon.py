@@ -63,6 +63,7 @@ class DaemonProcess:
     nft_table: str = ""
     pod_cidr: str = ""
     cgroup_parent: str = ""
+    log_level: str = "debug"
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class DaemonProcess:
         return res
 
 
-def make_daemon(base: Path, extra_config: str = "") -> DaemonProcess:
+def make_daemon(base: Path, extra_config: str = "", log_level: str = "debug") -> DaemonProcess:
     """Lay out a temp daemon (config file under ``base``) without starting it.
 
     ``extra_config`` is TOML appended to the generated config (e.g. an [image] table).
@@ -223,6 +224,7 @@ def make_daemon(base: Path, extra_config: str = "") -> DaemonProcess:
         nft_table=unique("tcn"),
         pod_cidr=cidr,
         cgroup_parent="/" + unique("crishim-test-", 30),
+        log_level=log_level,
         base=base,
         socket=short / "cri.sock",
         root=base / "root",
@@ -272,7 +274,7 @@ def _with_defaults(extra: str, table: str, defaults: dict[str, str]) -> tuple[st
 
 def write_config(d: DaemonProcess) -> None:
     top = (
-        f'address = "{d.socket}"\nroot = "{d.root}"\nstate = "{d.state}"\nlog_level = "debug"\n'
+        f'address = "{d.socket}"\nroot = "{d.root}"\nstate = "{d.state}"\nlog_level = "{d.log_level}"\n'
     )
     tables = f'[metrics]\naddress = "127.0.0.1:{d.metrics_port}"\n'
     extra, net_table = _with_defaults(d.extra_config, "network", {
@@ -286,9 +288,11 @@ def write_config(d: DaemonProcess) -> None:
 
 
 @contextlib.contextmanager
-def running_daemon(base: Path, extra_config: str = "", wait_ready: bool = True) -> Iterator[DaemonProcess]:
+def running_daemon(
+    base: Path, extra_config: str = "", wait_ready: bool = True, log_level: str = "debug"
+) -> Iterator[DaemonProcess]:
     """A started daemon, stopped (by pid) when the block exits."""
-    d = make_daemon(base, extra_config)
+    d = make_daemon(base, extra_config, log_level)
     try:
         d.start(wait_ready=wait_ready)
         yield d
