@@ -196,3 +196,38 @@ def test_shim_memory_offered_to_ksm(tmp_path: Path, forward: None) -> None:
     finally:
         if before == "0":
             ksm.write_text("0")
+
+
+def test_kill9_in_the_middle_of_run_pod_leaves_nothing_after_restart(cni: CniDaemon) -> None:
+    d = cni.d
+    slow = Path(str(cni.data_dir.parent / "slow"))
+    slow.touch()
+    cfg = pod_config()
+    result: list[object] = []
+
+    def call() -> None:
+        try:
+            result.append(d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg), timeout=30))
+        except grpc.RpcError as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=call)
+    t.start()
+    try:
+        time.sleep(2)  # shim spawned, namespaces pinned, CNI ADD sleeping
+        shims_before = [f for f in (d.state / "shims").glob("*.pid") if f.stem != "factory"]
+        assert shims_before, "the creation got as far as the pod shim"
+        d.kill9()
+        t.join(30)
+        time.sleep(3)  # the orphaned plugin finishes its ADD (as it would after a real crash)
+    finally:
+        slow.unlink()
+    d.start()
+    assert d.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items == []
+    time.sleep(1)
+    assert not cni.leaks(), "recovery removed the half-made pod"
+    assert not [f for f in (d.state / "shims").glob("*.pid") if f.stem != "factory"]
+    # the name is free again
+    pod = run_pod(d, cfg)
+    remove_pod(d, pod)
+    assert not cni.leaks()
