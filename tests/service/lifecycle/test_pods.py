@@ -227,3 +227,20 @@ def test_kill9_with_pods_running_then_restart(d: DaemonProcess) -> None:
     assert st["errors"] == []
     for p in pods[:2]:
         remove_pod(d, p)
+
+
+def test_pod_cgroup_resources_and_update(d: DaemonProcess) -> None:
+    cfg = pod_config()
+    cfg.linux.resources.CopyFrom(pb.LinuxContainerResources(memory_limit_in_bytes=256 << 20, cpu_shares=512))
+    cfg.linux.overhead.CopyFrom(pb.LinuxContainerResources(memory_limit_in_bytes=16 << 20, cpu_shares=2))
+    pod = run_pod(d, cfg)
+    path = pod_info(d, pod)["cgroup"]["path"]
+    memory = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes"
+    if not memory.parent.exists():
+        pytest.skip("no v1 memory hierarchy")
+    assert int(memory.read_text()) == (256 + 16) << 20, "resources plus overhead"
+    d.runtime.UpdatePodSandboxResources(pb.UpdatePodSandboxResourcesRequest(
+        pod_sandbox_id=pod, resources=pb.LinuxContainerResources(memory_limit_in_bytes=512 << 20)), timeout=10)
+    assert int(memory.read_text()) == (512 + 16) << 20
+    remove_pod(d, pod)
+    assert not memory.parent.exists(), "our own pod cgroup is removed with the pod"
