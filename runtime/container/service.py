@@ -44,13 +44,12 @@ from runtime.handoff import Handoff
 from runtime.ids import check_id, new_id
 from runtime.image.model import Image
 from runtime.image.service import ImageService
-from runtime.image.snapshot import OverlayMount
 from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
 from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
 from runtime.sandbox.hooks import CgroupsPort
 from runtime.sandbox.service import SandboxService, shim_alive
-from runtime.security.container import ContainerSecurityPlan, ContainerSecurityPlanner
+from runtime.security.container import ContainerSecurityPlanner
 from runtime.security.devices import device_cgroup_plan
 from runtime.security.rootfs import LayeredRootfs
 from runtime.store import Store, from_json
@@ -158,6 +157,7 @@ class ContainerService:
         cid, config = rec.id, rec.config
         planner = self._planner()
         steps = StepTimer()
+        namespaces = self._namespaces(sandbox, config)
         image = await self.images.get(config.image.image)
         steps.mark("image")
         mounts = await resolve_image_volumes(self.images, self.settings.state, cid, config.mounts, undo)
@@ -173,17 +173,6 @@ class ContainerService:
         cg_path = container_cgroup_path(sandbox.cgroup_path, cid)
         resources = check_resources(config.resources) if config.resources is not None else None
 
-        async def rootfs_and_security() -> tuple[OverlayMount, ContainerSecurityPlan]:
-            mount = await self.images.snapshots.prepare(cid, image.id)
-            undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
-            layers = (mount.upperdir, *mount.lowerdirs)
-            plan = await asyncio.to_thread(
-                planner.plan, config, sandbox.config, image_user=image.config.user,
-                read_image_file=LayeredRootfs(layers).read_file, shm_path=sandbox.shm_path,
-                sandbox_mounts=specs.pod_file_mounts(sandbox.files_dir, config.security.readonly_rootfs),
-            )
-            return mount, plan
-
         def make_dirs_and_cgroup() -> None:
             _make_state_dir(state_dir, log_path)
             try:
@@ -192,20 +181,36 @@ class ContainerService:
                 shutil.rmtree(state_dir, True)
                 raise
 
-        async def dirs_and_cgroup() -> None:
-            await asyncio.to_thread(make_dirs_and_cgroup)  # one thread hop: both are quick
-            undo.push("state dir", lambda: asyncio.to_thread(shutil.rmtree, state_dir, True))
-            undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, cg_path))
+        await asyncio.to_thread(make_dirs_and_cgroup)  # one thread hop: both are quick
+        undo.push("state dir", lambda: asyncio.to_thread(shutil.rmtree, state_dir, True))
+        undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, cg_path))
+        procs = tuple(str(p) for p in driver.procs_files(cg_path))
+        steps.mark("cgroup")
+        # The shim forks the container's process now, joined to the pod's namespaces and the
+        # container's cgroups, while we prepare the rootfs; it then waits for the spec.
+        # Measured: the fork and the cgroup moves (each v1 write waits for an RCU grace
+        # period) were most of CreateContainer's time.
+        client = self.sandboxes.shims.client(sandbox.id)
+        precreated = asyncio.ensure_future(client.call(
+            "precreate", container_id=cid, namespaces=to_plain(namespaces), cgroup_procs=list(procs),
+            stdin=config.stdin, tty=config.tty, rpc_timeout=30,
+        ))
 
-        # independent steps side by side; each registers its undo as soon as it is done, and
-        # both finish before a failure is raised (so nothing is made behind the undo's back)
-        first, second = await asyncio.gather(rootfs_and_security(), dirs_and_cgroup(), return_exceptions=True)
-        for outcome in (first, second):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert not isinstance(first, BaseException)
-        rootfs_mount, plan = first
-        steps.mark("snapshot+security+cgroup")
+        async def discard_precreated() -> None:
+            with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
+                await precreated
+            await client.call("delete", container_id=cid, rpc_timeout=30)
+
+        undo.push("precreated process", discard_precreated)
+        rootfs_mount = await self.images.snapshots.prepare(cid, image.id)
+        undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
+        layers = (rootfs_mount.upperdir, *rootfs_mount.lowerdirs)
+        plan = await asyncio.to_thread(
+            planner.plan, config, sandbox.config, image_user=image.config.user,
+            read_image_file=LayeredRootfs(layers).read_file, shm_path=sandbox.shm_path,
+            sandbox_mounts=specs.pod_file_mounts(sandbox.files_dir, config.security.readonly_rootfs),
+        )
+        steps.mark("snapshot+security")
         for warning in plan.warnings:
             log.warning("container %s: %s", cid, warning)
         devices_plan = device_cgroup_plan(driver.host, cg_path, plan.device_rules)
@@ -216,7 +221,6 @@ class ContainerService:
             _save_exec_process(state_dir, exec_process)
 
         await asyncio.to_thread(devices_and_process_file)
-        procs = tuple(str(p) for p in driver.procs_files(cg_path))
         steps.mark("devices")
         process = plan.process(args, env, cwd, tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once)
         _check_process_size(process)
@@ -224,7 +228,7 @@ class ContainerService:
             container_id=cid,
             sandbox_id=sandbox.id,
             process=process,
-            namespaces=self._namespaces(sandbox, config),
+            namespaces=namespaces,
             rootfs=RootfsSpec(str(state_dir / "rootfs"), rootfs_mount.lowerdirs, rootfs_mount.upperdir,
                               rootfs_mount.workdir, readonly=plan.readonly_rootfs),
             mounts=plan.mounts,
@@ -237,7 +241,9 @@ class ContainerService:
             exit_dir=str(state_dir),
             privileged=plan.privileged,
         )
-        client = self.sandboxes.shims.client(sandbox.id)
+        with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
+            await precreated  # if that failed, create forks the process itself
+        steps.mark("precreated")
         created = await client.call("create", spec=to_plain(launch), rpc_timeout=90)
         undo.push("shim process", lambda: client.call("delete", container_id=cid, rpc_timeout=30))
         self._exec_cache[cid] = exec_process

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import pickle
 import pty
 import signal
 import struct
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.model.launch import ExitStatus, LaunchSpec, ProcessSpec
+from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
 from runtime.shim import init
 from runtime.shim.logwriter import CriLogFile, LineSplitter
 from runtime.store.codec import to_json
@@ -110,6 +111,68 @@ def oom_kill_count(memory_cgroup: str) -> int:
     return 0
 
 
+@dataclass
+class Stdio:
+    """A child's stdio: ``child`` are its ends (0, 1, 2), the rest ours (-1: none)."""
+
+    child: tuple[int, int, int]
+    tty_master: int = -1
+    stdin_w: int = -1
+    out_r: int = -1
+    err_r: int = -1
+
+    def close_ours(self) -> None:
+        for fd in {self.tty_master, self.stdin_w, self.out_r, self.err_r} - {-1}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close_child(self) -> None:
+        for fd in set(self.child):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def make_stdio(want_stdin: bool, tty: bool) -> Stdio:
+    if tty:
+        master, slave = pty.openpty()
+        return Stdio((slave, slave, slave), tty_master=master, stdin_w=master if want_stdin else -1)
+    if want_stdin:
+        stdin, stdin_w = os.pipe()
+    else:
+        stdin, stdin_w = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC), -1
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    return Stdio((stdin, out_w, err_w), stdin_w=stdin_w, out_r=out_r, err_r=err_r)
+
+
+@dataclass
+class Precreated:
+    """A container's first process forked ahead of its spec (see init.run_precreated)."""
+
+    pid: int
+    namespaces: NamespaceSpec
+    spec_w: int
+    report_r: int
+    start_w: int
+    exec_r: int
+    stdio: Stdio
+    setup: asyncio.Future[int]
+
+    def discard(self) -> None:
+        """Closing the spec pipe without a spec makes the process exit 0."""
+        for fd in (self.spec_w, self.report_r, self.start_w, self.exec_r):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.stdio.close_ours()
+
+
+def _write_all_blocking(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
 def _set_nonblocking(fd: int) -> None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
@@ -124,6 +187,7 @@ class ProcessTable:
         self._early_exits: dict[int, int] = {}  # reaped before we learned the pid
         self._waiters: dict[int, asyncio.Future[int]] = {}  # plain children (helpers)
         self._on_exit = on_exit
+        self.precreated: dict[str, Precreated] = {}
         self._loop = asyncio.get_running_loop()
         self._exec_seq = 0
 
@@ -201,28 +265,23 @@ class ProcessTable:
 
     def _open_stdio(self, proc: Proc, want_stdin: bool, tty: bool) -> tuple[int, int, int]:
         """Create the child's stdio; returns the child's ends (closed here after fork)."""
-        if tty:
-            master, slave = pty.openpty()
-            proc.tty_master = master
-            self._reader(proc, master, 1)
-            if want_stdin:
-                proc.stdin_w = master
-            return slave, slave, slave
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        if want_stdin:
-            r, w = os.pipe()
-            proc.stdin_w = w
-            _set_nonblocking(w)
-            stdin = r
-        else:
-            stdin = null
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        self._reader(proc, out_r, 1)
-        self._reader(proc, err_r, 2)
-        if stdin is not null:
-            os.close(null)
-        return stdin, out_w, err_w
+        io = make_stdio(want_stdin, tty)
+        self._attach_stdio(proc, io)
+        return io.child
+
+    def _attach_stdio(self, proc: Proc, io: Stdio) -> None:
+        """Take over our ends of ``io`` for ``proc``: read its output, hold its stdin."""
+        if io.tty_master >= 0:
+            proc.tty_master = io.tty_master
+            self._reader(proc, io.tty_master, 1)
+            if io.stdin_w == io.tty_master:
+                proc.stdin_w = io.tty_master
+            return
+        if io.stdin_w >= 0:
+            proc.stdin_w = io.stdin_w
+            _set_nonblocking(io.stdin_w)
+        self._reader(proc, io.out_r, 1)
+        self._reader(proc, io.err_r, 2)
 
     def _reader(self, proc: Proc, fd: int, stream: int) -> None:
         _set_nonblocking(fd)
@@ -403,34 +462,85 @@ class ProcessTable:
             transport.close()
         return lines
 
-    async def create(self, spec: LaunchSpec) -> Proc:
-        """Create a container process: set up, then waiting for :meth:`start`."""
-        if spec.container_id in self.procs:
-            raise errors.AlreadyExists(f"container {spec.container_id} already exists in this pod")
-        proc = Proc(key=spec.container_id, spec=spec)
-        proc.log = CriLogFile(spec.log_path) if spec.log_path else None
-        proc.oom_base = oom_kill_count(spec.memory_cgroup)
-        report_r, report_w = os.pipe()
-        start_r, start_w = os.pipe()
-        exec_r, exec_w = os.pipe()
-        stdio = self._open_stdio(proc, spec.process.stdin, spec.process.tty)
-        ns = spec.namespaces
+    def precreate(
+        self, container_id: str, ns: NamespaceSpec, cgroup_procs: tuple[str, ...], stdin: bool, tty: bool
+    ) -> int:
+        """Fork a container's first process before its spec is known (in its PID namespace,
+        joined to the pod's namespaces); :meth:`create` hands it the spec. Returns its pid."""
+        if container_id in self.procs or container_id in self.precreated:
+            raise errors.AlreadyExists(f"container {container_id} already exists in this pod")
+        io = make_stdio(stdin, tty)
+        pipes = [os.pipe() for _ in range(4)]  # spec, report, start, exec report
+        (spec_r, spec_w), (report_r, report_w), (start_r, start_w), (exec_r, exec_w) = pipes
         try:
             with init.children_in_pid_ns(join=ns.pid, new=ns.new_pid and not ns.pid):
                 pid = os.fork()
                 if pid == 0:
-                    init.run_container(spec, report_w, start_r, exec_w, stdio)
+                    init.run_precreated(ns, cgroup_procs, spec_r, report_w, start_r, exec_w, io.child)
         except BaseException:
-            for fd in (report_r, report_w, start_r, start_w, exec_r, exec_w, *stdio):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._close_io(proc)
+            for r, w in pipes:
+                os.close(r)
+                os.close(w)
+            io.close_child()
+            io.close_ours()
             raise
-        for fd in {report_w, start_r, exec_w, *stdio}:
+        for fd in (spec_r, report_w, start_r, exec_w):
             os.close(fd)
-        proc.start_w, proc.exec_report_r = start_w, exec_r
+        io.close_child()
+        self.precreated[container_id] = Precreated(
+            pid, ns, spec_w, report_r, start_w, exec_r, io, self.wait_child(pid)
+        )
+        return pid
+
+    def discard_precreated(self, container_id: str) -> None:
+        pre = self.precreated.pop(container_id, None)
+        if pre is not None:
+            pre.discard()
+
+    async def create(self, spec: LaunchSpec) -> Proc:
+        """Create a container process: set up, then waiting for :meth:`start`."""
+        if spec.container_id in self.procs:
+            raise errors.AlreadyExists(f"container {spec.container_id} already exists in this pod")
+        pre = self.precreated.pop(spec.container_id, None)
+        if pre is not None and (
+            pre.namespaces != spec.namespaces or (pre.stdio.tty_master >= 0) != spec.process.tty
+            or (pre.stdio.stdin_w >= 0) != spec.process.stdin or pre.setup.done()
+        ):
+            pre.discard()  # made for another shape of container: start afresh
+            pre = None
+        proc = Proc(key=spec.container_id, spec=spec)
+        proc.log = CriLogFile(spec.log_path) if spec.log_path else None
+        proc.oom_base = oom_kill_count(spec.memory_cgroup)
+        if pre is not None:
+            self._attach_stdio(proc, pre.stdio)
+            try:
+                _write_all_blocking(pre.spec_w, pickle.dumps(spec))
+            finally:
+                os.close(pre.spec_w)
+            pid, setup, report_r = pre.pid, pre.setup, pre.report_r
+            proc.start_w, proc.exec_report_r = pre.start_w, pre.exec_r
+        else:
+            report_r, report_w = os.pipe()
+            start_r, start_w = os.pipe()
+            exec_r, exec_w = os.pipe()
+            stdio = self._open_stdio(proc, spec.process.stdin, spec.process.tty)
+            ns = spec.namespaces
+            try:
+                with init.children_in_pid_ns(join=ns.pid, new=ns.new_pid and not ns.pid):
+                    pid = os.fork()
+                    if pid == 0:
+                        init.run_container(spec, report_w, start_r, exec_w, stdio)
+            except BaseException:
+                for fd in (report_r, report_w, start_r, start_w, exec_r, exec_w, *stdio):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                self._close_io(proc)
+                raise
+            for fd in {report_w, start_r, exec_w, *stdio}:
+                os.close(fd)
+            proc.start_w, proc.exec_report_r = start_w, exec_r
+            setup = self.wait_child(pid)
         proc.pid = pid
-        setup = self.wait_child(pid)
         self.procs[spec.container_id] = proc
         try:
             lines = await asyncio.wait_for(self._read_report(report_r), 60)

@@ -27,7 +27,7 @@ from typing import Any
 
 from runtime import errors
 from runtime.linux import libc
-from runtime.model.launch import ExitStatus, LaunchSpec, ProcessSpec
+from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
 from runtime.shim import nsinit, wire
 from runtime.shim.procs import EXEC_SYNC_MAX_OUTPUT, OutputSink, Proc, ProcessTable
 from runtime.store.codec import from_plain
@@ -145,6 +145,8 @@ class ShimServer:
 
     async def _shutdown(self) -> None:
         assert self.table is not None
+        for container_id in list(self.table.precreated):
+            self.table.discard_precreated(container_id)
         for proc in list(self.table.procs.values()):
             self.table.kill(proc, signal.SIGKILL)
         if self._holder_pid:
@@ -232,6 +234,14 @@ class ShimServer:
             raise errors.FailedPrecondition(f"creating the pod PID namespace: {exc}") from None
         return {"pid": self._holder_pid}
 
+    async def op_precreate(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Fork a container's process ahead of ``create`` (it waits for the spec)."""
+        assert self.table is not None
+        ns: NamespaceSpec = from_plain(NamespaceSpec, msg["namespaces"])
+        pid = self.table.precreate(msg["container_id"], ns, tuple(msg.get("cgroup_procs") or ()),
+                                   bool(msg.get("stdin")), bool(msg.get("tty")))
+        return {"pid": pid}
+
     async def op_create(self, msg: dict[str, Any]) -> dict[str, Any]:
         assert self.table is not None
         spec: LaunchSpec = from_plain(LaunchSpec, msg["spec"])
@@ -277,6 +287,7 @@ class ShimServer:
     async def op_delete(self, msg: dict[str, Any]) -> dict[str, Any]:
         """Forget an exited (or never started) container; kills a created one first."""
         assert self.table is not None
+        self.table.discard_precreated(msg["container_id"])
         proc = self.table.procs.get(msg["container_id"])
         if proc is None:
             return {}
