@@ -119,9 +119,12 @@ def critest_command(endpoint: str, report: Path, parallel: int, websocket: bool,
                     skip: str, focus: str = "") -> list[str]:
     cmd = [
         CRITEST, f"--runtime-endpoint={endpoint}", f"--image-endpoint={endpoint}",
-        f"--parallel={parallel}", f"--ginkgo.junit-report={report}", "--ginkgo.no-color",
-        f"--ginkgo.timeout={SUITE_TIMEOUT_MIN}m",
+        f"--ginkgo.junit-report={report}", "--ginkgo.no-color", f"--ginkgo.timeout={SUITE_TIMEOUT_MIN}m",
     ]
+    if parallel > 1:
+        # critest runs the ginkgo CLI with --nodes=N; --parallel=1 would reach go test's own
+        # -parallel flag, which ginkgo refuses
+        cmd.append(f"--parallel={parallel}")
     if websocket:
         cmd += ["-websocket-exec", "-websocket-attach", "-websocket-portforward"]
     if skip:
