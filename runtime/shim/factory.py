@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -97,12 +98,48 @@ def _warm_up(workdir: str) -> None:
                 await writer.drain()
                 await wire.read_message(reader)
             writer.close()
+        await warm_pod_namespaces(connect)
         reader, writer = await connect()
         writer.write(wire.encode({"id": 2, "op": "shutdown"}))
         await writer.drain()
         await wire.read_message(reader)
         writer.close()
         await asyncio.wait_for(task, 10)
+
+    async def warm_pod_namespaces(
+        connect: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+    ) -> None:
+        """One real ``create_namespaces`` with the built-in network's in-namespace step, made
+        while this process stands in a throwaway network namespace (where the veth's "host"
+        end goes) and with its pins in a scratch dir: nothing of it reaches the host."""
+        from runtime.network.model import NetworkMode, PodInterfacePlan, PodNetnsPlan
+        from runtime.store.codec import to_plain
+
+        sid = "0" * 64
+        plan = PodNetnsPlan(sid, NetworkMode.BUILTIN, True, PodInterfacePlan(
+            sid, "eth0", "warmveth0", "169.254.123.2", 30, "169.254.123.1", "02:00:00:00:00:01"))
+        pins = os.path.join(workdir, "warm-pins")
+        os.makedirs(pins, exist_ok=True)
+        host_net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            libc.unshare(libc.CLONE_NEWNET)
+            reader, writer = await connect()
+            writer.write(wire.encode({"id": 3, "op": "create_namespaces", "request": {
+                "pin_dir": pins, "types": ["net", "ipc", "uts"], "hostname": "warm-up",
+                "sysctls": {}, "network": to_plain(plan)}}))
+            await writer.drain()
+            await wire.read_message(reader)
+            writer.close()
+        finally:
+            libc.setns(host_net, libc.CLONE_NEWNET)
+            os.close(host_net)
+            for name in os.listdir(pins):
+                with contextlib.suppress(OSError):
+                    libc.umount2(os.path.join(pins, name), libc.MNT_DETACH)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(pins, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(pins)
 
     try:
         asyncio.run(exchange())
