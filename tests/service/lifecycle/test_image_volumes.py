@@ -73,3 +73,19 @@ def test_bad_image_volumes_are_refused_and_leave_nothing(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in (info.value.details() or "")
     assert sorted(os.listdir(d.root / "images" / "containers")) == snapshots_before
     assert not any((d.state / "image-volumes").glob("*"))
+
+
+def test_image_volume_survives_a_daemon_kill9_and_goes_with_its_container(
+    d: DaemonProcess, images: Images, tmp_path: Path
+) -> None:
+    user_id = pull(d, images.user)
+    cfg = pod_config(log_directory=str(tmp_path / unique("logs")))
+    pod = run_pod(d, cfg)
+    cid = create_container(d, pod, cfg, container_config("vol", images.busybox, ["sleep", "1000"],
+                                                         mounts=[volume("/vol", user_id, images.user)]))
+    start(d, cid)
+    d.kill9()
+    d.start()
+    assert exec_sync(d, cid, ["cat", "/vol/home/app/.profile"]).stdout == b"# app\n"
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+    assert not (d.state / "image-volumes" / cid).exists()
