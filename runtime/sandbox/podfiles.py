@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 from runtime.network.model import DnsConfig
-from runtime.store.files import atomic_write
 
 HOSTS_HEADER = (
     "127.0.0.1\tlocalhost\n"
@@ -50,16 +49,25 @@ def dns_given(dns: DnsConfig | None) -> bool:
     return dns is not None and bool(dns.servers or dns.searches or dns.options)
 
 
+def _replace(path: Path, data: bytes) -> None:
+    """temp file + rename (readers see old or new, never half); no fsync: the files are
+    rewritten from the record whenever needed and a power loss ends the pod anyway."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o644)
+    os.rename(tmp, path)
+
+
 def write_pod_files(
     directory: Path, hostname: str, dns: DnsConfig | None, host_network: bool, ip: str = ""
 ) -> None:
     """Write hostname, hosts and resolv.conf into ``directory`` (blocking; idempotent)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o711)
-    atomic_write(directory / "hostname", f"{hostname}\n".encode(), 0o644)
+    _replace(directory / "hostname", f"{hostname}\n".encode())
     hosts = _read_or(HOST_HOSTS, hosts_content()) if host_network else hosts_content(ip, hostname)
-    atomic_write(directory / "hosts", hosts.encode(), 0o644)
+    _replace(directory / "hosts", hosts.encode())
     resolv = resolv_conf_content(dns) if dns is not None and dns_given(dns) else _read_or(HOST_RESOLV_CONF, "")
-    atomic_write(directory / "resolv.conf", resolv.encode(), 0o644)
+    _replace(directory / "resolv.conf", resolv.encode())
 
 
 def _read_or(path: Path, default: str) -> str:

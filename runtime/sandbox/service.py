@@ -151,9 +151,8 @@ class SandboxService:
                 shim = await self.shims.spawn(sid)
                 steps.mark("shim")
                 undo.push("shim", lambda: self._shutdown_shim(sid, shim))
+                # (a crash from here on: recovery finds this shim by its pid file)
                 rec = replace(rec, shim=shim, network_mode=None if plan is None else plan.mode)
-                await self.records.put(rec)  # recovery must find the shim if we crash now
-                steps.mark("record")
                 hostname = config.hostname or node_hostname()
                 client = self.shims.client(sid)
                 types = [t for t, on in (("net", not host_net), ("ipc", ns.ipc is NamespaceMode.POD),
@@ -428,7 +427,7 @@ class SandboxService:
             async with self.lock(rec.id):
                 if not rec.config.host_network:
                     await self.network.teardown(rec.id)
-                await self._shutdown_shim(rec.id, rec.shim)
+                await self._shutdown_shim(rec.id, rec.shim or self.shims.recorded_ref(rec.id))
                 await asyncio.to_thread(unpin_namespaces, Path(rec.state_dir) / "ns")
                 await self._release(rec)
                 await self.records.delete(rec.id)

@@ -136,6 +136,14 @@ class ShimManager:
         except (OSError, ProcessLookupError) as exc:
             log.warning("cannot write pid file %s.pid: %s", name, exc)
 
+    def recorded_ref(self, sandbox_id: str) -> ProcessRef | None:
+        """The shim of ``sandbox_id`` as its pid file names it (None when there is none)."""
+        try:
+            pid, start = (int(x) for x in (self.dir / f"{sandbox_id[:20]}.pid").read_text().split()[:2])
+        except (OSError, ValueError):
+            return None
+        return ProcessRef(pid, start)
+
     def client(self, sandbox_id: str) -> ShimClient:
         c = self._clients.get(sandbox_id)
         if c is None:
