@@ -85,13 +85,17 @@ def test_cni_pod_reachable_and_nothing_left(cni: CniDaemon) -> None:
     d = cni.d
     st = json.loads(d.crictl("info").stdout)["status"]["conditions"]
     assert {c["type"]: c["status"] for c in st}["NetworkReady"] is True
-    a, b = run_pod(d, pod_config()), run_pod(d, pod_config())
+    port, host_port = free_port(), free_port()
+    a = run_pod(d, pod_config(port_mappings=[pb.PortMapping(protocol=pb.TCP, container_port=port,
+                                                            host_port=host_port)]))
+    b = run_pod(d, pod_config())
     ip = pod_ip(d, a)
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(cni.subnet)
-    port = free_port()
+    gateway = str(next(ipaddress.ip_network(cni.subnet).hosts()))
     with tcp_server(netns_path(d, a), port):
         assert tcp_peer("-", ip, port) != ""
         assert tcp_peer(netns_path(d, b), ip, port) == pod_ip(d, b)
+        assert tcp_peer(netns_path(d, b), gateway, host_port) != "", "hostPort (the portmap plugin)"
     remove_pod(d, a)
     remove_pod(d, b)
     assert not cni.leaks()
