@@ -446,11 +446,12 @@ class SandboxService:
 
     async def mark_not_ready(self, sandbox_id: str) -> None:
         """The shim is gone: the sandbox is not ready any more (kubelet will stop/remove it)."""
-        rec = self.records.get(sandbox_id)
-        if rec is None or rec.state is not SandboxState.READY:
-            return
-        await self.records.put(replace(rec, state=SandboxState.NOTREADY, stopped_at_ns=time.time_ns()))
-        self._watches.pop(sandbox_id, None)
+        async with self.lock(sandbox_id):
+            rec = self.records.get(sandbox_id)
+            if rec is None or rec.state is not SandboxState.READY:
+                return
+            await self.records.put(replace(rec, state=SandboxState.NOTREADY, stopped_at_ns=time.time_ns()))
+            self._watches.pop(sandbox_id, None)
         self.events.publish(EventKind.SANDBOX_STOPPED, sandbox_id)
 
     def _clean_leftover_dirs(self, known: set[str]) -> None:

@@ -382,3 +382,22 @@ def test_stopping_the_pod_stops_containers_and_leaves_no_processes(
     assert d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers == []
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "sleep 1000" not in out
+
+
+def test_a_killed_pod_shim_makes_the_pod_not_ready_and_leaves_nothing(
+    d: DaemonProcess, images: Images, tmp_path: Path
+) -> None:
+    pod, cfg = new_pod(d, tmp_path)
+    cid = run(d, pod, cfg, container_config("orphan", images.busybox, ["sleep", "1000"]))
+    shim = json.loads(d.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True),
+                                                 timeout=10).info["info"])["shim"]["pid"]
+    os.kill(shim, 9)
+    deadline = time.monotonic() + 20
+    while d.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=10).status.state \
+            != pb.SANDBOX_NOTREADY:
+        assert time.monotonic() < deadline, "the pod did not become not ready"
+        time.sleep(0.1)
+    st = wait_state(d, cid, pb.CONTAINER_EXITED)
+    assert st.reason == "Unknown" and st.exit_code == 255
+    assert not [x for x in d.leaks() if x.startswith("process")], "the orphaned container was killed"
+    remove_pod(d, pod)
