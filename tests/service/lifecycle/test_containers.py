@@ -401,3 +401,41 @@ def test_a_killed_pod_shim_makes_the_pod_not_ready_and_leaves_nothing(
     assert st.reason == "Unknown" and st.exit_code == 255
     assert not [x for x in d.leaks() if x.startswith("process")], "the orphaned container was killed"
     remove_pod(d, pod)
+
+
+def test_restart_removes_half_made_containers_and_unknown_leftovers(
+    d: DaemonProcess, images: Images, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    from runtime.model.container import ContainerConfig, ContainerMetadata, ContainerRecord, ImageSpec
+    from runtime.store import to_json
+
+    pod, cfg = new_pod(d, tmp_path)
+    keep = run(d, pod, cfg, container_config("keep", images.busybox, ["sleep", "1000"]))
+    info = json.loads(d.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True),
+                                                 timeout=10).info["info"])
+    d.stop()
+    # what a crash in the middle of a CreateContainer leaves: a CREATING record, its state dir
+    # and cgroup; and things no record names: a container dir, a sandbox dir with a mount
+    half = "9" * 64
+    rec = ContainerRecord(id=half, sandbox_id=pod, exit_dir=str(d.state / "containers" / half),
+                          cgroup_path=f"{info['cgroup']['path']}/{half}",
+                          config=ContainerConfig(metadata=ContainerMetadata("half"), image=ImageSpec("x")))
+    with sqlite3.connect(d.root / "meta.db") as db:
+        db.execute("INSERT INTO containers VALUES (?, ?, ?, 'creating', ?, 0)",
+                   (half, pod, f"{pod}/half/0", to_json(rec)))
+    (d.state / "containers" / half / "rootfs").mkdir(parents=True)
+    memory = Path("/sys/fs/cgroup/memory") / info["cgroup"]["path"].lstrip("/")
+    (memory / half).mkdir()
+    (d.state / "containers" / ("8" * 64)).mkdir()
+    stray = d.state / "sandboxes" / ("7" * 64)
+    (stray / "shm").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "stray", str(stray / "shm")], check=True)
+    d.start()
+    names = [c.metadata.name for c in d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers]
+    assert names == ["keep"] and status(d, keep).state == pb.CONTAINER_RUNNING
+    assert sorted(os.listdir(d.state / "containers")) == [keep]
+    assert not (memory / half).exists()
+    assert not stray.exists() and not [m for m in d.leaks() if "7" * 64 in m]
+    remove_pod(d, pod)
