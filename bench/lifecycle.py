@@ -93,13 +93,20 @@ def cni_conflist(name: str, bridge: str, subnet: str) -> str:
 
 
 def settle_ksm(limit: float = 600.0) -> None:
-    """Wait until ksmd has scanned all offered memory twice since now (a page is merged on
-    the scan after the one that saw it unchanged), at most ``limit`` seconds."""
+    """Wait until ksmd has merged what it will: at least three full scans of the offered
+    memory since now (a page is merged on a scan after the one that saw it unchanged), and no
+    change in the number of merged pages across the last scan; at most ``limit`` seconds."""
     scans = Path("/sys/kernel/mm/ksm/full_scans")
+    sharing = Path("/sys/kernel/mm/ksm/pages_sharing")
     start = int(scans.read_text())
     deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and int(scans.read_text()) < start + 2:
-        time.sleep(2)
+    seen: dict[int, int] = {}
+    while time.monotonic() < deadline:
+        n = int(scans.read_text())
+        seen[n] = int(sharing.read_text())
+        if n >= start + 3 and seen.get(n - 1) == seen[n] and seen[n] > 0:
+            return
+        time.sleep(1)
 
 
 class Runtime:
