@@ -362,10 +362,11 @@ def report(results: Results) -> None:
 @contextlib.contextmanager
 def both(base: Path, registry: str, pause: str, shim_cni: bool, ksm: bool) -> Iterator[tuple[Containerd, CriShim]]:
     extra = f"[pods]\nmerge_shim_memory = {'true' if ksm else 'false'}\n"
+    cni_bridge = unique("bcs")
     if shim_cni:
         conf = base / "shim-cni"
         conf.mkdir()
-        (conf / "10-bench.conflist").write_text(cni_conflist("bench-shim", unique("bcs"), unique_subnet(prefix=22)))
+        (conf / "10-bench.conflist").write_text(cni_conflist("bench-shim", cni_bridge, unique_subnet(prefix=22)))
         extra += f'[network]\ncni_conf_dir = "{conf}"\nmode = "cni"\n'
     else:
         extra += f'[network]\npod_cidr = "{unique_subnet(prefix=22)}"\n'
@@ -379,6 +380,8 @@ def both(base: Path, registry: str, pause: str, shim_cni: bool, ksm: bool) -> It
                 shim.close()
     finally:
         cd.stop()
+        if shim_cni:
+            subprocess.run(["ip", "link", "del", cni_bridge], capture_output=True, check=False)
 
 
 def main() -> int:
