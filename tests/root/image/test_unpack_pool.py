@@ -52,20 +52,20 @@ async def test_results_refusals_and_reuse(tmp_path: Path) -> None:
 async def test_dead_and_cancelled_workers(tmp_path: Path) -> None:
     pool = UnpackPool(1)
     try:
-        big = ib.Layer()
-        for i in range(3000):
-            big.file(f"f{i}", os.urandom(512))
-        path = blob(tmp_path, "big", big)
+        # A FIFO nobody writes: the worker blocks on it, so it is busy for as long as the test
+        # needs (a large layer could finish before the test acts on a fast machine).
+        stuck = tmp_path / "stuck-layer"
+        os.mkfifo(stuck)
         (tmp_path / "a").mkdir()
-        task = asyncio.create_task(pool.apply(path, tmp_path / "a", ApplyLimits(), "big"))
-        await asyncio.sleep(0.5)
+        task = asyncio.create_task(pool.apply(stuck, tmp_path / "a", ApplyLimits(), "big"))
+        await _until_busy(pool)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert pool.pids() == []
         (tmp_path / "b").mkdir()
-        worker_task = asyncio.create_task(pool.apply(path, tmp_path / "b", ApplyLimits(), "big"))
-        await asyncio.sleep(0.5)
+        worker_task = asyncio.create_task(pool.apply(stuck, tmp_path / "b", ApplyLimits(), "big"))
+        await _until_busy(pool)
         (busy,) = pool.pids()
         os.kill(busy, signal.SIGKILL)  # a worker this test's pool started
         with pytest.raises(Internal, match="exited"):
@@ -75,3 +75,11 @@ async def test_dead_and_cancelled_workers(tmp_path: Path) -> None:
                                  ApplyLimits(), "s")).entries == 1
     finally:
         await pool.close()
+
+
+async def _until_busy(pool: UnpackPool, timeout: float = 20) -> None:
+    """Wait until the pool's worker is running (it starts a fresh interpreter first)."""
+    async with asyncio.timeout(timeout):
+        while not pool.pids():
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # let it reach the blob
