@@ -31,10 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.cgroups.fs import LinuxCgroupFs
 from runtime.cgroups.model import Resources, check_resources
 from runtime.cgroups.paths import container_cgroup_path
-from runtime.cgroups.plan import apply_plan
 from runtime.config import RuntimeSettings
 from runtime.container import spec as specs
 from runtime.container.imagevolumes import leftover_volume_dirs, release_image_volumes, resolve_image_volumes
@@ -50,7 +48,7 @@ from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
 from runtime.sandbox.hooks import CgroupsPort
 from runtime.sandbox.service import SandboxService, shim_alive
 from runtime.security.container import ContainerSecurityPlanner
-from runtime.security.devices import device_cgroup_plan
+from runtime.security.devices import apply_device_rules
 from runtime.security.rootfs import LayeredRootfs
 from runtime.store import Store, from_json
 from runtime.store.codec import to_plain
@@ -213,11 +211,11 @@ class ContainerService:
         steps.mark("snapshot+security")
         for warning in plan.warnings:
             log.warning("container %s: %s", cid, warning)
-        devices_plan = device_cgroup_plan(driver.host, cg_path, plan.device_rules)
         exec_process = plan.process(args, env, cwd, main=False)
 
         def devices_and_process_file() -> None:
-            apply_plan(LinuxCgroupFs(), devices_plan)
+            # v1: devices.deny/allow writes; v2: an eBPF device program on the cgroup
+            apply_device_rules(driver.host, cg_path, plan.device_rules)
             _save_exec_process(state_dir, exec_process)
 
         await asyncio.to_thread(devices_and_process_file)
