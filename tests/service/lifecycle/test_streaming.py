@@ -168,3 +168,55 @@ def test_port_forward_http(d: DaemonProcess, images: Images, tmp_path: Path, tra
         finally:
             proc.kill()
             proc.wait(10)
+
+
+def _exec_url(d: DaemonProcess, cid: str, cmd: list[str], stdin: bool) -> str:
+    req = pb.ExecRequest(container_id=cid, cmd=cmd, stdin=stdin, stdout=True, stderr=True)
+    return str(d.runtime.Exec(req, timeout=10).url)
+
+
+@pytest.mark.timeout(180)
+def test_50_concurrent_execs_and_20_port_forwards_move_the_right_bytes(
+    d: DaemonProcess, images: Images, tmp_path: Path
+) -> None:
+    """Through the real daemon and pod shim: 50 exec sessions at once (half SPDY, half
+    WebSocket v5, each echoing its own payload through the container's `cat` and exiting with
+    its own code) and 20 port-forward connections at once (each a distinct HTTP request),
+    then no exec process is left in the container."""
+    import asyncio
+
+    from tests.support import stream_clients as sc
+
+    with running(d, images, tmp_path, "conc", images.httpd, []) as (pod, cid):
+        urls = [_exec_url(d, cid, ["sh", "-c", f"cat; exit {i % 7}"], True) for i in range(50)]
+        payloads = [os.urandom(20_000 + i * 997) for i in range(50)]
+
+        async def one_exec(i: int) -> None:
+            if i % 2:
+                res = await sc.ws_exec(urls[i], stdin=payloads[i])
+            else:
+                res = await sc.spdy_exec(urls[i], stdin=payloads[i])
+            assert res.stdout == payloads[i], f"session {i}: {len(res.stdout)} bytes"
+            assert res.exit_code == i % 7, f"session {i}: {res.status}"
+
+        pf = d.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod, port=[8080]), timeout=10).url
+
+        async def forwards() -> None:
+            conn, _ = await sc.spdy_connect(pf, ["portforward.k8s.io"])
+            try:
+                async def one(i: int) -> None:
+                    request = f"GET /?n={i} HTTP/1.0\r\nHost: x\r\n\r\n".encode()
+                    data, err = await sc.spdy_forward_once(conn, 8080, i, request)
+                    assert err == b"", err
+                    assert data.startswith(b"HTTP/1.") and b"hello from busybox httpd" in data, data[:200]
+
+                await asyncio.gather(*(one(i) for i in range(20)))
+            finally:
+                await conn.close()
+
+        async def main() -> None:
+            await asyncio.wait_for(asyncio.gather(*(one_exec(i) for i in range(50)), forwards()), 150)
+
+        asyncio.run(main())
+        left = [ln for ln in processes_in(d, cid) if "httpd" not in ln]
+        assert left == [], left
