@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -53,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cri_shim.api.gen import api_pb2 as pb
 from cri_shim.api.gen import api_pb2_grpc
 from tests.support import imagebuilder as ib
+from tests.support.cni import bridge_conflist, write_conflist
 from tests.support.daemon import running_daemon, unique_subnet
 from tests.support.names import unique
 from tests.support.registry import running_registry
@@ -78,18 +78,6 @@ def children(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             out += [int(p) for p in (task / "children").read_text().split()]
     return out
-
-
-def cni_conflist(name: str, bridge: str, subnet: str) -> str:
-    return json.dumps({
-        "cniVersion": "1.0.0",
-        "name": name,
-        "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    })
 
 
 def settle_ksm(limit: float = 600.0) -> None:
@@ -140,7 +128,8 @@ class Containerd(Runtime):
         (base / "cni").mkdir()
         self.bridge = unique("bcd")
         self.subnet = unique_subnet(prefix=22)
-        (base / "cni" / "10-bench.conflist").write_text(cni_conflist("bench-cd", self.bridge, self.subnet))
+        write_conflist(base / "cni", bridge_conflist("bench-cd", self.bridge, self.subnet, base / "cni-ipam"),
+                       "10-bench.conflist")
         self.log = base / "containerd.log"
         sock = base / "containerd.sock"
         self.config = base / "config.toml"
@@ -366,7 +355,9 @@ def both(base: Path, registry: str, pause: str, shim_cni: bool, ksm: bool) -> It
     if shim_cni:
         conf = base / "shim-cni"
         conf.mkdir()
-        (conf / "10-bench.conflist").write_text(cni_conflist("bench-shim", cni_bridge, unique_subnet(prefix=22)))
+        ipam = conf.parent / "cni-ipam"
+        doc = bridge_conflist("bench-shim", cni_bridge, unique_subnet(prefix=22), ipam)
+        write_conflist(conf, doc, "10-bench.conflist")
         extra += f'[network]\ncni_conf_dir = "{conf}"\nmode = "cni"\n'
     else:
         extra += f'[network]\npod_cidr = "{unique_subnet(prefix=22)}"\n'

@@ -17,7 +17,6 @@ bridge and the temp dirs are removed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.cni import bridge_conflist, write_conflist
 from tests.support.daemon import unique_subnet
 from tests.support.names import unique
 
@@ -41,18 +41,6 @@ def hosts_toml(local: str) -> str:
     (the fallback) and as its only host, over plain HTTP."""
     return (f'server = "http://{local}"\n\n'
             f'[host."http://{local}"]\n  capabilities = ["pull", "resolve"]\n')
-
-
-def cni_conflist(name: str, bridge: str, subnet: str) -> str:
-    return json.dumps({
-        "cniVersion": "1.0.0",
-        "name": name,
-        "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }, indent=2)
 
 
 def config_toml(base: Path, socket: Path, certs: Path, cni: Path) -> str:
@@ -161,7 +149,8 @@ def running_containerd(base: Path, registry_host: str, upstreams: Sequence[str],
         (certs / reg / "hosts.toml").write_text(hosts_toml(registry_host))
     cni.mkdir()
     bridge = unique("ccd")
-    (cni / "10-critest.conflist").write_text(cni_conflist("critest-containerd", bridge, unique_subnet(prefix=22)))
+    write_conflist(cni, bridge_conflist("critest-containerd", bridge, unique_subnet(prefix=22), base / "cni-ipam"),
+                   "10-critest.conflist")
     # a short socket path (unix socket paths are limited to 107 bytes)
     short = Path(f"/tmp/ccd-{os.getpid()}-{time.monotonic_ns() % 10**8}")
     short.mkdir()

@@ -23,6 +23,7 @@ from tests.root.network.helpers import (
     start_pod,
     stop_pod,
 )
+from tests.support import cni
 from tests.support import netns as nsutil
 from tests.support.names import unique
 
@@ -34,29 +35,7 @@ if not (CNI_BIN / "bridge").exists():
 
 
 def write_conflist(conf_dir: Path, name: str, bridge: str, subnet: str, data_dir: Path) -> None:
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "cniVersion": "1.0.0",
-        "name": name,
-        "plugins": [
-            {
-                "type": "bridge",
-                "bridge": bridge,
-                "isGateway": True,
-                "ipMasq": True,
-                "hairpinMode": True,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": subnet}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": str(data_dir),
-                },
-            },
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-            {"type": "loopback"},
-        ],
-    }
-    (conf_dir / "10-test.conflist").write_text(json.dumps(doc))
+    cni.write_conflist(conf_dir, cni.bridge_conflist(name, bridge, subnet, data_dir, hairpin=True, loopback=True))
 
 
 def _tables() -> set[str]:

@@ -17,6 +17,7 @@ import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
 from tests.service.lifecycle.conftest import tcp_peer, tcp_server
+from tests.support import cni as cniconf
 from tests.support.daemon import DaemonProcess, running_daemon, unique_subnet
 from tests.support.names import unique
 from tests.support.netns import free_port
@@ -30,18 +31,7 @@ if not (CNI_BIN / "bridge").exists():
 
 
 def write_conflist(conf_dir: Path, name: str, bridge: str, subnet: str, data_dir: Path, plugin: str = "bridge") -> None:
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "cniVersion": "1.0.0",
-        "name": name,
-        "plugins": [
-            {"type": plugin, "bridge": bridge, "isGateway": True, "ipMasq": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
-                      "dataDir": str(data_dir)}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ],
-    }
-    (conf_dir / "10-test.conflist").write_text(json.dumps(doc))
+    cniconf.write_conflist(conf_dir, cniconf.bridge_conflist(name, bridge, subnet, data_dir, plugin=plugin))
 
 
 class CniDaemon:

@@ -3,13 +3,13 @@ why each spec was skipped; containerd's registry and CNI configuration."""
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from tests.conformance import containerd, critest
+from tests.support import cni
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -66,5 +66,6 @@ def test_containerd_config_sends_every_registry_to_the_local_one(tmp_path: Path)
     assert cri["sandbox_image"] == containerd.PAUSE_IMAGE
     assert cri["containerd"]["runtimes"]["runc"]["options"]["Root"] == str(tmp_path / "runc")
     assert cfg["root"].startswith(str(tmp_path)) and cfg["state"].startswith(str(tmp_path))
-    net = json.loads(containerd.cni_conflist("n", "br-x", "10.1.2.0/24"))
+    net = cni.bridge_conflist("n", "br-x", "10.1.2.0/24", Path("/tmp/ipam"))
     assert [p["type"] for p in net["plugins"]] == ["bridge", "portmap"] and net["plugins"][0]["bridge"] == "br-x"
+    assert net["plugins"][0]["ipam"]["dataDir"] == "/tmp/ipam"  # nothing in /var/lib/cni/networks
