@@ -18,6 +18,7 @@ from runtime.container.records import CONTAINER_MIGRATIONS
 from runtime.container.service import ContainerService
 from runtime.errors import Unavailable
 from runtime.events import EventBus
+from runtime.handoff import HANDOFF_MIGRATIONS
 from runtime.hostinfo import HostInfo, probe_host
 from runtime.image.metadata import IMAGE_MIGRATIONS
 from runtime.image.service import ImageService
@@ -66,7 +67,7 @@ class RecoveryReport:
 def all_migrations() -> list[Migration]:
     """Every component's schema steps; each service module contributes its own list."""
     return [*SETTINGS_MIGRATIONS, *NETWORK_MIGRATIONS, *IMAGE_MIGRATIONS, *SANDBOX_MIGRATIONS,
-            *CONTAINER_MIGRATIONS]
+            *CONTAINER_MIGRATIONS, *HANDOFF_MIGRATIONS]
 
 
 class Engine:
@@ -107,6 +108,9 @@ class Engine:
         self._recover_steps.append(("sandboxes", self.sandboxes.recover))
         self._recover_steps.append(("containers", self.containers.recover))
         self._close_steps.append(self.shims.close)
+        # closed first (steps run in reverse): creations still running finish, parked ones are saved
+        self._close_steps.append(self.containers.close)
+        self._close_steps.append(self.sandboxes.close)
         # Statistics (CRI stats RPCs, cAdvisor-style metrics, the census) read the records.
         self.lifecycle = RecordsView(self.sandboxes.records.all, self.containers.records.all)
         self.stats = StatsService(self.lifecycle, self.cgroups, self.images.snapshots)

@@ -38,7 +38,7 @@ from runtime.container import spec as specs
 from runtime.container.imagevolumes import leftover_volume_dirs, release_image_volumes, resolve_image_volumes
 from runtime.container.records import ContainerRecords
 from runtime.events import EventBus, EventKind
-from runtime.handoff import Handoff
+from runtime.handoff import Handoff, ParkedStore
 from runtime.ids import check_id, new_id
 from runtime.image.model import Image
 from runtime.image.service import ImageService
@@ -99,7 +99,7 @@ class ContainerService:
         self.events = events
         self._cgroups = cgroups
         self._locks: dict[str, asyncio.Lock] = {}
-        self._handoff = Handoff("container")
+        self._handoff = Handoff("container", persist=ParkedStore(store, "container"))
         #: set by the engine once the host is probed (runtime.security.container)
         self.security: ContainerSecurityPlanner | None = None
         self._exec_cache: dict[str, ProcessSpec] = {}
@@ -553,9 +553,14 @@ class ContainerService:
 
     # -- recovery -----------------------------------------------------------------------------
 
+    async def close(self) -> None:
+        """Engine shutdown: let running creations finish and their handoff records be written."""
+        await self._handoff.drain()
+
     async def recover(self) -> int:
         """After the sandbox service's recovery (records loaded, shims followed): finish
         half-made containers, check running ones against their shim, clean leftovers."""
+        await self._handoff.load()
         for rec in self.records.all():
             try:
                 await self._recover_one(rec)

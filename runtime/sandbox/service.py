@@ -38,7 +38,7 @@ from runtime.cgroups.paths import sandbox_cgroup_path
 from runtime.cgroups.pod import sandbox_resources
 from runtime.config import RuntimeSettings
 from runtime.events import EventBus, EventKind
-from runtime.handoff import Handoff
+from runtime.handoff import Handoff, ParkedStore
 from runtime.ids import check_id, new_id
 from runtime.linux import libc
 from runtime.linux.proc import ProcessRef, boot_id, is_zombie, ref_of
@@ -94,7 +94,7 @@ class SandboxService:
         self._cgroups = cgroups
         self.containers: SandboxContainers | None = None
         self._locks: dict[str, asyncio.Lock] = {}
-        self._handoff = Handoff("pod sandbox")
+        self._handoff = Handoff("pod sandbox", persist=ParkedStore(store, "sandbox"))
         self._watches: dict[str, ShimWatch] = {}
 
     # -- paths --------------------------------------------------------------------------------
@@ -397,12 +397,17 @@ class SandboxService:
 
     # -- recovery -----------------------------------------------------------------------------
 
+    async def close(self) -> None:
+        """Engine shutdown: let running creations finish and their handoff records be written."""
+        await self._handoff.drain()
+
     async def recover(self) -> int:
         """Reload records, follow live shims, mark sandboxes with dead shims not ready, undo
         half-made ones, clean directories, pins, cgroups and shims nothing owns. One bad
         record never stops start-up. Returns the number of sandboxes known afterwards."""
         hooks = self._hooks()
         await hooks.load()
+        await self._handoff.load()
         for sid, problem in await self.records.load():
             log.error("sandbox record %s cannot be read (%s); left in the store", sid, problem)
         this_boot = boot_id()

@@ -119,6 +119,18 @@ def test_run_outliving_the_deadline_is_handed_to_the_retry(cni: CniDaemon, tmp_p
         parked = [p.id for p in pods if p.metadata.name == cfg2.metadata.name]
         assert len(parked) == 1
         assert d.runtime.RunPodSandbox(req2, timeout=30).pod_sandbox_id == parked[0]
+        # ... also when the daemon restarted in between (the parked result is in the store)
+        cfg3 = pod_config()
+        req3 = pb.RunPodSandboxRequest(config=cfg3)
+        with pytest.raises(grpc.RpcError):
+            d.runtime.RunPodSandbox(req3, timeout=1)
+        time.sleep(6)
+        d.kill9()
+        d.start()
+        pods = d.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items
+        parked = [p.id for p in pods if p.metadata.name == cfg3.metadata.name]
+        assert len(parked) == 1
+        assert d.runtime.RunPodSandbox(req3, timeout=30).pod_sandbox_id == parked[0]
     finally:
         slow.unlink()
     d.remove_all_pods()

@@ -41,6 +41,44 @@ async def test_handoff_parks_for_the_retry_when_the_caller_left() -> None:
     assert made == ["x"], "without a second creation"
 
 
+async def test_handoff_parked_result_survives_a_restart(tmp_path: Path) -> None:
+    """A creation parked for the retry is in the store: a restarted daemon (a new Handoff on
+    the same database) still hands it to the retry, once, and forgetting it removes it."""
+    from runtime.handoff import HANDOFF_MIGRATIONS, ParkedStore
+
+    store = Store(tmp_path / "s.db", HANDOFF_MIGRATIONS)
+    await store.aopen()
+    h = Handoff("thing", persist=ParkedStore(store, "thing"))
+    gate = asyncio.Event()
+
+    async def make() -> str:
+        await gate.wait()
+        return "id-9"
+
+    first = asyncio.ensure_future(h.run("name", make))
+    await asyncio.sleep(0)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    gate.set()
+    await asyncio.sleep(0.01)
+    await h.drain()
+    store.close()
+
+    store = Store(tmp_path / "s.db", HANDOFF_MIGRATIONS)  # the restart
+    await store.aopen()
+    again = Handoff("thing", persist=ParkedStore(store, "thing"))
+    assert await again.load() == 1
+
+    async def must_not_run() -> str:
+        raise AssertionError("the retry must get the parked result")
+
+    assert await again.run("name", must_not_run) == "id-9"
+    await again.drain()
+    assert await ParkedStore(store, "thing").load() == {}
+    store.close()
+
+
 async def test_handoff_retry_waits_for_the_running_creation() -> None:
     h = Handoff("thing")
     gate = asyncio.Event()
