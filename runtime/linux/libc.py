@@ -79,6 +79,9 @@ _SYSCALLS_X86_64 = {
     "mount_setattr": 442,
     "open_tree": 428,
     "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
 }
 _SYSCALLS_AARCH64 = {
     "pivot_root": 41,
@@ -90,6 +93,9 @@ _SYSCALLS_AARCH64 = {
     "mount_setattr": 442,
     "open_tree": 428,
     "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
 }
 
 

@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 
-from runtime.linux import libc
+from runtime.linux import libc, mountapi
 from runtime.linux.paths import secure_join
 
 _FLAGS = {
@@ -43,9 +43,15 @@ _PROPAGATION = {
     "runbindable": libc.MS_UNBINDABLE | libc.MS_REC,
 }
 
-# mount_setattr(2)
-AT_RECURSIVE = 0x8000
-MOUNT_ATTR_RDONLY = 0x1
+# mount_setattr(2) attributes of the per-mount flags (``detached_bind``)
+_ATTRS = (
+    (libc.MS_RDONLY, mountapi.MOUNT_ATTR_RDONLY),
+    (libc.MS_NOSUID, mountapi.MOUNT_ATTR_NOSUID),
+    (libc.MS_NODEV, mountapi.MOUNT_ATTR_NODEV),
+    (libc.MS_NOEXEC, mountapi.MOUNT_ATTR_NOEXEC),
+)
+#: MountSpec option word: a bind shown through the pod's user namespace (``detached_bind``).
+IDMAP = "idmap"
 
 
 def parse_options(options: tuple[str, ...]) -> tuple[int, int, str, bool]:
@@ -63,6 +69,8 @@ def parse_options(options: tuple[str, ...]) -> tuple[int, int, str, bool]:
         elif word == "rro":
             rro = True
             flags |= libc.MS_RDONLY
+        elif word == IDMAP:
+            continue  # how the source is prepared (detached_bind), not a mount flag
         else:
             data.append(word)
     return flags, propagation, ",".join(data), rro
@@ -80,33 +88,15 @@ def make_target(target: str, is_dir: bool) -> None:
 
 def mount_setattr_rdonly_recursive(target: str) -> None:
     """Make a mount and everything below it read-only (kernel >= 5.12)."""
-    import ctypes
-
-    class MountAttr(ctypes.Structure):
-        _fields_ = [
-            ("attr_set", ctypes.c_uint64),
-            ("attr_clr", ctypes.c_uint64),
-            ("propagation", ctypes.c_uint64),
-            ("userns_fd", ctypes.c_uint64),
-        ]
-
-    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    AT_FDCWD = -100
-    res = libc._libc().syscall(
-        ctypes.c_long(libc.syscall_number("mount_setattr")),
-        ctypes.c_int(AT_FDCWD),
-        ctypes.c_char_p(os.fsencode(target)),
-        ctypes.c_uint(AT_RECURSIVE),
-        ctypes.byref(attr),
-        ctypes.c_size_t(ctypes.sizeof(attr)),
-    )
-    libc._check(res, f"mount_setattr({target}, AT_RECURSIVE, RDONLY)")
+    mountapi.mount_setattr(mountapi.AT_FDCWD, target, attr_set=mountapi.MOUNT_ATTR_RDONLY, recursive=True)
 
 
 def apply_mount(root: str, destination: str, fstype: str, source: str, options: tuple[str, ...]) -> str:
     """Mount one MountSpec under ``root``; returns the host-side target path."""
     target = secure_join(root, destination)
     flags, propagation, data, rro = parse_options(options)
+    if IDMAP in options:
+        raise OSError(errno.EINVAL, f"mount {destination}: an idmapped bind must be prepared with detached_bind")
     if fstype == "bind":
         flags |= libc.MS_BIND
         try:
@@ -128,6 +118,49 @@ def apply_mount(root: str, destination: str, fstype: str, source: str, options: 
         libc.mount(None, target, None, propagation)
     if rro:
         mount_setattr_rdonly_recursive(target)
+    return target
+
+
+def detached_bind(source: str, options: tuple[str, ...], userns_fd: int = -1) -> int:
+    """A bind mount of ``source`` prepared as a detached tree (fd), for :func:`attach_bind`.
+
+    Done by host root before it enters a pod's user namespace: it can reach any host path,
+    idmap (option "idmap", through ``userns_fd``; recursively with "rbind") and set the
+    flags (ro, nosuid, nodev, noexec on the top mount; "rro" on every mount) that a process
+    inside the user namespace could not. Propagation is left to :func:`attach_bind`."""
+    flags, _propagation, _data, rro = parse_options(options)
+    recursive = bool(flags & libc.MS_REC)
+    if IDMAP in options:
+        if userns_fd < 0:
+            raise OSError(errno.EINVAL, f"idmapped bind of {source} without a user namespace")
+        fd = mountapi.idmapped_tree(source, userns_fd, recursive=recursive)
+    else:
+        fd = mountapi.open_tree(source, recursive=recursive)
+    try:
+        attrs = 0
+        for flag, attr in _ATTRS:
+            if flags & flag:
+                attrs |= attr
+        if attrs:
+            mountapi.mount_setattr(fd, attr_set=attrs)
+        if rro:
+            mountapi.mount_setattr(fd, attr_set=mountapi.MOUNT_ATTR_RDONLY, recursive=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def attach_bind(root: str, destination: str, fd: int, options: tuple[str, ...]) -> str:
+    """Attach a tree from :func:`detached_bind` at ``destination`` under ``root`` (the
+    mount point is made as for :func:`apply_mount`) and apply its propagation; returns the
+    host-side target path. Closes nothing: the caller owns ``fd``."""
+    target = secure_join(root, destination)
+    make_target(target, stat.S_ISDIR(os.fstat(fd).st_mode))
+    mountapi.move_mount(fd, target)
+    _flags, propagation, _data, _rro = parse_options(options)
+    if propagation:
+        libc.mount(None, target, None, propagation)
     return target
 
 
