@@ -17,6 +17,18 @@ Measured (bench/lifecycle.py): every fork of the interpreter costs milliseconds 
 tables, copy-on-write faults), so one fork per container, per exec, and none for the pod's
 namespaces (the shim makes and pins them itself, then returns to its own:
 ``runtime.shim.nsinit.make_namespaces``).
+
+In a pod with its own user namespace (hostUsers: false) the child first does, as host root,
+what only host root can (cgroups, the rootfs overlay over idmapped layers and the bind
+mounts as detached mounts, oom_score_adj, rlimits), then enters the user namespace before
+the namespaces it owns, so that its new mount and cgroup namespaces belong to it too:
+
+    shim ── fork ──▶ child (host root): join cgroups, prepare_detached_mounts, limits,
+              setns(user) + become its root, setns(net/ipc/uts); a PID namespace of its
+              own must belong to the user namespace, so: unshare(NEWPID), fork, exit ──▶
+              the container's process (pid 1 there; reports "pid N"): unshare(NEWNS|
+              NEWCGROUP), attach the mounts, proc/sysfs/mqueue/devpts/tmpfs mounted from
+              inside, pivot_root, ... as above.
 """
 
 from __future__ import annotations
@@ -25,10 +37,11 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import NoReturn
 
-from runtime.linux import caps, libc, seccomp
-from runtime.linux.mounts import apply_mount, mask_path, readonly_path
+from runtime.linux import caps, libc, mountapi, seccomp, userns
+from runtime.linux.mounts import apply_mount, attach_bind, detached_bind, mask_path, readonly_path
 from runtime.linux.paths import secure_join
 from runtime.model.launch import DeviceSpec, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 
@@ -179,11 +192,98 @@ def mount_rootfs(rootfs: RootfsSpec) -> None:
     libc.mount("overlay", rootfs.path, "overlay", 0, options)
 
 
-def build_mount_namespace(spec: LaunchSpec) -> None:
-    """In a fresh mount namespace: rootfs, mounts, devices, pivot_root, masks, read-only root."""
+@dataclass
+class DetachedMounts:
+    """A container's rootfs and bind mounts prepared as detached mounts (fds) by host root,
+    for a process that sets up its mount namespace inside the pod's user namespace
+    (:func:`prepare_detached_mounts`). ``binds`` maps an index of ``LaunchSpec.mounts``."""
+
+    rootfs: int
+    binds: dict[int, int] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for fd in (self.rootfs, *self.binds.values()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def prepare_detached_mounts(spec: LaunchSpec) -> DetachedMounts:
+    """As host root, before entering the pod's user namespace: the rootfs overlay over
+    idmapped image layers (the layers show host root's files as the container's root; the
+    upper dir is the container root's own on the host, so writes land as its host uid), and
+    every bind mount as a detached tree (idmapped where its MountSpec says "idmap"), so the
+    container's process can attach them although it could not reach or idmap their sources.
+    Leaves the working directory on the rootfs mount point (see build_mount_namespace)."""
+    assert spec.rootfs is not None
+    rootfs = spec.rootfs
+    userns_fd = os.open(spec.namespaces.user, os.O_RDONLY | os.O_CLOEXEC)
+    out: DetachedMounts | None = None
+    try:
+        if rootfs.lowerdirs:
+            lowers: list[int] = []
+            try:
+                for path in rootfs.lowerdirs:
+                    lowers.append(mountapi.idmapped_tree(path, userns_fd))
+                root_fd = mountapi.overlay_mount([mountapi.fd_path(fd) for fd in lowers], rootfs.upperdir,
+                                                 rootfs.workdir)
+            finally:
+                for fd in lowers:
+                    os.close(fd)
+        else:
+            root_fd = mountapi.idmapped_tree(rootfs.upperdir, userns_fd, recursive=True)
+        out = DetachedMounts(root_fd)
+        for i, m in enumerate(spec.mounts):
+            if m.type == "bind":
+                try:
+                    out.binds[i] = detached_bind(m.source, m.options, userns_fd)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"mount {m.destination}: {exc.strerror or exc}") from None
+        # Stand on the rootfs mount point: the way to it may not be searchable by the user
+        # namespace's root, and a working directory (unlike an fd) follows us into the copy
+        # of the mount namespace we unshare later.
+        os.chdir(rootfs.path)
+        return out
+    except BaseException:
+        if out is not None:
+            out.close()
+        raise
+    finally:
+        os.close(userns_fd)
+
+
+def enter_pod_user_namespace(ns: NamespaceSpec, report_fd: int) -> None:
+    """Join the pod's user namespace (first: it owns the others), become its root, join its
+    net/ipc/uts namespaces. A container with a PID namespace of its own needs one the user
+    namespace owns, which only a process inside it can make: unshare it and fork; the parent
+    (the shim's child) exits, the child goes on as the container's process (pid 1 there,
+    reparented to the shim, the child subreaper) and reports its pid as the shim sees it."""
+    # opened first, as host root: the pins' directories need not be searchable by the
+    # namespace's root
+    fds = [(os.open(path, os.O_RDONLY | os.O_CLOEXEC), flag)
+           for path, flag in ((ns.user, libc.CLONE_NEWUSER), (ns.net, libc.CLONE_NEWNET),
+                              (ns.ipc, libc.CLONE_NEWIPC), (ns.uts, libc.CLONE_NEWUTS)) if path]
+    for fd, flag in fds:
+        libc.setns(fd, flag)
+        os.close(fd)
+        if flag == libc.CLONE_NEWUSER:
+            userns.become_root()
+    if ns.new_pid and not ns.pid:
+        libc.unshare(libc.CLONE_NEWPID)
+        if os.fork() != 0:
+            os._exit(0)
+        # /proc is still the host's: it names us by our pid in the shim's PID namespace
+        _write_all(report_fd, f"pid {os.readlink('/proc/self')}\n".encode())
+
+
+def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = None) -> None:
+    """In a fresh mount namespace: rootfs, mounts, devices, pivot_root, masks, read-only root.
+    With ``detached`` (a pod with its own user namespace) the rootfs and bind mounts are
+    attached from those fds (closed here) instead of mounted from paths, and the new root is
+    reached as our working directory (/proc/self/cwd): the user namespace's root may have
+    no right to search the host directories on the way to its mount point."""
     assert spec.rootfs is not None
     root = spec.rootfs.path
-    if any("rshared" in m.options for m in spec.mounts):
+    if detached is None and any("rshared" in m.options for m in spec.mounts):
         # A BIDIRECTIONAL mount must stay a peer of the host's shared mount (runc's
         # rootfsPropagation "rshared"); the rootfs's parent mount is made private instead, so
         # the overlay and everything under it stay out of the host's mount table.
@@ -192,11 +292,22 @@ def build_mount_namespace(spec: LaunchSpec) -> None:
     else:
         # Do not propagate anything we mount back to the host; receive the host's mounts.
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
-    mount_rootfs(spec.rootfs)
+    if detached is None:
+        mount_rootfs(spec.rootfs)
+    else:
+        mountapi.move_mount(detached.rootfs, ".")  # on our working directory, the mount point
+        os.fchdir(detached.rootfs)  # now the root of the attached overlay
+        root = "/proc/self/cwd"
     # pivot_root needs the new root's parent mount to be private to this namespace.
     libc.mount(None, root, None, libc.MS_PRIVATE)
-    for m in spec.mounts:
-        apply_mount(root, m.destination, m.type, m.source, m.options)
+    for i, m in enumerate(spec.mounts):
+        fd = detached.binds.get(i) if detached is not None else None
+        if fd is None:
+            apply_mount(root, m.destination, m.type, m.source, m.options)
+        else:
+            attach_bind(root, m.destination, fd, m.options)
+    if detached is not None:
+        detached.close()
     for dev in spec.devices:
         _mknod(root, dev)
     _dev_links(root)
@@ -223,6 +334,14 @@ def build_mount_namespace(spec: LaunchSpec) -> None:
             os.makedirs(cwd, mode=0o755, exist_ok=True)
     if spec.rootfs.readonly:
         libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
+
+
+def _apply_process_limits(process: ProcessSpec) -> None:
+    apply_oom_score_adj(process.oom_score_adj)
+    for rl in process.rlimits:
+        import resource
+
+        resource.setrlimit(rl.resource, (rl.soft, rl.hard))
 
 
 def apply_oom_score_adj(value: int | None) -> None:
@@ -326,7 +445,8 @@ def run_container(
     def body() -> None:
         reset_signals()
         close_fds_except({report_fd, start_fd, exec_report_fd, *stdio})
-        join_pod_namespaces(spec.namespaces)
+        if not spec.namespaces.user:
+            join_pod_namespaces(spec.namespaces)
         _container_setup(spec, report_fd, start_fd, exec_report_fd, stdio, cgroups_joined=False)
 
     child_guard(report_fd, body)
@@ -351,7 +471,8 @@ def run_precreated(
     def body() -> None:
         reset_signals()
         close_fds_except({spec_fd, report_fd, start_fd, exec_report_fd, *stdio})
-        join_pod_namespaces(namespaces)
+        if not namespaces.user:  # with one, the mounts are prepared as host root first
+            join_pod_namespaces(namespaces)
         join_cgroups(cgroup_procs)
         chunks = []
         while True:
@@ -384,14 +505,19 @@ def _container_setup(
 ) -> None:
     if not cgroups_joined:
         join_cgroups(spec.cgroup_procs)
-    # cgroup namespace after joining the cgroup: it is rooted at the container's cgroup
+    detached = None
+    if spec.namespaces.user:
+        detached = prepare_detached_mounts(spec)
+        # kernel: lowering oom_score_adj and raising hard rlimits need CAP_SYS_RESOURCE in
+        # the host's user namespace; both are inherited by the process we may fork next
+        _apply_process_limits(spec.process)
+        enter_pod_user_namespace(spec.namespaces, report_fd)
+    # new mount and cgroup namespaces, owned by the pod's user namespace when it has one;
+    # the cgroup namespace after joining the cgroup: it is rooted at the container's cgroup
     libc.unshare(libc.CLONE_NEWNS | (libc.CLONE_NEWCGROUP if spec.namespaces.cgroup_ns else 0))
-    build_mount_namespace(spec)
-    apply_oom_score_adj(spec.process.oom_score_adj)
-    for rl in spec.process.rlimits:
-        import resource
-
-        resource.setrlimit(rl.resource, (rl.soft, rl.hard))
+    build_mount_namespace(spec, detached)
+    if detached is None:
+        _apply_process_limits(spec.process)
     setup_stdio(*stdio, tty=spec.process.tty)
     close_fds_except({report_fd, start_fd, exec_report_fd})
     _write_all(report_fd, b"ready\n")
@@ -420,6 +546,8 @@ def run_exec(
         join_cgroups(spec.cgroup_procs)
         fds = []
         for name, flag in (
+            # the user namespace first: the others belong to it (a pod with hostUsers: false)
+            ("user", libc.CLONE_NEWUSER),
             ("ipc", libc.CLONE_NEWIPC), ("uts", libc.CLONE_NEWUTS), ("net", libc.CLONE_NEWNET),
             ("cgroup", libc.CLONE_NEWCGROUP), ("mnt", libc.CLONE_NEWNS),
         ):

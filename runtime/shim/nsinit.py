@@ -1,7 +1,8 @@
 """The pod's namespaces: making and pinning them, the PID holder, connecting inside them.
 
 - :func:`make_namespaces`: make, configure and pin the pod's net/ipc/uts namespaces (no
-  pause process), in the shim itself, which then returns to its own namespaces.
+  pause process), in the shim itself, which then returns to its own namespaces; for a pod
+  with its own user namespace (hostUsers: false) that one too, made by a child, owning them.
 - :func:`start_pid_holder`: pid 1 of a pod-shared PID namespace; reaps orphans, nothing else.
 - :func:`connect_in_netns`: a TCP connection made inside the pod's network namespace,
   handed back as an fd (port-forward).
@@ -20,6 +21,7 @@ import struct
 from typing import Any, NoReturn
 
 from runtime.linux import libc
+from runtime.linux import userns as userns_mod
 from runtime.shim.init import child_guard, children_in_pid_ns, close_fds_except, reset_signals
 
 NS_FLAGS = {"net": libc.CLONE_NEWNET, "ipc": libc.CLONE_NEWIPC, "uts": libc.CLONE_NEWUTS}
@@ -44,55 +46,92 @@ def write_sysctl(name: str, value: str) -> None:
         f.write(value)
 
 
-def _pin(kind: str, pin_path: str) -> None:
+def _pin(source: str, pin_path: str) -> None:
+    """Bind-mount the namespace file ``source`` (/proc/<pid>/ns/<type>) onto a new file."""
     fd = os.open(pin_path, os.O_CREAT | os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC, 0o444)
     os.close(fd)
-    libc.mount(f"/proc/self/ns/{kind}", pin_path, None, libc.MS_BIND)
+    libc.mount(source, pin_path, None, libc.MS_BIND)
 
 
 def make_namespaces(request: dict[str, Any]) -> dict[str, Any]:
-    """Make the pod's namespaces, in the (single-threaded) shim itself, without a child:
-    unshare them, set the hostname, apply namespaced sysctls, run the network's in-namespace
-    step, pin each by bind-mounting ``/proc/self/ns/<type>`` onto a file (as ``ip netns add``
-    does) so it outlives every process, then setns back into our own. Blocking
-    (about a millisecond: no await may run while we stand in the pod's namespaces). Returns
-    {"pins": {...}, "network": ...}; raises OSError, with our own namespaces restored."""
+    """Make the pod's namespaces, configure and pin them; returns {"pins": {...},
+    "network": ...}. Raises OSError, with our own namespaces restored.
+
+    Without a user namespace, in the (single-threaded) shim itself, without a child: unshare
+    them, set the hostname, apply namespaced sysctls, run the network's in-namespace step,
+    pin each by bind-mounting ``/proc/self/ns/<type>`` onto a file (as ``ip netns add``
+    does) so it outlives every process, then setns back into our own. Blocking (about a
+    millisecond: no await may run while we stand in the pod's namespaces).
+
+    With ``request["userns"]`` ({"uid_map": [[ctr, host, len]], "gid_map": [...]}) the
+    namespaces must belong to a new user namespace, which only a child can make
+    (runtime.linux.userns): it unshares the user namespace, we write its maps, it unshares
+    net/ipc/uts (owned by it); we pin all four, step into its net/ipc/uts as host root to
+    configure them exactly as above, and let it go."""
     types = list(request["types"])
+    userns = request.get("userns")
     own = {kind: os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in ("net", "ipc", "uts")}
     try:
         flags = 0
         for kind in types:
             flags |= NS_FLAGS[kind]
-        if flags:
-            libc.unshare(flags)
-        try:
-            if "uts" in types and request.get("hostname"):
-                libc.sethostname(request["hostname"])
-            network_result: Any = None
-            if "net" in types:
-                loopback_up()
-                plan = request.get("network")
-                if plan:
-                    network_result = _configure_network(plan, own["net"])
-            for name, value in (request.get("sysctls") or {}).items():
-                write_sysctl(name, value)
-            pins: dict[str, str] = {}
-            for kind in types:
-                path = os.path.join(request["pin_dir"], kind)
-                _pin(kind, path)
-                pins[kind] = path
-        finally:
-            for kind in types:
-                libc.setns(own[kind], NS_FLAGS[kind])
+        if not userns:
+            if flags:
+                libc.unshare(flags)
+            try:
+                return _configure(request, types, own["net"], "/proc/self/ns")
+            finally:
+                for kind in types:
+                    libc.setns(own[kind], NS_FLAGS[kind])
+        uid_map = [tuple(m) for m in userns["uid_map"]]
+        gid_map = [tuple(m) for m in userns["gid_map"]]
+        with userns_mod.new_user_namespace(uid_map, gid_map, flags) as helper:
+            user_pin = os.path.join(request["pin_dir"], "user")
+            _pin(f"/proc/{helper}/ns/user", user_pin)
+            try:
+                for kind in types:
+                    libc.setns_path(f"/proc/{helper}/ns/{kind}", NS_FLAGS[kind])
+                made = _configure(request, types, own["net"], "/proc/self/ns")
+            finally:
+                for kind in types:
+                    libc.setns(own[kind], NS_FLAGS[kind])
+        made["pins"]["user"] = user_pin
+        return made
     finally:
         for fd in own.values():
             os.close(fd)
+
+
+def _configure(request: dict[str, Any], types: list[str], host_net_fd: int, ns_dir: str) -> dict[str, Any]:
+    """Standing in the pod's new namespaces: hostname, lo, network, sysctls; then pin them."""
+    if "uts" in types and request.get("hostname"):
+        libc.sethostname(request["hostname"])
+    network_result: Any = None
+    if "net" in types:
+        loopback_up()
+        plan = request.get("network")
+        if plan:
+            network_result = _configure_network(plan, host_net_fd)
+    for name, value in (request.get("sysctls") or {}).items():
+        write_sysctl(name, value)
+    pins: dict[str, str] = {}
+    for kind in types:
+        path = os.path.join(request["pin_dir"], kind)
+        _pin(f"{ns_dir}/{kind}", path)
+        pins[kind] = path
     return {"pins": pins, "network": network_result}
 
 
-def start_pid_holder() -> int:
+def start_pid_holder(user_ns: str = "") -> int:
     """Fork the pid 1 of a new PID namespace (the pod-shared one) from the calling shim;
-    returns its pid. The holder only reaps orphans."""
+    returns its pid. The holder only reaps orphans.
+
+    With ``user_ns`` (the pod's pinned user namespace) the PID namespace must belong to it,
+    so a process inside it must make it: a helper child enters it, unshares the PID
+    namespace, forks the holder, reports its pid and exits; the holder is then ours (we are
+    the child subreaper)."""
+    if user_ns:
+        return _pid_holder_in(user_ns)
     with children_in_pid_ns(new=True):
         pid = os.fork()
         if pid == 0:
@@ -102,6 +141,41 @@ def start_pid_holder() -> int:
             finally:
                 _holder_loop()
     return pid
+
+
+def _pid_holder_in(user_ns: str) -> int:
+    r, w = os.pipe()
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.close(r)
+            reset_signals()
+            close_fds_except({w})
+            userns_mod.enter(user_ns)
+            libc.unshare(libc.CLONE_NEWPID)
+            pid = os.fork()
+            if pid == 0:
+                os.close(w)
+                _holder_loop()
+            os.write(w, f"{pid}".encode())
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(w, f"error {exc}".encode(errors="replace"))
+            os._exit(1)
+        os._exit(0)
+    os.close(w)
+    try:
+        chunks = []
+        while chunk := os.read(r, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(helper, 0)
+    text = b"".join(chunks).decode(errors="replace")
+    if not text.isdigit():
+        raise OSError(0, text.removeprefix("error ").strip() or "the PID namespace helper ended without a pid")
+    return int(text)
 
 
 def _configure_network(plan: dict[str, Any], host_net_fd: int) -> Any:

@@ -173,6 +173,21 @@ def _write_all_blocking(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def _fork_pid_ns(ns: NamespaceSpec) -> tuple[str, bool]:
+    """(join, new) for :func:`init.children_in_pid_ns` when forking a container's process. A
+    PID namespace of its own in a pod with a user namespace must belong to that user
+    namespace: the child makes it itself (init.enter_pod_user_namespace), not the shim."""
+    return ns.pid, ns.new_pid and not ns.pid and not ns.user
+
+
+def _handed_over_pid(lines: list[str]) -> int:
+    """The pid a set-up child handed the container over to ("pid N"), else 0."""
+    for line in lines:
+        if line.startswith("pid ") and line[4:].isdigit():
+            return int(line[4:])
+    return 0
+
+
 def _set_nonblocking(fd: int) -> None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
@@ -438,9 +453,11 @@ class ProcessTable:
 
     # -- spawning -----------------------------------------------------------------------------
 
-    async def _read_report(self, fd: int) -> list[str]:
-        """Lines from a child's report pipe until "ready", an error, or EOF."""
-        lines: list[str] = []
+    async def _read_report(self, fd: int, lines: list[str] | None = None) -> list[str]:
+        """Lines from a child's report pipe until "ready", an error, or EOF (appended to
+        ``lines`` as they come, so a caller that times out still has them)."""
+        if lines is None:
+            lines = []
         buf = b""
         reader = asyncio.StreamReader()
         transport, _ = await self._loop.connect_read_pipe(
@@ -472,8 +489,9 @@ class ProcessTable:
         io = make_stdio(stdin, tty)
         pipes = [os.pipe() for _ in range(4)]  # spec, report, start, exec report
         (spec_r, spec_w), (report_r, report_w), (start_r, start_w), (exec_r, exec_w) = pipes
+        join, new = _fork_pid_ns(ns)
         try:
-            with init.children_in_pid_ns(join=ns.pid, new=ns.new_pid and not ns.pid):
+            with init.children_in_pid_ns(join=join, new=new):
                 pid = os.fork()
                 if pid == 0:
                     init.run_precreated(ns, cgroup_procs, spec_r, report_w, start_r, exec_w, io.child)
@@ -524,9 +542,9 @@ class ProcessTable:
             start_r, start_w = os.pipe()
             exec_r, exec_w = os.pipe()
             stdio = self._open_stdio(proc, spec.process.stdin, spec.process.tty)
-            ns = spec.namespaces
+            join, new = _fork_pid_ns(spec.namespaces)
             try:
-                with init.children_in_pid_ns(join=ns.pid, new=ns.new_pid and not ns.pid):
+                with init.children_in_pid_ns(join=join, new=new):
                     pid = os.fork()
                     if pid == 0:
                         init.run_container(spec, report_w, start_r, exec_w, stdio)
@@ -542,24 +560,36 @@ class ProcessTable:
             setup = self.wait_child(pid)
         proc.pid = pid
         self.procs[spec.container_id] = proc
+        lines: list[str] = []
         try:
-            lines = await asyncio.wait_for(self._read_report(report_r), 60)
+            await asyncio.wait_for(self._read_report(report_r, lines), 60)
         except BaseException:
-            self._abort(proc, setup)
+            self._abort(proc, setup, _handed_over_pid(lines))
             raise
+        # In a pod with its own user namespace the child we forked may hand the container
+        # over to its own child (init.enter_pod_user_namespace) and exit: that one is ours
+        # now (reparented: we are the child subreaper).
+        handed = _handed_over_pid(lines)
         err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
-        if err is not None or "ready" not in lines or setup.done():
-            self._abort(proc, setup)
+        if err is not None or "ready" not in lines or (setup.done() and not handed):
+            self._abort(proc, setup, handed)
             raise errors.FailedPrecondition(
                 f"creating container {spec.container_id}: {err or 'setup process ended without reporting'}"
             )
         # ready and waiting: from now on its end is the container's end
-        self._waiters.pop(pid, None)
-        self._track(proc, pid)
+        if handed:
+            proc.pid = handed
+        else:
+            self._waiters.pop(pid, None)
+        self._track(proc, proc.pid)
         return proc
 
-    def _abort(self, proc: Proc, setup: asyncio.Future[int]) -> None:
-        """Undo a failed create: the set-up process is killed and reaped quietly."""
+    def _abort(self, proc: Proc, setup: asyncio.Future[int], handed: int = 0) -> None:
+        """Undo a failed create: the set-up process (and the one it handed over to, if any)
+        is killed and reaped quietly."""
+        if handed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handed, signal.SIGKILL)
         if not setup.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)

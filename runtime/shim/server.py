@@ -229,7 +229,7 @@ class ShimServer:
 
     async def op_pid_holder(self, msg: dict[str, Any]) -> dict[str, int]:
         try:
-            self._holder_pid = nsinit.start_pid_holder()
+            self._holder_pid = nsinit.start_pid_holder(str(msg.get("user_ns") or ""))
         except OSError as exc:
             raise errors.FailedPrecondition(f"creating the pod PID namespace: {exc}") from None
         return {"pid": self._holder_pid}
