@@ -23,6 +23,7 @@ from runtime.hostinfo import HostInfo, probe_host
 from runtime.image.metadata import IMAGE_MIGRATIONS
 from runtime.image.service import ImageService
 from runtime.linux.ksm import start_ksm
+from runtime.linux.userns import probe_in_subprocess
 from runtime.network.service import NetworkService
 from runtime.network.state import NETWORK_MIGRATIONS
 from runtime.sandbox.records import SANDBOX_MIGRATIONS
@@ -170,6 +171,12 @@ class Engine:
         security = await asyncio.to_thread(probe_security_host, host)
         self.containers.security = ContainerSecurityPlanner(security)
         self.set_features(**security_features(security.kernel))
+        # hostUsers: false needs idmapped overlay layers on the snapshot filesystem
+        unavailable = await probe_in_subprocess(str(self.images.snapshots.root))
+        self.sandboxes.userns_unavailable = unavailable
+        self.set_features(user_namespaces=not unavailable)
+        if unavailable:
+            log.warning("pods with their own user namespace (hostUsers: false) cannot run here: %s", unavailable)
         if self.settings.pods.merge_shim_memory:
             try:
                 before = await asyncio.to_thread(start_ksm)

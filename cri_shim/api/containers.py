@@ -87,6 +87,10 @@ def _mount_to_pb(m: Mount) -> pb.Mount:
         propagation=_PROPAGATION_PB[m.propagation],
         recursive_read_only=m.recursive_read_only,
         image_sub_path=m.image_sub_path,
+        uidMappings=[pb.IDMapping(host_id=x.host_id, container_id=x.container_id, length=x.length)
+                     for x in m.uid_mappings],
+        gidMappings=[pb.IDMapping(host_id=x.host_id, container_id=x.container_id, length=x.length)
+                     for x in m.gid_mappings],
     )
     if m.image is not None:
         # image_ref: the image id the volume was resolved to (KEP-5365; critest checks it)

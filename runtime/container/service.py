@@ -200,7 +200,10 @@ class ContainerService:
             await client.call("delete", container_id=cid, rpc_timeout=30)
 
         undo.push("precreated process", discard_precreated)
-        rootfs_mount = await self.images.snapshots.prepare(cid, image.id)
+        userns = sandbox.config.user_namespace
+        # hostUsers: false: the upper dir is the container root's (its host uid) on the host
+        rootfs_mount = await self.images.snapshots.prepare(
+            cid, image.id, owner=userns.host_root if userns is not None else None)
         undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
         layers = (rootfs_mount.upperdir, *rootfs_mount.lowerdirs)
         plan = await asyncio.to_thread(
@@ -275,6 +278,13 @@ class ContainerService:
 
     def _namespaces(self, sandbox: SandboxRecord, config: ContainerConfig) -> NamespaceSpec:
         pins = sandbox.namespaces
+        userns = sandbox.config.user_namespace
+        asked = config.security.namespaces.userns
+        if asked is not None and asked.mode is not NamespaceMode.NODE and asked != userns:
+            # kubelet copies the pod's options into each container's; a container cannot differ
+            raise errors.InvalidArgument("a container's user namespace options must be its pod's")
+        if asked is not None and asked.mode is NamespaceMode.NODE and userns is not None:
+            raise errors.InvalidArgument("a container cannot use the node's user namespace in a pod with its own")
         mode = config.security.namespaces.pid
         if mode is NamespaceMode.POD and not pins.pid:
             # POD is the proto default (crictl without namespace_options); a pod without a
@@ -296,7 +306,10 @@ class ContainerService:
                     f"target container {config.security.namespaces.target_id!r} is not running in this pod"
                 )
             pid, new_pid = f"/proc/{target.pid}/ns/pid", False
-        return NamespaceSpec(net=pins.net, ipc=pins.ipc, uts=pins.uts, pid=pid, new_pid=new_pid)
+        if userns is not None and mode is NamespaceMode.NODE:
+            raise errors.InvalidArgument("a container in a pod with its own user namespace cannot use the node's "
+                                         "PID namespace")
+        return NamespaceSpec(net=pins.net, ipc=pins.ipc, uts=pins.uts, pid=pid, new_pid=new_pid, user=pins.user)
 
     # -- start --------------------------------------------------------------------------------
 
@@ -467,9 +480,15 @@ class ContainerService:
 
     def info(self, rec: ContainerRecord) -> dict[str, Any]:
         """Verbose ContainerStatus info."""
+        sandbox = self.sandboxes.records.get(rec.sandbox_id)
+        userns = sandbox.config.user_namespace if sandbox is not None else None
+        user_namespace = None
+        if sandbox is not None and userns is not None:
+            uid_map, gid_map = userns.id_maps()
+            user_namespace = {"path": sandbox.namespaces.user, "uid_map": uid_map, "gid_map": gid_map}
         return {"pid": rec.pid, "sandbox_id": rec.sandbox_id, "cgroup": rec.cgroup_path,
                 "snapshot": rec.snapshot_key, "exit_dir": rec.exit_dir, "stop_signal": rec.stop_signal,
-                "config": to_plain(rec.config)}
+                "user_namespace": user_namespace, "config": to_plain(rec.config)}
 
     # -- live changes -------------------------------------------------------------------------
 

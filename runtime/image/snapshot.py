@@ -230,8 +230,11 @@ class OverlaySnapshotter:
 
     # -- container snapshots --------------------------------------------------------------------
 
-    async def prepare(self, key: str, image_id: str) -> OverlayMount:
+    async def prepare(self, key: str, image_id: str, owner: tuple[int, int] | None = None) -> OverlayMount:
         """Create the writable snapshot ``key`` over image ``image_id``; returns its mount.
+        ``owner`` (host uid, gid) owns the upper dir, the root directory of the rootfs: the
+        root of a pod's user namespace, whose container then writes as that host uid (its
+        layers are shown to it through idmapped mounts; containerd chowns the same way).
 
         Raises NotFound (no such image), AlreadyExists (key exists: use :meth:`mounts_for`),
         InvalidArgument (bad key). Persists the key → image use before returning.
@@ -262,7 +265,7 @@ class OverlaySnapshotter:
 
         snaps = await self._store.write(record)
         try:
-            await asyncio.to_thread(self._make_dirs, path)
+            await asyncio.to_thread(self._make_dirs, path, owner)
         except BaseException:
             forget = "DELETE FROM container_snapshots WHERE key=?"
             await asyncio.shield(self._store.write(lambda c: c.execute(forget, (key,))))
@@ -270,10 +273,12 @@ class OverlaySnapshotter:
         return self._mount(snaps, path)
 
     @staticmethod
-    def _make_dirs(path: Path) -> None:
+    def _make_dirs(path: Path, owner: tuple[int, int] | None = None) -> None:
         path.mkdir(mode=0o711)
         (path / "fs").mkdir(mode=0o755)
         (path / "work").mkdir(mode=0o700)
+        if owner is not None:
+            os.chown(path / "fs", *owner)
 
     def _mount(self, snaps: list[str], path: Path) -> OverlayMount:
         lowers = tuple(str(self.layers_dir / s) for s in reversed(snaps)) or (str(self.empty_dir),)

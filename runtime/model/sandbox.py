@@ -45,6 +45,19 @@ class UserNamespaceOption:
     uids: tuple[IDMapping, ...] = ()
     gids: tuple[IDMapping, ...] = ()
 
+    @property
+    def host_root(self) -> tuple[int, int]:
+        """The host uid and gid the namespace's root (container id 0) maps to; (0, 0) when
+        none is mapped (NODE mode)."""
+        uid = next((m.host_id for m in self.uids if m.container_id == 0), 0)
+        gid = next((m.host_id for m in self.gids if m.container_id == 0), 0)
+        return uid, gid
+
+    def id_maps(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+        """The uid_map and gid_map lines as (container id, host id, length)."""
+        return ([(m.container_id, m.host_id, m.length) for m in self.uids],
+                [(m.container_id, m.host_id, m.length) for m in self.gids])
+
 
 @dataclass(frozen=True, slots=True)
 class NamespaceOptions:
@@ -147,6 +160,13 @@ class SandboxConfig:
     def host_pid(self) -> bool:
         return self.security.namespaces.pid is NamespaceMode.NODE
 
+    @property
+    def user_namespace(self) -> UserNamespaceOption | None:
+        """The pod's own user namespace (CRI userns_options mode POD, kubelet's hostUsers:
+        false), or None when the pod uses the node's."""
+        userns = self.security.namespaces.userns
+        return userns if userns is not None and userns.mode is NamespaceMode.POD else None
+
 
 class SandboxState(StrEnum):
     """CREATING is internal (never listed; recovery removes it); CRI sees READY/NOTREADY."""
@@ -160,16 +180,19 @@ class SandboxState(StrEnum):
 class PinnedNamespaces:
     """Paths of the pod's pinned namespaces (bind mounts under the state dir); "" = the
     host's namespace (NODE mode) or none made. ``pid`` is the pod-shared PID namespace as
-    ``/proc/<holder>/ns/pid`` (it lives exactly as long as the holder)."""
+    ``/proc/<holder>/ns/pid`` (it lives exactly as long as the holder). ``user`` is the
+    pod's own user namespace (hostUsers: false), which then owns net, ipc and uts."""
 
     net: str = ""
     ipc: str = ""
     uts: str = ""
     pid: str = ""
+    user: str = ""
 
     def pins(self) -> dict[str, str]:
-        """The bind-mounted ones (net/ipc/uts), by type."""
-        return {k: v for k, v in (("net", self.net), ("ipc", self.ipc), ("uts", self.uts)) if v}
+        """The bind-mounted ones (user/net/ipc/uts), by type."""
+        return {k: v for k, v in (("user", self.user), ("net", self.net), ("ipc", self.ipc), ("uts", self.uts))
+                if v}
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,25 +49,30 @@ def dns_given(dns: DnsConfig | None) -> bool:
     return dns is not None and bool(dns.servers or dns.searches or dns.options)
 
 
-def _replace(path: Path, data: bytes) -> None:
+def _replace(path: Path, data: bytes, owner: tuple[int, int] | None = None) -> None:
     """temp file + rename (readers see old or new, never half); no fsync: the files are
     rewritten from the record whenever needed and a power loss ends the pod anyway."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.chmod(0o644)
+    if owner is not None:
+        os.chown(tmp, *owner)
     os.rename(tmp, path)
 
 
 def write_pod_files(
-    directory: Path, hostname: str, dns: DnsConfig | None, host_network: bool, ip: str = ""
+    directory: Path, hostname: str, dns: DnsConfig | None, host_network: bool, ip: str = "",
+    owner: tuple[int, int] | None = None,
 ) -> None:
-    """Write hostname, hosts and resolv.conf into ``directory`` (blocking; idempotent)."""
+    """Write hostname, hosts and resolv.conf into ``directory`` (blocking; idempotent). With
+    ``owner`` (host uid, gid of the root of the pod's user namespace) the files are its, so
+    they are root's inside the pod rather than the unmapped "nobody"."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o711)
-    _replace(directory / "hostname", f"{hostname}\n".encode())
+    _replace(directory / "hostname", f"{hostname}\n".encode(), owner)
     hosts = _read_or(HOST_HOSTS, hosts_content()) if host_network else hosts_content(ip, hostname)
-    _replace(directory / "hosts", hosts.encode())
+    _replace(directory / "hosts", hosts.encode(), owner)
     resolv = resolv_conf_content(dns) if dns is not None and dns_given(dns) else _read_or(HOST_RESOLV_CONF, "")
-    _replace(directory / "resolv.conf", resolv.encode())
+    _replace(directory / "resolv.conf", resolv.encode(), owner)
 
 
 def _read_or(path: Path, default: str) -> str:

@@ -96,6 +96,9 @@ class SandboxService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._handoff = Handoff("pod sandbox", persist=ParkedStore(store, "sandbox"))
         self._watches: dict[str, ShimWatch] = {}
+        #: why pods with their own user namespace cannot run here ("" when they can); the
+        #: engine sets it from its start-up probe (runtime.linux.userns.probe_idmapped_overlay)
+        self.userns_unavailable = "the runtime has not probed user namespace support yet"
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -120,7 +123,7 @@ class SandboxService:
 
     async def run(self, config: SandboxConfig) -> str:
         """Create and start a sandbox; returns its id. See the module docstring."""
-        sysctls = check_sandbox_config(config)
+        sysctls = check_sandbox_config(config, userns_unavailable=self.userns_unavailable)
         return await self._handoff.run(config.metadata.key(), lambda: self._run(config, sysctls))
 
     async def _run(self, config: SandboxConfig, sysctls: dict[str, str]) -> str:
@@ -159,21 +162,28 @@ class SandboxService:
                                          ("uts", not host_net)) if on]
                 pins = PinnedNamespaces()
                 net_result: Any = None
+                userns = config.user_namespace
+                owner = userns.host_root if userns is not None else None
                 if types:
                     pin_dir = state_dir / "ns"
                     await asyncio.to_thread(pin_dir.mkdir, 0o711, False, True)
                     undo.push("namespaces", lambda: asyncio.to_thread(unpin_namespaces, pin_dir))
-                    made = await client.call("create_namespaces", rpc_timeout=60, request={
+                    request: dict[str, Any] = {
                         "pin_dir": str(pin_dir), "types": types, "hostname": hostname,
                         "sysctls": {proc_path(k): v for k, v in sysctls.items()},
                         "network": None if plan is None else to_plain(plan),
-                    })
+                    }
+                    if userns is not None:
+                        # hostUsers: false: a user namespace of the pod's, owning its net/ipc/uts
+                        uid_map, gid_map = userns.id_maps()
+                        request["userns"] = {"uid_map": uid_map, "gid_map": gid_map}
+                    made = await client.call("create_namespaces", rpc_timeout=60, request=request)
                     pins = PinnedNamespaces(**made["pins"])
                     net_result = made.get("network")
                     steps.mark("namespaces")
                 holder: ProcessRef | None = None
                 if ns.pid is NamespaceMode.POD:
-                    got = await client.call("pid_holder", rpc_timeout=30)
+                    got = await client.call("pid_holder", user_ns=pins.user, rpc_timeout=30)
                     holder = ref_of(int(got["pid"]))
                     pins = replace(pins, pid=f"/proc/{holder.pid}/ns/pid")
                     steps.mark("pid-holder")
@@ -183,12 +193,12 @@ class SandboxService:
                     status = await self.network.attach(sid, pins.net, result)
                     ip, more_ips = status.ip, tuple(status.additional_ips)
                     steps.mark("net-attach")
-                await asyncio.to_thread(write_pod_files, files_dir, hostname, config.dns, host_net, ip)
+                await asyncio.to_thread(write_pod_files, files_dir, hostname, config.dns, host_net, ip, owner)
                 steps.mark("files")
                 shm = ""
                 if ns.ipc is NamespaceMode.POD:
                     shm = str(state_dir / "shm")
-                    await asyncio.to_thread(mount_shm, Path(shm), self.settings.pods.shm_size)
+                    await asyncio.to_thread(mount_shm, Path(shm), self.settings.pods.shm_size, owner)
                     undo.push("shm", lambda: asyncio.to_thread(unmount_quietly, Path(shm)))
                     steps.mark("shm")
                 rec = replace(rec, state=SandboxState.READY, pid_holder=holder, namespaces=pins, ip=ip,
@@ -541,11 +551,14 @@ def _remove_dirs(state_dir: Path, files_dir: Path) -> None:
     shutil.rmtree(files_dir, ignore_errors=True)
 
 
-def mount_shm(path: Path, size: int) -> None:
-    """The pod's /dev/shm: a sized tmpfs, world-writable with the sticky bit."""
+def mount_shm(path: Path, size: int, owner: tuple[int, int] | None = None) -> None:
+    """The pod's /dev/shm: a sized tmpfs, world-writable with the sticky bit; owned by
+    ``owner`` (host uid, gid: the root of the pod's user namespace) when given, so it is
+    root's inside the pod."""
     path.mkdir(mode=0o755, exist_ok=True)
+    ids = f",uid={owner[0]},gid={owner[1]}" if owner is not None else ""
     libc.mount("shm", path, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
-               f"mode=1777,size={size}")
+               f"mode=1777,size={size}{ids}")
 
 
 def unmount_quietly(path: Path) -> None:

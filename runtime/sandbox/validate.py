@@ -45,10 +45,56 @@ def check_sysctls(config: SandboxConfig, proc_sys: Path = PROC_SYS) -> dict[str,
 RUNTIME_HANDLERS: tuple[str, ...] = ("", "cri-shim")
 
 
+#: kernel: ids are 32-bit and (uid_t)-1 is never valid, so a mapping ends below 2^32 - 1.
+MAX_ID = (1 << 32) - 1
+
+
+def check_user_namespace(config: SandboxConfig, unavailable: str = "") -> None:
+    """CRI ``userns_options``: NODE (no mappings) or POD with exactly one uid and one gid
+    mapping from container id 0 (what kubelet sends: hostUsers: false gets 65536 ids, or a
+    multiple, from its own range; any length is accepted, as containerd does). POD needs a
+    pod of its own network, PID and IPC namespaces, not privileged (Kubernetes forbids both
+    with hostUsers: false). ``unavailable`` is why this node cannot run such pods ("" when
+    it can: the start-up probe of idmapped mounts passed); then POD is Unimplemented."""
+    userns = config.security.namespaces.userns
+    if userns is None:
+        return
+    if userns.mode is NamespaceMode.NODE:
+        if userns.uids or userns.gids:
+            raise InvalidArgument("user namespace mode NODE takes no uid/gid mappings")
+        return
+    if userns.mode is not NamespaceMode.POD:
+        raise InvalidArgument(f"user namespace mode {userns.mode.name} is not supported: only POD or NODE")
+    for what, maps in (("uid", userns.uids), ("gid", userns.gids)):
+        if len(maps) != 1:
+            raise InvalidArgument(f"user namespace: exactly one {what} mapping is supported, got {len(maps)}")
+        m = maps[0]
+        if m.container_id != 0:
+            raise InvalidArgument(
+                f"user namespace: the {what} mapping must start at container id 0 (the container's root), "
+                f"not {m.container_id}"
+            )
+        if m.length < 1 or m.host_id < 0 or m.host_id + m.length > MAX_ID:
+            raise InvalidArgument(
+                f"user namespace: {what} mapping of {m.length} ids from host id {m.host_id} is out of range"
+            )
+        if m.host_id == 0:
+            raise InvalidArgument(f"user namespace: the {what} mapping must not include host id 0 (the node's root)")
+    ns = config.security.namespaces
+    for kind, mode in (("network", ns.network), ("PID", ns.pid), ("IPC", ns.ipc)):
+        if mode is NamespaceMode.NODE:
+            raise InvalidArgument(f"a pod with its own user namespace cannot use the node's {kind} namespace")
+    if config.security.privileged:
+        raise InvalidArgument("a pod with its own user namespace cannot be privileged")
+    if unavailable:
+        raise Unimplemented(f"user namespaces (hostUsers: false) are not available on this node: {unavailable}")
+
+
 def check_sandbox_config(
-    config: SandboxConfig, runtime_handlers: tuple[str, ...] = RUNTIME_HANDLERS
+    config: SandboxConfig, runtime_handlers: tuple[str, ...] = RUNTIME_HANDLERS, *, userns_unavailable: str = ""
 ) -> dict[str, str]:
-    """Validate the whole request; returns the normalised sysctls."""
+    """Validate the whole request; returns the normalised sysctls. ``userns_unavailable``:
+    see :func:`check_user_namespace`."""
     md = config.metadata
     _text(md.name, "metadata.name", required=True)
     _text(md.namespace, "metadata.namespace", required=True)
@@ -79,8 +125,7 @@ def check_sandbox_config(
         raise InvalidArgument("namespace mode TARGET is only valid for a container's PID namespace")
     if ns.network is NamespaceMode.CONTAINER or ns.ipc is NamespaceMode.CONTAINER:
         raise InvalidArgument("network and IPC namespace mode CONTAINER is not valid for a pod")
-    if ns.userns is not None and ns.userns.mode is NamespaceMode.POD:
-        raise Unimplemented("user namespaces (hostUsers: false) are not supported by this runtime yet")
+    check_user_namespace(config, userns_unavailable)
     for pm in config.port_mappings:
         pm.validated()
     for key in (*config.labels, *config.annotations):

@@ -169,6 +169,9 @@ class ContainerSecurityPlanner:
         privileged = sec.privileged
         if privileged and not sandbox.security.privileged:
             raise InvalidArgument("a privileged container needs a privileged sandbox (pod)")
+        userns = sandbox.user_namespace
+        if privileged and userns is not None:
+            raise InvalidArgument("a container in a pod with its own user namespace cannot be privileged")
         check_selinux(sec.selinux, state=self.host.lsm)
         user = resolve_user(sec, image_user, read_image_file)
         caps = compute_capabilities(sec.capabilities, privileged=privileged, uid=user.uid,
@@ -178,7 +181,8 @@ class ContainerSecurityPlanner:
         apparmor = apparmor_profile(sec.apparmor, privileged=privileged, state=self.host.lsm)
 
         cri_mounts = mnt.host_mounts(config.mounts, kernel=self.host.kernel,
-                                     create_missing=self.create_missing_host_paths, mountinfo=mountinfo)
+                                     create_missing=self.create_missing_host_paths, mountinfo=mountinfo,
+                                     userns=userns)
         defaults = mnt.default_mounts(privileged=privileged, shm_path=shm_path, host_ipc=sandbox.host_ipc,
                                       cgroups=self.host.cgroups)
         mounts = mnt.merge_mounts(mnt.merge_mounts(defaults, sandbox_mounts), cri_mounts)

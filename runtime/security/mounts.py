@@ -39,8 +39,10 @@ from dataclasses import dataclass
 from runtime.cgroups.host import CgroupHost
 from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.hostinfo import CgroupMode
+from runtime.linux.mounts import IDMAP
 from runtime.model.container import Mount, MountPropagation
 from runtime.model.launch import MountSpec
+from runtime.model.sandbox import UserNamespaceOption
 
 # kubelet pkg/securitycontext/util.go (kept in sync with moby's oci/defaults.go).
 DEFAULT_MASKED_PATHS: tuple[str, ...] = (
@@ -180,19 +182,42 @@ def _read_mountinfo() -> str:
         return f.read()
 
 
+def _check_mappings(dest: str, m: Mount, userns: UserNamespaceOption | None) -> bool:
+    """Whether the CRI mount ``m`` is to be idmapped (KEP-127: kubelet sets the pod's
+    mappings on the volumes of a pod with hostUsers: false, and the runtime makes idmapped
+    mounts of them). Only the pod's own mappings are supported: the mount is then shown
+    through the pod's user namespace. InvalidArgument otherwise."""
+    if not (m.uid_mappings or m.gid_mappings):
+        return False
+    if userns is None:
+        raise InvalidArgument(f"mount {dest}: uid/gid mappings (idmapped mounts) need a pod with its own user "
+                              "namespace (hostUsers: false)")
+    want_uids, want_gids = userns.id_maps()
+    uids = [(x.container_id, x.host_id, x.length) for x in m.uid_mappings]
+    gids = [(x.container_id, x.host_id, x.length) for x in m.gid_mappings]
+    if uids != want_uids or gids != want_gids:
+        raise InvalidArgument(f"mount {dest}: uid/gid mappings {uids}/{gids} differ from the pod's user namespace "
+                              f"{want_uids}/{want_gids}; only the pod's are supported")
+    return True
+
+
 def host_mounts(
     mounts: tuple[Mount, ...],
     *,
     kernel: tuple[int, int],
     create_missing: bool = True,
     mountinfo: str | None = None,
+    userns: UserNamespaceOption | None = None,
 ) -> tuple[MountSpec, ...]:
     """CRI mounts as MountSpecs, validated. Blocking (stats, may mkdir host paths).
 
     ``kernel`` is (major, minor) of the running kernel (for recursive read-only);
-    ``mountinfo`` the text of /proc/self/mountinfo (read when None and needed). Raises
-    InvalidArgument for bad paths or option combinations, FailedPrecondition when the host
-    source's propagation cannot support the requested mode.
+    ``mountinfo`` the text of /proc/self/mountinfo (read when None and needed); ``userns``
+    the pod's own user namespace (hostUsers: false), if any: mounts with its mappings get
+    the "idmap" option, and BIDIRECTIONAL propagation is refused (it needs a privileged
+    container, which such a pod cannot have). Raises InvalidArgument for bad paths or option
+    combinations, FailedPrecondition when the host source's propagation cannot support the
+    requested mode.
     """
     table: list[MountInfo] | None = None
     out: list[MountSpec] = []
@@ -200,8 +225,10 @@ def host_mounts(
         dest = check_destination(m.container_path)
         if dest == "/":
             raise InvalidArgument("a mount cannot replace the container's root directory")
-        if m.uid_mappings or m.gid_mappings:
-            raise InvalidArgument(f"mount {dest}: idmapped mounts (user namespaces) are not supported")
+        idmap = _check_mappings(dest, m, userns)
+        if userns is not None and m.propagation is MountPropagation.BIDIRECTIONAL:
+            raise InvalidArgument(f"mount {dest}: BIDIRECTIONAL propagation is not allowed in a pod with its own "
+                                  "user namespace")
         if not m.host_path:
             what = ("an image volume must be resolved to its snapshot directory first" if m.image
                     else "host_path is empty")
@@ -251,6 +278,8 @@ def host_mounts(
             options.append("ro")
         if m.recursive_read_only:
             options.append("rro")
+        if idmap:
+            options.append(IDMAP)
         out.append(MountSpec(dest, "bind", source, tuple(options)))
     return tuple(out)
 

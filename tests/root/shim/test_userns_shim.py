@@ -36,6 +36,12 @@ def owner_userns(ns_path: str) -> int:
         os.close(fd)
 
 
+def host_uids(pid: int) -> list[str]:
+    """Real, effective, saved and fs uid of ``pid`` as the host sees them."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+
+
 def userns_spec(tmp_path: Path, cid: str, args: tuple[str, ...], pins: dict[str, str], pid: str = "",
                 mounts: tuple[MountSpec, ...] = ()) -> LaunchSpec:
     spec = container_spec(tmp_path, cid, args, pins)
@@ -130,9 +136,7 @@ async def test_userns_pod_namespaces_containers_and_exec(shim: tuple[ShimManager
     created2 = await client.call("create", spec=to_plain(spec2))
     await client.call("start", container_id=cid2)
     pid2 = created2["pid"]
-    status = Path(f"/proc/{pid2}/status").read_text()
-    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-    assert uid_line.split()[1:] == [str(HOST_ID)] * 4
+    assert host_uids(pid2) == [str(HOST_ID)] * 4
     assert os.stat(f"/proc/{pid2}/ns/user").st_ino == user_ino
     assert owner_userns(f"/proc/{pid2}/ns/mnt") == user_ino
     r = await client.call("exec_sync", container_id=cid2, timeout=10, process=to_plain(ProcessSpec(

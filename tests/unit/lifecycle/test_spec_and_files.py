@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runtime.container import spec
-from runtime.errors import InvalidArgument, Unimplemented
+from runtime.errors import InvalidArgument
 from runtime.image.model import ImageConfig
 from runtime.model.container import ContainerConfig, ContainerMetadata, ImageSpec
 from runtime.model.sandbox import (
@@ -16,7 +16,6 @@ from runtime.model.sandbox import (
     SandboxConfig,
     SandboxMetadata,
     SandboxSecurity,
-    UserNamespaceOption,
 )
 from runtime.network.model import DnsConfig, PortMapping, Protocol
 from runtime.sandbox import podfiles
@@ -139,11 +138,6 @@ def test_bad_sandbox_configs(config: SandboxConfig, words: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         check_sandbox_config(config)
     assert words in str(info.value)
-
-
-def test_user_namespaces_are_refused_as_unimplemented() -> None:
-    with pytest.raises(Unimplemented):
-        check_sandbox_config(sandbox(security=ns(userns=UserNamespaceOption(mode=NamespaceMode.POD))))
 
 
 def test_good_sandbox_config_normalises_sysctls() -> None:
