@@ -587,7 +587,7 @@ class ProcessTable:
     def _abort(self, proc: Proc, setup: asyncio.Future[int], handed: int = 0) -> None:
         """Undo a failed create: the set-up process (and the one it handed over to, if any)
         is killed and reaped quietly."""
-        if handed:
+        if handed and handed not in self._early_exits:  # reaped already: the pid may be reused
             with contextlib.suppress(ProcessLookupError):
                 os.kill(handed, signal.SIGKILL)
         if not setup.done():

@@ -143,6 +143,15 @@ def test_root_inside_is_an_unprivileged_host_uid(d: DaemonProcess, images: Image
     info = json.loads(d.runtime.ContainerStatus(
         pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=10).info["info"])
     assert info["user_namespace"]["uid_map"] == [[0, HOST_ID, LENGTH]]
+    # a volume that cannot be idmapped fails the create clearly and leaves nothing
+    bad = in_pod(cfg, "bad", images.busybox, ["true"], mounts=[
+        pb.Mount(container_path="/k", host_path="/sys/kernel", uidMappings=mapping(), gidMappings=mapping())])
+    with pytest.raises(grpc.RpcError) as info:
+        create_container(d, pod, cfg, bad)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "idmapped mount of /sys/kernel" in (info.value.details() or "")
+    assert [c.metadata.name for c in d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers] == [
+        "app"]
     remove_pod(d, pod)
     assert not Path(pins["user"]).exists()
 
@@ -178,6 +187,11 @@ def test_pod_network_pod_pid_namespace_and_restart(d: DaemonProcess, images: Ima
     assert container_pid(d, web) == pid
     assert get() == b"hello from busybox httpd\n"
     assert exec_sync(d, web, ["id", "-u"]).stdout == b"0\n"
+    tty = create_container(d, pod, cfg, in_pod(cfg, "tty", images.busybox, ["sh", "-c", "[ -t 1 ] && id -u"],
+                                               log_path="tty.log", tty=True))
+    start(d, tty)
+    st = wait_state(d, tty, pb.CONTAINER_EXITED)
+    assert st.exit_code == 0 and [t.strip() for _s, _tag, t in log_lines(st.log_path)] == ["0"]
     remove_pod(d, pod)
 
 
