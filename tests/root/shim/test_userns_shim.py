@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.linux import libc
+from runtime.linux.userns import probe_idmapped_overlay
 from runtime.model.launch import LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec
 from runtime.shim.manager import ShimManager
 from runtime.store.codec import to_plain
@@ -149,3 +151,17 @@ async def test_userns_pod_namespaces_containers_and_exec(shim: tuple[ShimManager
     ev = await anext(events)
     assert ev["container_id"] == cid2 and ev["exit"]["exit_code"] == 137
     await events.aclose()
+
+
+def test_probe_of_idmapped_overlay_layers(tmp_path: Path) -> None:
+    assert probe_idmapped_overlay(str(tmp_path)) == ""  # ext4 on this machine
+    ram = tmp_path / "ram"
+    ram.mkdir()
+    libc.mount("ramfs", ram, "ramfs", 0, None)
+    try:
+        reason = probe_idmapped_overlay(str(ram))
+        assert "idmapped mount of" in reason and "Invalid argument" in reason
+        assert os.listdir(ram) == []
+    finally:
+        libc.umount2(str(ram), libc.MNT_DETACH)
+    assert os.listdir(tmp_path) == ["ram"]

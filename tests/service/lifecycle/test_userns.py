@@ -6,6 +6,7 @@ behind (the user namespace's pin included)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -16,8 +17,9 @@ import grpc
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
+from runtime.linux import libc
 from tests.service.lifecycle.conftest import Images
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import DaemonProcess, make_daemon
 from tests.support.names import unique
 from tests.support.pods import (
     container_config,
@@ -221,3 +223,31 @@ def test_bad_user_namespace_requests_leave_nothing(d: DaemonProcess, images: Ima
         create_container(d, pod, cfg, other)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     remove_pod(d, pod)
+
+
+def test_without_idmapped_layers_status_says_so_and_such_pods_are_unimplemented(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Images on ramfs, which cannot be idmapped: the start-up probe fails, so Status reports
+    no user namespaces and a hostUsers: false pod is refused with the probe's reason."""
+    d = make_daemon(tmp_path_factory.mktemp("no-userns") / "d")
+    images_dir = d.root / "images"
+    images_dir.mkdir(parents=True)
+    libc.mount("ramfs", images_dir, "ramfs", 0, "mode=0711")
+    try:
+        d.start()
+        resp = d.runtime.Status(pb.StatusRequest(), timeout=10)
+        assert [h.features.user_namespaces for h in resp.runtime_handlers] == [False, False]
+        cfg = pod_config()
+        cfg.linux.security_context.namespace_options.userns_options.CopyFrom(
+            pb.UserNamespace(mode=pb.POD, uids=mapping(), gids=mapping()))
+        with pytest.raises(grpc.RpcError) as info:
+            run_pod(d, cfg)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "idmapped mount" in (info.value.details() or ""), info.value.details()
+        assert not list(images_dir.glob(".userns-probe-*")), "the probe cleans up after itself"
+        assert "cannot run here" in d.log()
+    finally:
+        d.cleanup()  # unmounts what is under its directories, the ramfs too
+        with contextlib.suppress(OSError):
+            libc.umount2(str(images_dir), libc.MNT_DETACH)
