@@ -33,7 +33,7 @@ from runtime import errors
 from runtime.ids import check_id
 from runtime.image.service import ImageService
 from runtime.image.snapshot import MOUNT_DATA_MAX, OverlayMount
-from runtime.linux import libc
+from runtime.linux import libc, mountapi
 from runtime.linux.paths import is_within, secure_join
 from runtime.model.container import Mount
 from runtime.undo import UndoStack
@@ -52,11 +52,18 @@ def snapshot_key(container_id: str, index: int) -> str:
 
 
 async def resolve_image_volumes(
-    images: ImageService, state: Path, container_id: str, mounts: tuple[Mount, ...], undo: UndoStack
+    images: ImageService, state: Path, container_id: str, mounts: tuple[Mount, ...], undo: UndoStack,
+    userns: str = "",
 ) -> tuple[Mount, ...]:
     """``mounts`` with every image volume mounted read-only on the host and turned into a
     read-only bind of it; ``image.image_ref`` is set to the image id (ContainerStatus reports
-    it, KEP-5365). Mounts without an image are returned unchanged."""
+    it, KEP-5365). Mounts without an image are returned unchanged.
+
+    ``userns`` is the pinned user namespace of a pod with its own (hostUsers: false): the
+    volume's layers are then shown through it (idmapped), so the image's root-owned files
+    are root's in the pod, and its uid/gid mappings (kubelet sets them on every mount of such
+    a pod) are dropped from the bind: an overlay cannot be idmapped itself, its layers can
+    (containerd does the same)."""
     if not any(m.image is not None for m in mounts):
         return mounts
     out: list[Mount] = []
@@ -73,10 +80,13 @@ async def resolve_image_volumes(
         view = await images.snapshots.prepare(key, image.id)
         undo.push(f"image volume snapshot {key}", _remover(images, key))
         target = volumes_dir(state, container_id) / str(index)
-        await asyncio.to_thread(mount_view, view, target)
+        await asyncio.to_thread(mount_view, view, target, userns)
         undo.push(f"image volume mount {target}", _unmounter(target))
         source = await asyncio.to_thread(sub_path_source, target, m.image_sub_path, m.container_path)
-        out.append(replace(m, host_path=source, image=replace(m.image, image_ref=image.id)))
+        resolved = replace(m, host_path=source, image=replace(m.image, image_ref=image.id))
+        if userns:
+            resolved = replace(resolved, uid_mappings=(), gid_mappings=())
+        out.append(resolved)
     return tuple(out)
 
 
@@ -93,16 +103,41 @@ def _unmounter(target: Path) -> Callable[[], Awaitable[object]]:
     return lambda: asyncio.to_thread(undo)
 
 
-def mount_view(snapshot: OverlayMount, target: Path) -> None:
+def mount_view(snapshot: OverlayMount, target: Path, userns: str = "") -> None:
     """Mount the image layers of ``snapshot`` read-only at ``target``. The snapshot's (empty)
     upper directory goes on top as one more lower directory: overlayfs without an upper
-    directory needs two lower ones, and an image may have a single layer."""
+    directory needs two lower ones, and an image may have a single layer. With ``userns``
+    (a pinned user namespace) every layer is an idmapped clone shown through it (detached
+    mounts and fsmount: no namespace is entered, so the multithreaded daemon may do it)."""
     lowers = (snapshot.upperdir, *snapshot.lowerdirs)
+    if userns:
+        target.mkdir(parents=True, exist_ok=True, mode=0o755)
+        _mount_idmapped_view(lowers, target, userns)
+        return
     data = "lowerdir=" + ":".join(lowers)
     if len(data) > MOUNT_DATA_MAX:
         raise errors.InvalidArgument(f"image volume: {len(lowers)} layers do not fit in one overlay mount")
     target.mkdir(parents=True, exist_ok=True, mode=0o755)
     libc.mount("overlay", target, "overlay", libc.MS_RDONLY | libc.MS_NODEV, data)
+
+
+def _mount_idmapped_view(lowers: tuple[str, ...], target: Path, userns: str) -> None:
+    userns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    clones: list[int] = []
+    try:
+        for path in lowers:
+            clones.append(mountapi.idmapped_tree(path, userns_fd))
+        view = mountapi.overlay_mount([mountapi.fd_path(fd) for fd in clones],
+                                      attrs=mountapi.MOUNT_ATTR_RDONLY | mountapi.MOUNT_ATTR_NODEV)
+        try:
+            mountapi.move_mount(view, str(target))
+        finally:
+            os.close(view)
+    except OSError as exc:
+        raise errors.FailedPrecondition(f"image volume: idmapped layers: {exc}") from None
+    finally:
+        for fd in (userns_fd, *clones):
+            os.close(fd)
 
 
 def sub_path_source(target: Path, sub_path: str, container_path: str) -> str:

@@ -126,16 +126,19 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def overlay_mount(lowers: Iterable[str], upper: str, work: str, options: Iterable[str] = ()) -> int:
+def overlay_mount(
+    lowers: Iterable[str], upper: str = "", work: str = "", options: Iterable[str] = (), attrs: int = 0
+) -> int:
     """A detached overlay mount (fsopen/fsconfig/fsmount) of ``lowers`` (top first: paths,
-    or :func:`fd_path` of detached trees) under ``upper`` with ``work``; returns its fd.
-    Each lower goes in its own ``lowerdir+`` (no one-page limit on the layer list, kernel
-    >= 6.8). ``options`` are "key=value" or flag words passed through to overlayfs."""
+    or :func:`fd_path` of detached trees) under ``upper`` with ``work`` (none: a read-only
+    overlay of two or more lowers); returns its fd. Each lower goes in its own ``lowerdir+``
+    (no one-page limit on the layer list, kernel >= 6.8). ``options`` are "key=value" or
+    flag words passed through to overlayfs; ``attrs`` MOUNT_ATTR_* flags of the mount."""
     fs = libc._check(_syscall("fsopen", ctypes.c_char_p(b"overlay"), ctypes.c_uint(FSOPEN_CLOEXEC)),
                      "fsopen(overlay)")
+    layers = [*(("lowerdir+", p) for p in lowers), *((("upperdir", upper), ("workdir", work)) if upper else ())]
     try:
-        for key, value in (*(("lowerdir+", p) for p in lowers), ("upperdir", upper), ("workdir", work),
-                           *(_option(o) for o in options)):
+        for key, value in (*layers, *(_option(o) for o in options)):
             if value is None:
                 res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_FLAG),
                                ctypes.c_char_p(key.encode()), ctypes.c_char_p(None), ctypes.c_int(0))
@@ -146,7 +149,7 @@ def overlay_mount(lowers: Iterable[str], upper: str, work: str, options: Iterabl
         res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_CMD_CREATE), ctypes.c_char_p(None),
                        ctypes.c_char_p(None), ctypes.c_int(0))
         libc._check(res, "creating the overlay")
-        res = _syscall("fsmount", ctypes.c_int(fs), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(0))
+        res = _syscall("fsmount", ctypes.c_int(fs), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs))
         return libc._check(res, "fsmount(overlay)")
     finally:
         os.close(fs)

@@ -194,6 +194,14 @@ def test_pod_network_pod_pid_namespace_and_restart(d: DaemonProcess, images: Ima
     start(d, tty)
     st = wait_state(d, tty, pb.CONTAINER_EXITED)
     assert st.exit_code == 0 and [t.strip() for _s, _tag, t in log_lines(st.log_path)] == ["0"]
+    ro = in_pod(cfg, "ro", images.busybox, ["sh", "-c", "touch /x 2>&1; touch /dev/shm/y && echo shm-ok"],
+                log_path="ro.log")
+    ro.linux.security_context.readonly_rootfs = True
+    ro_id = create_container(d, pod, cfg, ro)
+    start(d, ro_id)
+    st = wait_state(d, ro_id, pb.CONTAINER_EXITED)
+    lines = [t for _s, _tag, t in log_lines(st.log_path)]
+    assert "Read-only file system" in lines[0] and lines[1:] == ["shm-ok"], lines
     remove_pod(d, pod)
 
 
@@ -251,3 +259,29 @@ def test_without_idmapped_layers_status_says_so_and_such_pods_are_unimplemented(
         d.cleanup()  # unmounts what is under its directories, the ramfs too
         with contextlib.suppress(OSError):
             libc.umount2(str(images_dir), libc.MNT_DETACH)
+
+
+def test_kubelet_mounts_all_carry_the_mappings_image_volumes_too(
+    d: DaemonProcess, images: Images, tmp_path: Path
+) -> None:
+    """kubelet sets the pod's mappings on every CRI mount of a hostUsers: false pod; an image
+    volume (an overlay, which cannot be idmapped itself) gets idmapped layers instead."""
+    busybox_id = pull(d, images.busybox)
+    pod, cfg = userns_pod(d, tmp_path)
+    etc_hosts = tmp_path / "etc-hosts"
+    etc_hosts.write_text("127.0.0.1\tlocalhost\n")
+    mounts = [
+        pb.Mount(container_path="/etc/hosts", host_path=str(etc_hosts), uidMappings=mapping(), gidMappings=mapping()),
+        pb.Mount(container_path="/vol", readonly=True, uidMappings=mapping(), gidMappings=mapping(),
+                 image=pb.ImageSpec(image=busybox_id, user_specified_image=images.busybox)),
+    ]
+    cid = create_container(d, pod, cfg, in_pod(cfg, "vol", images.busybox, ["sleep", "1000"], mounts=mounts))
+    start(d, cid)
+    r = exec_sync(d, cid, ["sh", "-c", "stat -c '%u %g' /etc/hosts /vol/bin/busybox; /vol/bin/busybox echo ran; "
+                                       "touch /vol/x 2>&1; echo '10.0.0.1 extra' >> /etc/hosts && tail -1 /etc/hosts"])
+    lines = r.stdout.decode().splitlines()
+    assert lines[:3] == ["0 0", "0 0", "ran"], lines
+    assert "Read-only file system" in lines[3] and lines[4] == "10.0.0.1 extra", lines
+    assert os.stat(etc_hosts).st_uid == 0
+    remove_pod(d, pod)
+    assert not (d.state / "image-volumes" / cid).exists()
