@@ -283,5 +283,12 @@ def test_kubelet_mounts_all_carry_the_mappings_image_volumes_too(
     assert lines[:3] == ["0 0", "0 0", "ran"], lines
     assert "Read-only file system" in lines[3] and lines[4] == "10.0.0.1 extra", lines
     assert os.stat(etc_hosts).st_uid == 0
+    # a non-root user inside is the mapped uid plus its own on the host
+    app = in_pod(cfg, "app", images.busybox, ["sleep", "1000"])
+    app.linux.security_context.run_as_user.value = 1000
+    app_id = create_container(d, pod, cfg, app)
+    start(d, app_id)
+    assert host_uid_of(container_pid(d, app_id)) == [str(HOST_ID + 1000)] * 4
+    assert exec_sync(d, app_id, ["id", "-u"]).stdout == b"1000\n"
     remove_pod(d, pod)
     assert not (d.state / "image-volumes" / cid).exists()
