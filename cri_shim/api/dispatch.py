@@ -23,7 +23,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from cri_shim.api.errors import status_of
 from cri_shim.api.gen import api_pb2
-from runtime.errors import EngineError, Unavailable
+from runtime.errors import EngineError
 
 log = logging.getLogger("cri_shim.rpc")
 
@@ -84,6 +84,12 @@ def methods(service: str) -> list[_Method]:
             )
         )
     return out
+
+
+def _propagates(exc: BaseException) -> bool:
+    """Cancellation, an abort the handler chose, and interpreter exits pass through; every
+    other error becomes a status (see Dispatcher._failure)."""
+    return isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception)
 
 
 def request_fields(request: Any) -> dict[str, str]:
@@ -166,27 +172,17 @@ class Dispatcher:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             rid = secrets.token_hex(6)
             started = time.monotonic()
-            code = grpc.StatusCode.OK
-            detail = ""
+            code, detail = grpc.StatusCode.OK, ""
             try:
-                if impl is None:
-                    code, detail = grpc.StatusCode.UNIMPLEMENTED, f"{m.name} is not implemented by cri-shim"
-                elif not self._gate.ready and m.name not in ALWAYS_AVAILABLE:
-                    raise Unavailable("cri-shim is recovering its state after a start; retry shortly")
-                else:
+                refused = self._refusal(m, impl is not None, streaming=False)
+                if refused is None:
+                    assert impl is not None
                     return await impl(request, context)
-            except EngineError as exc:
-                code, detail = status_of(exc), str(exc)
-            except asyncio.CancelledError:
-                code, detail = grpc.StatusCode.CANCELLED, "cancelled by the client"
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:
-                code = grpc.StatusCode.INTERNAL
-                detail = f"internal error (error id {rid}): {type(exc).__name__}: {exc}"
-                log.exception("rpc=%s rid=%s unexpected error", m.name, rid)
+                code, detail = refused
+            except BaseException as exc:
+                code, detail = self._failure(exc, m, rid, context)
+                if _propagates(exc):
+                    raise
             finally:
                 self._finish(m, request, rid, started, code, detail)
             await context.abort(code, detail)
@@ -199,34 +195,49 @@ class Dispatcher:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             rid = secrets.token_hex(6)
             started = time.monotonic()
-            code = grpc.StatusCode.OK
-            detail = ""
+            code, detail = grpc.StatusCode.OK, ""
             try:
-                if impl is None:
-                    code, detail = grpc.StatusCode.UNIMPLEMENTED, f"{m.name} is not implemented by cri-shim"
-                elif not self._gate.ready:
-                    raise Unavailable("cri-shim is recovering its state after a start; retry shortly")
-                else:
+                refused = self._refusal(m, impl is not None, streaming=True)
+                if refused is None:
+                    assert impl is not None
                     async for item in impl(request, context):
                         yield item
                     return
-            except EngineError as exc:
-                code, detail = status_of(exc), str(exc)
-            except asyncio.CancelledError:
-                code, detail = grpc.StatusCode.CANCELLED, "cancelled by the client"
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:
-                code = grpc.StatusCode.INTERNAL
-                detail = f"internal error (error id {rid}): {type(exc).__name__}: {exc}"
-                log.exception("rpc=%s rid=%s unexpected error", m.name, rid)
+                code, detail = refused
+            except BaseException as exc:
+                code, detail = self._failure(exc, m, rid, context)
+                if _propagates(exc):
+                    raise
             finally:
                 self._finish(m, request, rid, started, code, detail)
             await context.abort(code, detail)
 
         return call
+
+    def _refusal(self, m: _Method, implemented: bool, streaming: bool) -> tuple[grpc.StatusCode, str] | None:
+        """Why a call is answered without running its handler, or None to run it."""
+        if not implemented:
+            return grpc.StatusCode.UNIMPLEMENTED, f"{m.name} is not implemented by cri-shim"
+        if not self._gate.ready and (streaming or m.name not in ALWAYS_AVAILABLE):
+            return grpc.StatusCode.UNAVAILABLE, "cri-shim is recovering its state after a start; retry shortly"
+        return None
+
+    @staticmethod
+    def _failure(
+        exc: BaseException, m: _Method, rid: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[grpc.StatusCode, str]:
+        """The status a handler's exception becomes (called in the ``except`` block, so an
+        unexpected error is logged with its traceback under the error id the client sees)."""
+        if isinstance(exc, EngineError):
+            return status_of(exc), str(exc)
+        if isinstance(exc, asyncio.CancelledError):
+            return grpc.StatusCode.CANCELLED, "cancelled by the client"
+        if isinstance(exc, grpc.aio.AbortError):
+            return context.code() or grpc.StatusCode.UNKNOWN, ""
+        if not isinstance(exc, Exception):
+            return grpc.StatusCode.UNKNOWN, type(exc).__name__
+        log.exception("rpc=%s rid=%s unexpected error", m.name, rid)
+        return grpc.StatusCode.INTERNAL, f"internal error (error id {rid}): {type(exc).__name__}: {exc}"
 
     def _finish(
         self, m: _Method, request: Any, rid: str, started: float, code: grpc.StatusCode, detail: str
