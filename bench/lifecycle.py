@@ -385,6 +385,8 @@ def main() -> int:
     ap.add_argument("--no-ksm", action="store_true", help="pods.merge_shim_memory = false for cri-shim")
     args = ap.parse_args()
     before_forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    # the CNI plugins' ipMasq/portmap go through iptables-nft, which makes `table ip nat` if absent
+    nat_before = subprocess.run(["nft", "list", "table", "ip", "nat"], capture_output=True, check=False).returncode == 0
     ksm_run = Path("/sys/kernel/mm/ksm/run")
     before_ksm = ksm_run.read_text() if ksm_run.exists() else None
     base = Path(tempfile.mkdtemp(prefix="bench-lc-"))
@@ -413,6 +415,8 @@ def main() -> int:
                         print(f"{r.name}: containers done", flush=True)
     finally:
         Path("/proc/sys/net/ipv4/ip_forward").write_text(before_forward)
+        if not nat_before:
+            subprocess.run(["nft", "delete", "table", "ip", "nat"], capture_output=True, check=False)
         if before_ksm is not None and before_ksm.strip() == "0":
             ksm_run.write_text("0")  # stop ksmd again (merged pages stay merged)
         shutil.rmtree(base, ignore_errors=True)
