@@ -112,12 +112,8 @@ class Daemon:
         self._stop = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
-        self.streaming: StreamingServer | None = None
-        self._streaming_targets: StreamingTargets | None = None
-        parts = self.streaming_parts()
-        if parts is not None:
-            backend, self._streaming_targets = parts
-            self.streaming = StreamingServer(backend, streaming_settings(config), metrics=self.metrics)
+        backend, self._streaming_targets = self.streaming_parts()
+        self.streaming = StreamingServer(backend, streaming_settings(config), metrics=self.metrics)
         self._lock = RootLock(config.root)
 
     def handlers(self) -> list[Any]:
@@ -130,11 +126,10 @@ class Daemon:
             StatsHandlers(self.engine.stats),
             EventHandlers(self.container_events),
         ]
-        if self.streaming is not None and self._streaming_targets is not None:
-            out.append(StreamingHandlers(self._streaming_targets, self.streaming))
+        out.append(StreamingHandlers(self._streaming_targets, self.streaming))
         return out
 
-    def streaming_parts(self) -> tuple[StreamingBackend, StreamingTargets] | None:
+    def streaming_parts(self) -> tuple[StreamingBackend, StreamingTargets]:
         """The engine objects behind exec/attach/port-forward: the backend the streaming server
         calls (``cri_shim.streaming.backend.StreamingBackend``) and the target checks of the
         Exec/Attach/PortForward RPCs (``cri_shim.api.streaming.StreamingTargets``).
@@ -163,12 +158,11 @@ class Daemon:
             log.info("removing stale socket %s left by an earlier run", sock)
             sock.unlink()
         self.metrics.build_info.labels(_version(), _cri_api()).set(1)
-        if self.streaming is not None:
-            try:
-                await self.streaming.start()
-            except (OSError, ValueError) as exc:
-                address = self.config.streaming.address
-                raise StartupError(f"cannot start the streaming server on {address}: {exc}") from None
+        try:
+            await self.streaming.start()
+        except (OSError, ValueError) as exc:
+            address = self.config.streaming.address
+            raise StartupError(f"cannot start the streaming server on {address}: {exc}") from None
         dispatcher = Dispatcher(self.handlers(), gate=self.engine, observer=self.metrics)
         self.container_events.start()
         server = grpc.aio.server(
@@ -227,9 +221,8 @@ class Daemon:
             self._server = None
         if self._metrics_server is not None:
             await self._metrics_server.close()
-        if self.streaming is not None:
-            # ends every session; the backend kills execs and detaches attaches while the engine lives
-            await self.streaming.close()
+        # ends every session; the backend kills execs and detaches attaches while the engine lives
+        await self.streaming.close()
         await self.engine.close()
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()

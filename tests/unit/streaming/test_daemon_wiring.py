@@ -49,7 +49,7 @@ async def test_with_a_backend_the_rpcs_are_registered_and_served(tmp_path: Path)
     backend, targets = LocalBackend(), FakeTargets()
 
     class WithStreaming(Daemon):
-        def streaming_parts(self) -> tuple[StreamingBackend, StreamingTargets] | None:
+        def streaming_parts(self) -> tuple[StreamingBackend, StreamingTargets]:
             return backend, targets
 
     daemon = WithStreaming(config(tmp_path))
