@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.cni import bridge_conflist, write_conflist
+from tests.support.cni import bridge_conflist, iptables_tables_restored, write_conflist
 from tests.support.daemon import unique_subnet
 from tests.support.names import unique
 
@@ -162,20 +162,21 @@ def running_containerd(base: Path, registry_host: str, upstreams: Sequence[str],
         proc = subprocess.Popen([CONTAINERD, "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     cd = Containerd(base, socket, bridge, log_path, proc)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"containerd exited ({proc.returncode}): {log_path.read_text()[-3000:]}")
-            if socket.exists():
-                ok = subprocess.run([CRICTL, "--runtime-endpoint", cd.endpoint, "info"], capture_output=True,
-                                    timeout=30, check=False)
-                if ok.returncode == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"containerd did not answer in {timeout}s: {log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield cd
-    finally:
-        cd.stop()
-        shutil.rmtree(short, ignore_errors=True)
+    with iptables_tables_restored():  # the CNI plugins may create ip/ip6 nat tables
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"containerd exited ({proc.returncode}): {log_path.read_text()[-3000:]}")
+                if socket.exists():
+                    ok = subprocess.run([CRICTL, "--runtime-endpoint", cd.endpoint, "info"], capture_output=True,
+                                        timeout=30, check=False)
+                    if ok.returncode == 0:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"containerd did not answer in {timeout}s: {log_path.read_text()[-3000:]}")
+                time.sleep(0.2)
+            yield cd
+        finally:
+            cd.stop()
+            shutil.rmtree(short, ignore_errors=True)

@@ -6,7 +6,9 @@ directory the caller owns (``dataDir``), so nothing is left in /var/lib/cni/netw
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +36,27 @@ def write_conflist(conf_dir: Path, doc: dict[str, Any], filename: str = "10-test
     path = conf_dir / filename
     path.write_text(json.dumps(doc, indent=2))
     return path
+
+
+def _nft_tables() -> set[tuple[str, str]]:
+    import subprocess
+
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=10, check=False).stdout
+    return {(parts[1], parts[2]) for parts in (ln.split() for ln in out.splitlines()) if len(parts) == 3}
+
+
+@contextlib.contextmanager
+def iptables_tables_restored() -> Iterator[None]:
+    """The bridge plugin's ipMasq and portmap use iptables (nf_tables backend), which creates
+    the ``ip``/``ip6`` nat, filter and mangle tables if they are missing; their per-pod chains
+    go with DEL, the shared ones stay. Tables that did not exist before the block are removed
+    after it, so a test leaves the host as it found it."""
+    import subprocess
+
+    before = _nft_tables()
+    try:
+        yield
+    finally:
+        for family, name in sorted(_nft_tables() - before):
+            if family in ("ip", "ip6") and name in ("nat", "filter", "mangle"):
+                subprocess.run(["nft", "delete", "table", family, name], capture_output=True, timeout=10, check=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,20 +37,11 @@ def write_conflist(conf_dir: Path, name: str, bridge: str, subnet: str, data_dir
     cni.write_conflist(conf_dir, cni.bridge_conflist(name, bridge, subnet, data_dir, hairpin=True, loopback=True))
 
 
-def _tables() -> set[str]:
-    return nsutil.nft_tables()
-
-
 @pytest.fixture
 def iptables_scaffolding() -> Iterator[None]:
-    """portmap and ipMasq go through iptables (nf_tables backend). Their per-pod chains go
-    with DEL; the shared CNI-HOSTPORT-* chains stay, as on any CNI node. Tables that did not
-    exist before the test are removed after it; in any case no rule may still name a pod."""
-    before = _tables()
-    yield
-    for table in sorted(_tables() - before):
-        if table.split()[1:2] in (["ip"], ["ip6"]) and table.split()[2] in ("nat", "filter", "mangle"):
-            subprocess.run(["nft", "delete", *table.split()], capture_output=True, timeout=10)
+    """portmap and ipMasq go through iptables (nf_tables backend): see cni.iptables_tables_restored."""
+    with cni.iptables_tables_restored():
+        yield
 
 
 async def test_pods_via_cni_plugins(

@@ -64,7 +64,7 @@ def cni(tmp_path_factory: pytest.TempPathFactory, forward: None) -> Iterator[Cni
     write_conflist(conf, network, bridge, subnet, base / "ipam", plugin="slowbridge")
     extra = (f'[network]\nmode = "cni"\ncni_conf_dir = "{conf}"\ncni_bin_dirs = ["{bins}", "{CNI_BIN}"]\n'
              f'cni_cache_dir = "{base / "cache"}"\n')
-    with running_daemon(base / "d", extra_config=extra) as d:
+    with cniconf.iptables_tables_restored(), running_daemon(base / "d", extra_config=extra) as d:
         try:
             yield CniDaemon(d, network, bridge, subnet, base / "ipam")
         finally:
