@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from runtime.shim.manager import ShimManager
 from runtime.store.codec import to_plain
 from tests.support.names import unique
 from tests.support.rootfs import busybox_rootfs
+from tests.support.shims import running_shim
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(90)]
 
@@ -163,29 +163,14 @@ async def pod() -> AsyncIterator[Pod]:
     for d in ("mnt", "data", "vol", "home/app"):
         (lower / d).mkdir(parents=True, exist_ok=True)
     os.chown(lower / "home/app", 1000, 1000)
-    mgr = ShimManager(base / "state")
-    shim_ref = None
     pins_dir = base / "pins"
     pins_dir.mkdir()
     try:
-        await mgr.start()
-        shim_ref = await mgr.spawn(SID)
-        ns = await mgr.client(SID).call("create_namespaces", request={
-            "pin_dir": str(pins_dir), "types": ["net", "ipc", "uts"], "hostname": "secpod", "sysctls": {}})
-        yield Pod(mgr, base, ns["pins"])
+        async with running_shim(base / "state", SID, pins_dir) as mgr:
+            ns = await mgr.client(SID).call("create_namespaces", request={
+                "pin_dir": str(pins_dir), "types": ["net", "ipc", "uts"], "hostname": "secpod", "sysctls": {}})
+            yield Pod(mgr, base, ns["pins"])
     finally:
-        with contextlib.suppress(Exception):
-            await mgr.client(SID).call("shutdown")
-        deadline = time.monotonic() + 10
-        while shim_ref is not None and shim_ref.alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if shim_ref is not None and shim_ref.alive():
-            os.kill(shim_ref.pid, signal.SIGKILL)
-        await mgr.stop_factory()
-        await mgr.close()
-        for p in pins_dir.iterdir():
-            with contextlib.suppress(OSError):
-                libc.umount2(str(p), libc.MNT_DETACH)
         import shutil
 
         shutil.rmtree(base, ignore_errors=True)

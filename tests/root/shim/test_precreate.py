@@ -4,9 +4,7 @@ discarded; and pod namespaces made by the shim itself, which returns to its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -14,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.linux import libc
 from runtime.model.launch import LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 from runtime.shim.manager import ShimManager
 from runtime.store.codec import to_plain
 from tests.support.rootfs import busybox_rootfs
+from tests.support.shims import running_shim
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -28,27 +26,8 @@ SID = "f" * 64
 @pytest.fixture
 async def shim(tmp_path: Path) -> AsyncIterator[ShimManager]:
     state = Path(tempfile.mkdtemp(prefix="shimp", dir="/tmp"))
-    mgr = ShimManager(state)
-    ref = None
-    try:
-        await mgr.start()
-        ref = await mgr.spawn(SID)
+    async with running_shim(state, SID, tmp_path / "pins") as mgr:
         yield mgr
-    finally:
-        with contextlib.suppress(Exception):
-            await mgr.client(SID).call("shutdown")
-        deadline = time.monotonic() + 10
-        while ref is not None and ref.alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if ref is not None and ref.alive():
-            os.kill(ref.pid, signal.SIGKILL)
-        await mgr.stop_factory()
-        await mgr.close()
-        pins = tmp_path / "pins"
-        if pins.exists():
-            for p in pins.iterdir():
-                with contextlib.suppress(OSError):
-                    libc.umount2(str(p), libc.MNT_DETACH)
 
 
 def spec(tmp_path: Path, cid: str, args: tuple[str, ...], ns: NamespaceSpec) -> LaunchSpec:

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import signal
-import time
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from runtime.linux import libc
 from runtime.model.launch import LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 from runtime.shim import wire
 from runtime.shim.manager import ShimManager
 from runtime.store.codec import to_plain
 from tests.support.rootfs import busybox_rootfs
+from tests.support.shims import running_shim
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -29,30 +28,9 @@ SID = "a" * 64
 
 @pytest.fixture
 async def shim(tmp_path: Path) -> AsyncIterator[tuple[ShimManager, Path]]:
-    import tempfile
-
     state = Path(tempfile.mkdtemp(prefix="shimt", dir="/tmp"))
-    mgr = ShimManager(state)
-    shim_ref = None
-    try:
-        await mgr.start()
-        shim_ref = await mgr.spawn(SID)
+    async with running_shim(state, SID, tmp_path / "pins") as mgr:
         yield mgr, tmp_path
-    finally:
-        with contextlib.suppress(Exception):
-            await mgr.client(SID).call("shutdown")
-        deadline = time.monotonic() + 10
-        while shim_ref is not None and shim_ref.alive() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if shim_ref is not None and shim_ref.alive():
-            os.kill(shim_ref.pid, signal.SIGKILL)
-        await mgr.stop_factory()
-        await mgr.close()
-        pins = tmp_path / "pins"
-        if pins.exists():
-            for p in pins.iterdir():
-                with contextlib.suppress(OSError):
-                    libc.umount2(str(p), libc.MNT_DETACH)
 
 
 def container_spec(tmp_path: Path, cid: str, args: tuple[str, ...], pins: dict[str, str] | None = None,
