@@ -44,6 +44,7 @@ from runtime.image.model import Image
 from runtime.image.service import ImageService
 from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
 from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
+from runtime.model.query import select
 from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
 from runtime.sandbox.hooks import CgroupsPort
 from runtime.sandbox.service import SandboxService, shim_alive
@@ -456,21 +457,10 @@ class ContainerService:
         sandbox_id: str = "",
         labels: dict[str, str] | None = None,
     ) -> list[ContainerRecord]:
-        out = []
-        for rec in self.records.all():
-            if rec.state is ContainerState.CREATING:
-                continue
-            if id_prefix and not rec.id.startswith(id_prefix):
-                continue
-            if state is not None and rec.state is not state:
-                continue
-            if sandbox_id and not rec.sandbox_id.startswith(sandbox_id):
-                continue
-            if labels and any(rec.config.labels.get(k) != v for k, v in labels.items()):
-                continue
-            out.append(rec)
-        out.sort(key=lambda r: r.created_at_ns)
-        return out
+        return select(
+            self.records.all(), hidden=ContainerState.CREATING, id_prefix=id_prefix, state=state, labels=labels,
+            also=(lambda r: r.sandbox_id.startswith(sandbox_id)) if sandbox_id else None,
+        )
 
     async def running_container(self, container_id: str) -> str:
         """Streaming target check: the canonical id of a RUNNING container."""

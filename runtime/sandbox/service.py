@@ -43,6 +43,7 @@ from runtime.ids import check_id, new_id
 from runtime.linux import libc
 from runtime.linux.proc import ProcessRef, boot_id, is_zombie, ref_of
 from runtime.model.launch import ExitStatus
+from runtime.model.query import select
 from runtime.model.sandbox import (
     NamespaceMode,
     PinnedNamespaces,
@@ -369,19 +370,8 @@ class SandboxService:
         self, id_prefix: str = "", state: SandboxState | None = None, labels: dict[str, str] | None = None
     ) -> list[SandboxRecord]:
         """Visible sandboxes matching every given filter, oldest first."""
-        out = []
-        for rec in self.records.all():
-            if rec.state is SandboxState.CREATING:
-                continue
-            if id_prefix and not rec.id.startswith(id_prefix):
-                continue
-            if state is not None and rec.state is not state:
-                continue
-            if labels and any(rec.config.labels.get(k) != v for k, v in labels.items()):
-                continue
-            out.append(rec)
-        out.sort(key=lambda r: r.created_at_ns)
-        return out
+        return select(self.records.all(), hidden=SandboxState.CREATING, id_prefix=id_prefix, state=state,
+                      labels=labels)
 
     async def ready_sandbox(self, sandbox_id: str) -> str:
         """Streaming target check: the canonical id of a READY sandbox."""
