@@ -5,7 +5,8 @@
 #   sudo scripts/install.sh             # install + start (systemd unit if systemd runs)
 #   sudo scripts/install.sh --no-start  # install only (the test command uses this)
 #
-# Installs: Debian packages (runtime peers and test peers), a venv in .venv with the
+# Installs: Debian packages (runtime peers and test peers), a venv in .venv with exactly the
+# Python packages of requirements/lock.txt (hash-checked; scripts/lock.sh refreshes it) and the
 # project, crictl and critest v1.37.0 built from the Go module sigs.k8s.io/cri-tools.
 set -euo pipefail
 
@@ -73,22 +74,33 @@ else
   say "busybox .deb present"
 fi
 
-# -- Python venv with the project -------------------------------------------------------------
+# -- Python venv with the project, exactly as locked -----------------------------------------
+# requirements/lock.txt (scripts/lock.sh writes it) pins every package, runtime, development
+# and the build back end, with the sha256 of each file: pip installs that set and nothing else
+# (--no-deps, --require-hashes), and the project goes in editable without a build environment
+# of its own (--no-build-isolation: the locked setuptools builds it). A changed lock or
+# pyproject.toml makes a new venv, so nothing of an older set lingers.
 PY="${PYTHON:-python3}"
 if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "cri-shim needs Python >= 3.11 ($PY is $("$PY" --version 2>&1))" >&2
   exit 1
 fi
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.installed-$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -x .venv/bin/python ] || [ ! -f "$stamp" ]; then
-  say "creating .venv and installing cri-shim with its test dependencies"
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
-  rm -f .venv/.installed-*
+  say "creating .venv from requirements/lock.txt (hash-checked) and installing cri-shim"
+  rm -rf .venv
+  "$PY" -m venv .venv
+  export PIP_DISABLE_PIP_VERSION_CHECK=1
+  .venv/bin/python -m pip install -q --no-deps --require-hashes --only-binary :all: -r requirements/lock.txt
+  # setuptools' deprecation chatter goes to a log, shown only when the build fails.
+  if ! .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >.venv/editable.log 2>&1; then
+    cat .venv/editable.log >&2; exit 1
+  fi
+  # The lock must satisfy pyproject.toml: a dependency added there but not locked fails here.
+  .venv/bin/python -m pip check
   touch "$stamp"
 else
-  say "venv up to date"
+  say "venv matches requirements/lock.txt"
 fi
 
 # -- crictl and critest from sigs.k8s.io/cri-tools ---------------------------------------------

@@ -5,7 +5,7 @@ import warnings
 
 from cri_shim.api.gen import api_pb2 as cri__shim_dot_api_dot_gen_dot_api__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
