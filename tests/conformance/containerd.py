@@ -26,12 +26,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import tools
 from tests.support.cni import bridge_conflist, iptables_tables_restored, write_conflist
 from tests.support.daemon import unique_subnet
 from tests.support.names import unique
 
 CONTAINERD = shutil.which("containerd") or "/usr/bin/containerd"
-CRICTL = shutil.which("crictl") or "/usr/local/bin/crictl"
+CRICTL = str(tools.CRICTL)
 CNI_BIN = "/usr/lib/cni"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 

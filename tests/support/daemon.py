@@ -35,9 +35,10 @@ import grpc
 
 from cri_shim.api.gen import api_pb2_grpc
 from tests.support import leaks as leakmod
+from tests.support import tools
 from tests.support.names import unique
 
-CRICTL = os.environ.get("CRICTL", shutil.which("crictl") or "/root/go/bin/crictl")
+CRICTL = str(tools.CRICTL)
 
 
 def free_port() -> int:

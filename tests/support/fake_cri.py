@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,10 @@ from cri_shim.api.gen import api_pb2 as pb
 from cri_shim.api.streaming import StreamingHandlers
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
 from runtime.errors import FailedPrecondition, NotFound
+from tests.support import tools
 from tests.support.streaming_fakes import LocalBackend
 
-CRICTL = Path(os.environ.get("CRICTL", "/root/go/bin/crictl"))
+CRICTL = tools.CRICTL
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
