@@ -1,5 +1,7 @@
 """Run critest v1.37.0 against a fresh cri-shim daemon (or a private containerd) and
-summarise the result.
+summarise the result. With ``--gate``, a whole-suite cri-shim run also fails when it falls below
+tests/conformance/baseline.json for its transport: fewer passes than the floor, or a spec that
+passed before and does not pass now (``--update-baseline`` records a run as the new floor).
 
     python -m tests.conformance.critest [--runtime cri-shim|containerd] [--websocket] [--gate]
                                         [--parallel N] [--focus RE]
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -29,15 +32,19 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.conformance import images
 from tests.conformance.containerd import running_containerd
+from tests.support import tools
 from tests.support.daemon import running_daemon
 from tests.support.registry import running_registry
 
 REPO = Path(__file__).resolve().parents[2]
-CRITEST = shutil.which("critest") or "/usr/local/bin/critest"
+CRITEST = str(tools.CRITEST)
 SKIP_FILE = REPO / "tests" / "conformance" / "skip.txt"
+#: Per transport: the floor of passed specs and the names of the specs that must pass.
+BASELINE_FILE = REPO / "tests" / "conformance" / "baseline.json"
 #: Whole-suite limit given to ginkgo, and the harder limit on the critest process.
 SUITE_TIMEOUT_MIN = 40
 
@@ -71,6 +78,8 @@ class Summary:
     failed: int = 0
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    #: names of the specs that passed (the baseline keeps them)
+    passed_names: list[str] = field(default_factory=list)
     #: why specs were skipped -> how many
     skip_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -112,7 +121,33 @@ def summarise(report: Path, entries: Sequence[SkipEntry] = ()) -> Summary:
             s.skip_reasons[why] = s.skip_reasons.get(why, 0) + 1
         else:
             s.passed += 1
+            s.passed_names.append(name)
     return s
+
+
+def load_baseline(path: Path = BASELINE_FILE) -> dict[str, Any]:
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def baseline_problems(s: Summary, transport: str, baseline: dict[str, Any]) -> list[str]:
+    """Why this run falls below the conformance kept in the repo for ``transport``: fewer
+    passes than the floor, or a spec that passed before and does not pass now (skipped,
+    failed or gone). A feature that stops being advertised must not turn passes into skips."""
+    entry = baseline.get(transport)
+    if not entry:
+        return [f"no baseline for {transport} in {BASELINE_FILE.name} (run with --update-baseline)"]
+    problems = []
+    if s.passed < entry["floor"]:
+        problems.append(f"{s.passed} passed, below the floor of {entry['floor']}")
+    now = set(s.passed_names)
+    problems += [f"passed before, not now: {name}" for name in entry["passed"] if name not in now]
+    return problems
+
+
+def update_baseline(s: Summary, transport: str, path: Path = BASELINE_FILE) -> None:
+    baseline = load_baseline(path)
+    baseline[transport] = {"floor": s.passed, "passed": sorted(set(s.passed_names))}
+    path.write_text(json.dumps(baseline, indent=1, sort_keys=True) + "\n")
 
 
 def critest_command(endpoint: str, report: Path, parallel: int, websocket: bool,
@@ -155,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gate", action="store_true", help="exit 1 when a spec fails")
     ap.add_argument("--parallel", type=int, default=int(os.environ.get("CRITEST_PARALLEL", "2")))
     ap.add_argument("--focus", default="", help="ginkgo focus regex (for debugging one area)")
+    ap.add_argument("--update-baseline", action="store_true",
+                    help=f"record this run's passes as the floor in {BASELINE_FILE.name} (cri-shim, no --focus)")
     ap.add_argument("--label", default="", help="report directory suffix (default: [containerd-]spdy/websocket)")
     args = ap.parse_args(argv)
     transport = "websocket" if args.websocket else "spdy"
@@ -191,6 +228,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  skipped {n:3d}: {why}")
     for name in s.failures:
         print("  FAILED:", name)
+    # The floor applies to a whole-suite run of cri-shim: a focused run or containerd has none.
+    if args.runtime == "cri-shim" and not args.focus:
+        if args.update_baseline:
+            update_baseline(s, transport)
+            print(f"baseline for {transport}: floor {s.passed} written to {BASELINE_FILE}")
+        problems = baseline_problems(s, transport, load_baseline())
+        for p in problems:
+            print("  BELOW BASELINE:", p)
+        if args.gate and problems:
+            return 1
     if args.gate and (s.failed or rc != 0):
         return 1
     if not args.gate and (s.failed or rc != 0):

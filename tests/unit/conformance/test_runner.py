@@ -69,3 +69,27 @@ def test_containerd_config_sends_every_registry_to_the_local_one(tmp_path: Path)
     net = cni.bridge_conflist("n", "br-x", "10.1.2.0/24", Path("/tmp/ipam"))
     assert [p["type"] for p in net["plugins"]] == ["bridge", "portmap"] and net["plugins"][0]["bridge"] == "br-x"
     assert net["plugins"][0]["ipam"]["dataDir"] == "/tmp/ipam"  # nothing in /var/lib/cni/networks
+
+
+def test_baseline_fails_on_a_lower_count_and_on_a_pass_turned_skip(tmp_path: Path) -> None:
+    path = tmp_path / "baseline.json"
+    before = critest.Summary(passed=2, passed_names=["[It] a", "[It] b"])
+    critest.update_baseline(before, "spdy", path)
+    baseline = critest.load_baseline(path)
+    assert baseline["spdy"] == {"floor": 2, "passed": ["[It] a", "[It] b"]}
+    assert critest.baseline_problems(before, "spdy", baseline) == []
+    # b is skipped now (a feature stopped being advertised), c is new: below the floor and b lost
+    after = critest.Summary(passed=2, skipped=1, passed_names=["[It] a", "[It] c"])
+    assert critest.baseline_problems(after, "spdy", baseline) == ["passed before, not now: [It] b"]
+    fewer = critest.Summary(passed=1, passed_names=["[It] a"])
+    problems = critest.baseline_problems(fewer, "spdy", baseline)
+    assert problems[0] == "1 passed, below the floor of 2"
+    assert "passed before, not now: [It] b" in problems
+    assert critest.baseline_problems(before, "websocket", baseline)[0].startswith("no baseline for websocket")
+
+
+def test_the_kept_baseline_has_both_transports_at_the_floor() -> None:
+    baseline = critest.load_baseline()
+    for transport in ("spdy", "websocket"):
+        assert baseline[transport]["floor"] >= 114
+        assert len(baseline[transport]["passed"]) == baseline[transport]["floor"]
