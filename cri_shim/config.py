@@ -200,11 +200,12 @@ def _build(cls: type[Any], table: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read ``path`` (None: the default path, where a missing file means defaults), apply flag
+def load(path: Path | None, overrides: dict[str, Any] | None = None,
+         default_path: Path = DEFAULT_CONFIG_PATH) -> Config:
+    """Read ``path`` (None: ``default_path``, where a missing file means defaults), apply flag
     ``overrides`` (top-level keys), validate. Raises ConfigError naming the key."""
     table: dict[str, Any] = {}
-    source = path or DEFAULT_CONFIG_PATH
+    source = path or default_path
     try:
         with open(source, "rb") as f:
             table = tomllib.load(f)

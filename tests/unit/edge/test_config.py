@@ -20,10 +20,17 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-def test_missing_default_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = load(None)  # /etc/cri-shim/config.toml does not exist on the test machine
-    assert cfg == Config() or Path("/etc/cri-shim/config.toml").exists()
-    assert cfg.address == Path("/run/cri-shim/cri-shim.sock") or Path("/etc/cri-shim/config.toml").exists()
+def test_missing_default_file_means_defaults(tmp_path: Path) -> None:
+    cfg = load(None, default_path=tmp_path / "absent.toml")
+    assert cfg == Config()
+    assert cfg.address == Path("/run/cri-shim/cri-shim.sock")
+
+
+def test_an_existing_default_file_is_read(tmp_path: Path) -> None:
+    default = write(tmp_path, 'log_level = "debug"\n')
+    assert load(None, default_path=default).log_level == "debug"
+    with pytest.raises(ConfigError, match="bogus"):
+        load(None, default_path=write(tmp_path, "bogus = 1\n"))
 
 
 def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
