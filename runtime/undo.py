@@ -2,7 +2,7 @@
 
 Each step that changed the host registers its undo right after it succeeded; on failure the
 undos run in reverse order, each in its own bounded scope, shielded from the cancellation
-of the request that triggered them (ARCHITECTURE.md §4: "cleanup runs under its own bounded
+of the request that triggered them (docs/ARCHITECTURE.md §4: "cleanup runs under its own bounded
 scope, never under the cancelled request"). A failing undo is logged with the object's id
 and does not stop the others; what it left behind is found again by recovery.
 """

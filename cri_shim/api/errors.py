@@ -1,4 +1,4 @@
-"""THE table from engine exceptions to gRPC status codes (ARCHITECTURE.md §3).
+"""THE table from engine exceptions to gRPC status codes (docs/ARCHITECTURE.md §3).
 
 No handler picks a status code by hand: handlers raise (or let the engine raise) typed
 errors and the dispatcher maps them here. Anything else is a bug: INTERNAL, with an error

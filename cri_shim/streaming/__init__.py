@@ -1,4 +1,4 @@
-"""The streaming server for exec, attach and port-forward (ARCHITECTURE.md §7).
+"""The streaming server for exec, attach and port-forward (docs/ARCHITECTURE.md §7).
 
 Layers, bottom up:
 

@@ -1,6 +1,6 @@
 """The shim factory: forks pod shims from a pre-imported, frozen interpreter.
 
-Measured here (ARCHITECTURE.md §2): a fresh Python process costs ~18 MB PSS, a fork of a
+Measured here (docs/ARCHITECTURE.md §2): a fresh Python process costs ~18 MB PSS, a fork of a
 pre-imported template ~3.3 MB, because the interpreter's pages stay shared. So the daemon
 starts this factory once per state directory; it imports everything a shim runs, calls
 ``gc.freeze()`` (the collector then never touches, and so never copies, those pages), and

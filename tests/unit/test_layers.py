@@ -1,4 +1,4 @@
-"""The rule of dependencies (ARCHITECTURE.md §3): the engine never imports the CRI edge, gRPC,
+"""The rule of dependencies (docs/ARCHITECTURE.md §3): the engine never imports the CRI edge, gRPC,
 protobuf or prometheus-client; it reports through its own ports (observers, the event bus,
 the records view) and the edge implements them."""
 
