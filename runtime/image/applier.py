@@ -15,7 +15,9 @@ Contract of :func:`apply_layer`:
 - Refused with :class:`LayerRejected` (an ``InvalidArgument``): ``..`` components, absolute
   names, writing through a symlink, hard links whose target is outside the layer or
   missing, device nodes other than the 0/0 whiteout, unknown entry types, ``trusted.overlay.*``
-  xattrs (they would steer overlayfs), more uncompressed bytes or entries than the limits.
+  xattrs (they would steer overlayfs), more uncompressed bytes or entries than the limits,
+  extension headers (pax, GNU long names, sparse maps) beyond the bounds of
+  :mod:`runtime.image.tarsafe`, which are checked before their payload is read.
   On any error the caller removes the whole snapshot directory: a layer is applied fully
   or not at all.
 - The uncompressed stream's sha256 is returned (the layer's DiffID) so the caller can
@@ -39,6 +41,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from runtime.errors import InvalidArgument
+from runtime.image.tarsafe import BoundedTarFile, UnsafeTarHeader
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +260,7 @@ def apply_layer(
     declared = 0
     try:
         try:
-            tar = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
+            tar = BoundedTarFile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
             for member in tar:
                 entries += 1
                 if entries > limits.max_entries:
@@ -277,6 +280,8 @@ def apply_layer(
                 if on_progress is not None and entries % 256 == 0:
                     on_progress(reader.count)
             reader.drain()
+        except UnsafeTarHeader as exc:
+            raise LayerRejected(f"layer {label} has an unsafe tar header: {exc}") from None
         except tarfile.TarError as exc:
             raise LayerRejected(f"layer {label} is not a valid tar archive: {exc}") from None
         except (EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:

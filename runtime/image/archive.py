@@ -31,6 +31,7 @@ from runtime.image import metadata as md
 from runtime.image.applier import ApplyLimits, open_decompressed
 from runtime.image.model import Image
 from runtime.image.reference import Reference, parse
+from runtime.image.tarsafe import BoundedTarFile
 from runtime.store import Store
 
 if TYPE_CHECKING:
@@ -49,10 +50,10 @@ class _Archive:
         try:
             self._stream: IO[bytes] = open_decompressed(self._raw)
             if self._stream is self._raw:
-                self._tar = tarfile.open(fileobj=self._raw, mode="r:")  # noqa: SIM115 - closed in close()
+                self._tar = BoundedTarFile.open(fileobj=self._raw, mode="r:")  # closed in close()
             else:
                 # Compressed: members are read in one sequential pass into a name index.
-                self._tar = tarfile.open(fileobj=self._stream, mode="r:")  # noqa: SIM115 - closed in close()
+                self._tar = BoundedTarFile.open(fileobj=self._stream, mode="r:")  # closed in close()
         except tarfile.TarError as exc:
             self._raw.close()
             raise InvalidArgument(f"{path} is not a tar archive: {exc}") from None
