@@ -126,6 +126,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("pods.stop_kill_timeout: must be > 0")
     if cfg.image.pull_progress_timeout < 0:
         raise ConfigError("image.pull_progress_timeout: must be >= 0")
+    if cfg.image.layer_unpack_timeout < 0:
+        raise ConfigError("image.layer_unpack_timeout: must be >= 0")
     if not 1 <= cfg.image.max_concurrent_downloads <= 64:
         raise ConfigError("image.max_concurrent_downloads: must be between 1 and 64")
     try:

@@ -39,6 +39,13 @@ class ImageSettings:
             "(a decompression bomb) is refused and nothing of it is kept."
         ),
     )
+    layer_unpack_timeout: float = field(
+        default=1800.0,
+        metadata=doc(
+            "Seconds one layer may take to unpack in its worker process; a worker over it is "
+            "killed, the layer discarded and the pull fails (0 = never)."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

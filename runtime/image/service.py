@@ -100,7 +100,7 @@ class ImageService:
         # Layers unpack in worker processes (parallel, off the event loop's GIL) unless
         # unpack_workers is 0, when worker threads of this process do it.
         workers = min(4, os.cpu_count() or 1) if unpack_workers is None else unpack_workers
-        self._unpack = UnpackPool(workers) if workers > 0 else None
+        self._unpack = UnpackPool(workers, layer_timeout=settings.layer_unpack_timeout) if workers > 0 else None
         self.snapshots = OverlaySnapshotter(store, root, self._owner, unpack=self._unpack)
         self.snapshots.set_collector(self.collect_garbage)
         self._observers: list[PullObserver] = list(observers)

@@ -9,8 +9,10 @@ worker costs 0.2 s to start, about what one 20 MiB layer takes to unpack, so it 
 
 Contract of :meth:`UnpackPool.apply`: the same as :func:`runtime.image.applier.apply_layer`
 (LayerRejected for unsafe content, OSError for I/O failures); a worker that dies or
-misbehaves is replaced and the call raises Internal. Cancelling a call kills its worker
-(the layer directory is then half-written; the caller discards it).
+misbehaves is replaced and the call raises Internal; a worker that takes longer than
+``layer_timeout`` seconds on one layer (a hang on crafted input, a disk that stalls) is
+killed and replaced and the call raises DeadlineExceeded. Cancelling a call kills its
+worker. In every failure the layer directory is half-written; the caller discards it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 import runtime
-from runtime.errors import Internal
+from runtime.errors import DeadlineExceeded, Internal
 from runtime.image.applier import ApplyLimits, ApplyResult, LayerRejected
 
 log = logging.getLogger(__name__)
@@ -58,10 +60,12 @@ class _Worker:
 
 
 class UnpackPool:
-    """At most ``size`` worker processes. Construction does no I/O."""
+    """At most ``size`` worker processes. Construction does no I/O. ``layer_timeout`` is
+    the time one layer may take in a worker (0 = no limit)."""
 
-    def __init__(self, size: int, idle_timeout: float = 300.0) -> None:
+    def __init__(self, size: int, idle_timeout: float = 300.0, layer_timeout: float = 0.0) -> None:
         self.size = max(1, size)
+        self._layer_timeout = layer_timeout
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._slots = asyncio.Semaphore(self.size)
@@ -91,7 +95,15 @@ class UnpackPool:
             }
             self._busy.add(worker)
             try:
-                reply = await worker.request(payload)
+                reply = await asyncio.wait_for(worker.request(payload), self._layer_timeout or None)
+            except TimeoutError:
+                await asyncio.shield(worker.stop())
+                log.warning("unpack worker %d killed: layer %s took more than %gs", worker.proc.pid, label,
+                            self._layer_timeout)
+                raise DeadlineExceeded(
+                    f"unpacking layer {label} took longer than {self._layer_timeout:g}s "
+                    "(limit image.layer_unpack_timeout); the layer was discarded"
+                ) from None
             except BaseException:
                 await asyncio.shield(worker.stop())
                 raise

@@ -10,6 +10,13 @@ and one JSON line on stdout per request: ``{"ok": true, "result": {...ApplyResul
 ``{"ok": false, "kind": "LayerRejected" | "OSError" | ..., "message": STR, "errno": N}``.
 The worker exits on end of input and dies with its parent (PR_SET_PDEATHSIG), so a killed
 daemon never leaves it writing into a snapshot that recovery is about to remove.
+
+It parses attacker data and holds no state, so it is the cheapest process on the node for the
+OOM killer to take (a pull fails, kubelet retries it): it starts with the daemon's
+oom_score_adj (the systemd unit sets -999) and raises its own to :data:`OOM_SCORE_ADJ`,
+between a system service's 0 and a BestEffort pod's 1000 (kubelet's policy). Raising needs
+no privilege (fs/proc/base.c); a value already above it is kept. The pool bounds its time
+per layer.
 """
 
 from __future__ import annotations
@@ -20,7 +27,11 @@ import signal
 import sys
 from typing import Any
 
+from runtime.cgroups.oomscore import set_oom_score_adj
 from runtime.image.applier import ApplyLimits, LayerRejected, apply_layer, describe
+
+#: Our own oom_score_adj: a likelier OOM victim than the daemon, system services and most pods.
+OOM_SCORE_ADJ = 500
 
 
 def handle(request: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +54,7 @@ def main() -> int:
     libc.set_pdeathsig(signal.SIGKILL)
     if os.getppid() == 1:
         return 1  # the parent died before the death signal was armed
+    set_oom_score_adj(OOM_SCORE_ADJ)  # never below: max(OOM_SCORE_ADJ, inherited)
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         if not line.strip():

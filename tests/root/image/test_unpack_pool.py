@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import Internal
+from runtime.errors import DeadlineExceeded, Internal
 from runtime.image.applier import ApplyLimits, LayerRejected
 from runtime.image.unpack_pool import UnpackPool
+from runtime.image.unpack_worker import OOM_SCORE_ADJ
 from tests.support import imagebuilder as ib
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
@@ -75,6 +76,50 @@ async def test_dead_and_cancelled_workers(tmp_path: Path) -> None:
                                  ApplyLimits(), "s")).entries == 1
     finally:
         await pool.close()
+
+
+async def test_layer_time_limit_kills_and_replaces_the_worker(tmp_path: Path) -> None:
+    pool = UnpackPool(1, layer_timeout=1.0)
+    try:
+        stuck = tmp_path / "stuck-layer"
+        os.mkfifo(stuck)  # nobody writes: the worker blocks like one hung on crafted input
+        (tmp_path / "a").mkdir()
+        task = asyncio.create_task(pool.apply(stuck, tmp_path / "a", ApplyLimits(), "hung"))
+        await _until_busy(pool)
+        (hung,) = pool.pids()
+        with pytest.raises(DeadlineExceeded, match="unpacking layer hung took longer than 1s"):
+            await task
+        assert pool.pids() == []
+        assert not _still_a_worker(hung)
+        (tmp_path / "b").mkdir()
+        assert (await pool.apply(blob(tmp_path, "s", ib.Layer().file("x", "y")), tmp_path / "b",
+                                 ApplyLimits(), "s")).entries == 1
+    finally:
+        await pool.close()
+
+
+async def test_worker_is_a_likelier_oom_victim_than_its_parent(tmp_path: Path) -> None:
+    pool = UnpackPool(1)
+    try:
+        (tmp_path / "t").mkdir()
+        await pool.apply(blob(tmp_path, "s", ib.Layer().file("x", "y")), tmp_path / "t", ApplyLimits(), "s")
+        (worker,) = pool.pids()
+        own, its = (_oom_score_adj("self"), _oom_score_adj(worker))
+        assert its == max(OOM_SCORE_ADJ, own)
+    finally:
+        await pool.close()
+
+
+def _oom_score_adj(pid: int | str) -> int:
+    return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+
+
+def _still_a_worker(pid: int) -> bool:
+    """True while ``pid`` is a live unpack worker (not reaped, not reused by another program)."""
+    try:
+        return b"unpack_worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 async def _until_busy(pool: UnpackPool, timeout: float = 20) -> None:
