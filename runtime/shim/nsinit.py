@@ -13,6 +13,7 @@ They rely on the shim being single-threaded (the kernel refuses these calls othe
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -20,7 +21,7 @@ import socket
 import struct
 from typing import Any, NoReturn
 
-from runtime.linux import libc
+from runtime.linux import libc, procsys
 from runtime.linux import userns as userns_mod
 from runtime.shim.init import child_guard, children_in_pid_ns, close_fds_except, reset_signals
 
@@ -37,13 +38,6 @@ def loopback_up() -> None:
         ifreq = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq))[1]
         fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
-
-
-def write_sysctl(name: str, value: str) -> None:
-    """``name`` is a /proc/sys path, or a dotted name without literal dots in components."""
-    path = name if name.startswith("/proc/sys/") else "/proc/sys/" + name.replace(".", "/")
-    with open(path, "w") as f:
-        f.write(value)
 
 
 def _pin(source: str, pin_path: str) -> None:
@@ -113,7 +107,12 @@ def _configure(request: dict[str, Any], types: list[str], host_net_fd: int, ns_d
         if plan:
             network_result = _configure_network(plan, host_net_fd)
     for name, value in (request.get("sysctls") or {}).items():
-        write_sysctl(name, value)
+        # /proc/sys paths from the daemon; written component by component beneath
+        # /proc/sys, so no spelling of a name reaches a node-wide sysctl (procsys)
+        try:
+            procsys.write_sysctl(procsys.parts_of(name), value)
+        except ValueError as exc:
+            raise OSError(errno.EINVAL, f"sysctl {name!r}: {exc}") from None
     pins: dict[str, str] = {}
     for kind in types:
         path = os.path.join(request["pin_dir"], kind)

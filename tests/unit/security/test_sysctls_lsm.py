@@ -9,7 +9,7 @@ import pytest
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from runtime.model.sandbox import ProfileType, SecurityProfile, SELinuxOption
 from runtime.security.lsm import LsmState, apparmor_profile, check_selinux, detect_lsm
-from runtime.security.sysctls import normalize, proc_path, validate_sysctls
+from runtime.security.sysctls import components, normalize, proc_path, validate_sysctls
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -39,6 +39,71 @@ def test_node_wide_or_host_namespace_sysctls_are_refused(name: str, host_network
                                                          match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
         validate_sysctls({name: "1"}, host_network=host_network, host_ipc=host_ipc)
+
+
+# Each of these once passed validation or named a file outside the sysctl it claims to be:
+# "net/../fs/lease-break-time" was written through /proc/sys/net/../fs and changed the node's
+# fs.lease-break-time (containerd refuses it).
+HOSTILE_NAMES = [
+    "net/../fs/lease-break-time",
+    "net/../kernel/core_pattern",
+    "net.ipv4/../../fs/lease-break-time",
+    "net/ipv4/../../kernel/core_pattern",
+    "net.ipv4.conf.all/../../../../kernel.core_pattern",
+    "net/ipv4/conf/../../../fs/protected_symlinks",
+    "net.//.fs.lease-break-time",
+    "net./..kernel.core_pattern",
+    "net.ipv4.conf.//.forwarding",
+    "net.ipv4.conf./.forwarding",
+    "net.ipv4..ip_forward",
+    "net.ipv4.ip_forward.",
+    ".net.ipv4.ip_forward",
+    "net",
+    "net.",
+    "/net/ipv4/ip_forward",
+    "net/ipv4/ip_forward/",
+    "net//ipv4/ip_forward",
+    "net/./ipv4/ip_forward",
+    "net.ipv4.ip_forward/x",
+    "net.core/somaxconn.x",
+    "net.ipv4.tcp_rmem/../../../fs.file-max",
+    "fs.mqueue/../../kernel/core_pattern",
+    "fs.mqueue.msg_max/..",
+    "kernel.shmmax/../core_pattern",
+    "kernel/shmmax/../core_pattern",
+    "net.ipv4.ip_forward\0",
+    "net.ipv4.ip forward",
+    "net.ipv4.ip_forward\n",
+    "net.ipv4.conf.eth0/100/200/300/400/500.forwarding",
+    "net.ipv4.conf.eth0 .forwarding",
+    "net.ipv4.route.flush/x.y",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_sysctl_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidArgument):
+        validate_sysctls({name: "1"}, host_network=False, host_ipc=False)
+
+
+@pytest.mark.parametrize(("raw", "path"), [
+    ("net/ipv4/conf/eth0.100/forwarding", "/proc/sys/net/ipv4/conf/eth0.100/forwarding"),
+    ("net.ipv4.conf.eth0/100.forwarding", "/proc/sys/net/ipv4/conf/eth0.100/forwarding"),
+    ("net.ipv6.neigh.vlan/7.gc_stale_time", "/proc/sys/net/ipv6/neigh/vlan.7/gc_stale_time"),
+    ("net/ipv4/ip_local_port_range", "/proc/sys/net/ipv4/ip_local_port_range"),
+    ("kernel/shm_rmid_forced", "/proc/sys/kernel/shm_rmid_forced"),
+    ("fs/mqueue/msg_max", "/proc/sys/fs/mqueue/msg_max"),
+])
+def test_slash_and_dotted_names_map_to_their_proc_file(raw: str, path: str) -> None:
+    (name,) = validate_sysctls({raw: "1"}, host_network=False, host_ipc=False)
+    assert proc_path(name) == path
+
+
+def test_normalize_follows_the_first_separator() -> None:
+    # Kubernetes' NormalizeName: only a name whose first separator is "/" is swapped
+    assert normalize("net.ipv4.conf.eth0/100.rp_filter") == "net.ipv4.conf.eth0/100.rp_filter"
+    assert normalize("net/ipv4/conf/eth0.100/rp_filter") == "net.ipv4.conf.eth0/100.rp_filter"
+    assert components("net.ipv4.conf.eth0/100.rp_filter") == ("net", "ipv4", "conf", "eth0.100", "rp_filter")
 
 
 def test_sysctl_value_is_one_line() -> None:
