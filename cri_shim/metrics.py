@@ -40,7 +40,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 
 from runtime.image.pull import PullReport
-from runtime.network.model import NetworkEvent
+from runtime.model.network import NetworkEvent
 
 log = logging.getLogger(__name__)
 

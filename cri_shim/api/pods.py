@@ -24,6 +24,7 @@ from cri_shim.api.translate import (
 )
 from runtime.engine import Engine
 from runtime.errors import InvalidArgument
+from runtime.model.network import DnsConfig, PortMapping, Protocol
 from runtime.model.sandbox import (
     NamespaceOptions,
     SandboxConfig,
@@ -32,7 +33,6 @@ from runtime.model.sandbox import (
     SandboxSecurity,
     SandboxState,
 )
-from runtime.network.model import DnsConfig, PortMapping, Protocol
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 

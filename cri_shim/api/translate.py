@@ -13,8 +13,8 @@ import signal
 from typing import Any
 
 from cri_shim.api.gen import api_pb2 as pb
-from runtime.cgroups.model import HugepageLimit, Resources
 from runtime.errors import InvalidArgument
+from runtime.model.resources import HugepageLimit, Resources
 from runtime.model.sandbox import (
     IDMapping,
     NamespaceMode,

@@ -34,7 +34,6 @@ from runtime.cgroups.driver import CgroupDriver, cgroup_driver, default_clock
 from runtime.cgroups.fs import CgroupFs, LinuxCgroupFs
 from runtime.cgroups.host import CgroupHost, probe_cgroups
 from runtime.cgroups.join import join_cgroup, procs_files_bytes
-from runtime.cgroups.model import HugepageLimit, Resources, check_resources
 from runtime.cgroups.oom import OomEvent, OomWatcher, oom_killed
 from runtime.cgroups.oomscore import restrict_oom_score_adj, set_oom_score_adj
 from runtime.cgroups.paths import (
@@ -50,6 +49,7 @@ from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.tree import Clock
 from runtime.cgroups.v1 import CgroupV1Driver
 from runtime.cgroups.v2 import CgroupV2Driver
+from runtime.model.resources import HugepageLimit, Resources, check_resources
 
 __all__ = [
     "DEFAULT_PARENT",

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from runtime.cgroups.fs import CgroupFs
 from runtime.cgroups.host import CgroupHost
-from runtime.cgroups.model import Resources
 from runtime.cgroups.paths import check_cgroup_path, under
 from runtime.cgroups.plan import CgroupPlan, apply_plan, os_error
 from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.tree import Clock, remove_subtrees
 from runtime.errors import InvalidArgument, NotFound
+from runtime.model.resources import Resources
 
 
 class CgroupDriverBase(ABC):

@@ -6,8 +6,8 @@ These are kubelet's and runc's rules (runc ``libcontainer/cgroups/utils.go``,
 
 from __future__ import annotations
 
-from runtime.cgroups.model import MAX_CPU_SHARES, MIN_CPU_SHARES
 from runtime.errors import InvalidArgument
+from runtime.model.resources import MAX_CPU_SHARES, MIN_CPU_SHARES
 
 DEFAULT_CFS_PERIOD_US = 100_000  # kernel and kubelet default
 V1_UNLIMITED = "-1"

@@ -14,11 +14,11 @@ from typing import Protocol
 
 from runtime.cgroups.fs import CgroupFs, LinuxCgroupFs
 from runtime.cgroups.host import CgroupHost
-from runtime.cgroups.model import Resources
 from runtime.cgroups.plan import CgroupPlan
 from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.tree import Clock
 from runtime.hostinfo import CgroupMode
+from runtime.model.resources import Resources
 
 
 class CgroupDriver(Protocol):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.cgroups.model import MAX_OOM_SCORE_ADJ, MIN_OOM_SCORE_ADJ
 from runtime.errors import InvalidArgument
+from runtime.model.resources import MAX_OOM_SCORE_ADJ, MIN_OOM_SCORE_ADJ
 
 PROC = Path("/proc")
 

@@ -11,7 +11,7 @@ it to its own pod cgroups.
 from __future__ import annotations
 
 from runtime.cgroups.convert import DEFAULT_CFS_PERIOD_US
-from runtime.cgroups.model import HugepageLimit, Resources
+from runtime.model.resources import HugepageLimit, Resources
 
 
 def _quota(resources: Resources, overhead: Resources) -> tuple[int, int]:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from runtime.cgroups.base import CgroupDriverBase
 from runtime.cgroups.fs import read_optional
-from runtime.cgroups.model import Resources
 from runtime.cgroups.paths import ancestors, under
 from runtime.cgroups.plan import CgroupPlan, InheritCpuset, Mkdir, PlanStep, os_error
 from runtime.cgroups.stats import CgroupStats
@@ -21,6 +20,7 @@ from runtime.cgroups.stats_v1 import read_v1_oom_kill, read_v1_stats
 from runtime.cgroups.tree import kill_listed, kill_until_empty, read_pids
 from runtime.cgroups.v1resources import plan_v1_resources
 from runtime.errors import InvalidArgument
+from runtime.model.resources import Resources
 
 log = logging.getLogger(__name__)
 

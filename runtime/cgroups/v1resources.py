@@ -20,10 +20,10 @@ from runtime.cgroups.convert import (
     weight_to_shares,
 )
 from runtime.cgroups.host import CgroupHost
-from runtime.cgroups.model import PAGE_SIZE, Resources, check_resources, check_unified_key
 from runtime.cgroups.paths import under
 from runtime.cgroups.plan import CgroupPlan, Write
 from runtime.errors import InvalidArgument
+from runtime.model.resources import PAGE_SIZE, Resources, check_resources, check_unified_key
 
 
 class _V1Writes:

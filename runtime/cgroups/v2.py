@@ -15,7 +15,6 @@ from pathlib import Path
 from runtime.cgroups.base import CgroupDriverBase
 from runtime.cgroups.fs import CgroupFs, read_optional
 from runtime.cgroups.host import V2_CONTROLLERS, CgroupHost
-from runtime.cgroups.model import Resources
 from runtime.cgroups.parse import flat_keyed
 from runtime.cgroups.paths import ancestors, parent_of, under
 from runtime.cgroups.plan import CgroupPlan, EnableControllers, Mkdir, PlanStep, os_error
@@ -24,6 +23,7 @@ from runtime.cgroups.stats_v2 import read_v2_oom_kill, read_v2_stats
 from runtime.cgroups.tree import Clock, kill_listed, kill_until_empty, read_pids
 from runtime.cgroups.v2resources import plan_v2_resources
 from runtime.errors import InvalidArgument
+from runtime.model.resources import Resources
 
 log = logging.getLogger(__name__)
 

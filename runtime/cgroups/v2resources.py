@@ -12,9 +12,9 @@ from pathlib import Path
 
 from runtime.cgroups.convert import cpu_max, shares_to_weight, v2_bytes, v2_swap
 from runtime.cgroups.host import CgroupHost
-from runtime.cgroups.model import Resources, check_resources, check_unified_key
 from runtime.cgroups.plan import CgroupPlan, Write
 from runtime.errors import InvalidArgument
+from runtime.model.resources import Resources, check_resources, check_unified_key
 
 
 def _hugetlb_size_check(host: CgroupHost, page_size: str) -> None:

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.cgroups.model import Resources, check_resources
 from runtime.cgroups.paths import container_cgroup_path
 from runtime.config import RuntimeSettings
 from runtime.container import spec as specs
@@ -45,6 +44,7 @@ from runtime.image.service import ImageService
 from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
 from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 from runtime.model.query import select
+from runtime.model.resources import Resources, check_resources
 from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
 from runtime.sandbox.hooks import CgroupsPort
 from runtime.sandbox.service import SandboxService, shim_alive

@@ -24,6 +24,7 @@ from pathlib import Path
 from runtime.errors import InvalidArgument, ResourceExhausted
 from runtime.image.reference import check_digest
 from runtime.linux.proc import ProcessRef, ref_of
+from runtime.linux.proc import alive as proc_alive
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def owner_alive(tag: str) -> bool:
     """True when the process that wrote ``tag`` (see :func:`owner_tag`) still runs."""
     try:
         pid, start = tag.split(".", 1)
-        return ProcessRef(int(pid), int(start)).alive()
+        return proc_alive(ProcessRef(int(pid), int(start)))
     except ValueError:
         return False
 

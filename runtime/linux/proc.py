@@ -7,20 +7,16 @@ time (field 22 of /proc/PID/stat, in clock ticks since boot) with the pid, and s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from runtime.model.process import ProcessRef
+
+__all__ = ["ProcessRef", "alive", "boot_id", "clock_ticks", "is_zombie", "ref_of", "start_time_of", "state_of"]
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessRef:
-    """A running process as (pid, start time in clock ticks since boot)."""
-
-    pid: int
-    start_time: int
-
-    def alive(self) -> bool:
-        """True while this very process exists (not a later one that reused the pid)."""
-        current = start_time_of(self.pid)
-        return current is not None and current == self.start_time
+def alive(ref: ProcessRef) -> bool:
+    """True while this very process exists (not a later one that reused the pid)."""
+    current = start_time_of(ref.pid)
+    return current is not None and current == ref.start_time
 
 
 def start_time_of(pid: int) -> int | None:

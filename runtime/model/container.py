@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from runtime.cgroups.model import Resources
+from runtime.model.resources import Resources
 from runtime.model.sandbox import NamespaceOptions, SecurityProfile, SELinuxOption, SupplementalGroupsPolicy
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from runtime.cgroups.model import Resources
-from runtime.linux.proc import ProcessRef
-from runtime.network.model import DnsConfig, NetworkMode, PortMapping
+from runtime.model.network import DnsConfig, NetworkMode, PortMapping
+from runtime.model.process import ProcessRef
+from runtime.model.resources import Resources
 
 
 class NamespaceMode(StrEnum):

@@ -11,9 +11,7 @@ import shutil
 from ipaddress import IPv4Address, IPv4Network
 
 from runtime.errors import FailedPrecondition, Internal
-from runtime.network import ipam
-from runtime.network.host import HostNetwork
-from runtime.network.model import (
+from runtime.model.network import (
     Attachment,
     NetworkCondition,
     NetworkMode,
@@ -22,6 +20,8 @@ from runtime.network.model import (
     PodNetnsResult,
     PodNetworkRequest,
 )
+from runtime.network import ipam
+from runtime.network.host import HostNetwork
 from runtime.network.nft import NatTable
 from runtime.network.state import NetworkState
 

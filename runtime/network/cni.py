@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import FailedPrecondition, InvalidArgument
+from runtime.model.network import DnsConfig, NetworkCondition, NetworkMode, PodNetworkRequest
 from runtime.network import cniargs
 from runtime.network.cniconf import (
     CniConfigError,
@@ -42,7 +43,6 @@ from runtime.network.cniconf import (
     scan_conf_dir,
 )
 from runtime.network.cniexec import CniPluginError, Invocation, PluginExec, SubprocessExec, cni_env
-from runtime.network.model import DnsConfig, NetworkCondition, NetworkMode, PodNetworkRequest
 from runtime.store import atomic_write
 
 log = logging.getLogger(__name__)

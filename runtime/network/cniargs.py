@@ -14,7 +14,7 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Any
 
 from runtime.errors import InvalidArgument
-from runtime.network.model import Bandwidth, PodNetworkRequest
+from runtime.model.network import Bandwidth, PodNetworkRequest
 
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
 INGRESS_ANNOTATION = "kubernetes.io/ingress-bandwidth"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from runtime.network.model import NetworkEvent
+from runtime.model.network import NetworkEvent
 
 log = logging.getLogger(__name__)
 

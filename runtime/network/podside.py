@@ -21,8 +21,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from runtime.model.network import PodInterfacePlan, PodInterfaceResult, PodNetnsPlan, PodNetnsResult
 from runtime.network import rtnl
-from runtime.network.model import PodInterfacePlan, PodInterfaceResult, PodNetnsPlan, PodNetnsResult
 from runtime.store.codec import from_plain, to_plain
 
 LOOPBACK_IFINDEX = 1  # kernel: lo is always the first device of a netns

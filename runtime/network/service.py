@@ -70,13 +70,7 @@ from typing import Any, TypeVar
 from runtime.config import NetworkSettings
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from runtime.ids import check_id
-from runtime.network import cniargs, ipam
-from runtime.network.builtin import BuiltinNetwork
-from runtime.network.cni import DEFAULT_IFNAME, CniNetwork
-from runtime.network.cniconf import CniConfigList
-from runtime.network.cniexec import PluginExec
-from runtime.network.host import HostNetwork, RtnlHost
-from runtime.network.model import (
+from runtime.model.network import (
     Attachment,
     AttachPhase,
     NetworkCondition,
@@ -87,6 +81,12 @@ from runtime.network.model import (
     PodNetnsResult,
     PodNetworkRequest,
 )
+from runtime.network import cniargs, ipam
+from runtime.network.builtin import BuiltinNetwork
+from runtime.network.cni import DEFAULT_IFNAME, CniNetwork
+from runtime.network.cniconf import CniConfigList
+from runtime.network.cniexec import PluginExec
+from runtime.network.host import HostNetwork, RtnlHost
 from runtime.network.nft import NatTable, NftCli, NftRunner
 from runtime.network.observe import FanoutObserver, LogObserver, NetworkObserver
 from runtime.network.state import NetworkState

@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, ip_address
 
 from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from runtime.model.network import Attachment, AttachPhase, NetworkMode, PortMapping, Protocol
 from runtime.network import ipam
-from runtime.network.model import Attachment, AttachPhase, NetworkMode, PortMapping, Protocol
 from runtime.store import Migration, Store, from_json, to_json
 
 NETWORK_MIGRATIONS = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.network.model import DnsConfig
+from runtime.model.network import DnsConfig
 
 HOSTS_HEADER = (
     "127.0.0.1\tlocalhost\n"

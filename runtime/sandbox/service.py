@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.cgroups.model import Resources, check_resources
 from runtime.cgroups.paths import sandbox_cgroup_path
 from runtime.cgroups.pod import sandbox_resources
 from runtime.config import RuntimeSettings
@@ -42,8 +41,11 @@ from runtime.handoff import Handoff, ParkedStore
 from runtime.ids import check_id, new_id
 from runtime.linux import libc
 from runtime.linux.proc import ProcessRef, boot_id, is_zombie, ref_of
+from runtime.linux.proc import alive as proc_alive
 from runtime.model.launch import ExitStatus
+from runtime.model.network import PodNetnsResult, PodNetworkRequest
 from runtime.model.query import select
+from runtime.model.resources import Resources, check_resources
 from runtime.model.sandbox import (
     NamespaceMode,
     PinnedNamespaces,
@@ -51,7 +53,6 @@ from runtime.model.sandbox import (
     SandboxRecord,
     SandboxState,
 )
-from runtime.network.model import PodNetnsResult, PodNetworkRequest
 from runtime.network.service import NetworkService
 from runtime.sandbox.hooks import CgroupsPort, SandboxContainers
 from runtime.sandbox.podfiles import node_hostname, write_pod_files
@@ -72,7 +73,7 @@ SHIM_STOP_TIMEOUT = 15.0
 
 def shim_alive(ref: ProcessRef | None) -> bool:
     """True while the pod shim runs (a zombie awaiting its reaper counts as gone)."""
-    return ref is not None and ref.alive() and not is_zombie(ref.pid)
+    return ref is not None and proc_alive(ref) and not is_zombie(ref.pid)
 
 
 class SandboxService:

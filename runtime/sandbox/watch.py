@@ -16,6 +16,7 @@ from typing import Protocol
 
 from runtime import errors
 from runtime.linux.proc import ProcessRef
+from runtime.linux.proc import alive as proc_alive
 from runtime.model.launch import ExitStatus
 from runtime.shim.client import ShimClient
 from runtime.store.codec import from_plain
@@ -87,7 +88,7 @@ class ShimWatch:
                 log.debug("sandbox %s: shim subscription ended: %s", self.sandbox_id, exc)
             if self._stopping:
                 break
-            alive = await asyncio.to_thread(self._shim.alive)
+            alive = await asyncio.to_thread(proc_alive, self._shim)
             if not alive or attempts >= MAX_RECONNECTS:
                 break
             attempts += 1

@@ -112,7 +112,7 @@ def _warm_up(workdir: str) -> None:
         """One real ``create_namespaces`` with the built-in network's in-namespace step, made
         while this process stands in a throwaway network namespace (where the veth's "host"
         end goes) and with its pins in a scratch dir: nothing of it reaches the host."""
-        from runtime.network.model import NetworkMode, PodInterfacePlan, PodNetnsPlan
+        from runtime.model.network import NetworkMode, PodInterfacePlan, PodNetnsPlan
         from runtime.store.codec import to_plain
 
         sid = "0" * 64

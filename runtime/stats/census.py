@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtime.linux.proc import ProcessRef
+from runtime.linux.proc import alive as proc_alive
 from runtime.model.container import ContainerState
 from runtime.model.sandbox import SandboxState
 from runtime.stats.view import LifecycleView
@@ -21,7 +22,7 @@ class Census:
 
 
 def _alive(ref: ProcessRef) -> bool:
-    return ref.alive()
+    return proc_alive(ref)
 
 
 def take_census(view: LifecycleView, alive: Callable[[ProcessRef], bool] = _alive) -> Census:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.linux.proc import ProcessRef, is_zombie
+from runtime.linux.proc import alive as proc_alive
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -89,7 +90,7 @@ def pid_file_refs(state: Path) -> dict[str, ProcessRef]:
 
 
 def _alive(ref: ProcessRef) -> bool:
-    return ref.alive() and not is_zombie(ref.pid)
+    return proc_alive(ref) and not is_zombie(ref.pid)
 
 
 def bridge_ports(bridge: str) -> list[str]:

@@ -157,8 +157,8 @@ def _main(argv: list[str]) -> int:
 
         libc.setns_path(netns, libc.CLONE_NEWNET)
     if command == "podside":
+        from runtime.model.network import PodNetnsPlan
         from runtime.network import podside
-        from runtime.network.model import PodNetnsPlan
         from runtime.store import from_json, to_json
 
         plan = from_json(PodNetnsPlan, sys.stdin.buffer.read())

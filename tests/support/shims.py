@@ -19,6 +19,7 @@ from pathlib import Path
 
 from runtime.linux import libc
 from runtime.linux.proc import ProcessRef
+from runtime.linux.proc import alive as proc_alive
 from runtime.shim.manager import ShimManager
 
 
@@ -34,9 +35,9 @@ async def running_shim(state: Path, sandbox_id: str, pins_dir: Path | None = Non
         with contextlib.suppress(Exception):
             await mgr.client(sandbox_id).call("shutdown")
         deadline = time.monotonic() + 10
-        while ref is not None and ref.alive() and time.monotonic() < deadline:
+        while ref is not None and proc_alive(ref) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if ref is not None and ref.alive():
+        if ref is not None and proc_alive(ref):
             os.kill(ref.pid, signal.SIGKILL)  # the shim this helper spawned
         await mgr.stop_factory()
         await mgr.close()

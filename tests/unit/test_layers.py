@@ -37,3 +37,25 @@ def test_the_engine_imports_no_edge_code() -> None:
 
 def test_the_walker_sees_imports() -> None:
     assert "prometheus_client" in _imports(REPO / "cri_shim" / "metrics.py")
+
+
+def test_the_model_imports_nothing_of_the_engine() -> None:
+    """runtime/model holds the dataclasses every service shares: importing a sandbox record
+    must not load cgroup drivers, netlink or /proc readers. It may use runtime.errors only."""
+    bad = []
+    for path in sorted((REPO / "runtime" / "model").rglob("*.py")):
+        for name in _imports(path):
+            if name.startswith("runtime") and not name.startswith(("runtime.model", "runtime.errors")):
+                bad.append(f"{path.relative_to(REPO)}: {name}")
+    assert not bad, bad
+
+
+def test_importing_the_model_loads_no_mechanism() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, runtime.model.sandbox, runtime.model.container; "
+            "print(sorted(m for m in sys.modules if m.startswith('runtime.') "
+            "and not m.startswith(('runtime.model', 'runtime.errors'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

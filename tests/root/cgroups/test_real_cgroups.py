@@ -16,12 +16,12 @@ import pytest
 
 from runtime.cgroups.driver import CgroupDriver
 from runtime.cgroups.host import CgroupHost
-from runtime.cgroups.model import PAGE_SIZE, Resources
 from runtime.cgroups.oom import OomEvent, OomWatcher, oom_killed
 from runtime.cgroups.oomscore import read_oom_score_adj, set_oom_score_adj
 from runtime.cgroups.paths import under
 from runtime.errors import InvalidArgument
 from runtime.hostinfo import CgroupMode
+from runtime.model.resources import PAGE_SIZE, Resources
 from tests.root.cgroups.conftest import Children
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]

@@ -14,8 +14,8 @@ from typing import Any
 
 from runtime.config import NetworkSettings
 from runtime.ids import new_id
+from runtime.model.network import NetworkStatus, PodNetnsResult, PodNetworkRequest, PortMapping
 from runtime.network.builtin import host_ifname_for
-from runtime.network.model import NetworkStatus, PodNetnsResult, PodNetworkRequest, PortMapping
 from runtime.network.service import NetworkService
 from runtime.network.state import NETWORK_MIGRATIONS
 from runtime.store import Store, from_json, to_json

@@ -9,8 +9,8 @@ import pytest
 
 from runtime.errors import AlreadyExists
 from runtime.ids import new_id
+from runtime.model.network import PodNetworkRequest, PortMapping, Protocol
 from runtime.network.builtin import host_ifname_for
-from runtime.network.model import PodNetworkRequest, PortMapping, Protocol
 from tests.root.network.conftest import Leaks
 from tests.root.network.helpers import (
     delete_link,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.network.model import NetworkMode, PortMapping, Protocol
+from runtime.model.network import NetworkMode, PortMapping, Protocol
 from tests.root.network.conftest import Leaks, unique_subnet
 from tests.root.network.helpers import (
     delete_link,

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from runtime.network.model import Protocol
+from runtime.model.network import Protocol
 from runtime.network.nft import NatTable, NftCli, NftError, render_ruleset
 from runtime.network.state import HostPortRule, NatState
 from tests.root.network.conftest import Leaks

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from runtime.ids import new_id
+from runtime.model.network import NetworkMode, PodInterfacePlan, PodNetnsPlan, PodNetnsResult
 from runtime.network import podside
-from runtime.network.model import NetworkMode, PodInterfacePlan, PodNetnsPlan, PodNetnsResult
 from runtime.store import from_json, to_json
 from tests.root.network.conftest import Leaks
 from tests.support import netns as nsutil

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from runtime.cgroups.host import probe_cgroups
-from runtime.cgroups.model import Resources
 from runtime.hostinfo import CgroupMode, detect_cgroup_mode
 from runtime.linux import libc
 from runtime.model.container import (
@@ -29,6 +28,7 @@ from runtime.model.container import (
     MountPropagation,
 )
 from runtime.model.launch import LaunchSpec, NamespaceSpec, RootfsSpec
+from runtime.model.resources import Resources
 from runtime.model.sandbox import ProfileType, SandboxConfig, SandboxMetadata, SandboxSecurity, SecurityProfile
 from runtime.security.container import ContainerSecurityPlan, ContainerSecurityPlanner, probe_security_host
 from runtime.security.devices import apply_device_rules

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from runtime.cgroups.join import join_cgroup, procs_files_bytes
-from runtime.cgroups.model import HugepageLimit, Resources
 from runtime.cgroups.oom import oom_killed
 from runtime.cgroups.oomscore import restrict_oom_score_adj, set_oom_score_adj
 from runtime.cgroups.plan import CgroupPlan, Write, apply_plan, os_error
@@ -21,6 +20,7 @@ from runtime.errors import (
     NotFound,
     PermissionDenied,
 )
+from runtime.model.resources import HugepageLimit, Resources
 from tests.support.fake_cgroupfs import FakeCgroupKernel
 
 pytestmark = pytest.mark.timeout(10)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from runtime.cgroups import convert
-from runtime.cgroups.model import HugepageLimit, Resources, check_resources
 from runtime.errors import InvalidArgument
+from runtime.model.resources import HugepageLimit, Resources, check_resources
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from runtime.cgroups import parse
-from runtime.cgroups.model import Resources
 from runtime.cgroups.stats import IoDeviceStats, Psi, PsiData
 from runtime.cgroups.v1 import CgroupV1Driver
 from runtime.cgroups.v2 import CgroupV2Driver
 from runtime.errors import NotFound
+from runtime.model.resources import Resources
 from tests.support.fake_cgroupfs import FakeCgroupKernel, make_v1_tree
 from tests.unit.cgroups.conftest import FakeTime
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cgroups.model import HugepageLimit, Resources
 from runtime.cgroups.plan import InheritCpuset, Mkdir
 from runtime.cgroups.v1 import CgroupV1Driver
 from runtime.errors import DeadlineExceeded, InvalidArgument, NotFound
+from runtime.model.resources import HugepageLimit, Resources
 from tests.support.fake_cgroupfs import FakeCgroupKernel, make_v1_tree
 from tests.unit.cgroups.conftest import FakeTime
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cgroups.model import HugepageLimit, Resources
 from runtime.cgroups.plan import EnableControllers, Mkdir
 from runtime.cgroups.v2 import CgroupV2Driver
 from runtime.errors import InvalidArgument, NotFound
+from runtime.model.resources import HugepageLimit, Resources
 from tests.support.fake_cgroupfs import FakeCgroupKernel, make_v2_tree
 from tests.unit.cgroups.conftest import FakeTime
 

@@ -10,6 +10,7 @@ from runtime.container import spec
 from runtime.errors import InvalidArgument
 from runtime.image.model import ImageConfig
 from runtime.model.container import ContainerConfig, ContainerMetadata, ImageSpec
+from runtime.model.network import DnsConfig, PortMapping, Protocol
 from runtime.model.sandbox import (
     NamespaceMode,
     NamespaceOptions,
@@ -17,7 +18,6 @@ from runtime.model.sandbox import (
     SandboxMetadata,
     SandboxSecurity,
 )
-from runtime.network.model import DnsConfig, PortMapping, Protocol
 from runtime.sandbox import podfiles
 from runtime.sandbox.validate import check_sandbox_config
 

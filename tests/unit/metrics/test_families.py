@@ -16,8 +16,8 @@ from runtime.events import EventBus, EventKind
 from runtime.image.pull import PullReport
 from runtime.linux.proc import ProcessRef
 from runtime.model.container import ContainerState
+from runtime.model.network import NetworkEvent, NetworkMode
 from runtime.model.sandbox import SandboxState
-from runtime.network.model import NetworkEvent, NetworkMode
 from tests.unit.stats.conftest import FakeView, container, sandbox
 
 pytestmark = pytest.mark.timeout(20)

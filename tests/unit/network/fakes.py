@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from runtime.errors import FailedPrecondition
-from runtime.network.model import NetworkEvent
+from runtime.model.network import NetworkEvent
 from runtime.network.nft import NftError
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from runtime.errors import DeadlineExceeded
+from runtime.model.network import PodNetworkRequest, PortMapping, Protocol
 from runtime.network.cni import CniNetwork, parse_result
 from runtime.network.cniconf import parse_config
 from runtime.network.cniexec import CniPluginError
-from runtime.network.model import PodNetworkRequest, PortMapping, Protocol
 from tests.unit.network import fakecni
 
 pytestmark = pytest.mark.timeout(60)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import InvalidArgument
+from runtime.model.network import DnsConfig, PodNetworkRequest, PortMapping, Protocol
 from runtime.network import cniargs
-from runtime.network.model import DnsConfig, PodNetworkRequest, PortMapping, Protocol
 
 SID = "a" * 64
 

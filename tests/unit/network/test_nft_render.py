@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from runtime.errors import InvalidArgument
-from runtime.network.model import Protocol
+from runtime.model.network import Protocol
 from runtime.network.nft import render_delete, render_ruleset
 from runtime.network.state import HostPortRule, NatState
 

@@ -14,8 +14,7 @@ import pytest
 from runtime.config import NetworkSettings
 from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from runtime.ids import new_id
-from runtime.network.builtin import host_ifname_for
-from runtime.network.model import (
+from runtime.model.network import (
     NetworkMode,
     PodInterfaceResult,
     PodNetnsPlan,
@@ -24,6 +23,7 @@ from runtime.network.model import (
     PortMapping,
     Protocol,
 )
+from runtime.network.builtin import host_ifname_for
 from runtime.network.service import NetworkService
 from runtime.network.state import NETWORK_MIGRATIONS
 from runtime.store import Store, from_json, to_json

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cgroups.model import Resources
 from runtime.errors import InvalidArgument
 from runtime.linux.caps import CAP_NUMBER
 from runtime.model.container import (
@@ -21,6 +20,7 @@ from runtime.model.container import (
     Mount,
 )
 from runtime.model.launch import MountSpec
+from runtime.model.resources import Resources
 from runtime.model.sandbox import (
     ProfileType,
     SandboxConfig,

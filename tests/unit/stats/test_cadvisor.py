@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from runtime.cgroups.model import Resources
 from runtime.cgroups.stats import CgroupStats, CpuStats, IoDeviceStats, IoStats, MemoryStats, OomStats, PidsStats
+from runtime.model.resources import Resources
 from runtime.stats.cadvisor import BY_NAME, DESCRIPTORS, MetricKind, sandbox_points
 from runtime.stats.model import ContainerSample, InterfaceStats, LayerUsage, NetworkSample, SandboxSample
 from tests.unit.stats.conftest import container, sandbox
