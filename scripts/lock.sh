@@ -4,7 +4,9 @@
 # of every distribution file, into requirements/lock.txt. scripts/install.sh installs exactly
 # that set (pip --require-hashes), so every machine gets the same packages until this runs again.
 #
-#   scripts/lock.sh              # re-resolve to the newest versions pyproject.toml allows
+#   scripts/lock.sh              # after editing pyproject.toml: keep the locked versions that
+#                                # still fit, add or move only what changed
+#   scripts/lock.sh --upgrade    # re-resolve everything to the newest versions allowed
 #   scripts/lock.sh --check      # fail when lock.txt no longer satisfies pyproject.toml
 #
 # After a refresh: `scripts/install.sh --no-start` rebuilds .venv from the new lock, and
@@ -37,5 +39,7 @@ if [ "${1:-}" = "--check" ]; then
   echo "requirements/lock.txt satisfies pyproject.toml"
   exit 0
 fi
-"$tool/bin/uv" "${compile[@]}" --upgrade -o requirements/lock.txt
+upgrade=()
+[ "${1:-}" = "--upgrade" ] && upgrade=(--upgrade)
+"$tool/bin/uv" "${compile[@]}" "${upgrade[@]}" -o requirements/lock.txt
 echo "wrote requirements/lock.txt; now: scripts/install.sh --no-start && scripts/gen-proto.sh"
