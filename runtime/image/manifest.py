@@ -11,6 +11,7 @@ from typing import Any
 from runtime.errors import InvalidArgument, NotFound, Unimplemented
 from runtime.image.model import ImageConfig
 from runtime.image.reference import check_digest
+from runtime.image.regtext import printable
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -113,7 +114,7 @@ def _descriptor(d: Any, where: str) -> Descriptor:
         raise InvalidArgument(f"{where}: descriptor mediaType/digest must be strings")
     check_digest(digest, f"{where} digest")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise InvalidArgument(f"{where}: descriptor {digest} has an invalid size {size!r}")
+        raise InvalidArgument(f"{where}: descriptor {digest} has an invalid size {printable(repr(size), 40)}")
     plat = d.get("platform")
     urls = d.get("urls") or ()
     ann = d.get("annotations")
@@ -165,11 +166,12 @@ def parse_manifest(body: bytes, header_type: str = "") -> Manifest | Index:
         for layer in parsed:
             if layer.media_type not in LAYER_TYPES:
                 raise InvalidArgument(
-                    f"image manifest layer {layer.digest} has unsupported media type {layer.media_type!r}"
+                    f"image manifest layer {layer.digest} has unsupported media type "
+                    f"{printable(repr(layer.media_type), 100)}"
                 )
         config = _descriptor(doc.get("config"), "image manifest config")
         return Manifest(media_type, config, parsed)
-    raise InvalidArgument(f"unsupported manifest media type {media_type!r}")
+    raise InvalidArgument(f"unsupported manifest media type {printable(repr(media_type), 100)}")
 
 
 def choose_platform(index: Index, want: Platform) -> Descriptor:
@@ -194,7 +196,7 @@ def choose_platform(index: Index, want: Platform) -> Descriptor:
         elif not variant or not want.variant:
             candidates.append((1, d))
     if not candidates:
-        raise NotFound(f"image has no manifest for platform {want} (has: {', '.join(seen) or 'none'})")
+        raise NotFound(f"image has no manifest for platform {want} (has: {printable(', '.join(seen), 300) or 'none'})")
     candidates.sort(key=lambda c: -c[0])
     return candidates[0][1]
 

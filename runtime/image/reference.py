@@ -76,8 +76,8 @@ def check_digest(value: str, what: str = "digest") -> str:
     """Return ``value`` if it is a sha256/sha512 digest we can verify; raise InvalidArgument."""
     if not _DIGEST.match(value):
         if _ANY_DIGEST.match(value):
-            raise InvalidArgument(f"unsupported {what} algorithm in {value!r} (sha256 and sha512 only)")
-        raise InvalidArgument(f"invalid {what} {value!r}")
+            raise InvalidArgument(f"unsupported {what} algorithm in {value[:100]!r} (sha256 and sha512 only)")
+        raise InvalidArgument(f"invalid {what} {value[:100]!r}")
     return value
 
 

@@ -10,6 +10,17 @@
 - Every manifest and blob is checked against its digest (and size when known) before use.
 - No-progress timeout: a read that receives nothing for ``progress_timeout`` seconds fails
   the pull with DeadlineExceeded (kubelet gives PullImage no deadline).
+- Redirects follow :mod:`runtime.image.redirects`: no https→http downgrade, no loopback or
+  link-local target unless the registry is at one, the Authorization header only for the
+  host and port it was meant for.
+- Token realms: Basic credentials (or the identity token) go to the realm the registry's
+  challenge announces, whatever its host, as docker, containerd and CRI-O do (the
+  distribution token spec makes the realm the registry's delegate: auth.docker.io for
+  Docker Hub). The realm must be HTTPS unless the registry is relaxed, and must not be a
+  loopback or link-local address unless the registry is; a redirect away from the realm's
+  host drops the credentials. The bearer token is sent to the registry's host only.
+- What a registry sends us (error bodies, header values, URLs) reaches errors, and so
+  kubelet's pod events, only as a short printable summary (:mod:`runtime.image.regtext`).
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,12 +41,16 @@ from runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, Permissi
 from runtime.image.auth import Challenge, RegistryAuth, parse_challenges
 from runtime.image.content import DigestMismatch
 from runtime.image.manifest import ACCEPT, MAX_MANIFEST_BYTES
+from runtime.image.redirects import RedirectPolicy, Resolver, endpoint, send_following, system_resolve
+from runtime.image.regtext import MAX_BODY, error_summary, printable
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "cri-shim"
 DOCKER_HUB_API = "registry-1.docker.io"
 _BATCH = 1 << 20
+#: A token response is a small JSON object (a JWT of a few KiB); more is not read.
+MAX_TOKEN_RESPONSE = 1 << 20
 
 
 def is_loopback(host: str) -> bool:
@@ -60,9 +76,19 @@ class FetchedManifest:
 
 
 class RegistryClient:
-    """Shared HTTP state (connection pools, scheme choices, tokens). One per ImageService."""
+    """Shared HTTP state (connection pools, scheme choices, tokens). One per ImageService.
+    ``transport`` and ``resolve`` replace the network and the name lookups (tests)."""
 
-    def __init__(self, progress_timeout: float, max_connections: int = 16) -> None:
+    def __init__(
+        self,
+        progress_timeout: float,
+        max_connections: int = 16,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        resolve: Resolver = system_resolve,
+    ) -> None:
+        self._transport = transport
+        self.resolve = resolve
         read = progress_timeout if progress_timeout > 0 else None
         connect = min(30.0, read) if read is not None else 30.0
         self._timeout = httpx.Timeout(connect=connect, read=read, write=60.0, pool=None)
@@ -79,9 +105,10 @@ class RegistryClient:
                 verify=verify,
                 timeout=self._timeout,
                 limits=self._limits,
-                follow_redirects=True,
+                follow_redirects=False,  # followed by runtime.image.redirects' rules
                 headers={"User-Agent": USER_AGENT},
                 trust_env=False,
+                transport=self._transport,
             )
             self._clients[verify] = c
         return c
@@ -123,6 +150,11 @@ class RegistrySession:
                  self._auth.registry_token)
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
+    def _policy(self, url: httpx.URL) -> RedirectPolicy:
+        """Redirect rules for a request chain whose credentials belong to ``url``'s host."""
+        registry_at = endpoint(httpx.URL(f"{url.scheme}://{self.api_host}/"))
+        return RedirectPolicy(self.host, registry_at, endpoint(url), self._c.resolve)
+
     async def _send(self, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
         """Send with the chosen scheme; for relaxed hosts fall back from HTTPS to HTTP."""
         scheme = self._c._schemes.get(self.api_host, "https")
@@ -130,13 +162,13 @@ class RegistrySession:
         client = self._c._client(verify)
         try:
             req = client.build_request(method, f"{scheme}://{self.api_host}{path}", headers=headers)
-            return await client.send(req, stream=True)
+            return await send_following(client, req, self._policy(req.url))
         except httpx.ConnectError as exc:
             if scheme == "https" and self.relaxed:
-                log.info("registry %s: HTTPS failed (%s); using plain HTTP", self.host, exc)
+                log.info("registry %s: HTTPS failed (%s); using plain HTTP", self.host, printable(exc))
                 self._c._schemes[self.api_host] = "http"
                 req = client.build_request(method, f"http://{self.api_host}{path}", headers=headers)
-                return await client.send(req, stream=True)
+                return await send_following(client, req, self._policy(req.url))
             raise
 
     async def request(self, method: str, path: str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -171,7 +203,7 @@ class RegistrySession:
                 f"registry {self.host}: no progress for {self._c._progress_timeout:g}s ({type(exc).__name__})"
             ) from None
         except httpx.HTTPError as exc:
-            raise Unavailable(f"registry {self.host} unreachable: {exc or type(exc).__name__}") from None
+            raise Unavailable(f"registry {self.host} unreachable: {printable(exc) or type(exc).__name__}") from None
 
     async def _authorize(self, challenges: list[Challenge]) -> str:
         for ch in challenges:
@@ -184,7 +216,8 @@ class RegistrySession:
                     raise PermissionDenied(f"registry {self.host} requires credentials for {self.repository}")
                 token = base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
                 return f"Basic {token}"
-        raise PermissionDenied(f"registry {self.host}: unsupported authentication challenge {challenges!r}")
+        schemes = ", ".join(sorted({printable(c.scheme, 20) for c in challenges})) or "none"
+        raise PermissionDenied(f"registry {self.host}: unsupported authentication challenge ({schemes})")
 
     async def _token(self, params: dict[str, str]) -> str:
         key = (self.host, self._scope, self._cred_key())
@@ -193,13 +226,21 @@ class RegistrySession:
             return cached[0]
         realm = params["realm"]
         if not realm.startswith(("https://", "http://")):
-            raise PermissionDenied(f"registry {self.host}: token realm {realm!r} is not an http(s) URL")
-        if realm.startswith("http://") and not self.relaxed and not is_loopback(httpx.URL(realm).host):
-            raise PermissionDenied(f"registry {self.host}: refusing a plain-HTTP token realm {realm!r}")
+            raise PermissionDenied(f"registry {self.host}: token realm {printable(realm, 100)!r} is not an http(s) URL")
+        try:
+            realm_url = httpx.URL(realm)
+        except httpx.InvalidURL:
+            raise PermissionDenied(f"registry {self.host}: token realm {printable(realm, 100)!r} is invalid") from None
+        if realm.startswith("http://") and not self.relaxed and not is_loopback(realm_url.host):
+            raise PermissionDenied(f"registry {self.host}: refusing a plain-HTTP token realm {printable(realm, 100)!r}")
         query = {"scope": self._scope}
         if params.get("service"):
             query["service"] = params["service"]
         client = self._c._client(not self.relaxed)
+        policy = self._policy(realm_url)
+        # The realm is the registry's delegate: credentials go there (module docstring), but
+        # never to an address inside the node the registry itself is not at.
+        await policy.check_target(realm_url, "the token realm")
         try:
             if self._auth is not None and self._auth.identity_token:
                 form = {
@@ -208,20 +249,33 @@ class RegistrySession:
                     "client_id": USER_AGENT,
                     **query,
                 }
-                resp = await client.post(realm, data=form)
+                req = client.build_request("POST", realm_url, data=form)
             else:
                 basic = self._auth.basic() if self._auth else None
-                resp = await client.get(realm, params=query, auth=httpx.BasicAuth(*basic) if basic else None)
+                headers = {}
+                if basic:
+                    headers["Authorization"] = "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode()
+                req = client.build_request("GET", realm_url, params=query, headers=headers)
+            resp = await send_following(client, req, policy)
+            try:
+                raw = await _read_bounded(resp, MAX_TOKEN_RESPONSE)
+            finally:
+                await resp.aclose()
         except httpx.HTTPError as exc:
-            raise Unavailable(f"token server {realm} of registry {self.host} unreachable: {exc}") from None
+            raise Unavailable(
+                f"token server of registry {self.host} unreachable: {printable(exc) or type(exc).__name__}"
+            ) from None
         if resp.status_code in (401, 403):
             raise PermissionDenied(f"token server of registry {self.host} refused the credentials ({resp.status_code})")
         if resp.status_code != 200:
             raise Unavailable(f"token server of registry {self.host} answered {resp.status_code}")
         try:
-            body: dict[str, Any] = resp.json()
+            body: Any = json.loads(raw)
         except ValueError:
-            raise Unavailable(f"token server of registry {self.host} sent no JSON") from None
+            body = None
+        if not isinstance(body, dict):
+            raise Unavailable(f"token server of registry {self.host} sent no JSON object of at most "
+                              f"{MAX_TOKEN_RESPONSE} bytes")
         token = body.get("token") or body.get("access_token")
         if not isinstance(token, str) or not token:
             raise Unavailable(f"token server of registry {self.host} sent no token")
@@ -237,10 +291,12 @@ class RegistrySession:
             return
         body = b""
         try:
-            body = (await resp.aread())[:500]
+            body = await _read_bounded(resp, MAX_BODY)
+        except httpx.HTTPError:
+            pass  # the summary is best effort; the status code is the error
         finally:
             await resp.aclose()
-        detail = body.decode("utf-8", "replace").strip()
+        detail = error_summary(body)
         if resp.status_code == 404:
             raise NotFound(f"{what} not found in registry {self.host}")
         if resp.status_code == 403:
@@ -267,7 +323,7 @@ class RegistrySession:
         except httpx.TimeoutException:
             raise DeadlineExceeded(f"registry {self.host}: no progress while reading {what}") from None
         except httpx.HTTPError as exc:
-            raise Unavailable(f"registry {self.host}: reading {what} failed: {exc}") from None
+            raise Unavailable(f"registry {self.host}: reading {what} failed: {printable(exc)}") from None
         finally:
             await resp.aclose()
         body = bytes(data)
@@ -309,10 +365,20 @@ class RegistrySession:
                 f"registry {self.host}: no progress for {self._c._progress_timeout:g}s while downloading {what}"
             ) from None
         except httpx.HTTPError as exc:
-            raise Unavailable(f"registry {self.host}: download of {what} failed: {exc}") from None
+            raise Unavailable(f"registry {self.host}: download of {what} failed: {printable(exc)}") from None
         finally:
             await resp.aclose()
         return total
+
+
+async def _read_bounded(resp: httpx.Response, limit: int) -> bytes:
+    """At most ``limit`` bytes of a streamed body (a longer one is cut there, not read)."""
+    data = bytearray()
+    async for chunk in resp.aiter_bytes():
+        data += chunk
+        if len(data) >= limit:
+            break
+    return bytes(data[:limit])
 
 
 def retryable(exc: BaseException) -> bool:
