@@ -116,6 +116,8 @@ class BuiltinNetwork:
         index = await self._host.ensure_bridge(self.bridge, mac, self._mtu, sorted(want))
         # kernel: a packet from 127.0.0.1 (the node's own hostPort connection) may be routed
         # out of this bridge after DNAT only with route_localnet (as the CNI portmap plugin does).
+        # It also lets packets from pods to 127.0.0.0/8 in: the nft table's input chain drops
+        # those that are not DNATed (CVE-2020-8558; runtime.network.nft).
         self._host.write_sysctl(f"net.ipv4.conf.{self.bridge}.route_localnet", "1")
         self._bridge_cache = (index, want)
         return index

@@ -17,6 +17,15 @@ What the table does (``table ip <name>``):
   - DNATed connections from a pod to a pod ("hairpin": pod A -> hostIP:hostPort -> pod B or
     A itself; without it B answers A directly and A drops the reply),
   - pod egress leaving the pod subnets (not to the subnets, not multicast).
+- ``input`` (filter): drop what arrives from the bridge for 127.0.0.0/8 unless it belongs to
+  a DNATed connection (CVE-2020-8558, the rule kube-proxy added). The bridge has
+  ``route_localnet`` on so that the node's own 127.0.0.1 -> hostPort connections can be
+  DNATed out to a pod; the same switch makes the kernel accept frames a pod with CAP_NET_RAW
+  addresses to the bridge's MAC with IP destination 127.0.0.1, which would reach services
+  listening on the node's loopback only. Replies of the hostPort connections are DNATed
+  (their conntrack entry carries the DNAT bit), so they pass. Written ``ct status & dnat
+  == 0``: nft 1.0.6 compiles ``ct status != dnat`` to a compare of the whole status word,
+  which would drop those replies too.
 
 Why not pyroute2.nftables: marked a prototype upstream, and DNAT needs hand-built
 expressions; the ``nft`` CLI is one atomic transaction per call and easy to read in tests.
@@ -43,6 +52,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "cri_shim"
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")  # IFNAMSIZ - 1, nothing nft would parse
 MULTICAST = "224.0.0.0/4"
 
 
@@ -62,9 +72,12 @@ def render_delete(table: str) -> str:
     return f"table ip {table} {{}}\ndelete table ip {table}\n"
 
 
-def render_ruleset(table: str, state: NatState) -> str:
-    """The whole script for ``state``; the delete script when the state is empty."""
+def render_ruleset(table: str, state: NatState, *, bridge: str) -> str:
+    """The whole script for ``state`` with the loopback guard of ``bridge``; the delete
+    script when the state is empty (no pod on the bridge)."""
     check_table_name(table)
+    if not _IFNAME.match(bridge):
+        raise InvalidArgument(f"invalid bridge name {bridge!r}")
     if state.empty:
         return render_delete(table)
     # Overlapping subnets (after a pod CIDR change) would be conflicting set intervals.
@@ -98,7 +111,15 @@ def render_ruleset(table: str, state: NatState) -> str:
     if subnets:
         lines.append(f"\t\tct status dnat ip saddr {_set(subnets)} ip daddr {_set(subnets)} masquerade")
         lines.append(f"\t\tip saddr {_set(subnets)} ip daddr != {_set([*subnets, MULTICAST])} masquerade")
-    lines += ["\t}", "}", ""]
+    lines += [
+        "\t}",
+        "\tchain input {",
+        "\t\ttype filter hook input priority filter; policy accept;",
+        f'\t\tiifname "{bridge}" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop',
+        "\t}",
+        "}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -162,10 +183,12 @@ class NatTable:
         table: str,
         load: Callable[[], Awaitable[NatState]],
         *,
+        bridge: str,
         linger: float = 5.0,
         on_apply: Callable[[float, BaseException | None], None] | None = None,
     ) -> None:
         self.table = check_table_name(table)
+        self.bridge = bridge
         self._runner = runner
         self._load = load
         self._linger = linger
@@ -193,7 +216,7 @@ class NatTable:
     async def _locked_sync(self, force: bool) -> bool:
         async with self._lock:
             state = await self._load()
-            script = render_ruleset(self.table, state)
+            script = render_ruleset(self.table, state, bridge=self.bridge)
             if script == self._applied and not force:
                 return False
             started = time.monotonic()

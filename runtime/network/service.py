@@ -132,6 +132,7 @@ class NetworkService:
             nft or NftCli(),
             nft_table or settings.nft_table,
             self.state.nat_state,
+            bridge=settings.bridge,
             linger=nat_linger,
             on_apply=self._nft_applied,
         )

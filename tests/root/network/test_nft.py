@@ -33,7 +33,7 @@ def _check(script: str) -> subprocess.CompletedProcess[str]:
 def test_nft_accepts_every_shape() -> None:
     table = unique("tnc")
     for state in (NatState(), NatState(subnets=("10.203.0.0/16",)), FULL):
-        result = _check(render_ruleset(table, state))
+        result = _check(render_ruleset(table, state, bridge="crishim0"))
         assert result.returncode == 0, result.stderr
 
 
@@ -45,7 +45,7 @@ async def test_apply_replace_delete(leaks: Leaks) -> None:
     async def load() -> NatState:
         return state[0]
 
-    nat = NatTable(NftCli(), table, load, linger=0.1)
+    nat = NatTable(NftCli(), table, load, bridge="crishim0", linger=0.1)
     try:
         assert await nat.sync() is True
         text = nft_table_text(table)
@@ -61,6 +61,6 @@ async def test_apply_replace_delete(leaks: Leaks) -> None:
         await asyncio.sleep(0.3)
         assert nft_table_text(table) is None
         with pytest.raises(NftError):
-            await NatTable(NftCli(binary="/nonexistent/nft"), table, load).sync()
+            await NatTable(NftCli(binary="/nonexistent/nft"), table, load, bridge="crishim0").sync()
     finally:
         await nat.close()  # the leaks fixture fails the test if the table is still there

@@ -9,16 +9,16 @@ from runtime.network.state import HostPortRule, NatState
 
 
 def test_empty_state_deletes_the_table() -> None:
-    assert render_ruleset("t1", NatState()) == "table ip t1 {}\ndelete table ip t1\n"
-    assert render_delete("t1") == render_ruleset("t1", NatState())
+    assert render_ruleset("t1", NatState(), bridge="crishim0") == "table ip t1 {}\ndelete table ip t1\n"
+    assert render_delete("t1") == render_ruleset("t1", NatState(), bridge="crishim0")
 
 
 def test_masquerade_only() -> None:
-    text = render_ruleset("cri_shim", NatState(subnets=("10.88.0.0/16",)))
+    text = render_ruleset("cri_shim", NatState(subnets=("10.88.0.0/16",)), bridge="crishim0")
     assert text.startswith("table ip cri_shim {}\ndelete table ip cri_shim\ntable ip cri_shim {\n")
     assert "ip saddr 10.88.0.0/16 ip daddr != { 10.88.0.0/16, 224.0.0.0/4 } masquerade" in text
     assert "ct status dnat ip saddr 10.88.0.0/16 ip daddr 10.88.0.0/16 masquerade" in text
-    assert "127.0.0.0/8" not in text  # no hostPorts: no loopback masquerade
+    assert "ip saddr 127.0.0.0/8 masquerade" not in text  # no hostPorts: no loopback masquerade
     assert "dnat to" not in text
 
 
@@ -31,7 +31,7 @@ def test_host_ports() -> None:
             HostPortRule(Protocol.SCTP, 9000, "", "10.88.0.7", 9000),
         ),
     )
-    text = render_ruleset("t", state)
+    text = render_ruleset("t", state, bridge="crishim0")
     assert "\t\ttcp dport 8080 dnat to 10.88.0.5:80\n" in text
     assert "\t\tip daddr 127.0.0.1 udp dport 5353 dnat to 10.88.0.6:53\n" in text
     assert "\t\tsctp dport 9000 dnat to 10.88.0.7:9000\n" in text
@@ -40,17 +40,30 @@ def test_host_ports() -> None:
 
 
 def test_overlapping_subnets_are_collapsed() -> None:
-    text = render_ruleset("t", NatState(subnets=("10.88.0.0/16", "10.88.1.0/24")))
+    text = render_ruleset("t", NatState(subnets=("10.88.0.0/16", "10.88.1.0/24")), bridge="crishim0")
     assert "10.88.1.0/24" not in text
     assert "ip saddr 10.88.0.0/16 ip daddr != { 10.88.0.0/16, 224.0.0.0/4 }" in text
 
 
 def test_two_subnets_use_sets() -> None:
-    text = render_ruleset("t", NatState(subnets=("10.88.0.0/16", "10.99.0.0/24")))
+    text = render_ruleset("t", NatState(subnets=("10.88.0.0/16", "10.99.0.0/24")), bridge="crishim0")
     assert "ip saddr { 10.88.0.0/16, 10.99.0.0/24 } ip daddr != { 10.88.0.0/16, 10.99.0.0/24, 224.0.0.0/4 }" in text
 
 
 @pytest.mark.parametrize("name", ["", "1abc", "a-b", "a b", "x" * 33, "t;flush ruleset"])
 def test_bad_table_names(name: str) -> None:
     with pytest.raises(InvalidArgument):
-        render_ruleset(name, NatState())
+        render_ruleset(name, NatState(), bridge="crishim0")
+
+
+def test_pods_cannot_reach_node_loopback() -> None:
+    # CVE-2020-8558: route_localnet on the bridge; only DNATed connections reach 127.0.0.0/8.
+    text = render_ruleset("t", NatState(subnets=("10.88.0.0/16",)), bridge="crishim0")
+    assert "\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n" in text
+    assert '\t\tiifname "crishim0" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop\n' in text
+
+
+@pytest.mark.parametrize("bridge", ["", "x" * 16, 'br"0', "br 0", "br;flush"])
+def test_bad_bridge_names(bridge: str) -> None:
+    with pytest.raises(InvalidArgument):
+        render_ruleset("t", NatState(subnets=("10.88.0.0/16",)), bridge=bridge)
