@@ -136,7 +136,7 @@ class Daemon:
 
         Both are the pod shims' sessions (cri_shim.streaming.shim_backend).
         """
-        adapter = EngineStreaming(self.engine.sandboxes, self.engine.containers)
+        adapter = EngineStreaming(self.engine.sandboxes, self.engine.containers, self.engine.shims)
         return ShimStreamingBackend(adapter), adapter
 
     def request_stop(self) -> None:

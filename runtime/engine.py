@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from runtime.cgroups import CgroupDriver, cgroup_driver, probe_cgroups
 from runtime.config import RuntimeSettings
+from runtime.container.host import LinuxContainerHost
 from runtime.container.records import CONTAINER_MIGRATIONS
 from runtime.container.service import ContainerService
 from runtime.errors import Unavailable
@@ -26,6 +27,7 @@ from runtime.linux.ksm import start_ksm
 from runtime.linux.userns import probe_in_subprocess
 from runtime.network.service import NetworkService
 from runtime.network.state import NETWORK_MIGRATIONS
+from runtime.sandbox.host import LinuxPodHost
 from runtime.sandbox.records import SANDBOX_MIGRATIONS
 from runtime.sandbox.service import SandboxService
 from runtime.security.container import ContainerSecurityPlanner, probe_security_host, security_features
@@ -97,12 +99,15 @@ class Engine:
         self._close_steps.append(self.network.close)
         # Pods and containers: the shim factory starts before their recovery, which
         # reconnects to live pod shims (records, exit files), then cleans leftovers and lets
-        # the network tear down what belongs to no sandbox.
+        # the network tear down what belongs to no sandbox. Each service reaches the host
+        # through ports (shims, network, cgroups, images, host): the real ones here; the unit
+        # tests of the services pass recording doubles (tests/support).
         self._cgroup_driver: CgroupDriver | None = None
         self.shims = ShimManager(settings.state, merge_memory=settings.pods.merge_shim_memory)
-        self.sandboxes = SandboxService(settings, self.store, self.shims, self.network, self.events, self.cgroups)
+        self.sandboxes = SandboxService(settings, self.store, self.shims, self.network, self.events, self.cgroups,
+                                        LinuxPodHost())
         self.containers = ContainerService(
-            settings, self.store, self.sandboxes, self.images, self.events, self.cgroups
+            settings, self.store, self.sandboxes, self.images, self.events, self.cgroups, LinuxContainerHost()
         )
         self.sandboxes.containers = self.containers
         self._recover_steps.append(("shims", self._start_shims))

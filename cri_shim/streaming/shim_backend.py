@@ -129,9 +129,10 @@ class EngineStreaming:
     """Adapts the engine's sandbox and container services to :class:`StreamingEngine` and to
     the Exec/Attach/PortForward target checks (cri_shim.api.streaming.StreamingTargets)."""
 
-    def __init__(self, sandboxes: _Sandboxes, containers: _Containers) -> None:
+    def __init__(self, sandboxes: _Sandboxes, containers: _Containers, shims: _Shims) -> None:
         self._sandboxes = sandboxes
         self._containers = containers
+        self._shims = shims
 
     def container_sandbox(self, container_id: str) -> str:
         return str(self._containers.get(container_id).sandbox_id)
@@ -143,7 +144,7 @@ class EngineStreaming:
         return str(self._sandboxes.get(sandbox_id).namespaces.net)
 
     def shim(self, sandbox_id: str) -> ShimClient:
-        return self._sandboxes.shims.client(sandbox_id)
+        return self._shims.client(sandbox_id)
 
     async def running_container(self, container_id: str) -> str:
         return await self._containers.running_container(container_id)
@@ -153,9 +154,6 @@ class EngineStreaming:
 
 
 class _Sandboxes(Protocol):
-    @property
-    def shims(self) -> _Shims: ...
-
     def get(self, id_or_prefix: str) -> Any: ...
 
     async def ready_sandbox(self, sandbox_id: str) -> str: ...

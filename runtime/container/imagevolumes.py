@@ -30,8 +30,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from runtime import errors
+from runtime.container.ports import ContainerImages
 from runtime.ids import check_id
-from runtime.image.service import ImageService
 from runtime.image.snapshot import MOUNT_DATA_MAX, OverlayMount
 from runtime.linux import libc, mountapi
 from runtime.linux.paths import is_within, secure_join
@@ -52,7 +52,7 @@ def snapshot_key(container_id: str, index: int) -> str:
 
 
 async def resolve_image_volumes(
-    images: ImageService, state: Path, container_id: str, mounts: tuple[Mount, ...], undo: UndoStack,
+    images: ContainerImages, state: Path, container_id: str, mounts: tuple[Mount, ...], undo: UndoStack,
     userns: str = "",
 ) -> tuple[Mount, ...]:
     """``mounts`` with every image volume mounted read-only on the host and turned into a
@@ -90,7 +90,7 @@ async def resolve_image_volumes(
     return tuple(out)
 
 
-def _remover(images: ImageService, key: str) -> Callable[[], Awaitable[object]]:
+def _remover(images: ContainerImages, key: str) -> Callable[[], Awaitable[object]]:
     return lambda: images.snapshots.remove(key)
 
 
@@ -182,7 +182,7 @@ def release_volume_dirs(state: Path, container_id: str) -> None:
     shutil.rmtree(base, ignore_errors=True)
 
 
-async def release_image_volumes(images: ImageService, state: Path, container_id: str,
+async def release_image_volumes(images: ContainerImages, state: Path, container_id: str,
                                 mounts: tuple[Mount, ...]) -> None:
     """Undo :func:`resolve_image_volumes` for a container being removed (idempotent)."""
     await asyncio.to_thread(release_volume_dirs, state, container_id)

@@ -13,6 +13,10 @@ Contracts:
 - remove: idempotent (unknown id is success); kills a running container first.
 - Exits are recorded from the shim's events (ShimWatch), from ``wait`` replies, and after a
   restart from the exit files the shim wrote (``<state>/containers/<id>/exit.json``).
+
+The host is reached through ports the engine injects: the pod shims (the sandbox service's
+``shims``, ``runtime.shim.port``), images and snapshots (``runtime.container.ports``), the
+cgroup driver, and the state directory and device rules (``runtime.container.host``).
 """
 
 from __future__ import annotations
@@ -34,23 +38,24 @@ from runtime import errors
 from runtime.cgroups.paths import container_cgroup_path
 from runtime.config import RuntimeSettings
 from runtime.container import spec as specs
+from runtime.container.host import ContainerHost
 from runtime.container.imagevolumes import leftover_volume_dirs, release_image_volumes, resolve_image_volumes
+from runtime.container.ports import ContainerImages
 from runtime.container.records import ContainerRecords
 from runtime.events import EventBus, EventKind
 from runtime.handoff import Handoff, ParkedStore
 from runtime.ids import check_id, new_id
 from runtime.image.model import Image
-from runtime.image.service import ImageService
 from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
 from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 from runtime.model.query import select
 from runtime.model.resources import Resources, check_resources
 from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
 from runtime.sandbox.hooks import CgroupsPort
-from runtime.sandbox.service import SandboxService, shim_alive
+from runtime.sandbox.service import SandboxService
 from runtime.security.container import ContainerSecurityPlanner
-from runtime.security.devices import apply_device_rules
 from runtime.security.rootfs import LayeredRootfs
+from runtime.shim.manager import shim_alive
 from runtime.store import Store, from_json
 from runtime.store.codec import to_plain
 from runtime.timing import StepTimer
@@ -89,9 +94,10 @@ class ContainerService:
         settings: RuntimeSettings,
         store: Store,
         sandboxes: SandboxService,
-        images: ImageService,
+        images: ContainerImages,
         events: EventBus,
         cgroups: CgroupsPort,
+        host: ContainerHost,
     ) -> None:
         self.settings = settings
         self.records = ContainerRecords(store)
@@ -99,6 +105,7 @@ class ContainerService:
         self.images = images
         self.events = events
         self._cgroups = cgroups
+        self.host = host
         self._locks: dict[str, asyncio.Lock] = {}
         self._handoff = Handoff("container", persist=ParkedStore(store, "container"))
         #: set by the engine once the host is probed (runtime.security.container)
@@ -174,15 +181,15 @@ class ContainerService:
         resources = check_resources(config.resources) if config.resources is not None else None
 
         def make_dirs_and_cgroup() -> None:
-            _make_state_dir(state_dir, log_path)
+            self.host.make_state_dir(state_dir, log_path)
             try:
                 driver.create(cg_path, resources)
             except BaseException:
-                shutil.rmtree(state_dir, True)
+                self.host.remove_state_dir(state_dir)
                 raise
 
         await asyncio.to_thread(make_dirs_and_cgroup)  # one thread hop: both are quick
-        undo.push("state dir", lambda: asyncio.to_thread(shutil.rmtree, state_dir, True))
+        undo.push("state dir", lambda: asyncio.to_thread(self.host.remove_state_dir, state_dir))
         undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, cg_path))
         procs = tuple(str(p) for p in driver.procs_files(cg_path))
         steps.mark("cgroup")
@@ -219,9 +226,8 @@ class ContainerService:
         exec_process = plan.process(args, env, cwd, main=False)
 
         def devices_and_process_file() -> None:
-            # v1: devices.deny/allow writes; v2: an eBPF device program on the cgroup
-            apply_device_rules(driver.host, cg_path, plan.device_rules)
-            _save_exec_process(state_dir, exec_process)
+            self.host.apply_device_rules(driver.host, cg_path, plan.device_rules)
+            self.host.save_exec_process(state_dir, exec_process)
 
         await asyncio.to_thread(devices_and_process_file)
         steps.mark("devices")
@@ -440,7 +446,7 @@ class ContainerService:
             await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
         await self.images.snapshots.remove(rec.snapshot_key or rec.id)
         await release_image_volumes(self.images, self.settings.state, rec.id, rec.config.mounts)
-        await asyncio.to_thread(shutil.rmtree, Path(rec.exit_dir), True)
+        await asyncio.to_thread(self.host.remove_state_dir, Path(rec.exit_dir))
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -654,33 +660,11 @@ def read_exit_file(exit_dir: Path) -> ExitStatus | None:
         return None
 
 
-def _save_exec_process(state_dir: Path, process: ProcessSpec) -> None:
-    """The exec process spec (for Exec/ExecSync after a daemon restart): temp file + rename, so
-    a reader sees all or nothing; no fsync, as for everything under the volatile state dir
-    (a power loss ends the container too)."""
-    from runtime.store.codec import to_json
-
-    tmp = state_dir / ".process.json.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, to_json(process).encode())
-    finally:
-        os.close(fd)
-    os.rename(tmp, state_dir / "process.json")
-
-
 def load_exec_process(state_dir: Path) -> ProcessSpec:
     try:
         return from_json(ProcessSpec, (state_dir / "process.json").read_text())
     except (OSError, ValueError) as exc:
         raise errors.FailedPrecondition(f"the container's process spec is unreadable: {exc}") from None
-
-
-def _make_state_dir(state_dir: Path, log_path: str) -> None:
-    state_dir.mkdir(parents=True, mode=0o711)
-    (state_dir / "rootfs").mkdir(mode=0o755)
-    if log_path:
-        os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
 
 
 def _memory_dir(driver: Any, path: str) -> str:

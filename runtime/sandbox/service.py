@@ -16,17 +16,17 @@ Contracts:
 - remove: idempotent (an unknown id is success, CRI); removes containers, cgroup, files.
 - Every change is persisted before the call returns; recovery (:meth:`recover`) reconnects
   to live shims and cleans what a crash left half-made.
+
+The host is reached through ports the engine injects: the pod shims (``runtime.shim.port``),
+the network and the cgroup driver (``runtime.sandbox.hooks``), directories, mounts and
+namespace pins (``runtime.sandbox.host``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
-import os
 import shutil
-import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,9 +39,7 @@ from runtime.config import RuntimeSettings
 from runtime.events import EventBus, EventKind
 from runtime.handoff import Handoff, ParkedStore
 from runtime.ids import check_id, new_id
-from runtime.linux import libc
-from runtime.linux.proc import ProcessRef, boot_id, is_zombie, ref_of
-from runtime.linux.proc import alive as proc_alive
+from runtime.linux.proc import ProcessRef, boot_id, ref_of
 from runtime.model.launch import ExitStatus
 from runtime.model.network import PodNetnsResult, PodNetworkRequest
 from runtime.model.query import select
@@ -53,27 +51,21 @@ from runtime.model.sandbox import (
     SandboxRecord,
     SandboxState,
 )
-from runtime.network.service import NetworkService
-from runtime.sandbox.hooks import CgroupsPort, SandboxContainers
-from runtime.sandbox.podfiles import node_hostname, write_pod_files
+from runtime.sandbox.hooks import CgroupsPort, PodNetwork, SandboxContainers
+from runtime.sandbox.host import PodHost, unmount_quietly, unpin_namespaces
+from runtime.sandbox.podfiles import node_hostname
 from runtime.sandbox.records import SandboxRecords
 from runtime.sandbox.validate import check_sandbox_config
 from runtime.sandbox.watch import ShimWatch
 from runtime.security.sysctls import proc_path
-from runtime.shim.manager import ShimManager
+from runtime.shim.manager import shim_alive
+from runtime.shim.port import PodShims
 from runtime.store import Store
 from runtime.store.codec import from_plain, to_plain
 from runtime.timing import StepTimer
 from runtime.undo import UndoStack
 
 log = logging.getLogger(__name__)
-
-SHIM_STOP_TIMEOUT = 15.0
-
-
-def shim_alive(ref: ProcessRef | None) -> bool:
-    """True while the pod shim runs (a zombie awaiting its reaper counts as gone)."""
-    return ref is not None and proc_alive(ref) and not is_zombie(ref.pid)
 
 
 class SandboxService:
@@ -83,10 +75,11 @@ class SandboxService:
         self,
         settings: RuntimeSettings,
         store: Store,
-        shims: ShimManager,
-        network: NetworkService,
+        shims: PodShims,
+        network: PodNetwork,
         events: EventBus,
         cgroups: CgroupsPort,
+        host: PodHost,
     ) -> None:
         self.settings = settings
         self.records = SandboxRecords(store)
@@ -94,6 +87,7 @@ class SandboxService:
         self.network = network
         self.events = events
         self._cgroups = cgroups
+        self.host = host
         self.containers: SandboxContainers | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._handoff = Handoff("pod sandbox", persist=ParkedStore(store, "sandbox"))
@@ -144,8 +138,8 @@ class SandboxService:
         undo.push("record", lambda: self.records.delete(sid))
         try:
             async with self.lock(sid):
-                await asyncio.to_thread(_make_dirs, state_dir, files_dir)
-                undo.push("directories", lambda: asyncio.to_thread(_remove_dirs, state_dir, files_dir))
+                await asyncio.to_thread(self.host.make_dirs, state_dir, files_dir)
+                undo.push("directories", lambda: asyncio.to_thread(self.host.remove_dirs, state_dir, files_dir))
                 rec = await self._make_cgroup(rec, undo)
                 steps.mark("cgroup")
                 plan = None
@@ -155,7 +149,7 @@ class SandboxService:
                     steps.mark("net-prepare")
                 shim = await self.shims.spawn(sid)
                 steps.mark("shim")
-                undo.push("shim", lambda: self._shutdown_shim(sid, shim))
+                undo.push("shim", lambda: self.shims.shutdown(sid, shim))
                 # (a crash from here on: recovery finds this shim by its pid file)
                 rec = replace(rec, shim=shim, network_mode=None if plan is None else plan.mode)
                 hostname = config.hostname or node_hostname()
@@ -168,8 +162,8 @@ class SandboxService:
                 owner = userns.host_root if userns is not None else None
                 if types:
                     pin_dir = state_dir / "ns"
-                    await asyncio.to_thread(pin_dir.mkdir, 0o711, False, True)
-                    undo.push("namespaces", lambda: asyncio.to_thread(unpin_namespaces, pin_dir))
+                    await asyncio.to_thread(self.host.make_pin_dir, pin_dir)
+                    undo.push("namespaces", lambda: asyncio.to_thread(self.host.unpin_namespaces, pin_dir))
                     request: dict[str, Any] = {
                         "pin_dir": str(pin_dir), "types": types, "hostname": hostname,
                         "sysctls": {proc_path(k): v for k, v in sysctls.items()},
@@ -195,13 +189,14 @@ class SandboxService:
                     status = await self.network.attach(sid, pins.net, result)
                     ip, more_ips = status.ip, tuple(status.additional_ips)
                     steps.mark("net-attach")
-                await asyncio.to_thread(write_pod_files, files_dir, hostname, config.dns, host_net, ip, owner)
+                await asyncio.to_thread(self.host.write_pod_files, files_dir, hostname, config.dns, host_net, ip,
+                                        owner)
                 steps.mark("files")
                 shm = ""
                 if ns.ipc is NamespaceMode.POD:
                     shm = str(state_dir / "shm")
-                    await asyncio.to_thread(mount_shm, Path(shm), self.settings.pods.shm_size, owner)
-                    undo.push("shm", lambda: asyncio.to_thread(unmount_quietly, Path(shm)))
+                    await asyncio.to_thread(self.host.mount_shm, Path(shm), self.settings.pods.shm_size, owner)
+                    undo.push("shm", lambda: asyncio.to_thread(self.host.unmount, Path(shm)))
                     steps.mark("shm")
                 rec = replace(rec, state=SandboxState.READY, pid_holder=holder, namespaces=pins, ip=ip,
                               additional_ips=more_ips, shm_path=shm)
@@ -280,12 +275,12 @@ class SandboxService:
         watch = self._watches.pop(sid, None)
         if watch is not None:
             await watch.stop()
-        await self._shutdown_shim(sid, rec.shim)
+        await self.shims.shutdown(sid, rec.shim)
         # A container started while we stopped the others died with the shim: record it.
         await self._hooks().shim_gone(sid)
-        await asyncio.to_thread(unpin_namespaces, Path(rec.state_dir) / "ns")
+        await asyncio.to_thread(self.host.unpin_namespaces, Path(rec.state_dir) / "ns")
         if rec.shm_path:
-            await asyncio.to_thread(unmount_quietly, Path(rec.shm_path))
+            await asyncio.to_thread(self.host.unmount, Path(rec.shm_path))
         if rec.state is not SandboxState.NOTREADY:
             rec = replace(rec, state=SandboxState.NOTREADY, stopped_at_ns=time.time_ns())
             await self.records.put(rec)
@@ -293,21 +288,6 @@ class SandboxService:
             self.events.publish(EventKind.SANDBOX_STOPPED, sid)
             log.info("sandbox %s stopped", sid)
         return rec
-
-    async def _shutdown_shim(self, sandbox_id: str, shim: ProcessRef | None) -> None:
-        """Ask the shim to end (it kills what is left of the pod), wait; SIGKILL if it must."""
-        if shim is None or not shim_alive(shim):
-            return
-        with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
-            await self.shims.client(sandbox_id).call("shutdown", rpc_timeout=5)
-        deadline = time.monotonic() + SHIM_STOP_TIMEOUT
-        while shim_alive(shim) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        if shim_alive(shim):
-            log.warning("sandbox %s: shim %d did not exit; killing it", sandbox_id, shim.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(shim.pid, signal.SIGKILL)
-        self.shims.client(sandbox_id).close()
 
     # -- remove -------------------------------------------------------------------------------
 
@@ -336,7 +316,7 @@ class SandboxService:
         """Free the cgroup, files and directories of a stopped sandbox."""
         if rec.owns_cgroup and rec.cgroup_path:
             await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
-        await asyncio.to_thread(_remove_dirs, Path(rec.state_dir), Path(rec.files_dir))
+        await asyncio.to_thread(self.host.remove_dirs, Path(rec.state_dir), Path(rec.files_dir))
         self.shims.forget(rec.id)
 
     async def update_resources(
@@ -433,8 +413,8 @@ class SandboxService:
             async with self.lock(rec.id):
                 if not rec.config.host_network:
                     await self.network.teardown(rec.id)
-                await self._shutdown_shim(rec.id, rec.shim or self.shims.recorded_ref(rec.id))
-                await asyncio.to_thread(unpin_namespaces, Path(rec.state_dir) / "ns")
+                await self.shims.shutdown(rec.id, rec.shim or self.shims.recorded_ref(rec.id))
+                await asyncio.to_thread(self.host.unpin_namespaces, Path(rec.state_dir) / "ns")
                 await self._release(rec)
                 await self.records.delete(rec.id)
             return
@@ -474,30 +454,12 @@ class SandboxService:
 
     async def _clean_orphan_shims(self, known: set[str]) -> None:
         prefixes = {sid[:20] for sid in known}
-        try:
-            entries = list(self.shims.dir.glob("*.pid"))
-        except OSError:
-            return
-        for pid_file in entries:
-            name = pid_file.stem
-            if name == "factory" or name in prefixes:
+        for name, ref in self.shims.recorded_shims().items():
+            if name in prefixes:
                 continue
-            try:
-                pid, start = (int(x) for x in pid_file.read_text().split()[:2])
-            except (OSError, ValueError):
-                pid_file.unlink(missing_ok=True)
-                continue
-            ref = ProcessRef(pid, start)
             if shim_alive(ref):
-                log.info("recovery: shutting down pod shim %d of an unknown sandbox %s", pid, name)
-                client = self.shims.client(name)
-                with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
-                    await client.call("shutdown", rpc_timeout=5)
-                deadline = time.monotonic() + SHIM_STOP_TIMEOUT
-                while shim_alive(ref) and time.monotonic() < deadline:
-                    await asyncio.sleep(0.01)
-                if shim_alive(ref):
-                    os.kill(pid, signal.SIGKILL)
+                log.info("recovery: shutting down pod shim %d of an unknown sandbox %s", ref.pid, name)
+                await self.shims.shutdown(name, ref)
             self.shims.forget(name)
 
     def _clean_orphan_cgroups(self, known: set[str]) -> None:
@@ -528,52 +490,6 @@ def _network_request(sandbox_id: str, config: SandboxConfig) -> PodNetworkReques
         port_mappings=config.port_mappings, annotations=dict(config.annotations),
         labels=dict(config.labels), cgroup_parent=config.cgroup_parent, dns=config.dns,
     )
-
-
-def _make_dirs(state_dir: Path, files_dir: Path) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-    files_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-
-
-def _remove_dirs(state_dir: Path, files_dir: Path) -> None:
-    unpin_namespaces(state_dir / "ns")
-    unmount_quietly(state_dir / "shm")
-    shutil.rmtree(state_dir, ignore_errors=True)
-    shutil.rmtree(files_dir, ignore_errors=True)
-
-
-def mount_shm(path: Path, size: int, owner: tuple[int, int] | None = None) -> None:
-    """The pod's /dev/shm: a sized tmpfs, world-writable with the sticky bit; owned by
-    ``owner`` (host uid, gid: the root of the pod's user namespace) when given, so it is
-    root's inside the pod."""
-    path.mkdir(mode=0o755, exist_ok=True)
-    ids = f",uid={owner[0]},gid={owner[1]}" if owner is not None else ""
-    libc.mount("shm", path, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
-               f"mode=1777,size={size}{ids}")
-
-
-def unmount_quietly(path: Path) -> None:
-    """Unmount (lazily) whatever is mounted at ``path``; nothing mounted is fine."""
-    while True:
-        try:
-            libc.umount2(str(path), libc.MNT_DETACH)
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOENT):
-                return
-            raise
-
-
-def unpin_namespaces(pin_dir: Path) -> None:
-    """Unmount and delete every namespace pin in ``pin_dir`` (idempotent)."""
-    try:
-        entries = list(pin_dir.iterdir())
-    except FileNotFoundError:
-        return
-    for entry in entries:
-        unmount_quietly(entry)
-        entry.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        pin_dir.rmdir()
 
 
 def _cgroup_children(driver: Any, parent: str) -> list[str]:

@@ -18,7 +18,7 @@ from runtime import errors
 from runtime.linux.proc import ProcessRef
 from runtime.linux.proc import alive as proc_alive
 from runtime.model.launch import ExitStatus
-from runtime.shim.client import ShimClient
+from runtime.shim.port import ShimConnection
 from runtime.store.codec import from_plain
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class ExitSink(Protocol):
 class ShimWatch:
     """Follows one shim. :meth:`start` returns once the replay has been applied."""
 
-    def __init__(self, sandbox_id: str, client: ShimClient, shim: ProcessRef, sink: ExitSink) -> None:
+    def __init__(self, sandbox_id: str, client: ShimConnection, shim: ProcessRef, sink: ExitSink) -> None:
         self.sandbox_id = sandbox_id
         self._client = client
         self._shim = shim

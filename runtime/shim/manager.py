@@ -12,24 +12,34 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.linux.proc import ProcessRef, ref_of
+from runtime.linux.proc import ProcessRef, alive, is_zombie, ref_of
 from runtime.shim.client import ShimClient
 from runtime.shim.version import code_hash
 
 log = logging.getLogger(__name__)
 
 FACTORY_START_TIMEOUT = 30.0
+SHIM_STOP_TIMEOUT = 15.0
+
+
+def shim_alive(ref: ProcessRef | None) -> bool:
+    """True while the pod shim runs (a zombie awaiting its reaper counts as gone)."""
+    return ref is not None and alive(ref) and not is_zombie(ref.pid)
 
 
 class ShimManager:
-    """Construction does no I/O; :meth:`start` finds or starts the factory."""
+    """Implements :class:`runtime.shim.port.PodShims`. Construction does no I/O; :meth:`start`
+    finds or starts the factory."""
 
     def __init__(self, state_dir: Path, python: str = sys.executable, *, merge_memory: bool = False) -> None:
         self.dir = state_dir / "shims"
@@ -143,6 +153,41 @@ class ShimManager:
         except (OSError, ValueError):
             return None
         return ProcessRef(pid, start)
+
+    def recorded_shims(self) -> dict[str, ProcessRef]:
+        """Every pod shim a pid file names (not the factory), by file name (the first 20
+        digits of its sandbox id). A pid file that cannot be read is removed."""
+        shims: dict[str, ProcessRef] = {}
+        try:
+            pid_files = list(self.dir.glob("*.pid"))
+        except OSError:
+            return shims
+        for pid_file in pid_files:
+            if pid_file.stem == "factory":
+                continue
+            try:
+                pid, start = (int(x) for x in pid_file.read_text().split()[:2])
+            except (OSError, ValueError):
+                pid_file.unlink(missing_ok=True)
+                continue
+            shims[pid_file.stem] = ProcessRef(pid, start)
+        return shims
+
+    async def shutdown(self, sandbox_id: str, shim: ProcessRef | None) -> None:
+        """Ask the shim to end (it kills what is left of the pod), wait; SIGKILL if it must.
+        A shim that is gone (or None) is success."""
+        if shim is None or not shim_alive(shim):
+            return
+        with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
+            await self.client(sandbox_id).call("shutdown", rpc_timeout=5)
+        deadline = time.monotonic() + SHIM_STOP_TIMEOUT
+        while shim_alive(shim) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if shim_alive(shim):
+            log.warning("sandbox %s: shim %d did not exit; killing it", sandbox_id, shim.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(shim.pid, signal.SIGKILL)
+        self.client(sandbox_id).close()
 
     def client(self, sandbox_id: str) -> ShimClient:
         c = self._clients.get(sandbox_id)

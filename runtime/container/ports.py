@@ -1,0 +1,39 @@
+"""What the container service needs of the image service: an image by reference, and the
+writable snapshots containers run on.
+
+:class:`runtime.image.service.ImageService` and its
+:class:`runtime.image.snapshot.OverlaySnapshotter` implement these (the engine passes them);
+``tests.support.fake_hosts.FakeImages`` is a recording double for the unit tests of the
+container lifecycle. The host side of a container is :mod:`runtime.container.host`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from runtime.image.model import Image
+from runtime.image.snapshot import OverlayMount
+
+
+class Snapshots(Protocol):
+    async def prepare(self, key: str, image_id: str, owner: tuple[int, int] | None = None) -> OverlayMount:
+        """A writable snapshot ``key`` over the image (a mount description; nothing is
+        mounted). NotFound for an unknown image, AlreadyExists for a used key."""
+        ...
+
+    async def remove(self, key: str) -> bool:
+        """Delete snapshot ``key``; idempotent (False if absent)."""
+        ...
+
+    async def keys(self) -> dict[str, str]:
+        """Every container snapshot key -> image id (recovery)."""
+        ...
+
+
+class ContainerImages(Protocol):
+    @property
+    def snapshots(self) -> Snapshots: ...
+
+    async def get(self, ref_or_id: str) -> Image:
+        """The pulled image ``ref_or_id`` names; NotFound otherwise."""
+        ...
