@@ -1,0 +1,182 @@
+"""Recording doubles of the lifecycle's host ports, for unit tests without root.
+
+- :class:`FakePodHost` (``runtime.sandbox.host.PodHost``) and :class:`FakeContainerHost`
+  (``runtime.container.host.ContainerHost``): real directories and files under the test's
+  temp dirs; mounts (the pod's /dev/shm) are kept in a set instead of made; device rules are
+  remembered per cgroup.
+- :class:`FakeImages` (``runtime.container.ports.ContainerImages``): one image, snapshots as
+  directories under a temp dir.
+- :class:`JournaledCgroups`: the real v1 driver over a fake cgroupfs
+  (``tests.support.fake_cgroupfs``), its create and remove journaled.
+- :class:`FaultyStore`: the real store, whose next write fails when the journal says so.
+
+Every call goes to the shared :class:`tests.support.journal.Journal` first (and fails there
+when the test injected a failure at it), so the order of calls across ports is one list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+from runtime.cgroups.host import CgroupHost
+from runtime.cgroups.tree import Clock
+from runtime.cgroups.v1 import CgroupV1Driver
+from runtime.container.host import LinuxContainerHost
+from runtime.errors import NotFound
+from runtime.image.model import Image, ImageConfig
+from runtime.image.snapshot import OverlayMount
+from runtime.model.launch import ProcessSpec
+from runtime.model.network import DnsConfig
+from runtime.model.resources import Resources
+from runtime.sandbox import podfiles
+from runtime.security.devices import DeviceRule
+from runtime.store import Migration, Store
+from tests.support.fake_cgroupfs import FakeCgroupKernel, make_v1_tree
+from tests.support.journal import Journal
+
+T = TypeVar("T")
+
+IMAGE_ID = "sha256:" + "ab" * 32
+
+
+class FakePodHost:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        #: what is "mounted" (the pod's /dev/shm)
+        self.mounts: set[Path] = set()
+
+    def make_dirs(self, state_dir: Path, files_dir: Path) -> None:
+        self.journal.step("host.make_dirs")
+        state_dir.mkdir(parents=True, mode=0o711)
+        files_dir.mkdir(parents=True, mode=0o711)
+
+    def remove_dirs(self, state_dir: Path, files_dir: Path) -> None:
+        self.journal.step("host.remove_dirs")
+        self.mounts = {m for m in self.mounts if not m.is_relative_to(state_dir)}
+        shutil.rmtree(state_dir, ignore_errors=True)
+        shutil.rmtree(files_dir, ignore_errors=True)
+
+    def make_pin_dir(self, pin_dir: Path) -> None:
+        self.journal.step("host.make_pin_dir")
+        pin_dir.mkdir(mode=0o711, exist_ok=True)
+
+    def unpin_namespaces(self, pin_dir: Path) -> None:
+        self.journal.step("host.unpin_namespaces")
+        shutil.rmtree(pin_dir, ignore_errors=True)
+
+    def write_pod_files(self, files_dir: Path, hostname: str, dns: DnsConfig | None, host_network: bool,
+                        ip: str, owner: tuple[int, int] | None) -> None:
+        self.journal.step("host.write_pod_files")
+        podfiles.write_pod_files(files_dir, hostname, dns, host_network, ip, owner)
+
+    def mount_shm(self, path: Path, size: int, owner: tuple[int, int] | None) -> None:
+        self.journal.step("host.mount_shm")
+        path.mkdir(mode=0o755, exist_ok=True)
+        self.mounts.add(path)
+
+    def unmount(self, path: Path) -> None:
+        self.journal.step("host.unmount")
+        self.mounts.discard(path)
+
+
+class FakeContainerHost:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self._files = LinuxContainerHost()  # its directory and file calls, under temp dirs
+        self.device_rules: dict[str, tuple[DeviceRule, ...]] = {}
+
+    def make_state_dir(self, state_dir: Path, log_path: str) -> None:
+        self.journal.step("host.make_state_dir")
+        self._files.make_state_dir(state_dir, log_path)
+
+    def remove_state_dir(self, state_dir: Path) -> None:
+        self.journal.step("host.remove_state_dir")
+        self._files.remove_state_dir(state_dir)
+
+    def apply_device_rules(self, cgroups: CgroupHost, cgroup_path: str, rules: tuple[DeviceRule, ...]) -> None:
+        self.journal.step("host.apply_device_rules")
+        self.device_rules[cgroup_path] = rules
+
+    def save_exec_process(self, state_dir: Path, process: ProcessSpec) -> None:
+        self.journal.step("host.save_exec_process")
+        self._files.save_exec_process(state_dir, process)
+
+
+class FakeSnapshots:
+    def __init__(self, journal: Journal, root: Path) -> None:
+        self.journal = journal
+        self.root = root
+        self.lower = root / "layer"
+        self.taken: dict[str, str] = {}
+
+    async def prepare(self, key: str, image_id: str, owner: tuple[int, int] | None = None) -> OverlayMount:
+        await asyncio.sleep(0)  # the real one waits for its store write first
+        self.journal.step("snapshots.prepare")
+        (self.root / key / "fs").mkdir(parents=True)
+        (self.root / key / "work").mkdir()
+        self.lower.mkdir(parents=True, exist_ok=True)
+        self.taken[key] = image_id
+        return OverlayMount((str(self.lower),), str(self.root / key / "fs"), str(self.root / key / "work"))
+
+    async def remove(self, key: str) -> bool:
+        self.journal.step("snapshots.remove")
+        shutil.rmtree(self.root / key, ignore_errors=True)
+        return self.taken.pop(key, None) is not None
+
+    async def keys(self) -> dict[str, str]:
+        return dict(self.taken)
+
+
+class FakeImages:
+    """One pulled image, ``busybox`` (any reference naming it by that name or its id)."""
+
+    def __init__(self, journal: Journal, root: Path) -> None:
+        self.journal = journal
+        self.snapshots = FakeSnapshots(journal, root)
+        self.image = Image(id=IMAGE_ID, repo_tags=("docker.io/library/busybox:latest",), repo_digests=(),
+                           size=1, config=ImageConfig(cmd=("sh",)), chain_ids=("sha256:" + "cd" * 32,))
+
+    async def get(self, ref_or_id: str) -> Image:
+        self.journal.step("images.get")
+        if ref_or_id not in ("busybox", IMAGE_ID):
+            raise NotFound(f"image {ref_or_id!r} not found")
+        return self.image
+
+
+class JournaledCgroups(CgroupV1Driver):
+    """The real cgroup v1 driver over a fake cgroupfs; create and remove are journaled."""
+
+    def __init__(self, journal: Journal, kernel: FakeCgroupKernel) -> None:
+        super().__init__(kernel.host(), kernel, Clock(sleep=time.sleep, monotonic=time.monotonic))
+        self.journal = journal
+        self.kernel = kernel
+
+    @classmethod
+    def in_temp_dir(cls, journal: Journal, tmp: Path) -> JournaledCgroups:
+        return cls(journal, make_v1_tree(tmp))
+
+    def create(self, path: str, resources: Resources | None = None) -> bool:
+        self.journal.step("cgroups.create")
+        return super().create(path, resources)
+
+    def remove(self, path: str, *, kill: bool = True) -> bool:
+        self.journal.step("cgroups.remove")
+        return super().remove(path, kill=kill)
+
+
+class FaultyStore(Store):
+    """The real store; a write fails (before it runs) when the journal is armed."""
+
+    def __init__(self, path: Path, migrations: Iterable[Migration], journal: Journal) -> None:
+        super().__init__(path, migrations)
+        self.journal = journal
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self.journal.store_write()
+        return await super().write(fn)
