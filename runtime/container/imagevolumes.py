@@ -12,16 +12,15 @@ Contracts:
 - :func:`resolve_image_volumes` refuses (InvalidArgument) an image volume that is not
   read-only (kubelet always asks for read-only; critest checks the refusal), a sub path that
   leaves the image or does not exist in it; NotFound for an image that is not pulled.
-- Every snapshot and mount it makes is registered on the caller's undo stack as soon as it
-  exists; :func:`release_image_volumes` (container removal, recovery) unmounts and removes
-  them, and is idempotent.
+- Every snapshot and mount it makes (the mount through the container service's host port,
+  ``runtime.container.host``) is registered on the caller's undo stack as soon as it exists;
+  :func:`release_image_volumes` (container removal, recovery) unmounts and removes them, and
+  is idempotent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -30,10 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from runtime import errors
+from runtime.container.host import ContainerHost, unmount_view
 from runtime.container.ports import ContainerImages
 from runtime.ids import check_id
-from runtime.image.snapshot import MOUNT_DATA_MAX, OverlayMount
-from runtime.linux import libc, mountapi
 from runtime.linux.paths import is_within, secure_join
 from runtime.model.container import Mount
 from runtime.undo import UndoStack
@@ -52,8 +50,8 @@ def snapshot_key(container_id: str, index: int) -> str:
 
 
 async def resolve_image_volumes(
-    images: ContainerImages, state: Path, container_id: str, mounts: tuple[Mount, ...], undo: UndoStack,
-    userns: str = "",
+    images: ContainerImages, host: ContainerHost, state: Path, container_id: str, mounts: tuple[Mount, ...],
+    undo: UndoStack, userns: str = "",
 ) -> tuple[Mount, ...]:
     """``mounts`` with every image volume mounted read-only on the host and turned into a
     read-only bind of it; ``image.image_ref`` is set to the image id (ContainerStatus reports
@@ -80,8 +78,8 @@ async def resolve_image_volumes(
         view = await images.snapshots.prepare(key, image.id)
         undo.push(f"image volume snapshot {key}", _remover(images, key))
         target = volumes_dir(state, container_id) / str(index)
-        await asyncio.to_thread(mount_view, view, target, userns)
-        undo.push(f"image volume mount {target}", _unmounter(target))
+        await asyncio.to_thread(host.mount_image_volume, view, target, userns)
+        undo.push(f"image volume mount {target}", _unmounter(host, target))
         source = await asyncio.to_thread(sub_path_source, target, m.image_sub_path, m.container_path)
         resolved = replace(m, host_path=source, image=replace(m.image, image_ref=image.id))
         if userns:
@@ -94,50 +92,8 @@ def _remover(images: ContainerImages, key: str) -> Callable[[], Awaitable[object
     return lambda: images.snapshots.remove(key)
 
 
-def _unmounter(target: Path) -> Callable[[], Awaitable[object]]:
-    def undo() -> None:
-        unmount_view(target)
-        with contextlib.suppress(OSError):  # the container's directory, once empty
-            target.parent.rmdir()
-
-    return lambda: asyncio.to_thread(undo)
-
-
-def mount_view(snapshot: OverlayMount, target: Path, userns: str = "") -> None:
-    """Mount the image layers of ``snapshot`` read-only at ``target``. The snapshot's (empty)
-    upper directory goes on top as one more lower directory: overlayfs without an upper
-    directory needs two lower ones, and an image may have a single layer. With ``userns``
-    (a pinned user namespace) every layer is an idmapped clone shown through it (detached
-    mounts and fsmount: no namespace is entered, so the multithreaded daemon may do it)."""
-    lowers = (snapshot.upperdir, *snapshot.lowerdirs)
-    if userns:
-        target.mkdir(parents=True, exist_ok=True, mode=0o755)
-        _mount_idmapped_view(lowers, target, userns)
-        return
-    data = "lowerdir=" + ":".join(lowers)
-    if len(data) > MOUNT_DATA_MAX:
-        raise errors.InvalidArgument(f"image volume: {len(lowers)} layers do not fit in one overlay mount")
-    target.mkdir(parents=True, exist_ok=True, mode=0o755)
-    libc.mount("overlay", target, "overlay", libc.MS_RDONLY | libc.MS_NODEV, data)
-
-
-def _mount_idmapped_view(lowers: tuple[str, ...], target: Path, userns: str) -> None:
-    userns_fd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
-    clones: list[int] = []
-    try:
-        for path in lowers:
-            clones.append(mountapi.idmapped_tree(path, userns_fd))
-        view = mountapi.overlay_mount([mountapi.fd_path(fd) for fd in clones],
-                                      attrs=mountapi.MOUNT_ATTR_RDONLY | mountapi.MOUNT_ATTR_NODEV)
-        try:
-            mountapi.move_mount(view, str(target))
-        finally:
-            os.close(view)
-    except OSError as exc:
-        raise errors.FailedPrecondition(f"image volume: idmapped layers: {exc}") from None
-    finally:
-        for fd in (userns_fd, *clones):
-            os.close(fd)
+def _unmounter(host: ContainerHost, target: Path) -> Callable[[], Awaitable[object]]:
+    return lambda: asyncio.to_thread(host.unmount_image_volume, target)
 
 
 def sub_path_source(target: Path, sub_path: str, container_path: str) -> str:
@@ -153,21 +109,6 @@ def sub_path_source(target: Path, sub_path: str, container_path: str) -> str:
         raise errors.InvalidArgument(f"mount {container_path}: image_sub_path {sub_path!r} does not exist "
                                      "in the image")
     return source
-
-
-def unmount_view(target: Path) -> None:
-    """Unmount (lazily) and remove one volume's mount point; nothing there is fine."""
-    while True:
-        try:
-            libc.umount2(str(target), libc.MNT_DETACH)
-        except OSError as exc:
-            if exc.errno in (errno.EINVAL, errno.ENOENT):
-                break
-            raise
-    try:
-        target.rmdir()
-    except FileNotFoundError:
-        pass
 
 
 def release_volume_dirs(state: Path, container_id: str) -> None:

@@ -166,8 +166,8 @@ class ContainerService:
         namespaces = self._namespaces(sandbox, config)
         image = await self.images.get(config.image.image)
         steps.mark("image")
-        mounts = await resolve_image_volumes(self.images, self.settings.state, cid, config.mounts, undo,
-                                             userns=sandbox.namespaces.user)
+        mounts = await resolve_image_volumes(self.images, self.host, self.settings.state, cid, config.mounts,
+                                             undo, userns=sandbox.namespaces.user)
         if mounts != config.mounts:
             config = replace(config, mounts=mounts)
             steps.mark("image volumes")
