@@ -2,8 +2,8 @@
 
 - :class:`FakePodHost` (``runtime.sandbox.host.PodHost``) and :class:`FakeContainerHost`
   (``runtime.container.host.ContainerHost``): real directories and files under the test's
-  temp dirs; mounts (the pod's /dev/shm) are kept in a set instead of made; device rules are
-  remembered per cgroup.
+  temp dirs; mounts (the pod's /dev/shm, image volumes) are kept in a set instead of made;
+  device rules are remembered per cgroup.
 - :class:`FakeImages` (``runtime.container.ports.ContainerImages``): one image, snapshots as
   directories under a temp dir.
 - :class:`JournaledCgroups`: the real v1 driver over a fake cgroupfs
@@ -17,6 +17,7 @@ when the test injected a failure at it), so the order of calls across ports is o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import sqlite3
 import time
@@ -90,6 +91,8 @@ class FakeContainerHost:
         self.journal = journal
         self._files = LinuxContainerHost()  # its directory and file calls, under temp dirs
         self.device_rules: dict[str, tuple[DeviceRule, ...]] = {}
+        #: image volumes "mounted": target -> the snapshot's layers
+        self.mounts: dict[Path, OverlayMount] = {}
 
     def make_state_dir(self, state_dir: Path, log_path: str) -> None:
         self.journal.step("host.make_state_dir")
@@ -106,6 +109,18 @@ class FakeContainerHost:
     def save_exec_process(self, state_dir: Path, process: ProcessSpec) -> None:
         self.journal.step("host.save_exec_process")
         self._files.save_exec_process(state_dir, process)
+
+    def mount_image_volume(self, view: OverlayMount, target: Path, userns: str) -> None:
+        self.journal.step("host.mount_image_volume")
+        target.mkdir(parents=True, exist_ok=True, mode=0o755)
+        self.mounts[target] = view
+
+    def unmount_image_volume(self, target: Path) -> None:
+        self.journal.step("host.unmount_image_volume")
+        self.mounts.pop(target, None)
+        shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            target.parent.rmdir()
 
 
 class FakeSnapshots:

@@ -21,7 +21,7 @@ from runtime.config import NetworkSettings, PodSettings, RuntimeSettings
 from runtime.container.service import ContainerService
 from runtime.engine import all_migrations
 from runtime.events import EventBus
-from runtime.model.container import ContainerConfig, ContainerMetadata, ImageSpec
+from runtime.model.container import ContainerConfig, ContainerMetadata, ImageSpec, Mount
 from runtime.model.network import (
     NetworkStatus,
     PodInterfaceResult,
@@ -115,6 +115,12 @@ class Rig:
     def container_config(name: str = "app") -> ContainerConfig:
         return ContainerConfig(ContainerMetadata(name), ImageSpec("busybox"))
 
+    @staticmethod
+    def container_with_image_volume(name: str = "app") -> ContainerConfig:
+        """A container with an image volume (KEP-4639): one more snapshot, and a mount on the host."""
+        volume = Mount("/data", readonly=True, image=ImageSpec("busybox"))
+        return ContainerConfig(ContainerMetadata(name), ImageSpec("busybox"), mounts=(volume,))
+
     async def sandbox_rows(self) -> list[str]:
         """Sandbox ids in the store itself (not the service's in-memory mirror)."""
         rows = await self.store.read(lambda c: c.execute("SELECT id FROM sandboxes").fetchall())
@@ -146,8 +152,9 @@ class Rig:
         processes in the shim."""
         left = [f"record {cid}" for cid in await self.container_rows()]
         left += [f"record in memory {r.id}" for r in self.containers.records.all()]
-        base = self.settings.state / "containers"
-        left += [f"dir {d}" for d in base.iterdir()] if base.is_dir() else []
+        for base in (self.settings.state / "containers", self.settings.state / "image-volumes"):
+            left += [f"dir {d}" for d in base.iterdir()] if base.is_dir() else []
+        left += [f"image volume mount {m}" for m in self.container_host.mounts]
         sandbox = self.sandboxes.get(sandbox_id)
         left += [f"cgroup {p}" for p in self.cgroups_below(sandbox.cgroup_path)]
         left += [f"snapshot {k}" for k in await self.images.snapshots.keys()]

@@ -27,24 +27,31 @@ STEPS = [
     "host.apply_device_rules", "host.save_exec_process", "shim.create", "store.write",
 ]
 
+#: With an image volume: its image, its own snapshot and its mount on the host come first.
+VOLUME_STEPS = [STEPS[0], "images.get", "snapshots.prepare", "host.mount_image_volume", *STEPS[1:]]
+
 #: The undo each step registered, in the order they must run (newest first).
 UNDO_OF = {
     "host.make_state_dir": "host.remove_state_dir",
     "cgroups.create": "cgroups.remove",
     "shim.precreate": "shim.delete",
     "snapshots.prepare": "snapshots.remove",
+    "host.mount_image_volume": "host.unmount_image_volume",
     "shim.create": "shim.delete",
 }
 
+KINDS = {"plain": (Rig.container_config, STEPS), "image volume": (Rig.container_with_image_volume, VOLUME_STEPS)}
 
-def expected_undo(failed: str) -> list[str]:
-    done = STEPS[: STEPS.index(failed)]
-    undo = [UNDO_OF[s] for s in reversed(done) if s in UNDO_OF]
-    if failed == "cgroups.create":
-        # the state dir and the cgroup are made in one thread hop, which removes the
-        # directory itself when the cgroup fails; the undo had nothing registered yet
-        undo = ["host.remove_state_dir"]
-    return undo
+
+def expected_undo(steps: list[str], index: int) -> list[str]:
+    # (the state dir and the cgroup are made in one thread hop, which removes the directory
+    # itself when the cgroup fails, before its undo is registered: same call, same place)
+    return [UNDO_OF[s] for s in reversed(steps[:index]) if s in UNDO_OF]
+
+
+def cases() -> list[tuple[str, int]]:
+    """(kind, index of the failing step); a failed precreate is not a failure (see below)."""
+    return [(k, i) for k, (_, steps) in KINDS.items() for i, s in enumerate(steps) if s != "shim.precreate"]
 
 
 @pytest.fixture
@@ -54,32 +61,36 @@ async def pod(tmp_path: Path) -> AsyncIterator[tuple[Rig, str]]:
         yield rig, sid
 
 
-async def test_the_steps_are_all_tested(pod: tuple[Rig, str]) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_steps_are_all_tested(pod: tuple[Rig, str], kind: str) -> None:
     rig, sid = pod
+    config, steps = KINDS[kind]
     mark = rig.journal.mark()
     rig.journal.fail_next_write_after("shim.create")  # only to journal the record write
     with pytest.raises(InjectedFault):
-        await rig.containers.create(sid, rig.container_config())
-    assert rig.journal.since(mark)[: len(STEPS)] == STEPS
+        await rig.containers.create(sid, config())
+    assert rig.journal.since(mark)[: len(steps)] == steps
 
 
-@pytest.mark.parametrize("failed", [s for s in STEPS if s != "shim.precreate"])
-async def test_a_failure_undoes_every_earlier_step(pod: tuple[Rig, str], failed: str) -> None:
+@pytest.mark.parametrize(("kind", "index"), cases(), ids=[f"{k}-{KINDS[k][1][i]}-{i}" for k, i in cases()])
+async def test_a_failure_undoes_every_earlier_step(pod: tuple[Rig, str], kind: str, index: int) -> None:
     rig, sid = pod
+    config, steps = KINDS[kind]
+    failed = steps[index]
     if failed == "store.write":
-        rig.journal.fail_next_write_after(STEPS[-2])
+        rig.journal.fail_next_write_after(steps[index - 1])
     else:
-        rig.journal.fail_at(failed)
+        rig.journal.fail_at(failed, occurrence=steps[: index + 1].count(failed))
     with pytest.raises(InjectedFault):
-        await rig.containers.create(sid, rig.container_config())
+        await rig.containers.create(sid, config())
 
-    assert rig.journal.after(failed) == expected_undo(failed)
+    assert rig.journal.after_failure() == expected_undo(steps, index)
     assert await rig.container_leftovers(sid) == []
     assert rig.containers.list() == []
     assert rig.sandboxes.get(sid).state is SandboxState.READY
 
     # the name is free again (no reservation, nothing parked for a retry)
-    cid = await rig.containers.create(sid, rig.container_config())
+    cid = await rig.containers.create(sid, config())
     assert rig.containers.get(cid).state is ContainerState.CREATED
 
 

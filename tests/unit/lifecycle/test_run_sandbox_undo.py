@@ -75,7 +75,7 @@ async def test_a_failure_undoes_every_earlier_step(tmp_path: Path, kind: str, fa
         with pytest.raises(InjectedFault):
             await rig.sandboxes.run(config())
 
-        assert rig.journal.after(failed) == expected_undo(steps, failed)
+        assert rig.journal.after_failure() == expected_undo(steps, failed)
         assert await rig.pod_leftovers() == []
         assert rig.sandboxes.list() == []
 
