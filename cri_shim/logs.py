@@ -32,7 +32,7 @@ def setup(level: str) -> None:
     root.addHandler(handler)
     root.setLevel(log_level_number(level))
     # grpc and httpx are chatty at debug; keep our own debug lines readable.
-    for noisy in ("grpc", "asyncio", "pyroute2"):
+    for noisy in ("grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, log_level_number(level)))
     # httpx logs every registry request at INFO; our pull logs say what matters (and URLs of
     # token endpoints are not worth a line each).

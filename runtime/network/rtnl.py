@@ -1,15 +1,19 @@
 """A minimal rtnetlink client: the in-netns step of pod start, and the daemon's host side.
 
-Why not pyroute2 here: the pod's interfaces are configured by a freshly forked,
-single-threaded process that lives for one pod start. Measured on this machine (p50 of 20
-runs, fork -> unshare(NET) -> configure -> exit): pyroute2 ``IPRoute()`` costs ~2.5 ms to
-open plus ~0.5-2.5 ms per request (7-10 ms for lo up, veth, address, route); this module does
-the same work in ~0.8 ms, most of it the kernel creating the veth pair.
+Why not pyroute2 (the design's choice), measured by ``bench/netlink.py`` (variants
+interleaved in one run, 40-50 pods each, p50): the pod shim configures its pod's interfaces
+once, in a process freshly forked from the pre-imported factory, from inside its running
+event loop. There pyroute2's synchronous ``IPRoute`` cannot run at all ("This event loop is
+already running"), and its ``AsyncIPRoute`` takes 8-15 ms for what this module does in
+1.4-2.5 ms (lo up, veth pair, address, route: two batched round trips, most of it the kernel
+creating the veth pair). Through the daemon, pyroute2 on both sides made RunPodSandbox 4.5-22
+ms slower at p50 and each pod shim 2.2 MiB larger (PSS; 2.1 MiB of it private: pages its
+objects dirty), and the factory's RSS grew 7.7 MiB.
 
 The daemon uses it too, from one dedicated thread (``runtime.network.host``): the kernel
 handles an rtnetlink request inside the sender's sendmsg(), so a veth deletion (an RCU grace
-period: 15-25 ms here) or an enslave (2-6 ms) blocks whatever thread sends it; with
-pyroute2's ``AsyncIPRoute`` that thread is the event loop (measured: a 22 ms stall).
+period: 20-25 ms here) blocks whatever thread sends it; with pyroute2's ``AsyncIPRoute`` that
+thread is the event loop (measured: the loop stood still 21-25 ms per deletion).
 
 Message builders are pure functions returning bytes (unit-tested without root);
 :class:`RtnlSocket` sends a batch and checks every acknowledgement.

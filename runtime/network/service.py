@@ -19,7 +19,7 @@ hostNetwork pods never call the network service at all: no netns, no IP, nothing
     result = runtime.network.podside.configure_pod_netns(plan, host_fd)
     #    -> PodNetnsResult (to_json it back to the daemon). lo up; built-in: veth pair with
     #    eth0 (address, MAC, MTU, default route) in the pod and the host end born in the
-    #    host netns. ~0.8 ms. On OSError: discard the netns, then step 5.
+    #    host netns. ~2 ms. On OSError: discard the netns, then step 5.
 
     # 3. daemon: host side. Built-in: bridge, enslave (hairpin) + up the host end, nftables
     #    (an nft transaction only when the rules change: hostPorts, first pod of a subnet).
