@@ -10,7 +10,8 @@ module resolves a path through the layers the way overlayfs merges them:
 - a directory merges with the same-named directories below it until one of them is opaque
   (xattr ``trusted.overlay.opaque=y``) or a lower layer has a non-directory there;
 - symlinks are followed inside the merged view (absolute targets restart at the image
-  root, ``..`` stops at the root), at most 40 of them, as the kernel's path walk.
+  root, ``..`` stops at the root), at most 40 of them, as the kernel's path walk: the one
+  walk of ``runtime.linux.inroot``, over this view.
 
 Nothing here can read outside the layer directories.
 """
@@ -21,10 +22,12 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.linux import inroot
+
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
-MAX_SYMLINKS = 40
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
@@ -41,82 +44,86 @@ def _is_opaque(path: str) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One merged entry: its topmost file (host path, lstat) and, for a directory, the layer
+    directories that make it up (top first)."""
+
+    host: str
+    st: os.stat_result
+    dirs: tuple[str, ...]
+
+
+class _Layers:
+    """The merged view as an ``inroot.Tree``: lookups follow overlayfs's rules, nothing is
+    ever followed on the host (every lstat is of a name in a directory we merged)."""
+
+    def __init__(self, layers: tuple[str, ...]) -> None:
+        self.layers = layers
+
+    def root(self) -> _Entry:
+        return _Entry(self.layers[0], os.lstat(self.layers[0]), self.layers)
+
+    def child(self, parent: _Entry, name: str) -> _Entry | None:
+        found: tuple[str, os.stat_result] | None = None
+        below: list[str] = []
+        for d in parent.dirs:
+            candidate = os.path.join(d, name)
+            try:
+                st = os.lstat(candidate)
+            except FileNotFoundError:
+                continue
+            except NotADirectoryError:
+                break
+            if found is None:
+                if _is_whiteout(st):
+                    return None
+                found = (candidate, st)
+                if not stat.S_ISDIR(st.st_mode):
+                    break
+                below.append(candidate)
+                if _is_opaque(candidate):
+                    break
+            elif stat.S_ISDIR(st.st_mode):
+                below.append(candidate)
+                if _is_opaque(candidate):
+                    break
+            else:
+                break  # a file or whiteout under our directory ends the merge
+        return None if found is None else _Entry(found[0], found[1], tuple(below))
+
+    def kind(self, node: _Entry) -> inroot.Kind:
+        if stat.S_ISDIR(node.st.st_mode):
+            return inroot.Kind.DIR
+        return inroot.Kind.LINK if stat.S_ISLNK(node.st.st_mode) else inroot.Kind.OTHER
+
+    def readlink(self, node: _Entry) -> str:
+        return os.readlink(node.host)
+
+    def create(self, parent: _Entry, name: str, kind: inroot.Create) -> None:
+        raise OSError(errno.EROFS, "an image's layers are read-only")
+
+    def release(self, node: _Entry) -> None:
+        pass
+
+
 class LayeredRootfs:
     """A read-only merged view of snapshot dirs (top first). Blocking I/O."""
 
     def __init__(self, layers: Sequence[str | Path]) -> None:
         self.layers = tuple(os.fspath(p) for p in layers)
 
-    def _lookup(self, parts: list[str]) -> tuple[str, os.stat_result] | None:
-        """(host path, lstat) of the merged entry for a symlink-free component list."""
-        dirs = list(self.layers)  # layer dirs that make up the current merged directory
-        for depth, name in enumerate(parts):
-            last = depth == len(parts) - 1
-            found: tuple[str, os.stat_result] | None = None
-            below: list[str] = []
-            for d in dirs:
-                candidate = os.path.join(d, name)
-                try:
-                    st = os.lstat(candidate)
-                except FileNotFoundError:
-                    continue
-                except NotADirectoryError:
-                    break
-                if found is None:
-                    if _is_whiteout(st):
-                        return None
-                    found = (candidate, st)
-                    if not stat.S_ISDIR(st.st_mode):
-                        break
-                    below.append(candidate)
-                    if _is_opaque(candidate):
-                        break
-                elif stat.S_ISDIR(st.st_mode):
-                    below.append(candidate)
-                    if _is_opaque(candidate):
-                        break
-                else:
-                    break  # a file or whiteout under our directory ends the merge
-            if found is None:
-                return None
-            if last:
-                return found
-            if not stat.S_ISDIR(found[1].st_mode):
-                return None if not stat.S_ISLNK(found[1].st_mode) else found
-            dirs = below
-        return (self.layers[0], os.lstat(self.layers[0])) if self.layers else None
-
     def resolve(self, path: str) -> str | None:
-        """Host path of the file ``path`` names in the merged view, or None if absent."""
-        pending = [p for p in path.split("/") if p not in ("", ".")]
-        resolved: list[str] = []
-        links = 0
-        while pending:
-            part = pending.pop(0)
-            if part == "..":
-                if resolved:
-                    resolved.pop()
-                continue
-            hit = self._lookup([*resolved, part])
-            if hit is None:
-                return None
-            host, st = hit
-            if stat.S_ISLNK(st.st_mode):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, f"too many symlinks resolving {path!r} in the image")
-                target = os.readlink(host)
-                if target.startswith("/"):
-                    resolved = []
-                pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-                continue
-            if pending and not stat.S_ISDIR(st.st_mode):
-                return None
-            resolved.append(part)
-        if not resolved:
+        """Host path of the file ``path`` names in the merged view (symlinks followed inside
+        it by ``runtime.linux.inroot.walk``), or None if absent. Raises OSError (ELOOP)."""
+        if not self.layers or not inroot.components(path):
             return None
-        hit = self._lookup(resolved)
-        return hit[0] if hit else None
+        try:
+            return inroot.walk(_Layers(self.layers), path).host
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
 
     def read_file(self, path: str, max_bytes: int = 4 << 20) -> bytes | None:
         """The contents of a regular file, or None when it does not exist (or is not a
