@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -32,7 +31,7 @@ from runtime import errors
 from runtime.container.host import ContainerHost, unmount_view
 from runtime.container.ports import ContainerImages
 from runtime.ids import check_id
-from runtime.linux.paths import is_within, secure_join
+from runtime.linux.inroot import is_within, open_in_root, open_root, opened, real_path
 from runtime.model.container import Mount
 from runtime.undo import UndoStack
 
@@ -104,8 +103,15 @@ def sub_path_source(target: Path, sub_path: str, container_path: str) -> str:
     if sub_path.startswith("/") or "\0" in sub_path or ".." in sub_path.split("/"):
         raise errors.InvalidArgument(f"mount {container_path}: image_sub_path {sub_path!r} must be relative, "
                                      "without '..'")
-    source = secure_join(str(target), sub_path)
-    if not is_within(str(target), source) or not os.path.lexists(source):
+    try:
+        # resolved by the kernel inside the volume (RESOLVE_IN_ROOT): the image's symlinks
+        # cannot take the bind out of it; the volume is a read-only overlay of ours, so the
+        # resolved path stays what it names until the shim binds it
+        with opened(open_root(str(target))) as root, opened(open_in_root(root, sub_path)) as fd:
+            source = real_path(fd)
+    except OSError:
+        source = ""
+    if not source or not is_within(str(target), source):
         raise errors.InvalidArgument(f"mount {container_path}: image_sub_path {sub_path!r} does not exist "
                                      "in the image")
     return source

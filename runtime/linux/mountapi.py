@@ -70,12 +70,13 @@ def _path(value: str | None) -> ctypes.c_char_p:
     return ctypes.c_char_p(None if value is None else os.fsencode(value))
 
 
-def open_tree(path: str, *, recursive: bool = False) -> int:
+def open_tree(path: str, *, recursive: bool = False, dirfd: int = AT_FDCWD) -> int:
     """A detached copy of the mount tree at ``path`` (OPEN_TREE_CLONE, close-on-exec); with
-    ``recursive`` the mounts below it come along (as ``mount --rbind``)."""
-    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
-    res = _syscall("open_tree", ctypes.c_int(AT_FDCWD), _path(path), ctypes.c_uint(flags))
-    return libc._check(res, f"open_tree({path})")
+    ``recursive`` the mounts below it come along (as ``mount --rbind``). ``path`` "" means
+    the place the fd ``dirfd`` refers to (AT_EMPTY_PATH: no lookup at all)."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0) | (0 if path else AT_EMPTY_PATH)
+    res = _syscall("open_tree", ctypes.c_int(dirfd), _path(path), ctypes.c_uint(flags))
+    return libc._check(res, f"open_tree({path or f'fd {dirfd}'})")
 
 
 def mount_setattr(

@@ -1,7 +1,9 @@
 """Mount option words (mount(8) style) to mount(2) flags, and applying a MountSpec.
 
 Used in the container's forked child (runtime.shim.init) after it unshared its mount
-namespace; nothing here runs in the daemon.
+namespace; nothing here runs in the daemon. Every target inside the container's root is
+resolved inside it with ``runtime.linux.inroot`` into a file descriptor, and mounted
+through that descriptor, never through a path string looked up again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import stat
 
 from runtime.linux import libc, mountapi
-from runtime.linux.paths import secure_join
+from runtime.linux.inroot import Create, ensure_in_root, fd_path, open_in_root, opened
 
 _FLAGS = {
     "ro": (libc.MS_RDONLY, True),
@@ -76,49 +78,53 @@ def parse_options(options: tuple[str, ...]) -> tuple[int, int, str, bool]:
     return flags, propagation, ",".join(data), rro
 
 
-def make_target(target: str, is_dir: bool) -> None:
-    """Create the mount point (a directory, or an empty file for a file bind)."""
-    if is_dir:
-        os.makedirs(target, mode=0o755, exist_ok=True)
-        return
-    os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
-    if not os.path.lexists(target):
-        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+def apply_mount(root_fd: int, destination: str, fstype: str, source: str, options: tuple[str, ...]) -> None:
+    """Mount one MountSpec (``fstype`` a filesystem or "bind") at ``destination`` resolved inside the root ``root_fd``
+    (``runtime.linux.inroot``: symlinks followed inside it, created there when missing).
 
-
-def mount_setattr_rdonly_recursive(target: str) -> None:
-    """Make a mount and everything below it read-only (kernel >= 5.12)."""
-    mountapi.mount_setattr(mountapi.AT_FDCWD, target, attr_set=mountapi.MOUNT_ATTR_RDONLY, recursive=True)
-
-
-def apply_mount(root: str, destination: str, fstype: str, source: str, options: tuple[str, ...]) -> str:
-    """Mount one MountSpec under ``root``; returns the host-side target path."""
-    target = secure_join(root, destination)
+    A filesystem is mounted onto ``/proc/self/fd/N`` of the resolved target; a bind is a
+    detached clone of its source (open_tree) attached with :func:`attach_bind`, its flags
+    then set by a remount of that very mount (through the clone's fd). So no path string is
+    looked up twice: a symlink swapped in meanwhile cannot move the mount (CVE-2021-30465).
+    Raises OSError naming the destination."""
     flags, propagation, data, rro = parse_options(options)
     if IDMAP in options:
         raise OSError(errno.EINVAL, f"mount {destination}: an idmapped bind must be prepared with detached_bind")
-    if fstype == "bind":
-        flags |= libc.MS_BIND
-        try:
-            src_is_dir = stat.S_ISDIR(os.stat(source).st_mode)
-        except FileNotFoundError:
-            raise OSError(errno.ENOENT, f"bind mount source {source!r} does not exist") from None
-        make_target(target, src_is_dir)
-        libc.mount(source, target, None, flags & (libc.MS_BIND | libc.MS_REC))
+    if fstype != "bind":
+        if propagation or rro:
+            raise OSError(errno.EINVAL, f"mount {destination}: propagation and rro apply to bind mounts only")
+        with opened(_target(root_fd, destination, "dir")) as target:
+            try:
+                libc.mount(source or fstype, fd_path(target), fstype, flags, data or None)
+            except OSError as exc:
+                raise OSError(exc.errno, f"mount {destination} ({fstype}): {exc.strerror}") from None
+        return
+    try:
+        tree = mountapi.open_tree(source, recursive=bool(flags & libc.MS_REC))
+    except FileNotFoundError:
+        raise OSError(errno.ENOENT, f"bind mount source {source!r} does not exist") from None
+    with opened(tree):
+        attach_bind(root_fd, destination, tree, options)
         remount = flags & ~(libc.MS_BIND | libc.MS_REC)
         if remount:
             # kernel: flags other than MS_BIND|MS_REC are ignored on the first bind; a bind
             # remount must keep the locked flags of the source (nosuid/nodev/noexec).
-            locked = _locked_flags(target)
-            libc.mount(None, target, None, libc.MS_BIND | libc.MS_REMOUNT | remount | locked)
-    else:
-        make_target(target, True)
-        libc.mount(source or fstype, target, fstype, flags, data or None)
-    if propagation:
-        libc.mount(None, target, None, propagation)
-    if rro:
-        mount_setattr_rdonly_recursive(target)
-    return target
+            mounted = fd_path(tree)
+            try:
+                libc.mount(None, mounted, None, libc.MS_BIND | libc.MS_REMOUNT | remount | _locked_flags(mounted))
+            except OSError as exc:
+                raise OSError(exc.errno, f"mount {destination}: remounting the bind: {exc.strerror}") from None
+        if rro:
+            mountapi.mount_setattr(tree, attr_set=mountapi.MOUNT_ATTR_RDONLY, recursive=True)
+
+
+def _target(root_fd: int, destination: str, create: Create) -> int:
+    """The mount point ``destination`` inside the root, created when missing (``create``
+    says what the last component is); an O_PATH fd the caller closes."""
+    try:
+        return ensure_in_root(root_fd, destination, create=create)
+    except OSError as exc:
+        raise OSError(exc.errno, f"mount {destination}: {exc.strerror or exc}") from None
 
 
 def detached_bind(source: str, options: tuple[str, ...], userns_fd: int = -1) -> int:
@@ -151,17 +157,21 @@ def detached_bind(source: str, options: tuple[str, ...], userns_fd: int = -1) ->
     return fd
 
 
-def attach_bind(root: str, destination: str, fd: int, options: tuple[str, ...]) -> str:
-    """Attach a tree from :func:`detached_bind` at ``destination`` under ``root`` (the
-    mount point is made as for :func:`apply_mount`) and apply its propagation; returns the
-    host-side target path. Closes nothing: the caller owns ``fd``."""
-    target = secure_join(root, destination)
-    make_target(target, stat.S_ISDIR(os.fstat(fd).st_mode))
-    mountapi.move_mount(fd, target)
+def attach_bind(root_fd: int, destination: str, fd: int, options: tuple[str, ...]) -> None:
+    """Attach the detached tree ``fd`` (:func:`detached_bind`, or open_tree) at
+    ``destination`` resolved inside the root ``root_fd`` (made there when missing: a
+    directory, or an empty file for a file) with move_mount(2) onto the resolved fd, then
+    apply its propagation to that mount (through ``fd``, which names it once attached).
+    Closes nothing: the caller owns ``fd``."""
+    is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+    with opened(_target(root_fd, destination, "dir" if is_dir else "file")) as target:
+        try:
+            mountapi.move_mount(fd, target_fd=target)
+        except OSError as exc:
+            raise OSError(exc.errno, f"mount {destination}: {exc.strerror}") from None
     _flags, propagation, _data, _rro = parse_options(options)
     if propagation:
-        libc.mount(None, target, None, propagation)
-    return target
+        libc.mount(None, fd_path(fd), None, propagation)
 
 
 def _locked_flags(target: str) -> int:
@@ -179,28 +189,38 @@ def _locked_flags(target: str) -> int:
     return out
 
 
-def mask_path(path: str) -> None:
-    """Hide ``path`` (inside the container): /dev/null over a file, a read-only tmpfs over a dir."""
+def mask_path(root_fd: int, path: str) -> None:
+    """Hide ``path`` (resolved inside the root ``root_fd``): /dev/null over a file, a
+    read-only tmpfs over a directory. Nothing there is fine."""
     try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY, None)
-        else:
-            libc.mount("/dev/null", path, None, libc.MS_BIND)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
-            raise
-
-
-def readonly_path(path: str) -> None:
-    """Make ``path`` (inside the container) a read-only bind of itself."""
-    try:
-        libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
+        target = open_in_root(root_fd, path)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             return
         raise
-    locked = _locked_flags(path)
-    libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC | locked)
+    with opened(target):
+        if stat.S_ISDIR(os.fstat(target).st_mode):
+            libc.mount("tmpfs", fd_path(target), "tmpfs", libc.MS_RDONLY, None)
+            return
+        with opened(open_in_root(root_fd, "/dev/null")) as null:
+            libc.mount(fd_path(null), fd_path(target), None, libc.MS_BIND)
+
+
+def readonly_path(root_fd: int, path: str) -> None:
+    """Make ``path`` (resolved inside the root ``root_fd``) a read-only recursive bind of
+    itself: a clone of the tree there, attached on the same spot, remounted read-only
+    through the clone's fd. Nothing there is fine."""
+    try:
+        target = open_in_root(root_fd, path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return
+        raise
+    with opened(target), opened(mountapi.open_tree("", recursive=True, dirfd=target)) as tree:
+        mountapi.move_mount(tree, target_fd=target)
+        mounted = fd_path(tree)
+        locked = _locked_flags(mounted)
+        libc.mount(None, mounted, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | libc.MS_REC | locked)
 
 
 def unmount_quietly(path: str) -> None:

@@ -34,14 +34,16 @@ the namespaces it owns, so that its new mount and cgroup namespaces belong to it
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import stat
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from runtime.linux import caps, libc, mountapi, seccomp
+from runtime.linux.inroot import ensure_in_root, fd_path, open_in_root, open_root, opened
 from runtime.linux.mounts import apply_mount, attach_bind, mask_path, readonly_path
-from runtime.linux.paths import secure_join
 from runtime.model.launch import DeviceSpec, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 from runtime.shim.userns_setup import DetachedMounts, enter_pod_user_namespace, prepare_detached_mounts
 
@@ -138,38 +140,69 @@ def setup_stdio(stdin: int, stdout: int, stderr: int, tty: bool) -> None:
         fcntl.ioctl(0, _TIOCSCTTY, 0)
 
 
-def _mknod(root: str, dev: DeviceSpec) -> None:
-    target = secure_join(root, dev.path)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(target)
-    kind = 0o020000 if dev.type == "c" else 0o060000
-    try:
-        os.mknod(target, kind | (dev.file_mode & 0o7777), os.makedev(dev.major, dev.minor))
-        os.chown(target, dev.uid, dev.gid)
-        os.chmod(target, dev.file_mode & 0o7777)
-    except PermissionError:
-        # no CAP_MKNOD (e.g. a user namespace): bind the host's node instead, as runc does
-        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-        libc.mount(dev.host_path or dev.path, target, None, libc.MS_BIND)
-
-
-def _dev_links(root: str) -> None:
-    for name, target in (
-        ("dev/fd", "/proc/self/fd"),
-        ("dev/stdin", "/proc/self/fd/0"),
-        ("dev/stdout", "/proc/self/fd/1"),
-        ("dev/stderr", "/proc/self/fd/2"),
-        ("dev/core", "/proc/kcore"),
-    ):
-        path = os.path.join(root, name)
-        if os.path.isdir(os.path.join(root, "dev")) and not os.path.lexists(path):
-            os.symlink(target, path)
-    ptmx = os.path.join(root, "dev/ptmx")
-    if os.path.isdir(os.path.join(root, "dev/pts")):
+def _mknod(root_fd: int, dev: DeviceSpec) -> None:
+    """Create the device node ``dev.path`` inside the root (its directory made there when
+    missing), relative to the directory's fd: mknodat, fchownat without following, chmod
+    through the node's own fd."""
+    parent_path, name = os.path.split(dev.path.rstrip("/"))
+    if not name:
+        raise OSError(errno.EINVAL, f"device path {dev.path!r} names no file")
+    with opened(ensure_in_root(root_fd, parent_path, create="dir")) as parent:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(ptmx)
-        os.symlink("pts/ptmx", ptmx)
+            os.unlink(name, dir_fd=parent)
+        kind = stat.S_IFCHR if dev.type == "c" else stat.S_IFBLK
+        try:
+            os.mknod(name, kind | (dev.file_mode & 0o7777), os.makedev(dev.major, dev.minor), dir_fd=parent)
+        except PermissionError:
+            # no CAP_MKNOD (e.g. a user namespace): bind the host's node instead, as runc does
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(name, flags, 0o644, dir_fd=parent))
+            with opened(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)) as node:
+                libc.mount(dev.host_path or dev.path, fd_path(node), None, libc.MS_BIND)
+            return
+        os.chown(name, dev.uid, dev.gid, dir_fd=parent, follow_symlinks=False)
+        with opened(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)) as node:
+            if not stat.S_ISCHR(os.fstat(node).st_mode) and not stat.S_ISBLK(os.fstat(node).st_mode):
+                raise OSError(errno.EEXIST, f"device {dev.path}: something else took its place")
+            os.chmod(fd_path(node), dev.file_mode & 0o7777)  # not masked by the umask
+
+
+#: /dev's conventional links (runc's defaultSymlinks), made when the image's /dev lacks them
+DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("core", "/proc/kcore"),
+)
+
+
+def _dev_links(root_fd: int) -> None:
+    """The links in the container's /dev, made relative to its fd resolved inside the root
+    (an image's /dev symlink to a host path must not take them to the host: CVE-2024-45310
+    class)."""
+    try:
+        dev = open_in_root(root_fd, "/dev")
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return
+        raise
+    with opened(dev):
+        if not stat.S_ISDIR(os.fstat(dev).st_mode):
+            return
+        for name, target in DEV_LINKS:
+            try:
+                os.symlink(target, name, dir_fd=dev)
+            except FileExistsError:
+                pass
+        try:
+            pts = os.stat("pts", dir_fd=dev, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(pts.st_mode):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink("ptmx", dir_fd=dev)
+            os.symlink("pts/ptmx", "ptmx", dir_fd=dev)
 
 
 def mount_rootfs(rootfs: RootfsSpec) -> None:
@@ -196,40 +229,44 @@ def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = No
     """In a fresh mount namespace: rootfs, mounts, devices, pivot_root, masks, read-only root.
     With ``detached`` (a pod with its own user namespace) the rootfs and bind mounts are
     attached from those fds (closed here) instead of mounted from paths, and the new root is
-    reached as our working directory (/proc/self/cwd): the user namespace's root may have
-    no right to search the host directories on the way to its mount point."""
+    reached as our working directory: the user namespace's root may have no right to search
+    the host directories on the way to its mount point.
+
+    Every path inside the new root is resolved inside it, at the moment of use, into a file
+    descriptor (``runtime.linux.inroot``) that the mount, mknod or symlink goes through."""
     assert spec.rootfs is not None
-    root = spec.rootfs.path
     if detached is None and any("rshared" in m.options for m in spec.mounts):
         # A BIDIRECTIONAL mount must stay a peer of the host's shared mount (runc's
         # rootfsPropagation "rshared"); the rootfs's parent mount is made private instead, so
         # the overlay and everything under it stay out of the host's mount table.
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_SHARED)
-        libc.mount(None, mount_point_of(root), None, libc.MS_PRIVATE)
+        libc.mount(None, mount_point_of(spec.rootfs.path), None, libc.MS_PRIVATE)
     else:
         # Do not propagate anything we mount back to the host; receive the host's mounts.
         libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
     if detached is None:
         mount_rootfs(spec.rootfs)
+        root_fd = open_root(spec.rootfs.path)
     else:
         mountapi.move_mount(detached.rootfs, ".")  # on our working directory, the mount point
         os.fchdir(detached.rootfs)  # now the root of the attached overlay
-        root = "/proc/self/cwd"
-    # pivot_root needs the new root's parent mount to be private to this namespace.
-    libc.mount(None, root, None, libc.MS_PRIVATE)
-    for i, m in enumerate(spec.mounts):
-        fd = detached.binds.get(i) if detached is not None else None
-        if fd is None:
-            apply_mount(root, m.destination, m.type, m.source, m.options)
-        else:
-            attach_bind(root, m.destination, fd, m.options)
-    if detached is not None:
-        detached.close()
-    for dev in spec.devices:
-        _mknod(root, dev)
-    _dev_links(root)
-    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
-    os.chdir(root)
+        root_fd = open_root(".")
+    with opened(root_fd):
+        # pivot_root needs the new root's parent mount to be private to this namespace.
+        libc.mount(None, fd_path(root_fd), None, libc.MS_PRIVATE)
+        for i, m in enumerate(spec.mounts):
+            fd = detached.binds.get(i) if detached is not None else None
+            if fd is None:
+                apply_mount(root_fd, m.destination, m.type, m.source, m.options)
+            else:
+                attach_bind(root_fd, m.destination, fd, m.options)
+        if detached is not None:
+            detached.close()
+        for dev in spec.devices:
+            _mknod(root_fd, dev)
+        _dev_links(root_fd)
+        old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+        os.fchdir(root_fd)
     libc.pivot_root(".", ".")
     # Stand in the old root (stacked on the new one) and make it a slave before detaching
     # it, so its unmounts cannot propagate to the host; the new root's mounts keep their
@@ -239,16 +276,18 @@ def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = No
     libc.mount(None, ".", None, libc.MS_SLAVE | libc.MS_REC)
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
-    for path in spec.masked_paths:
-        mask_path(path)
-    for path in spec.readonly_paths:
-        readonly_path(path)
-    cwd = spec.process.cwd
-    if cwd and cwd != "/":
-        # CRI: the working directory is created when the image lacks it (as runc does), as
-        # root and inside the new root, before a read-only rootfs forbids it.
-        with contextlib.suppress(OSError):
-            os.makedirs(cwd, mode=0o755, exist_ok=True)
+    with opened(open_root("/")) as root_fd:
+        for path in spec.masked_paths:
+            mask_path(root_fd, path)
+        for path in spec.readonly_paths:
+            readonly_path(root_fd, path)
+        cwd = spec.process.cwd
+        if cwd and cwd != "/":
+            # CRI: the working directory is created when the image lacks it (as runc does), as
+            # root and inside the new root, before a read-only rootfs forbids it; when that
+            # fails, finalize_and_exec says why.
+            with contextlib.suppress(OSError):
+                os.close(ensure_in_root(root_fd, cwd, create="dir"))
     if spec.rootfs.readonly:
         libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY)
 
@@ -309,7 +348,18 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
     Order as runc's finalizeNamespace: keep caps across setuid, drop the bounding set,
     switch uid/gid, set the capability sets, no_new_privs, seccomp last (or before the
     switch when no_new_privs is off, since loading a filter then needs CAP_SYS_ADMIN).
+
+    The working directory is resolved inside the root first (as root: no magic link, no
+    symlink out), then entered by path as the process's user (runc: so that its permission
+    checks apply) and must be the very directory resolved, or nothing is executed. Its
+    failures, like execve's, are reported on ``exec_report_fd`` (the start's answer).
     """
+    cwd = proc.cwd or "/"
+    try:
+        with opened(open_root("/")) as root, opened(open_in_root(root, cwd)) as fd:
+            want = os.fstat(fd)
+    except OSError as exc:
+        _fail_exec(exec_report_fd, f"working directory {cwd!r}: {exc.strerror}")
     c = proc.capabilities
     if c is not None:
         libc.prctl(libc.PR_SET_KEEPCAPS, 1)
@@ -329,9 +379,13 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
     if proc.no_new_privs:
         libc.set_no_new_privs()
     try:
-        os.chdir(proc.cwd or "/")
+        os.chdir(cwd)
+        got = os.stat(".")
     except OSError as exc:
-        raise OSError(exc.errno, f"working directory {proc.cwd!r}: {exc.strerror}") from None
+        _fail_exec(exec_report_fd, f"working directory {cwd!r}: {exc.strerror}")
+    if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+        _fail_exec(exec_report_fd, f"working directory {cwd!r} changed while the process started (a symlink "
+                                   "swapped in?)")
     env: dict[str, str] = {}
     for e in proc.env:
         key, _, value = e.partition("=")
@@ -345,8 +399,14 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
         os.execvpe(proc.args[0], list(proc.args), env)
     except OSError as exc:
         what = "executable file not found in $PATH" if exc.errno == 2 else exc.strerror
-        _write_all(exec_report_fd, f"exec: {proc.args[0]!r}: {what}".encode())
-        os._exit(127)
+        _fail_exec(exec_report_fd, f"exec: {proc.args[0]!r}: {what}")
+
+
+def _fail_exec(exec_report_fd: int, message: str) -> NoReturn:
+    """The process cannot run: say why where the shim's start waits for it, exit 127."""
+    with contextlib.suppress(OSError):
+        _write_all(exec_report_fd, message.encode(errors="replace"))
+    os._exit(127)
 
 
 def run_container(
