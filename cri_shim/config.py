@@ -21,6 +21,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from runtime.cgroups.paths import check_cgroup_path
 from runtime.config import ImageSettings, NetworkSettings, PodSettings, RuntimeSettings, doc
 from runtime.errors import InvalidArgument
+from runtime.image.pinning import compile_pattern
 
 DEFAULT_CONFIG_PATH = Path("/etc/cri-shim/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -130,6 +131,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("image.layer_unpack_timeout: must be >= 0")
     if not 1 <= cfg.image.max_concurrent_downloads <= 64:
         raise ConfigError("image.max_concurrent_downloads: must be between 1 and 64")
+    for i, pattern in enumerate(cfg.image.pinned_images):
+        try:
+            compile_pattern(pattern)
+        except InvalidArgument as exc:
+            raise ConfigError(f"image.pinned_images[{i}]: {exc}") from None
     try:
         net = ipaddress.ip_network(cfg.network.pod_cidr, strict=True)
     except ValueError as exc:

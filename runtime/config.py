@@ -46,6 +46,16 @@ class ImageSettings:
             "killed, the layer discarded and the pull fails (0 = never)."
         ),
     )
+    pinned_images: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Images kubelet's image garbage collection must keep (CRI Image.pinned), as CRI-O's "
+            "pinned_images: an exact name (\"registry.k8s.io/pause:3.10\"; short names are "
+            "normalised), a glob with a trailing * (\"registry.k8s.io/*\", from the start of the "
+            "name) or a keyword between two * (\"*pause*\"), compared case-insensitively with "
+            "every tag and digest name of an image. RemoveImage still removes a pinned image."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import hashlib
 import logging
 import os
@@ -30,6 +31,7 @@ from runtime.image.auth import RegistryAuth
 from runtime.image.content import ContentStore, owner_tag
 from runtime.image.manifest import Platform
 from runtime.image.model import FilesystemUsage, FsInfo, Image
+from runtime.image.pinning import PinnedImages
 from runtime.image.pull import Puller, PullObserver
 from runtime.image.reference import parse, parse_image_id
 from runtime.image.registries import RegistriesConfigCache
@@ -121,6 +123,7 @@ class ImageService:
             platform=platform,
             collect=self.collect_garbage,
         )
+        self._pinned = PinnedImages.from_config(settings.pinned_images)
         self._pulls: dict[tuple[str, str], asyncio.Task[Image]] = {}
         self._container_usage: tuple[float, tuple[int, int]] | None = None
 
@@ -166,14 +169,22 @@ class ImageService:
 
     # -- queries -------------------------------------------------------------------------------
 
+    def _with_pin(self, image: Image) -> Image:
+        """``image`` with ``pinned`` set when ``image.pinned_images`` names it."""
+        if self._pinned.pins((*image.repo_tags, *image.repo_digests)):
+            return dataclasses.replace(image, pinned=True)
+        return image
+
     async def status(self, ref_or_id: str) -> Image | None:
-        """The image ``ref_or_id`` names, or None (CRI ImageStatus answers an empty image)."""
+        """The image ``ref_or_id`` names, or None (CRI ImageStatus answers an empty image).
+        ``pinned`` is set for images ``image.pinned_images`` names (:mod:`runtime.image.pinning`)."""
 
         def q(conn: sqlite3.Connection) -> Image | None:
             image_id = resolve_id(conn, ref_or_id)
             return None if image_id is None else md.load_image(conn, image_id)
 
-        return await self._store.read(q)
+        image = await self._store.read(q)
+        return None if image is None else self._with_pin(image)
 
     async def get(self, ref_or_id: str) -> Image:
         """Like :meth:`status` but raises NotFound."""
@@ -187,14 +198,16 @@ class ImageService:
         if filter_ref:
             image = await self.status(filter_ref)
             return [] if image is None else [image]
-        return await self._store.read(md.list_images)
+        return [self._with_pin(i) for i in await self._store.read(md.list_images)]
 
     # -- removal -------------------------------------------------------------------------------
 
     async def remove(self, ref_or_id: str) -> bool:
         """Remove the image ``ref_or_id`` names with every one of its tags and digests.
 
-        Idempotent: an absent image is no error (CRI RemoveImage) and returns False. Layers
+        Idempotent: an absent image is no error (CRI RemoveImage) and returns False. A
+        pinned image is removed too (CRI: pinned is only a recommendation to kubelet's GC;
+        "the runtime must oblige" a removal, as CRI-O does). Layers
         and blobs no other image uses are freed; while a container snapshot uses the image
         its content stays (the image is hidden) until the snapshot is removed.
         """
