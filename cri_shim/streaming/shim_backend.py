@@ -5,7 +5,10 @@ Exec and attach open a session connection to the container's pod shim
 client's :class:`StreamIO`: client stdin -> F_STDIN (F_STDIN_CLOSE at EOF), resizes ->
 F_RESIZE, F_STDOUT/F_STDERR -> the client, F_EXIT ends the session with the exit code.
 Port-forward asks the shim for a TCP socket connected inside the pod's network namespace
-(the daemon itself never enters a namespace) and wraps it as asyncio streams.
+(the daemon itself never enters a namespace) and wraps it as asyncio streams. Connects in
+progress are bounded per daemon (``max_port_connects``; the shim client bounds them per pod)
+and in time: a client opening hundreds of connections to a port that never accepts gets
+errors on their error streams, not a queue.
 """
 
 from __future__ import annotations
@@ -40,8 +43,13 @@ class StreamingEngine(Protocol):
 class ShimStreamingBackend:
     """Implements cri_shim.streaming.backend.StreamingBackend over the pod shims."""
 
-    def __init__(self, engine: StreamingEngine) -> None:
+    def __init__(
+        self, engine: StreamingEngine, *, max_port_connects: int = 64, port_connect_timeout: float = 10.0
+    ) -> None:
         self._engine = engine
+        self._max_port_connects = max_port_connects
+        self._port_connect_timeout = port_connect_timeout
+        self.port_connects = 0
 
     async def exec(self, request: ExecRequest, streams: StreamIO) -> int:
         base = await self._engine.exec_process(request.container_id)
@@ -64,7 +72,17 @@ class ShimStreamingBackend:
 
     async def port_forward(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         netns = self._engine.sandbox_netns(sandbox_id)
-        sock: socket.socket = await self._engine.shim(sandbox_id).port_connect(netns, port)
+        if self.port_connects >= self._max_port_connects:
+            raise errors.ResourceExhausted(
+                f"{self._max_port_connects} port-forward connections are already being opened; retry later"
+            )
+        self.port_connects += 1
+        try:
+            sock: socket.socket = await self._engine.shim(sandbox_id).port_connect(
+                netns, port, timeout=self._port_connect_timeout
+            )
+        finally:
+            self.port_connects -= 1
         try:
             sock.setblocking(False)
             return await asyncio.open_connection(sock=sock)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +29,7 @@ class ShimClient:
         self.socket_path = socket_path
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._seq = 0
+        self._connecting = 0
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
@@ -92,33 +95,78 @@ class ShimClient:
             wire.raise_error(reply["error"])
         return reader, writer, reply.get("result") or {}
 
-    async def port_connect(self, netns: str, port: int, host: str = "127.0.0.1") -> socket.socket:
-        """A connected TCP socket to host:port inside the pod's network namespace."""
-        return await asyncio.to_thread(self._port_connect_blocking, netns, port, host)
+    async def port_connect(
+        self, netns: str, port: int, host: str = "127.0.0.1", timeout: float = wire.PORT_CONNECT_TIMEOUT
+    ) -> socket.socket:
+        """A connected TCP socket to host:port inside the pod's network namespace, opened by
+        the shim (the daemon never enters a namespace). Done on the event loop, without a
+        thread: a flood of connects to a port that never accepts must not take the default
+        executor's few threads from everyone else. At most wire.MAX_PORT_CONNECTS per pod are
+        in progress at once (more raise ResourceExhausted at once), each for at most
+        ``timeout`` seconds (then Unavailable); cancelling closes the request, and the shim
+        then kills its connecting child."""
+        if self._connecting >= wire.MAX_PORT_CONNECTS:
+            raise errors.ResourceExhausted(
+                f"{wire.MAX_PORT_CONNECTS} port-forward connections are already being opened in sandbox "
+                f"{self.sandbox_id}; retry later"
+            )
+        self._connecting += 1
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._port_connect(netns, port, host, timeout)
+        except TimeoutError:
+            raise errors.Unavailable(f"connecting to port {port} in the pod timed out after {timeout:g}s") from None
+        finally:
+            self._connecting -= 1
 
-    def _port_connect_blocking(self, netns: str, port: int, host: str) -> socket.socket:
+    async def _port_connect(self, netns: str, port: int, host: str, timeout: float) -> socket.socket:
+        loop = asyncio.get_running_loop()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(20)
+        s.setblocking(False)
         try:
             try:
-                s.connect(str(self.socket_path))
+                await loop.sock_connect(s, str(self.socket_path))
             except (FileNotFoundError, ConnectionRefusedError):
                 raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} is not running") from None
-            s.sendall(wire.encode({"op": "port_connect", "netns": netns, "port": port, "host": host}))
-            data, fds, _, _ = socket.recv_fds(s, 65536, 1)
+            request = {"op": "port_connect", "netns": netns, "port": port, "host": host, "timeout": timeout}
+            await loop.sock_sendall(s, wire.encode(request))
+            data, fds = await _recv_fds(s)
         finally:
             s.close()
-        import json
-
         reply = json.loads(data.split(b"\n", 1)[0] or b"{}")
         if "error" in reply or not fds:
             for fd in fds:
                 with contextlib.suppress(OSError):
-                    socket.socket(fileno=fd).close()
+                    os.close(fd)
             wire.raise_error(reply.get("error") or {"kind": "Unavailable", "message": "no socket from shim"})
+        for fd in fds[1:]:
+            os.close(fd)
         return socket.socket(fileno=fds[0])
 
     def close(self) -> None:
         for _, w in self._idle:
             w.close()
         self._idle.clear()
+
+
+async def _recv_fds(s: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the descriptors passed with it, from a non-blocking unix socket,
+    waiting on the event loop (asyncio has no recvmsg with SCM_RIGHTS)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(s, 65536, 1)
+            return data, fds
+        except BlockingIOError:
+            pass
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(s.fileno(), _set_once, readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(s.fileno())
+
+
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

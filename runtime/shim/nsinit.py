@@ -199,8 +199,9 @@ def _holder_loop() -> NoReturn:
             continue
 
 
-def connect_in_netns(netns_path: str, host: str, port: int, fd_sock: int) -> NoReturn:
-    """Connect to host:port from inside ``netns_path``; pass the socket over ``fd_sock``."""
+def connect_in_netns(netns_path: str, host: str, port: int, fd_sock: int, timeout: float = 10.0) -> NoReturn:
+    """Connect to host:port from inside ``netns_path`` within ``timeout`` seconds; pass the
+    socket over ``fd_sock``."""
 
     def body() -> None:
         reset_signals()
@@ -209,7 +210,7 @@ def connect_in_netns(netns_path: str, host: str, port: int, fd_sock: int) -> NoR
             libc.setns_path(netns_path, libc.CLONE_NEWNET)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         s = socket.socket(family, socket.SOCK_STREAM)
-        s.settimeout(10)
+        s.settimeout(timeout)
         try:
             s.connect((host, port))
         except OSError as exc:

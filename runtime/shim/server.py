@@ -122,6 +122,7 @@ class ShimServer:
         self._stopping = asyncio.Event()
         self._holder_pid = 0
         self._server: asyncio.AbstractServer | None = None
+        self._port_connects = 0
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class ShimServer:
                     await self._subscribe(msg, reader, writer)
                     return
                 if op == "port_connect":
-                    await self._port_connect(msg, writer)
+                    await self._port_connect(msg, reader, writer)
                     return
                 try:
                     handler = getattr(self, f"op_{op}", None)
@@ -343,7 +344,31 @@ class ShimServer:
         finally:
             self._subscribers.discard(writer)
 
-    async def _port_connect(self, msg: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+    async def _port_connect(
+        self, msg: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Connect to a port in the pod from a forked child and pass the socket back.
+        At most wire.MAX_PORT_CONNECTS at once (more are refused at once); the child is killed when
+        the connect outlives its timeout or the daemon hangs up first (its client is gone)."""
+        assert self.table is not None
+        if self._port_connects >= wire.MAX_PORT_CONNECTS:
+            message = f"{wire.MAX_PORT_CONNECTS} port-forward connections are already being opened in this pod"
+            writer.write(wire.encode({"error": {"kind": "ResourceExhausted", "message": message}}))
+            await writer.drain()
+            return
+        try:
+            timeout = min(wire.PORT_CONNECT_TIMEOUT, max(0.1, float(msg.get("timeout", wire.PORT_CONNECT_TIMEOUT))))
+        except (TypeError, ValueError):
+            timeout = wire.PORT_CONNECT_TIMEOUT
+        self._port_connects += 1
+        try:
+            await self._port_connect_child(msg, timeout, reader, writer)
+        finally:
+            self._port_connects -= 1
+
+    async def _port_connect_child(
+        self, msg: dict[str, Any], timeout: float, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         assert self.table is not None
         sock: socket.socket = writer.get_extra_info("socket")
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -351,21 +376,28 @@ class ShimServer:
         if pid == 0:
             parent.close()
             nsinit.connect_in_netns(
-                msg.get("netns", ""), msg.get("host", "127.0.0.1"), int(msg["port"]), child.detach()
+                msg.get("netns", ""), msg.get("host", "127.0.0.1"), int(msg["port"]), child.detach(), timeout
             )
         child.close()
         done = self.table.wait_child(pid)
         loop = asyncio.get_running_loop()
         parent.setblocking(False)
+        fut: asyncio.Future[None] = loop.create_future()
+        hangup = asyncio.ensure_future(reader.read(1))  # the daemon sends nothing more: EOF
         try:
-            fut: asyncio.Future[None] = loop.create_future()
             loop.add_reader(parent.fileno(), lambda: None if fut.done() else fut.set_result(None))
+            waiting: set[asyncio.Future[Any]] = {fut, hangup}
             try:
-                await asyncio.wait_for(fut, 15)
+                await asyncio.wait(waiting, timeout=timeout + 2, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 loop.remove_reader(parent.fileno())
+            if not fut.done():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return
             data, fds, _, _ = socket.recv_fds(parent, 4096, 1)
         finally:
+            hangup.cancel()
             parent.close()
             await done
         raw = sock.dup()

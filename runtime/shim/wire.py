@@ -32,6 +32,12 @@ F_ERROR = 6
 _HDR = struct.Struct(">BI")
 MAX_FRAME = 1024 * 1024
 
+#: port_connect: connections one shim opens at once (each is a forked child blocked in
+#: connect(): a port whose listener never accepts holds it for the whole timeout), and the
+#: seconds one may take (the request's ``timeout`` may ask for less, never for more).
+MAX_PORT_CONNECTS = 32
+PORT_CONNECT_TIMEOUT = 10.0
+
 
 def encode(msg: dict[str, Any]) -> bytes:
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
