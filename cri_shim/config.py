@@ -48,6 +48,63 @@ class StreamingConfig:
     idle_timeout: float = field(
         default=14400.0, metadata=doc("Seconds a streaming session may stay idle before it is closed.")
     )
+    header_timeout: float = field(
+        default=5.0,
+        metadata=doc("Seconds a new connection has to finish its TLS handshake and send its request head."),
+    )
+    max_connections: int = field(
+        default=512, metadata=doc("Streaming connections open at once; more are answered 503.")
+    )
+    max_pending: int = field(
+        default=256,
+        metadata=doc(
+            "Connections that have not presented a valid streaming URL yet, in total; when full, the oldest "
+            "one is dropped to make room."
+        ),
+    )
+    max_pending_per_client: int = field(
+        default=128, metadata=doc("The same, per client address (kubelet and crictl connect from loopback).")
+    )
+    max_streams_per_connection: int = field(
+        default=512,
+        metadata=doc(
+            "SPDY streams (or WebSocket channels) one connection may hold in any state; more are refused, "
+            "and a client that keeps opening streams after as many refusals is cut off. A port-forward "
+            "connection takes two."
+        ),
+    )
+    connection_buffer: int = field(
+        default=1048576,
+        metadata=doc(
+            "Bytes received on one connection and not consumed yet (by a process's stdin or a forwarded "
+            "port) before the server stops reading it (backpressure)."
+        ),
+    )
+    max_streams: int = field(
+        default=4096,
+        metadata=doc(
+            "Streams held by all streaming connections together; over it, the connection holding the most "
+            "is cut off."
+        ),
+    )
+    max_buffered: int = field(
+        default=67108864,
+        metadata=doc(
+            "Bytes received and not consumed yet on all streaming connections together; over it, the "
+            "connection holding the most is cut off."
+        ),
+    )
+    max_port_connects: int = field(
+        default=64,
+        metadata=doc(
+            "Port-forward connections being opened in pods at once (at most 32 per pod); more fail at once "
+            "with an error on their error stream."
+        ),
+    )
+    port_connect_timeout: float = field(
+        default=10.0,
+        metadata=doc("Seconds a port-forward connection to a port in a pod may take to open (at most 10)."),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +112,15 @@ class MetricsConfig:
     address: str = field(
         default="127.0.0.1:9472",
         metadata=doc("host:port of the Prometheus /metrics endpoint; empty disables it."),
+    )
+    max_connections: int = field(
+        default=16,
+        metadata=doc(
+            "Connections to /metrics open at once; a new one drops the oldest still sending its request head."
+        ),
+    )
+    header_timeout: float = field(
+        default=5.0, metadata=doc("Seconds a /metrics client has to send its request head.")
     )
 
 
@@ -115,6 +181,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("streaming.token_ttl: must be > 0")
     if cfg.streaming.idle_timeout <= 0:
         raise ConfigError("streaming.idle_timeout: must be > 0")
+    _check_limits(cfg)
     try:
         check_cgroup_path(cfg.pods.cgroup_parent)
     except InvalidArgument as exc:
@@ -156,6 +223,35 @@ def _validate(cfg: Config) -> None:
     ):
         if not path.is_absolute():
             raise ConfigError(f"{key}: {str(path)!r} must be an absolute path")
+
+
+def _check_limits(cfg: Config) -> None:
+    st, m = cfg.streaming, cfg.metrics
+    for key, value in (
+        ("streaming.header_timeout", st.header_timeout), ("streaming.port_connect_timeout", st.port_connect_timeout),
+        ("metrics.header_timeout", m.header_timeout),
+    ):
+        if not 0 < value <= 600:
+            raise ConfigError(f"{key}: must be > 0 and at most 600 seconds")
+    if st.port_connect_timeout > 10:
+        raise ConfigError("streaming.port_connect_timeout: at most 10 seconds (the pod shim's own limit)")
+    for key, value in (
+        ("streaming.max_connections", st.max_connections), ("streaming.max_pending", st.max_pending),
+        ("streaming.max_pending_per_client", st.max_pending_per_client),
+        ("streaming.max_streams_per_connection", st.max_streams_per_connection),
+        ("streaming.max_streams", st.max_streams), ("streaming.max_port_connects", st.max_port_connects),
+        ("metrics.max_connections", m.max_connections),
+    ):
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1")
+    if st.max_streams_per_connection < 8:
+        raise ConfigError("streaming.max_streams_per_connection: must be at least 8 (an exec takes up to 5)")
+    if st.max_streams < st.max_streams_per_connection:
+        raise ConfigError("streaming.max_streams: must be at least streaming.max_streams_per_connection")
+    if st.connection_buffer < 65536:
+        raise ConfigError("streaming.connection_buffer: must be at least 65536 bytes")
+    if st.max_buffered < st.connection_buffer:
+        raise ConfigError("streaming.max_buffered: must be at least streaming.connection_buffer")
 
 
 # -- the generic loader ---------------------------------------------------------------------------

@@ -137,7 +137,11 @@ class Daemon:
         Both are the pod shims' sessions (cri_shim.streaming.shim_backend).
         """
         adapter = EngineStreaming(self.engine.sandboxes, self.engine.containers, self.engine.shims)
-        return ShimStreamingBackend(adapter), adapter
+        c = self.config.streaming
+        backend = ShimStreamingBackend(
+            adapter, max_port_connects=c.max_port_connects, port_connect_timeout=c.port_connect_timeout
+        )
+        return backend, adapter
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -191,7 +195,10 @@ class Daemon:
         )
         try:
             if self.config.metrics.address:
-                self._metrics_server = MetricsServer(self.metrics, self.config.metrics.address)
+                m = self.config.metrics
+                self._metrics_server = MetricsServer(
+                    self.metrics, m.address, max_connections=m.max_connections, header_timeout=m.header_timeout
+                )
                 await self._metrics_server.start()
             start = asyncio.create_task(self.engine.start(), name="engine-start")
             stop = asyncio.create_task(self._stop.wait(), name="stop-signal")
@@ -238,6 +245,14 @@ def streaming_settings(config: Config) -> StreamingSettings:
         tls_key=c.tls_key,
         token_ttl=c.token_ttl,
         idle_timeout=c.idle_timeout,
+        header_timeout=c.header_timeout,
+        max_connections=c.max_connections,
+        max_pending=c.max_pending,
+        max_pending_per_client=c.max_pending_per_client,
+        max_streams_per_connection=c.max_streams_per_connection,
+        connection_buffer=c.connection_buffer,
+        max_streams=c.max_streams,
+        max_buffered=c.max_buffered,
     )
 
 

@@ -16,12 +16,17 @@ Two ways values arrive:
   recovery, events): :class:`cri_shim.metrics_engine.EngineCollector`.
 
 The HTTP endpoint is a small asyncio server in the daemon's own event loop: it refreshes the
-scrape-time snapshot on the loop, then renders the text with prometheus-client in a thread.
+scrape-time snapshot on the loop, then renders the text with prometheus-client in a thread
+(one rendering at a time, so scrapes never take more than one thread of the default
+executor). Anyone who can reach its port can connect, so connections are capped (the oldest
+one still sending its request head is dropped to make room) and the head and the response
+each have a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -39,6 +44,7 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
+from cri_shim.admission import PendingSlots
 from runtime.image.pull import PullReport
 from runtime.model.network import NetworkEvent
 
@@ -228,13 +234,36 @@ class _WithoutCreated:
                 yield family
 
 
-class MetricsServer:
-    """Serves ``GET /metrics`` on host:port from the event loop."""
+#: Seconds a /metrics client has to read the response.
+WRITE_TIMEOUT = 10.0
 
-    def __init__(self, metrics: Metrics, address: str) -> None:
+
+class MetricsServer:
+    """Serves ``GET /metrics`` on host:port from the event loop.
+
+    At most ``max_connections`` connections are open at once; a new one beyond that drops
+    the oldest connection still sending its request head, or is closed at once if every
+    connection is already being answered. A request head must arrive within
+    ``header_timeout`` seconds, and the response be read within :data:`WRITE_TIMEOUT`.
+    """
+
+    def __init__(
+        self, metrics: Metrics, address: str, *, max_connections: int = 16, header_timeout: float = 5.0
+    ) -> None:
         self._metrics = metrics
         self._address = address
         self._server: asyncio.Server | None = None
+        self._max_connections = max_connections
+        self._header_timeout = header_timeout
+        self._open = 0
+        self._pending = PendingSlots(max_connections, max_connections, on_drop=self._refused)
+        self._render_lock = asyncio.Lock()
+        #: connections refused or dropped, by reason
+        self.refused: collections.Counter[str] = collections.Counter()
+
+    def _refused(self, reason: str) -> None:
+        self.refused[reason] += 1
+        log.debug("metrics: connection refused or dropped: %s", reason)
 
     @property
     def port(self) -> int:
@@ -256,8 +285,21 @@ class MetricsServer:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # a dropped connection leaves on its next loop iteration: one drop makes room for one
+        if self._open >= self._max_connections and not self._pending.drop_oldest("connection_limit"):
+            self._refused("connection_limit")
+            writer.transport.abort()
+            return
+        self._open += 1
+        peer = writer.get_extra_info("peername")
+        pending = self._pending.admit(str(peer[0]) if isinstance(peer, tuple) else str(peer), writer.transport.abort)
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._header_timeout)
+            except TimeoutError:
+                self._refused("head_timeout")
+                return
+            self._pending.release(pending)
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             parts = request_line.split()
             if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
@@ -266,14 +308,17 @@ class MetricsServer:
                 await self._respond(writer, 404, b"not found; try /metrics\n", "text/plain")
             else:
                 self._metrics.refresh()
-                body = await asyncio.to_thread(self._metrics.exposition)
+                async with self._render_lock:
+                    body = await asyncio.to_thread(self._metrics.exposition)
                 await self._respond(writer, 200, body if parts[0] == "GET" else b"", CONTENT_TYPE_LATEST)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             pass
         finally:
+            self._pending.release(pending)
+            self._open -= 1
             writer.close()
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), 2)
 
     @staticmethod
     async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str) -> None:
@@ -283,4 +328,4 @@ class MetricsServer:
             "Connection: close\r\n\r\n".encode()
             + body
         )
-        await writer.drain()
+        await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)

@@ -198,6 +198,7 @@ async def serve_spdy(
                 pair.data = stream
             else:
                 pair.error = stream
+                stream.set_discard()  # only we write on it (cri-streaming reads nothing there)
             if pair.data is not None and pair.error is not None:
                 served += 1
                 pair.task = spawn(run_pair(pair))

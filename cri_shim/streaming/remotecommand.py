@@ -210,6 +210,12 @@ async def collect_spdy_streams(
     except TimeoutError:
         log.info("stream: timed out waiting for the client to create streams (have %s)", sorted(got))
         return None
+    # client-go opens no stream after these: more would only be held; and what a client
+    # sends on a stream only we write to (stdout, stderr, error) is dropped, not buffered
+    conn.refuse_new_streams()
+    for kind in (p.STREAM_STDOUT, p.STREAM_STDERR, p.STREAM_ERROR):
+        if kind in got:
+            got[kind].set_discard()
     streams = SessionStreams(
         tty=request.tty,
         stdin=got.get(p.STREAM_STDIN) if request.stdin else None,

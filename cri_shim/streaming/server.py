@@ -8,22 +8,31 @@ SPDY/3.1 or to WebSocket, and the session runs until it ends or the client goes 
 
 Every connection runs in a task the server tracks: :meth:`StreamingServer.close` cancels them
 all, and cancellation reaches the backend call, which releases its process or socket.
+
+Until its token is taken, a connection is *pending* (:mod:`cri_shim.admission`): bounded per
+client address and in total (the oldest pending one is dropped to make room), and it must
+finish the TLS handshake and its request head within ``header_timeout``. After the upgrade,
+the per-connection and daemon-wide limits of :mod:`cri_shim.streaming.limits` apply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
+from cri_shim.admission import Pending, PendingSlots
 from cri_shim.streaming import portforward, remotecommand
 from cri_shim.streaming import protocol as p
 from cri_shim.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend
 from cri_shim.streaming.httphead import HeadError, RequestHead, parse_head, query_ports, read_head, response, route
+from cri_shim.streaming.limits import ConnectionLimits, DaemonBudgets
 from cri_shim.streaming.metrics import NoStreamingMetrics, StreamingMetrics
 from cri_shim.streaming.spdy.connection import SpdyConnection
 from cri_shim.streaming.tokens import TokenCache
@@ -42,6 +51,12 @@ log = logging.getLogger(__name__)
 StreamRequest = ExecRequest | AttachRequest | PortForwardRequest
 
 
+class _Limits(TypedDict):
+    limits: ConnectionLimits
+    budgets: DaemonBudgets
+    on_cut: Callable[[str], None]
+
+
 @dataclass(frozen=True, slots=True)
 class StreamingSettings:
     """How the server listens and its limits (the daemon fills it from ``[streaming]``)."""
@@ -55,11 +70,25 @@ class StreamingSettings:
     idle_timeout: float = 4 * 3600.0
     #: seconds the client has to open its streams after the upgrade (cri-streaming: 30 s)
     stream_creation_timeout: float = 30.0
-    #: seconds to send the request head
-    header_timeout: float = 10.0
+    #: seconds to finish the TLS handshake and send the request head
+    header_timeout: float = 5.0
     #: concurrent connections; more get 503
     max_connections: int = 512
+    #: connections that have not presented a valid token yet, in total and per client address
+    max_pending: int = 256
+    max_pending_per_client: int = 128
+    #: streams (SPDY) or channels (WebSocket) held by one connection, in any state
+    max_streams_per_connection: int = 512
+    #: received bytes one connection may hold unread before it is not read any more
+    connection_buffer: int = 1 << 20
+    #: streams and unread bytes held by all connections; over, the biggest holder is cut off
+    max_streams: int = 4096
+    max_buffered: int = 64 << 20
     max_tokens: int = 1000
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(max_streams=self.max_streams_per_connection, buffer_bytes=self.connection_buffer)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -85,7 +114,16 @@ class StreamingServer:
             settings.token_ttl, clock=clock, max_in_flight=settings.max_tokens
         )
         self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        #: connections refused or cut off by a limit, by reason (connection_limit,
+        #: pending_limit, pending_per_client_limit, head_timeout, stream_limit,
+        #: daemon_streams_limit, daemon_bytes_limit)
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.pending = PendingSlots(settings.max_pending, settings.max_pending_per_client,
+                                    on_drop=self._refused)
+        self.budgets = DaemonBudgets.of(settings.max_streams, settings.max_buffered,
+                                        on_cut=self._refused)
         self._base_url = ""
         self.served = 0
 
@@ -98,7 +136,9 @@ class StreamingServer:
             tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             tls.minimum_version = ssl.TLSVersion.TLSv1_2
             tls.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        self._server = await asyncio.start_server(self._on_connection, host or None, port, ssl=tls)
+        # TLS is started per connection, inside the request-head timeout and the pending slots
+        self._tls = tls
+        self._server = await asyncio.start_server(self._on_connection, host or None, port)
         bound = self._server.sockets[0].getsockname()
         url_host = bound[0]
         if url_host in ("0.0.0.0", ""):
@@ -136,6 +176,10 @@ class StreamingServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
             self._server = None
 
+    def _refused(self, reason: str) -> None:
+        self.refused[reason] += 1
+        log.debug("streaming: connection refused or cut off: %s", reason)
+
     # -- URLs ---------------------------------------------------------------------------------
 
     def exec_url(self, request: ExecRequest) -> str:
@@ -154,12 +198,16 @@ class StreamingServer:
         assert task is not None
         self._connections[task] = writer
         peer = writer.get_extra_info("peername")
+        pending: Pending | None = None
         try:
             if len(self._connections) > self.settings.max_connections:
                 log.warning("streaming: refusing %s: %d connections open", peer, len(self._connections) - 1)
+                self._refused("connection_limit")
                 await _answer(writer, 503, "too many streaming connections")
                 return
-            await self._serve(reader, writer, peer)
+            client = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            pending = self.pending.admit(client, writer.transport.abort)
+            await self._serve(reader, writer, peer, pending)
         except asyncio.CancelledError:
             # Only close() cancels these tasks, and it waits for them. Ending normally keeps
             # asyncio's stream callback from logging the cancellation as an error.
@@ -167,19 +215,31 @@ class StreamingServer:
         except Exception:
             log.exception("streaming: connection from %s failed", peer)
         finally:
+            if pending is not None:
+                self.pending.release(pending)
             self._connections.pop(task, None)
             if not writer.is_closing():
                 writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: object, pending: Pending
+    ) -> None:
         try:
             async with asyncio.timeout(self.settings.header_timeout):
+                if self._tls is not None:
+                    try:
+                        await writer.start_tls(self._tls)
+                    except (ssl.SSLError, ConnectionError, OSError) as exc:
+                        log.info("streaming: TLS handshake with %s failed: %s", peer, exc)
+                        return
                 raw, rest = await read_head(reader)
             head = parse_head(raw)
             kind, token = route(head)
         except TimeoutError:
+            log.info("streaming: %s sent no request head in %.0fs", peer, self.settings.header_timeout)
+            self._refused("head_timeout")
             await _answer(writer, 408, "request head not received in time")
             return
         except HeadError as exc:
@@ -190,6 +250,7 @@ class StreamingServer:
             log.info("streaming: %s %s from %s: unknown, used or expired token", head.method, kind, peer)
             await _answer(writer, 404, "404 page not found")
             return
+        self.pending.release(pending)  # a valid token: no longer a pending connection
         started = time.monotonic()
         request = entry.request
         if not (head.is_websocket or head.is_spdy):
@@ -244,9 +305,11 @@ class StreamingServer:
             )
         )
         transport = StreamTransport(reader, writer, prefix=rest)
+        limits = self._limits()
         if isinstance(request, PortForwardRequest):
             conn = SpdyConnection(
-                transport, idle_timeout=self.settings.idle_timeout, stream_filter=portforward.stream_refusal(request)
+                transport, idle_timeout=self.settings.idle_timeout, stream_filter=portforward.stream_refusal(request),
+                **limits,
             )
             conn.start()
             try:
@@ -256,7 +319,7 @@ class StreamingServer:
                 )
             finally:
                 await conn.close()
-        conn = SpdyConnection(transport, idle_timeout=self.settings.idle_timeout)
+        conn = SpdyConnection(transport, idle_timeout=self.settings.idle_timeout, **limits)
         conn.start()
         try:
             return await remotecommand.serve_spdy(
@@ -300,16 +363,24 @@ class StreamingServer:
             if not ports:
                 await _answer(writer, 400, 'query parameter "port" is required')
                 return "no ports"
+            if 2 * len(ports) > self.settings.max_streams_per_connection:
+                self._refused("stream_limit")
+                await _answer(writer, 400, f"too many ports: {len(ports)} (at most "
+                                           f"{self.settings.max_streams_per_connection // 2} per connection)")
+                return "too many ports"
         transport = StreamTransport(reader, writer, prefix=rest)
+        limits = self._limits()
         try:
-            conn = await WsConnection.accept(transport, ws, chosen)
+            conn = await WsConnection.accept(transport, ws, chosen, **limits)
         except TransportClosed:
             return "disconnected during handshake"
         watchdog = asyncio.create_task(idle_watchdog(conn, self.settings.idle_timeout))
         try:
             if isinstance(request, PortForwardRequest):
                 if chosen == p.PORTFORWARD_TUNNEL:
-                    spdy = SpdyConnection(TunnelTransport(conn), stream_filter=portforward.stream_refusal(request))
+                    spdy = SpdyConnection(
+                        TunnelTransport(conn), stream_filter=portforward.stream_refusal(request), **limits
+                    )
                     spdy.start()
                     try:
                         return await portforward.serve_spdy(
@@ -323,6 +394,14 @@ class StreamingServer:
         finally:
             watchdog.cancel()
             await conn.close()
+
+    def _limits(self) -> _Limits:
+        """Keyword arguments that put a connection under the server's limits."""
+        return {
+            "limits": self.settings.connection_limits,
+            "budgets": self.budgets,
+            "on_cut": self._refused,
+        }
 
     async def _ws_remotecommand(self, conn: WsConnection, request: ExecRequest | AttachRequest, version: str) -> str:
         channels = ChannelConnection(conn, 5, readable={p.CHANNEL_STDIN, p.CHANNEL_RESIZE})

@@ -8,6 +8,12 @@ client message ``[255, channel]`` ends the client's side of that channel (stdin 
 
 :class:`TunnelTransport` carries a byte stream in binary messages: client-go's
 ``SPDY/3.1+portforward.k8s.io`` runs a whole SPDY session through it.
+
+Bounds (:mod:`cri_shim.streaming.limits`): a message is at most :data:`MAX_MESSAGE` bytes; the
+bytes of a message being assembled and those the channels hold unread count toward the
+daemon's byte budget, and at ``buffer_bytes`` unread the channel layer stops reading the
+socket; channels count as streams. Writers take turns (one message at a time, then the
+transport drains), so a client that does not read stalls them instead of growing a queue.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import binascii
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -33,12 +40,12 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from cri_shim.streaming import protocol as p
+from cri_shim.streaming.limits import DEFAULT_LIMITS, ConnectionLimits, DaemonBudgets
 from cri_shim.streaming.transport import StreamTransport, TransportClosed
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 4 * 1024 * 1024
-CHANNEL_BUFFER_LIMIT = 256 * 1024
 WRITE_CHUNK = 32 * 1024
 CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 1002
@@ -63,22 +70,72 @@ def start_server_handshake(head: bytes) -> tuple[WSConnection, Request]:
 
 
 class WsConnection:
-    """An accepted WebSocket: whole messages in, messages out, pings answered."""
+    """An accepted WebSocket: whole messages in, messages out, pings answered.
 
-    def __init__(self, transport: StreamTransport, ws: WSConnection, subprotocol: str) -> None:
+    It is the holder of the connection's share of the daemon budgets (:meth:`hold`)."""
+
+    def __init__(
+        self,
+        transport: StreamTransport,
+        ws: WSConnection,
+        subprotocol: str,
+        *,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
+        budgets: DaemonBudgets | None = None,
+        on_cut: Callable[[str], None] | None = None,
+    ) -> None:
         self.transport = transport
         self._ws = ws
         self.subprotocol = subprotocol
+        self.limits = limits
         self.closed = asyncio.Event()
         self._pending: list[bytes | str] = []
         self._parts: list[bytes | str] = []
         self._size = 0
         self.close_code: int | None = None
+        self.error: str | None = None
+        self._budgets = budgets
+        if budgets is not None:
+            budgets.join(self)
+        self._on_cut = on_cut
+        self._send_lock = asyncio.Lock()
 
     @classmethod
-    async def accept(cls, transport: StreamTransport, ws: WSConnection, subprotocol: str) -> WsConnection:
+    async def accept(
+        cls,
+        transport: StreamTransport,
+        ws: WSConnection,
+        subprotocol: str,
+        *,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
+        budgets: DaemonBudgets | None = None,
+        on_cut: Callable[[str], None] | None = None,
+    ) -> WsConnection:
         await transport.write(ws.send(AcceptConnection(subprotocol=subprotocol or None)))
-        return cls(transport, ws, subprotocol)
+        return cls(transport, ws, subprotocol, limits=limits, budgets=budgets, on_cut=on_cut)
+
+    # -- budget -------------------------------------------------------------------------------
+
+    def hold(self, *, streams: int = 0, nbytes: int = 0) -> None:
+        """Account streams (channels) or unread bytes to this connection."""
+        if self._budgets is not None:
+            if streams:
+                self._budgets.streams.add(self, streams)
+            if nbytes:
+                self._budgets.bytes.add(self, nbytes)
+
+    def unhold(self, *, nbytes: int) -> None:
+        if self._budgets is not None and nbytes:
+            self._budgets.bytes.remove(self, nbytes)
+
+    def cut_off(self, reason: str) -> None:
+        """End the connection at once (a daemon budget is exceeded and it holds the most)."""
+        if self.closed.is_set():
+            return
+        log.warning("websocket: cutting the connection off: %s", reason)
+        self.error = f"cut off: {reason}"
+        self._parts, self._size = [], 0
+        self.abort()
 
     @property
     def last_activity(self) -> float:
@@ -102,17 +159,21 @@ class WsConnection:
 
     async def _handle_events(self) -> None:
         for event in self._ws.events():
+            if self.closed.is_set():
+                return
             if isinstance(event, Message):
                 self._parts.append(event.data)
                 self._size += len(event.data)
                 if self._size > MAX_MESSAGE:
                     await self._fail(CLOSE_TOO_BIG, "message too big")
                     return
+                self.hold(nbytes=len(event.data))
                 if event.message_finished:
                     if isinstance(event, TextMessage):
                         self._pending.append("".join(str(x) for x in self._parts))
                     else:
                         self._pending.append(b"".join(bytes(x) for x in self._parts if isinstance(x, bytes)))
+                    self.unhold(nbytes=self._size)
                     self._parts, self._size = [], 0
             elif isinstance(event, Ping):
                 await self._send_raw(self._ws.send(event.response()))
@@ -124,7 +185,8 @@ class WsConnection:
 
     async def _send_raw(self, data: bytes) -> None:
         with contextlib.suppress(TransportClosed):
-            await self.transport.write(data)
+            async with self._send_lock:
+                await self.transport.write(data)
 
     async def _fail(self, code: int, reason: str) -> None:
         with contextlib.suppress(LocalProtocolError):
@@ -141,11 +203,12 @@ class WsConnection:
     async def _send(self, event: BytesMessage | TextMessage) -> None:
         if self.closed.is_set() or self._ws.state != ConnectionState.OPEN:
             raise TransportClosed("websocket closed")
-        try:
-            data = self._ws.send(event)
-        except LocalProtocolError as exc:
-            raise TransportClosed(str(exc)) from None
-        await self.transport.write(data)
+        async with self._send_lock:
+            try:
+                data = self._ws.send(event)
+            except LocalProtocolError as exc:
+                raise TransportClosed(str(exc)) from None
+            await self.transport.write(data)
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send a close frame (if still open), then close the transport gracefully."""
@@ -161,6 +224,8 @@ class WsConnection:
 
     def _mark_closed(self) -> None:
         self.closed.set()
+        if self._budgets is not None:
+            self._budgets.leave(self)
 
 
 async def idle_watchdog(conn: WsConnection, idle_seconds: float) -> None:
@@ -197,7 +262,7 @@ class WsChannel:
             await self._event.wait()
         data = bytes(self._buf[:max_bytes])
         del self._buf[:max_bytes]
-        self._conn.update_space()
+        self._conn.taken(len(data))
         return data
 
     async def write(self, data: bytes) -> None:
@@ -209,8 +274,9 @@ class WsChannel:
 
     def set_discard(self) -> None:
         self.discard = True
+        n = len(self._buf)
         self._buf.clear()
-        self._conn.update_space()
+        self._conn.taken(n)
 
     @property
     def aborted(self) -> bool:
@@ -220,10 +286,13 @@ class WsChannel:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def _on_data(self, data: bytes) -> None:
-        if not self.discard and not self.ended:
-            self._buf += data
-            self._event.set()
+    def _on_data(self, data: bytes) -> bool:
+        """Buffer ``data`` for the reader; False when it was dropped."""
+        if self.discard or self.ended:
+            return False
+        self._buf += data
+        self._event.set()
+        return True
 
     def _on_close(self) -> None:
         self.ended = True
@@ -231,15 +300,21 @@ class WsChannel:
 
 
 class ChannelConnection:
-    """The channel layer over an accepted WebSocket; :meth:`run` reads until the end."""
+    """The channel layer over an accepted WebSocket; :meth:`run` reads until the end.
+    Raises ValueError for more channels than the connection's stream limit."""
 
     def __init__(self, ws: WsConnection, count: int, readable: set[int]) -> None:
+        if count > ws.limits.max_streams:
+            raise ValueError(f"{count} channels are more than the limit of {ws.limits.max_streams} streams")
         self.ws = ws
         self.base64 = ws.subprotocol in (p.BASE64, p.V4_BASE64)
         self.close_signal = ws.subprotocol == p.V5
         self.channels = [WsChannel(self, i, i in readable) for i in range(count)]
+        #: unread bytes over all channels
+        self.buffered = 0
         self._space = asyncio.Event()
         self._space.set()
+        ws.hold(streams=count)
 
     def channel(self, number: int) -> WsChannel:
         return self.channels[number]
@@ -250,8 +325,14 @@ class ChannelConnection:
         else:
             await self.ws.send_bytes(bytes([number]) + data)
 
-    def update_space(self) -> None:
-        if any(c.buffered > CHANNEL_BUFFER_LIMIT for c in self.channels):
+    def taken(self, n: int) -> None:
+        """``n`` buffered bytes were read or dropped."""
+        self.buffered -= n
+        self.ws.unhold(nbytes=n)
+        self._update_space()
+
+    def _update_space(self) -> None:
+        if self.buffered >= self.ws.limits.buffer_bytes and not self.ws.closed.is_set():
             self._space.clear()
         else:
             self._space.set()
@@ -274,6 +355,7 @@ class ChannelConnection:
         finally:
             for c in self.channels:
                 c._on_close()
+            self._space.set()
 
     def _dispatch(self, message: bytes | str) -> None:
         if not message:
@@ -296,9 +378,10 @@ class ChannelConnection:
                 else:
                     log.info("websocket: bad close signal %r", message[:4])
                 return
-        if 0 <= number < len(self.channels):
-            self.channels[number]._on_data(data)
-            self.update_space()
+        if 0 <= number < len(self.channels) and self.channels[number]._on_data(data):
+            self.buffered += len(data)
+            self.ws.hold(nbytes=len(data))
+            self._update_space()
 
 
 class TunnelTransport:

@@ -4,6 +4,8 @@ attach connects to a local long-running "container" process, port-forward connec
 
 They follow the :class:`cri_shim.streaming.backend.StreamingBackend` contract, including
 cancellation: a cancelled exec kills its process group and reaps it.
+
+:class:`MemoryTransport` is a byte transport without a socket, for protocol tests fed bytes.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import pty
 import signal
 import struct
 import termios
+import time
 from dataclasses import dataclass, field
 
 from cri_shim.streaming.backend import AttachRequest, ExecRequest, StreamIO
+from cri_shim.streaming.transport import TransportClosed
 from runtime.errors import FailedPrecondition, NotFound
 
 
@@ -279,3 +283,42 @@ class TcpTarget:
             self.server.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
+
+
+class MemoryTransport:
+    """A ByteTransport: reads return what :meth:`feed` queued, writes are collected; writes
+    block while ``gate`` is clear."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self.written = bytearray()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.writing = 0  # bytes handed to write() and not written yet
+        self.aborted = False
+        self.last_activity = time.monotonic()
+
+    def feed(self, data: bytes) -> None:
+        self.incoming.put_nowait(data)
+
+    async def read(self, max_bytes: int) -> bytes:
+        if self.aborted:
+            return b""
+        return await self.incoming.get()
+
+    async def write(self, data: bytes) -> None:
+        if self.aborted:
+            raise TransportClosed("aborted")
+        self.writing += len(data)
+        try:
+            await self.gate.wait()
+        finally:
+            self.writing -= len(data)
+        self.written += data
+
+    async def close(self) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.incoming.put_nowait(b"")

@@ -1,5 +1,22 @@
 """SPDY/3.1 over an asyncio byte transport: the session of :mod:`.session` plus stream
-objects with async read/write, flow-control waits, read backpressure and an idle timeout."""
+objects with async read/write, flow-control waits, read backpressure and an idle timeout.
+
+What a peer can make a connection hold is bounded (:mod:`cri_shim.streaming.limits`):
+
+- streams: every stream object of the peer counts until it is garbage (open, half-closed,
+  reset but still held by the application, waiting in the accept queue), so no state of a
+  stream escapes the count. Over ``max_streams`` a new stream is refused; a peer that keeps
+  opening streams after as many refusals is cut off (GOAWAY).
+- received bytes: the sum over all streams of what the application has not read yet; at
+  ``buffer_bytes`` the socket is not read until it does (data for a stream nobody will read
+  is dropped, see :meth:`SpdyStream.set_discard`).
+- bytes to send: one writer at a time queues at most :data:`WRITE_CHUNK` bytes and waits for
+  the transport to drain, so a peer that does not read stalls the writers instead of growing
+  a queue.
+
+With a :class:`~cri_shim.streaming.limits.DaemonBudgets`, streams and bytes also count toward
+the daemon's totals, which cut off the connection holding the most when exceeded.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +24,10 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Callable
 
+from cri_shim.streaming.limits import DEFAULT_LIMITS, ConnectionLimits, DaemonBudgets
 from cri_shim.streaming.spdy.frames import FrameError, GoAwayStatus, Headers, RstStatus
 from cri_shim.streaming.spdy.session import (
     DataReceived,
@@ -26,8 +45,9 @@ from cri_shim.streaming.transport import ByteTransport, TransportClosed
 
 log = logging.getLogger(__name__)
 
-#: Bytes buffered per stream before the connection stops reading the socket.
-STREAM_BUFFER_LIMIT = 256 * 1024
+#: Most bytes one :meth:`SpdyStream.write` queues before it lets other writers go and waits
+#: for the transport to drain.
+WRITE_CHUNK = 64 * 1024
 
 
 class StreamClosedError(ConnectionError):
@@ -101,12 +121,13 @@ class SpdyStream:
         Raises StreamClosedError if the stream was reset or the connection is gone."""
         view = memoryview(data)
         while True:
-            self._check_writable()
-            try:
-                sent = self._conn.session.send_data(self.stream_id, bytes(view))
-            except SessionError as exc:
-                raise StreamClosedError(str(exc)) from None
-            await self._conn._flush()
+            async with self._conn._send_lock:
+                self._check_writable()
+                try:
+                    sent = self._conn.session.send_data(self.stream_id, bytes(view[:WRITE_CHUNK]))
+                except SessionError as exc:
+                    raise StreamClosedError(str(exc)) from None
+                await self._conn._flush()
             view = view[sent:]
             if not view:
                 return
@@ -147,6 +168,7 @@ class SpdyStream:
         self.reset_status = status
         self._conn.session.reset_stream(self.stream_id, status)
         self._conn.streams.pop(self.stream_id, None)
+        self._drop_buffer()
         self._readable.set()
         with contextlib.suppress(TransportClosed):
             await self._conn._flush()
@@ -167,18 +189,27 @@ class SpdyStream:
     def _on_data(self, data: bytes, fin: bool) -> None:
         if data:
             if self.discard:
-                self._conn._consumed(self, len(data))
+                self._conn._consumed(self, len(data), was_buffered=False)
             else:
                 self._buf += data
+                self._conn._received(len(data))
         if fin:
             self.remote_ended = True
         self._readable.set()
 
     def _on_reset(self, status: int) -> None:
+        # what arrived before the peer's RST_STREAM stays readable (client-go reads the
+        # error stream to its end after a reset); it still counts as buffered
         self.reset_status = status
         self._readable.set()
         self._window.set()
         self._replied.set()
+
+    def _drop_buffer(self) -> None:
+        """Forget unread bytes (the stream was reset: nobody may read them)."""
+        if self._buf:
+            self._conn._released(len(self._buf))
+            self._buf.clear()
 
     @property
     def buffered(self) -> int:
@@ -195,14 +226,28 @@ class SpdyConnection:
         *,
         client: bool = False,
         idle_timeout: float | None = None,
-        max_streams: int = 1000,
+        limits: ConnectionLimits = DEFAULT_LIMITS,
+        budgets: DaemonBudgets | None = None,
+        on_cut: Callable[[str], None] | None = None,
         accept_streams: bool = True,
         stream_filter: Callable[[Headers], str | None] | None = None,
     ) -> None:
         self.transport = transport
-        self.session = SpdySession(client=client, max_streams=max_streams)
+        self.limits = limits
+        self.session = SpdySession(client=client, max_streams=limits.max_streams)
         self.idle_timeout = idle_timeout
         self.streams: dict[int, SpdyStream] = {}
+        #: stream objects alive (any state, wherever they are held)
+        self.held_streams = 0
+        #: received bytes the application has not read yet
+        self.buffered = 0
+        self._budgets = budgets
+        if budgets is not None:
+            budgets.join(self)
+        #: told why the connection was cut off (metrics)
+        self._on_cut = on_cut
+        self._send_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
         self._incoming: asyncio.Queue[SpdyStream | None] = asyncio.Queue()
         self._accept_streams = accept_streams
         #: returns why a peer stream is refused (it is reset instead of replied), or None
@@ -228,20 +273,24 @@ class SpdyConnection:
             while not self.closed.is_set():
                 if not self._space.is_set():
                     await self._space.wait()
+                    continue
                 data = await self.transport.read(65536)
                 if not data:
                     break
                 try:
-                    events = self.session.receive_data(data)
+                    for event in self.session.receive_data(data):
+                        self._dispatch(event)
+                        if self.closed.is_set():
+                            break
                 except FrameError as exc:
                     self.error = f"protocol error: {exc}"
                     log.info("spdy: closing connection after a protocol error: %s", exc)
+                    if self._on_cut is not None and self.session.refused_streams > self.session.max_refused:
+                        self._on_cut("stream_limit")
                     self.session.fail(exc)
                     with contextlib.suppress(TransportClosed):
                         await self._flush()
                     break
-                for event in events:
-                    self._dispatch(event)
                 with contextlib.suppress(TransportClosed):
                     await self._flush()
         except TransportClosed:
@@ -265,7 +314,7 @@ class SpdyConnection:
             sid = self.session.open_stream(headers, fin)
         except SessionError as exc:
             raise StreamClosedError(str(exc)) from None
-        stream = SpdyStream(self, sid, headers)
+        stream = self._new_stream(sid, headers)
         stream._local_ended = fin
         self.streams[sid] = stream
         await self._flush()
@@ -290,17 +339,40 @@ class SpdyConnection:
         await self._flush()
 
     async def close(self, status: int = GoAwayStatus.OK) -> None:
-        """GOAWAY, then a graceful transport close. Idempotent."""
+        """GOAWAY, then a graceful transport close. Idempotent. What the streams still
+        buffer is dropped: nobody reads them once the connection is closed."""
         if not self.closed.is_set():
             self.session.goaway(status)
             with contextlib.suppress(TransportClosed):
                 await self._flush()
         self._mark_closed()
         await self._stop_tasks()
+        self._release()
         await self.transport.close()
 
     def abort(self) -> None:
         self._mark_closed()
+        self._release()
+        self.transport.abort()
+
+    def cut_off(self, reason: str) -> None:
+        """End the connection of a peer over a limit: release everything it holds now, try
+        to send GOAWAY for a moment, then abort the transport. Safe to call from the
+        dispatch of another connection (a daemon budget does that)."""
+        if self.closed.is_set():
+            return
+        log.warning("spdy: cutting the connection off: %s", reason)
+        self.error = f"cut off: {reason}"
+        self.session.goaway(GoAwayStatus.PROTOCOL_ERROR)
+        self._mark_closed()
+        self._release()
+        task = asyncio.ensure_future(self._goaway_then_abort())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _goaway_then_abort(self) -> None:
+        with contextlib.suppress(TransportClosed, TimeoutError):
+            await asyncio.wait_for(self._flush(), 1.0)
         self.transport.abort()
 
     async def _stop_tasks(self) -> None:
@@ -318,15 +390,47 @@ class SpdyConnection:
         if data:
             await self.transport.write(data)
 
-    def _consumed(self, stream: SpdyStream, n: int) -> None:
+    def _new_stream(self, stream_id: int, headers: Headers) -> SpdyStream:
+        stream = SpdyStream(self, stream_id, headers)
+        self.held_streams += 1
+        if self._budgets is not None:
+            self._budgets.streams.add(self, 1)
+        # counted until the object is garbage, wherever the application keeps it
+        weakref.finalize(stream, self._stream_gone)
+        return stream
+
+    def _stream_gone(self) -> None:
+        self.held_streams -= 1
+        if self._budgets is not None:
+            self._budgets.streams.remove(self, 1)
+
+    def _received(self, n: int) -> None:
+        self.buffered += n
+        self._update_space()
+        if self._budgets is not None:
+            self._budgets.bytes.add(self, n)
+
+    def _released(self, n: int) -> None:
+        self.buffered -= n
+        self._update_space()
+        if self._budgets is not None:
+            self._budgets.bytes.remove(self, n)
+
+    def _consumed(self, stream: SpdyStream, n: int, *, was_buffered: bool = True) -> None:
         if n:
             self.session.consumed(stream.stream_id, n)
-        self._update_space()
+            if was_buffered:
+                self._released(n)
         # a WINDOW_UPDATE may be queued: send it soon even if nothing else is written
-        if self.session.pending and not self.closed.is_set():
-            task = asyncio.ensure_future(self._flush_quietly())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if self.session.pending and not self.closed.is_set() and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.ensure_future(self._flush_pending())
+            self._tasks.add(self._flusher)
+            self._flusher.add_done_callback(self._tasks.discard)
+
+    async def _flush_pending(self) -> None:
+        with contextlib.suppress(TransportClosed):
+            while self.session.pending and not self.closed.is_set():
+                await self._flush()
 
     def _forget_if_done(self, stream: SpdyStream) -> None:
         """Drop a stream whose both ends are closed from the table (its object keeps what the
@@ -335,33 +439,50 @@ class SpdyConnection:
         if stream.remote_ended and stream._local_ended:
             self.streams.pop(stream.stream_id, None)
 
-    async def _flush_quietly(self) -> None:
-        with contextlib.suppress(TransportClosed):
-            await self._flush()
-
     def _update_space(self) -> None:
-        if any(s.buffered > STREAM_BUFFER_LIMIT for s in self.streams.values()):
+        if self.buffered >= self.limits.buffer_bytes and not self.closed.is_set():
             self._space.clear()
         else:
             self._space.set()
 
+    def refuse_new_streams(self) -> None:
+        """The application accepts no more streams: the peer's next ones are refused (and
+        count toward the refusals that cut a peer off); those not accepted yet are reset."""
+        self._accept_streams = False
+        while not self._incoming.empty():
+            stream = self._incoming.get_nowait()
+            if stream is not None:
+                self.session.reset_stream(stream.stream_id, RstStatus.REFUSED_STREAM)
+                self.streams.pop(stream.stream_id, None)
+                stream._on_reset(RstStatus.REFUSED_STREAM)
+                stream._drop_buffer()
+        if self.closed.is_set():
+            self._incoming.put_nowait(None)
+
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, StreamOpened):
-            stream = SpdyStream(self, event.stream_id, event.headers)
-            self.streams[event.stream_id] = stream
-            if event.fin:
-                stream.remote_ended = True
+            sid = event.stream_id
+            if not self._accept_streams or event.unidirectional:
+                # unidirectional streams are server push (SPDY/3 §3.3): nothing we serve
+                self.session.refuse(sid)
+                return
+            if self.held_streams >= self.limits.max_streams:
+                log.info("spdy: refusing stream %d: %d streams held (limit %d)",
+                         sid, self.held_streams, self.limits.max_streams)
+                self.session.refuse(sid)
+                return
             refusal = self._stream_filter(event.headers) if self._stream_filter else None
             if refusal is not None:
-                log.info("spdy: refusing stream %d: %s", event.stream_id, refusal)
-                self.session.reset_stream(event.stream_id, RstStatus.CANCEL)
-                self.streams.pop(event.stream_id, None)
-            elif self._accept_streams:
-                self.session.reply(event.stream_id)
-                self._incoming.put_nowait(stream)
-            else:
-                self.session.reset_stream(event.stream_id, RstStatus.REFUSED_STREAM)
-                self.streams.pop(event.stream_id, None)
+                log.info("spdy: refusing stream %d: %s", sid, refusal)
+                self.session.reset_stream(sid, RstStatus.CANCEL)
+                return
+            stream = self._new_stream(sid, event.headers)
+            if self.closed.is_set():  # the daemon's stream budget cut this connection off
+                return
+            stream.remote_ended = event.fin
+            self.session.reply(sid)
+            self.streams[sid] = stream
+            self._incoming.put_nowait(stream)
         elif isinstance(event, DataReceived):
             st = self.streams.get(event.stream_id)
             if st is not None:
@@ -414,4 +535,19 @@ class SpdyConnection:
             st._readable.set()
             st._window.set()
             st._replied.set()
+        self._incoming.put_nowait(None)
+        if self._budgets is not None:
+            # what the streams still hold is bounded per connection and freed with them
+            self._budgets.leave(self)
+
+    def _release(self) -> None:
+        """Drop every stream's unread bytes, the table and the accept queue (they reference
+        this connection: a cycle the garbage collector would free only much later)."""
+        for st in self.streams.values():
+            st._drop_buffer()
+        self.streams.clear()
+        while not self._incoming.empty():
+            stream = self._incoming.get_nowait()
+            if stream is not None:
+                stream._drop_buffer()
         self._incoming.put_nowait(None)

@@ -341,9 +341,11 @@ class FrameParser:
     (and its zlib context) is unusable and the connection must end.
     """
 
-    def __init__(self, max_control_length: int = 1 << 20, max_headers: int = 1000) -> None:
+    def __init__(
+        self, max_control_length: int = 1 << 20, max_headers: int = 1000, max_header_bytes: int = 256 * 1024
+    ) -> None:
         self._buf = bytearray()
-        self._decompressor = HeaderDecompressor()
+        self._decompressor = HeaderDecompressor(max_header_bytes)
         self._max_control = max_control_length
         self._max_headers = max_headers
         # an open data frame: (stream id, bytes left, fin flag)

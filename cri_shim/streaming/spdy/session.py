@@ -49,11 +49,13 @@ from cri_shim.streaming.spdy.frames import (
 
 @dataclass(frozen=True, slots=True)
 class StreamOpened:
-    """The peer opened a stream (SYN_STREAM). ``fin``: the peer will send nothing on it."""
+    """The peer opened a stream (SYN_STREAM). ``fin``: the peer will send nothing on it;
+    ``unidirectional``: it accepts nothing on it."""
 
     stream_id: int
     headers: Headers
     fin: bool
+    unidirectional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +126,31 @@ class StreamState:
 
 
 class SpdySession:
-    """One SPDY/3.1 session, either end. Servers use even stream ids, clients odd ones."""
+    """One SPDY/3.1 session, either end. Servers use even stream ids, clients odd ones.
 
-    def __init__(self, *, client: bool = False, max_streams: int = 1000, max_control_length: int = 1 << 20) -> None:
+    Limits on what the peer makes us hold: at most ``max_streams`` of its streams open at
+    once (half-closed ones count: they still take a table entry); a stream over that is
+    refused with RST_STREAM REFUSED_STREAM, and a peer that has had more than
+    ``max_refused`` streams refused (it ignores refusals) is a session error (GOAWAY).
+    Control frames are at most ``max_control_length`` bytes, and a header block inflates to
+    at most ``max_header_bytes``: the headers of the streams we serve are a few short
+    values, and a stream's headers stay in memory as long as the stream.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: bool = False,
+        max_streams: int = 1000,
+        max_refused: int | None = None,
+        max_control_length: int = 64 * 1024,
+        max_header_bytes: int = 16 * 1024,
+    ) -> None:
         self.client = client
         self.max_streams = max_streams
-        self._parser = FrameParser(max_control_length=max_control_length)
+        self.max_refused = max_streams if max_refused is None else max_refused
+        self.refused_streams = 0
+        self._parser = FrameParser(max_control_length=max_control_length, max_header_bytes=max_header_bytes)
         self._compressor = HeaderCompressor()
         self._out = bytearray()
         self.streams: dict[int, StreamState] = {}
@@ -236,6 +257,16 @@ class SpdySession:
         """Send RST_STREAM and forget the stream (no-op for a stream already gone)."""
         if self.streams.pop(stream_id, None) is not None:
             self._emit(RstStream(stream_id, status))
+
+    def refuse(self, stream_id: int) -> None:
+        """Refuse a peer's new stream (RST_STREAM REFUSED_STREAM): over a limit, or not wanted.
+        Raises FrameError once the peer has had more than ``max_refused`` streams refused:
+        the caller then ends the session as for any session error (:meth:`fail`)."""
+        self.streams.pop(stream_id, None)
+        self._emit(RstStream(stream_id, RstStatus.REFUSED_STREAM))
+        self.refused_streams += 1
+        if self.refused_streams > self.max_refused:
+            raise FrameError(f"the peer kept opening streams after {self.max_refused} were refused")
 
     def consumed(self, stream_id: int, n: int) -> None:
         """The application took ``n`` received bytes: reopen our receive windows (WINDOW_UPDATE
@@ -371,12 +402,12 @@ class SpdySession:
             self._emit(RstStream(sid, RstStatus.REFUSED_STREAM))
             return
         if len(self.streams) >= self.max_streams:
-            self._emit(RstStream(sid, RstStatus.REFUSED_STREAM))
+            self.refuse(sid)
             return
         st = StreamState(sid, send_window=self._initial_send_window, headers=frame.headers)
         st.local_closed = frame.unidirectional
         self.streams[sid] = st
-        events.append(StreamOpened(sid, frame.headers, frame.fin))
+        events.append(StreamOpened(sid, frame.headers, frame.fin, frame.unidirectional))
         if frame.fin:
             self._close_remote(st)
 
