@@ -105,6 +105,19 @@ async def spdy_connect(
     """Upgrade to SPDY/3.1 offering ``protocols``; returns the running client connection and the
     negotiated protocol. ``flow_control``: announce flow control with a SETTINGS frame (like a
     strict SPDY/3.1 peer); False behaves like moby/spdystream."""
+    reader, writer, version = await spdy_upgrade(url, protocols, method=method, tls=tls)
+    conn = SpdyConnection(StreamTransport(reader, writer), client=True, accept_streams=False)
+    conn.start()
+    if flow_control:
+        await conn.send_settings(((0, SettingId.INITIAL_WINDOW_SIZE, 64 * 1024),))
+    return conn, version
+
+
+async def spdy_upgrade(
+    url: str, protocols: Sequence[str], *, method: str = "POST", tls: ssl.SSLContext | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    """The HTTP upgrade to SPDY/3.1 alone: the raw socket after the 101 and the negotiated
+    protocol, for tests that write frames by hand. Raises UpgradeRefused."""
     reader, writer, target, host = await _open(url, tls)
     writer.write(
         (
@@ -117,11 +130,7 @@ async def spdy_connect(
         body = await reader.read()
         writer.close()
         raise UpgradeRefused(status, body)
-    conn = SpdyConnection(StreamTransport(reader, writer), client=True, accept_streams=False)
-    conn.start()
-    if flow_control:
-        await conn.send_settings(((0, SettingId.INITIAL_WINDOW_SIZE, 64 * 1024),))
-    return conn, headers.get(p.HEADER_PROTOCOL_VERSION.lower(), "")
+    return reader, writer, headers.get(p.HEADER_PROTOCOL_VERSION.lower(), "")
 
 
 async def _send_stdin(stream: SpdyStream | None, stdin: bytes | None, close_stdin: bool) -> None:
