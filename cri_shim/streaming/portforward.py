@@ -114,6 +114,7 @@ class _Pair:
     error: SpdyStream | None = None
     created: float = 0.0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    expiry: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 def request_id_of(stream: SpdyStream) -> str:
@@ -185,7 +186,7 @@ async def serve_spdy(
             pair = pairs.get(rid)
             if pair is None:
                 pair = pairs[rid] = _Pair(rid)
-                spawn(expire(pair))
+                pair.expiry = spawn(expire(pair))
             if (kind == p.STREAM_DATA and pair.data is not None) or (kind == p.STREAM_ERROR and pair.error is not None):
                 message = f"{kind} stream already assigned for request {rid}"
                 log.info("portforward: %s", message)
@@ -202,6 +203,11 @@ async def serve_spdy(
             if pair.data is not None and pair.error is not None:
                 served += 1
                 pair.task = spawn(run_pair(pair))
+                # complete: its expiry would keep the pair, and so its streams, for the whole
+                # creation timeout (each held stream counts toward the connection's limit)
+                if pair.expiry is not None:
+                    pair.expiry.cancel()
+                    pair.expiry = None
     finally:
         for task in list(tasks):
             task.cancel()

@@ -19,7 +19,7 @@ from cri_shim.streaming import protocol as p
 from cri_shim.streaming.backend import ExecRequest, PortForwardRequest
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
 from tests.support import stream_clients as c
-from tests.support.streaming_fakes import LocalBackend
+from tests.support.streaming_fakes import LocalBackend, TcpTarget
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -154,3 +154,23 @@ async def test_metrics_connections_are_capped_and_time_out() -> None:
             w.close()
     finally:
         await server.close()
+
+
+# -- port-forward churn under the stream limit ---------------------------------------------------
+
+
+async def test_finished_port_forward_connections_free_their_streams(backend: LocalBackend) -> None:
+    """Many short forwarded connections, one after the other, on one session with room for
+    four pairs at once: a finished one must not keep its streams (nor refuse the next)."""
+    target = await TcpTarget().start("echo")
+    srv = StreamingServer(backend, StreamingSettings(max_streams_per_connection=8))
+    await srv.start()
+    try:
+        conn, _ = await c.spdy_connect(srv.port_forward_url(PortForwardRequest("sandbox")), [p.PORTFORWARD_V1])
+        for i in range(20):
+            data, error = await c.spdy_forward_once(conn, target.port, i, b"hello %d" % i)
+            assert (data, error) == (b"hello %d" % i, b"")
+        await conn.close()
+    finally:
+        await srv.close()
+        await target.close()
