@@ -91,9 +91,12 @@ CASES = {
 
 @pytest.fixture
 def host_dir() -> Iterator[Path]:
-    """A unique directory on the host, the target of the image's links (empty, and must stay so)."""
+    """A unique directory on the host, the target of the image's links (empty, and must stay
+    so); world-writable like /tmp, so that not even a user namespace's root is kept out by
+    its permissions."""
     path = Path("/tmp") / unique("cri-hostile-", 30)
-    path.mkdir(mode=0o755)
+    path.mkdir()
+    path.chmod(0o1777)
     try:
         yield path
     finally:
@@ -128,10 +131,20 @@ def hostile_image(case: Case, target: str) -> ib.BuiltImage:
     return ib.build_image([base, top], config=cfg)
 
 
+def userns_pod(cfg: pb.PodSandboxConfig) -> None:
+    """hostUsers: false: the rootfs and binds are prepared as detached mounts by host root and
+    attached from inside the pod's user namespace (runtime.shim.userns_setup)."""
+    ids = [pb.IDMapping(host_id=2_100_000_000, container_id=0, length=65536)]
+    cfg.linux.security_context.namespace_options.userns_options.CopyFrom(pb.UserNamespace(mode=pb.POD, uids=ids,
+                                                                                          gids=ids))
+
+
+@pytest.mark.parametrize("users", ["host", "pod"])
 @pytest.mark.parametrize("style", ["absolute", "relative"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_image_symlinks_out_of_the_rootfs_stay_inside(d: DaemonProcess, hostile_reg: Registry, busybox: str,
-                                                      host_dir: Path, tmp_path: Path, name: str, style: str) -> None:
+                                                      host_dir: Path, tmp_path: Path, name: str, style: str,
+                                                      users: str) -> None:
     case = CASES[name]
     target = str(host_dir) if style == "absolute" else "../" * 12 + str(host_dir).lstrip("/")
     repo = f"hostile/{name}"
@@ -141,8 +154,11 @@ def test_image_symlinks_out_of_the_rootfs_stay_inside(d: DaemonProcess, hostile_
     pull(d, image)
     pull(d, busybox)
     pod_cfg = pod_config(log_directory=str(tmp_path / "logs"))
+    if users == "pod":
+        userns_pod(pod_cfg)
     pod = run_pod(d, pod_cfg)
     cfg = container_config("c", image)
+    cfg.linux.security_context.namespace_options.CopyFrom(pod_cfg.linux.security_context.namespace_options)
     case.config(cfg, busybox, tmp_path)
     error: grpc.RpcError | None = None
     cid = ""
@@ -152,7 +168,7 @@ def test_image_symlinks_out_of_the_rootfs_stay_inside(d: DaemonProcess, hostile_
     except grpc.RpcError as exc:
         error = exc
     # nothing was written, created or mounted on the host through the link
-    assert sorted(os.listdir(host_dir)) == [], f"{name}/{style}: the container set-up wrote into the host"
+    assert sorted(os.listdir(host_dir)) == [], f"{name}/{style}/{users}: the container set-up wrote into the host"
     assert mounts_at_or_under(host_dir) == []
     d.runtime.Version(pb.VersionRequest(), timeout=10)  # the daemon is still up
     if error is not None:
