@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from runtime.cgroups.driver import DRIVER_SETTINGS
 from runtime.cgroups.paths import check_cgroup_path
-from runtime.config import ImageSettings, NetworkSettings, PodSettings, RuntimeSettings, doc
+from runtime.cgroups.systemd.units import check_slice_name
+from runtime.config import CgroupSettings, ImageSettings, NetworkSettings, PodSettings, RuntimeSettings, doc
 from runtime.errors import InvalidArgument
 from runtime.image.pinning import compile_pattern
 
@@ -144,11 +146,13 @@ class Config:
     image: ImageSettings = field(default_factory=ImageSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
     pods: PodSettings = field(default_factory=PodSettings)
+    cgroups: CgroupSettings = field(default_factory=CgroupSettings)
 
     def runtime_settings(self) -> RuntimeSettings:
         """The engine's part of the configuration."""
         return RuntimeSettings(
-            root=self.root, state=self.state, image=self.image, network=self.network, pods=self.pods
+            root=self.root, state=self.state, image=self.image, network=self.network, pods=self.pods,
+            cgroups=self.cgroups,
         )
 
 
@@ -188,6 +192,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"pods.cgroup_parent: {exc}") from None
     if cfg.pods.cgroup_parent == "/":
         raise ConfigError("pods.cgroup_parent: must not be the root cgroup")
+    if cfg.cgroups.driver not in DRIVER_SETTINGS:
+        raise ConfigError(f"cgroups.driver: {cfg.cgroups.driver!r} is not one of {', '.join(DRIVER_SETTINGS)}")
+    try:
+        check_slice_name(cfg.cgroups.systemd_slice)
+    except InvalidArgument as exc:
+        raise ConfigError(f"cgroups.systemd_slice: {exc}") from None
     if cfg.pods.shm_size < 4096:
         raise ConfigError("pods.shm_size: must be at least 4096 bytes")
     if cfg.pods.stop_kill_timeout <= 0:

@@ -36,6 +36,7 @@ from cri_shim.streaming.backend import StreamingBackend
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
 from cri_shim.streaming.shim_backend import EngineStreaming, ShimStreamingBackend
 from runtime.engine import Engine
+from runtime.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,10 @@ class Daemon:
             stop = asyncio.create_task(self._stop.wait(), name="stop-signal")
             done, _ = await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
             if start in done:
-                start.result()  # a failed start-up (e.g. corrupt store) ends the daemon
+                try:
+                    start.result()  # a failed start-up (e.g. corrupt store) ends the daemon
+                except EngineError as exc:  # a host that cannot run the configuration
+                    raise StartupError(f"the engine cannot start: {exc}") from None
                 await stop
             else:
                 start.cancel()

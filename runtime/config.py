@@ -106,8 +106,9 @@ class PodSettings:
     cgroup_parent: str = field(
         default="/cri-shim",
         metadata=doc(
-            "cgroupfs path under which a pod gets its own cgroup (<cgroup_parent>/<pod id>) when "
-            "kubelet names none (crictl). With kubelet's cgroup_parent, kubelet's cgroup is used."
+            "cgroupfs driver: the path under which a pod gets its own cgroup (<cgroup_parent>/<pod id>) "
+            "when kubelet names none (crictl). With kubelet's cgroup_parent, kubelet's cgroup is "
+            "used. (The systemd driver uses cgroups.systemd_slice instead.)"
         ),
     )
     shm_size: int = field(
@@ -133,6 +134,28 @@ class PodSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CgroupSettings:
+    driver: str = field(
+        default="auto",
+        metadata=doc(
+            "Who creates pod and container cgroups: \"systemd\" (transient slices and scopes through "
+            "systemd's D-Bus API; kubelet's cgroupDriver: systemd, kubeadm's default), \"cgroupfs\" "
+            "(directories in /sys/fs/cgroup; kubelet's cgroupDriver: cgroupfs) or \"auto\" (systemd "
+            "when PID 1 is systemd on cgroup v2, else cgroupfs). RuntimeConfig reports the choice, "
+            "so kubelet >= 1.28 follows it."
+        ),
+    )
+    systemd_slice: str = field(
+        default="cri_shim.slice",
+        metadata=doc(
+            "systemd driver: the slice under which a pod kubelet names no parent for (crictl) gets "
+            "a slice of its own, <name>-<pod id>.slice. A '-' in the name nests it (a-b.slice is "
+            "inside a.slice)."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     """Everything the engine needs; paths are absolute."""
 
@@ -142,3 +165,4 @@ class RuntimeSettings:
     network: NetworkSettings = field(default_factory=NetworkSettings)
     cgroup_root: Path = Path("/sys/fs/cgroup")
     pods: PodSettings = field(default_factory=PodSettings)
+    cgroups: CgroupSettings = field(default_factory=CgroupSettings)

@@ -12,7 +12,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from runtime.cgroups import CgroupDriver, cgroup_driver, probe_cgroups
+from runtime.cgroups import CgroupDriver
+from runtime.cgroups.driver import choose_driver
+from runtime.cgroups.setup import open_cgroup_driver
+from runtime.cgroups.systemd.units import systemd_booted
 from runtime.config import RuntimeSettings
 from runtime.container.host import LinuxContainerHost
 from runtime.container.records import CONTAINER_MIGRATIONS
@@ -20,7 +23,7 @@ from runtime.container.service import ContainerService
 from runtime.errors import Unavailable
 from runtime.events import EventBus
 from runtime.handoff import HANDOFF_MIGRATIONS
-from runtime.hostinfo import HostInfo, probe_host
+from runtime.hostinfo import HostInfo, detect_cgroup_mode, probe_host
 from runtime.image.metadata import IMAGE_MIGRATIONS
 from runtime.image.service import ImageService
 from runtime.linux.ksm import start_ksm
@@ -135,6 +138,9 @@ class Engine:
             d.mkdir(parents=True, exist_ok=True, mode=0o711)
         await self.store.aopen()
         self.host = await asyncio.to_thread(probe_host, self.settings.cgroup_root)
+        # before recovery, and fatal: a driver that cannot work (systemd asked for on a host
+        # without it) must stop start-up with the reason rather than fail every pod later
+        self._cgroup_driver = await asyncio.to_thread(open_cgroup_driver, self.settings, self.host.cgroup_mode)
         counts: dict[str, int] = {}
         errors: list[str] = []
         for name, step in self._recover_steps:
@@ -160,6 +166,8 @@ class Engine:
             except Exception:
                 log.exception("engine close step failed")
         await asyncio.to_thread(self.store.close)
+        if self._cgroup_driver is not None:
+            self._cgroup_driver.close()
 
     def cgroups(self) -> CgroupDriver:
         """The cgroup driver of this host (probed by :meth:`start`)."""
@@ -167,12 +175,20 @@ class Engine:
             raise Unavailable("cgroups are not probed yet (the runtime is starting)")
         return self._cgroup_driver
 
+    def cgroup_driver_kind(self) -> str:
+        """"systemd" or "cgroupfs": the driver in use, or, before start has made it, the one
+        the settings choose on this host (RuntimeConfig is answered during start-up too).
+        Raises FailedPrecondition when the setting cannot work here."""
+        if self._cgroup_driver is not None:
+            return self._cgroup_driver.kind
+        mode = self.host.cgroup_mode if self.host is not None else detect_cgroup_mode(self.settings.cgroup_root)
+        return choose_driver(self.settings.cgroups.driver, mode, systemd_booted())
+
     async def _start_shims(self) -> int:
-        """Probe cgroups and the security facts of the host, then find or start the shim
-        factory (it outlives the daemon)."""
+        """Probe the security facts of the host, then find or start the shim factory (it
+        outlives the daemon)."""
         assert self.host is not None
-        host = await asyncio.to_thread(probe_cgroups, self.settings.cgroup_root, self.host.cgroup_mode)
-        self._cgroup_driver = cgroup_driver(host)
+        host = self.cgroups().host
         security = await asyncio.to_thread(probe_security_host, host)
         self.containers.security = ContainerSecurityPlanner(security)
         self.set_features(**security_features(security.kernel))

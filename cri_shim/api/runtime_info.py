@@ -80,7 +80,7 @@ class RuntimeInfoHandlers:
                 "schema": self._engine.store.schema_versions() if self._engine.ready else {},
             },
             "network": {"pod_cidr": await self._engine.pod_cidr() if self._engine.ready else None},
-            "cgroup": {"mode": str(host.cgroup_mode) if host else "", "driver": "cgroupfs"},
+            "cgroup": {"mode": str(host.cgroup_mode) if host else "", "driver": self._engine.cgroup_driver_kind()},
             "recovery": (
                 {"seconds": round(recovery.seconds, 4), "counts": recovery.counts, "errors": list(recovery.errors)}
                 if recovery
@@ -90,8 +90,9 @@ class RuntimeInfoHandlers:
         return {k: json.dumps(v, sort_keys=True) for k, v in info.items()}
 
     async def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: Ctx) -> pb.RuntimeConfigResponse:
-        # cri-shim manages cgroups through cgroupfs; kubelet >= 1.28 takes its driver from here.
-        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CGROUPFS))
+        # kubelet >= 1.28 (KubeletCgroupDriverFromCRI, GA 1.34) takes its cgroup driver from here.
+        driver = pb.SYSTEMD if self._engine.cgroup_driver_kind() == "systemd" else pb.CGROUPFS
+        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
     async def UpdateRuntimeConfig(
         self, request: pb.UpdateRuntimeConfigRequest, context: Ctx

@@ -7,30 +7,65 @@ The version-specific parts (plans, pid listing, kill, stats) are the subclasses'
 
 from __future__ import annotations
 
+import re
 import signal
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from runtime.cgroups.fs import CgroupFs
 from runtime.cgroups.host import CgroupHost
-from runtime.cgroups.paths import check_cgroup_path, under
+from runtime.cgroups.paths import (
+    DEFAULT_PARENT,
+    check_cgroup_path,
+    container_cgroup_path,
+    sandbox_cgroup_path,
+    under,
+)
 from runtime.cgroups.plan import CgroupPlan, apply_plan, os_error
 from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.tree import Clock, remove_subtrees
 from runtime.errors import InvalidArgument, NotFound
 from runtime.model.resources import Resources
 
+_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _is_id(path: str) -> bool:
+    return bool(_ID.fullmatch(path.rpartition("/")[2]))
+
 
 class CgroupDriverBase(ABC):
-    """See :class:`runtime.cgroups.driver.CgroupDriver` for the contract of each method."""
+    """See :class:`runtime.cgroups.driver.CgroupDriver` for the contract of each method.
+
+    The cgroupfs driver: pods without a kubelet parent get ``<default_parent>/<pod id>``,
+    containers ``<pod cgroup>/<container id>`` (containerd's cgroupfs layout).
+    """
+
+    kind = "cgroupfs"
+    process_bound = False
 
     def __init__(self, host: CgroupHost, fs: CgroupFs, clock: Clock, *, remove_timeout: float = 10.0,
-                 freeze_timeout: float = 2.0) -> None:
+                 freeze_timeout: float = 2.0, default_parent: str = DEFAULT_PARENT) -> None:
         self.host = host
         self.fs = fs
         self.clock = clock
         self.remove_timeout = remove_timeout
         self.freeze_timeout = freeze_timeout
+        self.default_parent = check_cgroup_path(default_parent)
+
+    # -- names --------------------------------------------------------------------------------
+
+    def sandbox_path(self, cgroup_parent: str, sandbox_id: str) -> str:
+        return sandbox_cgroup_path(cgroup_parent, sandbox_id, self.default_parent)
+
+    def container_path(self, sandbox_path: str, container_id: str) -> str:
+        return container_cgroup_path(sandbox_path, container_id)
+
+    def own_sandbox_cgroups(self) -> dict[str, str]:
+        return {p.rpartition("/")[2]: p for p in self.children(self.default_parent) if _is_id(p)}
+
+    def container_cgroups(self, sandbox_path: str) -> dict[str, str]:
+        return {p.rpartition("/")[2]: p for p in self.children(sandbox_path) if _is_id(p)}
 
     # -- layout -------------------------------------------------------------------------------
 
@@ -60,9 +95,11 @@ class CgroupDriverBase(ABC):
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def create(self, path: str, resources: Resources | None = None) -> bool:
+    def create(self, path: str, resources: Resources | None = None, *, pid: int | None = None) -> bool:
         leaves = set(self.directories(path))
         applied = apply_plan(self.fs, self.plan_create(path, resources))
+        if pid is not None:
+            self.add_process(path, pid)
         return any(d in leaves for d in applied.created)
 
     def update(self, path: str, resources: Resources) -> None:
@@ -113,3 +150,6 @@ class CgroupDriverBase(ABC):
 
     @abstractmethod
     def oom_kill_count(self, path: str) -> int | None: ...
+
+    def close(self) -> None:  # noqa: B027 - a hook with nothing to do for cgroupfs
+        """Nothing to release: cgroupfs needs no connection."""

@@ -1,4 +1,4 @@
-"""The cgroup driver port, and the choice of driver from the host's cgroup mode.
+"""The cgroup driver port, and the choice of driver from the setting and the host.
 
 All methods are blocking (cgroupfs I/O, short sleeps while processes exit): the asyncio
 daemon calls them through ``asyncio.to_thread``. Paths are cgroup paths as
@@ -10,21 +10,54 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from runtime.cgroups.fs import CgroupFs, LinuxCgroupFs
 from runtime.cgroups.host import CgroupHost
+from runtime.cgroups.paths import DEFAULT_PARENT
 from runtime.cgroups.plan import CgroupPlan
 from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.tree import Clock
+from runtime.errors import FailedPrecondition, InvalidArgument
 from runtime.hostinfo import CgroupMode
 from runtime.model.resources import Resources
 
+if TYPE_CHECKING:
+    from runtime.cgroups.v1 import CgroupV1Driver
+    from runtime.cgroups.v2 import CgroupV2Driver
+
 
 class CgroupDriver(Protocol):
-    """Create, limit, populate, kill, measure and remove cgroups of one cgroup version."""
+    """Create, limit, populate, kill, measure and remove cgroups of one cgroup version.
+
+    ``kind`` is what RuntimeConfig reports to kubelet ("cgroupfs" or "systemd").
+    ``process_bound`` is True when a container's cgroup can only be created around its first
+    process (systemd scopes): the engine then forks the process first and passes its pid to
+    :meth:`create`; otherwise the cgroup is created empty and the process joins it.
+    """
 
     host: CgroupHost
+    kind: str
+    process_bound: bool
+
+    def sandbox_path(self, cgroup_parent: str, sandbox_id: str) -> str:
+        """The pod's cgroup path: kubelet's ``cgroup_parent`` (a cgroupfs path, or a slice
+        name for the systemd driver), else one of our own under the configured parent.
+        Raises InvalidArgument for a parent of the other driver's kind, naming the fix."""
+        ...
+
+    def container_path(self, sandbox_path: str, container_id: str) -> str:
+        """A container's cgroup path below its pod's."""
+        ...
+
+    def own_sandbox_cgroups(self) -> dict[str, str]:
+        """sandbox id -> path of every pod cgroup under our own parent (recovery: the ones
+        of unknown sandboxes are removed)."""
+        ...
+
+    def container_cgroups(self, sandbox_path: str) -> dict[str, str]:
+        """container id -> path of every container cgroup directly below a pod's."""
+        ...
 
     def plan_create(self, path: str, resources: Resources | None = None) -> CgroupPlan:
         """The steps :meth:`create` performs (pure: no I/O). Raises InvalidArgument."""
@@ -34,12 +67,14 @@ class CgroupDriver(Protocol):
         """The writes :meth:`update` performs (pure: no I/O). Raises InvalidArgument."""
         ...
 
-    def create(self, path: str, resources: Resources | None = None) -> bool:
+    def create(self, path: str, resources: Resources | None = None, *, pid: int | None = None) -> bool:
         """Create ``path`` (and missing ancestors) with ``resources``; True if it was new.
 
         Idempotent: an existing cgroup just gets the resources written. On failure the
         directories this call created are removed again. Raises InvalidArgument for a bad
         request or a value the kernel refuses, FailedPrecondition when the kernel says busy.
+        ``pid``: a process to put in the new cgroup (required for a process-bound driver's
+        container cgroups; cgroupfs drivers move it in after creating the cgroup).
         """
         ...
 
@@ -95,6 +130,10 @@ class CgroupDriver(Protocol):
         no such counter (v1 before 4.13) or the cgroup is gone."""
         ...
 
+    def close(self) -> None:
+        """Release connections (the systemd driver's D-Bus connection); idempotent."""
+        ...
+
 
 def default_clock() -> Clock:
     return Clock(sleep=time.sleep, monotonic=time.monotonic)
@@ -106,14 +145,44 @@ def cgroup_driver(
     clock: Clock | None = None,
     *,
     remove_timeout: float = 10.0,
-) -> CgroupDriver:
-    """The driver for ``host.mode``: v2 on a unified host, v1 on legacy and hybrid hosts
-    (hybrid: controllers are on v1; the unified mount adds PSI only)."""
+    default_parent: str = DEFAULT_PARENT,
+) -> CgroupV1Driver | CgroupV2Driver:
+    """The cgroupfs driver for ``host.mode``: v2 on a unified host, v1 on legacy and hybrid
+    hosts (hybrid: controllers are on v1; the unified mount adds PSI only)."""
     from runtime.cgroups.v1 import CgroupV1Driver
     from runtime.cgroups.v2 import CgroupV2Driver
 
     real_fs = fs or LinuxCgroupFs()
     real_clock = clock or default_clock()
     if host.mode is CgroupMode.V2:
-        return CgroupV2Driver(host, real_fs, real_clock, remove_timeout=remove_timeout)
-    return CgroupV1Driver(host, real_fs, real_clock, remove_timeout=remove_timeout)
+        return CgroupV2Driver(host, real_fs, real_clock, remove_timeout=remove_timeout, default_parent=default_parent)
+    return CgroupV1Driver(host, real_fs, real_clock, remove_timeout=remove_timeout, default_parent=default_parent)
+
+
+DRIVER_SETTINGS = ("auto", "systemd", "cgroupfs")
+
+
+def choose_driver(setting: str, mode: CgroupMode, systemd_booted: bool) -> str:
+    """The driver kind for the ``[cgroups] driver`` setting on this host.
+
+    "auto": systemd when PID 1 is systemd and the host is on cgroup v2 (every current
+    distribution), else cgroupfs. "systemd" on a host without systemd as PID 1, or not on
+    cgroup v2, is refused (FailedPrecondition naming the fix) rather than quietly replaced.
+    """
+    if setting not in DRIVER_SETTINGS:
+        raise InvalidArgument(f"cgroup driver {setting!r} is not one of {', '.join(DRIVER_SETTINGS)}")
+    if setting == "cgroupfs":
+        return "cgroupfs"
+    if setting == "auto":
+        return "systemd" if systemd_booted and mode is CgroupMode.V2 else "cgroupfs"
+    if not systemd_booted:
+        raise FailedPrecondition(
+            'cgroups.driver = "systemd", but systemd is not PID 1 here (/run/systemd/system is missing); '
+            'set cgroups.driver = "cgroupfs" or "auto"'
+        )
+    if mode is not CgroupMode.V2:
+        raise FailedPrecondition(
+            f'cgroups.driver = "systemd" needs cgroup v2 (the unified hierarchy); this host is {mode}: '
+            'set cgroups.driver = "cgroupfs" or "auto", or boot with systemd.unified_cgroup_hierarchy=1'
+        )
+    return "systemd"

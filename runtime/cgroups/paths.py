@@ -7,7 +7,8 @@ outside the hierarchy (no ``..``, no empty or dot components, no odd characters)
 
 kubelet with the cgroupfs driver sends ``cgroup_parent`` like ``/kubepods/burstable/pod<uid>``;
 with the systemd driver it sends a slice name (``kubepods-burstable-pod<uid>.slice``), which
-we refuse with a message naming the fix, since we implement the cgroupfs driver only.
+only our systemd driver takes (``runtime.cgroups.systemd``); here it is refused with a
+message naming the fix.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def check_cgroup_path(path: str) -> str:
     if not path.startswith("/"):
         if path.endswith(".slice"):
             raise InvalidArgument(
-                f"cgroup parent {path!r} is a systemd slice: cri-shim implements the cgroupfs "
-                "driver only; configure kubelet with cgroupDriver: cgroupfs"
+                f"cgroup parent {path!r} is a systemd slice, but cri-shim uses the cgroupfs driver "
+                "here (cgroups.driver); configure kubelet with cgroupDriver: cgroupfs, or run cri-shim "
+                "with the systemd driver on a systemd host"
             )
         raise InvalidArgument(f"cgroup path {path!r} must be absolute")
     trimmed = path.rstrip("/")

@@ -16,7 +16,7 @@ from runtime.cgroups.base import CgroupDriverBase
 from runtime.cgroups.fs import CgroupFs, read_optional
 from runtime.cgroups.host import V2_CONTROLLERS, CgroupHost
 from runtime.cgroups.parse import flat_keyed
-from runtime.cgroups.paths import ancestors, parent_of, under
+from runtime.cgroups.paths import DEFAULT_PARENT, ancestors, parent_of, under
 from runtime.cgroups.plan import CgroupPlan, EnableControllers, Mkdir, PlanStep, os_error
 from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.stats_v2 import read_v2_oom_kill, read_v2_stats
@@ -32,10 +32,11 @@ class CgroupV2Driver(CgroupDriverBase):
     """See :class:`runtime.cgroups.driver.CgroupDriver` for the contract of each method."""
 
     def __init__(self, host: CgroupHost, fs: CgroupFs, clock: Clock, *, remove_timeout: float = 10.0,
-                 freeze_timeout: float = 2.0) -> None:
+                 freeze_timeout: float = 2.0, default_parent: str = DEFAULT_PARENT) -> None:
         if host.unified is None:
             raise InvalidArgument("cgroup v2 driver needs a unified hierarchy")
-        super().__init__(host, fs, clock, remove_timeout=remove_timeout, freeze_timeout=freeze_timeout)
+        super().__init__(host, fs, clock, remove_timeout=remove_timeout, freeze_timeout=freeze_timeout,
+                         default_parent=default_parent)
         self.root: Path = host.unified
         self.controllers = tuple(c for c in V2_CONTROLLERS if c in host.controllers)
 

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.cgroups.paths import container_cgroup_path
 from runtime.config import RuntimeSettings
 from runtime.container import spec as specs
 from runtime.container.host import ContainerHost
@@ -177,11 +176,16 @@ class ContainerService:
         cwd = specs.working_dir(config, image.config)
         state_dir = Path(rec.exit_dir)
         driver = self._cgroups()
-        cg_path = container_cgroup_path(sandbox.cgroup_path, cid)
+        cg_path = driver.container_path(sandbox.cgroup_path, cid)
         resources = check_resources(config.resources) if config.resources is not None else None
+        # A process-bound driver (systemd: a scope cannot exist without a process) makes the
+        # cgroup around the forked process below; the others make it now, empty.
+        bound = driver.process_bound
 
         def make_dirs_and_cgroup() -> None:
             self.host.make_state_dir(state_dir, log_path)
+            if bound:
+                return
             try:
                 driver.create(cg_path, resources)
             except BaseException:
@@ -199,8 +203,8 @@ class ContainerService:
         # period) were most of CreateContainer's time.
         client = self.sandboxes.shims.client(sandbox.id)
         precreated = asyncio.ensure_future(client.call(
-            "precreate", container_id=cid, namespaces=to_plain(namespaces), cgroup_procs=list(procs),
-            stdin=config.stdin, tty=config.tty, rpc_timeout=30,
+            "precreate", container_id=cid, namespaces=to_plain(namespaces),
+            cgroup_procs=[] if bound else list(procs), stdin=config.stdin, tty=config.tty, rpc_timeout=30,
         ))
 
         async def discard_precreated() -> None:
@@ -209,6 +213,22 @@ class ContainerService:
             await client.call("delete", container_id=cid, rpc_timeout=30)
 
         undo.push("precreated process", discard_precreated)
+        scoped: asyncio.Future[None] | None = None
+        if bound:
+            async def make_scope() -> None:
+                # systemd moves the waiting process into the new scope before the start job
+                # ends; its own join of the scope's cgroup.procs (with the spec) is a no-op.
+                pid = int((await precreated)["pid"])
+                await asyncio.to_thread(driver.create, cg_path, resources, pid=pid)
+
+            scoped = asyncio.ensure_future(make_scope())
+
+            async def settle_scope() -> None:
+                assert scoped is not None
+                with contextlib.suppress(Exception):
+                    await scoped
+
+            undo.push("scope", settle_scope)  # undone first: the scope's removal waits for it
         userns = sandbox.config.user_namespace
         # hostUsers: false: the upper dir is the container root's (its host uid) on the host
         rootfs_mount = await self.images.snapshots.prepare(
@@ -221,6 +241,9 @@ class ContainerService:
             sandbox_mounts=specs.pod_file_mounts(sandbox.files_dir, config.security.readonly_rootfs),
         )
         steps.mark("snapshot+security")
+        if scoped is not None:
+            await scoped
+            steps.mark("scope")
         for warning in plan.warnings:
             log.warning("container %s: %s", cid, warning)
         exec_process = plan.process(args, env, cwd, main=False)
@@ -633,9 +656,13 @@ class ContainerService:
         for sandbox in self.sandboxes.records.all():
             if not sandbox.cgroup_path:
                 continue
-            for name in _child_cgroups(driver, sandbox.cgroup_path):
-                if len(name) == 64 and name not in known:
-                    path = container_cgroup_path(sandbox.cgroup_path, name)
+            try:
+                children = driver.container_cgroups(sandbox.cgroup_path)
+            except (OSError, errors.EngineError) as exc:
+                log.error("recovery: cannot list the cgroups of sandbox %s: %s", sandbox.id, exc)
+                continue
+            for cid, path in children.items():
+                if cid not in known:
                     log.info("recovery: removing cgroup %s of an unknown container", path)
                     try:
                         driver.remove(path)
@@ -673,17 +700,6 @@ def _memory_dir(driver: Any, path: str) -> str:
         return str(host.unified / path.lstrip("/"))
     memory = host.v1_mounts.get("memory")
     return str(memory / path.lstrip("/")) if memory is not None else ""
-
-
-def _child_cgroups(driver: Any, path: str) -> list[str]:
-    host = driver.host
-    roots = [host.unified] if host.mode.value == "v2" and host.unified is not None else list(host.v1_hierarchies)
-    names: set[str] = set()
-    for root in roots:
-        d = root / path.lstrip("/")
-        with contextlib.suppress(OSError):
-            names.update(e.name for e in d.iterdir() if e.is_dir())
-    return sorted(names)
 
 
 def _image_ref(image: Image) -> str:

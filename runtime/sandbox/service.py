@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.cgroups.paths import sandbox_cgroup_path
 from runtime.cgroups.pod import sandbox_resources
 from runtime.config import RuntimeSettings
 from runtime.events import EventBus, EventKind
@@ -217,9 +216,9 @@ class SandboxService:
     async def _make_cgroup(self, rec: SandboxRecord, undo: UndoStack) -> SandboxRecord:
         config = rec.config
         driver = self._cgroups()
-        path = sandbox_cgroup_path(config.cgroup_parent, rec.id, default_parent=self.settings.pods.cgroup_parent)
+        path = driver.sandbox_path(config.cgroup_parent, rec.id)
         owned = not config.cgroup_parent
-        # With kubelet's cgroup_parent, kubelet limits the pod cgroup itself (cgroupfs driver).
+        # With kubelet's cgroup_parent, kubelet limits the pod cgroup (or slice) itself.
         resources = sandbox_resources(config.resources, config.overhead) if owned else None
         created = await asyncio.to_thread(driver.create, path, resources)
         owned = owned or created
@@ -464,15 +463,14 @@ class SandboxService:
 
     def _clean_orphan_cgroups(self, known: set[str]) -> None:
         driver = self._cgroups()
-        parent = self.settings.pods.cgroup_parent
         try:
-            children = _cgroup_children(driver, parent)
-        except OSError:
+            own = driver.own_sandbox_cgroups()
+        except (OSError, errors.EngineError) as exc:
+            log.error("recovery: cannot list pod cgroups: %s", exc)
             return
-        for name in children:
-            if name in known or len(name) != 64:
+        for sid, path in own.items():
+            if sid in known:
                 continue
-            path = f"{parent.rstrip('/')}/{name}"
             log.info("recovery: removing cgroup %s of an unknown sandbox", path)
             try:
                 driver.remove(path)
@@ -490,19 +488,3 @@ def _network_request(sandbox_id: str, config: SandboxConfig) -> PodNetworkReques
         port_mappings=config.port_mappings, annotations=dict(config.annotations),
         labels=dict(config.labels), cgroup_parent=config.cgroup_parent, dns=config.dns,
     )
-
-
-def _cgroup_children(driver: Any, parent: str) -> list[str]:
-    """Names of the cgroups directly below ``parent`` in any hierarchy."""
-    host = driver.host
-    roots: list[Path] = []
-    if host.unified is not None and host.mode.value == "v2":
-        roots.append(host.unified)
-    else:
-        roots.extend(host.v1_hierarchies)
-    names: set[str] = set()
-    for root in roots:
-        d = root / parent.lstrip("/")
-        if d.is_dir():
-            names.update(e.name for e in d.iterdir() if e.is_dir())
-    return sorted(names)

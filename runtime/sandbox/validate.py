@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from runtime.cgroups.paths import check_cgroup_path
+from runtime.cgroups.systemd.units import check_slice_name, is_slice_name
 from runtime.errors import InvalidArgument, Unimplemented
 from runtime.model.sandbox import NamespaceMode, SandboxConfig
 from runtime.security.sysctls import proc_path, validate_sysctls
@@ -110,7 +111,11 @@ def check_sandbox_config(
     ):
         raise InvalidArgument(f"log_directory {config.log_directory!r} must be an absolute path without '..'")
     if config.cgroup_parent:
-        check_cgroup_path(config.cgroup_parent)
+        # a cgroupfs path or a systemd slice; whether it fits the driver is the driver's call
+        if is_slice_name(config.cgroup_parent):
+            check_slice_name(config.cgroup_parent)
+        else:
+            check_cgroup_path(config.cgroup_parent)
     if config.dns is not None:
         for server in config.dns.servers:
             try:

@@ -15,6 +15,8 @@ import grpc
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
+from runtime.cgroups.systemd.units import systemd_booted
+from runtime.hostinfo import CgroupMode, detect_cgroup_mode
 from tests.support.daemon import DaemonProcess, make_daemon
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(90)]
@@ -39,13 +41,34 @@ def test_crictl_version_and_info(daemon: DaemonProcess) -> None:
     assert "NetworkReady" in conditions
     if not conditions["NetworkReady"]["status"]:
         assert conditions["NetworkReady"]["reason"]
-    assert info["cgroup"]["driver"] == "cgroupfs"
     assert info["config"]["root"] == str(daemon.root)
 
 
-def test_runtime_config_reports_cgroupfs(daemon: DaemonProcess) -> None:
+def test_runtime_config_reports_the_driver_in_use(daemon: DaemonProcess) -> None:
+    # the test daemon runs with cgroups.driver = "auto": systemd where PID 1 is systemd on v2
+    systemd = systemd_booted() and detect_cgroup_mode(Path("/sys/fs/cgroup")) is CgroupMode.V2
     r = daemon.runtime.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=5)
-    assert r.linux.cgroup_driver == pb.CGROUPFS
+    assert r.linux.cgroup_driver == (pb.SYSTEMD if systemd else pb.CGROUPFS)
+    info = json.loads(daemon.crictl("info").stdout)
+    assert info["cgroup"]["driver"] == ("systemd" if systemd else "cgroupfs")
+
+
+def test_systemd_driver_is_refused_without_systemd_as_pid1(tmp_path: Path) -> None:
+    d = make_daemon(tmp_path / "d", extra_config='[cgroups]\ndriver = "systemd"\n')
+    try:
+        if systemd_booted() and detect_cgroup_mode(Path("/sys/fs/cgroup")) is CgroupMode.V2:
+            d.start()  # a systemd node: the driver works and is reported
+            r = d.runtime.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=5)
+            assert r.linux.cgroup_driver == pb.SYSTEMD
+            return
+        res = subprocess.run([sys.executable, "-m", "cri_shim", "--config", str(d.config_path)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1
+        assert 'cgroups.driver = "systemd"' in res.stderr
+        assert "systemd is not PID 1" in res.stderr or "needs cgroup v2" in res.stderr
+        assert not d.socket.exists()
+    finally:
+        d.cleanup()
 
 
 def test_unbuilt_rpc_is_unimplemented_with_its_name(daemon: DaemonProcess) -> None:

@@ -64,6 +64,7 @@ class DaemonProcess:
     nft_table: str = ""
     pod_cidr: str = ""
     cgroup_parent: str = ""
+    systemd_slice: str = ""
     log_level: str = "debug"
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
@@ -238,6 +239,7 @@ def make_daemon(base: Path, extra_config: str = "", log_level: str = "debug") ->
         nft_table=unique("tcn"),
         pod_cidr=cidr,
         cgroup_parent="/" + unique("crishim-test-", 30),
+        systemd_slice=unique("crishim_test_", 30) + ".slice",
         log_level=log_level,
         base=base,
         socket=short / "cri.sock",
@@ -298,7 +300,9 @@ def write_config(d: DaemonProcess) -> None:
     # tests leave the host's KSM alone unless they ask for it (pods.merge_shim_memory)
     extra, pods_table = _with_defaults(extra, "pods", {"cgroup_parent": f'"{d.cgroup_parent}"',
                                                        "merge_shim_memory": "false"})
-    d.config_path.write_text(top + "\n" + tables + net_table + pods_table + "\n" + extra)
+    # where systemd is the driver (a systemd node), pods without a parent go under this slice
+    extra, cgroups_table = _with_defaults(extra, "cgroups", {"systemd_slice": f'"{d.systemd_slice}"'})
+    d.config_path.write_text(top + "\n" + tables + net_table + pods_table + cgroups_table + "\n" + extra)
 
 
 @contextlib.contextmanager

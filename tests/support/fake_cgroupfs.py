@@ -175,12 +175,18 @@ class FakeCgroupKernel(LinuxCgroupFs):
             name = tok[1:]
             if tok[0] not in "+-" or name not in available:
                 raise FileNotFoundError(errno.ENOENT, f"controller {name} not available", str(path))
+        added = []
         for tok in value.split():
             if tok[0] == "+" and tok[1:] not in enabled:
                 enabled.append(tok[1:])
+                added.append(tok[1:])
             elif tok[0] == "-" and tok[1:] in enabled:
                 enabled.remove(tok[1:])
         path.write_text(" ".join(enabled))
+        for child in self.child_dirs(path.parent):  # existing children get the new files
+            (child / "cgroup.controllers").write_text(" ".join(enabled))
+            for c in added:
+                self._populate(child, V2_FILES.get(c, {}))
 
     def _subtree_pids(self, d: Path) -> list[int]:
         return [int(p) for f in d.rglob("cgroup.procs") for p in f.read_text().split()]

@@ -72,6 +72,9 @@ def test_file_values_and_flag_overrides(tmp_path: Path) -> None:
         ("[image]\nmax_concurrent_downloads = 0\n", "image.max_concurrent_downloads"),
         ('[image]\npull_progress_timeout = "5m"\n', "image.pull_progress_timeout"),
         ("streaming = 3\n", "streaming"),
+        ('[cgroups]\ndriver = "systemd-ish"\n', "cgroups.driver"),
+        ('[cgroups]\nsystemd_slice = "a--b.slice"\n', "cgroups.systemd_slice"),
+        ('[cgroups]\nsystemd_slice = "/cri-shim"\n', "cgroups.systemd_slice"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
