@@ -88,7 +88,8 @@ class StreamReset:
 
 @dataclass(frozen=True, slots=True)
 class WindowOpened:
-    """More bytes may be sent; ``stream_id`` 0: the session window."""
+    """More bytes may be sent; ``stream_id`` 0: the session window, or every stream's (the
+    peer raised the initial window size)."""
 
     stream_id: int
 
@@ -349,16 +350,18 @@ class SpdySession:
                 events.append(StreamReset(frame.stream_id, frame.status))
         elif isinstance(frame, Settings):
             self.peer_flow_control = True
-            for _flags, setting, value in frame.entries:
-                if setting == SettingId.INITIAL_WINDOW_SIZE:
-                    if value > MAX_WINDOW:
-                        raise FrameError("INITIAL_WINDOW_SIZE above 2^31-1")
-                    delta = value - self._initial_send_window
-                    self._initial_send_window = value
-                    for st in self.streams.values():
-                        st.send_window += delta
-                        if delta > 0:
-                            events.append(WindowOpened(st.stream_id))
+            sizes = [value for _flags, setting, value in frame.entries if setting == SettingId.INITIAL_WINDOW_SIZE]
+            if sizes:
+                # the last one wins, applied once: a frame repeating the entry thousands of
+                # times must not cost thousands of passes over the streams (nor as many events)
+                if max(sizes) > MAX_WINDOW:
+                    raise FrameError("INITIAL_WINDOW_SIZE above 2^31-1")
+                delta = sizes[-1] - self._initial_send_window
+                self._initial_send_window = sizes[-1]
+                for st in self.streams.values():
+                    st.send_window += delta
+                if delta > 0 and self.streams:
+                    events.append(WindowOpened(0))
         elif isinstance(frame, Ping):
             if frame.ping_id % 2 == (1 if self.client else 0):
                 events.append(PingAnswered(frame.ping_id))

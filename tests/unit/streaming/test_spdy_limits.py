@@ -267,3 +267,18 @@ def test_session_bounds_control_frames() -> None:
     header = bytes([0x80, 3, 0, 1, 0]) + (2048).to_bytes(3, "big")
     with pytest.raises(f.FrameError, match="control frame"):
         server.receive_data(header)
+
+
+def test_a_settings_frame_repeating_its_entry_costs_one_pass() -> None:
+    """7000 INITIAL_WINDOW_SIZE entries going up and down (a 56 KiB frame), with 300 streams
+    open: one event, not one per entry and stream (over a million before)."""
+    client = s.SpdySession(client=True)
+    server = s.SpdySession()
+    for _ in range(300):
+        client.open_stream({})
+    server.receive_data(client.data_to_send())
+    entries = tuple((0, f.SettingId.INITIAL_WINDOW_SIZE, 70_000 + (i % 2) * 1000) for i in range(7000))
+    client.send_settings(entries)
+    events = server.receive_data(client.data_to_send())
+    assert events == [s.WindowOpened(0)]
+    assert server.streams[1].send_window == 71_000  # the last entry wins
