@@ -7,7 +7,7 @@ tree, as far as the driver relies on it:
 - StartTransientUnit of a slice makes its cgroup (and the implicit parent slices), of a
   scope makes its cgroup in the ``Slice=`` slice and moves the ``PIDs=`` into it; both
   enable the controllers accounting turns on (cpu, io, memory, pids; cpuset too for a
-  delegated scope) down the path; refused without PIDs for a scope ("Scope has no PIDs.
+  delegated scope or with AllowedCPUs=) down the path; refused without PIDs for a scope ("Scope has no PIDs.
   Refusing.") and with AlreadyExists for a loaded name;
 - StopUnit kills what is in the unit's cgroup (and the units below a slice) and removes
   it; NotFound for a unit not loaded;
@@ -70,9 +70,10 @@ class FakeSystemd:
                 raise self.fail_start.pop(name)
             if name in self.units:
                 raise AlreadyExists(f"systemd: unit {name} already exists (org.freedesktop.systemd1.UnitExists)")
+            cpuset = ("cpuset",) if "AllowedCPUs" in props or "AllowedMemoryNodes" in props else ()
             if name.endswith(SLICE):
                 path = expand_slice(name)
-                self._make(path, ACCOUNTED)
+                self._make(path, ACCOUNTED + cpuset)
             else:
                 pids = props.get("PIDs")
                 if not pids:

@@ -140,6 +140,11 @@ class DbusSystemd:
             if self._bus is not None:
                 self._bus.disconnect()
                 self._bus = None
+            here = asyncio.current_task()
+            rest = [t for t in asyncio.all_tasks() if t is not here]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
             asyncio.get_running_loop().stop()
 
         asyncio.run_coroutine_threadsafe(shut(), loop)

@@ -61,8 +61,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SLICE = "cri_shim.slice"
 # Controllers systemd does not manage: it neither enables nor disables them, so the driver
-# enables them itself where a limit needs their files (runc's fs2.CreateCgroupPath enables
-# every available controller down the path).
+# enables them itself down the path (runc's fs2.CreateCgroupPath enables every available
+# controller); the others are systemd's to enable, from the accounting properties.
 _FOREIGN_CONTROLLERS = ("hugetlb", "rdma", "misc")
 
 
@@ -131,7 +131,12 @@ class SystemdCgroupDriver:
         """The cgroupfs part of :meth:`create`, done once systemd has made the unit."""
         checked, _ = self._unit(path)
         steps: list[PlanStep] = []
-        foreign = tuple(c for c in _FOREIGN_CONTROLLERS if c in self.host.controllers)
+        wanted = list(_FOREIGN_CONTROLLERS)
+        r = resources or Resources()
+        if r.cpuset_cpus or r.cpuset_mems or any(k.startswith("cpuset.") for k in r.unified):
+            # systemd enables cpuset for AllowedCPUs= only from 244 on; before, it leaves it alone
+            wanted.append("cpuset")
+        foreign = tuple(c for c in wanted if c in self.host.controllers)
         if foreign:
             steps.extend(EnableControllers(under(self.inner.root, parent_of(cg)), foreign) for cg in ancestors(checked))
         return CgroupPlan(tuple(steps)) + plan_v2_resources(self.host, self.inner.directory(checked),
