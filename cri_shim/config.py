@@ -24,6 +24,7 @@ from runtime.cgroups.systemd.units import check_slice_name
 from runtime.config import CgroupSettings, ImageSettings, NetworkSettings, PodSettings, RuntimeSettings, doc
 from runtime.errors import InvalidArgument
 from runtime.image.pinning import compile_pattern
+from runtime.image.proxy import normalize_proxy_url, redacted
 
 DEFAULT_CONFIG_PATH = Path("/etc/cri-shim/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -208,6 +209,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("image.layer_unpack_timeout: must be >= 0")
     if not 1 <= cfg.image.max_concurrent_downloads <= 64:
         raise ConfigError("image.max_concurrent_downloads: must be between 1 and 64")
+    for key in ("https_proxy", "http_proxy"):
+        try:
+            normalize_proxy_url(getattr(cfg.image, key), f"image.{key}")
+        except InvalidArgument as exc:
+            raise ConfigError(str(exc)) from None
+    if cfg.image.auth_file and not Path(cfg.image.auth_file).is_absolute():
+        raise ConfigError(f"image.auth_file: {cfg.image.auth_file!r} must be an absolute path")
     for i, pattern in enumerate(cfg.image.pinned_images):
         try:
             compile_pattern(pattern)
@@ -230,6 +238,7 @@ def _validate(cfg: Config) -> None:
         ("network.cni_cache_dir", cfg.network.cni_cache_dir),
         ("image.registries_config", cfg.image.registries_config),
         *((f"network.cni_bin_dirs[{i}]", p) for i, p in enumerate(cfg.network.cni_bin_dirs)),
+        *((f"image.certs_dirs[{i}]", p) for i, p in enumerate(cfg.image.certs_dirs)),
     ):
         if not path.is_absolute():
             raise ConfigError(f"{key}: {str(path)!r} must be an absolute path")
@@ -352,7 +361,8 @@ def documented_keys(cls: type[Any] = Config, prefix: str = "") -> dict[str, str]
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
-    """The effective configuration as plain values (for Status verbose info)."""
+    """The effective configuration as plain values (for Status verbose info); passwords
+    in proxy URLs are hidden."""
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
@@ -364,6 +374,8 @@ def as_dict(cfg: Config) -> dict[str, Any]:
         return v
 
     result: dict[str, Any] = plain(cfg)
+    for key in ("https_proxy", "http_proxy"):  # a proxy URL may carry a password
+        result["image"][key] = redacted(result["image"][key])
     return result
 
 

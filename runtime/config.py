@@ -46,6 +46,46 @@ class ImageSettings:
             "killed, the layer discarded and the pull fails (0 = never)."
         ),
     )
+    certs_dirs: tuple[Path, ...] = field(
+        default=(Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d")),
+        metadata=doc(
+            "containers-certs.d(5) directories: the first that has a <host[:port]> directory "
+            "gives that registry's TLS files: *.crt CAs trusted besides the system store, "
+            "*.cert + *.key client certificate pairs. A registry with a directory is verified "
+            "even on loopback."
+        ),
+    )
+    auth_file: str = field(
+        default="",
+        metadata=doc(
+            "containers-auth.json(5) file with the node's registry credentials (\"auths\" by "
+            "registry host or host/namespace, base64 user:password \"auth\", \"identitytoken\"), "
+            "used when kubelet sends no credentials for the registry. Empty: none. podman login "
+            "as root writes /run/containers/0/auth.json."
+        ),
+    )
+    https_proxy: str = field(
+        default="",
+        repr=False,  # may carry a password
+        metadata=doc(
+            "Proxy for HTTPS registry traffic (http://[user:pass@]host:port). Empty: the daemon's "
+            "HTTPS_PROXY/https_proxy environment variable, as containerd and CRI-O read it."
+        ),
+    )
+    http_proxy: str = field(
+        default="",
+        repr=False,
+        metadata=doc("Proxy for plain-HTTP registry traffic. Empty: HTTP_PROXY/http_proxy from the environment."),
+    )
+    no_proxy: str = field(
+        default="",
+        metadata=doc(
+            "Hosts reached without the proxy, as Go reads NO_PROXY: comma-separated host names "
+            "(and their sub-domains), .domain (sub-domains only), IPs, CIDRs, optional :port, or "
+            "*. localhost and loopback IPs never use the proxy. Empty: NO_PROXY/no_proxy from "
+            "the environment."
+        ),
+    )
     pinned_images: tuple[str, ...] = field(
         default=(),
         metadata=doc(

@@ -4,6 +4,8 @@ Contract of :meth:`Puller.pull`:
 - Sources come from registries.conf: eligible mirrors in order, then the primary location;
   the first that resolves the reference is used for every blob of the pull. A blocked
   registry fails with PermissionDenied before any network traffic.
+- Credentials per source: kubelet's AuthConfig when it applies to the source's host, else
+  the node's auth file (:mod:`runtime.image.authfile`), else none.
 - Every blob is verified (digest and size) before it is used; every layer's uncompressed
   digest must equal the config's DiffID before its snapshot is committed.
 - Layers whose chain id already has a ready snapshot are neither downloaded nor extracted
@@ -32,6 +34,7 @@ from runtime.image import manifest as mf
 from runtime.image import metadata as md
 from runtime.image.applier import ApplyLimits
 from runtime.image.auth import RegistryAuth
+from runtime.image.authfile import AuthFile
 from runtime.image.content import ContentStore
 from runtime.image.model import Image
 from runtime.image.reference import Reference
@@ -95,6 +98,7 @@ class Puller:
         registries: RegistriesConfigCache,
         observers: list[PullObserver],
         *,
+        auth_file: AuthFile | None = None,
         max_concurrent_downloads: int,
         limits: ApplyLimits,
         owner: str,
@@ -107,6 +111,7 @@ class Puller:
         self._snapshots = snapshots
         self._client = client
         self._registries = registries
+        self._auth_file = auth_file or AuthFile(None)
         self._observers = observers
         self._downloads = asyncio.Semaphore(max_concurrent_downloads)
         self._limits = limits
@@ -177,7 +182,11 @@ class Puller:
         sources = config.sources(ref)
         errors: list[tuple[PullSource, BaseException]] = []
         for source in sources:
-            session = self._client.session(source.host, source.repository, source.insecure, auth)
+            source_auth = auth if auth is not None and auth.applies_to(source.host) else None
+            if source_auth is None:
+                # kubelet sent none for this registry: the node's auth file may have some.
+                source_auth = await asyncio.to_thread(self._auth_file.lookup, source.host, source.repository)
+            session = self._client.session(source.host, source.repository, source.insecure, source_auth)
             try:
                 top = await session.manifest(ref.resolvable, ref.digest)
                 return session, top, source.describe()

@@ -11,7 +11,9 @@ by these rules rather than the HTTP library's:
   at such an address (a registry on 127.0.0.1 may redirect to 127.0.0.1). A name is
   resolved and every address it has must pass. The connection resolves the name again, so
   a DNS server that answers differently the second time (rebinding) is not excluded; the
-  check stops the plain SSRF of a ``Location: http://169.254.169.254/...``.
+  check stops the plain SSRF of a ``Location: http://169.254.169.254/...``. Through a proxy
+  (:mod:`runtime.image.proxy`) the proxy resolves names: a target name this node cannot
+  resolve is then left to the proxy (one it resolves must still pass; literals always do).
 - **Credentials stay with their host.** The Authorization header (Basic credentials or a
   bearer token) is sent only to the host and port it was meant for; every redirect to
   another host or port goes without it (httpx strips it across origins too; we do not rely
@@ -91,11 +93,19 @@ class RedirectPolicy:
     registry_at: tuple[str, int]
     credentials_for: tuple[str, int]
     resolve: Resolver
+    #: True for a URL the request goes to through a proxy (None: never).
+    proxied: Callable[[httpx.URL], bool] | None = None
 
     async def check_target(self, url: httpx.URL, what: str) -> None:
         """Refuse ``url`` when its address is internal and the registry is not there itself.
         (The registry's own addresses are looked up only when the target is internal.)"""
-        kinds = await internal_kinds(url.host, endpoint(url)[1], self.resolve)
+        try:
+            kinds = await internal_kinds(url.host, endpoint(url)[1], self.resolve)
+        except Unavailable:
+            # A node behind a proxy often cannot resolve outside names: the proxy does.
+            if self.proxied is not None and self.proxied(url):
+                return
+            raise
         if kinds:
             kinds -= await internal_kinds(*self.registry_at, self.resolve)
         if kinds:

@@ -1,8 +1,12 @@
 """Distribution v2 client (async, httpx): manifests and blobs with auth and verification.
 
-- Scheme: HTTPS, verified. For loopback hosts and registries marked insecure, HTTPS is tried
+- Scheme: HTTPS, verified against the system CA store plus the registry's containers-certs.d
+  directory, which may also hold a client certificate (:mod:`runtime.image.certs`). For
+  registries marked insecure, and loopback hosts without a certs.d directory, HTTPS is tried
   first without verification and plain HTTP is used when the TLS handshake fails (Docker's
   rule for insecure registries); the choice is remembered per host.
+- Proxies: ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` as Go reads them
+  (:mod:`runtime.image.proxy`), chosen per request (redirect targets and token realms too).
 - Auth: anonymous first; on 401 the ``WWW-Authenticate`` challenge decides: Basic with the
   credentials, or Bearer via the realm (GET with Basic credentials, or the OAuth2
   refresh-token POST for an identity token; a registry token is used as is). Tokens are
@@ -25,22 +29,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import ipaddress
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from runtime.image import certs
 from runtime.image.auth import Challenge, RegistryAuth, parse_challenges
 from runtime.image.content import DigestMismatch
 from runtime.image.manifest import ACCEPT, MAX_MANIFEST_BYTES
+from runtime.image.proxy import ProxyConfig, ProxyRouter
 from runtime.image.redirects import RedirectPolicy, Resolver, endpoint, send_following, system_resolve
 from runtime.image.regtext import MAX_BODY, error_summary, printable
 
@@ -51,6 +60,10 @@ DOCKER_HUB_API = "registry-1.docker.io"
 _BATCH = 1 << 20
 #: A token response is a small JSON object (a JWT of a few KiB); more is not read.
 MAX_TOKEN_RESPONSE = 1 << 20
+#: What a request can fail with on the wire. httpcore lets an ssl.SSLError raised while
+#: reading (a TLS alert after the handshake: the registry refusing our client certificate
+#: under TLS 1.3) through unwrapped.
+TRANSPORT_ERRORS = (httpx.HTTPError, ssl.SSLError)
 
 
 def is_loopback(host: str) -> bool:
@@ -77,46 +90,82 @@ class FetchedManifest:
 
 class RegistryClient:
     """Shared HTTP state (connection pools, scheme choices, tokens). One per ImageService.
-    ``transport`` and ``resolve`` replace the network and the name lookups (tests)."""
+    ``certs_dirs`` are the containers-certs.d directories, ``proxies`` the proxy settings.
+    ``transport`` and ``resolve`` replace the network and the name lookups (tests; a
+    ``transport`` also replaces TLS and proxies)."""
 
     def __init__(
         self,
         progress_timeout: float,
         max_connections: int = 16,
         *,
+        certs_dirs: tuple[Path, ...] = (),
+        proxies: ProxyConfig | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         resolve: Resolver = system_resolve,
     ) -> None:
         self._transport = transport
         self.resolve = resolve
+        self.certs_dirs = certs_dirs
+        self.proxies = proxies or ProxyConfig()
         read = progress_timeout if progress_timeout > 0 else None
         connect = min(30.0, read) if read is not None else 30.0
         self._timeout = httpx.Timeout(connect=connect, read=read, write=60.0, pool=None)
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._progress_timeout = progress_timeout
-        self._clients: dict[bool, httpx.AsyncClient] = {}
+        # One HTTP client per TLS configuration (certs.d directory and its files' stamp,
+        # verification on or off); a client whose files changed is retired, closed at close().
+        self._clients: dict[tuple[Path | None, certs.Stamp, bool], httpx.AsyncClient] = {}
+        self._retired: list[httpx.AsyncClient] = []
         self._schemes: dict[str, str] = {}
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
 
-    def _client(self, verify: bool) -> httpx.AsyncClient:
-        c = self._clients.get(verify)
-        if c is None:
-            c = httpx.AsyncClient(
-                verify=verify,
-                timeout=self._timeout,
-                limits=self._limits,
-                follow_redirects=False,  # followed by runtime.image.redirects' rules
-                headers={"User-Agent": USER_AGENT},
-                trust_env=False,
-                transport=self._transport,
-            )
-            self._clients[verify] = c
+    async def tls_for(self, host: str) -> certs.HostTLS:
+        """The certs.d configuration of ``host`` (read now: a changed directory is seen by
+        the next pull). Raises FailedPrecondition for an unusable directory."""
+        if not self.certs_dirs:
+            return certs.HostTLS(host)
+        return await asyncio.to_thread(certs.find, self.certs_dirs, host)
+
+    async def http_client(self, tls: certs.HostTLS, verify: bool) -> httpx.AsyncClient:
+        """The pooled client for ``tls`` with server verification on or off."""
+        key = (tls.directory, tls.stamp, verify)
+        c = self._clients.get(key)
+        if c is not None:
+            return c
+        transport = self._transport
+        if transport is None:
+            ctx = await asyncio.to_thread(certs.ssl_context, tls, verify)
+            c = self._clients.get(key)  # made by a concurrent pull meanwhile
+            if c is not None:
+                return c
+            transport = ProxyRouter(self.proxies, lambda proxy: self._http_transport(ctx, proxy))
+        for old_key in [k for k in self._clients if k[0] == tls.directory and k[2] == verify]:
+            self._retired.append(self._clients.pop(old_key))
+        c = httpx.AsyncClient(
+            timeout=self._timeout,
+            follow_redirects=False,  # followed by runtime.image.redirects' rules
+            headers={"User-Agent": USER_AGENT},
+            trust_env=False,  # proxies come from self.proxies (runtime.image.proxy)
+            transport=transport,
+        )
+        self._clients[key] = c
         return c
 
+    def _http_transport(self, ctx: ssl.SSLContext, proxy: str) -> httpx.AsyncHTTPTransport:
+        # An https:// proxy is verified against the system store (not the registry's CAs).
+        via = None
+        if proxy.startswith("https://"):
+            via = httpx.Proxy(proxy, ssl_context=ssl.create_default_context())
+        elif proxy:
+            via = httpx.Proxy(proxy)
+        return httpx.AsyncHTTPTransport(verify=ctx, limits=self._limits, proxy=via)
+
     async def close(self) -> None:
-        for c in self._clients.values():
+        for c in [*self._clients.values(), *self._retired]:
             await c.aclose()
         self._clients.clear()
+        self._retired.clear()
 
     def session(self, host: str, repository: str, insecure: bool, auth: RegistryAuth | None) -> RegistrySession:
         """A view on one repository of one registry, with the credentials to use there."""
@@ -133,7 +182,11 @@ class RegistrySession:
         # Docker Hub's API lives on registry-1.docker.io (docker.io itself serves no /v2/).
         self.api_host = DOCKER_HUB_API if host in ("docker.io", "index.docker.io") else host
         self.repository = repository
+        self.insecure = insecure
+        # Final once the certs.d directory is known (_ready): a loopback host with one is verified.
         self.relaxed = insecure or is_loopback(host)
+        self.tls: certs.HostTLS | None = None
+        self._http: httpx.AsyncClient | None = None
         self._auth = auth
         self._authorization: str | None = None
         self._scope = f"repository:{repository}:pull"
@@ -150,16 +203,30 @@ class RegistrySession:
                  self._auth.registry_token)
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
+    async def _ready(self) -> httpx.AsyncClient:
+        """The HTTP client for this registry's TLS configuration (read on first use)."""
+        if self._http is None:
+            self.tls = await self._c.tls_for(self.host)
+            self.relaxed = self.insecure or (is_loopback(self.host) and self.tls.directory is None)
+            self._http = await self._c.http_client(self.tls, verify=not self.relaxed)
+        return self._http
+
+    def _unreachable(self, exc: BaseException) -> str:
+        """The reason a request failed, with TLS advice (:func:`certs.tls_failure`)."""
+        tls = certs.tls_failure(exc, self.tls, self._c.certs_dirs)
+        return tls or printable(exc) or type(exc).__name__
+
     def _policy(self, url: httpx.URL) -> RedirectPolicy:
         """Redirect rules for a request chain whose credentials belong to ``url``'s host."""
         registry_at = endpoint(httpx.URL(f"{url.scheme}://{self.api_host}/"))
-        return RedirectPolicy(self.host, registry_at, endpoint(url), self._c.resolve)
+        proxies = self._c.proxies
+        return RedirectPolicy(self.host, registry_at, endpoint(url), self._c.resolve,
+                              proxied=lambda target: bool(proxies.proxy_for(target)))
 
     async def _send(self, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
         """Send with the chosen scheme; for relaxed hosts fall back from HTTPS to HTTP."""
+        client = await self._ready()
         scheme = self._c._schemes.get(self.api_host, "https")
-        verify = not self.relaxed
-        client = self._c._client(verify)
         try:
             req = client.build_request(method, f"{scheme}://{self.api_host}{path}", headers=headers)
             return await send_following(client, req, self._policy(req.url))
@@ -202,8 +269,8 @@ class RegistrySession:
             raise DeadlineExceeded(
                 f"registry {self.host}: no progress for {self._c._progress_timeout:g}s ({type(exc).__name__})"
             ) from None
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"registry {self.host} unreachable: {printable(exc) or type(exc).__name__}") from None
+        except TRANSPORT_ERRORS as exc:
+            raise Unavailable(f"registry {self.host} unreachable: {self._unreachable(exc)}") from None
 
     async def _authorize(self, challenges: list[Challenge]) -> str:
         for ch in challenges:
@@ -236,7 +303,7 @@ class RegistrySession:
         query = {"scope": self._scope}
         if params.get("service"):
             query["service"] = params["service"]
-        client = self._c._client(not self.relaxed)
+        client = await self._ready()
         policy = self._policy(realm_url)
         # The realm is the registry's delegate: credentials go there (module docstring), but
         # never to an address inside the node the registry itself is not at.
@@ -261,10 +328,8 @@ class RegistrySession:
                 raw = await _read_bounded(resp, MAX_TOKEN_RESPONSE)
             finally:
                 await resp.aclose()
-        except httpx.HTTPError as exc:
-            raise Unavailable(
-                f"token server of registry {self.host} unreachable: {printable(exc) or type(exc).__name__}"
-            ) from None
+        except TRANSPORT_ERRORS as exc:
+            raise Unavailable(f"token server of registry {self.host} unreachable: {self._unreachable(exc)}") from None
         if resp.status_code in (401, 403):
             raise PermissionDenied(f"token server of registry {self.host} refused the credentials ({resp.status_code})")
         if resp.status_code != 200:
@@ -292,7 +357,7 @@ class RegistrySession:
         body = b""
         try:
             body = await _read_bounded(resp, MAX_BODY)
-        except httpx.HTTPError:
+        except TRANSPORT_ERRORS:
             pass  # the summary is best effort; the status code is the error
         finally:
             await resp.aclose()
@@ -322,8 +387,8 @@ class RegistrySession:
                     raise InvalidArgument(f"{what} is larger than {MAX_MANIFEST_BYTES} bytes")
         except httpx.TimeoutException:
             raise DeadlineExceeded(f"registry {self.host}: no progress while reading {what}") from None
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"registry {self.host}: reading {what} failed: {printable(exc)}") from None
+        except TRANSPORT_ERRORS as exc:
+            raise Unavailable(f"registry {self.host}: reading {what} failed: {self._unreachable(exc)}") from None
         finally:
             await resp.aclose()
         body = bytes(data)
@@ -364,8 +429,8 @@ class RegistrySession:
             raise DeadlineExceeded(
                 f"registry {self.host}: no progress for {self._c._progress_timeout:g}s while downloading {what}"
             ) from None
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"registry {self.host}: download of {what} failed: {printable(exc)}") from None
+        except TRANSPORT_ERRORS as exc:
+            raise Unavailable(f"registry {self.host}: download of {what} failed: {self._unreachable(exc)}") from None
         finally:
             await resp.aclose()
         return total

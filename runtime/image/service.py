@@ -20,7 +20,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from runtime.config import ImageSettings
@@ -28,10 +28,12 @@ from runtime.errors import InvalidArgument, NotFound
 from runtime.image import metadata as md
 from runtime.image.applier import ApplyLimits
 from runtime.image.auth import RegistryAuth
+from runtime.image.authfile import AuthFile
 from runtime.image.content import ContentStore, owner_tag
 from runtime.image.manifest import Platform
 from runtime.image.model import FilesystemUsage, FsInfo, Image
 from runtime.image.pinning import PinnedImages
+from runtime.image.proxy import ProxyConfig
 from runtime.image.pull import Puller, PullObserver
 from runtime.image.reference import parse, parse_image_id
 from runtime.image.registries import RegistriesConfigCache
@@ -93,7 +95,11 @@ class ImageService:
         platform: Platform | None = None,
         owner: str | None = None,
         unpack_workers: int | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
+        """``environ`` gives HTTPS_PROXY/HTTP_PROXY/NO_PROXY where the settings leave them
+        empty (default: this process's environment). Raises InvalidArgument for a proxy
+        URL that is not one."""
         self.settings = settings
         self.root = root
         self._store = store
@@ -107,7 +113,11 @@ class ImageService:
         self.snapshots.set_collector(self.collect_garbage)
         self._observers: list[PullObserver] = list(observers)
         self._client = RegistryClient(
-            settings.pull_progress_timeout, max_connections=4 * settings.max_concurrent_downloads
+            settings.pull_progress_timeout,
+            max_connections=4 * settings.max_concurrent_downloads,
+            certs_dirs=settings.certs_dirs,
+            proxies=ProxyConfig.resolve(settings.https_proxy, settings.http_proxy, settings.no_proxy,
+                                        os.environ if environ is None else environ),
         )
         self._limits = ApplyLimits(max_bytes=settings.max_layer_bytes)
         self._puller = Puller(
@@ -117,6 +127,7 @@ class ImageService:
             self._client,
             RegistriesConfigCache(settings.registries_config),
             self._observers,
+            auth_file=AuthFile(Path(settings.auth_file) if settings.auth_file else None),
             max_concurrent_downloads=settings.max_concurrent_downloads,
             limits=self._limits,
             owner=self._owner,
@@ -264,6 +275,7 @@ class ImageService:
         half-made layer snapshots, directories and blobs nothing references, hidden images
         no container uses. Returns how many items were removed."""
         await asyncio.to_thread(self.init)
+        log.info("registry traffic: %s", self._client.proxies.describe())
         removed = await asyncio.to_thread(self.content.clean_ingest)
         await self._store.write(md.drop_dead_leases)
         removed += await self.snapshots.recover()

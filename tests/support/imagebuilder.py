@@ -37,6 +37,7 @@ import json
 import os
 import platform as _platform
 import re
+import ssl
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -488,12 +489,13 @@ def push_manifest(client: Any, repository: str, ref: str, blob: Blob) -> str:
 
 
 def push(base_url: str, repository: str, tag: str, image: BuiltImage | BuiltIndex,
-         auth: tuple[str, str] | None = None) -> str:
+         auth: tuple[str, str] | None = None, verify: ssl.SSLContext | bool = False) -> str:
     """Push ``image`` (all blobs, then manifests, then the tag) to the registry at
     ``base_url`` (``http://127.0.0.1:PORT``) as ``repository:tag``; returns the digest of
     the pushed top-level manifest. Handles anonymous, Basic and Bearer-token registries."""
-    # verify=False: test registries on loopback use throw-away self-signed certificates.
-    client = _TokenAwareClient(httpx.Client(base_url=base_url, timeout=60.0, verify=False), auth)
+    # verify=False: test registries on loopback use throw-away self-signed certificates (a
+    # context with a client certificate for those that require one).
+    client = _TokenAwareClient(httpx.Client(base_url=base_url, timeout=60.0, verify=verify), auth)
     try:
         if isinstance(image, BuiltIndex):
             for img in image.images:

@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -51,9 +52,9 @@ REGISTRY_BIN = Path("/usr/bin/docker-registry")
 AuthMode = Literal["none", "htpasswd", "token"]
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((address, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -174,10 +175,27 @@ class Registry:
     token_server: TokenServer | None = None
     log_path: Path = field(default_factory=Path)
     tls: bool = False
+    #: (cert, key) the test's own requests present (a registry with ``client_ca`` requires one).
+    client_cert: tuple[Path, Path] | None = None
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
+
+    @property
+    def port(self) -> int:
+        return int(self.host.rsplit(":", 1)[1])
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What the test's own requests verify with (nothing: throw-away certificates),
+        with :attr:`client_cert` loaded."""
+        if self.client_cert is None:
+            return False
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
+        return ctx
 
     @property
     def credentials(self) -> tuple[str, str] | None:
@@ -185,13 +203,14 @@ class Registry:
 
     def push(self, repository: str, tag: str, image: ib.BuiltImage | ib.BuiltIndex) -> str:
         """Push ``image`` as ``repository:tag``; returns the top-level manifest digest."""
-        return ib.push(self.url, repository, tag, image, auth=self.credentials)
+        return ib.push(self.url, repository, tag, image, auth=self.credentials, verify=self.ssl_context())
 
     def ref(self, repository: str, tag: str = "latest") -> str:
         return f"{self.host}/{repository}:{tag}"
 
     def delete_manifest(self, repository: str, digest: str) -> None:
-        r = httpx.delete(f"{self.url}/v2/{repository}/manifests/{digest}", auth=self.credentials, timeout=30)
+        with httpx.Client(verify=self.ssl_context(), timeout=30) as c:
+            r = c.delete(f"{self.url}/v2/{repository}/manifests/{digest}", auth=self.credentials)
         if r.status_code != 202:
             raise RuntimeError(f"delete {repository}@{digest}: {r.status_code} {r.text}")
 
@@ -242,7 +261,8 @@ def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
 
 
 def _config(workdir: Path, port: int, auth: AuthMode, username: str, password: str,
-            token: TokenServer | None, tls: bool = False) -> str:
+            token: TokenServer | None, tls: bool = False, address: str = "127.0.0.1",
+            tls_files: tuple[Path, Path] | None = None, client_ca: Path | None = None) -> str:
     lines = [
         "version: 0.1",
         "log:",
@@ -257,12 +277,14 @@ def _config(workdir: Path, port: int, auth: AuthMode, username: str, password: s
         "  cache:",
         "    blobdescriptor: inmemory",
         "http:",
-        f"  addr: 127.0.0.1:{port}",
+        f"  addr: {address}:{port}",
         f"  secret: {secrets.token_hex(16)}",
     ]
     if tls:
-        cert, key = self_signed(workdir)
+        cert, key = tls_files or self_signed(workdir)
         lines += ["  tls:", f"    certificate: {cert}", f"    key: {key}"]
+        if client_ca is not None:  # docker-registry then requires a client certificate signed by it
+            lines += ["    clientcas:", f"      - {client_ca}"]
     if auth == "htpasswd":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -278,10 +300,16 @@ def _config(workdir: Path, port: int, auth: AuthMode, username: str, password: s
 
 
 def start_registry(parent: Path | None = None, *, auth: AuthMode = "none", username: str = "testuser",
-                   password: str | None = None, timeout: float = 20.0, tls: bool = False) -> Registry:
-    """Start docker-registry on 127.0.0.1 (random free port) with storage in a new temp dir
-    under ``parent``; waits until ``/v2/`` answers. Retries with another port if the chosen
-    one was taken meanwhile. ``tls=True`` serves HTTPS with a fresh self-signed certificate."""
+                   password: str | None = None, timeout: float = 20.0, tls: bool = False,
+                   address: str = "127.0.0.1", tls_files: tuple[Path, Path] | None = None,
+                   client_ca: Path | None = None, client_cert: tuple[Path, Path] | None = None) -> Registry:
+    """Start docker-registry on ``address`` (a loopback address; random free port) with
+    storage in a new temp dir under ``parent``; waits until ``/v2/`` answers. Retries with
+    another port if the chosen one was taken meanwhile. ``tls=True`` serves HTTPS with a
+    fresh self-signed certificate, or with ``tls_files`` (cert, key) when given;
+    ``client_ca`` makes it require client certificates signed by that CA, and
+    ``client_cert`` is what the test's own pushes present."""
+    tls = tls or tls_files is not None
     if not REGISTRY_BIN.exists():
         raise RuntimeError(f"{REGISTRY_BIN} is missing: apt-get install docker-registry")
     password = password or secrets.token_hex(8)
@@ -289,20 +317,20 @@ def start_registry(parent: Path | None = None, *, auth: AuthMode = "none", usern
     for _attempt in range(5):
         workdir = Path(tempfile.mkdtemp(prefix="registry-", dir=parent))
         token = TokenServer(workdir, username, password) if auth == "token" else None
-        port = free_port()
+        port = free_port(address)
         cfg = workdir / "config.yml"
-        cfg.write_text(_config(workdir, port, auth, username, password, token, tls))
+        cfg.write_text(_config(workdir, port, auth, username, password, token, tls, address, tls_files, client_ca))
         log_path = workdir / "registry.log"
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(cfg)], stdout=logf, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                     "OTEL_TRACES_EXPORTER": "none"})
-        reg = Registry(f"127.0.0.1:{port}", workdir, auth, proc, username if auth != "none" else "",
-                       password if auth != "none" else "", token, log_path, tls)
+        reg = Registry(f"{address}:{port}", workdir, auth, proc, username if auth != "none" else "",
+                       password if auth != "none" else "", token, log_path, tls, client_cert)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                r = httpx.get(f"{reg.url}/v2/", timeout=2, verify=False)
+                r = httpx.get(f"{reg.url}/v2/", timeout=2, verify=reg.ssl_context())
                 if r.status_code in (200, 401):
                     return reg
             except httpx.HTTPError:
