@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from cri_shim.api.chunks import MAX_MESSAGE_BYTES
 from cri_shim.api.containers import ContainerHandlers
 from cri_shim.api.dispatch import Dispatcher
 from cri_shim.api.events import ContainerEventFeed, EngineStatusSource, EventHandlers
@@ -40,8 +41,6 @@ from runtime.errors import EngineError
 
 log = logging.getLogger(__name__)
 
-#: kubelet's CRI client limit (k/k PR #64672); both directions.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: How long in-flight calls may run after SIGTERM before the server cancels them.
 SHUTDOWN_GRACE_SECONDS = 10.0
 

@@ -1,5 +1,6 @@
 """CRI containers: CreateContainer, StartContainer, StopContainer, RemoveContainer,
-ContainerStatus, ListContainers, UpdateContainerResources, ReopenContainerLog, ExecSync.
+ContainerStatus, ListContainers, StreamContainers, UpdateContainerResources, ReopenContainerLog,
+ExecSync.
 
 Only protobuf ⇄ model translation and one engine call per method.
 """
@@ -7,10 +8,12 @@ Only protobuf ⇄ model translation and one engine call per method.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from cri_shim.api.chunks import chunks, within_limit
 from cri_shim.api.gen import api_pb2 as pb
 from cri_shim.api.translate import (
     env_value,
@@ -238,13 +241,23 @@ class ContainerHandlers:
             response.info["info"] = json.dumps(self._engine.containers.info(rec), sort_keys=True)
         return response
 
-    async def ListContainers(self, request: pb.ListContainersRequest, context: Ctx) -> pb.ListContainersResponse:
-        f = request.filter
+    def _containers(self, f: pb.ContainerFilter) -> list[pb.Container]:
         state = _STATE_OF_PB.get(f.state.state) if f.HasField("state") else None
         records = self._engine.containers.list(
             id_prefix=f.id, state=state, sandbox_id=f.pod_sandbox_id, labels=dict(f.label_selector)
         )
-        return pb.ListContainersResponse(containers=[container_to_pb(r) for r in records])
+        return [container_to_pb(r) for r in records]
+
+    async def ListContainers(self, request: pb.ListContainersRequest, context: Ctx) -> pb.ListContainersResponse:
+        response = pb.ListContainersResponse(containers=self._containers(request.filter))
+        return within_limit(response, "ListContainers", "StreamContainers")
+
+    async def StreamContainers(
+        self, request: pb.StreamContainersRequest, context: Ctx
+    ) -> AsyncIterator[pb.StreamContainersResponse]:
+        """ListContainers' answer in bounded chunks (``cri_shim.api.chunks``)."""
+        for batch in chunks(self._containers(request.filter)):
+            yield pb.StreamContainersResponse(containers=batch)
 
     async def UpdateContainerResources(
         self, request: pb.UpdateContainerResourcesRequest, context: Ctx

@@ -1,4 +1,4 @@
-"""CRI ImageService: PullImage, ImageStatus, ListImages, RemoveImage, ImageFsInfo.
+"""CRI ImageService: PullImage, ImageStatus, ListImages, StreamImages, RemoveImage, ImageFsInfo.
 
 Only protobuf ⇄ model translation and one engine call per method; errors raised by the
 engine are mapped to status codes by the dispatcher's single table.
@@ -7,10 +7,12 @@ engine are mapped to status codes by the dispatcher's single table.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from cri_shim.api.chunks import chunks, within_limit
 from cri_shim.api.gen import api_pb2 as pb
 from runtime.engine import Engine
 from runtime.errors import InvalidArgument
@@ -111,10 +113,21 @@ class ImageHandlers:
         info = verbose_info(image) if request.verbose else {}
         return pb.ImageStatusResponse(image=image_to_pb(image), info=info)
 
+    async def _images_of(self, f: pb.ImageFilter | None) -> list[pb.Image]:
+        wanted = f.image.image if f is not None and f.HasField("image") else ""
+        return [image_to_pb(i) for i in await self._images.list(wanted or None)]
+
     async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> pb.ListImagesResponse:
-        wanted = request.filter.image.image if request.HasField("filter") and request.filter.HasField("image") else ""
-        images = await self._images.list(wanted or None)
-        return pb.ListImagesResponse(images=[image_to_pb(i) for i in images])
+        images = await self._images_of(request.filter if request.HasField("filter") else None)
+        return within_limit(pb.ListImagesResponse(images=images), "ListImages", "StreamImages")
+
+    async def StreamImages(
+        self, request: pb.StreamImagesRequest, context: Ctx
+    ) -> AsyncIterator[pb.StreamImagesResponse]:
+        """ListImages' answer in bounded chunks (``cri_shim.api.chunks``)."""
+        images = await self._images_of(request.filter if request.HasField("filter") else None)
+        for batch in chunks(images):
+            yield pb.StreamImagesResponse(images=batch)
 
     async def RemoveImage(self, request: pb.RemoveImageRequest, context: Ctx) -> pb.RemoveImageResponse:
         name = _image_name(request.image, "RemoveImage")

@@ -1,5 +1,5 @@
 """CRI pod sandboxes: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus,
-ListPodSandbox, UpdatePodSandboxResources.
+ListPodSandbox, StreamPodSandboxes, UpdatePodSandboxResources.
 
 Only protobuf ⇄ model translation and one engine call per method.
 """
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from cri_shim.api.chunks import chunks, within_limit
 from cri_shim.api.containers import container_status_to_pb
 from cri_shim.api.gen import api_pb2 as pb
 from cri_shim.api.translate import (
@@ -156,13 +158,23 @@ class PodHandlers:
                 response.containers_statuses.append(container_status_to_pb(c))
         return response
 
-    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Ctx) -> pb.ListPodSandboxResponse:
-        f = request.filter
+    def _sandboxes(self, f: pb.PodSandboxFilter) -> list[pb.PodSandbox]:
         state = None
         if f.HasField("state"):
             state = SandboxState.READY if f.state.state == pb.SANDBOX_READY else SandboxState.NOTREADY
         records = self._engine.sandboxes.list(id_prefix=f.id, state=state, labels=dict(f.label_selector))
-        return pb.ListPodSandboxResponse(items=[sandbox_to_pb(r) for r in records])
+        return [sandbox_to_pb(r) for r in records]
+
+    async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Ctx) -> pb.ListPodSandboxResponse:
+        response = pb.ListPodSandboxResponse(items=self._sandboxes(request.filter))
+        return within_limit(response, "ListPodSandbox", "StreamPodSandboxes")
+
+    async def StreamPodSandboxes(
+        self, request: pb.StreamPodSandboxesRequest, context: Ctx
+    ) -> AsyncIterator[pb.StreamPodSandboxesResponse]:
+        """ListPodSandbox's answer in bounded chunks (``cri_shim.api.chunks``)."""
+        for batch in chunks(self._sandboxes(request.filter)):
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=batch)
 
     async def UpdatePodSandboxResources(
         self, request: pb.UpdatePodSandboxResourcesRequest, context: Ctx

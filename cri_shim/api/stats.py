@@ -1,5 +1,6 @@
-"""CRI stats and metrics: ContainerStats, ListContainerStats, PodSandboxStats,
-ListPodSandboxStats, ListMetricDescriptors, ListPodSandboxMetrics.
+"""CRI stats and metrics: ContainerStats, ListContainerStats, StreamContainerStats,
+PodSandboxStats, ListPodSandboxStats, StreamPodSandboxStats, ListMetricDescriptors,
+ListPodSandboxMetrics, StreamPodSandboxMetrics.
 
 Protobuf <-> engine translation and one StatsService call per method. Units follow CRI:
 nanoseconds (CPU, PSI totals), bytes; every usage message carries the time of its read.
@@ -8,10 +9,12 @@ A field the host cannot measure (no such controller, no limit) is left unset, ne
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from cri_shim.api.chunks import chunks, within_limit
 from cri_shim.api.gen import api_pb2 as pb
 from runtime.cgroups.stats import CgroupStats, Psi, PsiData
 from runtime.errors import InvalidArgument
@@ -185,13 +188,22 @@ class StatsHandlers:
         sample = await self._stats.container(request.container_id)
         return pb.ContainerStatsResponse(stats=container_stats_to_pb(sample))
 
+    async def _container_stats(self, f: pb.ContainerStatsFilter) -> list[pb.ContainerStats]:
+        flt = ContainerFilter(id=f.id, sandbox_id=f.pod_sandbox_id, labels=dict(f.label_selector))
+        return [container_stats_to_pb(s) for s in await self._stats.containers(flt)]
+
     async def ListContainerStats(
         self, request: pb.ListContainerStatsRequest, context: Ctx
     ) -> pb.ListContainerStatsResponse:
-        f = request.filter
-        flt = ContainerFilter(id=f.id, sandbox_id=f.pod_sandbox_id, labels=dict(f.label_selector))
-        samples = await self._stats.containers(flt)
-        return pb.ListContainerStatsResponse(stats=[container_stats_to_pb(s) for s in samples])
+        response = pb.ListContainerStatsResponse(stats=await self._container_stats(request.filter))
+        return within_limit(response, "ListContainerStats", "StreamContainerStats")
+
+    async def StreamContainerStats(
+        self, request: pb.StreamContainerStatsRequest, context: Ctx
+    ) -> AsyncIterator[pb.StreamContainerStatsResponse]:
+        """ListContainerStats' answer in bounded chunks (``cri_shim.api.chunks``)."""
+        for batch in chunks(await self._container_stats(request.filter)):
+            yield pb.StreamContainerStatsResponse(container_stats=batch)
 
     async def PodSandboxStats(
         self, request: pb.PodSandboxStatsRequest, context: Ctx
@@ -201,12 +213,22 @@ class StatsHandlers:
         sample = await self._stats.sandbox(request.pod_sandbox_id)
         return pb.PodSandboxStatsResponse(stats=sandbox_stats_to_pb(sample))
 
+    async def _sandbox_stats(self, f: pb.PodSandboxStatsFilter) -> list[pb.PodSandboxStats]:
+        samples = await self._stats.sandboxes(SandboxFilter(id=f.id, labels=dict(f.label_selector)))
+        return [sandbox_stats_to_pb(s) for s in samples]
+
     async def ListPodSandboxStats(
         self, request: pb.ListPodSandboxStatsRequest, context: Ctx
     ) -> pb.ListPodSandboxStatsResponse:
-        f = request.filter
-        samples = await self._stats.sandboxes(SandboxFilter(id=f.id, labels=dict(f.label_selector)))
-        return pb.ListPodSandboxStatsResponse(stats=[sandbox_stats_to_pb(s) for s in samples])
+        response = pb.ListPodSandboxStatsResponse(stats=await self._sandbox_stats(request.filter))
+        return within_limit(response, "ListPodSandboxStats", "StreamPodSandboxStats")
+
+    async def StreamPodSandboxStats(
+        self, request: pb.StreamPodSandboxStatsRequest, context: Ctx
+    ) -> AsyncIterator[pb.StreamPodSandboxStatsResponse]:
+        """ListPodSandboxStats' answer in bounded chunks (``cri_shim.api.chunks``)."""
+        for batch in chunks(await self._sandbox_stats(request.filter)):
+            yield pb.StreamPodSandboxStatsResponse(pod_sandbox_stats=batch)
 
     async def ListMetricDescriptors(
         self, request: pb.ListMetricDescriptorsRequest, context: Ctx
@@ -216,9 +238,7 @@ class StatsHandlers:
                          for d in DESCRIPTORS]
         )
 
-    async def ListPodSandboxMetrics(
-        self, request: pb.ListPodSandboxMetricsRequest, context: Ctx
-    ) -> pb.ListPodSandboxMetricsResponse:
+    async def _pod_metrics(self) -> list[pb.PodSandboxMetrics]:
         out = []
         for sample in await self._stats.sandboxes(SandboxFilter(), process_counts=True):
             pod_points, by_container = sandbox_points(sample)
@@ -232,4 +252,17 @@ class StatsHandlers:
                     ],
                 )
             )
-        return pb.ListPodSandboxMetricsResponse(pod_metrics=out)
+        return out
+
+    async def ListPodSandboxMetrics(
+        self, request: pb.ListPodSandboxMetricsRequest, context: Ctx
+    ) -> pb.ListPodSandboxMetricsResponse:
+        response = pb.ListPodSandboxMetricsResponse(pod_metrics=await self._pod_metrics())
+        return within_limit(response, "ListPodSandboxMetrics", "StreamPodSandboxMetrics")
+
+    async def StreamPodSandboxMetrics(
+        self, request: pb.StreamPodSandboxMetricsRequest, context: Ctx
+    ) -> AsyncIterator[pb.StreamPodSandboxMetricsResponse]:
+        """ListPodSandboxMetrics' answer in bounded chunks (``cri_shim.api.chunks``)."""
+        for batch in chunks(await self._pod_metrics()):
+            yield pb.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=batch)

@@ -121,3 +121,29 @@ async def test_metric_descriptors_and_pod_metrics(handlers: StatsHandlers) -> No
     assert by["container_cpu_usage_seconds_total"].metric_type == pb.COUNTER
     for m in [*pod.metrics, *ctr.metrics]:
         assert m.name in keys and len(m.label_values) == len(keys[m.name]) == len(BY_NAME[m.name].label_keys)
+
+
+async def _streamed(responses: object, field: str) -> list[str]:
+    ids = []
+    async for r in responses:  # type: ignore[attr-defined]
+        items = getattr(r, field)
+        assert len(items) >= 1  # CRI: each streamed response carries at least one item
+        for item in items:
+            ids.append(item.pod_sandbox_id if field == "pod_sandbox_metrics" else item.attributes.id)
+    return ids
+
+
+async def test_stream_stats_answer_what_the_list_rpcs_answer(handlers: StatsHandlers) -> None:
+    ctx = None
+    req = pb.StreamContainerStatsRequest(filter=pb.ContainerStatsFilter(label_selector={"tier": "db"}))
+    assert await _streamed(handlers.StreamContainerStats(req, ctx), "container_stats") == [CID]  # type: ignore[arg-type]
+    req = pb.StreamContainerStatsRequest(filter=pb.ContainerStatsFilter(label_selector={"tier": "web"}))
+    assert await _streamed(handlers.StreamContainerStats(req, ctx), "container_stats") == []  # type: ignore[arg-type]
+    sreq = pb.StreamPodSandboxStatsRequest(filter=pb.PodSandboxStatsFilter(id=SID[:5]))
+    assert await _streamed(handlers.StreamPodSandboxStats(sreq, ctx), "pod_sandbox_stats") == [SID]  # type: ignore[arg-type]
+    mreq = pb.StreamPodSandboxMetricsRequest()
+    streamed = [r async for r in handlers.StreamPodSandboxMetrics(mreq, ctx)]  # type: ignore[arg-type]
+    listed = await handlers.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), ctx)  # type: ignore[arg-type]
+    assert [m.pod_sandbox_id for r in streamed for m in r.pod_sandbox_metrics] == [SID]
+    assert {c.container_id for r in streamed for m in r.pod_sandbox_metrics for c in m.container_metrics} == \
+        {c.container_id for m in listed.pod_metrics for c in m.container_metrics} == {CID}
