@@ -33,6 +33,7 @@ from runtime.network.state import NETWORK_MIGRATIONS
 from runtime.sandbox.host import LinuxPodHost
 from runtime.sandbox.records import SANDBOX_MIGRATIONS
 from runtime.sandbox.service import SandboxService
+from runtime.security.apparmor import AppArmorParser, AppArmorStatus, ensure_default_profile
 from runtime.security.container import ContainerSecurityPlanner, probe_security_host, security_features
 from runtime.settings_store import SETTINGS_MIGRATIONS, SettingsStore
 from runtime.shim.manager import ShimManager
@@ -85,6 +86,7 @@ class Engine:
         self.events = EventBus()
         self.runtime_settings = SettingsStore(self.store)
         self.host: HostInfo | None = None
+        self.apparmor: AppArmorStatus | None = None
         self.ready = False
         self.recovery: RecoveryReport | None = None
         # (name, coroutine) run in order by start(); each service appends its recover step.
@@ -189,6 +191,8 @@ class Engine:
         outlives the daemon)."""
         assert self.host is not None
         host = self.cgroups().host
+        # the default AppArmor profile first: the security probe then sees it loaded
+        self.apparmor = await ensure_default_profile(AppArmorParser(), self.settings.state / "apparmor")
         security = await asyncio.to_thread(probe_security_host, host)
         self.containers.security = ContainerSecurityPlanner(security)
         self.set_features(**security_features(security.kernel))

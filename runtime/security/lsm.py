@@ -1,19 +1,22 @@
 """AppArmor and SELinux: what the kernel offers, and what a container's request means here.
 
 Detection (once, at start): AppArmor is enabled when ``/sys/module/apparmor/parameters/
-enabled`` says "Y" (or securityfs shows ``apparmor``); SELinux when selinuxfs is mounted
-(``/sys/fs/selinux/enforce``). This VM has neither (its LSMs are lockdown, capability,
-landlock, bpf).
+enabled`` says "Y"; SELinux when selinuxfs is mounted (``/sys/fs/selinux/enforce``). The
+development VM has neither (its LSMs are lockdown, capability, landlock, bpf); Debian and
+Ubuntu nodes have AppArmor.
 
 AppArmor, as containerd's ``generateApparmorSpecOpts``:
 
 - not enabled: Unconfined and RuntimeDefault are accepted and nothing is applied (there is
   nothing to apply it with); Localhost is refused (InvalidArgument), so a pod that asked for
   a specific profile never runs believing it is confined;
-- enabled: privileged and Unconfined get none; Localhost needs the profile loaded
-  (``/sys/kernel/security/apparmor/profiles``); RuntimeDefault uses the profile named
-  ``default_profile`` ("cri-shim-default") and refuses to start the container if it is not
-  loaded. The shim switches to the profile at execve (``/proc/self/attr/apparmor/exec``).
+- enabled: privileged and Unconfined get none; Localhost needs the profile loaded, looked
+  up in ``/sys/kernel/security/apparmor/profiles`` at each creation (a profile loaded after
+  the daemon started counts; a missing one is FailedPrecondition, as the pod may run once
+  the node's operator loads it); RuntimeDefault, or nothing asked, uses the profile
+  cri-shim loads at start (``runtime.security.apparmor``, "cri-shim-default") and refuses
+  the container if it is not loaded. The shim switches to the profile at the container's
+  and every exec process's execve (``/proc/self/attr/apparmor/exec``).
 
 SELinux: labels are accepted and ignored when SELinux is not enabled (containerd with
 ``enable_selinux=false`` does the same); with SELinux enabled, labelling is not implemented
@@ -28,34 +31,28 @@ from pathlib import Path
 
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from runtime.model.sandbox import ProfileType, SecurityProfile, SELinuxOption
+from runtime.security.apparmor import DEFAULT_PROFILE, apparmor_enabled, loaded_profiles
 
-DEFAULT_APPARMOR_PROFILE = "cri-shim-default"
+DEFAULT_APPARMOR_PROFILE = DEFAULT_PROFILE
 
 
 @dataclass(frozen=True, slots=True)
 class LsmState:
+    """Which LSMs the host enforces; ``sys_root`` is where their files are (tests: a fake tree)."""
+
     apparmor: bool = False
     selinux: bool = False
-    apparmor_profiles: frozenset[str] = frozenset()
+    sys_root: Path = Path("/sys")
+
+    def apparmor_loaded(self, name: str) -> bool:
+        """True when the kernel has profile ``name`` loaded now. Blocking (one small read)."""
+        return name in loaded_profiles(self.sys_root)
 
 
 def detect_lsm(sys_root: Path = Path("/sys")) -> LsmState:
     """Probe the host's LSMs. Blocking (a few small reads)."""
-    apparmor = False
-    try:
-        apparmor = (sys_root / "module/apparmor/parameters/enabled").read_text().strip().upper().startswith("Y")
-    except OSError:
-        apparmor = (sys_root / "kernel/security/apparmor").is_dir()
-    profiles: set[str] = set()
-    if apparmor:
-        try:
-            for line in (sys_root / "kernel/security/apparmor/profiles").read_text().splitlines():
-                name, _, _mode = line.rpartition(" (")
-                profiles.add(name or line)
-        except OSError:
-            pass
     selinux = (sys_root / "fs/selinux/enforce").exists()
-    return LsmState(apparmor, selinux, frozenset(profiles))
+    return LsmState(apparmor_enabled(sys_root), selinux, sys_root)
 
 
 def apparmor_profile(
@@ -79,13 +76,16 @@ def apparmor_profile(
     if kind is ProfileType.LOCALHOST:
         assert requested is not None
         name = requested.localhost_ref.removeprefix("localhost/")
-        if not name or "\n" in name or "\0" in name:
+        if not name or any(ord(c) < 0x20 or c == "\x7f" for c in name) or len(name) > 4096:
             raise InvalidArgument(f"invalid AppArmor profile name {requested.localhost_ref!r}")
-        if name not in state.apparmor_profiles:
-            raise InvalidArgument(f"AppArmor profile {name!r} is not loaded on this host")
+        if not state.apparmor_loaded(name):
+            raise FailedPrecondition(
+                f"AppArmor profile {name!r} (Localhost) is not loaded on this node; load it with "
+                "apparmor_parser before starting the container"
+            )
         return name
     # RuntimeDefault, or unset (containerd applies its default profile then too).
-    if default_profile not in state.apparmor_profiles:
+    if not state.apparmor_loaded(default_profile):
         raise FailedPrecondition(
             f"AppArmor is enabled but the runtime default profile {default_profile!r} is not loaded "
             "(load it with apparmor_parser)"

@@ -343,7 +343,8 @@ def apply_apparmor(profile: str) -> None:
 
 
 def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
-    """Drop to the process's credentials and capabilities, load seccomp, execve.
+    """Switch AppArmor at exec, drop to the process's credentials and capabilities, load
+    seccomp, execve.
 
     Order as runc's finalizeNamespace: keep caps across setuid, drop the bounding set,
     switch uid/gid, set the capability sets, no_new_privs, seccomp last (or before the
@@ -360,6 +361,9 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
             want = os.fstat(fd)
     except OSError as exc:
         _fail_exec(exec_report_fd, f"working directory {cwd!r}: {exc.strerror}")
+    # AppArmor first, as runc's init does (before finalizeNamespace): the change applies at
+    # execve, and with no_new_privs set the kernel would only allow stacking a profile.
+    apply_apparmor(proc.apparmor_profile)
     c = proc.capabilities
     if c is not None:
         libc.prctl(libc.PR_SET_KEEPCAPS, 1)
@@ -374,8 +378,6 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
         caps.capset(c.effective, c.permitted, c.inheritable)
         if c.ambient:
             caps.raise_ambient(c.ambient)
-    # AppArmor before no_new_privs: with NNP set the kernel only allows stacking a profile.
-    apply_apparmor(proc.apparmor_profile)
     if proc.no_new_privs:
         libc.set_no_new_privs()
     try:

@@ -17,6 +17,7 @@ import pytest
 from cri_shim.api.gen import api_pb2 as pb
 from runtime.cgroups.systemd.units import systemd_booted
 from runtime.hostinfo import CgroupMode, detect_cgroup_mode
+from runtime.security.apparmor import apparmor_enabled
 from tests.support.daemon import DaemonProcess, make_daemon
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(90)]
@@ -51,6 +52,14 @@ def test_runtime_config_reports_the_driver_in_use(daemon: DaemonProcess) -> None
     assert r.linux.cgroup_driver == (pb.SYSTEMD if systemd else pb.CGROUPFS)
     info = json.loads(daemon.crictl("info").stdout)
     assert info["cgroup"]["driver"] == ("systemd" if systemd else "cgroupfs")
+
+
+def test_status_says_whether_apparmor_is_enabled(daemon: DaemonProcess) -> None:
+    info = json.loads(daemon.crictl("info").stdout)["apparmor"]
+    assert info["enabled"] is apparmor_enabled()
+    assert info["default_profile"] == "cri-shim-default"
+    # on an AppArmor node the default profile is loaded at start (else containers are refused)
+    assert info["default_profile_loaded"] is apparmor_enabled()
 
 
 def test_systemd_driver_is_refused_without_systemd_as_pid1(tmp_path: Path) -> None:

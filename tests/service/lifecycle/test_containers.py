@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
+from runtime.security.apparmor import apparmor_enabled
 from tests.service.lifecycle.conftest import Images
 from tests.support.daemon import DaemonProcess
 from tests.support.names import unique
@@ -303,6 +304,13 @@ def test_bad_container_configs_leave_nothing(d: DaemonProcess, images: Images, t
                           security=pb.LinuxContainerSecurityContext(seccomp=pb.SecurityProfile(
                               profile_type=pb.SecurityProfile.Localhost, localhost_ref="/no/such/profile.json"))),
          grpc.StatusCode.INVALID_ARGUMENT, "profile"),
+        # a Localhost AppArmor profile the node has not loaded (or no AppArmor at all) never
+        # runs unconfined: FailedPrecondition until it is loaded; InvalidArgument without AppArmor
+        (container_config("noapparmor", images.busybox, ["true"],
+                          security=pb.LinuxContainerSecurityContext(apparmor=pb.SecurityProfile(
+                              profile_type=pb.SecurityProfile.Localhost, localhost_ref="localhost/no-such-profile"))),
+         *((grpc.StatusCode.FAILED_PRECONDITION, "is not loaded") if apparmor_enabled()
+           else (grpc.StatusCode.INVALID_ARGUMENT, "AppArmor is not enabled"))),
     ]
     for ccfg, want, words in cases:
         code, msg = code_of(d.runtime.CreateContainer,

@@ -125,18 +125,40 @@ def test_apparmor_absent() -> None:
         apparmor_profile(LOCAL, privileged=False, state=none)
 
 
-def test_apparmor_present() -> None:
-    loaded = LsmState(apparmor=True, apparmor_profiles=frozenset({"my-profile", "cri-shim-default"}))
+def fake_sys(root: Path, *, enabled: str = "Y", profiles: str = "") -> Path:
+    """A fake /sys with AppArmor's parameter and securityfs profile list."""
+    (root / "module/apparmor/parameters").mkdir(parents=True, exist_ok=True)
+    (root / "module/apparmor/parameters/enabled").write_text(enabled + "\n")
+    (root / "kernel/security/apparmor").mkdir(parents=True, exist_ok=True)
+    (root / "kernel/security/apparmor/profiles").write_text(profiles)
+    return root
+
+
+def test_apparmor_present(tmp_path: Path) -> None:
+    sys_root = fake_sys(tmp_path, profiles="my-profile (enforce)\ncri-shim-default (enforce)\n")
+    loaded = LsmState(apparmor=True, sys_root=sys_root)
     assert apparmor_profile(RD, privileged=False, state=loaded) == "cri-shim-default"
     assert apparmor_profile(None, privileged=False, state=loaded) == "cri-shim-default"
     assert apparmor_profile(RD, privileged=True, state=loaded) == ""
+    assert apparmor_profile(UNCONFINED, privileged=False, state=loaded) == ""
     assert apparmor_profile(LOCAL, privileged=False, state=loaded) == "my-profile"
     assert apparmor_profile(SecurityProfile(ProfileType.LOCALHOST, "localhost/my-profile"), privileged=False,
                             state=loaded) == "my-profile"
-    with pytest.raises(InvalidArgument, match="not loaded"):
-        apparmor_profile(SecurityProfile(ProfileType.LOCALHOST, "other"), privileged=False, state=loaded)
+    with pytest.raises(InvalidArgument):
+        apparmor_profile(SecurityProfile(ProfileType.LOCALHOST, "bad\tname"), privileged=False, state=loaded)
     with pytest.raises(FailedPrecondition, match="cri-shim-default"):
-        apparmor_profile(RD, privileged=False, state=LsmState(apparmor=True))
+        apparmor_profile(RD, privileged=False, state=LsmState(apparmor=True, sys_root=fake_sys(tmp_path / "e")))
+
+
+def test_localhost_profile_not_loaded_is_a_failed_precondition_seen_live(tmp_path: Path) -> None:
+    sys_root = fake_sys(tmp_path, profiles="cri-shim-default (enforce)\n")
+    state = LsmState(apparmor=True, sys_root=sys_root)
+    with pytest.raises(FailedPrecondition, match="'other' \\(Localhost\\) is not loaded"):
+        apparmor_profile(SecurityProfile(ProfileType.LOCALHOST, "localhost/other"), privileged=False, state=state)
+    # loaded after the daemon started: the next creation sees it
+    (sys_root / "kernel/security/apparmor/profiles").write_text("cri-shim-default (enforce)\nother (complain)\n")
+    assert apparmor_profile(SecurityProfile(ProfileType.LOCALHOST, "localhost/other"), privileged=False,
+                            state=state) == "other"
 
 
 def test_selinux() -> None:
@@ -148,7 +170,7 @@ def test_selinux() -> None:
 
 
 def test_detect_lsm(tmp_path: Path) -> None:
-    assert detect_lsm(tmp_path) == LsmState()
+    assert detect_lsm(tmp_path) == LsmState(sys_root=tmp_path)
     (tmp_path / "module/apparmor/parameters").mkdir(parents=True)
     (tmp_path / "module/apparmor/parameters/enabled").write_text("Y\n")
     (tmp_path / "kernel/security/apparmor").mkdir(parents=True)
@@ -156,7 +178,11 @@ def test_detect_lsm(tmp_path: Path) -> None:
     (tmp_path / "fs/selinux").mkdir(parents=True)
     (tmp_path / "fs/selinux/enforce").write_text("1")
     state = detect_lsm(tmp_path)
-    assert state.apparmor and state.selinux and state.apparmor_profiles == {"cri-shim-default", "x y"}
+    assert state.apparmor and state.selinux and state.sys_root == tmp_path
+    assert state.apparmor_loaded("x y") and state.apparmor_loaded("cri-shim-default")
+    assert not state.apparmor_loaded("x")
+    (tmp_path / "module/apparmor/parameters/enabled").write_text("N\n")
+    assert not detect_lsm(tmp_path).apparmor
 
 
 def test_this_host_has_neither() -> None:
