@@ -49,9 +49,12 @@ MIB = 1024 * 1024
 #: How much more resident memory a flood may leave the daemon with (generous: the point is
 #: "bounded", against hundreds of MiB without limits).
 RSS_BOUND = 64 * MIB
-#: Socket syscalls an executor thread blocks in while it opens a port in a pod (x86-64 and
-#: arm64 numbers): connect, recvmsg, recvfrom.
-BLOCKING_SOCKET_CALLS = {"x86_64": {"42", "47", "45"}, "aarch64": {"203", "212", "207"}}[os.uname().machine]
+#: Syscalls a thread blocks in while it waits for a socket (x86-64 and arm64 numbers): poll
+#: and ppoll (a Python socket with a timeout waits there), connect, recvmsg, recvfrom. An idle
+#: daemon's threads wait in futex (gRPC, executor, Python) and epoll_wait (event loops) only.
+BLOCKING_SOCKET_CALLS = {
+    "x86_64": {"7", "271", "42", "47", "45"}, "aarch64": {"73", "203", "212", "207"},
+}[os.uname().machine]
 
 
 # -- the daemon process, from /proc --------------------------------------------------------------
