@@ -21,7 +21,15 @@ from typing import Any, get_args, get_origin, get_type_hints
 from runtime.cgroups.driver import DRIVER_SETTINGS
 from runtime.cgroups.paths import check_cgroup_path
 from runtime.cgroups.systemd.units import check_slice_name
-from runtime.config import CgroupSettings, ImageSettings, NetworkSettings, PodSettings, RuntimeSettings, doc
+from runtime.config import (
+    CdiSettings,
+    CgroupSettings,
+    ImageSettings,
+    NetworkSettings,
+    PodSettings,
+    RuntimeSettings,
+    doc,
+)
 from runtime.errors import InvalidArgument
 from runtime.image.pinning import compile_pattern
 from runtime.image.proxy import normalize_proxy_url, redacted
@@ -148,12 +156,13 @@ class Config:
     network: NetworkSettings = field(default_factory=NetworkSettings)
     pods: PodSettings = field(default_factory=PodSettings)
     cgroups: CgroupSettings = field(default_factory=CgroupSettings)
+    cdi: CdiSettings = field(default_factory=CdiSettings)
 
     def runtime_settings(self) -> RuntimeSettings:
         """The engine's part of the configuration."""
         return RuntimeSettings(
             root=self.root, state=self.state, image=self.image, network=self.network, pods=self.pods,
-            cgroups=self.cgroups,
+            cgroups=self.cgroups, cdi=self.cdi,
         )
 
 
@@ -239,6 +248,7 @@ def _validate(cfg: Config) -> None:
         ("image.registries_config", cfg.image.registries_config),
         *((f"network.cni_bin_dirs[{i}]", p) for i, p in enumerate(cfg.network.cni_bin_dirs)),
         *((f"image.certs_dirs[{i}]", p) for i, p in enumerate(cfg.image.certs_dirs)),
+        *((f"cdi.spec_dirs[{i}]", p) for i, p in enumerate(cfg.cdi.spec_dirs)),
     ):
         if not path.is_absolute():
             raise ConfigError(f"{key}: {str(path)!r} must be an absolute path")

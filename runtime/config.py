@@ -196,6 +196,19 @@ class CgroupSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CdiSettings:
+    spec_dirs: tuple[Path, ...] = field(
+        default=(Path("/etc/cdi"), Path("/var/run/cdi")),
+        metadata=doc(
+            "Directories of CDI (Container Device Interface) spec files, lowest priority first: a "
+            "device defined in a later directory overrides one of the same name in an earlier one. "
+            "CreateContainer resolves the container's CDI devices (CRI CDI_devices and cdi.k8s.io/* "
+            "annotations) against the *.json specs here; an unknown device fails the request."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     """Everything the engine needs; paths are absolute."""
 
@@ -206,3 +219,4 @@ class RuntimeSettings:
     cgroup_root: Path = Path("/sys/fs/cgroup")
     pods: PodSettings = field(default_factory=PodSettings)
     cgroups: CgroupSettings = field(default_factory=CgroupSettings)
+    cdi: CdiSettings = field(default_factory=CdiSettings)

@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.cdi.apply import apply_env, check_supported
+from runtime.cdi.hooks import host_hooks, oci_state, run_hooks
+from runtime.cdi.registry import CdiRegistry, requested_devices
 from runtime.config import RuntimeSettings
 from runtime.container import spec as specs
 from runtime.container.host import ContainerHost
@@ -110,6 +113,7 @@ class ContainerService:
         #: set by the engine once the host is probed (runtime.security.container)
         self.security: ContainerSecurityPlanner | None = None
         self._exec_cache: dict[str, ProcessSpec] = {}
+        self.cdi = CdiRegistry(settings.cdi.spec_dirs)
 
     def state_dir(self, container_id: str) -> Path:
         return self.settings.state / "containers" / check_id(container_id, "container id")
@@ -165,6 +169,13 @@ class ContainerService:
         namespaces = self._namespaces(sandbox, config)
         image = await self.images.get(config.image.image)
         steps.mark("image")
+        # CDI devices first: an unknown one fails the request before anything is made
+        cdi_names = requested_devices(config.cdi_devices, config.annotations)
+        cdi = await asyncio.to_thread(self.cdi.resolve, cdi_names) if cdi_names else None
+        if cdi is not None:
+            check_supported(cdi)
+            steps.mark("cdi")
+        hooks = host_hooks(cdi) if cdi is not None else ()
         mounts = await resolve_image_volumes(self.images, self.host, self.settings.state, cid, config.mounts,
                                              undo, userns=sandbox.namespaces.user)
         if mounts != config.mounts:
@@ -173,6 +184,8 @@ class ContainerService:
         log_path = self._log_path(sandbox, config)
         args = specs.merge_args(config, image.config)
         env = specs.merge_env(image.config, config, sandbox.config.hostname or _node_hostname())
+        if cdi is not None:
+            env = apply_env(env, cdi.env)
         cwd = specs.working_dir(config, image.config)
         state_dir = Path(rec.exit_dir)
         driver = self._cgroups()
@@ -238,7 +251,7 @@ class ContainerService:
         plan = await asyncio.to_thread(
             planner.plan, config, sandbox.config, image_user=image.config.user,
             read_image_file=LayeredRootfs(layers).read_file, shm_path=sandbox.shm_path,
-            sandbox_mounts=specs.pod_file_mounts(sandbox.files_dir, config.security.readonly_rootfs),
+            sandbox_mounts=specs.pod_file_mounts(sandbox.files_dir, config.security.readonly_rootfs), cdi=cdi,
         )
         steps.mark("snapshot+security")
         if scoped is not None:
@@ -280,12 +293,16 @@ class ContainerService:
         undo.push("shim process", lambda: client.call("delete", container_id=cid, rpc_timeout=30))
         self._exec_cache[cid] = exec_process
         steps.mark("shim")
+        if hooks:  # OCI: prestart/createRuntime run once the container's namespaces exist
+            state = oci_state(cid, "created", int(created.get("pid", 0)), str(state_dir), config.annotations)
+            await run_hooks(hooks, ("prestart", "createRuntime"), state, strict=True, container_id=cid)
+            steps.mark("hooks")
         stop_signal = config.stop_signal or _signal_number(image.config.stop_signal) or signal.SIGTERM
         rec = replace(
             rec, config=config, state=ContainerState.CREATED, pid=int(created.get("pid", 0)),
             image_id=image.id, image_ref=_image_ref(image), image_name=_image_name(config.image.image, image),
             log_path=log_path, cgroup_path=cg_path, snapshot_key=cid, user=plan.user.user, mounts=config.mounts,
-            resources=resources, stop_signal=stop_signal,
+            resources=resources, stop_signal=stop_signal, hooks=hooks,
         )
         await self.records.put(rec)
         steps.mark("record")
@@ -369,6 +386,9 @@ class ContainerService:
             await self.records.put(rec)
         self.events.publish(EventKind.CONTAINER_STARTED, rec.sandbox_id, rec.id)
         log.info("container %s started, pid %d", rec.id, rec.pid)
+        if rec.hooks:
+            state = oci_state(rec.id, "running", rec.pid, rec.exit_dir, rec.config.annotations)
+            await run_hooks(rec.hooks, ("poststart",), state, strict=False, container_id=rec.id)
 
     # -- stop ---------------------------------------------------------------------------------
 
@@ -458,6 +478,9 @@ class ContainerService:
         self._handoff.forget(cid)
         self.events.publish(EventKind.CONTAINER_DELETED, rec.sandbox_id, cid)
         log.info("container %s removed", cid)
+        if rec.hooks:
+            state = oci_state(cid, "stopped", 0, rec.exit_dir, rec.config.annotations)
+            await run_hooks(rec.hooks, ("poststop",), state, strict=False, container_id=cid)
 
     async def _release(self, rec: ContainerRecord) -> None:
         """Forget the process in the shim, remove cgroup, snapshot and state dir."""

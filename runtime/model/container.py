@@ -33,6 +33,19 @@ class ImageSpec:
     image_ref: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerHook:
+    """An OCI lifecycle hook run on the host for this container (from a CDI spec):
+    ``name`` is prestart, createRuntime, poststart or poststop; ``args`` includes argv[0];
+    ``env`` is the hook's whole environment; ``timeout`` seconds (None: the default)."""
+
+    name: str
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None
+
+
 class MountPropagation(StrEnum):
     PRIVATE = "private"
     HOST_TO_CONTAINER = "rslave"
@@ -184,6 +197,8 @@ class ContainerRecord:
     resources: Resources | None = None
     stop_signal: int = 15
     oom_killed: bool = False
+    #: OCI hooks of the container's CDI devices, run by the daemon (runtime.cdi.hooks)
+    hooks: tuple[ContainerHook, ...] = ()
 
     @property
     def name_key(self) -> str:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from runtime.cdi.apply import CdiLaunchEdits, launch_edits
+from runtime.cdi.spec import ContainerEdits
 from runtime.cgroups.host import CgroupHost
 from runtime.cgroups.oomscore import read_oom_score_adj, restrict_oom_score_adj
 from runtime.errors import InvalidArgument
@@ -156,14 +158,17 @@ class ContainerSecurityPlanner:
         shm_path: str = "",
         sandbox_mounts: tuple[MountSpec, ...] = (),
         mountinfo: str | None = None,
+        cdi: ContainerEdits | None = None,
     ) -> ContainerSecurityPlan:
         """Compute the plan for ``config`` in ``sandbox``.
 
         ``image_user`` is the image config's User; ``read_image_file`` reads a file of the
         image rootfs (``LayeredRootfs(lowerdirs).read_file``); ``shm_path`` is the pod's
         /dev/shm; ``sandbox_mounts`` are the pod's files (hosts, resolv.conf, hostname) as
-        bind MountSpecs, which CRI mounts at the same destination override. Raises the
-        errors listed in the module docstring; creates missing host paths of CRI mounts.
+        bind MountSpecs, which CRI mounts at the same destination override; ``cdi`` the
+        resolved edits of the container's CDI devices (``runtime.cdi``): their device nodes,
+        mounts and groups are added last, so they replace CRI ones at the same path. Raises
+        the errors listed in the module docstring; creates missing host paths of CRI mounts.
         """
         sec = config.security
         privileged = sec.privileged
@@ -174,6 +179,10 @@ class ContainerSecurityPlanner:
             raise InvalidArgument("a container in a pod with its own user namespace cannot be privileged")
         check_selinux(sec.selinux, state=self.host.lsm)
         user = resolve_user(sec, image_user, read_image_file)
+        extra = launch_edits(cdi, uid=user.uid, gid=user.gid) if cdi is not None else CdiLaunchEdits()
+        if extra.additional_gids:
+            gids = tuple(dict.fromkeys((*user.additional_gids, *extra.additional_gids)))
+            user = dataclasses.replace(user, additional_gids=gids)
         caps = compute_capabilities(sec.capabilities, privileged=privileged, uid=user.uid,
                                     available=self.host.capabilities)
         warnings = [f"unknown capability {name!r} ignored" for name in caps.ignored]
@@ -185,14 +194,16 @@ class ContainerSecurityPlanner:
                                      userns=userns)
         defaults = mnt.default_mounts(privileged=privileged, shm_path=shm_path, host_ipc=sandbox.host_ipc,
                                       cgroups=self.host.cgroups)
-        mounts = mnt.merge_mounts(mnt.merge_mounts(defaults, sandbox_mounts), cri_mounts)
+        mounts = mnt.merge_mounts(mnt.merge_mounts(mnt.merge_mounts(defaults, sandbox_mounts), cri_mounts),
+                                  extra.mounts)
         masked, readonly = mnt.masked_and_readonly_paths(sec.masked_paths, sec.readonly_paths, privileged=privileged)
 
         cri_devices, cri_rules = dev.resolve_devices(config.devices)
         base_devices = dev.host_devices() if privileged else dev.standard_devices()
         by_path = {d.path: d for d in base_devices}
         by_path.update({d.path: d for d in cri_devices})
-        rules = dev.device_rules(cri_rules, privileged=privileged)
+        by_path.update({d.path: d for d in extra.devices})
+        rules = dev.device_rules((*cri_rules, *extra.device_rules), privileged=privileged)
 
         oom: int | None = None
         if config.resources is not None:

@@ -1,0 +1,112 @@
+"""OCI lifecycle hooks of CDI devices, as far as cri-shim's process model allows.
+
+cri-shim has no OCI runtime between the daemon and the container process (the pod shim
+forks it), so the daemon runs the hooks that the OCI runtime spec (config.md, "POSIX-platform
+Hooks") places in the runtime namespace itself, at the matching moment:
+
+- ``prestart`` and ``createRuntime``: after the container's process exists in its namespaces
+  (CreateContainer, once the shim has made it) and before CreateContainer answers; a failure
+  fails CreateContainer and undoes it (runtime spec: an error stops the operation).
+- ``poststart``: after StartContainer started the process; a failure is logged, the
+  container keeps running (runtime spec: log a warning, continue).
+- ``poststop``: after RemoveContainer deleted the container; a failure is logged.
+
+``createContainer`` and ``startContainer`` hooks run inside the container's namespaces
+before pivot_root / before the user process; the pod shim cannot run a host binary there
+today, so a CDI device with such a hook is refused with Unimplemented naming it (never a
+container started without its hook).
+
+Each hook gets the OCI state on stdin ({"ociVersion", "id", "status", "pid", "bundle",
+"annotations"}); ``bundle`` is the container's state directory (there is no config.json:
+hooks that read the bundle's OCI spec, such as nvidia-cdi-hook, do not work). Its
+environment is exactly the hook's ``env`` and its timeout the hook's, else
+:data:`DEFAULT_TIMEOUT` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+
+from runtime.cdi.spec import ContainerEdits
+from runtime.errors import FailedPrecondition, Unimplemented
+from runtime.model.container import ContainerHook
+
+log = logging.getLogger(__name__)
+
+OCI_VERSION = "1.2.0"
+HOST_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
+IN_CONTAINER_HOOKS = ("createContainer", "startContainer")
+DEFAULT_TIMEOUT = 120
+#: what of a failed hook's output goes into the error
+_OUTPUT_TAIL = 512
+
+
+def host_hooks(edits: ContainerEdits) -> tuple[ContainerHook, ...]:
+    """The hooks of ``edits`` as records; Unimplemented for hooks the daemon cannot run."""
+    out = []
+    for h in edits.hooks:
+        if h.hook_name in IN_CONTAINER_HOOKS:
+            raise Unimplemented(
+                f"CDI {h.hook_name} hook {h.path}: hooks inside the container's namespaces are not supported "
+                f"by cri-shim (supported: {', '.join(HOST_HOOKS)})"
+            )
+        out.append(ContainerHook(h.hook_name, h.path, h.args or (h.path,), h.env, h.timeout))
+    return tuple(out)
+
+
+def oci_state(container_id: str, status: str, pid: int, bundle: str, annotations: dict[str, str]) -> bytes:
+    """The OCI runtime state document a hook reads on stdin (runtime-spec runtime.md)."""
+    state = {"ociVersion": OCI_VERSION, "id": container_id, "status": status, "pid": pid,
+             "bundle": bundle, "annotations": dict(annotations)}
+    return json.dumps(state).encode()
+
+
+async def run_hook(hook: ContainerHook, state: bytes) -> None:
+    """Run one hook to its end. Raises FailedPrecondition if it cannot start, times out
+    (it is killed) or exits non-zero; the message has the tail of its output."""
+    argv = hook.args or (hook.path,)
+    env = dict(e.split("=", 1) for e in hook.env)
+    timeout = hook.timeout or DEFAULT_TIMEOUT
+    what = f"CDI {hook.name} hook {hook.path}"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            argv[0], *argv[1:], executable=hook.path, env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )
+    except OSError as exc:
+        raise FailedPrecondition(f"{what} cannot run: {exc.strerror}") from None
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(state), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise FailedPrecondition(f"{what} did not finish in {timeout} s (killed)") from None
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        tail = out[-_OUTPUT_TAIL:].decode(errors="replace").strip()
+        raise FailedPrecondition(f"{what} failed with exit status {proc.returncode}: {tail}")
+
+
+async def run_hooks(hooks: Iterable[ContainerHook], names: tuple[str, ...], state: bytes, *,
+                    strict: bool, container_id: str) -> None:
+    """Run the hooks named ``names``, in order. ``strict``: the first failure raises; else
+    each failure is logged with the container id and the rest still run."""
+    for hook in hooks:
+        if hook.name not in names:
+            continue
+        if strict:
+            await run_hook(hook, state)
+            continue
+        try:
+            await run_hook(hook, state)
+        except FailedPrecondition as exc:
+            log.warning("container %s: %s", container_id, exc)
