@@ -33,6 +33,7 @@ from cri_shim.api.streaming import StreamingHandlers, StreamingTargets
 from cri_shim.config import Config
 from cri_shim.metrics import Metrics, MetricsServer
 from cri_shim.metrics_engine import EngineCollector
+from cri_shim.notify import notify
 from cri_shim.streaming.backend import StreamingBackend
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
 from cri_shim.streaming.shim_backend import EngineStreaming, ShimStreamingBackend
@@ -208,6 +209,7 @@ class Daemon:
                     start.result()  # a failed start-up (e.g. corrupt store) ends the daemon
                 except EngineError as exc:  # a host that cannot run the configuration
                     raise StartupError(f"the engine cannot start: {exc}") from None
+                notify("READY=1")  # systemd Type=notify: recovered, RuntimeReady
                 await stop
             else:
                 start.cancel()
@@ -225,6 +227,7 @@ class Daemon:
         self._stop.set()
 
     async def _shutdown(self, sock: Path) -> None:
+        notify("STOPPING=1")
         await self.container_events.close()  # ends GetContainerEvents streams: nothing to wait for
         if self._server is not None:
             await self._server.stop(SHUTDOWN_GRACE_SECONDS)

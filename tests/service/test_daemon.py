@@ -154,6 +154,24 @@ def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
         d.cleanup()
 
 
+def test_systemd_notify_ready_after_recovery_and_stopping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = make_daemon(tmp_path / "d")
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(str(path))
+        s.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))  # as systemd passes it to Type=notify
+        try:
+            d.start(wait_ready=False)
+            assert s.recv(100) == b"READY=1"
+            status = d.runtime.Status(pb.StatusRequest(), timeout=5).status
+            assert {c.type: c.status for c in status.conditions}["RuntimeReady"] is True
+            assert d.stop(signal.SIGTERM) == 0
+            assert s.recv(100) == b"STOPPING=1"
+        finally:
+            d.cleanup()
+
+
 def test_sigterm_exits_0_and_removes_socket(tmp_path: Path) -> None:
     d = make_daemon(tmp_path / "d")
     d.start()
