@@ -144,6 +144,13 @@ class Metrics:
             f"{PREFIX}_streaming_session_duration_seconds", "Duration of streaming sessions, by kind.",
             ["kind"], buckets=STREAM_BUCKETS, registry=r,
         )
+        self.connections_refused = Counter(
+            f"{PREFIX}_connections_refused",
+            "Connections to the streaming server or /metrics refused or cut off by a limit, by server and reason "
+            "(connection_limit, pending_limit, pending_per_client_limit, head_timeout, stream_limit, "
+            "daemon_streams_limit, daemon_bytes_limit).",
+            ["server", "reason"], registry=r,
+        )
         # series that exist (at 0) from the start, so rates and alerts need no special case
         for kind in ("exec", "attach", "portforward"):
             self.streaming_active.labels(kind).set(0)
@@ -216,6 +223,9 @@ class Metrics:
         self.streaming_sessions.labels(kind, protocol).inc()
         self.streaming_duration.labels(kind).observe(seconds)
 
+    def connection_refused(self, reason: str) -> None:
+        self.connections_refused.labels("streaming", reason).inc()
+
 
 class _WithoutCreated:
     """A read-only view of a registry that leaves out ``*_created`` samples."""
@@ -263,6 +273,7 @@ class MetricsServer:
 
     def _refused(self, reason: str) -> None:
         self.refused[reason] += 1
+        self._metrics.connections_refused.labels("metrics", reason).inc()
         log.debug("metrics: connection refused or dropped: %s", reason)
 
     @property

@@ -1,4 +1,5 @@
-"""The streaming server's metrics sink: sessions opened and closed (Prometheus implements it)."""
+"""The streaming server's metrics sink: sessions opened and closed, connections refused or cut
+off by a limit (Prometheus implements it)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ class StreamingMetrics(Protocol):
 
     def session_closed(self, kind: str, protocol: str, seconds: float) -> None: ...
 
+    def connection_refused(self, reason: str) -> None:
+        """A connection was refused or cut off by a limit (``StreamingServer.refused`` lists
+        the reasons)."""
+        ...
+
 
 class NoStreamingMetrics:
     """The sink of a server built without metrics (tools, tests of other parts)."""
@@ -23,4 +29,7 @@ class NoStreamingMetrics:
         return None
 
     def session_closed(self, kind: str, protocol: str, seconds: float) -> None:
+        return None
+
+    def connection_refused(self, reason: str) -> None:
         return None

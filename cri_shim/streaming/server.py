@@ -178,6 +178,7 @@ class StreamingServer:
 
     def _refused(self, reason: str) -> None:
         self.refused[reason] += 1
+        self.metrics.connection_refused(reason)
         log.debug("streaming: connection refused or cut off: %s", reason)
 
     # -- URLs ---------------------------------------------------------------------------------

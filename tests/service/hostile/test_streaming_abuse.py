@@ -126,6 +126,13 @@ def assert_exec_works(d: DaemonProcess, cid: str) -> None:
     assert (res.stdout, res.exit_code) == (b"still-serving\n", 0), res
 
 
+def refused_counter(d: DaemonProcess, server: str) -> float:
+    """Sum of cri_shim_connections_refused_total{server=...} over its reasons."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=20).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
+               if line.startswith("cri_shim_connections_refused_total{") and f'server="{server}"' in line)
+
+
 def refusals_logged(d: DaemonProcess, server: str) -> list[str]:
     """The reasons of the connections the daemon logged as refused or cut off (debug level)."""
     log = d.log_path.read_text(errors="replace")  # all of it: d.log() is its tail
@@ -239,6 +246,7 @@ def test_spdy_stream_and_data_flood_on_exec_url_is_cut_off(d: DaemonProcess, bus
         assert flood.cut_off and flood.goaway, flood
         assert_exec_works(d, cid)
         assert "stream_limit" in refusals_logged(d, "streaming")
+        assert refused_counter(d, "streaming") > 0
 
 
 def test_spdy_stream_flood_on_port_forward_url_is_cut_off(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
@@ -457,3 +465,4 @@ def test_metrics_endpoint_connection_cap(d: DaemonProcess) -> None:
     assert fds_during - fds_before <= 16 + 8  # [metrics] max_connections
     assert left == 0
     assert "connection_limit" in refusals_logged(d, "metrics")
+    assert refused_counter(d, "metrics") > 0

@@ -27,6 +27,9 @@ class Recorder:
         assert seconds >= 0
         self.events.append(("close", kind, protocol))
 
+    def connection_refused(self, reason: str) -> None:
+        self.events.append(("refused", reason, ""))
+
 
 async def test_sessions_are_reported_open_and_closed() -> None:
     rec = Recorder()
@@ -57,3 +60,17 @@ async def test_metrics_implements_the_sink() -> None:
     assert m.registry.get_sample_value(
         "cri_shim_streaming_sessions_total", {"kind": "attach", "protocol": "spdy"}) == 1
     assert m.registry.get_sample_value("cri_shim_streaming_session_duration_seconds_sum", {"kind": "attach"}) == 2.5
+
+
+async def test_refused_connections_are_counted_by_server_and_reason() -> None:
+    m = Metrics()
+    server = StreamingServer(LocalBackend(), StreamingSettings(header_timeout=0.2), metrics=m)
+    await server.start()
+    try:
+        host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 408")
+        writer.close()
+        assert m.connections_refused.labels("streaming", "head_timeout")._value.get() == 1
+    finally:
+        await server.close()
