@@ -125,10 +125,28 @@ class DaemonProcess:
         """SIGKILL the daemon (crash simulation); its socket file stays behind."""
         self.stop(signal.SIGKILL)
 
+    def uses_systemd(self) -> bool:
+        """True when this daemon's cgroups are systemd units (driver "systemd", or "auto" on a
+        node where PID 1 is systemd on cgroup v2)."""
+        from cri_shim.config import load
+        from runtime.cgroups.driver import choose_driver
+        from runtime.cgroups.systemd.units import systemd_booted
+        from runtime.hostinfo import detect_cgroup_mode
+
+        try:
+            setting = load(self.config_path).cgroups.driver
+            return choose_driver(setting, detect_cgroup_mode(leakmod.CGROUP_ROOT), systemd_booted()) == "systemd"
+        except Exception:
+            return False
+
     @property
     def footprint(self) -> leakmod.HostFootprint:
+        from runtime.cgroups.systemd.units import expand_slice
+
+        # with the systemd driver, pods without a parent are slices under cgroups.systemd_slice
+        parent = expand_slice(self.systemd_slice) if self.uses_systemd() else self.cgroup_parent
         return leakmod.HostFootprint(
-            dirs=(self.base, self.state, self.root), state=self.state, cgroup_parent=self.cgroup_parent,
+            dirs=(self.base, self.state, self.root), state=self.state, cgroup_parent=parent,
             bridge=self.bridge, nft_table=self.nft_table,
         )
 
@@ -169,6 +187,9 @@ class DaemonProcess:
             pass
         finally:
             self.stop()
+            if self.uses_systemd():
+                # stopping the slice stops every unit below it (pod slices, container scopes)
+                subprocess.run(["systemctl", "stop", self.systemd_slice], capture_output=True, timeout=120)
             leakmod.cleanup_host(self.footprint)
 
     def log(self) -> str:
@@ -307,12 +328,14 @@ def write_config(d: DaemonProcess) -> None:
 
 @contextlib.contextmanager
 def running_daemon(
-    base: Path, extra_config: str = "", wait_ready: bool = True, log_level: str = "debug"
+    base: Path, extra_config: str = "", wait_ready: bool = True, log_level: str = "debug",
+    start_timeout: float = 30.0,
 ) -> Iterator[DaemonProcess]:
-    """A started daemon, stopped (by pid) when the block exits."""
+    """A started daemon, stopped (by pid) when the block exits. ``start_timeout``: how long
+    start-up may take (more in an emulated VM)."""
     d = make_daemon(base, extra_config, log_level)
     try:
-        d.start(wait_ready=wait_ready)
+        d.start(timeout=start_timeout, wait_ready=wait_ready)
         yield d
     finally:
         d.cleanup()
