@@ -246,6 +246,7 @@ def _validate(cfg: Config) -> None:
         ("network.cni_conf_dir", cfg.network.cni_conf_dir),
         ("network.cni_cache_dir", cfg.network.cni_cache_dir),
         ("image.registries_config", cfg.image.registries_config),
+        ("image.signature_policy", cfg.image.signature_policy),
         *((f"network.cni_bin_dirs[{i}]", p) for i, p in enumerate(cfg.network.cni_bin_dirs)),
         *((f"image.certs_dirs[{i}]", p) for i, p in enumerate(cfg.image.certs_dirs)),
         *((f"cdi.spec_dirs[{i}]", p) for i, p in enumerate(cfg.cdi.spec_dirs)),

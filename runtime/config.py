@@ -86,6 +86,16 @@ class ImageSettings:
             "the environment."
         ),
     )
+    signature_policy: Path = field(
+        default=Path("/etc/containers/policy.json"),
+        metadata=doc(
+            "containers-policy.json(5) file deciding which images a pull accepts, by registry "
+            "and repository scope (transports.docker; the longest scope wins, then default): "
+            "insecureAcceptAnything, reject, or sigstoreSigned with public keys (cosign "
+            "signatures stored in the registry as sha256-<digest>.sig). signedBy (GPG) and "
+            "Fulcio/Rekor are refused as unsupported. A missing file accepts every image."
+        ),
+    )
     pinned_images: tuple[str, ...] = field(
         default=(),
         metadata=doc(

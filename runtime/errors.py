@@ -52,5 +52,14 @@ class Aborted(EngineError):
     """The operation was interrupted by a concurrent one (e.g. a removal racing a start)."""
 
 
+class SignatureValidationFailed(EngineError):
+    """The image policy (containers-policy.json) refused a pulled image: a ``reject`` rule,
+    or no signature the rule accepts. The message starts with "SignatureValidationFailed: ",
+    kubelet's reason for it (k8s.io/cri-api/pkg/errors), as CRI-O's does."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"SignatureValidationFailed: {message}")
+
+
 class Internal(EngineError):
     """An invariant broke inside the engine; the message says which."""

@@ -23,6 +23,11 @@ STATUS_OF: dict[type[e.EngineError], grpc.StatusCode] = {
     e.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     e.Aborted: grpc.StatusCode.ABORTED,
     e.Internal: grpc.StatusCode.INTERNAL,
+    # kubelet's CRI client strips the status only from UNKNOWN errors (cri-client
+    # remote_image.go), and kubelet's evalCRIPullErr then matches the message prefix
+    # "SignatureValidationFailed" to set the container's waiting reason; CRI-O returns a
+    # plain error (UNKNOWN) with that prefix too.
+    e.SignatureValidationFailed: grpc.StatusCode.UNKNOWN,
 }
 
 

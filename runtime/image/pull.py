@@ -6,6 +6,9 @@ Contract of :meth:`Puller.pull`:
   registry fails with PermissionDenied before any network traffic.
 - Credentials per source: kubelet's AuthConfig when it applies to the source's host, else
   the node's auth file (:mod:`runtime.image.authfile`), else none.
+- The image policy (:mod:`runtime.image.admission`): a ``reject`` rule fails the pull before
+  any network traffic, signature requirements are checked once the top-level manifest is
+  known and before any layer is downloaded (SignatureValidationFailed).
 - Every blob is verified (digest and size) before it is used; every layer's uncompressed
   digest must equal the config's DiffID before its snapshot is committed.
 - Layers whose chain id already has a ready snapshot are neither downloaded nor extracted
@@ -32,6 +35,7 @@ from typing import Protocol
 from runtime.errors import EngineError, Internal, InvalidArgument, PermissionDenied
 from runtime.image import manifest as mf
 from runtime.image import metadata as md
+from runtime.image.admission import ImagePolicy
 from runtime.image.applier import ApplyLimits
 from runtime.image.auth import RegistryAuth
 from runtime.image.authfile import AuthFile
@@ -99,6 +103,7 @@ class Puller:
         observers: list[PullObserver],
         *,
         auth_file: AuthFile | None = None,
+        policy: ImagePolicy | None = None,
         max_concurrent_downloads: int,
         limits: ApplyLimits,
         owner: str,
@@ -112,6 +117,7 @@ class Puller:
         self._client = client
         self._registries = registries
         self._auth_file = auth_file or AuthFile(None)
+        self._policy = policy or ImagePolicy(None)
         self._observers = observers
         self._downloads = asyncio.Semaphore(max_concurrent_downloads)
         self._limits = limits
@@ -199,8 +205,10 @@ class Puller:
         raise errors[-1][1]
 
     async def _pull(self, ref: Reference, auth: RegistryAuth | None, p: _Progress) -> Image:
+        decision = await self._policy.before_pull(ref)
         session, top, source = await self._resolve(ref, auth)
         p.source = source
+        await self._policy.after_resolve(decision, ref, session, top)
         parsed = mf.parse_manifest(top.data, top.media_type)
         blobs_to_keep: list[tuple[str, bytes]] = [(top.digest, top.data)]
         depth = 0

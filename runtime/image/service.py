@@ -26,6 +26,7 @@ from pathlib import Path
 from runtime.config import ImageSettings
 from runtime.errors import InvalidArgument, NotFound
 from runtime.image import metadata as md
+from runtime.image.admission import ImagePolicy
 from runtime.image.applier import ApplyLimits
 from runtime.image.auth import RegistryAuth
 from runtime.image.authfile import AuthFile
@@ -33,6 +34,7 @@ from runtime.image.content import ContentStore, owner_tag
 from runtime.image.manifest import Platform
 from runtime.image.model import FilesystemUsage, FsInfo, Image
 from runtime.image.pinning import PinnedImages
+from runtime.image.policy import PolicyCache
 from runtime.image.proxy import ProxyConfig
 from runtime.image.pull import Puller, PullObserver
 from runtime.image.reference import parse, parse_image_id
@@ -128,6 +130,7 @@ class ImageService:
             RegistriesConfigCache(settings.registries_config),
             self._observers,
             auth_file=AuthFile(Path(settings.auth_file) if settings.auth_file else None),
+            policy=ImagePolicy(PolicyCache(settings.signature_policy)),
             max_concurrent_downloads=settings.max_concurrent_downloads,
             limits=self._limits,
             owner=self._owner,
