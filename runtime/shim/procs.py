@@ -28,6 +28,7 @@ from runtime import errors
 from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
 from runtime.shim import init
 from runtime.shim.logwriter import CriLogFile, LineSplitter
+from runtime.shim.oomwatch import OomCounters
 from runtime.store.codec import to_json
 from runtime.store.files import atomic_write
 
@@ -96,7 +97,8 @@ def _exit_dict(e: ExitStatus) -> dict[str, Any]:
 
 
 def oom_kill_count(memory_cgroup: str) -> int:
-    """The cgroup's cumulative OOM-kill counter (v2 memory.events, v1 memory.oom_control)."""
+    """The cgroup's cumulative OOM-kill counter (v2 memory.events, v1 memory.oom_control);
+    0 when there is none, or no longer one (see ``runtime.shim.oomwatch``)."""
     if not memory_cgroup:
         return 0
     for name in ("memory.events", "memory.oom_control"):
@@ -205,6 +207,7 @@ class ProcessTable:
         self.precreated: dict[str, Precreated] = {}
         self._loop = asyncio.get_running_loop()
         self._exec_seq = 0
+        self.oom = OomCounters()
 
     # -- reaping ------------------------------------------------------------------------------
 
@@ -255,7 +258,10 @@ class ProcessTable:
             code = os.WEXITSTATUS(status)
         # The counter is cumulative over the cgroup: only a SIGKILL death after it grew is an
         # OOM kill of this process (kubernetes#140718: a SIGTERM exit is not OOMKilled).
-        oom = sig == signal.SIGKILL and oom_kill_count(proc.spec.memory_cgroup) > proc.oom_base
+        # the live counter too: with the systemd driver the scope's cgroup may already be gone
+        seen = max(oom_kill_count(proc.spec.memory_cgroup), self.oom.latest(proc.key) or 0)
+        self.oom.unwatch(proc.key)
+        oom = sig == signal.SIGKILL and seen > proc.oom_base
         # Drain what the process wrote before it died (bounded: a daemonized grandchild may
         # hold the pipe open forever; kubernetes#92057).
         with contextlib.suppress(TimeoutError):
@@ -529,6 +535,7 @@ class ProcessTable:
         proc = Proc(key=spec.container_id, spec=spec)
         proc.log = CriLogFile(spec.log_path) if spec.log_path else None
         proc.oom_base = oom_kill_count(spec.memory_cgroup)
+        self.oom.watch(proc.key, spec.memory_cgroup)
         if pre is not None:
             self._attach_stdio(proc, pre.stdio)
             try:
@@ -594,6 +601,7 @@ class ProcessTable:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
         self._close_io(proc)
+        self.oom.unwatch(proc.key)
         self.procs.pop(proc.key, None)
 
     async def start(self, proc: Proc) -> None:

@@ -234,3 +234,18 @@ def test_a_stale_default_profile_is_replaced_at_start(d: DaemonProcess) -> None:
     d.start(timeout=600)
     info = json.loads(d.runtime.Status(pb.StatusRequest(verbose=True), timeout=30).info["apparmor"])
     assert info["action"] == "unchanged", info
+
+
+def test_oom_killed_is_reported_although_systemd_removes_the_scope(d: DaemonProcess, busybox: str,
+                                                                  tmp_path: Path) -> None:
+    # systemd stops an emptied scope and removes its cgroup at once, racing the shim's read
+    # of memory.events at exit: the shim's live counter (runtime.shim.oomwatch) must win
+    pod, cfg = new_pod(d, tmp_path)
+    res = pb.LinuxContainerResources(memory_limit_in_bytes=32 << 20, memory_swap_limit_in_bytes=32 << 20)
+    for i in range(3):
+        cid = run(d, pod, cfg, container_config(f"hog{i}", busybox, ["sh", "-c", "x=a; while true; do x=$x$x; done"],
+                                                resources=res))
+        st = wait_state(d, cid, pb.CONTAINER_EXITED, timeout=600)
+        assert (st.exit_code, st.reason) == (137, "OOMKilled"), (i, st)
+        assert unit_props(f"cri-shim-{cid}.scope", "LoadState")["LoadState"] == "not-found"
+    remove_pod(d, pod)

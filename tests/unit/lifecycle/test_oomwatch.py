@@ -1,0 +1,36 @@
+"""The shim's live OOM-kill counters (runtime.shim.oomwatch)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from runtime.shim.oomwatch import OomCounters, read_oom_kill
+
+EVENTS = "low 0\nhigh 0\nmax 3\noom 2\noom_kill {n}\noom_group_kill 0\n"
+
+
+def test_read_oom_kill(tmp_path: Path) -> None:
+    f = tmp_path / "memory.events"
+    f.write_text(EVENTS.format(n=7))
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        assert read_oom_kill(fd) == 7
+    finally:
+        os.close(fd)
+    assert read_oom_kill(-1) is None  # a closed or gone file
+
+
+async def test_files_that_cannot_be_polled_are_read_once(tmp_path: Path) -> None:
+    cg = tmp_path / "scope"
+    cg.mkdir()
+    (cg / "memory.events").write_text(EVENTS.format(n=0))
+    counters = OomCounters()
+    counters.watch("c1", str(cg))  # a regular file cannot be polled: watched by reads only
+    assert counters.latest("c1") == 0
+    counters.unwatch("c1")
+    assert counters.latest("c1") is None
+    counters.watch("c2", str(tmp_path / "missing"))  # v1 or no memory controller: nothing
+    assert counters.latest("c2") is None
+    counters.watch("c3", "")
+    assert counters.latest("c3") is None
