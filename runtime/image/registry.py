@@ -29,7 +29,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import ipaddress
@@ -48,14 +47,14 @@ from runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, Permissi
 from runtime.image import certs
 from runtime.image.auth import Challenge, RegistryAuth, parse_challenges
 from runtime.image.content import DigestMismatch
+from runtime.image.httppool import USER_AGENT, HttpClients
 from runtime.image.manifest import ACCEPT, MAX_MANIFEST_BYTES
-from runtime.image.proxy import ProxyConfig, ProxyRouter
+from runtime.image.proxy import ProxyConfig
 from runtime.image.redirects import RedirectPolicy, Resolver, endpoint, send_following, system_resolve
 from runtime.image.regtext import MAX_BODY, error_summary, printable
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "cri-shim"
 DOCKER_HUB_API = "registry-1.docker.io"
 _BATCH = 1 << 20
 #: A token response is a small JSON object (a JWT of a few KiB); more is not read.
@@ -104,68 +103,26 @@ class RegistryClient:
         transport: httpx.AsyncBaseTransport | None = None,
         resolve: Resolver = system_resolve,
     ) -> None:
-        self._transport = transport
         self.resolve = resolve
-        self.certs_dirs = certs_dirs
-        self.proxies = proxies or ProxyConfig()
         read = progress_timeout if progress_timeout > 0 else None
         connect = min(30.0, read) if read is not None else 30.0
-        self._timeout = httpx.Timeout(connect=connect, read=read, write=60.0, pool=None)
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        timeout = httpx.Timeout(connect=connect, read=read, write=60.0, pool=None)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.http = HttpClients(timeout, limits, certs_dirs, proxies or ProxyConfig(), transport)
         self._progress_timeout = progress_timeout
-        # One HTTP client per TLS configuration (certs.d directory and its files' stamp,
-        # verification on or off); a client whose files changed is retired, closed at close().
-        self._clients: dict[tuple[Path | None, certs.Stamp, bool], httpx.AsyncClient] = {}
-        self._retired: list[httpx.AsyncClient] = []
         self._schemes: dict[str, str] = {}
         self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
 
-    async def tls_for(self, host: str) -> certs.HostTLS:
-        """The certs.d configuration of ``host`` (read now: a changed directory is seen by
-        the next pull). Raises FailedPrecondition for an unusable directory."""
-        if not self.certs_dirs:
-            return certs.HostTLS(host)
-        return await asyncio.to_thread(certs.find, self.certs_dirs, host)
+    @property
+    def certs_dirs(self) -> tuple[Path, ...]:
+        return self.http.certs_dirs
 
-    async def http_client(self, tls: certs.HostTLS, verify: bool) -> httpx.AsyncClient:
-        """The pooled client for ``tls`` with server verification on or off."""
-        key = (tls.directory, tls.stamp, verify)
-        c = self._clients.get(key)
-        if c is not None:
-            return c
-        transport = self._transport
-        if transport is None:
-            ctx = await asyncio.to_thread(certs.ssl_context, tls, verify)
-            c = self._clients.get(key)  # made by a concurrent pull meanwhile
-            if c is not None:
-                return c
-            transport = ProxyRouter(self.proxies, lambda proxy: self._http_transport(ctx, proxy))
-        for old_key in [k for k in self._clients if k[0] == tls.directory and k[2] == verify]:
-            self._retired.append(self._clients.pop(old_key))
-        c = httpx.AsyncClient(
-            timeout=self._timeout,
-            follow_redirects=False,  # followed by runtime.image.redirects' rules
-            headers={"User-Agent": USER_AGENT},
-            trust_env=False,  # proxies come from self.proxies (runtime.image.proxy)
-            transport=transport,
-        )
-        self._clients[key] = c
-        return c
-
-    def _http_transport(self, ctx: ssl.SSLContext, proxy: str) -> httpx.AsyncHTTPTransport:
-        # An https:// proxy is verified against the system store (not the registry's CAs).
-        via = None
-        if proxy.startswith("https://"):
-            via = httpx.Proxy(proxy, ssl_context=ssl.create_default_context())
-        elif proxy:
-            via = httpx.Proxy(proxy)
-        return httpx.AsyncHTTPTransport(verify=ctx, limits=self._limits, proxy=via)
+    @property
+    def proxies(self) -> ProxyConfig:
+        return self.http.proxies
 
     async def close(self) -> None:
-        for c in [*self._clients.values(), *self._retired]:
-            await c.aclose()
-        self._clients.clear()
-        self._retired.clear()
+        await self.http.close()
 
     def session(self, host: str, repository: str, insecure: bool, auth: RegistryAuth | None) -> RegistrySession:
         """A view on one repository of one registry, with the credentials to use there."""
@@ -206,9 +163,9 @@ class RegistrySession:
     async def _ready(self) -> httpx.AsyncClient:
         """The HTTP client for this registry's TLS configuration (read on first use)."""
         if self._http is None:
-            self.tls = await self._c.tls_for(self.host)
+            self.tls = await self._c.http.tls_for(self.host)
             self.relaxed = self.insecure or (is_loopback(self.host) and self.tls.directory is None)
-            self._http = await self._c.http_client(self.tls, verify=not self.relaxed)
+            self._http = await self._c.http.client(self.tls, verify=not self.relaxed)
         return self._http
 
     def _unreachable(self, exc: BaseException) -> str:
