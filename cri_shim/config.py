@@ -27,12 +27,14 @@ from runtime.config import (
     ImageSettings,
     NetworkSettings,
     PodSettings,
+    RuntimeHandlerSettings,
     RuntimeSettings,
     doc,
 )
 from runtime.errors import InvalidArgument
 from runtime.image.pinning import compile_pattern
 from runtime.image.proxy import normalize_proxy_url, redacted
+from runtime.sandbox.handlers import BUILT_IN, IDS_PER_POD
 
 DEFAULT_CONFIG_PATH = Path("/etc/cri-shim/config.toml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -157,12 +159,21 @@ class Config:
     pods: PodSettings = field(default_factory=PodSettings)
     cgroups: CgroupSettings = field(default_factory=CgroupSettings)
     cdi: CdiSettings = field(default_factory=CdiSettings)
+    runtime_handlers: tuple[RuntimeHandlerSettings, ...] = field(
+        default=(),
+        metadata=doc(
+            "Runtime handlers besides the built-in \"\" and \"cri-shim\", one [[runtime_handlers]] "
+            "table each (tables go after the top-level keys, e.g. at the end of the file): pods "
+            "whose RuntimeClass names the handler get its defaults. Status lists "
+            "them; a pod naming an unknown handler is refused with the list of known ones."
+        ),
+    )
 
     def runtime_settings(self) -> RuntimeSettings:
         """The engine's part of the configuration."""
         return RuntimeSettings(
             root=self.root, state=self.state, image=self.image, network=self.network, pods=self.pods,
-            cgroups=self.cgroups, cdi=self.cdi,
+            cgroups=self.cgroups, cdi=self.cdi, runtime_handlers=self.runtime_handlers,
         )
 
 
@@ -196,6 +207,7 @@ def _validate(cfg: Config) -> None:
     if cfg.streaming.idle_timeout <= 0:
         raise ConfigError("streaming.idle_timeout: must be > 0")
     _check_limits(cfg)
+    _check_runtime_handlers(cfg)
     try:
         check_cgroup_path(cfg.pods.cgroup_parent)
     except InvalidArgument as exc:
@@ -253,6 +265,28 @@ def _validate(cfg: Config) -> None:
     ):
         if not path.is_absolute():
             raise ConfigError(f"{key}: {str(path)!r} must be an absolute path")
+
+
+_HANDLER_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # RuntimeClass: an RFC 1123 label
+
+
+def _check_runtime_handlers(cfg: Config) -> None:
+    seen: set[str] = set()
+    for i, h in enumerate(cfg.runtime_handlers):
+        key = f"runtime_handlers[{i}]"
+        if not _HANDLER_NAME.match(h.name):
+            raise ConfigError(f"{key}.name: {h.name!r} is not a lowercase RFC 1123 label (a RuntimeClass handler)")
+        if h.name in BUILT_IN or h.name in seen:
+            raise ConfigError(f"{key}.name: {h.name!r} is {'built in' if h.name in BUILT_IN else 'declared twice'}")
+        seen.add(h.name)
+        profile = h.default_seccomp_profile
+        if profile and profile != "runtime/default" and not Path(profile).is_absolute():
+            raise ConfigError(f"{key}.default_seccomp_profile: {profile!r} is neither runtime/default nor an "
+                              "absolute path")
+    first, last = cfg.pods.userns_first_id, cfg.pods.userns_last_id
+    if not 1 <= first <= last <= (1 << 32) - 2 or last - first + 1 < IDS_PER_POD:
+        raise ConfigError(f"pods.userns_first_id..userns_last_id: {first}..{last} must lie in 1..4294967294 "
+                          f"and hold at least {IDS_PER_POD} ids")
 
 
 def _check_limits(cfg: Config) -> None:

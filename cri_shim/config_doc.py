@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from cri_shim.config import Config
+from runtime.config import RuntimeHandlerSettings
 
 HEADER = """\
 # cri-shim configuration (TOML). Every key is optional; the values shown are the defaults.
@@ -21,7 +22,16 @@ HEADER = """\
 """
 
 
+#: the handlers config.example.toml shows (k8s-manifests/runtimeclass-*.yaml name them)
+EXAMPLE_RUNTIME_HANDLERS: tuple[RuntimeHandlerSettings, ...] = (
+    RuntimeHandlerSettings(name="cri-shim-userns", user_namespace=True),
+    RuntimeHandlerSettings(name="cri-shim-hardened", default_seccomp_profile="runtime/default"),
+)
+
+
 def _toml_value(v: Any) -> str:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return "{" + ", ".join(f"{f.name} = {_toml_value(getattr(v, f.name))}" for f in dataclasses.fields(v)) + "}"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -60,9 +70,28 @@ def _key(f: dataclasses.Field[Any], value: Any, commented: bool) -> list[str]:
     if commented:
         out.append("")
         out.extend("# " + line for line in textwrap.wrap(f.metadata["doc"], 92))
+        if f.name == "runtime_handlers":
+            out.extend(_handler_example())
         out.append(f"# {f.name} = {_toml_value(value)}")
     else:
         out.append(f"{f.name} = {_toml_value(value)}")
+    return out
+
+
+def _handler_example() -> list[str]:
+    """The keys of a [[runtime_handlers]] table and example handlers, as comments that are not
+    key lines (uncommenting the example's key lines must still give the defaults)."""
+    out = ["#", "# Keys of a [[runtime_handlers]] table:"]
+    for f in dataclasses.fields(RuntimeHandlerSettings):
+        wrapped = textwrap.wrap(f"{f.name} (default {_toml_value(f.default)}): {f.metadata['doc']}", 88)
+        out.extend("#   " + line if i == 0 else "#     " + line for i, line in enumerate(wrapped))
+    out.append("# For example (the RuntimeClasses in k8s-manifests/ name these handlers):")
+    for h in EXAMPLE_RUNTIME_HANDLERS:
+        out.append("#   [[runtime_handlers]]")
+        for f in dataclasses.fields(h):
+            value = getattr(h, f.name)
+            if value != f.default:
+                out.append(f"#   {f.name} = {_toml_value(value)}")
     return out
 
 

@@ -181,6 +181,18 @@ class PodSettings:
             "with an error (a process stuck in the kernel)."
         ),
     )
+    userns_first_id: int = field(
+        default=1 << 31,
+        metadata=doc(
+            "First host uid/gid of the range from which a runtime handler with user_namespace = true "
+            "gives each pod 65536 ids (when kubelet sends no mapping of its own). Keep it apart from "
+            "kubelet's range for hostUsers: false pods (kubelet's /etc/subuid entry) and from real users."
+        ),
+    )
+    userns_last_id: int = field(
+        default=(1 << 32) - 2,
+        metadata=doc("Last host uid/gid of that range (at most 4294967294)."),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +231,37 @@ class CdiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RuntimeHandlerSettings:
+    """One runtime handler (the ``handler`` of a RuntimeClass) besides the built-in ones."""
+
+    name: str = field(
+        default="",
+        metadata=doc(
+            "The handler name a RuntimeClass gives (a lowercase RFC 1123 label), other than the "
+            "built-in \"\" and \"cri-shim\"."
+        ),
+    )
+    user_namespace: bool = field(
+        default=False,
+        metadata=doc(
+            "Run every pod of this handler in its own user namespace, as hostUsers: false does; when "
+            "kubelet sends no mapping, the pod gets 65536 host ids of pods.userns_first_id.."
+            "pods.userns_last_id. Pods on the node's network, PID or IPC namespace and privileged "
+            "pods are refused."
+        ),
+    )
+    default_seccomp_profile: str = field(
+        default="",
+        metadata=doc(
+            "Seccomp profile of this handler's containers that ask for none, Unconfined or "
+            "RuntimeDefault: \"runtime/default\" or the absolute path of a profile (JSON, as a "
+            "Localhost profile). A Localhost profile the pod names is kept; privileged containers "
+            "stay unconfined. Empty: as the default handler."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSettings:
     """Everything the engine needs; paths are absolute."""
 
@@ -230,3 +273,4 @@ class RuntimeSettings:
     pods: PodSettings = field(default_factory=PodSettings)
     cgroups: CgroupSettings = field(default_factory=CgroupSettings)
     cdi: CdiSettings = field(default_factory=CdiSettings)
+    runtime_handlers: tuple[RuntimeHandlerSettings, ...] = ()

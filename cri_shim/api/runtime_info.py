@@ -13,7 +13,6 @@ from cri_shim.api.gen import api_pb2 as pb
 from cri_shim.api.version import CRI_API_VERSION
 from cri_shim.config import Config, as_dict
 from runtime.engine import Engine
-from runtime.sandbox.validate import RUNTIME_HANDLERS
 from runtime.settings_store import validate_pod_cidr
 
 RUNTIME_NAME = "cri-shim"
@@ -53,7 +52,7 @@ class RuntimeInfoHandlers:
                     user_namespaces=features.user_namespaces,
                 ),
             )
-            for name in RUNTIME_HANDLERS
+            for name in self._engine.sandboxes.handlers.names
         ]
         response = pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),

@@ -165,6 +165,10 @@ class ContainerService:
     async def _build(self, rec: ContainerRecord, sandbox: SandboxRecord, undo: UndoStack) -> ContainerRecord:
         cid, config = rec.id, rec.config
         planner = self._planner()
+        # the pod's runtime handler may give containers a stricter default seccomp profile
+        seccomp = self.sandboxes.handlers.container_seccomp(sandbox.config.runtime_handler, config.security.seccomp)
+        if seccomp != config.security.seccomp:
+            config = replace(config, security=replace(config.security, seccomp=seccomp))
         steps = StepTimer()
         namespaces = self._namespaces(sandbox, config)
         image = await self.images.get(config.image.image)

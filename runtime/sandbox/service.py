@@ -50,6 +50,7 @@ from runtime.model.sandbox import (
     SandboxRecord,
     SandboxState,
 )
+from runtime.sandbox.handlers import RuntimeHandlers, mapped_ranges
 from runtime.sandbox.hooks import CgroupsPort, PodNetwork, SandboxContainers
 from runtime.sandbox.host import PodHost, unmount_quietly, unpin_namespaces
 from runtime.sandbox.podfiles import node_hostname
@@ -82,6 +83,10 @@ class SandboxService:
     ) -> None:
         self.settings = settings
         self.records = SandboxRecords(store)
+        self.handlers = RuntimeHandlers(settings.runtime_handlers, first_id=settings.pods.userns_first_id,
+                                        last_id=settings.pods.userns_last_id)
+        #: user namespace ranges given to pods still being validated (not in a record yet)
+        self._pending_ids: list[tuple[int, int]] = []
         self.shims = shims
         self.network = network
         self.events = events
@@ -117,9 +122,20 @@ class SandboxService:
     # -- run ----------------------------------------------------------------------------------
 
     async def run(self, config: SandboxConfig) -> str:
-        """Create and start a sandbox; returns its id. See the module docstring."""
-        sysctls = check_sandbox_config(config, userns_unavailable=self.userns_unavailable)
-        return await self._handoff.run(config.metadata.key(), lambda: self._run(config, sysctls))
+        """Create and start a sandbox; returns its id. See the module docstring. The pod's
+        runtime handler's defaults are applied first (``runtime.sandbox.handlers``); an
+        unknown handler is InvalidArgument listing the known ones."""
+        given = config.user_namespace
+        config = self.handlers.sandbox_config(config, [*mapped_ranges(r.config for r in self.records.all()),
+                                                       *self._pending_ids])
+        pending = mapped_ranges([config]) if config.user_namespace is not given else []
+        self._pending_ids += pending
+        try:
+            sysctls = check_sandbox_config(config, self.handlers.names, userns_unavailable=self.userns_unavailable)
+            return await self._handoff.run(config.metadata.key(), lambda: self._run(config, sysctls))
+        finally:
+            for item in pending:
+                self._pending_ids.remove(item)
 
     async def _run(self, config: SandboxConfig, sysctls: dict[str, str]) -> str:
         sid = new_id()

@@ -13,6 +13,7 @@ from runtime.cgroups.paths import check_cgroup_path
 from runtime.cgroups.systemd.units import check_slice_name, is_slice_name
 from runtime.errors import InvalidArgument, Unimplemented
 from runtime.model.sandbox import NamespaceMode, SandboxConfig
+from runtime.sandbox.handlers import BUILT_IN
 from runtime.security.sysctls import proc_path, validate_sysctls
 
 # RFC 1123 host name: labels of letters, digits and '-', dot-separated; kernel: <= 64 bytes.
@@ -40,10 +41,10 @@ def check_sysctls(config: SandboxConfig, proc_sys: Path = PROC_SYS) -> dict[str,
     return out
 
 
-#: Runtime handlers (RuntimeClass ``handler``) this runtime serves: the default ("") and its
-#: name, which a RuntimeClass can select (k8s-manifests/runtimeclass.yaml); both run pods the
-#: same way.
-RUNTIME_HANDLERS: tuple[str, ...] = ("", "cri-shim")
+#: The built-in runtime handlers (RuntimeClass ``handler``): the default ("") and its name,
+#: which a RuntimeClass can select (k8s-manifests/runtimeclass.yaml); both run pods the same
+#: way. The config may declare more (runtime.sandbox.handlers).
+RUNTIME_HANDLERS: tuple[str, ...] = BUILT_IN
 
 
 #: kernel: ids are 32-bit and (uid_t)-1 is never valid, so a mapping ends below 2^32 - 1.
@@ -103,7 +104,9 @@ def check_sandbox_config(
     if md.attempt < 0:
         raise InvalidArgument("metadata.attempt must not be negative")
     if config.runtime_handler not in runtime_handlers:
-        raise InvalidArgument(f"runtime handler {config.runtime_handler!r} is not configured")
+        known = ", ".join(repr(n) for n in runtime_handlers)
+        raise InvalidArgument(f"runtime handler {config.runtime_handler!r} is not configured on this node "
+                              f"(known: {known})")
     if config.hostname and (len(config.hostname) > 64 or not _HOSTNAME.match(config.hostname)):
         raise InvalidArgument(f"hostname {config.hostname!r} is not a valid RFC 1123 host name")
     if config.log_directory and (

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cri_shim.config_doc import EXAMPLE_RUNTIME_HANDLERS
 from runtime.sandbox.validate import RUNTIME_HANDLERS
 from tests.support.k8s_schemas import ManifestError, load_documents, validate
 from tests.support.scrape import (
@@ -34,8 +35,8 @@ def _all() -> list[tuple[Path, dict[str, Any]]]:
     return [(p, doc) for p in sorted(MANIFESTS.rglob("*.yaml")) for doc in load_documents(p)]
 
 
-def _one(kind: str) -> dict[str, Any]:
-    (doc,) = [d for _, d in _all() if d["kind"] == kind]
+def _one(kind: str, name: str = "") -> dict[str, Any]:
+    (doc,) = [d for _, d in _all() if d["kind"] == kind and (not name or d["metadata"]["name"] == name)]
     return doc
 
 
@@ -45,8 +46,8 @@ def _prometheus_job() -> dict[str, Any]:
 
 def test_the_expected_objects_are_there() -> None:
     kinds = sorted(d["kind"] for _, d in _all())
-    assert kinds == sorted(["RuntimeClass", "Pod", "Deployment", "Service", "Namespace", "ServiceAccount",
-                            "ClusterRole", "ClusterRoleBinding", "ConfigMap", "ScrapeConfig"])
+    assert kinds == sorted(["RuntimeClass"] * 3 + ["Pod", "Deployment", "Service", "Namespace", "ServiceAccount",
+                                                   "ClusterRole", "ClusterRoleBinding", "ConfigMap", "ScrapeConfig"])
 
 
 @pytest.mark.parametrize("path", sorted(MANIFESTS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(MANIFESTS)))
@@ -56,7 +57,7 @@ def test_every_object_is_valid_against_the_api_schemas(path: Path) -> None:
 
 
 def test_the_validator_catches_mistakes() -> None:
-    rc = copy.deepcopy(_one("RuntimeClass"))
+    rc = copy.deepcopy(_one("RuntimeClass", "cri-shim"))
     rc["handlr"] = rc["handler"]  # a typo: strict schemas refuse unknown fields
     with pytest.raises(ManifestError, match="handlr"):
         validate(rc)
@@ -78,7 +79,7 @@ def test_the_validator_catches_mistakes() -> None:
 
 
 def test_runtime_class_matches_the_runtime_and_the_workloads() -> None:
-    rc = _one("RuntimeClass")
+    rc = _one("RuntimeClass", "cri-shim")
     assert rc["handler"] in RUNTIME_HANDLERS and rc["handler"]
     assert rc["scheduling"]["nodeSelector"] == {NODE_LABEL: "true"}
     pod = _one("Pod")
@@ -122,3 +123,16 @@ def test_promtool_accepts_the_job_with_a_static_target(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump(broken))
     res = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
+
+
+def test_a_runtime_class_per_example_handler() -> None:
+    """Each RuntimeClass names the built-in handler or one config.example.toml shows, and
+    schedules like the default one."""
+    classes = {d["handler"]: d for _, d in _all() if d["kind"] == "RuntimeClass"}
+    assert set(classes) == {"cri-shim", *(h.name for h in EXAMPLE_RUNTIME_HANDLERS)}
+    example = (REPO / "config.example.toml").read_text()
+    for h in EXAMPLE_RUNTIME_HANDLERS:
+        assert f'#   name = "{h.name}"' in example
+        rc = classes[h.name]
+        assert rc["metadata"]["name"] == h.name
+        assert rc["scheduling"] == classes["cri-shim"]["scheduling"]
