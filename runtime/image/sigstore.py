@@ -51,7 +51,9 @@ SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 PAYLOAD_TYPE = "cosign container image signature"
 #: containers/image iolimits.MaxSignatureBodySize
 MAX_SIGNATURE_BYTES = 4 << 20
+#: What one image's attachments may add up to: a registry cannot make a pull hold more.
 MAX_ATTACHMENTS = 64
+MAX_TOTAL_SIGNATURE_BYTES = 16 << 20
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
@@ -176,8 +178,10 @@ def check(req: Requirement, image: Reference, manifest: bytes, signatures: Seque
 
 async def fetch(session: RegistrySession, digest: str) -> list[Signature]:
     """The sigstore attachments of manifest ``digest`` in the session's repository
-    (empty when there is no ``.sig`` tag). Raises like the registry client does, and
-    InvalidArgument for a malformed attachment manifest."""
+    (empty when there is no ``.sig`` tag): at most :data:`MAX_ATTACHMENTS`, each of at most
+    :data:`MAX_SIGNATURE_BYTES`, together at most :data:`MAX_TOTAL_SIGNATURE_BYTES`. Raises
+    like the registry client does, and InvalidArgument for a malformed attachment manifest
+    or one over those limits."""
     tag = attachment_tag(digest)
     try:
         fetched = await session.manifest(tag)
@@ -193,7 +197,7 @@ async def fetch(session: RegistrySession, digest: str) -> list[Signature]:
             raise TypeError
     except (ValueError, KeyError, TypeError):
         raise InvalidArgument(f"signature manifest {session.describe()}:{tag} is not an OCI image manifest") from None
-    out: list[Signature] = []
+    wanted: list[tuple[str, str, int, dict[str, str]]] = []
     for layer in layers[:MAX_ATTACHMENTS]:
         if not isinstance(layer, dict):
             continue
@@ -201,15 +205,22 @@ async def fetch(session: RegistrySession, digest: str) -> list[Signature]:
         annotations = layer.get("annotations") or {}
         if not isinstance(media_type, str) or not isinstance(blob_digest, str) or not isinstance(size, int):
             continue
-        if media_type != SIGNATURE_MEDIA_TYPE:
-            out.append(Signature(media_type, b"", {}))
-            continue
-        if not 0 <= size <= MAX_SIGNATURE_BYTES:
+        if media_type == SIGNATURE_MEDIA_TYPE and not 0 <= size <= MAX_SIGNATURE_BYTES:
             raise InvalidArgument(f"signature {blob_digest[:80]} of {session.describe()} is {size} bytes, "
                                   f"more than {MAX_SIGNATURE_BYTES}")
-        payload = await _small_blob(session, check_digest(blob_digest, "signature digest"), size)
         clean = {str(k): str(v) for k, v in annotations.items()} if isinstance(annotations, dict) else {}
-        out.append(Signature(media_type, payload, clean))
+        wanted.append((media_type, blob_digest, size, clean))
+    # Limits first, downloads after: a registry cannot make a pull fetch more than the total.
+    if sum(size for media_type, _, size, _ in wanted if media_type == SIGNATURE_MEDIA_TYPE) > MAX_TOTAL_SIGNATURE_BYTES:
+        raise InvalidArgument(f"signatures of {session.describe()} add up to more than "
+                              f"{MAX_TOTAL_SIGNATURE_BYTES} bytes")
+    out: list[Signature] = []
+    for media_type, blob_digest, size, annotations in wanted:
+        if media_type != SIGNATURE_MEDIA_TYPE:
+            out.append(Signature(media_type, b"", {}))  # counted, never fetched
+            continue
+        payload = await _small_blob(session, check_digest(blob_digest, "signature digest"), size)
+        out.append(Signature(media_type, payload, annotations))
     return out
 
 

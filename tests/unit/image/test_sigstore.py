@@ -121,6 +121,12 @@ async def test_fetch_reads_the_sig_tag() -> None:
         blobs[blob_digest] = data + b" "  # a payload that is not what its digest says
         with pytest.raises(InvalidArgument, match=r"larger than its descriptor|does not match its digest"):
             await sigstore.fetch(session, DIGEST)
+        big = [{**layers[0], "digest": "sha256:" + f"{i:064x}", "size": sigstore.MAX_SIGNATURE_BYTES}
+               for i in range(5)]
+        served[tag] = (json.dumps({"schemaVersion": 2, "layers": big}).encode(),
+                       "application/vnd.oci.image.manifest.v1+json")
+        with pytest.raises(InvalidArgument, match="add up to more than"):
+            await sigstore.fetch(session, DIGEST)
         served[tag] = (manifest, "application/vnd.docker.distribution.manifest.v2+json")
         with pytest.raises(InvalidArgument, match=r"not application/vnd\.oci\.image\.manifest\.v1"):
             await sigstore.fetch(session, DIGEST)
