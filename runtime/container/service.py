@@ -49,7 +49,7 @@ from runtime.handoff import Handoff, ParkedStore
 from runtime.ids import check_id, new_id
 from runtime.image.model import Image
 from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
-from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
+from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 from runtime.model.query import select
 from runtime.model.resources import Resources, check_resources
 from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
@@ -344,11 +344,11 @@ class ContainerService:
             mode = sandbox.config.security.namespaces.pid
             if mode is NamespaceMode.POD:
                 raise errors.FailedPrecondition(f"pod sandbox {sandbox.id} has no shared PID namespace")
-        pid, new_pid = "", True
+        pid, new_pid, pid_of = "", True, ""
         if mode is NamespaceMode.POD:
             if not pins.pid:
                 raise errors.FailedPrecondition(f"pod sandbox {sandbox.id} has no shared PID namespace")
-            pid, new_pid = pins.pid, False
+            pid, new_pid, pid_of = pins.pid, False, PID_HOLDER
         elif mode is NamespaceMode.NODE:
             new_pid = False
         elif mode is NamespaceMode.TARGET:
@@ -357,11 +357,14 @@ class ContainerService:
                 raise errors.NotFound(
                     f"target container {config.security.namespaces.target_id!r} is not running in this pod"
                 )
-            pid, new_pid = f"/proc/{target.pid}/ns/pid", False
+            # the shim joins it by the pidfd it holds for the target's process (a path
+            # through its pid would follow a reused pid)
+            pid, new_pid, pid_of = f"/proc/{target.pid}/ns/pid", False, target.id
         if userns is not None and mode is NamespaceMode.NODE:
             raise errors.InvalidArgument("a container in a pod with its own user namespace cannot use the node's "
                                          "PID namespace")
-        return NamespaceSpec(net=pins.net, ipc=pins.ipc, uts=pins.uts, pid=pid, new_pid=new_pid, user=pins.user)
+        return NamespaceSpec(net=pins.net, ipc=pins.ipc, uts=pins.uts, pid=pid, new_pid=new_pid, pid_of=pid_of,
+                             user=pins.user)
 
     # -- start --------------------------------------------------------------------------------
 

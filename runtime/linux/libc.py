@@ -228,6 +228,13 @@ def set_no_new_privs() -> None:
     prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
+def set_not_dumpable() -> None:
+    """PR_SET_DUMPABLE 0: /proc/<pid>/* become root's and ptrace needs CAP_SYS_PTRACE over
+    the process, until an execve of a normal binary sets it back (CVE-2016-9962: a container
+    ptraced runc's set-up process). Inherited across fork."""
+    prctl(PR_SET_DUMPABLE, 0)
+
+
 def set_memory_merge() -> None:
     """Offer all of this process's anonymous memory (and its children's, inherited across
     fork) to KSM, the kernel's same-page merging (Linux >= 6.4; OSError EINVAL before)."""

@@ -43,6 +43,11 @@ class RootfsSpec:
     readonly: bool = False
 
 
+#: NamespaceSpec.pid_of naming the pid 1 of the pod-shared PID namespace (container ids are
+#: 64 hex digits: no clash)
+PID_HOLDER = "holder"
+
+
 @dataclass(frozen=True, slots=True)
 class NamespaceSpec:
     """Namespaces to join (paths) or create (flags) for the process.
@@ -50,6 +55,10 @@ class NamespaceSpec:
     net/ipc/uts: pinned pod namespaces to join, or "" for the host's.
     pid: "" + new_pid=True → a fresh PID namespace (CRI CONTAINER mode); a path → join it
     (pod-shared or TARGET mode); "" + new_pid=False → the host's (NODE mode).
+    pid_of: the process whose PID namespace to join, named as the pod shim knows it:
+    "holder" (the pod-shared one) or a container id (TARGET); the shim joins it through a
+    pidfd it took when it made that process, never through a /proc/<pid> path a reused pid
+    could redirect. ``pid`` is set too, for shims from before this field.
     mnt: "" → a fresh mount namespace built from ``rootfs`` and ``mounts``; a path → join
     that mount namespace (exec into a running container).
     """
@@ -59,6 +68,7 @@ class NamespaceSpec:
     uts: str = ""
     pid: str = ""
     new_pid: bool = True
+    pid_of: str = ""
     mnt: str = ""
     user: str = ""
     cgroup_ns: bool = True

@@ -48,6 +48,7 @@ def _preload() -> None:
     import termios  # noqa: F401
 
     import runtime.shim.nsinit
+    import runtime.shim.pidholder
     import runtime.shim.server
 
     with contextlib.suppress(ImportError):

@@ -60,21 +60,25 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def children_in_pid_ns(join: str = "", new: bool = False) -> Iterator[None]:
+def children_in_pid_ns(join: str = "", new: bool = False, join_fd: int = -1) -> Iterator[None]:
     """Within the block, children forked by this (single-threaded) process start in another
-    PID namespace: a new one (``new``) or the one at ``join``; afterwards ours again.
+    PID namespace: a new one (``new``), the one of the process ``join_fd`` (a pidfd, taken
+    while that process was known to be the right one: kernel >= 5.8 accepts it for setns)
+    or the one at ``join`` (a path); afterwards ours again.
 
     kernel: unshare/setns(CLONE_NEWPID) change only where *children* go, and a process may
     always return to its own active namespace. A child forked in the block must never leave
     it (it must exec or _exit inside), or it would put its own children back in ours.
     """
-    if not join and not new:
+    if not join and not new and join_fd < 0:
         yield
         return
     own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     try:
         if new:
             libc.unshare(libc.CLONE_NEWPID)
+        elif join_fd >= 0:
+            libc.setns(join_fd, libc.CLONE_NEWPID)
         else:
             libc.setns_path(join, libc.CLONE_NEWPID)
         yield
@@ -86,8 +90,13 @@ def children_in_pid_ns(join: str = "", new: bool = False) -> Iterator[None]:
 
 
 def child_guard(report_fd: int, body: Callable[[], None]) -> NoReturn:
-    """Run ``body`` in a forked child; any failure is reported and the child exits 1."""
+    """Run ``body`` in a forked child; any failure is reported and the child exits 1.
+
+    The child is not dumpable from here until its execve (which sets it back for a normal
+    binary): a container process that can see it (a shared or TARGET PID namespace) cannot
+    open its /proc files or ptrace it without CAP_SYS_PTRACE (CVE-2016-9962)."""
     try:
+        libc.set_not_dumpable()
         body()
     except BaseException as exc:
         msg = f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
@@ -342,9 +351,9 @@ def apply_apparmor(profile: str) -> None:
         os.close(fd)
 
 
-def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
-    """Switch AppArmor at exec, drop to the process's credentials and capabilities, load
-    seccomp, execve.
+def enter_process(proc: ProcessSpec, *, apparmor: bool = True) -> dict[str, str]:
+    """Drop to the process's credentials and capabilities, enter its working directory,
+    load seccomp: everything but the execve; returns the process's environment.
 
     Order as runc's finalizeNamespace: keep caps across setuid, drop the bounding set,
     switch uid/gid, set the capability sets, no_new_privs, seccomp last (or before the
@@ -352,18 +361,20 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
 
     The working directory is resolved inside the root first (as root: no magic link, no
     symlink out), then entered by path as the process's user (runc: so that its permission
-    checks apply) and must be the very directory resolved, or nothing is executed. Its
-    failures, like execve's, are reported on ``exec_report_fd`` (the start's answer).
+    checks apply) and must be the very directory resolved: :class:`WorkingDirError` (an
+    OSError) otherwise, before anything is executed. ``apparmor``: False when the caller
+    asked for the profile already.
     """
     cwd = proc.cwd or "/"
     try:
         with opened(open_root("/")) as root, opened(open_in_root(root, cwd)) as fd:
             want = os.fstat(fd)
     except OSError as exc:
-        _fail_exec(exec_report_fd, f"working directory {cwd!r}: {exc.strerror}")
+        raise WorkingDirError(exc.errno, f"working directory {cwd!r}: {exc.strerror}") from None
     # AppArmor first, as runc's init does (before finalizeNamespace): the change applies at
     # execve, and with no_new_privs set the kernel would only allow stacking a profile.
-    apply_apparmor(proc.apparmor_profile)
+    if apparmor:
+        apply_apparmor(proc.apparmor_profile)
     c = proc.capabilities
     if c is not None:
         libc.prctl(libc.PR_SET_KEEPCAPS, 1)
@@ -373,6 +384,7 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
     os.setgroups(list(proc.additional_gids))
     os.setresgid(proc.gid, proc.gid, proc.gid)
     os.setresuid(proc.uid, proc.uid, proc.uid)
+    libc.set_not_dumpable()  # the uid change set it to fs.suid_dumpable (kernel: commit_creds)
     if c is not None:
         libc.prctl(libc.PR_SET_KEEPCAPS, 0)
         caps.capset(c.effective, c.permitted, c.inheritable)
@@ -384,10 +396,10 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
         os.chdir(cwd)
         got = os.stat(".")
     except OSError as exc:
-        _fail_exec(exec_report_fd, f"working directory {cwd!r}: {exc.strerror}")
+        raise WorkingDirError(exc.errno, f"working directory {cwd!r}: {exc.strerror}") from None
     if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
-        _fail_exec(exec_report_fd, f"working directory {cwd!r} changed while the process started (a symlink "
-                                   "swapped in?)")
+        raise WorkingDirError(errno.EXDEV, f"working directory {cwd!r} changed while the process started (a "
+                                           "symlink swapped in?)")
     env: dict[str, str] = {}
     for e in proc.env:
         key, _, value = e.partition("=")
@@ -396,6 +408,20 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
         env["PATH"] = DEFAULT_PATH
     if proc.seccomp_bpf and proc.no_new_privs:
         load_seccomp(proc.seccomp_bpf)
+    return env
+
+
+class WorkingDirError(OSError):
+    """The process's working directory cannot be entered (or is not the one resolved)."""
+
+
+def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
+    """:func:`enter_process`, then execve; a working directory or execve failure is reported
+    on ``exec_report_fd`` (the start's answer)."""
+    try:
+        env = enter_process(proc)
+    except WorkingDirError as exc:
+        _fail_exec(exec_report_fd, exc.strerror or str(exc))
     reset_signals()
     try:
         os.execvpe(proc.args[0], list(proc.args), env)
@@ -506,39 +532,3 @@ def _container_setup(
     os.close(start_fd)
     os.close(report_fd)
     finalize_and_exec(spec.process, exec_report_fd)
-
-
-def run_exec(
-    spec: LaunchSpec,
-    container_pid: int,
-    report_fd: int,
-    exec_report_fd: int,
-    stdio: tuple[int, int, int],
-) -> NoReturn:
-    """Exec a process inside a running container (ExecSync, Exec). Forked by the shim in the
-    container's PID namespace (:func:`children_in_pid_ns`): join its cgroups and its other
-    namespaces, take the process's identity, exec. One interpreter fork, no second process."""
-
-    def body() -> None:
-        reset_signals()
-        close_fds_except({report_fd, exec_report_fd, *stdio})
-        join_cgroups(spec.cgroup_procs)
-        fds = []
-        for name, flag in (
-            # the user namespace first: the others belong to it (a pod with hostUsers: false)
-            ("user", libc.CLONE_NEWUSER),
-            ("ipc", libc.CLONE_NEWIPC), ("uts", libc.CLONE_NEWUTS), ("net", libc.CLONE_NEWNET),
-            ("cgroup", libc.CLONE_NEWCGROUP), ("mnt", libc.CLONE_NEWNS),
-        ):
-            path = f"/proc/{container_pid}/ns/{name}"
-            if os.readlink(path) == os.readlink(f"/proc/self/ns/{name}"):
-                continue  # already shared (e.g. host network): setns would be a no-op
-            fds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), flag))
-        for fd, flag in fds:
-            libc.setns(fd, flag)
-            os.close(fd)
-        setup_stdio(*stdio, tty=spec.process.tty)
-        os.close(report_fd)
-        finalize_and_exec(spec.process, exec_report_fd)
-
-    child_guard(report_fd, body)

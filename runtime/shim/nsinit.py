@@ -3,7 +3,6 @@
 - :func:`make_namespaces`: make, configure and pin the pod's net/ipc/uts namespaces (no
   pause process), in the shim itself, which then returns to its own namespaces; for a pod
   with its own user namespace (hostUsers: false) that one too, made by a child, owning them.
-- :func:`start_pid_holder`: pid 1 of a pod-shared PID namespace; reaps orphans, nothing else.
 - :func:`connect_in_netns`: a TCP connection made inside the pod's network namespace,
   handed back as an fd (port-forward).
 
@@ -16,14 +15,13 @@ import contextlib
 import errno
 import fcntl
 import os
-import signal
 import socket
 import struct
 from typing import Any, NoReturn
 
 from runtime.linux import libc, procsys
 from runtime.linux import userns as userns_mod
-from runtime.shim.init import child_guard, children_in_pid_ns, close_fds_except, reset_signals
+from runtime.shim.init import child_guard, close_fds_except, reset_signals
 
 NS_FLAGS = {"net": libc.CLONE_NEWNET, "ipc": libc.CLONE_NEWIPC, "uts": libc.CLONE_NEWUTS}
 
@@ -121,82 +119,11 @@ def _configure(request: dict[str, Any], types: list[str], host_net_fd: int, ns_d
     return {"pins": pins, "network": network_result}
 
 
-def start_pid_holder(user_ns: str = "") -> int:
-    """Fork the pid 1 of a new PID namespace (the pod-shared one) from the calling shim;
-    returns its pid. The holder only reaps orphans.
-
-    With ``user_ns`` (the pod's pinned user namespace) the PID namespace must belong to it,
-    so a process inside it must make it: a helper child enters it, unshares the PID
-    namespace, forks the holder, reports its pid and exits; the holder is then ours (we are
-    the child subreaper)."""
-    if user_ns:
-        return _pid_holder_in(user_ns)
-    with children_in_pid_ns(new=True):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                reset_signals()
-                close_fds_except(set())
-            finally:
-                _holder_loop()
-    return pid
-
-
-def _pid_holder_in(user_ns: str) -> int:
-    r, w = os.pipe()
-    helper = os.fork()
-    if helper == 0:
-        try:
-            os.close(r)
-            reset_signals()
-            close_fds_except({w})
-            userns_mod.enter(user_ns)
-            libc.unshare(libc.CLONE_NEWPID)
-            pid = os.fork()
-            if pid == 0:
-                os.close(w)
-                _holder_loop()
-            os.write(w, f"{pid}".encode())
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(w, f"error {exc}".encode(errors="replace"))
-            os._exit(1)
-        os._exit(0)
-    os.close(w)
-    try:
-        chunks = []
-        while chunk := os.read(r, 4096):
-            chunks.append(chunk)
-    finally:
-        os.close(r)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(helper, 0)
-    text = b"".join(chunks).decode(errors="replace")
-    if not text.isdigit():
-        raise OSError(0, text.removeprefix("error ").strip() or "the PID namespace helper ended without a pid")
-    return int(text)
-
-
 def _configure_network(plan: dict[str, Any], host_net_fd: int) -> Any:
     """The built-in network's in-namespace step (runtime.network.podside), if installed."""
     from runtime.network import podside  # imported lazily: the factory pre-imports it
 
     return podside.configure_from_plain(plan, host_net_fd)
-
-
-def _holder_loop() -> NoReturn:
-    libc.set_process_name("pod-pid-holder")
-    os.setsid()
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: os._exit(0))
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            signal.pause()
-        except InterruptedError:
-            continue
 
 
 def connect_in_netns(netns_path: str, host: str, port: int, fd_sock: int, timeout: float = 10.0) -> NoReturn:

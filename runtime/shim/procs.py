@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -19,14 +20,15 @@ import signal
 import struct
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtime import errors
-from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
-from runtime.shim import init
+from runtime.linux import libc
+from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
+from runtime.shim import execproc, init
 from runtime.shim.logwriter import CriLogFile, LineSplitter
 from runtime.shim.oomwatch import OomCounters
 from runtime.store.codec import to_json
@@ -76,6 +78,9 @@ class Proc:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     oom_base: int = 0
     stdin_attached_once: bool = False
+    #: a pidfd of the container's process, taken while it was our unreaped child (so the pid
+    #: was its own); execs and TARGET containers join its namespaces through it
+    pidfd: int = -1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -208,11 +213,16 @@ class ProcessTable:
         self._loop = asyncio.get_running_loop()
         self._exec_seq = 0
         self.oom = OomCounters()
+        self._child_events: set[asyncio.Event] = set()  # set at every SIGCHLD
+        #: a pidfd of the pod-shared PID namespace's pid 1 (see :meth:`set_holder`)
+        self.holder_pidfd = -1
 
     # -- reaping ------------------------------------------------------------------------------
 
     def reap(self) -> None:
         """Collect every exited child (we are a child subreaper: orphans come here too)."""
+        for event in self._child_events:
+            event.set()  # a child changed state (exited, or an exec set-up child stopped)
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -240,16 +250,31 @@ class ProcessTable:
             self._waiters[pid] = fut
         return fut
 
+    def set_holder(self, pid: int) -> None:
+        """Take a pidfd of the pod-shared PID namespace's pid 1, just made by us (our child,
+        or our grandchild whose parent exited: either way reaped by nobody but us)."""
+        self.holder_pidfd = libc.pidfd_open(pid)
+
     def _track(self, proc: Proc, pid: int) -> None:
         proc.pid = pid
         status = self._early_exits.pop(pid, None)
         if status is None:
+            if not proc.key.startswith("exec:") and proc.pidfd < 0:
+                # not reaped yet, and reaped by nobody but us (our child, or reparented to
+                # us): the pid is still its own, so this pidfd names this very process
+                try:
+                    proc.pidfd = libc.pidfd_open(pid)
+                except OSError as exc:
+                    log.error("shim: no pidfd for %s (pid %d): %s; exec into it will fail", proc.key, pid, exc)
             self._by_pid[pid] = proc
         else:
             self._loop.create_task(self._finish(proc, status))
 
     async def _finish(self, proc: Proc, status: int) -> None:
         finished = time.time_ns()
+        if proc.pidfd >= 0:
+            os.close(proc.pidfd)
+            proc.pidfd = -1
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             code = 128 + sig
@@ -459,6 +484,29 @@ class ProcessTable:
 
     # -- spawning -----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _children_in_pid_ns(self, ns: NamespaceSpec, join: str, new: bool) -> Iterator[None]:
+        """:func:`init.children_in_pid_ns` for a container's process: a PID namespace named
+        by ``ns.pid_of`` (the pod's holder, or a TARGET container) is joined through the
+        pidfd we took when we made that process; FailedPrecondition when it is gone."""
+        if not ns.pid_of:
+            with init.children_in_pid_ns(join=join, new=new):
+                yield
+            return
+        if ns.pid_of == PID_HOLDER:
+            fd, what = self.holder_pidfd, "the pod's shared PID namespace"
+        else:
+            target = self.procs.get(ns.pid_of)
+            fd = target.pidfd if target is not None and target.state == "running" else -1
+            what = f"target container {ns.pid_of}"
+        if fd < 0:
+            raise errors.FailedPrecondition(f"{what} is not running in this pod")
+        try:
+            with init.children_in_pid_ns(join_fd=fd):
+                yield
+        except ProcessLookupError:  # kernel: setns on the pidfd of a process that exited
+            raise errors.FailedPrecondition(f"{what} has exited") from None
+
     async def _read_report(self, fd: int, lines: list[str] | None = None) -> list[str]:
         """Lines from a child's report pipe until "ready", an error, or EOF (appended to
         ``lines`` as they come, so a caller that times out still has them)."""
@@ -497,7 +545,7 @@ class ProcessTable:
         (spec_r, spec_w), (report_r, report_w), (start_r, start_w), (exec_r, exec_w) = pipes
         join, new = _fork_pid_ns(ns)
         try:
-            with init.children_in_pid_ns(join=join, new=new):
+            with self._children_in_pid_ns(ns, join, new):
                 pid = os.fork()
                 if pid == 0:
                     init.run_precreated(ns, cgroup_procs, spec_r, report_w, start_r, exec_w, io.child)
@@ -551,7 +599,7 @@ class ProcessTable:
             stdio = self._open_stdio(proc, spec.process.stdin, spec.process.tty)
             join, new = _fork_pid_ns(spec.namespaces)
             try:
-                with init.children_in_pid_ns(join=join, new=new):
+                with self._children_in_pid_ns(spec.namespaces, join, new):
                     pid = os.fork()
                     if pid == 0:
                         init.run_container(spec, report_w, start_r, exec_w, stdio)
@@ -634,9 +682,21 @@ class ProcessTable:
     async def spawn_exec(
         self, container: Proc, process: ProcessSpec, sink: OutputSink | None, stdin: bool
     ) -> Proc:
-        """Start ``process`` inside the running container (ExecSync or a streaming exec)."""
-        if container.state != "running" or not container.pid:
+        """Start ``process`` inside the running container (ExecSync or a streaming exec).
+
+        Set up out of the container's sight and spawned into it (runtime.shim.execproc). It
+        gets the container's oom_score_adj and rlimits whatever ``process`` says, as runc
+        exec does (the container's config), never the shim's own: the shim runs at the
+        daemon's oom_score_adj (-999 in production)."""
+        if container.state != "running" or not container.pid or container.pidfd < 0:
             raise errors.FailedPrecondition(f"container {container.key} is not running")
+        try:
+            # its pid is its own: our child (or reparented to us), not reaped yet
+            ns_flags = execproc.namespaces_to_join(container.pid)
+        except OSError:
+            raise errors.FailedPrecondition(f"container {container.key} is not running") from None
+        own = container.spec.process
+        process = dataclasses.replace(process, oom_score_adj=own.oom_score_adj, rlimits=own.rlimits)
         self._exec_seq += 1
         spec = LaunchSpec(
             container_id=f"exec:{self._exec_seq}",
@@ -649,51 +709,69 @@ class ProcessTable:
         if sink is not None:
             proc.sinks.add(sink)
         report_r, report_w = os.pipe()
-        exec_r, exec_w = os.pipe()
         stdio = self._open_stdio(proc, stdin, process.tty)
-        pid_ns = f"/proc/{container.pid}/ns/pid"
         try:
-            join = pid_ns if os.readlink(pid_ns) != os.readlink("/proc/self/ns/pid") else ""
-            with init.children_in_pid_ns(join=join):
-                pid = os.fork()
-                if pid == 0:
-                    init.run_exec(spec, container.pid, report_w, exec_w, stdio)
+            pid = os.fork()  # in our own PID namespace: the container cannot see it
+            if pid == 0:
+                execproc.run_exec(spec, container.pidfd, ns_flags, report_w, stdio)
         except BaseException:
-            for fd in (report_r, report_w, exec_r, exec_w, *stdio):
+            for fd in (report_r, report_w, *stdio):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._close_io(proc)
             raise
-        for fd in {report_w, exec_w, *stdio}:
+        for fd in {report_w, *stdio}:
             os.close(fd)
         setup = self.wait_child(pid)
         proc.started_at_ns = time.time_ns()
         try:
-            lines = await asyncio.wait_for(self._read_report(report_r), 30)  # EOF at its exec
+            exec_pid = await asyncio.wait_for(self._exec_handover(container, process, pid, report_r, setup), 30)
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            for child in execproc.children_of(pid):  # the set-up child waits: its children are its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+            if not setup.done():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self._close_io(proc)
-            os.close(exec_r)
             raise
-        err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
-        if err is not None:
-            await setup
-            self._close_io(proc)
-            os.close(exec_r)
-            raise errors.FailedPrecondition(f"exec in {container.key}: {err}")
         proc.state = "running"
-        if setup.done():  # exec'd and already gone (reaped as a helper): it ended
-            proc.pid = pid
-            self._loop.create_task(self._finish(proc, setup.result()))
-        else:
-            self._waiters.pop(pid, None)
-            self._track(proc, pid)
-        message = await self._read_all(exec_r, 10.0)
-        if message or err:
-            await proc.exited.wait()
-            raise errors.FailedPrecondition(f"exec in {container.key}: {message or err}")
+        self._track(proc, exec_pid)
+        # The set-up child is stopped and ours: it goes, the exec process is reparented to
+        # us (child subreaper); its status (SIGKILL) is collected as a helper's.
+        os.kill(pid, signal.SIGKILL)
         return proc
+
+    async def _exec_handover(
+        self, container: Proc, process: ProcessSpec, pid: int, report_r: int, setup: asyncio.Future[int]
+    ) -> int:
+        """The pid of the exec process the set-up child ``pid`` spawned, read from the
+        kernel (its only child), or FailedPrecondition with what went wrong."""
+        lines = await self._read_report(report_r)  # "spawning" then EOF, or "error ..."
+        err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
+        if err is not None or "spawning" not in lines:
+            await setup
+            raise errors.FailedPrecondition(f"exec in {container.key}: {err or 'set-up ended without reporting'}")
+        while True:
+            event = asyncio.Event()
+            self._child_events.add(event)
+            try:
+                children = execproc.children_of(pid)
+                if children:
+                    if len(children) != 1:
+                        raise errors.FailedPrecondition(f"exec in {container.key}: set-up made {len(children)} "
+                                                        "processes")
+                    return children[0]
+                if setup.done():
+                    status = setup.result()
+                    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
+                    if code > execproc.SPAWN_FAILED:
+                        why = os.strerror(code - execproc.SPAWN_FAILED)
+                        raise errors.FailedPrecondition(f"exec in {container.key}: exec: {process.args[0]!r}: {why}")
+                    raise errors.FailedPrecondition(f"exec in {container.key}: set-up ended with status {status}")
+                await event.wait()  # the next SIGCHLD: it stopped (spawned) or exited
+            finally:
+                self._child_events.discard(event)
 
     def kill(self, proc: Proc, sig: int) -> None:
         if proc.state == "exited" or not proc.pid:

@@ -28,7 +28,7 @@ from typing import Any
 from runtime import errors
 from runtime.linux import libc
 from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
-from runtime.shim import nsinit, wire
+from runtime.shim import nsinit, pidholder, wire
 from runtime.shim.procs import EXEC_SYNC_MAX_OUTPUT, OutputSink, Proc, ProcessTable
 from runtime.store.codec import from_plain
 
@@ -229,8 +229,10 @@ class ShimServer:
             raise errors.FailedPrecondition(f"creating pod namespaces: {exc}") from None
 
     async def op_pid_holder(self, msg: dict[str, Any]) -> dict[str, int]:
+        assert self.table is not None
         try:
-            self._holder_pid = nsinit.start_pid_holder(str(msg.get("user_ns") or ""))
+            self._holder_pid = pidholder.start_pid_holder(str(msg.get("user_ns") or ""))
+            self.table.set_holder(self._holder_pid)  # before anything can reap it
         except OSError as exc:
             raise errors.FailedPrecondition(f"creating the pod PID namespace: {exc}") from None
         return {"pid": self._holder_pid}

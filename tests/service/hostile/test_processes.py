@@ -7,14 +7,33 @@ Every test runs as root against one daemon per module and is leak-checked (fixtu
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import shutil
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from cri_shim.api.gen import api_pb2 as pb
 from tests.support.daemon import DaemonProcess
-from tests.support.pods import in_netns, netns_path, pod_config, run_pod
+from tests.support.names import unique
+from tests.support.pods import (
+    container_config,
+    create_container,
+    exec_sync,
+    in_netns,
+    log_lines,
+    netns_path,
+    pod_config,
+    pull,
+    run_pod,
+    start,
+    wait_state,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.service]
 
@@ -57,3 +76,157 @@ def test_namespaced_sysctls_in_slash_form_still_apply_in_the_pod(d: DaemonProces
     got = in_netns(netns, "cat", "/proc/sys/net/ipv4/conf/lo/forwarding",
                    "/proc/sys/net/ipv4/ip_unprivileged_port_start")
     assert got.stdout.split() == ["1", "80"], got
+
+
+# -- processes the runtime sets up ------------------------------------------------------------
+
+PROBE = Path(__file__).with_name("proc_probe.py")
+#: the node's own Python runs the probe inside the container (its /usr bind-mounted)
+HOST_PYTHON = os.path.realpath("/usr/bin/python3")
+
+
+@pytest.fixture(scope="module")
+def image(hostile_daemon: DaemonProcess, busybox: str) -> str:
+    """The busybox image, pulled into the module's daemon."""
+    pull(hostile_daemon, busybox)
+    return busybox
+
+
+def ident(path: str | Path) -> str:
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}"
+
+
+def run_container(d: DaemonProcess, pod: str, cfg: pb.PodSandboxConfig, c: pb.ContainerConfig) -> str:
+    cid = create_container(d, pod, cfg, c)
+    start(d, cid)
+    return cid
+
+
+def container_pid(d: DaemonProcess, cid: str) -> int:
+    info = d.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=10).info
+    return int(json.loads(info["info"])["pid"])
+
+
+def ptrace_capable() -> pb.LinuxContainerSecurityContext:
+    return pb.LinuxContainerSecurityContext(capabilities=pb.Capability(add_capabilities=["SYS_PTRACE"]))
+
+
+def log_text(path: str) -> list[str]:
+    """The lines of a CRI log (partial records joined)."""
+    out, part = [], ""
+    for _stream, tag, text in log_lines(path) if Path(path).exists() else []:
+        part += text
+        if tag != "P":
+            out.append(part)
+            part = ""
+    return out
+
+
+def wait_log_line(path: str, want: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while want not in log_text(path):
+        assert time.monotonic() < deadline, f"no {want!r} in {path}: {log_text(path)}"
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(300)
+def test_a_ptrace_capable_container_reaches_nothing_of_exec_processes_being_set_up(
+    d: DaemonProcess, image: str, tmp_path: Path
+) -> None:
+    """A container with CAP_SYS_PTRACE in a pod sharing its PID namespace watches /proc while
+    150 ExecSync calls run (into a sibling and into itself): every new process it sees, it
+    tries to open its exe for writing, reads its root, working directory and descriptors and
+    capabilities, and ptrace-attaches to it while it still runs the runtime's interpreter.
+    Nothing of the node may be reached (before: the exec child sat in the pod's PID
+    namespace for milliseconds as host root, in the host's mount namespace, with the shim's
+    log file on fds 1-2)."""
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    shutil.copy(PROBE, probe_dir / "proc_probe.py")
+    marker = tmp_path / unique("marker")
+    marker.write_text("only the node has this file\n")
+    daemon_pid = d.proc.pid if d.proc is not None else 0
+    host_dirs = {ident(p) for p in ("/", "/tmp", os.getcwd(), d.base, d.root, d.state, f"/proc/{daemon_pid}/cwd")}
+    runtime_exes = {ident(os.path.realpath(sys.executable)), ident(f"/proc/{daemon_pid}/exe")}
+    cfg = pod_config(pid=pb.POD, log_directory=str(tmp_path / "logs"))
+    pod = run_pod(d, cfg)
+    victim = run_container(d, pod, cfg, container_config("victim", image, ["sleep", "1000"]))
+    probe = container_config(
+        "probe", image, [HOST_PYTHON, "-S", "-I", "/probe/proc_probe.py"], log_path="probe.log",
+        env={"HOST_DIRS": ",".join(sorted(host_dirs)), "RUNTIME_EXES": ",".join(sorted(runtime_exes)),
+             "MARKER": str(marker)},
+        mounts=[pb.Mount(container_path="/usr", host_path="/usr", readonly=True),
+                pb.Mount(container_path="/lib", host_path="/usr/lib", readonly=True),
+                pb.Mount(container_path="/lib64", host_path="/usr/lib64", readonly=True),
+                pb.Mount(container_path="/probe", host_path=str(probe_dir), readonly=True)],
+        security=ptrace_capable())
+    attacker = run_container(d, pod, cfg, probe)
+    log = str(tmp_path / "logs" / "probe.log")
+    wait_log_line(log, "probe ready")
+    execs = 150
+    for i in range(execs):
+        r = exec_sync(d, victim if i % 2 else attacker, ["usleep", "20000"])
+        assert r.exit_code == 0, r
+    exec_sync(d, attacker, ["touch", "/tmp/stop"])
+    wait_state(d, attacker, pb.CONTAINER_EXITED, timeout=60)
+    lines = log_text(log)
+    assert lines and lines[-1].startswith("{"), lines[-20:]
+    result = json.loads(lines[-1])
+    assert result["findings"] == [], json.dumps(result, indent=1)[:6000]
+    assert result["seen"] >= execs // 2, result  # the probe did see the exec processes
+
+
+@pytest.mark.timeout(120)
+def test_the_pods_pid_1_holds_nothing_of_the_node(d: DaemonProcess, image: str, tmp_path: Path) -> None:
+    """pid 1 of a pod-shared PID namespace, as a container with CAP_SYS_PTRACE sees it: an
+    empty root, no working directory of the node, stdio on /dev/null and nothing else, no
+    capabilities, nobody, no_new_privs (before: host root with every capability, in the
+    host's mount namespace, with the shim's stdio)."""
+    marker = tmp_path / unique("marker")
+    marker.write_text("node\n")
+    cfg = pod_config(pid=pb.POD)
+    pod = run_pod(d, cfg)
+    c = run_container(d, pod, cfg, container_config("peek", image, ["sleep", "1000"], security=ptrace_capable()))
+    script = (f"ls -a /proc/1/root/; echo ---; ls -a /proc/1/cwd/; echo ---; ls -l /proc/1/fd/ 2>&1; echo ---; "
+              f"grep -E '^(Uid|Gid|CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/1/status; echo ---; "
+              f"ls /proc/1/root{marker} 2>&1; ls /proc/1/root/proc/1/root/ 2>&1; echo end")
+    r = exec_sync(d, c, ["sh", "-c", script])
+    root, cwd, fds, status, rest = r.stdout.decode().split("---\n")
+    assert root.split() == [".", ".."], r
+    assert cwd.split() == [".", ".."], r
+    links = [line.split()[-3:] for line in fds.splitlines() if " -> " in line]
+    assert links == [["0", "->", "/dev/null"], ["1", "->", "/dev/null"], ["2", "->", "/dev/null"]], r
+    fields = dict(line.split(":", 1) for line in status.splitlines())
+    assert fields["Uid"].split() == ["65534"] * 4 and fields["Gid"].split() == ["65534"] * 4, status
+    assert int(fields["CapEff"], 16) == int(fields["CapPrm"], 16) == int(fields["CapBnd"], 16) == 0, status
+    assert fields["NoNewPrivs"].strip() == "1", status
+    assert "only" not in rest and rest.strip().endswith("end") and "No such file" in rest, rest
+
+
+@pytest.mark.timeout(120)
+def test_exec_processes_get_the_containers_limits_and_only_their_stdio(d: DaemonProcess, image: str) -> None:
+    """An exec process's oom_score_adj and rlimits are the container's, never the shim's, and
+    it starts with descriptors 0-2 only, as the container's process does (700: above the
+    daemon's own, which the kernel would not let us go below without CAP_SYS_RESOURCE)."""
+    daemon_pid = d.proc.pid if d.proc is not None else 0
+    own = int(Path(f"/proc/{daemon_pid}/oom_score_adj").read_text())
+    assert own <= 700
+    cfg = pod_config()
+    pod = run_pod(d, cfg)
+    c = run_container(d, pod, cfg, container_config("limits", image, ["sleep", "1000"],
+                                                     resources=pb.LinuxContainerResources(oom_score_adj=700)))
+    pid = container_pid(d, c)
+    assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "700"
+    assert sorted(os.listdir(f"/proc/{pid}/fd")) == ["0", "1", "2"]
+    container_limits = Path(f"/proc/{pid}/limits").read_text()
+    # each read by the exec process itself (no shell: busybox's runs some applets in-process)
+    assert exec_sync(d, c, ["cat", "/proc/self/oom_score_adj"]).stdout == b"700\n"
+    assert exec_sync(d, c, ["cat", "/proc/self/limits"]).stdout.decode() == container_limits
+    listing = exec_sync(d, c, ["ls", "-l", "/proc/self/fd/"]).stdout.decode()
+    entries = [line.split(" -> ")[0].split()[-1:] + line.split(" -> ")[1:] for line in listing.splitlines()[1:]]
+    # 3 is ls's own descriptor of the directory it lists (gone by the time it reads the link)
+    assert [e[0] for e in entries] == ["0", "1", "2", "3"], listing
+    assert all(e[1].startswith(("pipe:", "/dev/null")) for e in entries[:3]), listing
+    assert entries[3][1:] == [] or entries[3][1].endswith("/fd"), listing
+
