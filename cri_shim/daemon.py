@@ -77,7 +77,7 @@ class RootLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the root dir: root's alone
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

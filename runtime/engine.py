@@ -35,6 +35,7 @@ from runtime.sandbox.records import SANDBOX_MIGRATIONS
 from runtime.sandbox.service import SandboxService
 from runtime.security.apparmor import AppArmorParser, AppArmorStatus, ensure_default_profile
 from runtime.security.container import ContainerSecurityPlanner, probe_security_host, security_features
+from runtime.security.hostdirs import make_private
 from runtime.settings_store import SETTINGS_MIGRATIONS, SettingsStore
 from runtime.shim.manager import ShimManager
 from runtime.stats.service import StatsService
@@ -137,7 +138,7 @@ class Engine:
         """
         started = time.monotonic()
         for d in (self.settings.root, self.settings.state):
-            d.mkdir(parents=True, exist_ok=True, mode=0o711)
+            make_private(d)  # 0700: no host user reaches layers, container files, state
         await self.store.aopen()
         self.host = await asyncio.to_thread(probe_host, self.settings.cgroup_root)
         # before recovery, and fatal: a driver that cannot work (systemd asked for on a host

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -230,3 +231,76 @@ def test_exec_processes_get_the_containers_limits_and_only_their_stdio(d: Daemon
     assert all(e[1].startswith(("pipe:", "/dev/null")) for e in entries[:3]), listing
     assert entries[3][1:] == [] or entries[3][1].endswith("/fd"), listing
 
+
+# -- host users ---------------------------------------------------------------------------------
+
+#: run by the node's Python as uid/gid 65534 (nobody) with no groups: each (what, path) it
+#: manages is printed as one JSON list
+AS_NOBODY = r"""
+import json, os, subprocess, sys
+got = []
+for what, path in json.loads(sys.argv[1]):
+    try:
+        if what == "list":
+            os.listdir(path)
+        elif what == "read":
+            with open(path, "rb") as f:
+                f.read(1)
+        elif what == "exec":
+            if subprocess.run([path, "true"], capture_output=True).returncode != 0:
+                continue
+        got.append([what, path])
+    except OSError:
+        pass
+print(json.dumps(got))
+"""
+
+
+@contextlib.contextmanager
+def traversable_ancestors(path: Path) -> Iterator[None]:
+    """The test's temp directories above ``path`` searchable by everyone for the block, so
+    only the runtime's own modes stand between a host user and the daemon's files."""
+    changed: list[tuple[Path, int]] = []
+    try:
+        for p in reversed(path.parents):
+            m = p.stat().st_mode & 0o7777
+            if p != Path("/") and m & 0o011 != 0o011 and str(p).startswith("/tmp/"):
+                changed.append((p, m))
+                os.chmod(p, m | 0o011)
+        yield
+    finally:
+        for p, m in changed:
+            os.chmod(p, m)
+
+
+@pytest.mark.timeout(120)
+def test_a_host_user_reaches_no_layer_container_file_or_state(d: DaemonProcess, image: str) -> None:
+    """A non-root user of the node, knowing every path, cannot list, read or run anything
+    below the image store, a running container's upper dir or the state dirs (before:
+    0711 down to each, so ``images/layers/<layer>/bin/busybox`` ran and a container's
+    files read: CVE-2021-41103 class)."""
+    cfg = pod_config()
+    pod = run_pod(d, cfg)
+    c = run_container(d, pod, cfg, container_config("secret", image, ["sleep", "1000"]))
+    exec_sync(d, c, ["sh", "-c", "echo secret > /secret.txt"])
+    layers = sorted((d.root / "images" / "layers").glob("*/bin/busybox"))
+    uppers = sorted((d.root / "images" / "containers").glob("*/fs/secret.txt"))
+    assert layers and uppers, (layers, uppers)
+    assert uppers[0].read_text() == "secret\n"
+    state_files = [p for p in (d.state / "containers" / c).rglob("*") if p.is_file()]
+    attempts = [["list", str(d.root)], ["list", str(d.state)], ["read", str(d.root / "meta.db")],
+                ["list", str(d.root / "images" / "layers")], ["exec", str(layers[0])], ["read", str(layers[0])],
+                ["list", str(uppers[0].parent)], ["read", str(uppers[0])],
+                ["list", str(d.state / "containers" / c)], ["list", str(d.state / "sandboxes" / pod)],
+                *(["read", str(p)] for p in state_files)]
+    control = d.base / "control.txt"  # beside the runtime's dirs, readable: the user gets that far
+    control.write_text("x")
+    control.chmod(0o644)
+    attempts.append(["read", str(control)])
+    with traversable_ancestors(d.root), traversable_ancestors(d.state):
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", HOST_PYTHON, "-I",
+                            "-S", "-c", AS_NOBODY, json.dumps(attempts)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [["read", str(control)]], r.stdout
+    for top in (d.root, d.state):
+        assert top.stat().st_mode & 0o777 == 0o700, top
