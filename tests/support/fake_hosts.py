@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from runtime.cgroups.host import CgroupHost
+from runtime.cgroups.paths import DEFAULT_PARENT
+from runtime.cgroups.systemd.driver import SystemdCgroupDriver
 from runtime.cgroups.tree import Clock
 from runtime.cgroups.v1 import CgroupV1Driver
+from runtime.cgroups.v2 import CgroupV2Driver
 from runtime.container.host import LinuxContainerHost
 from runtime.errors import NotFound
 from runtime.image.model import Image, ImageConfig
@@ -38,7 +41,8 @@ from runtime.model.resources import Resources
 from runtime.sandbox import podfiles
 from runtime.security.devices import DeviceRule
 from runtime.store import Migration, Store
-from tests.support.fake_cgroupfs import FakeCgroupKernel, make_v1_tree
+from tests.support.fake_cgroupfs import FakeCgroupKernel, make_v1_tree, make_v2_tree
+from tests.support.fake_systemd import FakeSystemd
 from tests.support.journal import Journal
 
 T = TypeVar("T")
@@ -167,18 +171,45 @@ class FakeImages:
 class JournaledCgroups(CgroupV1Driver):
     """The real cgroup v1 driver over a fake cgroupfs; create and remove are journaled."""
 
-    def __init__(self, journal: Journal, kernel: FakeCgroupKernel) -> None:
-        super().__init__(kernel.host(), kernel, Clock(sleep=time.sleep, monotonic=time.monotonic))
+    def __init__(self, journal: Journal, kernel: FakeCgroupKernel, default_parent: str = DEFAULT_PARENT) -> None:
+        super().__init__(kernel.host(), kernel, Clock(sleep=time.sleep, monotonic=time.monotonic),
+                         default_parent=default_parent)
         self.journal = journal
         self.kernel = kernel
 
     @classmethod
-    def in_temp_dir(cls, journal: Journal, tmp: Path) -> JournaledCgroups:
-        return cls(journal, make_v1_tree(tmp))
+    def in_temp_dir(cls, journal: Journal, tmp: Path, default_parent: str = DEFAULT_PARENT) -> JournaledCgroups:
+        return cls(journal, make_v1_tree(tmp), default_parent)
 
-    def create(self, path: str, resources: Resources | None = None) -> bool:
+    def create(self, path: str, resources: Resources | None = None, *, pid: int | None = None) -> bool:
         self.journal.step("cgroups.create")
-        return super().create(path, resources)
+        return super().create(path, resources, pid=pid)
+
+    def remove(self, path: str, *, kill: bool = True) -> bool:
+        self.journal.step("cgroups.remove")
+        return super().remove(path, kill=kill)
+
+
+class JournaledSystemdCgroups(SystemdCgroupDriver):
+    """The real systemd driver, over the recording fake systemd and a fake cgroup v2 tree;
+    create and remove are journaled (a container's create is the scope around its pid)."""
+
+    def __init__(self, journal: Journal, kernel: FakeCgroupKernel) -> None:
+        self.systemd = FakeSystemd(kernel)
+        inner = CgroupV2Driver(kernel.host(), kernel, Clock(sleep=time.sleep, monotonic=time.monotonic))
+        super().__init__(inner, self.systemd)
+        self.journal = journal
+        self.kernel = kernel
+
+    @classmethod
+    def in_temp_dir(cls, journal: Journal, tmp: Path) -> JournaledSystemdCgroups:
+        return cls(journal, make_v2_tree(tmp))
+
+    def create(self, path: str, resources: Resources | None = None, *, pid: int | None = None) -> bool:
+        self.journal.step("cgroups.create")
+        if pid is not None:
+            self.kernel.add_pids(self.kernel.root, pid)  # the precreated process, where the shim forked it
+        return super().create(path, resources, pid=pid)
 
     def remove(self, path: str, *, kill: bool = True) -> bool:
         self.journal.step("cgroups.remove")

@@ -27,6 +27,7 @@ from tests.support.journal import Journal
 
 #: above the kernel's pid_max: a ProcessRef no process can have (a shim that "is not alive")
 NO_PID = 1 << 23
+FAKE_PRECREATED_PID = NO_PID + 1
 
 NetnsStep = Callable[[PodNetnsPlan], PodNetnsResult]
 
@@ -61,7 +62,8 @@ class FakeShimConnection:
             return {"pid": os.getpid()}
         if op in ("precreate", "create"):
             shim.containers.add(args["container_id"] if op == "precreate" else args["spec"]["container_id"])
-            return {"pid": os.getpid()} if op == "create" else {}
+            # the forked process' pid (a made-up one: the systemd driver's scope is made around it)
+            return {"pid": os.getpid()} if op == "create" else {"pid": FAKE_PRECREATED_PID}
         if op == "delete":
             shim.containers.discard(args["container_id"])
             return {}

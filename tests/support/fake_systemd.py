@@ -49,6 +49,8 @@ class FakeSystemd:
     calls: list[tuple[str, str, tuple[Property, ...]]] = field(default_factory=list)
     #: unit name -> error the next start of it raises (to test failures)
     fail_start: dict[str, Exception] = field(default_factory=dict)
+    #: an error the next start of any scope raises (its name is not known in advance)
+    fail_next_scope: Exception | None = None
     closed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,6 +70,9 @@ class FakeSystemd:
                 raise InvalidArgs(f"a property was given twice for {name}")
             if name in self.fail_start:
                 raise self.fail_start.pop(name)
+            if self.fail_next_scope is not None and name.endswith(".scope"):
+                exc, self.fail_next_scope = self.fail_next_scope, None
+                raise exc
             if name in self.units:
                 raise AlreadyExists(f"systemd: unit {name} already exists (org.freedesktop.systemd1.UnitExists)")
             cpuset = ("cpuset",) if "AllowedCPUs" in props or "AllowedMemoryNodes" in props else ()

@@ -33,7 +33,14 @@ from runtime.model.sandbox import SandboxConfig, SandboxMetadata
 from runtime.network.service import NetworkService
 from runtime.sandbox.service import SandboxService
 from runtime.security.container import ContainerSecurityPlanner, SecurityHost
-from tests.support.fake_hosts import FakeContainerHost, FakeImages, FakePodHost, FaultyStore, JournaledCgroups
+from tests.support.fake_hosts import (
+    FakeContainerHost,
+    FakeImages,
+    FakePodHost,
+    FaultyStore,
+    JournaledCgroups,
+    JournaledSystemdCgroups,
+)
 from tests.support.fake_shims import FakeShims
 from tests.support.journal import Journal
 from tests.unit.network.fakes import FakeHost, FakeNft
@@ -69,7 +76,7 @@ class JournaledNetwork:
 
 
 class Rig:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, systemd: bool = False) -> None:
         self.tmp = tmp
         self.journal = Journal()
         self.settings = RuntimeSettings(
@@ -84,7 +91,11 @@ class Rig:
         self.network = NetworkService(self.settings.network, self.store, host=self.links, nft=FakeNft(),
                                       nat_linger=0.0)
         self.shims = FakeShims(self.journal, self.settings.state, netns_step=self.netns_step)
-        self.cgroups = JournaledCgroups.in_temp_dir(self.journal, tmp)
+        # the cgroupfs v1 driver, or (systemd) the systemd driver over a fake systemd on v2
+        self.cgroups: JournaledCgroups | JournaledSystemdCgroups = (
+            JournaledSystemdCgroups.in_temp_dir(self.journal, tmp) if systemd
+            else JournaledCgroups.in_temp_dir(self.journal, tmp, CGROUP_PARENT)
+        )
         self.pod_host = FakePodHost(self.journal)
         self.images = FakeImages(self.journal, tmp / "snapshots")
         self.container_host = FakeContainerHost(self.journal)
@@ -140,7 +151,7 @@ class Rig:
         left += [f"record in memory {r.id}" for r in self.sandboxes.records.all()]
         for base in (self.settings.state / "sandboxes", self.settings.root / "sandboxes"):
             left += [f"dir {d}" for d in base.iterdir()] if base.is_dir() else []
-        left += [f"cgroup {p}" for p in self.cgroups_below(CGROUP_PARENT)]
+        left += [f"cgroup {p}" for p in self.cgroups.own_sandbox_cgroups().values()]
         left += [f"shim {sid}" for sid in self.shims.running]
         left += [f"mount {m}" for m in self.pod_host.mounts]
         left += [f"ip {ip}" for ip in await self.network.state.allocated_ips()]
@@ -166,8 +177,8 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def lifecycle_rig(tmp: Path) -> AsyncIterator[Rig]:
-    rig = Rig(tmp)
+async def lifecycle_rig(tmp: Path, *, systemd: bool = False) -> AsyncIterator[Rig]:
+    rig = Rig(tmp, systemd=systemd)
     await rig.store.aopen()
     try:
         await rig.network.start()
