@@ -29,6 +29,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 from collections.abc import Iterable
 
 from runtime.cdi.spec import ContainerEdits
@@ -40,7 +42,8 @@ log = logging.getLogger(__name__)
 OCI_VERSION = "1.2.0"
 HOST_HOOKS = ("prestart", "createRuntime", "poststart", "poststop")
 IN_CONTAINER_HOOKS = ("createContainer", "startContainer")
-DEFAULT_TIMEOUT = 120
+#: seconds; below kubelet's 2-minute runtime request timeout, as poststart runs inside StartContainer
+DEFAULT_TIMEOUT = 60
 #: what of a failed hook's output goes into the error
 _OUTPUT_TAIL = 512
 
@@ -81,15 +84,13 @@ async def run_hook(hook: ContainerHook, state: bytes) -> None:
         raise FailedPrecondition(f"{what} cannot run: {exc.strerror}") from None
     try:
         out, _ = await asyncio.wait_for(proc.communicate(state), timeout)
-    except TimeoutError:
+    except BaseException as exc:
+        # the hook leads its own session: end it and whatever it started, by its process group
         with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-        raise FailedPrecondition(f"{what} did not finish in {timeout} s (killed)") from None
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
+        if isinstance(exc, TimeoutError):
+            raise FailedPrecondition(f"{what} did not finish in {timeout} s (killed)") from None
         raise
     if proc.returncode != 0:
         tail = out[-_OUTPUT_TAIL:].decode(errors="replace").strip()

@@ -102,6 +102,13 @@ def test_hooks_inside_the_container_are_refused() -> None:
         host_hooks(ContainerEdits(hooks=(Hook("createContainer", "/bin/true"),)))
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def _script(path: Path, body: str) -> str:
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -123,12 +130,20 @@ async def test_a_hook_gets_the_state_args_and_env(tmp_path: Path) -> None:
 
 async def test_failing_and_slow_hooks(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     bad = _script(tmp_path / "bad", "echo broken driver >&2; exit 3\n")
-    slow = _script(tmp_path / "slow", "exec sleep 30\n")
+    child = tmp_path / "child.pid"
+    slow = _script(tmp_path / "slow", f"sleep 30 & echo $! > {child}; wait\n")
     state = oci_state("c1", "created", 1, "/", {})
     with pytest.raises(FailedPrecondition, match="exit status 3: broken driver"):
         await run_hook(ContainerHook("createRuntime", bad), state)
     with pytest.raises(FailedPrecondition, match="did not finish in 1 s"):
         await asyncio.wait_for(run_hook(ContainerHook("createRuntime", slow, timeout=1), state), 15)
+    pid = int(child.read_text())
+    for _ in range(100):  # the hook's own children are ended with it (its process group)
+        if _gone(pid):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the hook's child {pid} outlived it")
     with pytest.raises(FailedPrecondition, match="cannot run"):
         await run_hook(ContainerHook("createRuntime", str(tmp_path / "absent")), state)
     marker = tmp_path / "ran"
@@ -136,3 +151,16 @@ async def test_failing_and_slow_hooks(tmp_path: Path, caplog: pytest.LogCaptureF
     hooks = (ContainerHook("poststop", bad), ContainerHook("poststart", after), ContainerHook("poststop", after))
     await run_hooks(hooks, ("poststop",), state, strict=False, container_id="c1")
     assert marker.exists() and "c1: CDI poststop hook" in caplog.text
+
+
+def test_hooks_survive_the_record_store_and_old_records_load() -> None:
+    from runtime.model.container import ContainerConfig, ContainerMetadata, ContainerRecord, ImageSpec
+    from runtime.store import from_json, to_json
+
+    rec = ContainerRecord(id="a" * 64, sandbox_id="b" * 64,
+                          config=ContainerConfig(metadata=ContainerMetadata("x"), image=ImageSpec("i")),
+                          hooks=(ContainerHook("poststop", "/bin/x", ("x", "1"), ("A=1",), 5),))
+    assert from_json(ContainerRecord, to_json(rec)) == rec
+    old = json.loads(to_json(rec))
+    del old["hooks"]  # a record written before CDI hooks
+    assert from_json(ContainerRecord, json.dumps(old)).hooks == ()
