@@ -97,16 +97,22 @@ class RuntimeHandlers:
         """``config`` with its handler's defaults applied: for a ``user_namespace`` handler
         a pod without a user namespace of its own gets one, mapping container ids 0..65535 to
         a free block (``used``: the ranges other pods map). Raises InvalidArgument for an
-        unknown handler or a pod that asked for the node's user namespace explicitly with
-        mappings (kubelet never does), ResourceExhausted when the range is full."""
+        unknown handler or, under a ``user_namespace`` handler, a pod that shares a namespace
+        with the node or is privileged; ResourceExhausted when the range is full."""
         handler = self.get(config.runtime_handler)
         if not handler.user_namespace or config.user_namespace is not None:
             return config
+        ns = config.security.namespaces
+        shared = [kind for kind, mode in (("network", ns.network), ("PID", ns.pid), ("IPC", ns.ipc))
+                  if mode is NamespaceMode.NODE]
+        if shared or config.security.privileged:
+            what = f"uses the node's {' and '.join(shared)} namespace" if shared else "is privileged"
+            raise InvalidArgument(f"runtime handler {handler.name!r} runs every pod in its own user namespace, "
+                                  f"and this pod {what}")
         start = allocate_ids(used, self.first_id, self.last_id)
         mapping = (IDMapping(host_id=start, container_id=0, length=IDS_PER_POD),)
         userns = UserNamespaceOption(NamespaceMode.POD, uids=mapping, gids=mapping)
-        ns = replace(config.security.namespaces, userns=userns)
-        return replace(config, security=replace(config.security, namespaces=ns))
+        return replace(config, security=replace(config.security, namespaces=replace(ns, userns=userns)))
 
     def container_seccomp(self, handler_name: str, requested: SecurityProfile | None) -> SecurityProfile | None:
         """The seccomp profile a container of a pod of ``handler_name`` gets: the handler's

@@ -80,6 +80,7 @@ def test_a_user_namespace_handler_gives_a_pod_its_own_ids(d: DaemonProcess, busy
         d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config(host_network=True),
                                                         runtime_handler="test-userns"), timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'test-userns' runs every pod in its own user namespace" in (info.value.details() or "")
 
 
 def test_a_handler_default_seccomp_profile(d: DaemonProcess, busybox: str) -> None:

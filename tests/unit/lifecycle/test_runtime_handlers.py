@@ -78,10 +78,12 @@ def test_a_user_namespace_handler_gives_each_pod_its_own_ids() -> None:
     assert HANDLERS.sandbox_config(pod("userns", userns=kubelets), []).user_namespace == kubelets
     plain = pod("hardened")
     assert HANDLERS.sandbox_config(plain, []) is plain
-    # a pod that cannot have its own user namespace is refused by the sandbox validation
-    for bad in (pod("userns", network=NamespaceMode.NODE), pod("userns", privileged=True)):
-        with pytest.raises(InvalidArgument):
-            check_user_namespace(HANDLERS.sandbox_config(bad, []))
+    # a pod that cannot have its own user namespace is refused, naming the handler
+    with pytest.raises(InvalidArgument, match="'userns' runs every pod in its own user namespace, and this pod "
+                                              "uses the node's network namespace"):
+        HANDLERS.sandbox_config(pod("userns", network=NamespaceMode.NODE), [])
+    with pytest.raises(InvalidArgument, match="this pod is privileged"):
+        HANDLERS.sandbox_config(pod("userns", privileged=True), [])
 
 
 def test_a_hardened_handler_replaces_the_default_and_unconfined_profiles() -> None:
