@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import socket
 from dataclasses import replace
 from typing import Any, Protocol
@@ -23,9 +22,9 @@ from typing import Any, Protocol
 from cri_shim.streaming.backend import AttachRequest, ExecRequest, StreamIO
 from runtime import errors
 from runtime.model.launch import ProcessSpec
-from runtime.shim import wire
 from runtime.shim.client import ShimClient
-from runtime.store.codec import to_plain
+from runtime.shim.protocol import Attach, ExecSession
+from runtime.shim.session import Exited, ShimSession
 
 
 class StreamingEngine(Protocol):
@@ -55,20 +54,18 @@ class ShimStreamingBackend:
         base = await self._engine.exec_process(request.container_id)
         process = replace(base, args=tuple(request.cmd), tty=request.tty, stdin=request.stdin, stdin_once=False)
         client = self._engine.shim(self._engine.container_sandbox(request.container_id))
-        reader, writer, _ = await client.open_session(
-            "exec_session", container_id=request.container_id, process=to_plain(process),
-            stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
-        )
-        code = await _pump(reader, writer, streams, request.stdin, request.tty)
+        session = await client.open_session(ExecSession(
+            request.container_id, process, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
+        ))
+        code = await _pump(session, streams, request.stdin, request.tty)
         return 255 if code is None else code
 
     async def attach(self, request: AttachRequest, streams: StreamIO) -> None:
         client = self._engine.shim(self._engine.container_sandbox(request.container_id))
-        reader, writer, _ = await client.open_session(
-            "attach", container_id=request.container_id,
-            stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
-        )
-        await _pump(reader, writer, streams, request.stdin, request.tty)
+        session = await client.open_session(Attach(
+            request.container_id, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
+        ))
+        await _pump(session, streams, request.stdin, request.tty)
 
     async def port_forward(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         netns = self._engine.sandbox_netns(sandbox_id)
@@ -91,56 +88,47 @@ class ShimStreamingBackend:
             raise
 
 
-async def _pump(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, streams: StreamIO, stdin: bool, tty: bool
-) -> int | None:
-    """Frames <-> client streams until the exit frame; returns the exit code (None when the
+async def _pump(session: ShimSession, streams: StreamIO, stdin: bool, tty: bool) -> int | None:
+    """Session events <-> client streams until the exit; returns the exit code (None when the
     shim closed the session without one). Cancellation closes the session, which makes the
     shim kill an exec'd process (attach only detaches)."""
     tasks: list[asyncio.Task[None]] = []
     if stdin:
-        tasks.append(asyncio.create_task(_feed_stdin(streams, writer)))
+        tasks.append(asyncio.create_task(_feed_stdin(streams, session)))
     if tty:
-        tasks.append(asyncio.create_task(_feed_resizes(streams, writer)))
+        tasks.append(asyncio.create_task(_feed_resizes(streams, session)))
     try:
         while True:
-            fr = await wire.read_frame(reader)
-            if fr is None:
+            event = await session.next()
+            if event is None:
                 return None
-            kind, payload = fr
-            if kind == wire.F_STDOUT:
-                await streams.write_stdout(payload)
-            elif kind == wire.F_STDERR:
-                await streams.write_stderr(payload)
-            elif kind == wire.F_EXIT:
-                return int(json.loads(payload)["exit_code"])
-            elif kind == wire.F_ERROR:
-                raise errors.Unavailable(json.loads(payload).get("message", "session failed"))
+            if isinstance(event, Exited):
+                return event.exit_code
+            if event.stream == 1:
+                await streams.write_stdout(event.data)
+            else:
+                await streams.write_stderr(event.data)
     finally:
         for t in tasks:
             t.cancel()
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        writer.close()
+        session.close()
 
 
-async def _feed_stdin(streams: StreamIO, writer: asyncio.StreamWriter) -> None:
+async def _feed_stdin(streams: StreamIO, session: ShimSession) -> None:
     while True:
         data = await streams.read_stdin()
         if not data:
-            writer.write(wire.frame(wire.F_STDIN_CLOSE))
-            await writer.drain()
+            await session.close_stdin()
             return
-        for i in range(0, len(data), wire.MAX_FRAME):
-            writer.write(wire.frame(wire.F_STDIN, data[i : i + wire.MAX_FRAME]))
-        await writer.drain()
+        await session.write_stdin(data)
 
 
-async def _feed_resizes(streams: StreamIO, writer: asyncio.StreamWriter) -> None:
+async def _feed_resizes(streams: StreamIO, session: ShimSession) -> None:
     async for size in streams.resizes():
-        writer.write(wire.frame(wire.F_RESIZE, json.dumps({"width": size.width, "height": size.height}).encode()))
-        await writer.drain()
+        await session.resize(size.width, size.height)
 
 
 class EngineStreaming:

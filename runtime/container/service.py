@@ -22,7 +22,6 @@ cgroup driver, and the state directory and device rules (``runtime.container.hos
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -58,6 +57,7 @@ from runtime.sandbox.service import SandboxService
 from runtime.security.container import ContainerSecurityPlanner
 from runtime.security.rootfs import LayeredRootfs
 from runtime.shim.manager import shim_alive
+from runtime.shim.protocol import ProcPhase
 from runtime.store import Store, from_json
 from runtime.store.codec import to_plain
 from runtime.timing import StepTimer
@@ -219,15 +219,14 @@ class ContainerService:
         # Measured: the fork and the cgroup moves (each v1 write waits for an RCU grace
         # period) were most of CreateContainer's time.
         client = self.sandboxes.shims.client(sandbox.id)
-        precreated = asyncio.ensure_future(client.call(
-            "precreate", container_id=cid, namespaces=to_plain(namespaces),
-            cgroup_procs=[] if bound else list(procs), stdin=config.stdin, tty=config.tty, rpc_timeout=30,
+        precreated = asyncio.ensure_future(client.precreate(
+            cid, namespaces, () if bound else procs, stdin=config.stdin, tty=config.tty, rpc_timeout=30,
         ))
 
         async def discard_precreated() -> None:
             with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
                 await precreated
-            await client.call("delete", container_id=cid, rpc_timeout=30)
+            await client.delete(cid, rpc_timeout=30)
 
         undo.push("precreated process", discard_precreated)
         scoped: asyncio.Future[None] | None = None
@@ -235,7 +234,7 @@ class ContainerService:
             async def make_scope() -> None:
                 # systemd moves the waiting process into the new scope before the start job
                 # ends; its own join of the scope's cgroup.procs (with the spec) is a no-op.
-                pid = int((await precreated)["pid"])
+                pid = await precreated
                 await asyncio.to_thread(driver.create, cg_path, resources, pid=pid)
 
             scoped = asyncio.ensure_future(make_scope())
@@ -293,17 +292,17 @@ class ContainerService:
         with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
             await precreated  # if that failed, create forks the process itself
         steps.mark("precreated")
-        created = await client.call("create", spec=to_plain(launch), rpc_timeout=90)
-        undo.push("shim process", lambda: client.call("delete", container_id=cid, rpc_timeout=30))
+        created = await client.create(launch, rpc_timeout=90)
+        undo.push("shim process", lambda: client.delete(cid, rpc_timeout=30))
         self._exec_cache[cid] = exec_process
         steps.mark("shim")
         if hooks:  # OCI: prestart/createRuntime run once the container's namespaces exist
-            state = oci_state(cid, "created", int(created.get("pid", 0)), str(state_dir), config.annotations)
+            state = oci_state(cid, "created", created.pid, str(state_dir), config.annotations)
             await run_hooks(hooks, ("prestart", "createRuntime"), state, strict=True, container_id=cid)
             steps.mark("hooks")
         stop_signal = config.stop_signal or _signal_number(image.config.stop_signal) or signal.SIGTERM
         rec = replace(
-            rec, config=config, state=ContainerState.CREATED, pid=int(created.get("pid", 0)),
+            rec, config=config, state=ContainerState.CREATED, pid=created.pid,
             image_id=image.id, image_ref=_image_ref(image), image_name=_image_name(config.image.image, image),
             log_path=log_path, cgroup_path=cg_path, snapshot_key=cid, user=plan.user.user, mounts=config.mounts,
             resources=resources, stop_signal=stop_signal, hooks=hooks,
@@ -379,7 +378,7 @@ class ContainerService:
                 raise errors.FailedPrecondition(f"pod sandbox {sandbox.id} of container {rec.id} is not ready")
             client = self.sandboxes.shims.client(sandbox.id)
             try:
-                got = await client.call("start", container_id=rec.id, rpc_timeout=30)
+                got = await client.start(rec.id, rpc_timeout=30)
             except errors.FailedPrecondition as exc:
                 now = time.time_ns()
                 await self.records.put(replace(
@@ -388,8 +387,8 @@ class ContainerService:
                 ))
                 self.events.publish(EventKind.CONTAINER_STOPPED, rec.sandbox_id, rec.id)
                 raise
-            rec = replace(rec, state=ContainerState.RUNNING, pid=int(got.get("pid", rec.pid)),
-                          started_at_ns=int(got.get("started_at_ns") or time.time_ns()))
+            rec = replace(rec, state=ContainerState.RUNNING, pid=got.pid or rec.pid,
+                          started_at_ns=got.started_at_ns or time.time_ns())
             await self.records.put(rec)
         self.events.publish(EventKind.CONTAINER_STARTED, rec.sandbox_id, rec.id)
         log.info("container %s started, pid %d", rec.id, rec.pid)
@@ -414,25 +413,25 @@ class ContainerService:
         client = self.sandboxes.shims.client(rec.sandbox_id)
         try:
             if timeout > 0 and rec.stop_signal != signal.SIGKILL:
-                await client.call("kill", container_id=cid, signal=rec.stop_signal, rpc_timeout=10)
-                got = await client.call("wait", container_id=cid, timeout=timeout, rpc_timeout=timeout + 10)
-                if got.get("exit") is not None:
-                    await self._record_exit(cid, _exit_of(got))
+                await client.kill(cid, rec.stop_signal, rpc_timeout=10)
+                got = await client.wait(cid, timeout, rpc_timeout=timeout + 10)
+                if got.exit is not None:
+                    await self._record_exit(cid, got.exit)
                     return
                 log.info("container %s: still running %gs after signal %d; killing it", cid, timeout, rec.stop_signal)
-            await client.call("kill", container_id=cid, signal=signal.SIGKILL, rpc_timeout=10)
+            await client.kill(cid, signal.SIGKILL, rpc_timeout=10)
             kill_timeout = self.settings.pods.stop_kill_timeout
-            got = await client.call("wait", container_id=cid, timeout=kill_timeout, rpc_timeout=kill_timeout + 10)
+            got = await client.wait(cid, kill_timeout, rpc_timeout=kill_timeout + 10)
         except errors.NotFound:
             await self._record_lost(cid, "the pod shim does not know the container")
             return
         except errors.Unavailable:
             await self._record_lost(cid, "the pod shim is gone")
             return
-        if got.get("exit") is None:
+        if got.exit is None:
             raise errors.DeadlineExceeded(f"container {cid} did not exit {self.settings.pods.stop_kill_timeout:g}s "
                                           "after SIGKILL")
-        await self._record_exit(cid, _exit_of(got))
+        await self._record_exit(cid, got.exit)
 
     async def _record_exit(self, cid: str, status: ExitStatus) -> None:
         """Persist an exit (from an event, a wait reply or an exit file); first one wins."""
@@ -494,7 +493,7 @@ class ContainerService:
         sandbox = self.sandboxes.records.get(rec.sandbox_id)
         if sandbox is not None and shim_alive(sandbox.shim):
             with contextlib.suppress(errors.Unavailable, errors.NotFound):
-                await self.sandboxes.shims.client(rec.sandbox_id).call("delete", container_id=rec.id, rpc_timeout=30)
+                await self.sandboxes.shims.client(rec.sandbox_id).delete(rec.id, rpc_timeout=30)
         if rec.cgroup_path:
             await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
         await self.images.snapshots.remove(rec.snapshot_key or rec.id)
@@ -557,7 +556,7 @@ class ContainerService:
         rec = self.get(id_or_prefix)
         if rec.state is not ContainerState.RUNNING:
             raise errors.FailedPrecondition(f"container {rec.id} is not running")
-        await self.sandboxes.shims.client(rec.sandbox_id).call("reopen_log", container_id=rec.id, rpc_timeout=30)
+        await self.sandboxes.shims.client(rec.sandbox_id).reopen_log(rec.id, rpc_timeout=30)
 
     async def exec_sync(self, id_or_prefix: str, cmd: tuple[str, ...], timeout: float = 0) -> ExecResult:
         """Run ``cmd`` in the running container; DeadlineExceeded (process killed) after
@@ -569,11 +568,10 @@ class ContainerService:
             raise errors.FailedPrecondition(f"container {rec.id} is not running")
         base = await self.exec_process(rec.id)
         process = replace(base, args=tuple(cmd), tty=False, stdin=False, stdin_once=False)
-        got = await self.sandboxes.shims.client(rec.sandbox_id).call(
-            "exec_sync", container_id=rec.id, process=to_plain(process), timeout=timeout,
-            rpc_timeout=(timeout + 30) if timeout > 0 else None,
+        got = await self.sandboxes.shims.client(rec.sandbox_id).exec_sync(
+            rec.id, process, timeout, rpc_timeout=(timeout + 30) if timeout > 0 else None,
         )
-        return ExecResult(base64.b64decode(got["stdout"]), base64.b64decode(got["stderr"]), int(got["exit_code"]))
+        return ExecResult(got.stdout, got.stderr, got.exit_code)
 
     async def exec_process(self, container_id: str) -> ProcessSpec:
         """The container's process spec (user, env, caps, seccomp) for streaming exec."""
@@ -661,18 +659,16 @@ class ContainerService:
             await self._record_lost(rec.id, "the pod shim is gone")
             return
         try:
-            got = await self.sandboxes.shims.client(rec.sandbox_id).call("state", container_id=rec.id,
-                                                                         rpc_timeout=10)
+            got = await self.sandboxes.shims.client(rec.sandbox_id).state(rec.id, rpc_timeout=10)
         except errors.NotFound:
             await self._record_lost(rec.id, "the pod shim does not know the container")
             return
-        if got.get("exit") is not None:
-            await self._record_exit(rec.id, _exit_of(got))
-        elif got.get("state") == "running" and rec.state is ContainerState.CREATED:
+        if got.exit is not None:
+            await self._record_exit(rec.id, got.exit)
+        elif got.state is ProcPhase.RUNNING and rec.state is ContainerState.CREATED:
             # started, but the daemon died before it recorded that
             async with self.lock(rec.id):
-                await self.records.put(replace(rec, state=ContainerState.RUNNING,
-                                               started_at_ns=int(got.get("started_at_ns") or 0)))
+                await self.records.put(replace(rec, state=ContainerState.RUNNING, started_at_ns=got.started_at_ns))
 
     def _clean_leftovers(self, known: set[str]) -> None:
         leftover_volume_dirs(self.settings.state, known)
@@ -701,13 +697,6 @@ class ContainerService:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _exit_of(state: dict[str, Any]) -> ExitStatus:
-    from runtime.store.codec import from_plain
-
-    status: ExitStatus = from_plain(ExitStatus, state["exit"])
-    return status
 
 
 def read_exit_file(exit_dir: Path) -> ExitStatus | None:

@@ -8,8 +8,10 @@ an exec, never a fork of the daemon) started on first use, reused, and stopped a
 worker costs 0.2 s to start, about what one 20 MiB layer takes to unpack, so it is kept.
 
 Contract of :meth:`UnpackPool.apply`: the same as :func:`runtime.image.applier.apply_layer`
-(LayerRejected for unsafe content, OSError for I/O failures); a worker that dies or
-misbehaves is replaced and the call raises Internal; a worker that takes longer than
+(LayerRejected for unsafe content, OSError with its errno for I/O failures, any other
+runtime.errors class as itself: the worker's error crosses as runtime.errorcodec's payload);
+anything else the worker raises (a bug) is Internal; a worker that dies or misbehaves is
+replaced and the call raises Internal; a worker that takes longer than
 ``layer_timeout`` seconds on one layer (a hang on crafted input, a disk that stalls) is
 killed and replaced and the call raises DeadlineExceeded. Cancelling a call kills its
 worker. In every failure the layer directory is half-written; the caller discards it.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import runtime
+from runtime.errorcodec import decode_error
 from runtime.errors import DeadlineExceeded, Internal
 from runtime.image.applier import ApplyLimits, ApplyResult, LayerRejected
 
@@ -117,13 +119,13 @@ class UnpackPool:
             assert isinstance(r, dict)
             return ApplyResult(str(r["diff_id"]), int(r["tar_bytes"]), int(r["size"]), int(r["inodes"]),
                                int(r["entries"]))
-        kind, message = str(reply.get("kind")), str(reply.get("message"))
-        if kind == "LayerRejected":
-            raise LayerRejected(message)
-        if kind == "OSError":
-            code = reply.get("errno")
-            raise OSError(int(code) if isinstance(code, int) else errno.EIO, message)
-        raise Internal(f"unpack worker failed on {label}: {kind}: {message}")
+        error = reply.get("error")
+        if not isinstance(error, dict):
+            raise Internal(f"unpack worker failed on {label} without saying why")
+        exc = decode_error(error, known=(LayerRejected,))
+        if type(exc) is Internal:
+            raise Internal(f"unpack worker failed on {label}: {exc}")
+        raise exc
 
     def pids(self) -> list[int]:
         """Pids of the live workers, idle and busy (for status and tests)."""

@@ -7,7 +7,8 @@ line on stdin::
     {"blob": PATH, "target": DIR, "max_bytes": N, "max_entries": N, "label": STR}
 
 and one JSON line on stdout per request: ``{"ok": true, "result": {...ApplyResult}}`` or
-``{"ok": false, "kind": "LayerRejected" | "OSError" | ..., "message": STR, "errno": N}``.
+``{"ok": false, "error": PAYLOAD}`` (runtime.errorcodec: the exception's class and MRO names,
+an OSError's errno), which the pool raises again as the same class.
 The worker exits on end of input and dies with its parent (PR_SET_PDEATHSIG), so a killed
 daemon never leaves it writing into a snapshot that recovery is about to remove.
 
@@ -28,7 +29,8 @@ import sys
 from typing import Any
 
 from runtime.cgroups.oomscore import set_oom_score_adj
-from runtime.image.applier import ApplyLimits, LayerRejected, apply_layer, describe
+from runtime.errorcodec import encode_error
+from runtime.image.applier import ApplyLimits, apply_layer, describe
 
 #: Our own oom_score_adj: a likelier OOM victim than the daemon, system services and most pods.
 OOM_SCORE_ADJ = 500
@@ -39,12 +41,8 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     try:
         with open(request["blob"], "rb", buffering=1 << 20) as f:
             result = apply_layer(f, request["target"], limits=limits, label=str(request.get("label", "")))
-    except LayerRejected as exc:
-        return {"ok": False, "kind": "LayerRejected", "message": str(exc)}
-    except OSError as exc:
-        return {"ok": False, "kind": "OSError", "message": str(exc), "errno": exc.errno or 0}
     except Exception as exc:
-        return {"ok": False, "kind": type(exc).__name__, "message": str(exc)}
+        return {"ok": False, "error": encode_error(exc)}
     return {"ok": True, "result": describe(result)}
 
 

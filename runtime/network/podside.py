@@ -5,10 +5,10 @@ Contract for the caller (the pod shim's child, see ``runtime.network.service``):
 - The process is single-threaded and has just unshared (or setns'd into) the pod's network
   namespace. Before doing so it opened its host netns (``/proc/self/ns/net``) and passes that
   fd as ``host_netns_fd``; the fd is only read here, never closed.
-- :func:`configure_pod_netns` is the entry point (:func:`configure_from_plain` the same for
-  JSON-shipped plans, as ``runtime.shim.nsinit`` calls it); it does blocking netlink I/O on
-  a socket it opens in the *current* netns, and returns a :class:`PodNetnsResult` to hand
-  back to the daemon (``runtime.store.to_json`` it across the process boundary).
+- :func:`configure_pod_netns` is the entry point (``runtime.shim.nsinit`` calls it with the
+  plan of the shim's CreateNamespaces request); it does blocking netlink I/O on a socket it
+  opens in the *current* netns, and returns a :class:`PodNetnsResult` the shim hands back to
+  the daemon in its reply (runtime.shim.protocol.NamespacesResult).
 - hostNetwork pods never get here (they have no netns of their own).
 - On failure it raises OSError naming the step; whatever it created lives in the pod netns,
   which the caller discards (deleting the netns deletes the veth pair, both ends).
@@ -20,11 +20,9 @@ default route, run once in a shim freshly forked from the factory.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from runtime.model.network import PodInterfacePlan, PodInterfaceResult, PodNetnsPlan, PodNetnsResult
 from runtime.network import rtnl
-from runtime.store.codec import from_plain, to_plain
 
 LOOPBACK_IFINDEX = 1  # kernel: lo is always the first device of a netns
 
@@ -45,13 +43,6 @@ def configure_pod_netns(plan: PodNetnsPlan, host_netns_fd: int) -> PodNetnsResul
         interface=iface,
         seconds=time.perf_counter() - started,
     )
-
-
-def configure_from_plain(plan: dict[str, Any], host_netns_fd: int) -> dict[str, Any]:
-    """:func:`configure_pod_netns` for plans and results shipped as JSON (``to_plain`` form)."""
-    result = configure_pod_netns(from_plain(PodNetnsPlan, plan), host_netns_fd)
-    out: dict[str, Any] = to_plain(result)
-    return out
 
 
 def configure_pod_interfaces(plan: PodInterfacePlan, host_netns_fd: int) -> PodInterfaceResult:

@@ -60,8 +60,9 @@ from runtime.sandbox.watch import ShimWatch
 from runtime.security.sysctls import proc_path
 from runtime.shim.manager import shim_alive
 from runtime.shim.port import PodShims
+from runtime.shim.protocol import IdMaps, NamespacesRequest
 from runtime.store import Store
-from runtime.store.codec import from_plain, to_plain
+from runtime.store.codec import to_plain
 from runtime.timing import StepTimer
 from runtime.undo import UndoStack
 
@@ -172,35 +173,33 @@ class SandboxService:
                 types = [t for t, on in (("net", not host_net), ("ipc", ns.ipc is NamespaceMode.POD),
                                          ("uts", not host_net)) if on]
                 pins = PinnedNamespaces()
-                net_result: Any = None
+                net_result: PodNetnsResult | None = None
                 userns = config.user_namespace
                 owner = userns.host_root if userns is not None else None
                 if types:
                     pin_dir = state_dir / "ns"
                     await asyncio.to_thread(self.host.make_pin_dir, pin_dir)
                     undo.push("namespaces", lambda: asyncio.to_thread(self.host.unpin_namespaces, pin_dir))
-                    request: dict[str, Any] = {
-                        "pin_dir": str(pin_dir), "types": types, "hostname": hostname,
-                        "sysctls": {proc_path(k): v for k, v in sysctls.items()},
-                        "network": None if plan is None else to_plain(plan),
-                    }
+                    maps = None
                     if userns is not None:
                         # hostUsers: false: a user namespace of the pod's, owning its net/ipc/uts
                         uid_map, gid_map = userns.id_maps()
-                        request["userns"] = {"uid_map": uid_map, "gid_map": gid_map}
-                    made = await client.call("create_namespaces", rpc_timeout=60, request=request)
-                    pins = PinnedNamespaces(**made["pins"])
-                    net_result = made.get("network")
+                        maps = IdMaps(tuple(uid_map), tuple(gid_map))
+                    request = NamespacesRequest(
+                        pin_dir=str(pin_dir), types=tuple(types), hostname=hostname,
+                        sysctls={proc_path(k): v for k, v in sysctls.items()}, network=plan, userns=maps,
+                    )
+                    made = await client.create_namespaces(request, rpc_timeout=60)
+                    pins, net_result = made.pins, made.network
                     steps.mark("namespaces")
                 holder: ProcessRef | None = None
                 if ns.pid is NamespaceMode.POD:
-                    got = await client.call("pid_holder", user_ns=pins.user, rpc_timeout=30)
-                    holder = ref_of(int(got["pid"]))
+                    holder = ref_of(await client.pid_holder(pins.user, rpc_timeout=30))
                     pins = replace(pins, pid=f"/proc/{holder.pid}/ns/pid")
                     steps.mark("pid-holder")
                 ip, more_ips = "", tuple[str, ...]()
                 if plan is not None:
-                    result = from_plain(PodNetnsResult, net_result) if net_result else PodNetnsResult(sid)
+                    result = net_result if net_result is not None else PodNetnsResult(sid)
                     status = await self.network.attach(sid, pins.net, result)
                     ip, more_ips = status.ip, tuple(status.additional_ips)
                     steps.mark("net-attach")

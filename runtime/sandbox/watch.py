@@ -19,7 +19,7 @@ from runtime.linux.proc import ProcessRef
 from runtime.linux.proc import alive as proc_alive
 from runtime.model.launch import ExitStatus
 from runtime.shim.port import ShimConnection
-from runtime.store.codec import from_plain
+from runtime.shim.protocol import ExitEvent, Subscribed
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +69,17 @@ class ShimWatch:
         attempts = 0
         while not self._stopping:
             try:
-                async for msg in self._client.subscribe():
+                async for event in self._client.subscribe():
                     attempts = 0
-                    event = msg.get("event")
-                    if event == "subscribed":
+                    if isinstance(event, Subscribed):
                         if self._subscribed is not None and not self._subscribed.done():
                             self._subscribed.set_result(None)
-                    elif event == "exit":
-                        status: ExitStatus = from_plain(ExitStatus, msg["exit"])
+                    elif isinstance(event, ExitEvent):
                         try:
-                            await self._sink.container_exited(self.sandbox_id, msg["container_id"], status)
+                            await self._sink.container_exited(self.sandbox_id, event.container_id, event.exit)
                         except Exception:
                             log.exception("sandbox %s: recording the exit of %s failed",
-                                          self.sandbox_id, msg.get("container_id"))
+                                          self.sandbox_id, event.container_id)
             except asyncio.CancelledError:
                 raise
             except (errors.EngineError, OSError, ValueError) as exc:

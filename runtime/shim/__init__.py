@@ -6,5 +6,7 @@
   container and exec processes in forked children, holds their stdio, writes CRI logs and
   exit files, serves attach/exec sessions.
 - ``init``: what a forked child does between fork and execve.
-- ``client`` / ``manager``: the daemon's side.
+- ``protocol`` / ``wire``: the typed requests, replies and events, and the lines and frames
+  that carry them (versioned: shims outlive daemon upgrades).
+- ``port`` / ``client`` / ``session`` / ``manager``: the daemon's side.
 """

@@ -2,7 +2,8 @@
 
 Each request borrows an idle connection from a small pool (or opens one: a unix connect
 costs microseconds), so a long ExecSync never holds up a StopContainer on the same pod.
-Errors in replies are re-raised as the engine exceptions they name; a shim that is gone
+Requests and replies are the dataclasses of :mod:`runtime.shim.protocol`; errors in replies
+are raised again as the exceptions they were (runtime.errorcodec); a shim that is gone
 raises :class:`runtime.errors.Unavailable`.
 """
 
@@ -15,15 +16,34 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from runtime import errors
+from runtime.errorcodec import raise_error
 from runtime.shim import wire
+from runtime.shim.port import ShimConnection
+from runtime.shim.protocol import (
+    Attach,
+    ExecSession,
+    PortConnect,
+    ShimEvent,
+    ShimRequest,
+    Subscribe,
+    decode_event,
+    decode_reply,
+    request_line,
+)
+from runtime.shim.session import ShimSession
 
 POOL_SIZE = 4
 
+R = TypeVar("R")
 
-class ShimClient:
+
+class ShimClient(ShimConnection):
+    """Implements :class:`runtime.shim.port.ShimConnection` (and its typed operations) on the
+    shim's socket, plus the streaming sessions and port-forward connects."""
+
     def __init__(self, sandbox_id: str, socket_path: Path) -> None:
         self.sandbox_id = sandbox_id
         self.socket_path = socket_path
@@ -37,14 +57,15 @@ class ShimClient:
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} is not running ({exc.strerror})") from None
 
-    async def call(self, op: str, rpc_timeout: float | None = None, **args: Any) -> Any:
-        """Send one request and return its result (or raise its error); ``rpc_timeout``
+    async def request(self, request: ShimRequest[R], rpc_timeout: float | None = None) -> R:
+        """Send one request and return its typed result (or raise its error); ``rpc_timeout``
         bounds the wait for the reply (the connection is dropped when it expires)."""
+        op = request.OP
         conn = self._idle.pop() if self._idle else await self._connect()
         reader, writer = conn
         self._seq += 1
         try:
-            writer.write(wire.encode({"id": self._seq, "op": op, **args}))
+            writer.write(wire.encode(request_line(request, self._seq)))
             await writer.drain()
             reply = await asyncio.wait_for(wire.read_message(reader), rpc_timeout)
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
@@ -61,39 +82,44 @@ class ShimClient:
         else:
             writer.close()
         if "error" in reply:
-            wire.raise_error(reply["error"])
-        return reply.get("result")
+            raise_error(reply["error"])
+        return decode_reply(request, reply.get("result"))
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
-        """Exit events: first a replay of exits the shim knows, then ``{"event": "subscribed"}``,
-        then live ones. Ends when the shim exits."""
+    async def subscribe(self) -> AsyncIterator[ShimEvent]:
+        """Exit events: first a replay of exits the shim knows, then :class:`Subscribed`,
+        then live ones. Ends when the shim exits. Events this daemon does not know (a newer
+        shim's) are skipped."""
         reader, writer = await self._connect()
         try:
-            writer.write(wire.encode({"op": "subscribe"}))
+            writer.write(wire.encode(request_line(Subscribe())))
             await writer.drain()
             while True:
                 msg = await wire.read_message(reader)
                 if msg is None:
                     return
-                yield msg
+                event = decode_event(msg)
+                if event is not None:
+                    yield event
         finally:
             writer.close()
 
-    async def open_session(
-        self, op: str, **args: Any
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]]:
-        """Start an attach/exec session; after the first reply the connection carries frames."""
+    async def open_session(self, request: Attach | ExecSession) -> ShimSession:
+        """Start an attach or exec session; after the reply the connection carries frames."""
         reader, writer = await self._connect()
-        writer.write(wire.encode({"op": op, **args}))
-        await writer.drain()
-        reply = await wire.read_message(reader)
+        try:
+            writer.write(wire.encode(request_line(request)))
+            await writer.drain()
+            reply = await wire.read_message(reader)
+        except BaseException:
+            writer.close()
+            raise
         if reply is None:
             writer.close()
             raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} closed the session")
         if "error" in reply:
             writer.close()
-            wire.raise_error(reply["error"])
-        return reader, writer, reply.get("result") or {}
+            raise_error(reply["error"])
+        return ShimSession(reader, writer, decode_reply(request, reply.get("result")).pid)
 
     async def port_connect(
         self, netns: str, port: int, host: str = "127.0.0.1", timeout: float = wire.PORT_CONNECT_TIMEOUT
@@ -128,8 +154,8 @@ class ShimClient:
                 await loop.sock_connect(s, str(self.socket_path))
             except (FileNotFoundError, ConnectionRefusedError):
                 raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} is not running") from None
-            request = {"op": "port_connect", "netns": netns, "port": port, "host": host, "timeout": timeout}
-            await loop.sock_sendall(s, wire.encode(request))
+            request = PortConnect(netns, port, host, timeout)
+            await loop.sock_sendall(s, wire.encode(request_line(request)))
             data, fds = await _recv_fds(s)
         finally:
             s.close()
@@ -138,7 +164,7 @@ class ShimClient:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            wire.raise_error(reply.get("error") or {"kind": "Unavailable", "message": "no socket from shim"})
+            raise_error(reply.get("error") or {"kind": "Unavailable", "message": "no socket from shim"})
         for fd in fds[1:]:
             os.close(fd)
         return socket.socket(fileno=fds[0])

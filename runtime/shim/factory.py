@@ -70,7 +70,7 @@ def _warm_up(workdir: str) -> None:
     import asyncio
     import logging
 
-    from runtime.shim import server, wire
+    from runtime.shim import protocol, server, wire
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
     sock = os.path.join(workdir, "warm.sock")
@@ -89,19 +89,21 @@ def _warm_up(workdir: str) -> None:
 
         for _ in range(3):
             reader, writer = await connect()
-            ops: tuple[tuple[str, dict[str, Any]], ...] = (
-                ("ping", {}), ("list", {}), ("state", {"container_id": "x"}),
+            ops: tuple[protocol.ShimRequest[Any], ...] = (
+                protocol.Ping(), protocol.ListProcs(), protocol.State("x"),
                 # the fork-a-helper paths, without making any namespace
-                ("create_namespaces", {"request": {"pin_dir": workdir, "types": [], "sysctls": {}}}),
+                protocol.CreateNamespaces(protocol.NamespacesRequest(pin_dir=workdir, types=())),
             )
-            for op, extra in ops:
-                writer.write(wire.encode({"id": 1, "op": op, **extra}))
+            for op in ops:
+                writer.write(wire.encode(protocol.request_line(op, 1)))
                 await writer.drain()
-                await wire.read_message(reader)
+                reply = await wire.read_message(reader)
+                if reply is not None and "result" in reply:
+                    protocol.decode_reply(op, reply["result"])
             writer.close()
         await warm_pod_namespaces(connect)
         reader, writer = await connect()
-        writer.write(wire.encode({"id": 2, "op": "shutdown"}))
+        writer.write(wire.encode(protocol.request_line(protocol.Shutdown(), 2)))
         await writer.drain()
         await wire.read_message(reader)
         writer.close()
@@ -114,7 +116,6 @@ def _warm_up(workdir: str) -> None:
         while this process stands in a throwaway network namespace (where the veth's "host"
         end goes) and with its pins in a scratch dir: nothing of it reaches the host."""
         from runtime.model.network import NetworkMode, PodInterfacePlan, PodNetnsPlan
-        from runtime.store.codec import to_plain
 
         sid = "0" * 64
         plan = PodNetnsPlan(sid, NetworkMode.BUILTIN, True, PodInterfacePlan(
@@ -125,9 +126,9 @@ def _warm_up(workdir: str) -> None:
         try:
             libc.unshare(libc.CLONE_NEWNET)
             reader, writer = await connect()
-            writer.write(wire.encode({"id": 3, "op": "create_namespaces", "request": {
-                "pin_dir": pins, "types": ["net", "ipc", "uts"], "hostname": "warm-up",
-                "sysctls": {}, "network": to_plain(plan)}}))
+            request = protocol.NamespacesRequest(pin_dir=pins, types=("net", "ipc", "uts"), hostname="warm-up",
+                                                 network=plan)
+            writer.write(wire.encode(protocol.request_line(protocol.CreateNamespaces(request), 3)))
             await writer.drain()
             await wire.read_message(reader)
             writer.close()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.errorcodec import raise_error
 from runtime.linux.proc import ProcessRef, alive, is_zombie, ref_of
 from runtime.shim.client import ShimClient
 from runtime.shim.version import code_hash
@@ -75,9 +76,7 @@ class ShimManager:
             raise errors.Unavailable("shim factory closed the connection")
         reply = json.loads(line)
         if "error" in reply:
-            from runtime.shim import wire
-
-            wire.raise_error(reply["error"])
+            raise_error(reply["error"])
         return reply.get("result")
 
     async def _ensure_factory(self) -> None:
@@ -179,7 +178,7 @@ class ShimManager:
         if shim is None or not shim_alive(shim):
             return
         with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
-            await self.client(sandbox_id).call("shutdown", rpc_timeout=5)
+            await self.client(sandbox_id).shutdown(rpc_timeout=5)
         deadline = time.monotonic() + SHIM_STOP_TIMEOUT
         while shim_alive(shim) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)

@@ -17,11 +17,15 @@ import fcntl
 import os
 import socket
 import struct
-from typing import Any, NoReturn
+from dataclasses import replace
+from typing import NoReturn
 
 from runtime.linux import libc, procsys
 from runtime.linux import userns as userns_mod
+from runtime.model.network import PodNetnsPlan, PodNetnsResult
+from runtime.model.sandbox import PinnedNamespaces
 from runtime.shim.init import child_guard, close_fds_except, reset_signals
+from runtime.shim.protocol import NamespacesRequest, NamespacesResult
 
 NS_FLAGS = {"net": libc.CLONE_NEWNET, "ipc": libc.CLONE_NEWIPC, "uts": libc.CLONE_NEWUTS}
 
@@ -45,9 +49,9 @@ def _pin(source: str, pin_path: str) -> None:
     libc.mount(source, pin_path, None, libc.MS_BIND)
 
 
-def make_namespaces(request: dict[str, Any]) -> dict[str, Any]:
-    """Make the pod's namespaces, configure and pin them; returns {"pins": {...},
-    "network": ...}. Raises OSError, with our own namespaces restored.
+def make_namespaces(request: NamespacesRequest) -> NamespacesResult:
+    """Make the pod's namespaces, configure and pin them; returns the pins and the network
+    step's result. Raises OSError, with our own namespaces restored.
 
     Without a user namespace, in the (single-threaded) shim itself, without a child: unshare
     them, set the hostname, apply namespaced sysctls, run the network's in-namespace step,
@@ -55,13 +59,13 @@ def make_namespaces(request: dict[str, Any]) -> dict[str, Any]:
     does) so it outlives every process, then setns back into our own. Blocking (about a
     millisecond: no await may run while we stand in the pod's namespaces).
 
-    With ``request["userns"]`` ({"uid_map": [[ctr, host, len]], "gid_map": [...]}) the
+    With ``request.userns`` (uid and gid maps: (container id, host id, length)) the
     namespaces must belong to a new user namespace, which only a child can make
     (runtime.linux.userns): it unshares the user namespace, we write its maps, it unshares
     net/ipc/uts (owned by it); we pin all four, step into its net/ipc/uts as host root to
     configure them exactly as above, and let it go."""
-    types = list(request["types"])
-    userns = request.get("userns")
+    types = list(request.types)
+    userns = request.userns
     own = {kind: os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in ("net", "ipc", "uts")}
     try:
         flags = 0
@@ -75,10 +79,10 @@ def make_namespaces(request: dict[str, Any]) -> dict[str, Any]:
             finally:
                 for kind in types:
                     libc.setns(own[kind], NS_FLAGS[kind])
-        uid_map = [tuple(m) for m in userns["uid_map"]]
-        gid_map = [tuple(m) for m in userns["gid_map"]]
+        uid_map = [(int(a), int(b), int(c)) for a, b, c in userns.uid_map]
+        gid_map = [(int(a), int(b), int(c)) for a, b, c in userns.gid_map]
         with userns_mod.new_user_namespace(uid_map, gid_map, flags) as helper:
-            user_pin = os.path.join(request["pin_dir"], "user")
+            user_pin = os.path.join(request.pin_dir, "user")
             _pin(f"/proc/{helper}/ns/user", user_pin)
             try:
                 for kind in types:
@@ -87,24 +91,22 @@ def make_namespaces(request: dict[str, Any]) -> dict[str, Any]:
             finally:
                 for kind in types:
                     libc.setns(own[kind], NS_FLAGS[kind])
-        made["pins"]["user"] = user_pin
-        return made
+        return NamespacesResult(replace(made.pins, user=user_pin), made.network)
     finally:
         for fd in own.values():
             os.close(fd)
 
 
-def _configure(request: dict[str, Any], types: list[str], host_net_fd: int, ns_dir: str) -> dict[str, Any]:
+def _configure(request: NamespacesRequest, types: list[str], host_net_fd: int, ns_dir: str) -> NamespacesResult:
     """Standing in the pod's new namespaces: hostname, lo, network, sysctls; then pin them."""
-    if "uts" in types and request.get("hostname"):
-        libc.sethostname(request["hostname"])
-    network_result: Any = None
+    if "uts" in types and request.hostname:
+        libc.sethostname(request.hostname)
+    network_result: PodNetnsResult | None = None
     if "net" in types:
         loopback_up()
-        plan = request.get("network")
-        if plan:
-            network_result = _configure_network(plan, host_net_fd)
-    for name, value in (request.get("sysctls") or {}).items():
+        if request.network is not None:
+            network_result = _configure_network(request.network, host_net_fd)
+    for name, value in request.sysctls.items():
         # /proc/sys paths from the daemon; written component by component beneath
         # /proc/sys, so no spelling of a name reaches a node-wide sysctl (procsys)
         try:
@@ -113,17 +115,17 @@ def _configure(request: dict[str, Any], types: list[str], host_net_fd: int, ns_d
             raise OSError(errno.EINVAL, f"sysctl {name!r}: {exc}") from None
     pins: dict[str, str] = {}
     for kind in types:
-        path = os.path.join(request["pin_dir"], kind)
+        path = os.path.join(request.pin_dir, kind)
         _pin(f"{ns_dir}/{kind}", path)
         pins[kind] = path
-    return {"pins": pins, "network": network_result}
+    return NamespacesResult(PinnedNamespaces(**pins), network_result)
 
 
-def _configure_network(plan: dict[str, Any], host_net_fd: int) -> Any:
+def _configure_network(plan: PodNetnsPlan, host_net_fd: int) -> PodNetnsResult:
     """The built-in network's in-namespace step (runtime.network.podside), if installed."""
     from runtime.network import podside  # imported lazily: the factory pre-imports it
 
-    return podside.configure_from_plain(plan, host_net_fd)
+    return podside.configure_pod_netns(plan, host_net_fd)
 
 
 def connect_in_netns(netns_path: str, host: str, port: int, fd_sock: int, timeout: float = 10.0) -> NoReturn:

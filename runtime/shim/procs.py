@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from runtime import errors
 from runtime.linux import libc
@@ -81,24 +80,6 @@ class Proc:
     #: a pidfd of the container's process, taken while it was our unreaped child (so the pid
     #: was its own); execs and TARGET containers join its namespaces through it
     pidfd: int = -1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "container_id": self.key,
-            "pid": self.pid,
-            "state": self.state,
-            "created_at_ns": self.created_at_ns,
-            "started_at_ns": self.started_at_ns,
-            "exit": None if self.exit is None else _exit_dict(self.exit),
-        }
-
-
-def _exit_dict(e: ExitStatus) -> dict[str, Any]:
-    return {
-        "exit_code": e.exit_code, "signal": e.signal, "started_at_ns": e.started_at_ns,
-        "finished_at_ns": e.finished_at_ns, "oom_killed": e.oom_killed, "pid": e.pid,
-        "reason": e.reason, "message": e.message,
-    }
 
 
 def oom_kill_count(memory_cgroup: str) -> int:

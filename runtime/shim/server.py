@@ -1,9 +1,11 @@
 """The pod shim process: serves the daemon on a unix socket and parents the pod's processes.
 
-Requests (JSON lines, see runtime.shim.wire):
-  ping, create_namespaces, pid_holder, create, start, kill, state, list, exec_sync,
-  reopen_log, close_stdin, delete, port_connect (replies with an fd), shutdown,
-  subscribe (then exit events as lines), attach / exec_session (then binary frames).
+Requests are the dataclasses of runtime.shim.protocol (JSON lines, runtime.shim.wire), each
+dispatched by its type to an ``op_*`` method that answers with the typed reply: Ping,
+CreateNamespaces, PidHolder, Precreate, Create, Start, Kill, Wait, State, ListProcs,
+ReopenLog, Delete, ExecSync, Shutdown; PortConnect replies with an fd; Subscribe is followed
+by exit events as lines, Attach / ExecSession by binary frames. An error travels as
+runtime.errorcodec's payload, so the daemon raises the same class.
 
 The shim is single-threaded (asyncio without executors: the kernel refuses setns in a
 multithreaded process), a child subreaper, in its own session, ignoring terminal signals,
@@ -14,27 +16,64 @@ its pod's processes are all gone after a shutdown request.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.errorcodec import encode_error
 from runtime.linux import libc
-from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
+from runtime.model.launch import ExitStatus
 from runtime.shim import nsinit, pidholder, wire
 from runtime.shim.procs import EXEC_SYNC_MAX_OUTPUT, OutputSink, Proc, ProcessTable
-from runtime.store.codec import from_plain
+from runtime.shim.protocol import (
+    SHIM_PROTOCOL,
+    Ack,
+    Attach,
+    Connected,
+    Create,
+    CreateNamespaces,
+    Delete,
+    ExecSession,
+    ExecSync,
+    ExecSyncResult,
+    ExitEvent,
+    ExitFrame,
+    Kill,
+    ListProcs,
+    NamespacesResult,
+    Pid,
+    PidHolder,
+    Ping,
+    PortConnect,
+    Precreate,
+    ProcPhase,
+    ProcState,
+    ReopenLog,
+    ResizeFrame,
+    ShimInfo,
+    ShimRequest,
+    Shutdown,
+    Start,
+    State,
+    Subscribe,
+    Subscribed,
+    Wait,
+    decode_frame,
+    decode_request,
+    event_line,
+    frame_payload,
+)
+from runtime.store.codec import to_plain
 
 log = logging.getLogger("cri_shim.shim")
 
-SHIM_PROTOCOL = 1
 SESSION_HIGH_WATER = 4 * 1024 * 1024
 
 
@@ -123,6 +162,14 @@ class ShimServer:
         self._holder_pid = 0
         self._server: asyncio.AbstractServer | None = None
         self._port_connects = 0
+        #: the request/reply operations, by request type (sessions, subscribe and
+        #: port_connect hold their connection: see _client)
+        self.ops: dict[type[ShimRequest[Any]], Callable[[Any], Awaitable[Any]]] = {
+            Ping: self.op_ping, CreateNamespaces: self.op_create_namespaces, PidHolder: self.op_pid_holder,
+            Precreate: self.op_precreate, Create: self.op_create, Start: self.op_start, Kill: self.op_kill,
+            Wait: self.op_wait, State: self.op_state, ListProcs: self.op_list, ReopenLog: self.op_reopen_log,
+            Delete: self.op_delete, ExecSync: self.op_exec_sync, Shutdown: self.op_shutdown,
+        }
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -168,7 +215,7 @@ class ShimServer:
     def _on_exit(self, proc: Proc) -> None:
         if proc.key.startswith("exec:") or proc.exit is None:
             return
-        line = wire.encode({"event": "exit", "container_id": proc.key, "exit": proc.as_dict()["exit"]})
+        line = wire.encode(event_line(ExitEvent(proc.key, proc.exit)))
         for w in list(self._subscribers):
             if w.is_closing():
                 self._subscribers.discard(w)
@@ -183,26 +230,28 @@ class ShimServer:
                 msg = await wire.read_message(reader)
                 if msg is None:
                     return
-                op = msg.get("op", "")
-                if op in ("attach", "exec_session"):
-                    await self._session(msg, reader, writer)
+                try:
+                    req = decode_request(msg)
+                except errors.EngineError as exc:
+                    writer.write(wire.encode({"id": msg.get("id"), "error": encode_error(exc)}))
+                    await writer.drain()
+                    continue
+                if isinstance(req, (Attach, ExecSession)):
+                    await self._session(req, reader, writer)
                     return
-                if op == "subscribe":
-                    await self._subscribe(msg, reader, writer)
+                if isinstance(req, Subscribe):
+                    await self._subscribe(reader, writer)
                     return
-                if op == "port_connect":
-                    await self._port_connect(msg, reader, writer)
+                if isinstance(req, PortConnect):
+                    await self._port_connect(req, reader, writer)
                     return
                 try:
-                    handler = getattr(self, f"op_{op}", None)
-                    if handler is None:
-                        raise errors.InvalidArgument(f"unknown shim operation {op!r}")
-                    result = await handler(msg)
-                    writer.write(wire.encode({"id": msg.get("id"), "result": result}))
+                    result = await self.ops[type(req)](req)
+                    writer.write(wire.encode({"id": msg.get("id"), "result": to_plain(result)}))
                 except Exception as exc:
                     if not isinstance(exc, errors.EngineError):
-                        log.exception("shim op %s failed", op)
-                    writer.write(wire.encode({"id": msg.get("id"), "error": wire.error_payload(exc)}))
+                        log.exception("shim op %s failed", msg.get("op"))
+                    writer.write(wire.encode({"id": msg.get("id"), "error": encode_error(exc)}))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -218,66 +267,63 @@ class ShimServer:
 
     # -- operations ---------------------------------------------------------------------------
 
-    async def op_ping(self, msg: dict[str, Any]) -> dict[str, Any]:
-        return {"pid": os.getpid(), "sandbox_id": self.sandbox_id, "protocol": SHIM_PROTOCOL}
+    async def op_ping(self, req: Ping) -> ShimInfo:
+        return ShimInfo(os.getpid(), self.sandbox_id, SHIM_PROTOCOL)
 
-    async def op_create_namespaces(self, msg: dict[str, Any]) -> Any:
+    async def op_create_namespaces(self, req: CreateNamespaces) -> NamespacesResult:
         # made here, in the shim itself, which returns to its own namespaces (no fork)
         try:
-            return nsinit.make_namespaces(msg["request"])
+            return nsinit.make_namespaces(req.request)
         except OSError as exc:
             raise errors.FailedPrecondition(f"creating pod namespaces: {exc}") from None
 
-    async def op_pid_holder(self, msg: dict[str, Any]) -> dict[str, int]:
+    async def op_pid_holder(self, req: PidHolder) -> Pid:
         assert self.table is not None
         try:
-            self._holder_pid = pidholder.start_pid_holder(str(msg.get("user_ns") or ""))
+            self._holder_pid = pidholder.start_pid_holder(req.user_ns or "")
             self.table.set_holder(self._holder_pid)  # before anything can reap it
         except OSError as exc:
             raise errors.FailedPrecondition(f"creating the pod PID namespace: {exc}") from None
-        return {"pid": self._holder_pid}
+        return Pid(self._holder_pid)
 
-    async def op_precreate(self, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_precreate(self, req: Precreate) -> Pid:
         """Fork a container's process ahead of ``create`` (it waits for the spec)."""
         assert self.table is not None
-        ns: NamespaceSpec = from_plain(NamespaceSpec, msg["namespaces"])
-        pid = self.table.precreate(msg["container_id"], ns, tuple(msg.get("cgroup_procs") or ()),
-                                   bool(msg.get("stdin")), bool(msg.get("tty")))
-        return {"pid": pid}
+        pid = self.table.precreate(req.container_id, req.namespaces, tuple(req.cgroup_procs), req.stdin, req.tty)
+        return Pid(pid)
 
-    async def op_create(self, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_create(self, req: Create) -> ProcState:
         assert self.table is not None
-        spec: LaunchSpec = from_plain(LaunchSpec, msg["spec"])
-        proc = await self.table.create(spec)
-        return proc.as_dict()
+        proc = await self.table.create(req.spec)
+        return proc_state(proc)
 
-    async def op_start(self, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_start(self, req: Start) -> ProcState:
         assert self.table is not None
-        proc = self._proc(msg["container_id"])
+        proc = self._proc(req.container_id)
         await self.table.start(proc)
-        return proc.as_dict()
+        return proc_state(proc)
 
-    async def op_kill(self, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_kill(self, req: Kill) -> ProcState:
         assert self.table is not None
-        proc = self._proc(msg["container_id"])
-        self.table.kill(proc, int(msg.get("signal", signal.SIGKILL)))
-        return proc.as_dict()
+        proc = self._proc(req.container_id)
+        self.table.kill(proc, req.signal)
+        return proc_state(proc)
 
-    async def op_wait(self, msg: dict[str, Any]) -> dict[str, Any]:
-        proc = self._proc(msg["container_id"])
+    async def op_wait(self, req: Wait) -> ProcState:
+        proc = self._proc(req.container_id)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.exited.wait(), float(msg.get("timeout", 0)) or None)
-        return proc.as_dict()
+            await asyncio.wait_for(proc.exited.wait(), req.timeout or None)
+        return proc_state(proc)
 
-    async def op_state(self, msg: dict[str, Any]) -> dict[str, Any]:
-        return self._proc(msg["container_id"]).as_dict()
+    async def op_state(self, req: State) -> ProcState:
+        return proc_state(self._proc(req.container_id))
 
-    async def op_list(self, msg: dict[str, Any]) -> list[dict[str, Any]]:
+    async def op_list(self, req: ListProcs) -> tuple[ProcState, ...]:
         assert self.table is not None
-        return [p.as_dict() for p in self.table.procs.values()]
+        return tuple(proc_state(p) for p in self.table.procs.values())
 
-    async def op_reopen_log(self, msg: dict[str, Any]) -> dict[str, Any]:
-        proc = self._proc(msg["container_id"])
+    async def op_reopen_log(self, req: ReopenLog) -> ProcState:
+        proc = self._proc(req.container_id)
         if proc.state != "running":
             raise errors.FailedPrecondition(f"container {proc.key} is not running")
         if proc.log is not None:
@@ -285,15 +331,15 @@ class ShimServer:
                 proc.log.reopen()
             except OSError as exc:
                 raise errors.FailedPrecondition(f"reopening log {proc.log.path}: {exc.strerror}") from None
-        return proc.as_dict()
+        return proc_state(proc)
 
-    async def op_delete(self, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_delete(self, req: Delete) -> Ack:
         """Forget an exited (or never started) container; kills a created one first."""
         assert self.table is not None
-        self.table.discard_precreated(msg["container_id"])
-        proc = self.table.procs.get(msg["container_id"])
+        self.table.discard_precreated(req.container_id)
+        proc = self.table.procs.get(req.container_id)
         if proc is None:
-            return {}
+            return Ack()
         if proc.state == "running":
             raise errors.FailedPrecondition(f"container {proc.key} is still running")
         if proc.state == "created":
@@ -301,15 +347,15 @@ class ShimServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.exited.wait(), 10)
         self.table.procs.pop(proc.key, None)
-        return {}
+        return Ack()
 
-    async def op_exec_sync(self, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_exec_sync(self, req: ExecSync) -> ExecSyncResult:
         assert self.table is not None
-        container = self._proc(msg["container_id"])
-        process: ProcessSpec = from_plain(ProcessSpec, msg["process"])
+        container = self._proc(req.container_id)
+        process = req.process
         collector = _Collector()
         proc = await self.table.spawn_exec(container, process, collector, stdin=False)
-        timeout = float(msg.get("timeout", 0)) or None
+        timeout = req.timeout or None
         try:
             await asyncio.wait_for(proc.exited.wait(), timeout)
         except TimeoutError:
@@ -320,25 +366,21 @@ class ShimServer:
             ) from None
         status = proc.exit
         assert status is not None
-        return {
-            "exit_code": status.exit_code,
-            "stdout": base64.b64encode(bytes(collector.out[1])).decode(),
-            "stderr": base64.b64encode(bytes(collector.out[2])).decode(),
-        }
+        return ExecSyncResult(status.exit_code, bytes(collector.out[1]), bytes(collector.out[2]))
 
-    async def op_shutdown(self, msg: dict[str, Any]) -> dict[str, Any]:
+    async def op_shutdown(self, req: Shutdown) -> Ack:
         asyncio.get_running_loop().call_soon(self._stopping.set)
-        return {}
+        return Ack()
 
     # -- long-lived connections ---------------------------------------------------------------
 
-    async def _subscribe(self, msg: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _subscribe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self.table is not None
         # Replay the current exits so a daemon that was down catches up.
         for proc in self.table.procs.values():
             if proc.exit is not None:
-                writer.write(wire.encode({"event": "exit", "container_id": proc.key, "exit": proc.as_dict()["exit"]}))
-        writer.write(wire.encode({"event": "subscribed"}))
+                writer.write(wire.encode(event_line(ExitEvent(proc.key, proc.exit))))
+        writer.write(wire.encode(event_line(Subscribed())))
         self._subscribers.add(writer)
         try:
             await writer.drain()
@@ -346,30 +388,28 @@ class ShimServer:
         finally:
             self._subscribers.discard(writer)
 
-    async def _port_connect(
-        self, msg: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _port_connect(self, req: PortConnect, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Connect to a port in the pod from a forked child and pass the socket back.
         At most wire.MAX_PORT_CONNECTS at once (more are refused at once); the child is killed when
         the connect outlives its timeout or the daemon hangs up first (its client is gone)."""
         assert self.table is not None
         if self._port_connects >= wire.MAX_PORT_CONNECTS:
             message = f"{wire.MAX_PORT_CONNECTS} port-forward connections are already being opened in this pod"
-            writer.write(wire.encode({"error": {"kind": "ResourceExhausted", "message": message}}))
+            writer.write(wire.encode({"error": encode_error(errors.ResourceExhausted(message))}))
             await writer.drain()
             return
         try:
-            timeout = min(wire.PORT_CONNECT_TIMEOUT, max(0.1, float(msg.get("timeout", wire.PORT_CONNECT_TIMEOUT))))
+            timeout = min(wire.PORT_CONNECT_TIMEOUT, max(0.1, float(req.timeout)))
         except (TypeError, ValueError):
             timeout = wire.PORT_CONNECT_TIMEOUT
         self._port_connects += 1
         try:
-            await self._port_connect_child(msg, timeout, reader, writer)
+            await self._port_connect_child(req, timeout, reader, writer)
         finally:
             self._port_connects -= 1
 
     async def _port_connect_child(
-        self, msg: dict[str, Any], timeout: float, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, req: PortConnect, timeout: float, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         assert self.table is not None
         sock: socket.socket = writer.get_extra_info("socket")
@@ -377,9 +417,7 @@ class ShimServer:
         pid = os.fork()
         if pid == 0:
             parent.close()
-            nsinit.connect_in_netns(
-                msg.get("netns", ""), msg.get("host", "127.0.0.1"), int(msg["port"]), child.detach(), timeout
-            )
+            nsinit.connect_in_netns(req.netns, req.host, int(req.port), child.detach(), timeout)
         child.close()
         done = self.table.wait_child(pid)
         loop = asyncio.get_running_loop()
@@ -406,24 +444,26 @@ class ShimServer:
         try:
             raw.setblocking(True)
             if fds and data == b"ok":
-                socket.send_fds(raw, [wire.encode({"result": {"ok": True}})], fds)
+                socket.send_fds(raw, [wire.encode({"result": to_plain(Connected())})], fds)
             else:
                 text = data.decode(errors="replace").removeprefix("error ").strip() or "connect failed"
-                raw.sendall(wire.encode({"error": {"kind": "Unavailable", "message": text}}))
+                raw.sendall(wire.encode({"error": encode_error(errors.Unavailable(text))}))
         finally:
             raw.close()
             for fd in fds:
                 os.close(fd)
 
-    async def _session(self, msg: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _session(
+        self, req: Attach | ExecSession, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         """Attach or exec session: frames both ways until the process ends or the peer leaves."""
         assert self.table is not None
-        want = {s for s, flag in ((1, msg.get("stdout", True)), (2, msg.get("stderr", True))) if flag}
-        exec_mode = msg["op"] == "exec_session"
+        want = {s for s, flag in ((1, req.stdout), (2, req.stderr)) if flag}
+        exec_mode = isinstance(req, ExecSession)
         session = _Session(writer, want, self.table, exec_mode)
         try:
-            container = self._proc(msg["container_id"])
-            if msg["op"] == "attach":
+            container = self._proc(req.container_id)
+            if isinstance(req, Attach):
                 if container.state != "running":
                     raise errors.FailedPrecondition(f"container {container.key} is not running")
                 target = container
@@ -431,16 +471,15 @@ class ShimServer:
                 if target.exit is not None:
                     session.on_exit(target.exit)
             else:
-                process: ProcessSpec = from_plain(ProcessSpec, msg["process"])
-                target = await self.table.spawn_exec(container, process, session, stdin=bool(msg.get("stdin")))
+                target = await self.table.spawn_exec(container, req.process, session, stdin=req.stdin)
             session.proc = target
-            writer.write(wire.encode({"result": {"pid": target.pid}}))
+            writer.write(wire.encode({"result": to_plain(Pid(target.pid))}))
             session.open()
         except Exception as exc:
-            writer.write(wire.encode({"error": wire.error_payload(exc)}))
+            writer.write(wire.encode({"error": encode_error(exc)}))
             await writer.drain()
             return
-        use_stdin = bool(msg.get("stdin")) and target.stdin_w >= 0
+        use_stdin = req.stdin and target.stdin_w >= 0
         # An attach client's EOF closes the container's stdin only for stdin_once containers
         # (kubelet semantics); an exec client's EOF closes its process's stdin.
         close_on_eof = exec_mode or target.spec.process.stdin_once
@@ -450,7 +489,7 @@ class ShimServer:
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if session.done in done:
                 status = session.done.result()
-                writer.write(wire.frame(wire.F_EXIT, json.dumps({"exit_code": status.exit_code}).encode()))
+                writer.write(wire.frame(wire.F_EXIT, frame_payload(ExitFrame(status.exit_code))))
                 await writer.drain()
             elif exec_mode and target.state != "exited":
                 # the client went away: an exec'd process does not outlive its session
@@ -476,9 +515,14 @@ class ShimServer:
             elif kind == wire.F_STDIN_CLOSE and use_stdin and close_on_eof:
                 self.table.close_stdin(target)
             elif kind == wire.F_RESIZE:
-                size = json.loads(payload)
+                size = decode_frame(ResizeFrame, payload)
                 with contextlib.suppress(OSError):
-                    self.table.resize(target, int(size["width"]), int(size["height"]))
+                    self.table.resize(target, int(size.width), int(size.height))
+
+
+def proc_state(proc: Proc) -> ProcState:
+    """The typed reply for one process of the table."""
+    return ProcState(proc.key, proc.pid, ProcPhase(proc.state), proc.created_at_ns, proc.started_at_ns, proc.exit)
 
 
 def main(sandbox_id: str, socket_path: str, ready_fd: int, log_path: str) -> None:

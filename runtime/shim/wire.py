@@ -2,8 +2,8 @@
 
 Control messages are JSON objects, one per line (``\\n``-terminated, at most
 :data:`MAX_LINE` bytes). A request carries ``id`` and ``op``; the reply carries the same
-``id`` and either ``result`` or ``error`` = {"kind": <runtime.errors class name>,
-"message": ...}, so the daemon re-raises the same typed error.
+``id`` and either ``result`` or ``error`` (runtime.errorcodec), so the daemon re-raises the
+same typed error. What each operation sends and answers: :mod:`runtime.shim.protocol`.
 
 A session connection (attach, interactive exec) starts with one JSON request line and then
 switches to binary frames: ``type (1 byte) | length (4 bytes, big endian) | payload``.
@@ -53,19 +53,6 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
         return None
     msg: dict[str, Any] = json.loads(line)
     return msg
-
-
-def error_payload(exc: BaseException) -> dict[str, str]:
-    kind = type(exc).__name__ if isinstance(exc, errors.EngineError) else "Internal"
-    return {"kind": kind, "message": str(exc) or type(exc).__name__}
-
-
-def raise_error(payload: dict[str, str]) -> None:
-    """Re-raise an error reply as the engine exception it names."""
-    cls = getattr(errors, payload.get("kind", "Internal"), errors.Internal)
-    if not (isinstance(cls, type) and issubclass(cls, errors.EngineError)):
-        cls = errors.Internal
-    raise cls(payload.get("message", ""))
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:

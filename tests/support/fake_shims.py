@@ -17,13 +17,31 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from runtime import errors
 from runtime.linux.proc import ProcessRef
 from runtime.model.network import PodNetnsPlan, PodNetnsResult
-from runtime.store.codec import from_plain, to_plain
+from runtime.model.sandbox import PinnedNamespaces
+from runtime.shim.port import ShimConnection
+from runtime.shim.protocol import (
+    Ack,
+    Create,
+    CreateNamespaces,
+    Delete,
+    NamespacesRequest,
+    NamespacesResult,
+    Pid,
+    PidHolder,
+    Precreate,
+    ProcState,
+    ShimEvent,
+    ShimRequest,
+    Subscribed,
+)
 from tests.support.journal import Journal
+
+R = TypeVar("R")
 
 #: above the kernel's pid_max: a ProcessRef no process can have (a shim that "is not alive")
 NO_PID = 1 << 23
@@ -40,8 +58,9 @@ class FakeShim:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class FakeShimConnection:
-    """``runtime.shim.port.ShimConnection`` of one fake shim."""
+class FakeShimConnection(ShimConnection):
+    """``runtime.shim.port.ShimConnection`` of one fake shim (its typed methods come from the
+    port, over :meth:`request`)."""
 
     def __init__(self, shims: FakeShims, sandbox_id: str) -> None:
         self._shims = shims
@@ -53,39 +72,45 @@ class FakeShimConnection:
             raise errors.Unavailable(f"fake pod shim of sandbox {self.sandbox_id} is not running")
         return shim
 
-    async def call(self, op: str, rpc_timeout: float | None = None, **args: Any) -> Any:
-        self._shims.journal.step(f"shim.{op}")
+    async def request(self, request: ShimRequest[R], rpc_timeout: float | None = None) -> R:
+        self._shims.journal.step(f"shim.{request.OP}")
         shim = self._shim()
-        if op == "create_namespaces":
-            return self._create_namespaces(args["request"])
-        if op == "pid_holder":
-            return {"pid": os.getpid()}
-        if op in ("precreate", "create"):
-            shim.containers.add(args["container_id"] if op == "precreate" else args["spec"]["container_id"])
-            # the forked process' pid (a made-up one: the systemd driver's scope is made around it)
-            return {"pid": os.getpid()} if op == "create" else {"pid": FAKE_PRECREATED_PID}
-        if op == "delete":
-            shim.containers.discard(args["container_id"])
-            return {}
-        raise errors.Unimplemented(f"the fake shim does not implement {op!r}")
+        reply: Any
+        match request:
+            case CreateNamespaces(request=ns):
+                reply = self._create_namespaces(ns)
+            case PidHolder():
+                reply = Pid(os.getpid())
+            case Precreate(container_id=cid):
+                shim.containers.add(cid)
+                # the forked process' pid (a made-up one: the systemd driver's scope is made around it)
+                reply = Pid(FAKE_PRECREATED_PID)
+            case Create(spec=spec):
+                shim.containers.add(spec.container_id)
+                reply = ProcState(spec.container_id, os.getpid())
+            case Delete(container_id=cid):
+                shim.containers.discard(cid)
+                reply = Ack()
+            case _:
+                raise errors.Unimplemented(f"the fake shim does not implement {request.OP!r}")
+        return cast(R, reply)
 
-    def _create_namespaces(self, request: dict[str, Any]) -> dict[str, Any]:
-        pin_dir = Path(request["pin_dir"])
+    def _create_namespaces(self, request: NamespacesRequest) -> NamespacesResult:
+        pin_dir = Path(request.pin_dir)
         pins: dict[str, str] = {}
-        for kind in request["types"]:
+        for kind in request.types:
             (pin_dir / kind).touch()
             pins[kind] = str(pin_dir / kind)
-        reply: dict[str, Any] = {"pins": pins}
-        if request.get("network") is not None:
+        network: PodNetnsResult | None = None
+        if request.network is not None:
             if self._shims.netns_step is None:
                 raise AssertionError("a pod network needs the test's netns_step")
-            plan = from_plain(PodNetnsPlan, request["network"])
-            reply["network"] = to_plain(self._shims.netns_step(plan))
-        return reply
+            network = self._shims.netns_step(request.network)
+        return NamespacesResult(PinnedNamespaces(**pins), network)
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+    async def subscribe(self) -> AsyncIterator[ShimEvent]:
         shim = self._shim()
-        yield {"event": "subscribed"}
+        yield Subscribed()
         await shim.ended.wait()
 
     def close(self) -> None:

@@ -11,27 +11,32 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from runtime.linux.proc import ProcessRef
 from runtime.model.network import DnsConfig
 from runtime.sandbox.host import LinuxPodHost
 from runtime.shim.manager import ShimManager
 from runtime.shim.port import ShimConnection
+from runtime.shim.protocol import ShimEvent, ShimRequest
 from tests.support.journal import Journal
 
+R = TypeVar("R")
 
-class JournaledShimConnection:
+
+class JournaledShimConnection(ShimConnection):
+    """The real connection; every request journaled as ``shim.<op>`` once it was answered."""
+
     def __init__(self, real: ShimConnection, journal: Journal) -> None:
         self._real = real
         self._journal = journal
 
-    async def call(self, op: str, rpc_timeout: float | None = None, **args: Any) -> Any:
-        result = await self._real.call(op, rpc_timeout=rpc_timeout, **args)
-        self._journal.step(f"shim.{op}")
+    async def request(self, request: ShimRequest[R], rpc_timeout: float | None = None) -> R:
+        result = await self._real.request(request, rpc_timeout)
+        self._journal.step(f"shim.{request.OP}")
         return result
 
-    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+    def subscribe(self) -> AsyncIterator[ShimEvent]:
         return self._real.subscribe()
 
     def close(self) -> None:

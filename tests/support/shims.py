@@ -1,7 +1,7 @@
 """A real shim factory and one pod shim for root tests below the daemon.
 
     async with running_shim(state_dir, sandbox_id, pins_dir) as mgr:
-        await mgr.client(sandbox_id).call("ping")
+        await mgr.client(sandbox_id).ping()
 
 On exit (also on failure) the shim is asked to shut down and killed by pid if it lingers,
 the factory is stopped, and every namespace pinned under ``pins_dir`` is unmounted.
@@ -33,7 +33,7 @@ async def running_shim(state: Path, sandbox_id: str, pins_dir: Path | None = Non
         yield mgr
     finally:
         with contextlib.suppress(Exception):
-            await mgr.client(sandbox_id).call("shutdown")
+            await mgr.client(sandbox_id).shutdown()
         deadline = time.monotonic() + 10
         while ref is not None and proc_alive(ref) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

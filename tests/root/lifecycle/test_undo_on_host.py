@@ -191,7 +191,7 @@ async def test_create_container_failing_at_its_last_step_leaves_the_host_clean(r
     cid_dirs = list((rig.settings.root / "images" / "containers").iterdir())
     assert cid_dirs == [], "no upper/work directory left"
     # the shim holds nothing of it: the pod is as it was
-    assert await rig.shim_manager.client(sid).call("list", rpc_timeout=10) == []
+    assert await rig.shim_manager.client(sid).processes(rpc_timeout=10) == ()
     assert rig.sandboxes.get(sid).state is SandboxState.READY
 
     cid = await rig.containers.create(sid, config)  # the name is free again

@@ -34,7 +34,7 @@ from runtime.security.container import ContainerSecurityPlan, ContainerSecurityP
 from runtime.security.devices import apply_device_rules
 from runtime.security.rootfs import LayeredRootfs
 from runtime.shim.manager import ShimManager
-from runtime.store.codec import to_plain
+from runtime.shim.protocol import ExitEvent, NamespacesRequest, ProcPhase, Subscribed
 from tests.support.names import unique
 from tests.support.rootfs import busybox_rootfs
 from tests.support.shims import running_shim
@@ -95,16 +95,16 @@ class Pod:
         spec = self.spec(plan, script, cgroup_procs, host_ipc)
         events = self.client.subscribe()
         try:
-            assert await anext(events) == {"event": "subscribed"}
-            await self.client.call("create", spec=to_plain(spec))
-            await self.client.call("start", container_id=spec.container_id)
+            assert await anext(events) == Subscribed()
+            await self.client.create(spec)
+            await self.client.start(spec.container_id)
             while True:
                 ev = await asyncio.wait_for(anext(events), 20)
-                if ev.get("container_id") == spec.container_id and "exit" in ev:
+                if isinstance(ev, ExitEvent) and ev.container_id == spec.container_id:
                     break
         finally:
             await events.aclose()
-        await self.client.call("delete", container_id=spec.container_id)
+        await self.client.delete(spec.container_id)
         return self.output(spec)
 
     @staticmethod
@@ -114,26 +114,24 @@ class Pod:
 
     async def start(self, plan: ContainerSecurityPlan, script: str) -> LaunchSpec:
         spec = self.spec(plan, script)
-        await self.client.call("create", spec=to_plain(spec))
-        await self.client.call("start", container_id=spec.container_id)
+        await self.client.create(spec)
+        await self.client.start(spec.container_id)
         return spec
 
     async def exec(self, spec: LaunchSpec, script: str, plan: ContainerSecurityPlan) -> tuple[int, str]:
-        import base64
-
         proc = plan.process(("sh", "-c", script), ("PATH=/bin",), main=False)
-        r = await self.client.call("exec_sync", container_id=spec.container_id, timeout=10, process=to_plain(proc))
-        return r["exit_code"], (base64.b64decode(r["stdout"]) + base64.b64decode(r["stderr"])).decode()
+        r = await self.client.exec_sync(spec.container_id, proc, timeout=10)
+        return r.exit_code, (r.stdout + r.stderr).decode()
 
     async def kill(self, spec: LaunchSpec) -> None:
         with contextlib.suppress(Exception):
-            await self.client.call("kill", container_id=spec.container_id, signal=signal.SIGKILL)
+            await self.client.kill(spec.container_id, signal.SIGKILL)
         for _ in range(100):
-            state = await self.client.call("state", container_id=spec.container_id)
-            if state.get("state") != "running":
+            state = await self.client.state(spec.container_id)
+            if state.state is not ProcPhase.RUNNING:
                 break
             await asyncio.sleep(0.05)
-        await self.client.call("delete", container_id=spec.container_id)
+        await self.client.delete(spec.container_id)
 
 
 def _host_has_what_gets_masked() -> bool:
@@ -167,9 +165,9 @@ async def pod() -> AsyncIterator[Pod]:
     pins_dir.mkdir()
     try:
         async with running_shim(base / "state", SID, pins_dir) as mgr:
-            ns = await mgr.client(SID).call("create_namespaces", request={
-                "pin_dir": str(pins_dir), "types": ["net", "ipc", "uts"], "hostname": "secpod", "sysctls": {}})
-            yield Pod(mgr, base, ns["pins"])
+            ns = await mgr.client(SID).create_namespaces(
+                NamespacesRequest(str(pins_dir), ("net", "ipc", "uts"), hostname="secpod"))
+            yield Pod(mgr, base, ns.pins.pins())
     finally:
         import shutil
 

@@ -14,7 +14,7 @@ import pytest
 
 from runtime.model.launch import LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec, RootfsSpec
 from runtime.shim.manager import ShimManager
-from runtime.store.codec import to_plain
+from runtime.shim.protocol import ExitEvent, NamespacesRequest, Subscribed
 from tests.support.rootfs import busybox_rootfs
 from tests.support.shims import running_shim
 
@@ -58,36 +58,35 @@ async def test_precreated_process_is_used_then_discarded(shim: ShimManager, tmp_
     client = shim.client(SID)
     pins = tmp_path / "pins"
     pins.mkdir()
-    own = {k: os.readlink(f"/proc/{(await client.call('ping'))['pid']}/ns/{k}") for k in ("net", "uts", "ipc")}
-    made = await client.call("create_namespaces", request={
-        "pin_dir": str(pins), "types": ["net", "ipc", "uts"], "hostname": "pre", "sysctls": {}})
-    shim_pid = (await client.call("ping"))["pid"]
+    own = {k: os.readlink(f"/proc/{(await client.ping()).pid}/ns/{k}") for k in ("net", "uts", "ipc")}
+    made = await client.create_namespaces(NamespacesRequest(str(pins), ("net", "ipc", "uts"), hostname="pre"))
+    shim_pid = (await client.ping()).pid
     assert {k: os.readlink(f"/proc/{shim_pid}/ns/{k}") for k in own} == own, "the shim is back in its own"
-    ns = NamespaceSpec(net=made["pins"]["net"], ipc=made["pins"]["ipc"], uts=made["pins"]["uts"])
+    ns = NamespaceSpec(net=made.pins.net, ipc=made.pins.ipc, uts=made.pins.uts)
     # used: the spec goes to the waiting process
     cid = "1" * 64
-    pre = await client.call("precreate", container_id=cid, namespaces=to_plain(ns), cgroup_procs=[])
-    assert alive(pre["pid"])
-    created = await client.call("create", spec=to_plain(spec(tmp_path, cid, ("sh", "-c", "hostname; exit 4"), ns)))
-    assert created["pid"] == pre["pid"]
+    pre = await client.precreate(cid, ns)
+    assert alive(pre)
+    created = await client.create(spec(tmp_path, cid, ("sh", "-c", "hostname; exit 4"), ns))
+    assert created.pid == pre
     events = client.subscribe()
-    assert await anext(events) == {"event": "subscribed"}
-    await client.call("start", container_id=cid)
+    assert await anext(events) == Subscribed()
+    await client.start(cid)
     ev = await asyncio.wait_for(anext(events), 10)
-    assert ev["container_id"] == cid and ev["exit"]["exit_code"] == 4
+    assert isinstance(ev, ExitEvent) and ev.container_id == cid and ev.exit.exit_code == 4
     assert (tmp_path / cid[:8] / "log").read_text().split(" ", 3)[3] == "pre\n"
     await events.aclose()  # type: ignore[attr-defined]
     # discarded: delete before create ends the waiting process
     cid2 = "2" * 64
-    pre2 = await client.call("precreate", container_id=cid2, namespaces=to_plain(ns), cgroup_procs=[])
-    await client.call("delete", container_id=cid2)
+    pre2 = await client.precreate(cid2, ns)
+    await client.delete(cid2)
     deadline = time.monotonic() + 5
-    while alive(pre2["pid"]) and time.monotonic() < deadline:
+    while alive(pre2) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    assert not alive(pre2["pid"])
+    assert not alive(pre2)
     # made for another shape (a tty): create starts afresh with its own process
     cid3 = "3" * 64
-    pre3 = await client.call("precreate", container_id=cid3, namespaces=to_plain(ns), cgroup_procs=[], tty=True)
-    created = await client.call("create", spec=to_plain(spec(tmp_path, cid3, ("true",), ns)))
-    assert created["pid"] != pre3["pid"]
-    await client.call("delete", container_id=cid3)
+    pre3 = await client.precreate(cid3, ns, tty=True)
+    created = await client.create(spec(tmp_path, cid3, ("true",), ns))
+    assert created.pid != pre3
+    await client.delete(cid3)

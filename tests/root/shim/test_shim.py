@@ -4,7 +4,6 @@ exit codes, ExecSync, attach session, shutdown; nothing left behind."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import signal
@@ -14,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from runtime import errors
 from runtime.model.launch import LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec, RootfsSpec
-from runtime.shim import wire
 from runtime.shim.manager import ShimManager
-from runtime.store.codec import to_plain
+from runtime.shim.protocol import SHIM_PROTOCOL, Attach, ExitEvent, NamespacesRequest, ProcPhase, Subscribed
+from runtime.shim.session import Output
 from tests.support.rootfs import busybox_rootfs
 from tests.support.shims import running_shim
 
@@ -61,64 +61,59 @@ def container_spec(tmp_path: Path, cid: str, args: tuple[str, ...], pins: dict[s
 async def test_container_lifecycle(shim: tuple[ShimManager, Path]) -> None:
     mgr, tmp_path = shim
     client = mgr.client(SID)
-    assert (await client.call("ping"))["sandbox_id"] == SID
+    info = await client.ping()
+    assert (info.sandbox_id, info.protocol) == (SID, SHIM_PROTOCOL)
     pins_dir = tmp_path / "pins"
     pins_dir.mkdir()
-    ns = await client.call("create_namespaces", request={
-        "pin_dir": str(pins_dir), "types": ["net", "ipc", "uts"], "hostname": "podhost", "sysctls": {},
-    })
-    assert set(ns["pins"]) == {"net", "ipc", "uts"}
-    assert os.stat(ns["pins"]["net"]).st_ino != os.stat("/proc/self/ns/net").st_ino
+    ns = await client.create_namespaces(NamespacesRequest(str(pins_dir), ("net", "ipc", "uts"), hostname="podhost"))
+    pins = ns.pins.pins()
+    assert set(pins) == {"net", "ipc", "uts"}
+    assert os.stat(pins["net"]).st_ino != os.stat("/proc/self/ns/net").st_ino
 
     cid = "c" * 64
-    spec = container_spec(tmp_path, cid, ("sh", "-c", "echo hello $FOO; hostname; echo err >&2; exit 3"),
-                          ns["pins"])
+    spec = container_spec(tmp_path, cid, ("sh", "-c", "echo hello $FOO; hostname; echo err >&2; exit 3"), pins)
     events = client.subscribe()
     first = await anext(events)
-    assert first == {"event": "subscribed"}
-    created = await client.call("create", spec=to_plain(spec))
-    assert created["state"] == "created"
-    await client.call("start", container_id=cid)
+    assert first == Subscribed()
+    created = await client.create(spec)
+    assert created.state is ProcPhase.CREATED
+    await client.start(cid)
     ev = await asyncio.wait_for(anext(events), 10)
-    assert ev["container_id"] == cid and ev["exit"]["exit_code"] == 3
+    assert isinstance(ev, ExitEvent) and ev.container_id == cid and ev.exit.exit_code == 3
     log = (tmp_path / cid[:8] / "log").read_text().splitlines()
     assert [line.split(" ", 3)[1:] for line in log] == [
         ["stdout", "F", "hello bar"], ["stdout", "F", "podhost"], ["stderr", "F", "err"]
     ] or sorted(line.split(" ", 3)[3] for line in log) == ["err", "hello bar", "podhost"]
     exit_file = json.loads((tmp_path / cid[:8] / "exit" / "exit.json").read_text())
     assert exit_file["exit_code"] == 3
-    await client.call("delete", container_id=cid)
+    await client.delete(cid)
 
     # a long-running one: exec_sync, attach, kill
     cid2 = "d" * 64
-    spec2 = container_spec(tmp_path, cid2, ("sh", "-c", "while true; do echo tick; sleep 0.2; done"), ns["pins"])
-    await client.call("create", spec=to_plain(spec2))
-    await client.call("start", container_id=cid2)
-    r = await client.call("exec_sync", container_id=cid2, timeout=10,
-                          process=to_plain(ProcessSpec(args=("sh", "-c", "echo in; cat /etc/hostname 2>/dev/null;"
-                                                             " echo oops >&2; exit 7"), env=("PATH=/bin",))))
-    assert r["exit_code"] == 7
-    assert base64.b64decode(r["stdout"]).startswith(b"in\n")
-    assert base64.b64decode(r["stderr"]) == b"oops\n"
+    spec2 = container_spec(tmp_path, cid2, ("sh", "-c", "while true; do echo tick; sleep 0.2; done"), pins)
+    await client.create(spec2)
+    await client.start(cid2)
+    r = await client.exec_sync(cid2, ProcessSpec(args=("sh", "-c", "echo in; cat /etc/hostname 2>/dev/null;"
+                                                        " echo oops >&2; exit 7"), env=("PATH=/bin",)), timeout=10)
+    assert r.exit_code == 7
+    assert r.stdout.startswith(b"in\n")
+    assert r.stderr == b"oops\n"
     # exec sees the container's filesystem and pid namespace
-    r = await client.call("exec_sync", container_id=cid2, timeout=10,
-                          process=to_plain(ProcessSpec(args=("sh", "-c", "ls /bin/busybox && cat /proc/1/cmdline"),
-                                                       env=("PATH=/bin",))))
-    assert r["exit_code"] == 0, r
-    assert b"while true" in base64.b64decode(r["stdout"])
-    # timeout kills
-    with pytest.raises(Exception) as info:
-        await client.call("exec_sync", container_id=cid2, timeout=0.5,
-                          process=to_plain(ProcessSpec(args=("sleep", "30"), env=("PATH=/bin",))))
-    assert "timed out" in repr(info.value), repr(info.value)
+    r = await client.exec_sync(cid2, ProcessSpec(args=("sh", "-c", "ls /bin/busybox && cat /proc/1/cmdline"),
+                                                 env=("PATH=/bin",)), timeout=10)
+    assert r.exit_code == 0, r
+    assert b"while true" in r.stdout
+    # timeout kills, and the shim's DeadlineExceeded arrives as itself
+    with pytest.raises(errors.DeadlineExceeded, match="timed out"):
+        await client.exec_sync(cid2, ProcessSpec(args=("sleep", "30"), env=("PATH=/bin",)), timeout=0.5)
     # attach sees output
-    reader, writer, _ = await client.open_session("attach", container_id=cid2, stdout=True, stderr=True)
-    fr = await asyncio.wait_for(wire.read_frame(reader), 5)
-    assert fr is not None and fr[0] == wire.F_STDOUT and b"tick" in fr[1]
-    writer.close()
-    await client.call("kill", container_id=cid2, signal=signal.SIGKILL)
+    session = await client.open_session(Attach(cid2, stdout=True, stderr=True))
+    out = await asyncio.wait_for(session.next(), 5)
+    assert isinstance(out, Output) and out.stream == 1 and b"tick" in out.data
+    session.close()
+    await client.kill(cid2, signal.SIGKILL)
     ev = await asyncio.wait_for(anext(events), 10)
-    assert ev["container_id"] == cid2 and ev["exit"]["exit_code"] == 128 + 9
+    assert isinstance(ev, ExitEvent) and ev.container_id == cid2 and ev.exit.exit_code == 128 + 9
     await events.aclose()
 
 
@@ -126,6 +121,6 @@ async def test_start_of_missing_binary_fails_clearly(shim: tuple[ShimManager, Pa
     mgr, tmp_path = shim
     client = mgr.client(SID)
     spec = container_spec(tmp_path, "e" * 64, ("/nonexistent-binary",))
-    await client.call("create", spec=to_plain(spec))
-    with pytest.raises(Exception, match="nonexistent-binary"):
-        await client.call("start", container_id="e" * 64)
+    await client.create(spec)
+    with pytest.raises(errors.FailedPrecondition, match="nonexistent-binary"):
+        await client.start("e" * 64)

@@ -4,7 +4,6 @@ run as its root over idmapped layers, exec joins it; nothing left behind."""
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import os
 from pathlib import Path
@@ -15,13 +14,13 @@ from runtime.linux import libc
 from runtime.linux.userns import probe_idmapped_overlay
 from runtime.model.launch import LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec
 from runtime.shim.manager import ShimManager
-from runtime.store.codec import to_plain
+from runtime.shim.protocol import ExitEvent, IdMaps, NamespacesRequest, Subscribed
 from tests.root.shim.test_shim import SID, container_spec, shim  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
 HOST_ID = 2_000_000_000  # far from any real user of this machine
-MAPPING = [[0, HOST_ID, 65536]]
+MAPPING = ((0, HOST_ID, 65536),)
 NS_GET_USERNS = 0xB701  # linux/nsfs.h
 
 
@@ -69,19 +68,18 @@ async def test_userns_pod_namespaces_containers_and_exec(shim: tuple[ShimManager
     client = mgr.client(SID)
     pins_dir = tmp_path / "pins"
     pins_dir.mkdir()
-    made = await client.call("create_namespaces", request={
-        "pin_dir": str(pins_dir), "types": ["net", "ipc", "uts"], "hostname": "userns-pod", "sysctls": {
-            "/proc/sys/net/ipv4/ip_unprivileged_port_start": "80"},
-        "userns": {"uid_map": MAPPING, "gid_map": MAPPING},
-    })
-    pins = made["pins"]
+    made = await client.create_namespaces(NamespacesRequest(
+        str(pins_dir), ("net", "ipc", "uts"), hostname="userns-pod",
+        sysctls={"/proc/sys/net/ipv4/ip_unprivileged_port_start": "80"}, userns=IdMaps(MAPPING, MAPPING),
+    ))
+    pins = made.pins.pins()
     assert set(pins) == {"user", "net", "ipc", "uts"}
     user_ino = os.stat(pins["user"]).st_ino
     assert user_ino != os.stat("/proc/self/ns/user").st_ino
     for kind in ("net", "ipc", "uts"):
         assert owner_userns(pins[kind]) == user_ino, kind
     # the shim is back in its own namespaces
-    shim_pid = (await client.call("ping"))["pid"]
+    shim_pid = (await client.ping()).pid
     assert os.readlink(f"/proc/{shim_pid}/ns/net") == os.readlink("/proc/self/ns/net")
 
     # a host dir owned by host root, bound read-write plain and idmapped
@@ -105,11 +103,12 @@ async def test_userns_pod_namespaces_containers_and_exec(shim: tuple[ShimManager
     cid = "1" * 64
     spec = userns_spec(tmp_path, cid, ("sh", "-c", script), pins, mounts=vols)
     events = client.subscribe()
-    assert await anext(events) == {"event": "subscribed"}
-    created = await client.call("create", spec=to_plain(spec))
-    await client.call("start", container_id=cid)
+    assert await anext(events) == Subscribed()
+    created = await client.create(spec)
+    await client.start(cid)
     ev = await anext(events)
-    assert ev["container_id"] == cid and ev["exit"]["exit_code"] == 0, (tmp_path / cid[:8] / "log").read_text()
+    assert isinstance(ev, ExitEvent) and ev.container_id == cid and ev.exit.exit_code == 0, \
+        (tmp_path / cid[:8] / "log").read_text()
     out = [line.split(" ", 3)[3] for line in (tmp_path / cid[:8] / "log").read_text().splitlines()]
     assert out[:2] == ["0", "0"]
     assert out[2].split() == ["0", str(HOST_ID), "65536"]
@@ -126,30 +125,30 @@ async def test_userns_pod_namespaces_containers_and_exec(shim: tuple[ShimManager
     assert out[15] == "proc-ok"
     upper = Path(spec.rootfs.upperdir) if spec.rootfs else tmp_path
     assert os.stat(upper / "written").st_uid == HOST_ID  # writes land as the mapped uid
-    assert created["pid"] > 0
-    await client.call("delete", container_id=cid)
+    assert created.pid > 0
+    await client.delete(cid)
 
     # a long-running container in a pod-shared PID namespace the user namespace owns; exec
-    holder = (await client.call("pid_holder", user_ns=pins["user"]))["pid"]
+    holder = await client.pid_holder(pins["user"])
     assert owner_userns(f"/proc/{holder}/ns/pid") == user_ino
     cid2 = "2" * 64
     spec2 = userns_spec(tmp_path, cid2, ("sh", "-c", "echo started; exec sleep 60"), pins,
                         pid=f"/proc/{holder}/ns/pid")
-    created2 = await client.call("create", spec=to_plain(spec2))
-    await client.call("start", container_id=cid2)
-    pid2 = created2["pid"]
+    created2 = await client.create(spec2)
+    await client.start(cid2)
+    pid2 = created2.pid
     assert host_uids(pid2) == [str(HOST_ID)] * 4
     assert os.stat(f"/proc/{pid2}/ns/user").st_ino == user_ino
     assert owner_userns(f"/proc/{pid2}/ns/mnt") == user_ino
-    r = await client.call("exec_sync", container_id=cid2, timeout=10, process=to_plain(ProcessSpec(
-        args=("sh", "-c", "id -u; cat /proc/self/uid_map; cat /proc/1/comm"), env=("PATH=/bin",))))
-    assert r["exit_code"] == 0, r
-    lines = base64.b64decode(r["stdout"]).decode().splitlines()
+    r = await client.exec_sync(cid2, ProcessSpec(
+        args=("sh", "-c", "id -u; cat /proc/self/uid_map; cat /proc/1/comm"), env=("PATH=/bin",)), timeout=10)
+    assert r.exit_code == 0, r
+    lines = r.stdout.decode().splitlines()
     assert lines[0] == "0" and lines[1].split() == ["0", str(HOST_ID), "65536"]
     assert lines[2] == "pod-pid-holder"
-    await client.call("kill", container_id=cid2, signal=9)
+    await client.kill(cid2, 9)
     ev = await anext(events)
-    assert ev["container_id"] == cid2 and ev["exit"]["exit_code"] == 137
+    assert isinstance(ev, ExitEvent) and ev.container_id == cid2 and ev.exit.exit_code == 137
     await events.aclose()
 
 
