@@ -24,6 +24,7 @@ from runtime.cgroups.systemd.units import check_slice_name
 from runtime.config import (
     CdiSettings,
     CgroupSettings,
+    CheckpointSettings,
     ImageSettings,
     NetworkSettings,
     PodSettings,
@@ -159,6 +160,7 @@ class Config:
     pods: PodSettings = field(default_factory=PodSettings)
     cgroups: CgroupSettings = field(default_factory=CgroupSettings)
     cdi: CdiSettings = field(default_factory=CdiSettings)
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     runtime_handlers: tuple[RuntimeHandlerSettings, ...] = field(
         default=(),
         metadata=doc(
@@ -174,6 +176,7 @@ class Config:
         return RuntimeSettings(
             root=self.root, state=self.state, image=self.image, network=self.network, pods=self.pods,
             cgroups=self.cgroups, cdi=self.cdi, runtime_handlers=self.runtime_handlers,
+            checkpoint=self.checkpoint,
         )
 
 

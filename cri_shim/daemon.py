@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from cri_shim.api.checkpoint import CheckpointHandlers
 from cri_shim.api.chunks import MAX_MESSAGE_BYTES
 from cri_shim.api.containers import ContainerHandlers
 from cri_shim.api.dispatch import Dispatcher
@@ -126,6 +127,7 @@ class Daemon:
             ContainerHandlers(self.engine),
             StatsHandlers(self.engine.stats),
             EventHandlers(self.container_events),
+            CheckpointHandlers(self.engine.checkpoints),
         ]
         out.append(StreamingHandlers(self._streaming_targets, self.streaming))
         return out

@@ -231,6 +231,19 @@ class CdiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointSettings:
+    criu_path: str = field(
+        default="criu",
+        metadata=doc(
+            "The criu binary CheckpointContainer runs (a path, or a name looked up on PATH; Debian: "
+            "apt-get install criu). Probed with `criu check` at start: Status's verbose info says "
+            "whether it works on this kernel, and checkpoint RPCs answer FailedPrecondition with "
+            "criu's reason where it does not."
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeHandlerSettings:
     """One runtime handler (the ``handler`` of a RuntimeClass) besides the built-in ones."""
 
@@ -274,3 +287,4 @@ class RuntimeSettings:
     cgroups: CgroupSettings = field(default_factory=CgroupSettings)
     cdi: CdiSettings = field(default_factory=CdiSettings)
     runtime_handlers: tuple[RuntimeHandlerSettings, ...] = ()
+    checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)

@@ -16,6 +16,7 @@ from runtime.cgroups import CgroupDriver
 from runtime.cgroups.driver import choose_driver
 from runtime.cgroups.setup import open_cgroup_driver
 from runtime.cgroups.systemd.units import systemd_booted
+from runtime.checkpoint.service import CheckpointService
 from runtime.config import RuntimeSettings
 from runtime.container.host import LinuxContainerHost
 from runtime.container.records import CONTAINER_MIGRATIONS
@@ -126,6 +127,10 @@ class Engine:
         # Statistics (CRI stats RPCs, cAdvisor-style metrics, the census) read the records.
         self.lifecycle = RecordsView(self.sandboxes.records.all, self.containers.records.all)
         self.stats = StatsService(self.lifecycle, self.cgroups, self.images.snapshots)
+        # Checkpoints with criu; its step probes `criu check` (Status reports it).
+        self.checkpoints = CheckpointService(settings.checkpoint.criu_path, settings.state, self.containers,
+                                             self.sandboxes, self.images.snapshots)
+        self._recover_steps.append(("checkpoint", self.checkpoints.start))
         self._features = RuntimeFeatures()
 
     # -- life cycle ---------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Checkpoint and restore of containers with CRIU (criu probing, dump, the archive format)."""

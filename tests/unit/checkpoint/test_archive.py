@@ -1,0 +1,63 @@
+"""The checkpoint archive's rootfs diff and layout (whiteouts, 0/0 character devices, are made
+only when root: mknod needs CAP_MKNOD)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from runtime.checkpoint import archive
+
+
+def _upper(tmp_path: Path) -> Path:
+    up = tmp_path / "upper"
+    (up / "etc").mkdir(parents=True)
+    (up / "etc" / "counter").write_text("41\n")
+    (up / "etc" / "link").symlink_to("/etc/passwd")  # a hostile-looking link stays a link
+    os.link(up / "etc" / "counter", up / "hard")
+    return up
+
+
+def test_rootfs_diff_keeps_files_links_and_lists_whiteouts(tmp_path: Path) -> None:
+    up = _upper(tmp_path)
+    whiteout = os.geteuid() == 0
+    if whiteout:
+        os.mknod(up / "etc" / "gone", 0o600 | 0o020000, os.makedev(0, 0))
+    n = archive.write_rootfs_diff(up, tmp_path / "diff.tar", tmp_path / "deleted.files")
+    with tarfile.open(tmp_path / "diff.tar") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert set(members) == {"etc", "etc/counter", "etc/link", "hard"}
+        assert members["etc/link"].issym() and members["etc/link"].linkname == "/etc/passwd"
+        assert members["hard"].islnk() or members["etc/counter"].islnk()
+        f = tar.extractfile("etc/counter")
+        assert f is not None and f.read() == b"41\n"
+    assert n == 4
+    assert json.loads((tmp_path / "deleted.files").read_text()) == (["/etc/gone"] if whiteout else [])
+
+
+def test_archive_layout_is_what_checkpointctl_reads(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "checkpoint").mkdir(parents=True)
+    (work / "checkpoint" / "inventory.img").write_bytes(b"\x01")
+    (work / "checkpoint" / "stats-dump").write_bytes(b"\x02")
+    archive.assemble(work, config_dump={"id": "c1", "name": "counter"}, spec_dump={"annotations": {}},
+                     network_status={"ip": "10.0.0.2"}, own_config={"version": 1}, upper=_upper(tmp_path))
+    size = archive.write_archive(work, tmp_path / "out.tar")
+    assert size == (tmp_path / "out.tar").stat().st_size
+    with tarfile.open(tmp_path / "out.tar") as tar:
+        names = set(tar.getnames())
+        config = tar.extractfile("config.dump")
+        assert config is not None and json.load(config)["name"] == "counter"
+    assert {"config.dump", "spec.dump", "network.status", "rootfs-diff.tar", "deleted.files", "stats-dump",
+            "checkpoint", "checkpoint/inventory.img", "cri-shim.json"} <= names
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.tar")]
+
+
+def test_archive_write_failure_leaves_no_temp(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        archive.write_archive(tmp_path / "missing", tmp_path / "out.tar")
+    assert os.listdir(tmp_path) == []
