@@ -35,6 +35,7 @@ from runtime.config import (
 from runtime.errors import InvalidArgument
 from runtime.image.pinning import compile_pattern
 from runtime.image.proxy import normalize_proxy_url, redacted
+from runtime.network.ipam import parse_subnets
 from runtime.sandbox.handlers import BUILT_IN, IDS_PER_POD
 
 DEFAULT_CONFIG_PATH = Path("/etc/cri-shim/config.toml")
@@ -193,6 +194,21 @@ def _check_hostport(key: str, value: str, allow_empty: bool) -> None:
         raise ConfigError(f"{key}: {value!r} is not host:port")
 
 
+def _check_pod_cidr(value: str) -> None:
+    """IPv4, IPv6 or both ("10.88.0.0/16,fd00:10:88::/64"), each without host bits."""
+    for part in value.split(","):
+        try:
+            ipaddress.ip_network(part.strip(), strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"network.pod_cidr: {value!r}: {part.strip()!r} is not a CIDR: {exc}") from None
+    try:
+        parse_subnets(value)
+    except InvalidArgument as exc:
+        raise ConfigError(
+            f"network.pod_cidr: {exc} (IPv4 /30 or wider, IPv6 /126 or wider, at most one of each)"
+        ) from None
+
+
 def _validate(cfg: Config) -> None:
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
@@ -245,12 +261,7 @@ def _validate(cfg: Config) -> None:
             compile_pattern(pattern)
         except InvalidArgument as exc:
             raise ConfigError(f"image.pinned_images[{i}]: {exc}") from None
-    try:
-        net = ipaddress.ip_network(cfg.network.pod_cidr, strict=True)
-    except ValueError as exc:
-        raise ConfigError(f"network.pod_cidr: {cfg.network.pod_cidr!r} is not a CIDR: {exc}") from None
-    if net.version != 4 or net.prefixlen > 30:
-        raise ConfigError(f"network.pod_cidr: {cfg.network.pod_cidr!r} must be IPv4 with a prefix of /30 or wider")
+    _check_pod_cidr(cfg.network.pod_cidr)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", cfg.network.bridge):
         raise ConfigError(f"network.bridge: {cfg.network.bridge!r} is not a valid interface name")
     if cfg.network.mode not in ("auto", "builtin", "cni"):

@@ -113,8 +113,10 @@ class NetworkSettings:
     pod_cidr: str = field(
         default="10.88.0.0/16",
         metadata=doc(
-            "IPv4 CIDR the built-in network allocates pod IPs from. UpdateRuntimeConfig from "
-            "kubelet (its --pod-cidr / the node's podCIDR) replaces it."
+            "CIDR the built-in network allocates pod IPs from: IPv4, IPv6, or both "
+            "comma-separated for dual stack (\"10.88.0.0/16,fd00:10:88::/64\"; the first "
+            "family is a pod's primary IP). UpdateRuntimeConfig from kubelet (its --pod-cidr / "
+            "the node's podCIDRs) replaces it."
         ),
     )
     bridge: str = field(default="crishim0", metadata=doc("Name of the built-in network's bridge."))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ipaddress
 import sqlite3
 
-from runtime.errors import InvalidArgument
+from runtime.network import ipam
 from runtime.store import Migration, Store
 
 SETTINGS_MIGRATIONS = [
@@ -18,16 +17,16 @@ SETTINGS_MIGRATIONS = [
 
 
 def validate_pod_cidr(cidr: str) -> str:
-    """Normalise an IPv4 pod CIDR (``10.244.1.0/24``); raise InvalidArgument when invalid."""
-    try:
-        net = ipaddress.ip_network(cidr.strip(), strict=False)
-    except ValueError as exc:
-        raise InvalidArgument(f"invalid pod CIDR {cidr!r}: {exc}") from None
-    if net.version != 4:
-        raise InvalidArgument(f"invalid pod CIDR {cidr!r}: only IPv4 is supported by the built-in network")
-    if net.prefixlen > 30:
-        raise InvalidArgument(f"invalid pod CIDR {cidr!r}: /{net.prefixlen} leaves no room for pods")
-    return str(net)
+    """Normalise a pod CIDR: IPv4 (``10.244.1.0/24``), IPv6 (``fd00:10:244::/64``) or a
+    dual-stack pair as kubelet sends it (``10.244.1.0/24,fd00:10:244::/64``; the first is
+    the pods' primary family). Raise InvalidArgument when invalid.
+
+    The same rule in CNI mode: the value is stored and the CNI config decides what to do
+    with addresses (containerd only templates the pod CIDR into a CNI config when a
+    ``conf_template`` is configured; we have none), so a CIDR valid for some network is
+    never refused there.
+    """
+    return ipam.format_subnets(ipam.parse_subnets(cidr))
 
 
 class SettingsStore:

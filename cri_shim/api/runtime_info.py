@@ -100,9 +100,7 @@ class RuntimeInfoHandlers:
     ) -> pb.UpdateRuntimeConfigResponse:
         cidr = request.runtime_config.network_config.pod_cidr
         if cidr:
-            # kubelet may send a comma-separated dual-stack list; the built-in network uses IPv4.
-            first_v4 = [c for c in cidr.split(",") if ":" not in c]
-            if not first_v4:
-                validate_pod_cidr(cidr.split(",")[0])
-            await self._engine.runtime_settings.set("pod_cidr", validate_pod_cidr(first_v4[0]))
+            # kubelet sends a comma-separated pair on a dual-stack node (kubelet's
+            # updatePodCIDR joins the node's podCIDRs); both halves are kept.
+            await self._engine.runtime_settings.set("pod_cidr", validate_pod_cidr(cidr))
         return pb.UpdateRuntimeConfigResponse()

@@ -37,7 +37,10 @@ class PortMapping:
     host_ip: str = ""
 
     def validated(self) -> PortMapping:
-        """Normalised copy (``0.0.0.0`` host IP -> ``""``); InvalidArgument when out of range."""
+        """Normalised copy (``0.0.0.0`` or ``::`` host IP -> ``""``: every local address of
+        every family, as the CNI portmap plugin reads an empty host IP); InvalidArgument when
+        out of range or not an address. Whether the pod has an address of a host IP's family
+        is checked where its addresses are known (``runtime.network.state``)."""
         if not 0 < self.container_port < 65536:
             raise InvalidArgument(f"port mapping: container port {self.container_port} is out of range")
         if not 0 <= self.host_port < 65536:
@@ -48,10 +51,6 @@ class PortMapping:
                 addr = ipaddress.ip_address(host_ip)
             except ValueError:
                 raise InvalidArgument(f"port mapping: host IP {self.host_ip!r} is not an IP address") from None
-            if addr.version != 4:
-                raise InvalidArgument(
-                    f"port mapping: host IP {self.host_ip!r} is IPv6; the built-in network is IPv4 only"
-                )
             host_ip = "" if addr.is_unspecified else str(addr)
         return PortMapping(Protocol(self.protocol), self.container_port, self.host_port, host_ip)
 
@@ -78,7 +77,8 @@ class PodNetworkRequest:
     """What the sandbox service knows about a pod when it asks for networking.
 
     ``name``/``namespace``/``uid`` become CNI_ARGS (K8S_POD_*); ``annotations`` feed the
-    bandwidth capability (``kubernetes.io/{in,e}gress-bandwidth``) and the
+    bandwidth capability (``kubernetes.io/{in,e}gress-bandwidth``; the built-in network
+    applies them itself, ``runtime.network.shaping``) and the
     ``io.kubernetes.cri.pod-annotations`` capability. ``ips`` and ``mac`` are passed to CNI
     plugins that declare those capabilities (the built-in network ignores them).
     """
@@ -100,12 +100,24 @@ class PodNetworkRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PodAddress:
+    """One address of a pod in one family: ``address/prefixlen`` in ``subnet``, default
+    route of that family via ``gateway`` (the bridge's address in the subnet)."""
+
+    address: str
+    prefixlen: int
+    gateway: str
+    subnet: str
+
+
+@dataclass(frozen=True, slots=True)
 class PodInterfacePlan:
     """The pod's interface, as the single-threaded in-netns step creates it.
 
     A veth pair is made inside the pod netns: ``ifname`` stays there, ``host_ifname`` is
     created directly in the host netns (given by fd). ``address``/``prefixlen`` go on
-    ``ifname``, the default route goes via ``gateway``.
+    ``ifname``, the default route goes via ``gateway``; ``more_addresses`` are the other
+    family's (dual stack), each with its own default route.
     """
 
     sandbox_id: str
@@ -116,6 +128,7 @@ class PodInterfacePlan:
     gateway: str
     mac: str
     mtu: int = 1500
+    more_addresses: tuple[PodAddress, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +210,10 @@ class Attachment:
     port_mappings: tuple[PortMapping, ...] = ()
     cni_network: str = ""
     additional_ips: tuple[str, ...] = ()
+    #: built-in, dual stack: the other family's address (its ip is in ``additional_ips``).
+    more_addresses: tuple[PodAddress, ...] = ()
+    #: built-in: the shaping applied from the pod's bandwidth annotations (None: none).
+    bandwidth: Bandwidth | None = None
 
     def status(self) -> NetworkStatus:
         return NetworkStatus(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import ip_address, ip_network
 
 from runtime.errors import FailedPrecondition, Internal
 from runtime.model.network import (
@@ -30,6 +30,41 @@ log = logging.getLogger(__name__)
 POD_IFNAME = "eth0"
 HOST_IFNAME_PREFIX = "veth"
 DEFAULT_MTU = 1500
+
+
+def _gateway(subnet: str) -> tuple[str, int]:
+    net = ip_network(subnet)
+    return str(ipam.gateway_of(net)), net.prefixlen
+
+
+def enable_ipv6_forwarding(host: HostNetwork) -> None:
+    """``net.ipv6.conf.all.forwarding=1``, keeping router advertisements where they are used.
+
+    kernel (Documentation/networking/ip-sysctl.rst, accept_ra): an interface with
+    forwarding on ignores RAs unless ``accept_ra`` is 2, and writing ``all.forwarding``
+    sets forwarding on every interface. A node configured by SLAAC would lose its RA-learnt
+    default route and addresses when they expire. As LXD's bridge and Talos do, every
+    interface accepting RAs now (``accept_ra=1``) and ``default`` (later interfaces) get
+    ``accept_ra=2`` first; 0 (RAs off) is left alone. kube-proxy and the CNI bridge
+    plugin only write ``all.forwarding``; this is the part they leave to the operator.
+    """
+    if host.read_sysctl("net.ipv6.conf.all.forwarding") == "1":
+        return
+    changed = []
+    for ifname in host.ipv6_conf_names():
+        if ifname == "all":
+            continue
+        try:
+            if host.read_sysctl(f"net.ipv6.conf.{ifname}.accept_ra") == "1":
+                host.write_sysctl(f"net.ipv6.conf.{ifname}.accept_ra", "2")
+                changed.append(ifname)
+        except (OSError, ValueError) as exc:  # an interface that just went, or an odd name
+            log.warning("network: keeping router advertisements on %s failed: %s", ifname, exc)
+    log.info(
+        "network: enabling net.ipv6.conf.all.forwarding (IPv6 pods route through the host); "
+        "accept_ra=2 on %s so they keep accepting router advertisements", ", ".join(changed) or "no interface",
+    )
+    host.write_sysctl("net.ipv6.conf.all.forwarding", "1")
 
 
 def host_ifname_for(sandbox_id: str) -> str:
@@ -59,7 +94,8 @@ class BuiltinNetwork:
         # (ifindex, addresses) of the bridge as last ensured; skips netlink on the hot path.
         self._bridge_cache: tuple[int, frozenset[tuple[str, int]]] | None = None
         self._deletions: set[asyncio.Task[None]] = set()
-        self._current_subnet = ""
+        self._current_subnets: frozenset[str] = frozenset()
+        self._ipv6_forwarding = False
 
     def condition(self) -> NetworkCondition:
         if shutil.which(self._nft_binary) is None:
@@ -69,10 +105,16 @@ class BuiltinNetwork:
             )
         return NetworkCondition(True, mode=NetworkMode.BUILTIN)
 
-    async def prepare(self, req: PodNetworkRequest, subnet: IPv4Network) -> tuple[Attachment, PodNetnsPlan]:
-        self._current_subnet = str(subnet)
+    async def prepare(
+        self, req: PodNetworkRequest, subnets: tuple[ipam.Network, ...]
+    ) -> tuple[Attachment, PodNetnsPlan]:
+        """Allocate one address per subnet of the pod CIDR (first = primary), persist; the plan.
+        """
+        self._current_subnets = frozenset(str(n) for n in subnets)
         host_ifname = host_ifname_for(req.sandbox_id)
-        att, new = await self._state.prepare_builtin(req.sandbox_id, subnet, host_ifname, req.port_mappings)
+        att, new = await self._state.prepare_builtin(
+            req.sandbox_id, subnets, host_ifname, req.port_mappings
+        )
         # A host end of this name can only be a leftover (a crash after the in-netns step and
         # before the record went); it would make the veth creation fail with EEXIST. A
         # repeated prepare of a known sandbox never touches its (possibly live) interface.
@@ -91,28 +133,30 @@ class BuiltinNetwork:
                 gateway=att.gateway,
                 mac=att.mac,
                 mtu=self._mtu,
+                more_addresses=att.more_addresses,
             ),
         )
         return att, plan
 
-    async def ensure_bridge(self, subnet: str = "") -> int:
-        """The bridge with one gateway address per subnet in use, up; ip_forward on.
+    async def ensure_bridge(self, *subnets: str) -> int:
+        """The bridge with one gateway address per subnet in use (both families), up;
+        forwarding on for the families in use.
 
-        With ``subnet`` (the attaching sandbox's) and a bridge known to carry its gateway,
-        no netlink and no store read happen (the pod-start path).
+        With ``subnets`` (the attaching sandbox's) and a bridge known to carry their
+        gateways, no netlink and no store read happen (the pod-start path).
         """
-        self._ensure_forwarding()
+        self._ensure_forwarding(ipv6=any(":" in s for s in subnets))
         cached = self._bridge_cache
-        if subnet and cached is not None:
-            net = IPv4Network(subnet)
-            if (str(ipam.gateway_of(net)), net.prefixlen) in cached[1]:
-                return cached[0]
-        subnets = (await self._state.nat_state()).subnets
-        want = frozenset((str(ipam.gateway_of(IPv4Network(s))), IPv4Network(s).prefixlen) for s in subnets)
+        if subnets and cached is not None and all(_gateway(s) in cached[1] for s in subnets):
+            return cached[0]
+        in_use = (await self._state.nat_state()).subnets
+        want = frozenset(_gateway(s) for s in in_use)
+        if any(":" in s for s in in_use):
+            self._ensure_forwarding(ipv6=True)
         if cached is not None and cached[1] == want:
             return cached[0]
-        first = min(want) if want else None
-        mac = ipam.mac_for(IPv4Address(first[0])) if first else "0a:58:00:00:00:01"
+        first = min((a for a in want if ":" not in a[0]), default=None) or min(want, default=None)
+        mac = ipam.mac_for(ip_address(first[0])) if first else "0a:58:00:00:00:01"
         index = await self._host.ensure_bridge(self.bridge, mac, self._mtu, sorted(want))
         # kernel: a packet from 127.0.0.1 (the node's own hostPort connection) may be routed
         # out of this bridge after DNAT only with route_localnet (as the CNI portmap plugin does).
@@ -122,10 +166,13 @@ class BuiltinNetwork:
         self._bridge_cache = (index, want)
         return index
 
-    def _ensure_forwarding(self) -> None:
+    def _ensure_forwarding(self, *, ipv6: bool = False) -> None:
         if self._host.read_sysctl("net.ipv4.ip_forward") != "1":
             log.info("network: enabling net.ipv4.ip_forward (pods route through the host)")
             self._host.write_sysctl("net.ipv4.ip_forward", "1")
+        if ipv6 and not self._ipv6_forwarding:
+            enable_ipv6_forwarding(self._host)
+            self._ipv6_forwarding = True
 
     async def attach(self, att: Attachment, result: PodNetnsResult) -> Attachment:
         """Host side: bridge, enslave + hairpin + up the host end, nftables. Idempotent.
@@ -139,7 +186,7 @@ class BuiltinNetwork:
                 f"sandbox {att.sandbox_id}: the pod netns step reported "
                 f"{iface.host_ifname if iface else 'no interface'}, expected {att.host_ifname}"
             )
-        index = await self.ensure_bridge(att.subnet)
+        index = await self.ensure_bridge(att.subnet, *(a.subnet for a in att.more_addresses))
         try:
             await self._host.attach_to_bridge(att.host_ifname, index)
         except FailedPrecondition:
@@ -150,7 +197,8 @@ class BuiltinNetwork:
             self._bridge_cache = None
             index = await self.ensure_bridge()
             await self._host.attach_to_bridge(att.host_ifname, index)
-        if att.port_mappings or not self._nat.covers(att.subnet):
+        subnets = [att.subnet, *(a.subnet for a in att.more_addresses)]
+        if att.port_mappings or not all(self._nat.covers(s) for s in subnets):
             await self._nat.sync()
         return att
 
@@ -163,7 +211,7 @@ class BuiltinNetwork:
         :meth:`settle` waits for these deletions.
         """
         await self._state.release(att.sandbox_id)
-        if att.subnet != self._current_subnet:
+        if {att.subnet, *(a.subnet for a in att.more_addresses)} - self._current_subnets:
             self._bridge_cache = None  # maybe the last pod of an old pod CIDR: reconcile next time
         if att.host_ifname:
             task = asyncio.get_running_loop().create_task(

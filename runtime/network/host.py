@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import ipaddress
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -29,7 +31,8 @@ T = TypeVar("T")
 
 class HostNetwork(Protocol):
     async def ensure_bridge(self, name: str, mac: str, mtu: int, addresses: Sequence[tuple[str, int]]) -> int:
-        """Create the bridge if missing, give it exactly ``addresses`` (IPv4), set it up.
+        """Create the bridge if missing, give it exactly ``addresses`` (IPv4 and IPv6 global
+        ones; its IPv6 link-local address is the kernel's and left alone), set it up.
 
         Returns its ifindex. Idempotent."""
         ...
@@ -61,6 +64,10 @@ class HostNetwork(Protocol):
         ...
 
     def write_sysctl(self, key: str, value: str) -> None: ...
+
+    def ipv6_conf_names(self) -> list[str]:
+        """The entries of ``/proc/sys/net/ipv6/conf`` (interfaces, ``all``, ``default``)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -142,21 +149,37 @@ class RtnlHost:
         have = {(a.address, a.prefixlen) for a in map(rtnl.parse_addr4, nl.call(rtnl.dump_addr4()))
                 if a is not None and a.index == link.index}  # fmt: skip
         want = {(a, int(p)) for a, p in addresses}
+        have |= self._global_ipv6(nl, link.index)
         for address, prefixlen in sorted(want - have):
             try:
-                nl.call(rtnl.new_addr4(link.index, address, prefixlen))
+                nl.call(rtnl.new_addr(link.index, address, prefixlen))
             except FileExistsError:
                 pass
             except OSError as exc:
                 raise Internal(f"cannot add {address}/{prefixlen} to bridge {name}: {exc.strerror}") from None
         for address, prefixlen in sorted(have - want):
             try:
-                nl.call(rtnl.del_addr4(link.index, address, prefixlen))
+                nl.call(rtnl.del_addr(link.index, address, prefixlen))
             except OSError as exc:
                 if exc.errno != errno.EADDRNOTAVAIL:
                     raise Internal(f"cannot remove {address}/{prefixlen} from bridge {name}: {exc.strerror}") from None
         nl.call(rtnl.link_up(link.index, f"set bridge {name} up"))
         return link.index
+
+    @staticmethod
+    def _global_ipv6(nl: rtnl.RtnlSocket, index: int) -> set[tuple[str, int]]:
+        """The IPv6 addresses of link ``index`` but its link-local ones (the kernel's own)."""
+        try:
+            replies = nl.call(rtnl.dump_addrs(socket.AF_INET6))
+        except OSError as exc:  # a kernel without IPv6 may refuse the dump
+            if exc.errno in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP):
+                return set()
+            raise
+        found = (rtnl.parse_addr(r) for r in replies)
+        return {
+            (a.address, a.prefixlen) for a in found
+            if a is not None and a.index == index and not ipaddress.ip_address(a.address).is_link_local
+        }  # fmt: skip
 
     async def attach_to_bridge(self, ifname: str, bridge_index: int) -> None:
         await self._run(lambda nl: self._attach(nl, ifname, bridge_index))
@@ -197,3 +220,9 @@ class RtnlHost:
 
     def write_sysctl(self, key: str, value: str) -> None:
         sysctl_path(key, self._sysctl_root).write_text(value)
+
+    def ipv6_conf_names(self) -> list[str]:
+        try:
+            return sorted(p.name for p in (self._sysctl_root / "net" / "ipv6" / "conf").iterdir())
+        except FileNotFoundError:
+            return []

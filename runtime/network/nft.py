@@ -6,7 +6,8 @@ step that runs it. The script first declares the table (a no-op if it exists), d
 declares it again with every chain and rule, so one ``nft`` transaction replaces the table as
 a whole: no window where half the rules exist, and nothing of an earlier ruleset lingers.
 
-What the table does (``table ip <name>``):
+What the table does (``table ip <name>``; ``table ip6 <name>`` does the same for IPv6
+pods, without the input chain, see :func:`_render_ip6`):
 
 - ``prerouting`` / ``output`` (nat, dstnat priority): packets to a local address
   (``fib daddr type local``) jump to ``hostports``, which DNATs each hostPort (TCP, UDP,
@@ -54,6 +55,7 @@ DEFAULT_TABLE = "cri_shim"
 _TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.\-]{1,15}$")  # IFNAMSIZ - 1, nothing nft would parse
 MULTICAST = "224.0.0.0/4"
+MULTICAST6 = "ff00::/8"
 
 
 def check_table_name(name: str) -> str:
@@ -67,42 +69,47 @@ def _set(items: list[str]) -> str:
 
 
 def render_delete(table: str) -> str:
-    """Script removing the table if it exists (declare-then-delete never fails on absence)."""
+    """Script removing the tables (``ip`` and ``ip6``) if they exist (declare-then-delete
+    never fails on absence)."""
     check_table_name(table)
-    return f"table ip {table} {{}}\ndelete table ip {table}\n"
+    return _delete("ip", table) + _delete("ip6", table)
+
+
+def _delete(family: str, table: str) -> str:
+    return f"table {family} {table} {{}}\ndelete table {family} {table}\n"
+
+
+def _split(state: NatState, version: int) -> NatState:
+    """The part of ``state`` of one address family (a rule's pod IP decides its family)."""
+    return NatState(
+        tuple(s for s in state.subnets if ipaddress.ip_network(s).version == version),
+        tuple(r for r in state.host_ports if ipaddress.ip_address(r.pod_ip).version == version),
+    )
 
 
 def render_ruleset(table: str, state: NatState, *, bridge: str) -> str:
-    """The whole script for ``state`` with the loopback guard of ``bridge``; the delete
-    script when the state is empty (no pod on the bridge)."""
+    """The whole script for ``state`` with the loopback guard of ``bridge``: the ``ip``
+    table for IPv4, the ``ip6`` table of the same name for IPv6, each deleted when its
+    family has nothing (the delete script when the state is empty: no pod on the bridge)."""
     check_table_name(table)
     if not _IFNAME.match(bridge):
         raise InvalidArgument(f"invalid bridge name {bridge!r}")
     if state.empty:
         return render_delete(table)
+    v4, v6 = _split(state, 4), _split(state, 6)
+    return (_delete("ip", table) if v4.empty else _render_ip(table, v4, bridge)) + (
+        _delete("ip6", table) if v6.empty else _render_ip6(table, v6)
+    )
+
+
+def _render_ip(table: str, state: NatState, bridge: str) -> str:
     # Overlapping subnets (after a pod CIDR change) would be conflicting set intervals.
     subnets = [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(s) for s in state.subnets)]
     lines = [
         f"table ip {table} {{}}",
         f"delete table ip {table}",
         f"table ip {table} {{",
-        "\tchain prerouting {",
-        "\t\ttype nat hook prerouting priority dstnat; policy accept;",
-        "\t\tfib daddr type local jump hostports",
-        "\t}",
-        "\tchain output {",
-        "\t\ttype nat hook output priority -100; policy accept;",  # nft 1.0.6: no "dstnat" for output
-        "\t\tfib daddr type local jump hostports",
-        "\t}",
-        "\tchain hostports {",
-    ]
-    for rule in state.host_ports:
-        match = f"ip daddr {rule.host_ip} " if rule.host_ip else ""
-        lines.append(
-            f"\t\t{match}{rule.protocol} dport {rule.host_port} dnat to {rule.pod_ip}:{rule.container_port}"
-        )
-    lines += [
-        "\t}",
+        *_dnat_chains(state, "ip", lambda ip, port: f"{ip}:{port}"),
         "\tchain postrouting {",
         "\t\ttype nat hook postrouting priority srcnat; policy accept;",
     ]
@@ -121,6 +128,56 @@ def render_ruleset(table: str, state: NatState, *, bridge: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _render_ip6(table: str, state: NatState) -> str:
+    """The IPv6 twin of the ``ip`` table: hostPort DNAT, hairpin and egress masquerade.
+
+    No input chain: IPv6 has no ``route_localnet`` and the kernel drops a packet for ::1
+    that arrives on any interface but lo (ip6_rcv_core, RFC 4291 2.5.3), so the
+    CVE-2020-8558 hole the ``ip`` table closes does not exist here. For the same reason a
+    connection from ::1 DNATed to a pod would never leave the node (measured: it hangs), so
+    ``[::1]:hostPort`` is not DNATed at all and is refused at once; the node reaches its
+    hostPorts over IPv6 on any other local address (the bridge's, say). kube-proxy has the
+    same limit (localhost NodePorts are IPv4 only).
+    """
+    subnets = [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv6Network(s) for s in state.subnets)]
+    lines = [
+        f"table ip6 {table} {{}}",
+        f"delete table ip6 {table}",
+        f"table ip6 {table} {{",
+        *_dnat_chains(state, "ip6", lambda ip, port: f"[{ip}]:{port}", output_match="ip6 daddr != ::1 "),
+        "\tchain postrouting {",
+        "\t\ttype nat hook postrouting priority srcnat; policy accept;",
+    ]
+    if subnets:
+        lines.append(f"\t\tct status dnat ip6 saddr {_set(subnets)} ip6 daddr {_set(subnets)} masquerade")
+        lines.append(f"\t\tip6 saddr {_set(subnets)} ip6 daddr != {_set([*subnets, MULTICAST6])} masquerade")
+    lines += ["\t}", "}", ""]
+    return "\n".join(lines)
+
+
+def _dnat_chains(
+    state: NatState, family: str, target: Callable[[str, int], str], output_match: str = ""
+) -> list[str]:
+    lines = [
+        "\tchain prerouting {",
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;",
+        "\t\tfib daddr type local jump hostports",
+        "\t}",
+        "\tchain output {",
+        "\t\ttype nat hook output priority -100; policy accept;",  # nft 1.0.6: no "dstnat" for output
+        f"\t\t{output_match}fib daddr type local jump hostports",
+        "\t}",
+        "\tchain hostports {",
+    ]
+    for rule in state.host_ports:
+        match = f"{family} daddr {rule.host_ip} " if rule.host_ip else ""
+        lines.append(
+            f"\t\t{match}{rule.protocol} dport {rule.host_port} dnat to {target(rule.pod_ip, rule.container_port)}"
+        )
+    lines.append("\t}")
+    return lines
 
 
 class NftError(Internal):

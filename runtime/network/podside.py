@@ -63,5 +63,9 @@ def _configure_interface(
     link = rtnl.parse_link(replies[-1])
     # Round trip 2: address, then the default route through the gateway (the connected
     # route of the address makes the gateway reachable, so the order matters).
-    nl.call(rtnl.new_addr4(link.index, plan.address, plan.prefixlen), rtnl.new_default_route4(plan.gateway))
+    # Dual stack: the other family's address and default route in the same round trip.
+    steps = [rtnl.new_addr(link.index, plan.address, plan.prefixlen), rtnl.new_default_route(plan.gateway)]
+    for more in plan.more_addresses:
+        steps += [rtnl.new_addr(link.index, more.address, more.prefixlen), rtnl.new_default_route(more.gateway)]
+    nl.call(*steps)
     return PodInterfaceResult(ifname=plan.ifname, host_ifname=plan.host_ifname, ifindex=link.index, mac=link.mac)

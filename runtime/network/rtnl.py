@@ -64,6 +64,7 @@ IFA_ADDRESS = 1
 IFA_LOCAL = 2
 RTA_GATEWAY = 5
 IFF_UP = 0x1
+IFA_F_NODAD = 0x02  # linux/if_addr.h
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
@@ -180,6 +181,48 @@ def del_addr4(index: int, address: str, prefixlen: int) -> Request:
     return Request(RTM_DELADDR, 0, body, f"delete address {address}/{prefixlen} from link {index}")
 
 
+def _family_of(address: str) -> tuple[int, bytes]:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return family, socket.inet_pton(family, address)
+
+
+def _addr_body(index: int, address: str, prefixlen: int) -> bytes:
+    family, raw = _family_of(address)
+    # kernel (addrconf): an IPv6 address is "tentative" (unusable) until duplicate address
+    # detection ends, a second or more; the pod's and the bridge's addresses come from our
+    # own IPAM, so DAD is skipped, as the CNI bridge plugin does for its gateway and the
+    # pod side (it waits for DAD) ends up the same.
+    flags = IFA_F_NODAD if family == socket.AF_INET6 else 0
+    body = _IFADDRMSG.pack(family, prefixlen, flags, RT_SCOPE_UNIVERSE, index)
+    if family == socket.AF_INET6:
+        return body + attr(IFA_ADDRESS, raw)
+    return body + attr(IFA_LOCAL, raw) + attr(IFA_ADDRESS, raw)
+
+
+def new_addr(index: int, address: str, prefixlen: int) -> Request:
+    """Add an IPv4 or IPv6 address (IPv6 without duplicate address detection)."""
+    body = _addr_body(index, address, prefixlen)
+    return Request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body, f"add address {address}/{prefixlen} to link {index}")
+
+
+def del_addr(index: int, address: str, prefixlen: int) -> Request:
+    body = _addr_body(index, address, prefixlen)
+    return Request(RTM_DELADDR, 0, body, f"delete address {address}/{prefixlen} from link {index}")
+
+
+def dump_addrs(family: int) -> Request:
+    """List the addresses of ``family`` (AF_INET, AF_INET6) of every link."""
+    return Request(RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(family, 0, 0, 0, 0), f"list addresses of family {family}")
+
+
+def new_default_route(gateway: str) -> Request:
+    """The default route of the gateway's family via ``gateway``."""
+    family, raw = _family_of(gateway)
+    body = _RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+    body += attr(RTA_GATEWAY, raw)
+    return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body, f"add default route via {gateway}")
+
+
 def dump_addr4() -> Request:
     return Request(
         RTM_GETADDR, NLM_F_DUMP, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0), "list IPv4 addresses"
@@ -243,6 +286,20 @@ def parse_addr4(body: bytes) -> AddrInfo | None:
     if raw is None or len(raw) != 4:
         return None
     return AddrInfo(index, socket.inet_ntoa(raw), prefixlen)
+
+
+def parse_addr(body: bytes) -> AddrInfo | None:
+    """An IPv4 or IPv6 address message (None for other families or a malformed one)."""
+    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(body, 0)
+    if family == socket.AF_INET:
+        return parse_addr4(body)
+    if family != socket.AF_INET6:
+        return None
+    attrs = parse_attrs(body, _IFADDRMSG.size)
+    raw = attrs.get(IFA_ADDRESS) or attrs.get(IFA_LOCAL)
+    if raw is None or len(raw) != 16:
+        return None
+    return AddrInfo(index, socket.inet_ntop(socket.AF_INET6, raw), prefixlen)
 
 
 # -- the socket -------------------------------------------------------------------------------

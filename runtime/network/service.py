@@ -242,8 +242,8 @@ class NetworkService:
                 await self.cni.refresh_if_dir_changed()
                 mode = existing.mode if existing is not None else self._current_mode()
                 if mode is NetworkMode.BUILTIN:
-                    subnet = ipam.parse_subnet(await self._current_pod_cidr())
-                    _att, plan = await self.builtin.prepare(req, subnet)
+                    subnets = ipam.parse_subnets(await self._current_pod_cidr())
+                    _att, plan = await self.builtin.prepare(req, subnets)
                 else:
                     plan = await self._prepare_cni(req)
             self._emit("prepare", mode, req.sandbox_id, started, None)

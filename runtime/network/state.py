@@ -3,7 +3,9 @@
 Tables (component ``network``):
 
 - ``network_attachments``: one row per sandbox with a network (an :class:`Attachment` as JSON).
-- ``network_ips``: built-in IPAM, one address per sandbox (``sandbox_id`` is UNIQUE).
+- ``network_ips``: built-in IPAM, one address per sandbox and family (``rank`` 0 is the
+  primary address, 1 the other family's on a dual-stack pod; version 2 of the schema, which
+  replaced the one-address-per-sandbox table).
 - ``network_ipam_cursor``: the last address handed out per subnet (round-robin allocation).
 - ``network_host_ports``: reserved hostPorts of built-in sandboxes; the nftables DNAT rules
   are recomputed from this table, so they survive a daemon restart.
@@ -18,10 +20,18 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import ip_address, ip_network
 
 from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from runtime.model.network import Attachment, AttachPhase, NetworkMode, PortMapping, Protocol
+from runtime.model.network import (
+    Attachment,
+    AttachPhase,
+    Bandwidth,
+    NetworkMode,
+    PodAddress,
+    PortMapping,
+    Protocol,
+)
 from runtime.network import ipam
 from runtime.store import Migration, Store, from_json, to_json
 
@@ -41,12 +51,30 @@ NETWORK_MIGRATIONS = [
             "CREATE INDEX network_host_ports_sandbox ON network_host_ports(sandbox_id)",
         ),
     ),
+    # Dual stack: up to one address per family and sandbox (SQLite cannot drop a UNIQUE
+    # constraint, so the table is copied; existing rows are the IPv4 primaries).
+    Migration(
+        "network",
+        2,
+        (
+            "CREATE TABLE network_ips_v2 (ip TEXT PRIMARY KEY, subnet TEXT NOT NULL,"
+            " sandbox_id TEXT NOT NULL, family INTEGER NOT NULL, rank INTEGER NOT NULL,"
+            " allocated_at REAL NOT NULL, UNIQUE (sandbox_id, family), UNIQUE (sandbox_id, rank))",
+            "INSERT INTO network_ips_v2(ip, subnet, sandbox_id, family, rank, allocated_at)"
+            " SELECT ip, subnet, sandbox_id, 4, 0, allocated_at FROM network_ips",
+            "DROP TABLE network_ips",
+            "ALTER TABLE network_ips_v2 RENAME TO network_ips",
+        ),
+    ),
 ]
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class HostPortRule:
-    """One DNAT: ``host_ip`` ("" = every local address) ``protocol``/``host_port`` -> pod."""
+    """One DNAT: ``host_ip`` ("" = every local address) ``protocol``/``host_port`` -> pod.
+
+    ``pod_ip`` and ``host_ip`` (when set) are of one family: a mapping without a host IP
+    gives one rule per address of the pod (IPv4 and IPv6 on a dual-stack pod)."""
 
     protocol: Protocol
     host_port: int
@@ -114,9 +142,18 @@ class NetworkState:
         return await self._store.read(_nat_state)
 
     async def allocated_ips(self) -> dict[str, str]:
-        """sandbox id -> built-in IP address."""
-        rows = await self._store.read(lambda c: c.execute("SELECT sandbox_id, ip FROM network_ips").fetchall())
+        """sandbox id -> its primary built-in IP address."""
+        rows = await self._store.read(
+            lambda c: c.execute("SELECT sandbox_id, ip FROM network_ips WHERE rank=0").fetchall()
+        )
         return {str(s): str(ip) for s, ip in rows}
+
+    async def allocations(self) -> list[tuple[str, str]]:
+        """Every built-in allocation as (sandbox id, address), both families."""
+        rows = await self._store.read(
+            lambda c: c.execute("SELECT sandbox_id, ip FROM network_ips ORDER BY sandbox_id, rank").fetchall()
+        )
+        return [(str(s), str(ip)) for s, ip in rows]
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -124,18 +161,27 @@ class NetworkState:
         await self._store.write(lambda c: _put(c, attachment))
 
     async def prepare_builtin(
-        self, sandbox_id: str, subnet: IPv4Network, host_ifname: str, mappings: Sequence[PortMapping]
+        self,
+        sandbox_id: str,
+        subnets: Sequence[ipam.Network],
+        host_ifname: str,
+        mappings: Sequence[PortMapping],
+        bandwidth: Bandwidth | None = None,
     ) -> tuple[Attachment, bool]:
-        """Allocate an address and reserve host ports for ``sandbox_id`` in one transaction.
+        """Allocate one address per subnet (the first is the primary) and reserve host ports
+        for ``sandbox_id`` in one transaction.
 
-        Idempotent per sandbox: an existing built-in attachment keeps its address (its host
+        Idempotent per sandbox: an existing built-in attachment keeps its addresses (its host
         ports are replaced by ``mappings``). Raises AlreadyExists when a host port is held by
-        another sandbox, ResourceExhausted when the subnet is full, FailedPrecondition when
-        the subnet's gateway address is held by a pod of an older pod CIDR; nothing is
+        another sandbox, ResourceExhausted when a subnet is full, FailedPrecondition when
+        a subnet's gateway address is held by a pod of an older pod CIDR, InvalidArgument
+        when a mapping names a host IP of a family the pod has no address of; nothing is
         written then. Returns the attachment and whether it is new.
         """
         ports = host_port_mappings(mappings)
-        return await self._store.write(lambda c: _prepare_builtin(c, sandbox_id, subnet, host_ifname, ports))
+        return await self._store.write(
+            lambda c: _prepare_builtin(c, sandbox_id, subnets, host_ifname, ports, bandwidth)
+        )
 
     async def release(self, sandbox_id: str) -> Attachment | None:
         """Drop the sandbox's attachment, address and host ports; returns what was there."""
@@ -192,6 +238,7 @@ def _nat_state(c: sqlite3.Connection) -> NatState:
             "SELECT p.protocol, p.host_ip, p.host_port, p.container_port, i.ip"
             " FROM network_host_ports p JOIN network_ips i ON i.sandbox_id = p.sandbox_id"
         ).fetchall()
+        if not hip or ip_address(hip).version == ip_address(ip).version
     )
     return NatState(tuple(subnets), tuple(rules))
 
@@ -210,38 +257,29 @@ def _check_ports(c: sqlite3.Connection, sandbox_id: str, ports: Sequence[PortMap
 
 
 def _prepare_builtin(
-    c: sqlite3.Connection, sandbox_id: str, subnet: IPv4Network, host_ifname: str, ports: Sequence[PortMapping]
+    c: sqlite3.Connection,
+    sandbox_id: str,
+    subnets: Sequence[ipam.Network],
+    host_ifname: str,
+    ports: Sequence[PortMapping],
+    bandwidth: Bandwidth | None,
 ) -> tuple[Attachment, bool]:
     existing = _get(c, sandbox_id)
     if existing is not None and existing.mode is not NetworkMode.BUILTIN:
         return existing, False
     _check_ports(c, sandbox_id, ports)
-    row = c.execute("SELECT ip, subnet FROM network_ips WHERE sandbox_id=?", (sandbox_id,)).fetchone()
-    if row is not None:
-        address, net = IPv4Address(row[0]), IPv4Network(row[1])
+    rows = c.execute("SELECT ip, subnet FROM network_ips WHERE sandbox_id=? ORDER BY rank", (sandbox_id,)).fetchall()
+    if rows:
+        held = [(ip_address(ip), ip_network(net)) for ip, net in rows]
     else:
-        net = subnet
-        all_ips = [(IPv4Address(ip), IPv4Network(s)) for ip, s in c.execute("SELECT ip, subnet FROM network_ips")]
-        gateways = {ipam.gateway_of(s) for _, s in all_ips} | {ipam.gateway_of(net)}
-        gw = ipam.gateway_of(net)
-        for ip, _s in all_ips:
-            if ip == gw:
-                raise FailedPrecondition(
-                    f"pod CIDR {net}: its gateway {gw} is the address of a pod from an earlier pod CIDR; "
-                    "remove that pod first"
-                )
-        cursor = c.execute("SELECT last_ip FROM network_ipam_cursor WHERE subnet=?", (str(net),)).fetchone()
-        last = IPv4Address(cursor[0]) if cursor else None
-        address = ipam.pick_address(net, [ip for ip, _ in all_ips if ip in net], last, gateways)
-        c.execute(
-            "INSERT INTO network_ips(ip, subnet, sandbox_id, allocated_at) VALUES (?, ?, ?, ?)",
-            (str(address), str(net), sandbox_id, time.time()),
-        )
-        c.execute(
-            "INSERT INTO network_ipam_cursor(subnet, last_ip) VALUES (?, ?)"
-            " ON CONFLICT(subnet) DO UPDATE SET last_ip=excluded.last_ip",
-            (str(net), str(address)),
-        )
+        held = [_allocate(c, sandbox_id, net, rank) for rank, net in enumerate(subnets)]
+    families = {address.version for address, _ in held}
+    for pm in ports:
+        if pm.host_ip and ip_address(pm.host_ip).version not in families:
+            raise InvalidArgument(
+                f"hostPort {pm.host_port}/{pm.protocol} on {pm.host_ip}: the pod has no IPv"
+                f"{ip_address(pm.host_ip).version} address (pod CIDR {ipam.format_subnets([n for _, n in held])})"
+            )
     c.execute("DELETE FROM network_host_ports WHERE sandbox_id=?", (sandbox_id,))
     for pm in ports:
         c.execute(
@@ -249,20 +287,56 @@ def _prepare_builtin(
             " VALUES (?, ?, ?, ?, ?)",
             (str(pm.protocol), pm.host_ip, pm.host_port, sandbox_id, pm.container_port),
         )
+    assigned = [
+        PodAddress(str(address), net.prefixlen, str(ipam.gateway_of(net)), str(net)) for address, net in held
+    ]
+    primary, more = assigned[0], tuple(assigned[1:])
     base = existing or Attachment(sandbox_id=sandbox_id, mode=NetworkMode.BUILTIN)
     attachment = replace(
         base,
         phase=base.phase if existing else AttachPhase.PREPARED,
         host_ifname=host_ifname if not existing else (existing.host_ifname or host_ifname),
-        ip=str(address),
-        prefixlen=net.prefixlen,
-        gateway=str(ipam.gateway_of(net)),
-        subnet=str(net),
-        mac=ipam.mac_for(address),
+        ip=primary.address,
+        prefixlen=primary.prefixlen,
+        gateway=primary.gateway,
+        subnet=primary.subnet,
+        mac=ipam.mac_for(held[0][0]),
         port_mappings=tuple(ports),
+        additional_ips=tuple(a.address for a in more),
+        more_addresses=more,
+        bandwidth=bandwidth if not existing else existing.bandwidth,
     )
     _put(c, attachment)
     return attachment, existing is None
+
+
+def _allocate(
+    c: sqlite3.Connection, sandbox_id: str, net: ipam.Network, rank: int
+) -> tuple[ipam.Address, ipam.Network]:
+    """One new address in ``net`` for ``sandbox_id`` (a row of ``network_ips``, cursor moved)."""
+    all_ips = [(ip_address(ip), ip_network(s)) for ip, s in c.execute("SELECT ip, subnet FROM network_ips")]
+    gw = ipam.gateway_of(net)
+    for ip, _s in all_ips:
+        if ip == gw:
+            raise FailedPrecondition(
+                f"pod CIDR {net}: its gateway {gw} is the address of a pod from an earlier pod CIDR; "
+                "remove that pod first"
+            )
+    gateways = {ipam.gateway_of(s) for _, s in all_ips} | {gw}
+    cursor = c.execute("SELECT last_ip FROM network_ipam_cursor WHERE subnet=?", (str(net),)).fetchone()
+    last = ip_address(cursor[0]) if cursor else None
+    in_net = [ip for ip, _ in all_ips if ip.version == net.version and ip in net]
+    address = ipam.pick_address(net, in_net, last, gateways)
+    c.execute(
+        "INSERT INTO network_ips(ip, subnet, sandbox_id, family, rank, allocated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (str(address), str(net), sandbox_id, net.version, rank, time.time()),
+    )
+    c.execute(
+        "INSERT INTO network_ipam_cursor(subnet, last_ip) VALUES (?, ?)"
+        " ON CONFLICT(subnet) DO UPDATE SET last_ip=excluded.last_ip",
+        (str(net), str(address)),
+    )
+    return address, net
 
 
 def is_ipv4(value: str) -> bool:

@@ -174,6 +174,17 @@ def _main(argv: list[str]) -> int:
             conn, peer = srv.accept()
             with conn:
                 conn.sendall(f"{peer[0]}\n".encode())
+    if command == "tcp6-serve":  # IPv6 only (the peer is printed as an IPv6 address)
+        srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        srv.bind(("::", int(args[0])))
+        srv.listen(16)
+        print("ready", flush=True)
+        while True:
+            conn, peer = srv.accept()
+            with conn:
+                conn.sendall(f"{peer[0]}\n".encode())
     if command == "udp-serve":
         srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         srv.bind(("0.0.0.0", int(args[0])))

@@ -64,7 +64,7 @@ class Leaks:
         left = [f"link {n}" for n in sorted(self.links & nsutil.link_names())]
         left += [f"netns {n}" for n in sorted(self.netns & nsutil.netns_names())]
         tables = nsutil.nft_tables()
-        left += [f"nft {t}" for t in sorted(self.tables) if f"table ip {t}" in tables]
+        left += [f"nft {t}" for t in sorted(self.tables) if f"table ip {t}" in tables or f"table ip6 {t}" in tables]
         return left
 
 
@@ -83,6 +83,7 @@ def leaks() -> Iterator[Leaks]:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
         else:
             subprocess.run(["nft", "delete", "table", "ip", name], capture_output=True)
+            subprocess.run(["nft", "delete", "table", "ip6", name], capture_output=True)
     assert not left, f"left behind: {left}"
 
 
@@ -94,3 +95,34 @@ def ip_forward() -> Iterator[None]:
         yield
     finally:
         FORWARD.write_text(before)
+
+
+def unique_subnet6() -> str:
+    """A random fdXX:XXXX:XXXX::/64 (unique local, RFC 4193) overlapping no IPv6 route of the host."""
+    out = subprocess.run(["ip", "-6", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    for _ in range(100):
+        net = ipaddress.IPv6Network(f"fd{random.randint(0x10, 0xff):02x}:{random.randint(0, 0xffff):x}:"
+                                    f"{random.randint(0, 0xffff):x}::/64")
+        if str(net.network_address).rstrip(":") not in out:
+            return str(net)
+    raise RuntimeError("no free IPv6 subnet found")
+
+
+IPV6_CONF = Path("/proc/sys/net/ipv6/conf")
+
+
+@pytest.fixture
+def ipv6_forwarding() -> Iterator[None]:
+    """The services under test turn IPv6 forwarding on and accept_ra 1 -> 2 on the host's
+    interfaces (runtime.network.builtin.enable_ipv6_forwarding): put back what was there."""
+    before = {p.name: (p / "accept_ra").read_text() for p in IPV6_CONF.iterdir() if (p / "accept_ra").exists()}
+    forwarding = (IPV6_CONF / "all" / "forwarding").read_text()
+    try:
+        yield
+    finally:
+        (IPV6_CONF / "all" / "forwarding").write_text(forwarding)
+        for name, value in before.items():
+            try:
+                (IPV6_CONF / name / "accept_ra").write_text(value)
+            except OSError:
+                pass  # an interface of the test, gone

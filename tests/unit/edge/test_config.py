@@ -64,7 +64,10 @@ def test_file_values_and_flag_overrides(tmp_path: Path) -> None:
         ('root = "relative/dir"\n', "root"),
         ("root = 5\n", "root"),
         ('[network]\npod_cidr = "10.0.0.0/33"\n', "network.pod_cidr"),
-        ('[network]\npod_cidr = "fd00::/64"\n', "network.pod_cidr"),
+        # IPv6 and dual stack are accepted (test_pod_cidr_families); these are not
+        ('[network]\npod_cidr = "fd00::/127"\n', "network.pod_cidr"),
+        ('[network]\npod_cidr = "10.88.0.0/16,10.89.0.0/16"\n', "network.pod_cidr"),
+        ('[network]\npod_cidr = "10.88.0.0/16,fd00::1/64"\n', "network.pod_cidr"),
         ('[network]\ncni_bin_dirs = "/opt/cni/bin"\n', "network.cni_bin_dirs"),
         ('[metrics]\naddress = "localhost"\n', "metrics.address"),
         ('[streaming]\naddress = "127.0.0.1:99999"\n', "streaming.address"),
@@ -81,6 +84,14 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, text))
     assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "cidr", ["10.88.0.0/16", "fd00:10:88::/64", "10.88.0.0/16,fd00:10:88::/64", "fd00:10:88::/64,10.88.0.0/16"]
+)
+def test_pod_cidr_families(tmp_path: Path, cidr: str) -> None:
+    # the built-in network takes IPv4, IPv6 or dual stack (before: IPv4 only)
+    assert load(write(tmp_path, f'[network]\npod_cidr = "{cidr}"\n')).network.pod_cidr == cidr
 
 
 def test_invalid_toml_is_reported(tmp_path: Path) -> None:

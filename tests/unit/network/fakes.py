@@ -60,6 +60,10 @@ class FakeHost:
         self.calls.append(("sysctl", key, value))
         self.sysctls[key] = value
 
+    def ipv6_conf_names(self) -> list[str]:
+        prefix = "net.ipv6.conf."
+        return sorted({k[len(prefix):].rsplit(".", 1)[0] for k in self.sysctls if k.startswith(prefix)})
+
     def close(self) -> None:
         self.closed = True
 

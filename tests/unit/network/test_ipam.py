@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 from hypothesis import given
@@ -39,7 +39,8 @@ def test_pick_skips_reserved_and_exhausts() -> None:
 
 def test_parse_subnet() -> None:
     assert ipam.parse_subnet("10.244.1.7/24") == IPv4Network("10.244.1.0/24")
-    for bad in ("nonsense", "fd00::/64", "10.0.0.0/31"):
+    assert ipam.parse_subnet("fd00:10:244::7/64") == IPv6Network("fd00:10:244::/64")
+    for bad in ("nonsense", "fd00::/127", "10.0.0.0/31"):
         with pytest.raises(InvalidArgument):
             ipam.parse_subnet(bad)
 
@@ -67,3 +68,34 @@ def test_pick_never_returns_taken_or_special(prefix: int, used_idx: set[int], la
     got = ipam.pick_address(net, used, last)
     assert got in free
     assert got not in (net.network_address, net.broadcast_address, ipam.gateway_of(net))
+
+
+def test_parse_subnets_dual_stack() -> None:
+    assert ipam.parse_subnets("10.244.0.0/24, fd00:10:244::/64") == (
+        IPv4Network("10.244.0.0/24"),
+        IPv6Network("fd00:10:244::/64"),
+    )
+    assert ipam.parse_subnets("fd00:10:244::/64,10.244.0.0/24")[0] == IPv6Network("fd00:10:244::/64")  # order kept
+    assert ipam.parse_subnets("fd00::/64") == (IPv6Network("fd00::/64"),)
+    for bad in ("", ",", "10.0.0.0/24,10.1.0.0/24", "fd00::/64,fd01::/64", "10.0.0.0/24,fd00::/64,10.1.0.0/24"):
+        with pytest.raises(InvalidArgument):
+            ipam.parse_subnets(bad)
+
+
+def test_ipv6_allocation() -> None:
+    net = IPv6Network("fd00:10:244::/64")
+    assert ipam.gateway_of(net) == IPv6Address("fd00:10:244::1")
+    assert ipam.pick_address(net, []) == IPv6Address("fd00:10:244::2")
+    assert ipam.pick_address(net, [IPv6Address("fd00:10:244::3")], last=IPv6Address("fd00:10:244::2")) == IPv6Address(
+        "fd00:10:244::4"
+    )
+    # the last address of the range is skipped like the IPv4 broadcast address (host-local)
+    last = IPv6Address("fd00:10:244::ffff:ffff:ffff:fffe")
+    assert ipam.pick_address(net, [], last=last) == IPv6Address("fd00:10:244::2")
+    small = IPv6Network("fd00::/126")  # ::2 only
+    assert ipam.pick_address(small, []) == IPv6Address("fd00::2")
+    with pytest.raises(ResourceExhausted):
+        ipam.pick_address(small, [IPv6Address("fd00::2")])
+    # addresses of the other family never count
+    assert ipam.pick_address(small, [IPv4Address("10.0.0.2")]) == IPv6Address("fd00::2")
+    assert ipam.mac_for(IPv6Address("fd00::a:b0c")) == "0a:58:00:0a:0b:0c"

@@ -16,6 +16,7 @@ from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, N
 from runtime.ids import new_id
 from runtime.model.network import (
     NetworkMode,
+    PodAddress,
     PodInterfaceResult,
     PodNetnsPlan,
     PodNetnsResult,
@@ -391,3 +392,60 @@ def test_bad_mode_is_refused(tmp_path: Path) -> None:
 
 def test_ipv4_only_gateway_math() -> None:
     assert ipaddress.IPv4Network("10.77.0.0/29").num_addresses == 8
+
+
+async def test_dual_stack_pod(rig: Rig) -> None:
+    rig.cidr = "10.77.0.0/29,fd00:77::/64"
+    svc = rig.service()
+    await svc.start()
+    rig.host.sysctls.update({"net.ipv6.conf.eth9.accept_ra": "1", "net.ipv6.conf.lo.accept_ra": "0"})
+    sid = new_id()
+    plan = await svc.prepare(PodNetworkRequest(sid, port_mappings=(
+        PortMapping(Protocol.TCP, 80, 8080), PortMapping(Protocol.UDP, 53, 5353, "fd00:77::1"))))
+    assert plan.interface is not None
+    assert (plan.interface.address, plan.interface.gateway) == ("10.77.0.2", "10.77.0.1")
+    assert plan.interface.more_addresses == (PodAddress("fd00:77::2", 64, "fd00:77::1", "fd00:77::/64"),)
+    status = await svc.attach(sid, NETNS, rig.netns_step(plan))
+    assert (status.ip, status.additional_ips) == ("10.77.0.2", ("fd00:77::2",))
+    assert rig.host.bridge_addresses["tbr0"] == {("10.77.0.1", 29), ("fd00:77::1", 64)}
+    # IPv6 forwarding on, RAs kept where they were accepted (accept_ra 1 -> 2), 0 left alone
+    assert rig.host.sysctls["net.ipv6.conf.all.forwarding"] == "1"
+    assert rig.host.sysctls["net.ipv6.conf.eth9.accept_ra"] == "2"
+    assert rig.host.sysctls["net.ipv6.conf.lo.accept_ra"] == "0"
+    calls = [c for c in rig.host.calls if c[0] == "sysctl"]
+    assert calls.index(("sysctl", "net.ipv6.conf.eth9.accept_ra", "2")) < calls.index(
+        ("sysctl", "net.ipv6.conf.all.forwarding", "1"))
+    script = rig.nft.scripts[-1]
+    assert "tcp dport 8080 dnat to 10.77.0.2:80" in script
+    assert "tcp dport 8080 dnat to [fd00:77::2]:80" in script
+    assert "ip6 daddr fd00:77::1 udp dport 5353 dnat to [fd00:77::2]:53" in script
+    assert "dnat to 10.77.0.2:53" not in script  # an IPv6 host IP maps the IPv6 address only
+    assert [ip for s, ip in await svc.state.allocations() if s == sid] == ["10.77.0.2", "fd00:77::2"]
+    await svc.teardown(sid)
+    assert await svc.state.allocations() == []
+
+
+async def test_ipv6_only_pod_and_host_ip_family(rig: Rig) -> None:
+    rig.cidr = "fd00:77::/64"
+    svc = rig.service()
+    await svc.start()
+    sid, ip = await rig.run_pod(svc)
+    assert ip == "fd00:77::2"
+    st = await svc.sandbox_status(sid)
+    assert st is not None and (st.ip, st.additional_ips) == ("fd00:77::2", ())
+    assert rig.host.bridge_addresses["tbr0"] == {("fd00:77::1", 64)}
+    assert rig.host.sysctls.get("net.ipv4.ip_forward") == "1"
+    # a host IP of a family the pod has no address of: refused, nothing kept
+    other = new_id()
+    with pytest.raises(InvalidArgument, match="no IPv4 address"):
+        await svc.prepare(PodNetworkRequest(other, port_mappings=(PortMapping(Protocol.TCP, 80, 8080, "127.0.0.1"),)))
+    assert await svc.state.get(other) is None
+    assert [s for s, _ in await svc.state.allocations()] == [sid]
+
+
+async def test_ipv4_only_leaves_ipv6_forwarding_alone(rig: Rig) -> None:
+    svc = rig.service()
+    await svc.start()
+    await rig.run_pod(svc, PortMapping(Protocol.TCP, 80, 8080))
+    assert "net.ipv6.conf.all.forwarding" not in rig.host.sysctls
+    assert not any("ip6 daddr" in s or "dnat to [" in s for s in rig.nft.scripts)
