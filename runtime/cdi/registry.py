@@ -16,8 +16,9 @@ The directories are read again at every resolution that asks for a device: a few
 files, read in a thread by the caller, so a spec written by a device plugin or DRA driver
 just before CreateContainer is seen (the reference watches the directories with inotify).
 
-YAML: the spec format allows YAML files, but a YAML parser is not a runtime dependency of
-cri-shim yet; such files are listed as not read, and a device not found names them.
+YAML: the spec format allows ``*.yaml`` files (NVIDIA's generator writes them); they are read
+with PyYAML's safe loader, and a document with anchors or aliases is refused before it is
+built (an alias bomb would otherwise make the spec walk exponential).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from runtime.cdi.spec import ContainerEdits, Spec, SpecError, parse_qualified_name, parse_spec
 from runtime.errors import InvalidArgument
 
@@ -39,6 +42,8 @@ MAX_SPEC_BYTES = 4 << 20
 #: the annotation prefix of CDI devices requested through annotations (device plugins that
 #: predate the CDI_devices field; containerd and CRI-O read them too)
 ANNOTATION_PREFIX = "cdi.k8s.io/"
+#: libyaml's safe loader when PyYAML was built with it, the pure-Python one otherwise
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +53,21 @@ class SpecIndex:
     devices: dict[str, tuple[Spec, ContainerEdits]] = field(default_factory=dict)
     conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
-    unread_yaml: tuple[str, ...] = ()
+
+
+def _load_yaml(data: bytes, path: Path) -> object:
+    try:
+        for token in yaml.scan(data, Loader=_YAML_LOADER):
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+                raise SpecError(f"{path}: YAML anchors and aliases are not accepted in a CDI spec")
+        return yaml.load(data, Loader=_YAML_LOADER)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
 
 
 def read_spec_file(path: Path, priority: int) -> Spec:
-    """Parse one JSON spec file. Blocking. Raises SpecError (also for I/O and JSON errors)."""
+    """Parse one JSON or YAML spec file (by its suffix). Blocking. Raises SpecError (also for
+    I/O and syntax errors)."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_SPEC_BYTES + 1)
@@ -60,6 +75,8 @@ def read_spec_file(path: Path, priority: int) -> Spec:
         raise SpecError(f"{path}: {exc.strerror}") from None
     if len(data) > MAX_SPEC_BYTES:
         raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES} bytes")
+    if path.suffix == ".yaml":
+        return parse_spec(_load_yaml(data, path), str(path), priority)
     try:
         doc = json.loads(data)
     except ValueError as exc:
@@ -72,7 +89,6 @@ def scan(dirs: Iterable[Path]) -> SpecIndex:
     devices: dict[str, tuple[Spec, ContainerEdits]] = {}
     conflicts: dict[str, tuple[str, ...]] = {}
     errors: dict[str, str] = {}
-    unread: list[str] = []
     for priority, directory in enumerate(dirs):
         try:
             names = sorted(os.listdir(directory))
@@ -84,9 +100,6 @@ def scan(dirs: Iterable[Path]) -> SpecIndex:
         for name in names:
             path = directory / name
             if not name.endswith((".json", ".yaml")) or path.is_dir():
-                continue
-            if name.endswith(".yaml"):
-                unread.append(str(path))
                 continue
             try:
                 spec = read_spec_file(path, priority)
@@ -102,7 +115,7 @@ def scan(dirs: Iterable[Path]) -> SpecIndex:
                 devices[qualified] = (spec, edits)
     for name in conflicts:
         devices.pop(name, None)
-    return SpecIndex(devices, conflicts, errors, tuple(unread))
+    return SpecIndex(devices, conflicts, errors)
 
 
 def requested_devices(cdi_devices: Iterable[str], annotations: dict[str, str]) -> tuple[str, ...]:
@@ -167,7 +180,4 @@ def _unresolved(missing: list[str], index: SpecIndex, dirs: tuple[Path, ...]) ->
     related = [e for e in index.errors.values() if any(v in e for v in vendors)] or list(index.errors.values())
     if related:
         text += "; spec errors: " + "; ".join(related[:3])
-    if index.unread_yaml:
-        text += ("; YAML spec files not read (cri-shim reads JSON specs only): "
-                 + ", ".join(index.unread_yaml[:5]))
     return text

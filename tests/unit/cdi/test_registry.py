@@ -53,7 +53,6 @@ def test_an_unknown_device_is_invalid_argument_naming_it_and_why(tmp_path: Path)
     etc = tmp_path / "etc"
     write(etc, "gpu.json", "vendor.com/gpu", {"0": ["A=1"]})
     (etc / "broken.json").write_text('{"cdiVersion": "0.3.0", "kind": "broken.io/x", "devices": [{"name": "y"')
-    (etc / "nic.yaml").write_text("cdiVersion: 0.3.0\n")
     (etc / "notes.txt").write_text("ignored")
     reg = CdiRegistry((etc, tmp_path / "missing"))
     with pytest.raises(InvalidArgument) as info:
@@ -61,7 +60,6 @@ def test_an_unknown_device_is_invalid_argument_naming_it_and_why(tmp_path: Path)
     text = str(info.value)
     assert "unresolvable CDI device(s) broken.io/x=y" in text and "vendor.com/gpu=0," not in text
     assert "broken.json: not valid JSON" in text
-    assert "nic.yaml" in text and "JSON specs only" in text
     with pytest.raises(InvalidArgument, match="not a qualified name"):
         reg.resolve(("gpu0",))
     index = scan((etc,))
@@ -83,3 +81,19 @@ def test_requested_devices_from_the_field_and_annotations() -> None:
         "cdi.k8s.io/plugin": "b.com/y=2, a.com/x=1", "cdi.k8s.io/a": "c.com/z=3", "other": "d.com/w=4",
     })
     assert names == ("a.com/x=1", "c.com/z=3", "b.com/y=2")
+
+
+def test_yaml_specs_are_read_and_aliases_refused(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "nic.yaml").write_text(
+        'cdiVersion: "0.5.0"\nkind: vendor.com/nic\n'
+        "devices:\n  - name: eth1\n    containerEdits:\n      env: [NIC=eth1]\n"
+    )
+    assert CdiRegistry((etc,)).resolve(("vendor.com/nic=eth1",)).env == ("NIC=eth1",)
+    # an alias bomb is refused before PyYAML builds it; the other specs still resolve
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b]\n'
+    (etc / "bomb.yaml").write_text(bomb)
+    index = scan((etc,))
+    assert "vendor.com/nic=eth1" in index.devices
+    assert "anchors and aliases are not accepted" in index.errors[str(etc / "bomb.yaml")]
