@@ -178,3 +178,5 @@ def cleanup_host(fp: HostFootprint) -> None:
         subprocess.run(["ip", "link", "del", fp.bridge], capture_output=True, timeout=10)
     if nft_table_exists(fp.nft_table):
         subprocess.run(["nft", "delete", "table", "ip", fp.nft_table], capture_output=True, timeout=10)
+    # the IPv6 twin of a dual-stack or IPv6-only pod CIDR (absent otherwise: the delete fails quietly)
+    subprocess.run(["nft", "delete", "table", "ip6", fp.nft_table], capture_output=True, timeout=10)
