@@ -21,8 +21,10 @@ from runtime.model.network import (
     PodNetworkRequest,
 )
 from runtime.network import ipam
+from runtime.network.cniargs import bandwidth_from_annotations
 from runtime.network.host import HostNetwork
 from runtime.network.nft import NatTable
+from runtime.network.shaping import Shaper, with_bursts
 from runtime.network.state import NetworkState
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ class BuiltinNetwork:
         *,
         mtu: int = DEFAULT_MTU,
         nft_binary: str = "nft",
+        shaper: Shaper | None = None,
     ) -> None:
         self.bridge = bridge
         self._state = state
@@ -91,6 +94,7 @@ class BuiltinNetwork:
         self._nat = nat
         self._mtu = mtu
         self._nft_binary = nft_binary
+        self._shaper = shaper or Shaper()
         # (ifindex, addresses) of the bridge as last ensured; skips netlink on the hot path.
         self._bridge_cache: tuple[int, frozenset[tuple[str, int]]] | None = None
         self._deletions: set[asyncio.Task[None]] = set()
@@ -109,11 +113,18 @@ class BuiltinNetwork:
         self, req: PodNetworkRequest, subnets: tuple[ipam.Network, ...]
     ) -> tuple[Attachment, PodNetnsPlan]:
         """Allocate one address per subnet of the pod CIDR (first = primary), persist; the plan.
+
+        The pod's bandwidth annotations are checked here: InvalidArgument for a bad value,
+        FailedPrecondition without iproute2, before anything is kept.
         """
+        bandwidth = bandwidth_from_annotations(req.annotations)
+        if bandwidth is not None:
+            self._shaper.check_available()
+            bandwidth = with_bursts(bandwidth)
         self._current_subnets = frozenset(str(n) for n in subnets)
         host_ifname = host_ifname_for(req.sandbox_id)
         att, new = await self._state.prepare_builtin(
-            req.sandbox_id, subnets, host_ifname, req.port_mappings
+            req.sandbox_id, subnets, host_ifname, req.port_mappings, bandwidth
         )
         # A host end of this name can only be a leftover (a crash after the in-netns step and
         # before the record went); it would make the veth creation fail with EEXIST. A
@@ -198,6 +209,8 @@ class BuiltinNetwork:
             index = await self.ensure_bridge()
             await self._host.attach_to_bridge(att.host_ifname, index)
         subnets = [att.subnet, *(a.subnet for a in att.more_addresses)]
+        if att.bandwidth is not None:
+            await self._shaper.apply(att.sandbox_id, att.host_ifname, att.bandwidth)
         if att.port_mappings or not all(self._nat.covers(s) for s in subnets):
             await self._nat.sync()
         return att
@@ -211,6 +224,8 @@ class BuiltinNetwork:
         :meth:`settle` waits for these deletions.
         """
         await self._state.release(att.sandbox_id)
+        if att.bandwidth is not None and att.bandwidth.egress_rate:
+            await self._shaper.remove(att.sandbox_id)
         if {att.subnet, *(a.subnet for a in att.more_addresses)} - self._current_subnets:
             self._bridge_cache = None  # maybe the last pod of an old pod CIDR: reconcile next time
         if att.host_ifname:

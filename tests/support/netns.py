@@ -174,6 +174,19 @@ def _main(argv: list[str]) -> int:
             conn, peer = srv.accept()
             with conn:
                 conn.sendall(f"{peer[0]}\n".encode())
+    if command == "tcp-sink":  # read each connection to its end, then answer the byte count
+        srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("0.0.0.0", int(args[0])))
+        srv.listen(16)
+        print("ready", flush=True)
+        while True:
+            conn, _peer = srv.accept()
+            with conn:
+                total = 0
+                while chunk := conn.recv(65536):
+                    total += len(chunk)
+                conn.sendall(f"{total}\n".encode())
     if command == "tcp6-serve":  # IPv6 only (the peer is printed as an IPv6 address)
         srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
