@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,6 +97,7 @@ async def probe(binary: str, timeout: float = 30.0) -> CriuStatus:
 async def run_criu(argv: Sequence[str], timeout: float, log_file: str, what: str) -> None:
     """Run a criu action; FailedPrecondition with the tail of its log when it fails (criu
     refuses what it cannot checkpoint: the reason is in its log), DeadlineExceeded on timeout."""
+    log.debug("%s: %s", what, " ".join(argv))
     try:
         rc, out = await _run(argv, timeout)
     except TimeoutError:
@@ -120,6 +123,7 @@ def _failure_detail(log_file: str, output: str) -> str:
 class MountEntry:
     """One line of /proc/PID/mountinfo, the fields criu's mount handling needs."""
 
+    mount_id: int
     mount_point: str
     root: str
     fstype: str
@@ -149,7 +153,7 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
         f, r = left.split(), right.split()
         if len(f) < 5 or len(r) < 2:
             continue
-        entries.append(MountEntry(_unescape(f[4]), _unescape(f[3]), r[0], _unescape(r[1])))
+        entries.append(MountEntry(int(f[0]), _unescape(f[4]), _unescape(f[3]), r[0], _unescape(r[1])))
     return entries
 
 
@@ -167,6 +171,48 @@ def external_mounts(mounts: Sequence[MountEntry]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def tree_pids(root: int) -> list[int]:
+    """``root`` and its descendants (every thread's children), read from /proc."""
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    todo += [int(x) for x in f.read().split()]
+        except OSError:
+            continue  # exited meanwhile: criu sees the same tree once it freezes it
+    return out
+
+
+def external_files(pids: Sequence[int], mount_ids: set[int]) -> tuple[str, ...]:
+    """criu's external file keys (``file[mnt_id:inode]``, hex, criu files-reg.c) of the files
+    the tree holds open on mounts outside its mount namespace: the stdin /dev/null the shim
+    opens before the container's pivot_root is one. criu refuses them ("Can't lookup mount")
+    unless they are declared external; a restore hands each one in with --inherit-fd."""
+    keys = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    info = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
+            except OSError:
+                continue
+            # pipes, sockets and anonymous inodes criu dumps by itself
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                continue
+            mnt_id = int(info.get("mnt_id", "-1").strip())
+            if mnt_id >= 0 and mnt_id not in mount_ids:
+                keys.append(f"file[{mnt_id:x}:{st.st_ino:x}]")
+    return tuple(dict.fromkeys(keys))
+
+
 def dump_argv(
     criu: str,
     pid: int,
@@ -174,6 +220,7 @@ def dump_argv(
     work_dir: str,
     externals: Sequence[str],
     *,
+    files: Sequence[str] = (),
     external_net_ns: int = 0,
     leave_running: bool = True,
 ) -> list[str]:
@@ -194,6 +241,8 @@ def dump_argv(
         argv.append("--leave-running")
     for mp in externals:
         argv += ["--external", f"mnt[{mp}]:{mp}"]
+    for key in files:
+        argv += ["--external", key]
     if external_net_ns:
         argv += ["--external", f"net[{external_net_ns}]:extRootNetNS"]
     return argv

@@ -13,6 +13,7 @@ Unimplemented naming what is missing, whatever criu can do.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
@@ -25,7 +26,16 @@ from typing import Any, Protocol
 
 from runtime import errors
 from runtime.checkpoint import archive
-from runtime.checkpoint.criu import CriuStatus, dump_argv, external_mounts, parse_mountinfo, probe, run_criu
+from runtime.checkpoint.criu import (
+    CriuStatus,
+    dump_argv,
+    external_files,
+    external_mounts,
+    parse_mountinfo,
+    probe,
+    run_criu,
+    tree_pids,
+)
 from runtime.model.container import ContainerRecord, ContainerState
 from runtime.model.sandbox import SandboxRecord
 from runtime.store.codec import to_plain
@@ -126,7 +136,7 @@ class CheckpointService:
                 sandbox = self._sandboxes.get(rec.sandbox_id)
                 images = work / archive.CHECKPOINT_DIR
                 await asyncio.to_thread(images.mkdir, parents=True, mode=0o700)
-                argv = await asyncio.to_thread(self._dump_argv, criu.path, rec.pid, images)
+                argv, externals = await asyncio.to_thread(self._dump_argv, criu.path, rec.pid, images)
                 checkpointed_ns = time.time_ns()
                 await run_criu(argv, timeout or DEFAULT_TIMEOUT, str(images / "dump.log"),
                                f"checkpoint of container {rec.id}")
@@ -136,7 +146,7 @@ class CheckpointService:
                 archive.assemble, work, config_dump=self._config_dump(rec, checkpointed_ns),
                 spec_dump=self._spec_dump(rec, sandbox), network_status=self._network(sandbox),
                 own_config={"version": 1, "container": to_plain(rec.config), "image_ref": rec.image_ref,
-                            "image_id": rec.image_id, "criu_version": criu.version},
+                            "image_id": rec.image_id, "criu_version": criu.version, "externals": externals},
                 upper=upper,
             )
             size = await asyncio.to_thread(archive.write_archive, work, target)
@@ -149,16 +159,25 @@ class CheckpointService:
         return result
 
     @staticmethod
-    def _dump_argv(criu: str, pid: int, images: Path) -> list[str]:
+    def _dump_argv(criu: str, pid: int, images: Path) -> tuple[list[str], dict[str, Any]]:
+        """criu's command line, and what a restore must hand back (recorded in cri-shim.json;
+        the stdio targets also in checkpoint/descriptors.json, as runc writes them)."""
         try:
             with open(f"/proc/{pid}/mountinfo") as f:
                 mounts = parse_mountinfo(f.read())
             net = os.stat(f"/proc/{pid}/ns/net").st_ino
+            descriptors = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in range(3)]
         except OSError as exc:
             raise errors.FailedPrecondition(f"container process {pid} is gone: {exc}") from None
         own_net = os.stat("/proc/self/ns/net").st_ino
-        return dump_argv(criu, pid, str(images), str(images), external_mounts(mounts),
+        files = external_files(tree_pids(pid), {m.mount_id for m in mounts})
+        ext_mounts = external_mounts(mounts)
+        (images / "descriptors.json").write_text(json.dumps(descriptors))
+        argv = dump_argv(criu, pid, str(images), str(images), ext_mounts, files=files,
                          external_net_ns=net if net != own_net else 0)
+        externals = {"mounts": list(ext_mounts), "files": list(files), "descriptors": descriptors,
+                     "net": "extRootNetNS" if net != own_net else ""}
+        return argv, externals
 
     @staticmethod
     def _config_dump(rec: ContainerRecord, checkpointed_ns: int) -> dict[str, Any]:
