@@ -106,10 +106,13 @@ def assemble(
 def write_archive(work: Path, location: Path) -> int:
     """Tar the contents of ``work`` (top-level entries, no leading directory) into
     ``location``, atomically: a temp file in the same directory, fsynced, then renamed.
-    Returns the archive's size in bytes."""
+    The archive is mode 0600 whatever the umask: it holds the container's memory and
+    environment (secrets), as CRI-O's does. Returns the archive's size in bytes."""
     tmp = location.with_name(f".{location.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "xb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        os.fchmod(fd, 0o600)
+        with open(fd, "wb") as f:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for name in sorted(os.listdir(work)):
                     tar.add(work / name, arcname=name)

@@ -124,6 +124,7 @@ class MountEntry:
     """One line of /proc/PID/mountinfo, the fields criu's mount handling needs."""
 
     mount_id: int
+    device: str
     mount_point: str
     root: str
     fstype: str
@@ -153,19 +154,22 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
         f, r = left.split(), right.split()
         if len(f) < 5 or len(r) < 2:
             continue
-        entries.append(MountEntry(int(f[0]), _unescape(f[4]), _unescape(f[3]), r[0], _unescape(r[1])))
+        entries.append(MountEntry(int(f[0]), f[2], _unescape(f[4]), _unescape(f[3]), r[0], _unescape(r[1])))
     return entries
 
 
 def external_mounts(mounts: Sequence[MountEntry]) -> tuple[str, ...]:
-    """Mount points of a container that criu must treat as external: every mount but the root
-    and the file systems criu makes itself. Their key in the images is the mount point, the
-    same convention as runc (key = destination), so a restore maps each key to a host source."""
+    """Mount points of a container that criu must treat as external: every mount but the root,
+    the file systems criu makes itself, and binds of those (kubelet's read-only /proc/bus,
+    /proc/sys...: same device as a whole mount of the tree, which criu binds again). Their key
+    in the images is the mount point, the same convention as runc (key = destination), so a
+    restore maps each key to a host source."""
+    whole = {m.device for m in mounts if m.fstype in CRIU_OWN_FSTYPES and m.root == "/"}
     out = []
     for m in mounts:
         if m.mount_point == "/":
             continue
-        if m.fstype in CRIU_OWN_FSTYPES and m.root == "/":
+        if m.fstype in CRIU_OWN_FSTYPES and m.device in whole:
             continue
         out.append(m.mount_point)
     return tuple(dict.fromkeys(out))

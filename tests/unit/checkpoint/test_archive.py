@@ -46,8 +46,13 @@ def test_archive_layout_is_what_checkpointctl_reads(tmp_path: Path) -> None:
     (work / "checkpoint" / "stats-dump").write_bytes(b"\x02")
     archive.assemble(work, config_dump={"id": "c1", "name": "counter"}, spec_dump={"annotations": {}},
                      network_status={"ip": "10.0.0.2"}, own_config={"version": 1}, upper=_upper(tmp_path))
-    size = archive.write_archive(work, tmp_path / "out.tar")
+    old = os.umask(0o022)
+    try:
+        size = archive.write_archive(work, tmp_path / "out.tar")
+    finally:
+        os.umask(old)
     assert size == (tmp_path / "out.tar").stat().st_size
+    assert (tmp_path / "out.tar").stat().st_mode & 0o777 == 0o600  # memory and env inside
     with tarfile.open(tmp_path / "out.tar") as tar:
         names = set(tar.getnames())
         config = tar.extractfile("config.dump")

@@ -21,21 +21,24 @@ MOUNTINFO = """\
 1207 1200 8:1 /data/my\\040vol /mnt/my\\040vol rw,relatime - ext4 /dev/sda1 rw
 1208 1202 0:96 /shm /dev/shm rw,nosuid,nodev - tmpfs shm rw
 1209 1201 0:92 /null /proc/kcore ro,nosuid - tmpfs tmpfs rw
+1210 1201 0:91 /bus /proc/bus ro,nosuid,nodev,noexec,relatime - proc proc rw
+1211 1205 0:35 /crishim/pod1/c1 /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory
 """
 
 
 def test_mountinfo_unescapes_and_keeps_roots() -> None:
     entries = parse_mountinfo(MOUNTINFO)
-    assert len(entries) == 10
+    assert len(entries) == 12
     assert entries[0].mount_point == "/" and entries[0].fstype == "overlay"
     assert entries[7].mount_point == "/mnt/my vol" and entries[7].root == "/data/my vol"
 
 
 def test_external_mounts_are_binds_and_foreign_file_systems() -> None:
-    # the root, and proc/sysfs/tmpfs/devpts/mqueue mounted whole, criu makes itself; binds
-    # (a host file, a pod's shm subdirectory, a masked path) come from outside
+    # the root, proc/sysfs/tmpfs/devpts/mqueue mounted whole and binds of those (a masked
+    # path on /dev's tmpfs, a read-only /proc/bus) criu makes itself; binds from the host (a
+    # pod file, a volume, the pod's shm, a cgroup v1 subtree) are external
     assert external_mounts(parse_mountinfo(MOUNTINFO)) == (
-        "/etc/hosts", "/mnt/my vol", "/dev/shm", "/proc/kcore",
+        "/etc/hosts", "/mnt/my vol", "/dev/shm", "/sys/fs/cgroup/memory",
     )
 
 
