@@ -227,7 +227,7 @@ class CdiSettings:
             "Directories of CDI (Container Device Interface) spec files, lowest priority first: a "
             "device defined in a later directory overrides one of the same name in an earlier one. "
             "CreateContainer resolves the container's CDI devices (CRI CDI_devices and cdi.k8s.io/* "
-            "annotations) against the *.json specs here; an unknown device fails the request."
+            "annotations) against the *.json and *.yaml specs here; an unknown device fails the request."
         ),
     )
 
