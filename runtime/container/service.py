@@ -37,6 +37,7 @@ from runtime import errors
 from runtime.cdi.apply import apply_env, check_supported
 from runtime.cdi.hooks import host_hooks, oci_state, run_hooks
 from runtime.cdi.registry import CdiRegistry, requested_devices
+from runtime.checkpoint.restore import refuse_checkpoint_image
 from runtime.config import RuntimeSettings
 from runtime.container import spec as specs
 from runtime.container.host import ContainerHost
@@ -171,6 +172,7 @@ class ContainerService:
             config = replace(config, security=replace(config.security, seccomp=seccomp))
         steps = StepTimer()
         namespaces = self._namespaces(sandbox, config)
+        refuse_checkpoint_image(config.image.image)
         image = await self.images.get(config.image.image)
         steps.mark("image")
         # CDI devices first: an unknown one fails the request before anything is made

@@ -75,3 +75,18 @@ def test_checkpoint_of_an_unknown_container_is_not_found(d: DaemonProcess, tmp_p
         d.runtime.CheckpointContainer(
             pb.CheckpointContainerRequest(container_id="0" * 64, location=str(tmp_path / "x.tar")), timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_create_container_from_an_archive_path_says_restore_is_missing(d: DaemonProcess, tmp_path: Path) -> None:
+    # CRI-O and containerd restore when the image is a checkpoint archive's path; cri-shim
+    # refuses it by name, without opening the path (before: "image ... not found")
+    cfg = pod_config()
+    pod = run_pod(d, cfg)
+    archive = tmp_path / "checkpoint.tar"
+    with pytest.raises(grpc.RpcError) as err:
+        create_container(d, pod, cfg, container_config("restored", str(archive)))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "checkpoint archive" in (err.value.details() or "") and str(archive) in (err.value.details() or "")
+    listed = d.runtime.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(pod_sandbox_id=pod)),
+                                      timeout=10).containers
+    assert list(listed) == []
