@@ -35,11 +35,10 @@ from cri_shim.config import Config
 from cri_shim.metrics import Metrics, MetricsServer
 from cri_shim.metrics_engine import EngineCollector
 from cri_shim.notify import notify
-from cri_shim.streaming.backend import StreamingBackend
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
-from cri_shim.streaming.shim_backend import EngineStreaming, ShimStreamingBackend
 from runtime.engine import Engine
 from runtime.errors import EngineError
+from runtime.streaming.backend import StreamingBackend, StreamingLimits
 
 log = logging.getLogger(__name__)
 
@@ -134,17 +133,14 @@ class Daemon:
 
     def streaming_parts(self) -> tuple[StreamingBackend, StreamingTargets]:
         """The engine objects behind exec/attach/port-forward: the backend the streaming server
-        calls (``cri_shim.streaming.backend.StreamingBackend``) and the target checks of the
+        calls (``runtime.streaming.backend.StreamingBackend``) and the target checks of the
         Exec/Attach/PortForward RPCs (``cri_shim.api.streaming.StreamingTargets``).
 
-        Both are the pod shims' sessions (cri_shim.streaming.shim_backend).
+        Both are the engine's streaming service (over the pod shims, runtime.streaming).
         """
-        adapter = EngineStreaming(self.engine.sandboxes, self.engine.containers, self.engine.shims)
         c = self.config.streaming
-        backend = ShimStreamingBackend(
-            adapter, max_port_connects=c.max_port_connects, port_connect_timeout=c.port_connect_timeout
-        )
-        return backend, adapter
+        service = self.engine.streaming(StreamingLimits(c.max_port_connects, c.port_connect_timeout))
+        return service, service
 
     def request_stop(self) -> None:
         self._stop.set()

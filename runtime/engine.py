@@ -42,6 +42,8 @@ from runtime.shim.manager import ShimManager
 from runtime.stats.service import StatsService
 from runtime.stats.view import RecordsView
 from runtime.store import Migration, Store
+from runtime.streaming.backend import StreamingLimits
+from runtime.streaming.service import StreamingService
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,12 @@ class Engine:
         await asyncio.to_thread(self.store.close)
         if self._cgroup_driver is not None:
             self._cgroup_driver.close()
+
+    def streaming(self, limits: StreamingLimits | None = None) -> StreamingService:
+        """Exec, attach and port-forward over the pod shims: the edge's streaming backend
+        (runtime.streaming.backend.StreamingBackend) and the streaming RPCs' target checks.
+        No I/O; each call makes a new service (one per streaming server)."""
+        return StreamingService(self.sandboxes, self.containers, self.shims, limits or StreamingLimits())
 
     def cgroups(self) -> CgroupDriver:
         """The cgroup driver of this host (probed by :meth:`start`)."""

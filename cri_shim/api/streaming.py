@@ -13,8 +13,8 @@ from typing import Any, Protocol
 import grpc
 
 from cri_shim.api.gen import api_pb2 as pb
-from cri_shim.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest
 from runtime.errors import InvalidArgument
+from runtime.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 

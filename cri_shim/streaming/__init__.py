@@ -9,5 +9,7 @@ Layers, bottom up:
 - ``remotecommand`` and ``portforward``: the Kubernetes stream protocols on either transport.
 - ``server``: the HTTP/1.1 front (request head, token, upgrade), limits, idle timeouts.
 
-The server knows nothing about containers: it calls a :class:`backend.StreamingBackend`.
+The server knows nothing about containers: it calls the engine's
+:class:`runtime.streaming.backend.StreamingBackend` (``Engine.streaming()``), and nothing of
+the pod shims (tests/unit/test_layers.py).
 """

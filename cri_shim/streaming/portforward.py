@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cri_shim.streaming import protocol as p
-from cri_shim.streaming.backend import PortForwardRequest, StreamingBackend
 from cri_shim.streaming.spdy.connection import SpdyConnection, SpdyStream
 from cri_shim.streaming.spdy.frames import Headers
+from runtime.streaming.backend import PortForwardRequest, StreamingBackend
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cri_shim.streaming.backend import TerminalSize
+from runtime.streaming.backend import TerminalSize
 
 # Remote command (exec, attach) protocol versions, newest first.
 V5 = "v5.channel.k8s.io"  # WebSocket only: adds the stream-close signal

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from cri_shim.streaming import protocol as p
-from cri_shim.streaming.backend import AttachRequest, ExecRequest, StreamingBackend, TerminalSize
 from cri_shim.streaming.spdy.connection import SpdyConnection, SpdyStream
 from runtime.errors import EngineError
+from runtime.streaming.backend import AttachRequest, ExecRequest, StreamingBackend, TerminalSize
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from typing import TypedDict
 from cri_shim.admission import Pending, PendingSlots
 from cri_shim.streaming import portforward, remotecommand
 from cri_shim.streaming import protocol as p
-from cri_shim.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend
 from cri_shim.streaming.httphead import HeadError, RequestHead, parse_head, query_ports, read_head, response, route
 from cri_shim.streaming.limits import ConnectionLimits, DaemonBudgets
 from cri_shim.streaming.metrics import NoStreamingMetrics, StreamingMetrics
@@ -45,6 +44,7 @@ from cri_shim.streaming.websocket import (
     idle_watchdog,
     start_server_handshake,
 )
+from runtime.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest, StreamingBackend
 
 log = logging.getLogger(__name__)
 

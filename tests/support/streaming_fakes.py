@@ -2,7 +2,7 @@
 attach connects to a local long-running "container" process, port-forward connects to
 127.0.0.1 (the tests' stand-in for the pod's network namespace).
 
-They follow the :class:`cri_shim.streaming.backend.StreamingBackend` contract, including
+They follow the :class:`runtime.streaming.backend.StreamingBackend` contract, including
 cancellation: a cancelled exec kills its process group and reaps it.
 
 :class:`MemoryTransport` is a byte transport without a socket, for protocol tests fed bytes.
@@ -21,9 +21,9 @@ import termios
 import time
 from dataclasses import dataclass, field
 
-from cri_shim.streaming.backend import AttachRequest, ExecRequest, StreamIO
 from cri_shim.streaming.transport import TransportClosed
 from runtime.errors import FailedPrecondition, NotFound
+from runtime.streaming.backend import AttachRequest, ExecRequest, StreamIO
 
 
 def _exit_code(returncode: int) -> int:

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from cri_shim.metrics import Metrics
-from cri_shim.streaming.backend import ExecRequest
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
+from runtime.streaming.backend import ExecRequest
 from tests.support.stream_clients import spdy_exec, ws_exec
 from tests.support.streaming_fakes import LocalBackend
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from cri_shim.api.dispatch import Dispatcher
 from cri_shim.api.streaming import StreamingHandlers, StreamingTargets
 from cri_shim.config import Config, StreamingConfig
 from cri_shim.daemon import Daemon, streaming_settings
-from cri_shim.streaming.backend import StreamingBackend
+from runtime.streaming.backend import StreamingBackend
 from tests.support.fake_cri import FakeTargets
 from tests.support.streaming_fakes import LocalBackend
 
@@ -35,12 +36,15 @@ def test_settings_follow_the_streaming_table(tmp_path: Path) -> None:
     assert (s.address, s.token_ttl, s.idle_timeout, s.tls_cert) == ("127.0.0.1:0", 5.0, 30.0, "")
 
 
-def test_the_daemon_serves_streams_from_the_pod_shims(tmp_path: Path) -> None:
-    from cri_shim.streaming.shim_backend import EngineStreaming, ShimStreamingBackend
+def test_the_daemon_serves_streams_from_the_engine(tmp_path: Path) -> None:
+    from runtime.streaming.service import StreamingService
 
-    daemon = Daemon(config(tmp_path))
+    cfg = config(tmp_path)
+    cfg = replace(cfg, streaming=replace(cfg.streaming, max_port_connects=7, port_connect_timeout=3.0))
+    daemon = Daemon(cfg)
     backend, targets = daemon.streaming_parts()
-    assert isinstance(backend, ShimStreamingBackend) and isinstance(targets, EngineStreaming)
+    assert isinstance(backend, StreamingService) and targets is backend
+    assert (backend.limits.max_port_connects, backend.limits.port_connect_timeout) == (7, 3.0)
     implemented = Dispatcher(daemon.handlers(), gate=_Ready()).implemented()
     assert {"Exec", "Attach", "PortForward"} <= set(implemented)
 

@@ -8,8 +8,8 @@ import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
 from cri_shim.api.streaming import StreamingHandlers
-from cri_shim.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest
 from runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from runtime.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest
 from tests.support.fake_cri import FakeTargets
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,6 +1,7 @@
 """Port-forward connects through the pod shim, from the daemon's side: on the event loop
 (never a thread of the default executor), bounded in number per pod and per daemon, and in
-time. A fake shim on a unix socket stands in for the real one (runtime.shim.server)."""
+time. A fake shim on a unix socket stands in for the real one (runtime.shim.server); the
+engine's streaming service (runtime.streaming.service) sits on the real ShimClient."""
 
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from cri_shim.streaming.shim_backend import ShimStreamingBackend
 from runtime import errors
-from runtime.model.launch import ProcessSpec
+from runtime.model.sandbox import PinnedNamespaces
 from runtime.shim import wire
 from runtime.shim.client import ShimClient
+from runtime.streaming.backend import StreamingLimits
+from runtime.streaming.service import StreamingService
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -104,27 +107,41 @@ async def test_connects_in_progress_per_pod_are_bounded(tmp_path: Path) -> None:
         assert client._connecting == 0
 
 
-class Engine:
+class Sandboxes:
+    """Every sandbox is ready, its network namespace the shim's own ("")."""
+
+    def get(self, id_or_prefix: str) -> Any:
+        return SimpleNamespace(id=id_or_prefix, namespaces=PinnedNamespaces())
+
+    async def ready_sandbox(self, sandbox_id: str) -> str:
+        return sandbox_id
+
+
+class Containers:
+    def get(self, id_or_prefix: str) -> Any:
+        raise errors.NotFound(id_or_prefix)
+
+    async def exec_process(self, container_id: str) -> Any:
+        raise errors.NotFound(container_id)
+
+    async def running_container(self, container_id: str) -> str:
+        raise errors.NotFound(container_id)
+
+
+class Shims:
+    """One real client per pod, all on the one fake shim."""
+
     def __init__(self, path: Path) -> None:
         self.clients: dict[str, ShimClient] = {}
         self.path = path
 
-    def container_sandbox(self, container_id: str) -> str:
-        return container_id
-
-    async def exec_process(self, container_id: str) -> ProcessSpec:
-        raise NotImplementedError
-
-    def sandbox_netns(self, sandbox_id: str) -> str:
-        return ""
-
-    def shim(self, sandbox_id: str) -> ShimClient:
+    def client(self, sandbox_id: str) -> ShimClient:
         return self.clients.setdefault(sandbox_id, ShimClient(sandbox_id, self.path))
 
 
 async def test_connects_in_progress_per_daemon_are_bounded(tmp_path: Path) -> None:
     async with fake_shim(tmp_path, answer=False) as shim:
-        backend = ShimStreamingBackend(Engine(shim.path), max_port_connects=3, port_connect_timeout=10)
+        backend = StreamingService(Sandboxes(), Containers(), Shims(shim.path), StreamingLimits(3, 10))
         pending = [asyncio.create_task(backend.port_forward(f"pod{i}", 80)) for i in range(3)]
         await asyncio.sleep(0.1)
         with pytest.raises(errors.ResourceExhausted, match="3 port-forward connections"):

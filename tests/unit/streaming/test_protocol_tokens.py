@@ -7,9 +7,9 @@ import json
 import pytest
 
 from cri_shim.streaming import protocol as p
-from cri_shim.streaming.backend import TerminalSize
 from cri_shim.streaming.tokens import TokenCache
 from runtime.errors import ResourceExhausted
+from runtime.streaming.backend import TerminalSize
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from cri_shim.streaming import protocol as p
-from cri_shim.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
 from cri_shim.streaming.spdy.frames import FrameParser, GoAway
+from runtime.streaming.backend import AttachRequest, ExecRequest, PortForwardRequest
 from tests.support import stream_clients as c
 from tests.support.streaming_fakes import FakeContainer, LocalBackend, TcpTarget
 

@@ -16,8 +16,8 @@ import pytest
 
 from cri_shim.metrics import Metrics, MetricsServer
 from cri_shim.streaming import protocol as p
-from cri_shim.streaming.backend import ExecRequest, PortForwardRequest
 from cri_shim.streaming.server import StreamingServer, StreamingSettings
+from runtime.streaming.backend import ExecRequest, PortForwardRequest
 from tests.support import stream_clients as c
 from tests.support.streaming_fakes import LocalBackend, TcpTarget
 

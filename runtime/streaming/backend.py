@@ -1,8 +1,10 @@
 """The streaming server's only view of containers: the backend it calls.
 
-The container side implements :class:`StreamingBackend` (against the pod shim); tests use
-fakes (``tests/support/streaming_fakes.py``). The server owns the client connection and the
-wire protocols; the backend owns the processes and sockets.
+The engine implements :class:`StreamingBackend` (runtime.streaming.service, against the pod
+shims); tests use fakes (``tests/support/streaming_fakes.py``). The edge's server
+(cri_shim.streaming) owns the client connection and the wire protocols; the backend owns the
+processes and sockets. Everything here is an engine type: the edge imports this module and
+nothing of the shims.
 
 Cancellation contract: every backend call runs in a task that the server cancels when the
 client goes away (connection lost, idle timeout, server shutdown). On ``CancelledError`` the
@@ -17,6 +19,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingLimits:
+    """Port-forward connects in progress across all pods (each pod shim also allows at most
+    runtime.shim.wire.MAX_PORT_CONNECTS), and the seconds one may take (at most the shim's
+    own PORT_CONNECT_TIMEOUT, 10)."""
+
+    max_port_connects: int = 64
+    port_connect_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
