@@ -28,6 +28,7 @@ from runtime.hostinfo import HostInfo, detect_cgroup_mode, probe_host
 from runtime.image.metadata import IMAGE_MIGRATIONS
 from runtime.image.service import ImageService
 from runtime.linux.ksm import start_ksm
+from runtime.linux.mountapi import proc_pidns_supported
 from runtime.linux.userns import probe_in_subprocess
 from runtime.network.service import NetworkService
 from runtime.network.state import NETWORK_MIGRATIONS
@@ -91,6 +92,10 @@ class Engine:
         self.runtime_settings = SettingsStore(self.store)
         self.host: HostInfo | None = None
         self.apparmor: AppArmorStatus | None = None
+        #: "" when a container joining a pod-shared or TARGET PID namespace is set up outside
+        #: it (procfs pidns=, probed at start; each pod shim probes the same kernel), else why
+        #: not; None before the probe
+        self.pid_setup_inside: str | None = None
         self.ready = False
         self.recovery: RecoveryReport | None = None
         # (name, coroutine) run in order by start(); each service appends its recover step.
@@ -216,6 +221,11 @@ class Engine:
         self.set_features(user_namespaces=not unavailable)
         if unavailable:
             log.warning("pods with their own user namespace (hostUsers: false) cannot run here: %s", unavailable)
+        self.pid_setup_inside = await asyncio.to_thread(proc_pidns_supported)
+        if self.pid_setup_inside:
+            log.warning("%s: a container joining a pod-shared or TARGET PID namespace is set up inside it, where a "
+                        "container of the pod with CAP_SYS_PTRACE can reach the set-up process (host root, the "
+                        "node's mount namespace) until it has entered its root", self.pid_setup_inside)
         if self.settings.pods.merge_shim_memory:
             try:
                 before = await asyncio.to_thread(start_ksm)
@@ -230,6 +240,15 @@ class Engine:
         return 1
 
     # -- status -------------------------------------------------------------------------------
+
+    def process_setup(self) -> dict[str, object]:
+        """How containers joining a PID namespace other containers live in are set up, for
+        Status verbose info."""
+        why = self.pid_setup_inside
+        return {
+            "shared_pid_namespace_setup": "unknown" if why is None else "inside" if why else "outside",
+            "reason": why or "",
+        }
 
     def features(self) -> RuntimeFeatures:
         """Features of the default runtime handler; services set theirs as they implement them."""

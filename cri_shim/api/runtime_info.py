@@ -82,6 +82,7 @@ class RuntimeInfoHandlers:
             "cgroup": {"mode": str(host.cgroup_mode) if host else "", "driver": self._engine.cgroup_driver_kind()},
             "apparmor": self._engine.apparmor.as_dict() if self._engine.apparmor is not None else None,
             "checkpoint": {"criu": criu.as_dict() if (criu := self._engine.checkpoints.status()) else None},
+            "processes": self._engine.process_setup(),
             "recovery": (
                 {"seconds": round(recovery.seconds, 4), "counts": recovery.counts, "errors": list(recovery.errors)}
                 if recovery

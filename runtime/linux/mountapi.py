@@ -2,7 +2,11 @@
 
 open_tree(2), mount_setattr(2), move_mount(2), fsopen(2)/fsconfig(2)/fsmount(2), through
 ctypes (Python 3.11 has none of them). Used in a forked child of the pod shim, never in the
-daemon.
+daemon (but for :func:`proc_pidns_supported`, which mounts nothing).
+
+A procfs can show another PID namespace than its mounter's (:func:`proc_mount`, ``pidns=``,
+Linux >= 6.15): a container's set-up child mounts the /proc of a PID namespace it never
+enters, so the containers already living there never see it (runtime.shim.init).
 
 Why detached trees: a container in a user namespace must see files that host root owns as
 owned by its own root. An idmapped mount shows a tree through a user namespace's mapping
@@ -41,6 +45,10 @@ MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
 MOUNT_ATTR_NOEXEC = 0x00000008
+MOUNT_ATTR_RELATIME = 0x00000000
+MOUNT_ATTR_NOATIME = 0x00000010
+MOUNT_ATTR_STRICTATIME = 0x00000020
+MOUNT_ATTR_NODIRATIME = 0x00000080
 MOUNT_ATTR_IDMAP = 0x00100000
 
 MOVE_MOUNT_F_EMPTY_PATH = 0x00000004
@@ -49,6 +57,7 @@ MOVE_MOUNT_T_EMPTY_PATH = 0x00000040
 FSOPEN_CLOEXEC = 0x00000001
 FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
 FSCONFIG_CMD_CREATE = 6
 FSMOUNT_CLOEXEC = 0x00000001
 
@@ -135,25 +144,82 @@ def overlay_mount(
     overlay of two or more lowers); returns its fd. Each lower goes in its own ``lowerdir+``
     (no one-page limit on the layer list, kernel >= 6.8). ``options`` are "key=value" or
     flag words passed through to overlayfs; ``attrs`` MOUNT_ATTR_* flags of the mount."""
-    fs = libc._check(_syscall("fsopen", ctypes.c_char_p(b"overlay"), ctypes.c_uint(FSOPEN_CLOEXEC)),
-                     "fsopen(overlay)")
+    fs = _fsopen("overlay")
     layers = [*(("lowerdir+", p) for p in lowers), *((("upperdir", upper), ("workdir", work)) if upper else ())]
     try:
         for key, value in (*layers, *(_option(o) for o in options)):
-            if value is None:
-                res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_FLAG),
-                               ctypes.c_char_p(key.encode()), ctypes.c_char_p(None), ctypes.c_int(0))
-            else:
-                res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_STRING),
-                               ctypes.c_char_p(key.encode()), _path(value), ctypes.c_int(0))
-            libc._check(res, f"overlay option {key}={value}")
-        res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_CMD_CREATE), ctypes.c_char_p(None),
-                       ctypes.c_char_p(None), ctypes.c_int(0))
-        libc._check(res, "creating the overlay")
-        res = _syscall("fsmount", ctypes.c_int(fs), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs))
-        return libc._check(res, "fsmount(overlay)")
+            _fsconfig(fs, key, value)
+        return _create_and_mount(fs, "overlay", attrs)
     finally:
         os.close(fs)
+
+
+def proc_mount(pidns_fd: int, options: Iterable[str] = (), attrs: int = 0) -> int:
+    """A detached procfs mount showing the PID namespace ``pidns_fd`` (an nsfs file of a PID
+    namespace, e.g. ``/proc/self/ns/pid_for_children``), not the caller's: the ``pidns``
+    parameter (kernel >= 6.15, "procfs: add pidns mount option"; the kernel checks it as it
+    would setns(2) into that namespace: CAP_SYS_ADMIN over it, and it must be the caller's
+    own or a descendant). ``options`` procfs data words (hidepid=, subset=); ``attrs``
+    MOUNT_ATTR_* flags. OSError EINVAL ("Unknown parameter") on an older kernel."""
+    fs = _fsopen("proc")
+    try:
+        res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_FD), ctypes.c_char_p(b"pidns"),
+                       ctypes.c_char_p(None), ctypes.c_int(pidns_fd))
+        libc._check(res, "procfs option pidns")
+        for word in options:
+            _fsconfig(fs, *_option(word))
+        return _create_and_mount(fs, "proc", attrs)
+    finally:
+        os.close(fs)
+
+
+def proc_pidns_supported() -> str:
+    """"" when procfs takes the ``pidns`` parameter (:func:`proc_mount`), else why not.
+    Mounts nothing: only sets it to the caller's own PID namespace on a filesystem context
+    that is then closed. Needs CAP_SYS_ADMIN; no fork, no setns (safe in any process)."""
+    try:
+        fs = _fsopen("proc")
+    except OSError as exc:
+        return f"fsopen(proc): {exc.strerror}"
+    try:
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        os.close(fs)
+        return f"/proc/self/ns/pid: {exc.strerror}"
+    try:
+        res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_FD), ctypes.c_char_p(b"pidns"),
+                       ctypes.c_char_p(None), ctypes.c_int(own))
+        if res < 0:
+            err = ctypes.get_errno()
+            return f"procfs has no pidns mount option (Linux >= 6.15): {os.strerror(err)}"
+        return ""
+    finally:
+        os.close(own)
+        os.close(fs)
+
+
+def _fsopen(fstype: str) -> int:
+    return libc._check(_syscall("fsopen", ctypes.c_char_p(fstype.encode()), ctypes.c_uint(FSOPEN_CLOEXEC)),
+                       f"fsopen({fstype})")
+
+
+def _fsconfig(fs: int, key: str, value: str | None) -> None:
+    """One string parameter (``value`` None: a flag) on the filesystem context ``fs``."""
+    if value is None:
+        res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_FLAG), ctypes.c_char_p(key.encode()),
+                       ctypes.c_char_p(None), ctypes.c_int(0))
+    else:
+        res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_SET_STRING),
+                       ctypes.c_char_p(key.encode()), _path(value), ctypes.c_int(0))
+    libc._check(res, f"option {key}={value}" if value is not None else f"option {key}")
+
+
+def _create_and_mount(fs: int, what: str, attrs: int) -> int:
+    res = _syscall("fsconfig", ctypes.c_int(fs), ctypes.c_uint(FSCONFIG_CMD_CREATE), ctypes.c_char_p(None),
+                   ctypes.c_char_p(None), ctypes.c_int(0))
+    libc._check(res, f"creating the {what} filesystem")
+    res = _syscall("fsmount", ctypes.c_int(fs), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attrs))
+    return libc._check(res, f"fsmount({what})")
 
 
 def _option(word: str) -> tuple[str, str | None]:

@@ -52,6 +52,12 @@ _ATTRS = (
     (libc.MS_NODEV, mountapi.MOUNT_ATTR_NODEV),
     (libc.MS_NOEXEC, mountapi.MOUNT_ATTR_NOEXEC),
 )
+_ATIME_ATTRS = (
+    (libc.MS_NOATIME, mountapi.MOUNT_ATTR_NOATIME),
+    (libc.MS_NODIRATIME, mountapi.MOUNT_ATTR_NODIRATIME),
+    (libc.MS_STRICTATIME, mountapi.MOUNT_ATTR_STRICTATIME),
+    (libc.MS_RELATIME, mountapi.MOUNT_ATTR_RELATIME),
+)
 #: MountSpec option word: a bind shown through the pod's user namespace (``detached_bind``).
 IDMAP = "idmap"
 
@@ -116,6 +122,30 @@ def apply_mount(root_fd: int, destination: str, fstype: str, source: str, option
                 raise OSError(exc.errno, f"mount {destination}: remounting the bind: {exc.strerror}") from None
         if rro:
             mountapi.mount_setattr(tree, attr_set=mountapi.MOUNT_ATTR_RDONLY, recursive=True)
+
+
+def proc_in_pidns(root_fd: int, destination: str, options: tuple[str, ...], pidns_fd: int) -> None:
+    """Mount a procfs showing the PID namespace ``pidns_fd`` (not the caller's) at
+    ``destination`` resolved inside the root ``root_fd``: a detached procfs
+    (``mountapi.proc_mount``, kernel >= 6.15) attached with move_mount(2) onto the resolved
+    fd. The caller (a container's set-up child) stays outside that namespace. ``options``
+    as for :func:`apply_mount`: flags become mount attributes, other words procfs data.
+    Raises OSError naming the destination."""
+    flags, propagation, data, rro = parse_options(options)
+    attrs = 0
+    for flag, attr in (*_ATTRS, *_ATIME_ATTRS):
+        if flags & flag:
+            attrs |= attr
+            flags &= ~flag
+    if flags or propagation or rro:
+        raise OSError(errno.EINVAL, f"mount {destination} (proc): options {options!r} not supported on a procfs of "
+                                    "another PID namespace")
+    with opened(_target(root_fd, destination, "dir")) as target:
+        try:
+            with opened(mountapi.proc_mount(pidns_fd, [w for w in data.split(",") if w], attrs)) as fs:
+                mountapi.move_mount(fs, target_fd=target)
+        except OSError as exc:
+            raise OSError(exc.errno, f"mount {destination} (proc): {exc.strerror}") from None
 
 
 def _target(root_fd: int, destination: str, create: Create) -> int:

@@ -1,7 +1,7 @@
 """What a forked child of the pod shim does between fork() and execve().
 
 Runs only in a child of the single-threaded pod shim, so setns/unshare/mount are safe.
-Every entry point ends in ``os.execvpe`` or ``os._exit``: the child never returns into the
+Every entry point ends in an execve or ``os._exit``: the child never returns into the
 shim's event loop. Errors are reported as one line on the ``report`` pipe
 (``error <message>``) before exiting.
 
@@ -13,10 +13,27 @@ CLONE_NEWPID around the fork, then back to its own) and the child does the rest 
               setns(net/ipc/uts), unshare(NEWNS|NEWCGROUP), mounts, pivot_root, reports
               "ready", waits for "start", drops privileges, seccomp, execve
 
+A container that joins a PID namespace other containers already live in (a pod-shared one,
+or a TARGET container's) must not be set up in their sight: a container with CAP_SYS_PTRACE
+there passes every ptrace check against what it can see, and the set-up child is host root
+in the node's mount namespace with the shim's pipes until its pivot_root (CVE-2016-9962
+class). Where procfs can show a PID namespace to a process outside it (``pidns=``, Linux
+>= 6.15, probed once) the shim forks it in its own PID namespace instead, with a pidfd of a
+process of the target namespace; the child joins that namespace for its children only,
+mounts the container's /proc showing it, and at start forks the container's process into
+it already inside its root with its credentials, capabilities, seccomp and stdio
+(:func:`start_final`, runtime.shim.finalfork), then stops; the shim takes that process
+over (its pid is the container's from then on) and kills the set-up child:
+
+    shim ── fork (in its own PID ns) ──▶ set-up child: setns(pidfd, NEWPID) for its
+              children, ... as above, /proc with pidns=, ... "ready", "start", drops
+              privileges, seccomp ──▶ fork ──▶ the container's process (in the target PID
+              ns): setsid, execve
+
 Measured (bench/lifecycle.py): every fork of the interpreter costs milliseconds here (page
-tables, copy-on-write faults), so one fork per container, per exec, and none for the pod's
-namespaces (the shim makes and pins them itself, then returns to its own:
-``runtime.shim.nsinit.make_namespaces``).
+tables, copy-on-write faults), so one fork per container and per exec (two where the set-up
+stays outside the PID namespace), and none for the pod's namespaces (the shim makes and pins
+them itself, then returns to its own: ``runtime.shim.nsinit.make_namespaces``).
 
 In a pod with its own user namespace (hostUsers: false) the child first does, as host root,
 what only host root can (cgroups, the rootfs overlay over idmapped layers and the bind
@@ -43,8 +60,9 @@ from typing import NoReturn
 
 from runtime.linux import caps, libc, mountapi, seccomp
 from runtime.linux.inroot import ensure_in_root, fd_path, open_in_root, open_root, opened
-from runtime.linux.mounts import apply_mount, attach_bind, mask_path, readonly_path
+from runtime.linux.mounts import apply_mount, attach_bind, mask_path, proc_in_pidns, readonly_path
 from runtime.model.launch import DeviceSpec, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
+from runtime.shim import finalfork
 from runtime.shim.userns_setup import DetachedMounts, enter_pod_user_namespace, prepare_detached_mounts
 
 _TIOCSCTTY = 0x540E
@@ -135,13 +153,17 @@ def close_fds_except(keep: set[int]) -> None:
     os.closerange(lo, 1 << 20)
 
 
-def setup_stdio(stdin: int, stdout: int, stderr: int, tty: bool) -> None:
-    """stdio on 0-2 and a session of its own (the tty, if any, as controlling terminal)."""
+def setup_stdio(stdin: int, stdout: int, stderr: int, tty: bool, session: bool = True) -> None:
+    """stdio on 0-2 and a session of its own (the tty, if any, as controlling terminal);
+    without ``session`` the stdio only (the process we fork takes the session: a session
+    leader's death hangs up its terminal's foreground process group)."""
     os.dup2(stdin, 0)
     os.dup2(stdout, 1)
     os.dup2(stderr, 2)
     for fd in {stdin, stdout, stderr} - {0, 1, 2}:
         os.close(fd)
+    if not session:
+        return
     os.setsid()
     if tty:
         import fcntl
@@ -234,12 +256,15 @@ def mount_rootfs(rootfs: RootfsSpec) -> None:
     libc.mount("overlay", rootfs.path, "overlay", 0, options)
 
 
-def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = None) -> None:
-    """In a fresh mount namespace: rootfs, mounts, devices, pivot_root, masks, read-only root.
+def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = None, proc_pidns: int = -1) -> None:
+    """In a fresh mount namespace: rootfs, mounts, devices, masks, pivot_root, read-only root.
     With ``detached`` (a pod with its own user namespace) the rootfs and bind mounts are
     attached from those fds (closed here) instead of mounted from paths, and the new root is
     reached as our working directory: the user namespace's root may have no right to search
-    the host directories on the way to its mount point.
+    the host directories on the way to its mount point. With ``proc_pidns`` (an nsfs fd of
+    the PID namespace the container's process will be forked into, while we stay outside
+    it) a "proc" mount shows that namespace (runtime.linux.mounts.proc_in_pidns); after
+    pivot_root nothing here needs /proc.
 
     Every path inside the new root is resolved inside it, at the moment of use, into a file
     descriptor (``runtime.linux.inroot``) that the mount, mknod or symlink goes through."""
@@ -265,15 +290,23 @@ def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = No
         libc.mount(None, fd_path(root_fd), None, libc.MS_PRIVATE)
         for i, m in enumerate(spec.mounts):
             fd = detached.binds.get(i) if detached is not None else None
-            if fd is None:
-                apply_mount(root_fd, m.destination, m.type, m.source, m.options)
-            else:
+            if fd is not None:
                 attach_bind(root_fd, m.destination, fd, m.options)
+            elif m.type == "proc" and proc_pidns >= 0:
+                proc_in_pidns(root_fd, m.destination, m.options, proc_pidns)
+            else:
+                apply_mount(root_fd, m.destination, m.type, m.source, m.options)
         if detached is not None:
             detached.close()
         for dev in spec.devices:
             _mknod(root_fd, dev)
         _dev_links(root_fd)
+        # Before pivot_root: they mount through /proc/self/fd/N, and the container's /proc
+        # may show a PID namespace we are not in (``proc_pidns``: no /proc/self there).
+        for path in spec.masked_paths:
+            mask_path(root_fd, path)
+        for path in spec.readonly_paths:
+            readonly_path(root_fd, path)
         old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
         os.fchdir(root_fd)
     libc.pivot_root(".", ".")
@@ -286,10 +319,6 @@ def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = No
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
     with opened(open_root("/")) as root_fd:
-        for path in spec.masked_paths:
-            mask_path(root_fd, path)
-        for path in spec.readonly_paths:
-            readonly_path(root_fd, path)
         cwd = spec.process.cwd
         if cwd and cwd != "/":
             # CRI: the working directory is created when the image lacks it (as runc does), as
@@ -303,6 +332,10 @@ def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = No
 
 def _apply_process_limits(process: ProcessSpec) -> None:
     apply_oom_score_adj(process.oom_score_adj)
+    _apply_rlimits(process)
+
+
+def _apply_rlimits(process: ProcessSpec) -> None:
     for rl in process.rlimits:
         import resource
 
@@ -430,6 +463,34 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
         _fail_exec(exec_report_fd, f"exec: {proc.args[0]!r}: {what}")
 
 
+def start_final(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
+    """:func:`enter_process` (AppArmor asked for already), then fork the container's process
+    into the PID namespace for our children, which execve()s (runtime.shim.finalfork); a
+    working directory or lookup failure is reported on ``exec_report_fd`` (closed before
+    the fork: EOF tells the shim to look for our child)."""
+    try:
+        env = enter_process(proc, apparmor=False)
+        path = finalfork.find_executable(proc.args[0], env["PATH"])
+    except OSError as exc:
+        _fail_exec(exec_report_fd, exc.strerror or str(exc))
+    libc.set_pdeathsig(signal.SIGKILL)  # stopped after the fork: never outlive the shim
+    os.close(exec_report_fd)  # the container's process gets nothing of ours but its stdio
+    finalfork.fork_final(path, proc.args, env, tty=proc.tty)
+
+
+def join_pid_namespace_for_children(pid_fd: int) -> int:
+    """setns(CLONE_NEWPID) on the pidfd ``pid_fd`` (closed here): the process we fork last
+    starts in that PID namespace, we stay outside it, invisible to what lives there.
+    Returns an nsfs fd of it, for the container's procfs (``pidns=``)."""
+    try:
+        libc.setns(pid_fd, libc.CLONE_NEWPID)
+    except ProcessLookupError:
+        raise OSError(errno.ESRCH, "the process whose PID namespace the container joins has exited") from None
+    finally:
+        os.close(pid_fd)
+    return os.open("/proc/self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
+
+
 def _fail_exec(exec_report_fd: int, message: str) -> NoReturn:
     """The process cannot run: say why where the shim's start waits for it, exit 127."""
     with contextlib.suppress(OSError):
@@ -443,16 +504,21 @@ def run_container(
     start_fd: int,
     exec_report_fd: int,
     stdio: tuple[int, int, int],
+    pid_fd: int = -1,
 ) -> NoReturn:
     """The container's first process, forked by the shim in the container's PID namespace
-    (see :func:`children_in_pid_ns`): set up, report "ready", wait for "start", exec."""
+    (see :func:`children_in_pid_ns`): set up, report "ready", wait for "start", exec. With
+    ``pid_fd`` (a pidfd of a process in the PID namespace to join) it is forked in the
+    shim's own instead and, at start, forks the container's process into that one
+    (:func:`start_final`)."""
 
     def body() -> None:
         reset_signals()
-        close_fds_except({report_fd, start_fd, exec_report_fd, *stdio})
+        close_fds_except({report_fd, start_fd, exec_report_fd, *stdio, pid_fd} - {-1})
+        pidns = join_pid_namespace_for_children(pid_fd) if pid_fd >= 0 else -1
         if not spec.namespaces.user:
             join_pod_namespaces(spec.namespaces)
-        _container_setup(spec, report_fd, start_fd, exec_report_fd, stdio, cgroups_joined=False)
+        _container_setup(spec, report_fd, start_fd, exec_report_fd, stdio, cgroups_joined=False, pidns=pidns)
 
     child_guard(report_fd, body)
 
@@ -465,17 +531,19 @@ def run_precreated(
     start_fd: int,
     exec_report_fd: int,
     stdio: tuple[int, int, int],
+    pid_fd: int = -1,
 ) -> NoReturn:
     """A container's first process forked ahead of its LaunchSpec (the daemon is still
     preparing the rootfs): joins the pod's namespaces and the container's cgroups, then waits
     for the spec (pickled by the shim, until EOF on ``spec_fd``; nothing means "not needed":
-    exit 0) and goes on as :func:`run_container`. The fork, the interpreter's start and the
-    cgroup moves (measured: 7-20 ms on cgroup v1, each write waits for an RCU grace period)
-    overlap the daemon's work."""
+    exit 0) and goes on as :func:`run_container` (``pid_fd`` as there). The fork, the
+    interpreter's start and the cgroup moves (measured: 7-20 ms on cgroup v1, each write
+    waits for an RCU grace period) overlap the daemon's work."""
 
     def body() -> None:
         reset_signals()
-        close_fds_except({spec_fd, report_fd, start_fd, exec_report_fd, *stdio})
+        close_fds_except({spec_fd, report_fd, start_fd, exec_report_fd, *stdio, pid_fd} - {-1})
+        pidns = join_pid_namespace_for_children(pid_fd) if pid_fd >= 0 else -1
         if not namespaces.user:  # with one, the mounts are prepared as host root first
             join_pod_namespaces(namespaces)
         join_cgroups(cgroup_procs)
@@ -493,7 +561,7 @@ def run_precreated(
         spec: LaunchSpec = pickle.loads(b"".join(chunks))  # from our own parent, same code
         if spec.cgroup_procs != cgroup_procs:
             join_cgroups(spec.cgroup_procs)
-        _container_setup(spec, report_fd, start_fd, exec_report_fd, stdio, cgroups_joined=True)
+        _container_setup(spec, report_fd, start_fd, exec_report_fd, stdio, cgroups_joined=True, pidns=pidns)
 
     child_guard(report_fd, body)
 
@@ -506,24 +574,35 @@ def join_pod_namespaces(ns: NamespaceSpec) -> None:
 
 def _container_setup(
     spec: LaunchSpec, report_fd: int, start_fd: int, exec_report_fd: int, stdio: tuple[int, int, int],
-    *, cgroups_joined: bool,
+    *, cgroups_joined: bool, pidns: int = -1,
 ) -> None:
+    """``pidns`` >= 0: we stand outside the container's PID namespace (an nsfs fd of it, see
+    :func:`join_pid_namespace_for_children`) and fork its process at start."""
     if not cgroups_joined:
         join_cgroups(spec.cgroup_procs)
     detached = None
+    late = pidns >= 0
     if spec.namespaces.user:
         detached = prepare_detached_mounts(spec)
         # kernel: lowering oom_score_adj and raising hard rlimits need CAP_SYS_RESOURCE in
         # the host's user namespace; both are inherited by the process we may fork next
         _apply_process_limits(spec.process)
         enter_pod_user_namespace(spec.namespaces, report_fd)
+    else:
+        apply_oom_score_adj(spec.process.oom_score_adj)  # /proc/self: before /proc is the container's
+    if late:
+        # /proc/self/attr as well; the change applies at the execve of the process we fork
+        # (AppArmor copies a pending exec transition to the child)
+        apply_apparmor(spec.process.apparmor_profile)
     # new mount and cgroup namespaces, owned by the pod's user namespace when it has one;
     # the cgroup namespace after joining the cgroup: it is rooted at the container's cgroup
     libc.unshare(libc.CLONE_NEWNS | (libc.CLONE_NEWCGROUP if spec.namespaces.cgroup_ns else 0))
-    build_mount_namespace(spec, detached)
+    build_mount_namespace(spec, detached, pidns)
+    if late:
+        os.close(pidns)
     if detached is None:
-        _apply_process_limits(spec.process)
-    setup_stdio(*stdio, tty=spec.process.tty)
+        _apply_rlimits(spec.process)
+    setup_stdio(*stdio, tty=spec.process.tty, session=not late)
     close_fds_except({report_fd, start_fd, exec_report_fd})
     _write_all(report_fd, b"ready\n")
     go = os.read(start_fd, 1)
@@ -531,4 +610,6 @@ def _container_setup(
         os._exit(0)  # removed before start: nothing to run
     os.close(start_fd)
     os.close(report_fd)
+    if late:
+        start_final(spec.process, exec_report_fd)
     finalize_and_exec(spec.process, exec_report_fd)

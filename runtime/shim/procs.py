@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import errors
-from runtime.linux import libc
+from runtime.linux import libc, mountapi
 from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
-from runtime.shim import execproc, init
+from runtime.shim import execproc, finalfork, init
 from runtime.shim.logwriter import CriLogFile, LineSplitter
 from runtime.shim.oomwatch import OomCounters
 from runtime.store.codec import to_json
@@ -80,6 +80,12 @@ class Proc:
     #: a pidfd of the container's process, taken while it was our unreaped child (so the pid
     #: was its own); execs and TARGET containers join its namespaces through it
     pidfd: int = -1
+    #: ``pid`` is a set-up child outside the container's PID namespace that forks the
+    #: container's process at start (init.start_final); then ``pid`` becomes that one
+    handover: bool = False
+    #: kill() while the set-up child hands over: signals for the container's process
+    pending_signals: list[int] = field(default_factory=list)
+    handing_over: bool = False
 
 
 def oom_kill_count(memory_cgroup: str) -> int:
@@ -145,6 +151,8 @@ class Precreated:
     exec_r: int
     stdio: Stdio
     setup: asyncio.Future[int]
+    #: forked outside its PID namespace (see ProcessTable._forking_for)
+    handover: bool = False
 
     def discard(self) -> None:
         """Closing the spec pipe without a spec makes the process exit 0."""
@@ -184,8 +192,12 @@ def _set_nonblocking(fd: int) -> None:
 class ProcessTable:
     """Spawns and tracks the processes of one pod. Events go to ``on_exit``."""
 
-    def __init__(self, on_exit: Callable[[Proc], None]) -> None:
+    def __init__(self, on_exit: Callable[[Proc], None], proc_pidns: bool | None = None) -> None:
+        """``proc_pidns``: whether procfs takes ``pidns=`` (runtime.linux.mountapi), so a
+        container joining a PID namespace others live in is set up outside it (None: probed
+        when first needed)."""
         self.procs: dict[str, Proc] = {}
+        self._proc_pidns = proc_pidns
         self._by_pid: dict[int, Proc] = {}
         self._early_exits: dict[int, int] = {}  # reaped before we learned the pid
         self._waiters: dict[int, asyncio.Future[int]] = {}  # plain children (helpers)
@@ -236,11 +248,11 @@ class ProcessTable:
         or our grandchild whose parent exited: either way reaped by nobody but us)."""
         self.holder_pidfd = libc.pidfd_open(pid)
 
-    def _track(self, proc: Proc, pid: int) -> None:
+    def _track(self, proc: Proc, pid: int, pidfd: bool = True) -> None:
         proc.pid = pid
         status = self._early_exits.pop(pid, None)
         if status is None:
-            if not proc.key.startswith("exec:") and proc.pidfd < 0:
+            if pidfd and not proc.key.startswith("exec:") and proc.pidfd < 0:
                 # not reaped yet, and reaped by nobody but us (our child, or reparented to
                 # us): the pid is still its own, so this pidfd names this very process
                 try:
@@ -466,14 +478,32 @@ class ProcessTable:
     # -- spawning -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _children_in_pid_ns(self, ns: NamespaceSpec, join: str, new: bool) -> Iterator[None]:
-        """:func:`init.children_in_pid_ns` for a container's process: a PID namespace named
-        by ``ns.pid_of`` (the pod's holder, or a TARGET container) is joined through the
-        pidfd we took when we made that process; FailedPrecondition when it is gone."""
+    def _forking_for(self, ns: NamespaceSpec) -> Iterator[int]:
+        """Where a container's first process is forked. Joining a PID namespace other
+        processes live in (``ns.pid_of``: the pod-shared one, a TARGET container's) where
+        procfs can show it to a process outside it (:meth:`_sets_up_outside`): here, in our
+        own PID namespace, invisible to them; the block gets the pidfd the child joins it
+        through for the process it forks at start (init.start_final). Otherwise the block's
+        children start in the container's PID namespace (-1)."""
+        if self._sets_up_outside(ns):
+            yield self._pid_target(ns)[0]
+            return
+        join, new = _fork_pid_ns(ns)
         if not ns.pid_of:
             with init.children_in_pid_ns(join=join, new=new):
-                yield
+                yield -1
             return
+        fd, what = self._pid_target(ns)
+        try:
+            with init.children_in_pid_ns(join_fd=fd):
+                yield -1
+        except ProcessLookupError:  # kernel: setns on the pidfd of a process that exited
+            raise errors.FailedPrecondition(f"{what} has exited") from None
+
+    def _pid_target(self, ns: NamespaceSpec) -> tuple[int, str]:
+        """The pidfd (and a description) of the process whose PID namespace ``ns.pid_of``
+        names (the pod's holder, or a TARGET container), taken when we made it; never a
+        /proc/<pid> path a reused pid redirects. FailedPrecondition when it is gone."""
         if ns.pid_of == PID_HOLDER:
             fd, what = self.holder_pidfd, "the pod's shared PID namespace"
         else:
@@ -482,11 +512,21 @@ class ProcessTable:
             what = f"target container {ns.pid_of}"
         if fd < 0:
             raise errors.FailedPrecondition(f"{what} is not running in this pod")
-        try:
-            with init.children_in_pid_ns(join_fd=fd):
-                yield
-        except ProcessLookupError:  # kernel: setns on the pidfd of a process that exited
-            raise errors.FailedPrecondition(f"{what} has exited") from None
+        return fd, what
+
+    def _sets_up_outside(self, ns: NamespaceSpec) -> bool:
+        """Whether a container of ``ns`` is set up outside its PID namespace: it joins one
+        other containers live in, and the kernel's procfs takes ``pidns=`` (probed once; on
+        an older kernel the set-up runs inside that namespace, as before, and is logged)."""
+        if not ns.pid_of:
+            return False
+        if self._proc_pidns is None:
+            why = mountapi.proc_pidns_supported()
+            self._proc_pidns = not why
+            if why:
+                log.warning("shim: %s; containers joining a pod-shared or TARGET PID namespace are set up inside it, "
+                            "where a container with CAP_SYS_PTRACE can reach the set-up process", why)
+        return self._proc_pidns
 
     async def _read_report(self, fd: int, lines: list[str] | None = None) -> list[str]:
         """Lines from a child's report pipe until "ready", an error, or EOF (appended to
@@ -524,12 +564,11 @@ class ProcessTable:
         io = make_stdio(stdin, tty)
         pipes = [os.pipe() for _ in range(4)]  # spec, report, start, exec report
         (spec_r, spec_w), (report_r, report_w), (start_r, start_w), (exec_r, exec_w) = pipes
-        join, new = _fork_pid_ns(ns)
         try:
-            with self._children_in_pid_ns(ns, join, new):
+            with self._forking_for(ns) as pid_fd:
                 pid = os.fork()
                 if pid == 0:
-                    init.run_precreated(ns, cgroup_procs, spec_r, report_w, start_r, exec_w, io.child)
+                    init.run_precreated(ns, cgroup_procs, spec_r, report_w, start_r, exec_w, io.child, pid_fd)
         except BaseException:
             for r, w in pipes:
                 os.close(r)
@@ -541,7 +580,7 @@ class ProcessTable:
             os.close(fd)
         io.close_child()
         self.precreated[container_id] = Precreated(
-            pid, ns, spec_w, report_r, start_w, exec_r, io, self.wait_child(pid)
+            pid, ns, spec_w, report_r, start_w, exec_r, io, self.wait_child(pid), handover=pid_fd >= 0
         )
         return pid
 
@@ -573,17 +612,18 @@ class ProcessTable:
                 os.close(pre.spec_w)
             pid, setup, report_r = pre.pid, pre.setup, pre.report_r
             proc.start_w, proc.exec_report_r = pre.start_w, pre.exec_r
+            proc.handover = pre.handover
         else:
             report_r, report_w = os.pipe()
             start_r, start_w = os.pipe()
             exec_r, exec_w = os.pipe()
             stdio = self._open_stdio(proc, spec.process.stdin, spec.process.tty)
-            join, new = _fork_pid_ns(spec.namespaces)
             try:
-                with self._children_in_pid_ns(spec.namespaces, join, new):
+                with self._forking_for(spec.namespaces) as pid_fd:
                     pid = os.fork()
                     if pid == 0:
-                        init.run_container(spec, report_w, start_r, exec_w, stdio)
+                        init.run_container(spec, report_w, start_r, exec_w, stdio, pid_fd)
+                proc.handover = pid_fd >= 0
             except BaseException:
                 for fd in (report_r, report_w, start_r, start_w, exec_r, exec_w, *stdio):
                     with contextlib.suppress(OSError):
@@ -617,7 +657,9 @@ class ProcessTable:
             proc.pid = handed
         else:
             self._waiters.pop(pid, None)
-        self._track(proc, proc.pid)
+        # a set-up child that hands over at start gets no pidfd: nothing may join its
+        # namespaces (it is in ours) until the container's process has replaced it
+        self._track(proc, proc.pid, pidfd=not proc.handover)
         return proc
 
     def _abort(self, proc: Proc, setup: asyncio.Future[int], handed: int = 0) -> None:
@@ -643,9 +685,37 @@ class ProcessTable:
         proc.start_w = -1
         proc.state = "running"
         fd, proc.exec_report_r = proc.exec_report_r, -1
-        message = await self._read_all(fd, 5.0)
+        message = await (self._hand_over(proc, fd) if proc.handover else self._read_all(fd, 5.0))
         if message:
             raise errors.FailedPrecondition(f"starting container {proc.key}: {message}")
+
+    async def _hand_over(self, proc: Proc, report_r: int) -> str:
+        """Start a container set up outside its PID namespace: its set-up child (``proc.pid``)
+        forks the container's process into it and stops (runtime.shim.finalfork); that one,
+        read from the kernel, becomes ``proc.pid`` (tracked, with a pidfd: reparented to us
+        once the set-up child is killed). Returns why it could not run ("" when it was
+        forked); when the set-up child fails before the fork its exit is the container's.
+        Signals sent meanwhile (:meth:`kill`) go to the container's process afterwards."""
+        setup = proc.pid
+        proc.handing_over = True
+        try:
+            message = await self._read_all(report_r, 5.0)  # EOF: it closed the pipe to fork; or why not
+            final = await asyncio.wait_for(self._final_child(setup, lambda: setup not in self._by_pid), 30)
+        except BaseException:
+            self._end_setup(setup, None)  # its end is the container's
+            raise
+        finally:
+            proc.handing_over = False
+        if final is not None:
+            # it had a child, so it was alive and is not reaped: still ours to replace
+            del self._by_pid[setup]
+            self.wait_child(setup)  # its SIGKILL is collected quietly
+            self._track(proc, final)
+            os.kill(setup, signal.SIGKILL)
+        pending, proc.pending_signals = proc.pending_signals, []
+        for sig in pending:
+            self.kill(proc, sig)
+        return message.strip()
 
     async def _read_all(self, fd: int, timeout: float) -> str:
         reader = asyncio.StreamReader()
@@ -706,14 +776,9 @@ class ProcessTable:
         setup = self.wait_child(pid)
         proc.started_at_ns = time.time_ns()
         try:
-            exec_pid = await asyncio.wait_for(self._exec_handover(container, process, pid, report_r, setup), 30)
+            exec_pid = await asyncio.wait_for(self._exec_handover(container, pid, report_r, setup), 30)
         except BaseException:
-            for child in execproc.children_of(pid):  # the set-up child waits: its children are its own
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGKILL)
-            if not setup.done():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            self._end_setup(pid, setup)
             self._close_io(proc)
             raise
         proc.state = "running"
@@ -723,39 +788,60 @@ class ProcessTable:
         os.kill(pid, signal.SIGKILL)
         return proc
 
-    async def _exec_handover(
-        self, container: Proc, process: ProcessSpec, pid: int, report_r: int, setup: asyncio.Future[int]
-    ) -> int:
-        """The pid of the exec process the set-up child ``pid`` spawned, read from the
-        kernel (its only child), or FailedPrecondition with what went wrong."""
-        lines = await self._read_report(report_r)  # "spawning" then EOF, or "error ..."
+    async def _exec_handover(self, container: Proc, pid: int, report_r: int, setup: asyncio.Future[int]) -> int:
+        """The pid of the exec process the set-up child ``pid`` forked, read from the kernel
+        (its only child), or FailedPrecondition with what went wrong."""
+        # "spawning" then EOF (it closed the pipe to fork the exec process), or "error ..."
+        lines = await self._read_report(report_r)
         err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
-        if err is not None or "spawning" not in lines:
-            await setup
-            raise errors.FailedPrecondition(f"exec in {container.key}: {err or 'set-up ended without reporting'}")
+        if err is None and "spawning" in lines:
+            final = await self._final_child(pid, setup.done)
+            if final is not None:
+                return final
+        if not setup.done() and "spawning" not in lines:
+            await setup  # it reported an error and exits
+        raise errors.FailedPrecondition(f"exec in {container.key}: {err or 'set-up ended without reporting'}")
+
+    async def _final_child(self, pid: int, ended: Callable[[], bool]) -> int | None:
+        """The one child of the set-up child ``pid`` (runtime.shim.finalfork: it forks the
+        final process and stops), from the kernel; None once ``ended()`` says the set-up
+        child is gone without one. ``pid`` must be ours and not reaped."""
         while True:
             event = asyncio.Event()
             self._child_events.add(event)
             try:
-                children = execproc.children_of(pid)
+                children = finalfork.children_of(pid)
+                if len(children) > 1:
+                    raise errors.FailedPrecondition(f"a set-up process made {len(children)} processes")
                 if children:
-                    if len(children) != 1:
-                        raise errors.FailedPrecondition(f"exec in {container.key}: set-up made {len(children)} "
-                                                        "processes")
                     return children[0]
-                if setup.done():
-                    status = setup.result()
-                    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
-                    if code > execproc.SPAWN_FAILED:
-                        why = os.strerror(code - execproc.SPAWN_FAILED)
-                        raise errors.FailedPrecondition(f"exec in {container.key}: exec: {process.args[0]!r}: {why}")
-                    raise errors.FailedPrecondition(f"exec in {container.key}: set-up ended with status {status}")
-                await event.wait()  # the next SIGCHLD: it stopped (spawned) or exited
+                if ended():
+                    return None
+                await event.wait()  # the next SIGCHLD: it stopped (forked) or exited
             finally:
                 self._child_events.discard(event)
 
+    def _end_setup(self, pid: int, setup: asyncio.Future[int] | None) -> None:
+        """Kill a set-up child that failed or timed out, and what it forked (its children are
+        its own until it dies, then reparented to us: reaped quietly as helpers')."""
+        if setup is not None and setup.done():
+            return
+        # Stopped first: a fork it is in is then either undone (kernel: copy_process gives
+        # up on a pending signal) or already lists its child, so none escapes the kill.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+        for child in finalfork.children_of(pid):
+            self.wait_child(child)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
     def kill(self, proc: Proc, sig: int) -> None:
         if proc.state == "exited" or not proc.pid:
+            return
+        if proc.handing_over:
+            proc.pending_signals.append(sig)  # for the container's process, in a moment
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, sig)

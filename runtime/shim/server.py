@@ -153,9 +153,11 @@ class _Session(OutputSink):
 
 
 class ShimServer:
-    def __init__(self, sandbox_id: str, socket_path: Path) -> None:
+    def __init__(self, sandbox_id: str, socket_path: Path, proc_pidns: bool | None = None) -> None:
+        """``proc_pidns``: as for ProcessTable (None: the kernel is asked)."""
         self.sandbox_id = sandbox_id
         self.socket_path = socket_path
+        self._proc_pidns = proc_pidns
         self.table: ProcessTable | None = None
         self._subscribers: set[asyncio.StreamWriter] = set()
         self._stopping = asyncio.Event()
@@ -178,7 +180,7 @@ class ShimServer:
         libc.set_child_subreaper()
         for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_IGN)
-        self.table = ProcessTable(self._on_exit)
+        self.table = ProcessTable(self._on_exit, self._proc_pidns)
         loop.add_signal_handler(signal.SIGCHLD, self.table.reap)
         loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
         with contextlib.suppress(FileNotFoundError):

@@ -8,11 +8,19 @@ the host's Python (its /usr bind-mounted read-only): it watches /proc for every 
                               runtime is still setting up; the probe ptrace-attaches to it (PTRACE_SEIZE + INTERRUPT)
                               and looks again while it is frozen
     MARKER=/abs/path          a file only the node has
+    HOST_NS=mnt:[...]         the node's mount namespace (/proc/self/ns/mnt read there): a
+                              process in it is a reach
+    SETUP_UID=n               (optional) the uid every container process being set up
+                              (still running the runtime's interpreter) must already have
+                              (but pid 1: a pod-shared namespace's holder, tested apart)
+    STOP=/path                the file whose existence ends the probe (default /tmp/stop)
 
-Until /tmp/stop exists; then one JSON line: {"findings": [...], "seen": n, "runtime_seen":
+Until $STOP exists; then one JSON line: {"findings": [...], "seen": n, "runtime_seen":
 n, "attached": n}. A finding is something of the node reached: /proc/<pid>/exe opened for
-writing, a root or working directory of the node, a descriptor other than stdio or a stdio
-one that is a file or directory, capabilities beyond the container's bounding set.
+writing, a root or working directory of the node, the node's mount namespace, a descriptor other
+than stdio or a stdio one that is a file or directory, capabilities beyond the container's
+bounding set; and a process running the runtime's interpreter with another uid than
+SETUP_UID.
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ def _ids(var: str) -> set[tuple[int, int]]:
 HOST_DIRS = _ids("HOST_DIRS")
 RUNTIME_EXES = _ids("RUNTIME_EXES")
 MARKER = os.environ.get("MARKER", "/nonexistent-marker")
+HOST_NS = {item for item in os.environ.get("HOST_NS", "").split(",") if item}
+SETUP_UID = os.environ.get("SETUP_UID", "")
+STOP = os.environ.get("STOP", "/tmp/stop")
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 
@@ -90,9 +101,26 @@ def reaches(pid: int) -> list[dict[str, object]]:
             continue
         if int(name) > 2 or stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
             out.append({"pid": pid, "what": f"descriptor {name}", "target": target})
-    eff = int(_status(pid).get("CapEff", "0"), 16)
+    try:
+        ns = os.readlink(f"{base}/ns/mnt")  # (the pod's pid 1 stays in the node's net and cgroup ones)
+    except OSError:
+        ns = ""
+    if ns in HOST_NS:
+        out.append({"pid": pid, "what": "in the node's mount namespace", "ns": ns})
+    status = _status(pid)
+    eff = int(status.get("CapEff", "0"), 16)
     if eff & ~OWN_BOUNDING:
         out.append({"pid": pid, "what": "capabilities beyond the container's", "CapEff": f"{eff:x}"})
+    return out
+
+
+def setup_reaches(pid: int) -> list[dict[str, object]]:
+    """:func:`reaches`, and for a process still running the runtime's interpreter: its uid
+    must already be the container's."""
+    out = reaches(pid)
+    uids = _status(pid).get("Uid", "").split()
+    if SETUP_UID and pid != 1 and uids and set(uids) != {SETUP_UID}:
+        out.append({"pid": pid, "what": "a runtime process with another uid than the container's", "Uid": uids})
     return out
 
 
@@ -111,7 +139,7 @@ def main() -> None:
     findings: list[dict[str, object]] = []
     counts = {"seen": 0, "runtime_seen": 0, "attached": 0}
     print("probe ready", flush=True)
-    while not os.path.exists("/tmp/stop"):
+    while not os.path.exists(STOP):
         for name in os.listdir("/proc"):
             if not name.isdigit() or int(name) == me:
                 continue
@@ -123,13 +151,13 @@ def main() -> None:
             counts["seen"] += 1
             if _ident(f"/proc/{pid}/exe") in RUNTIME_EXES:
                 counts["runtime_seen"] += 1
-                findings += reaches(pid)
+                findings += setup_reaches(pid)
                 if LIBC.ptrace(PTRACE_SEIZE, pid, None, None) == 0:
                     counts["attached"] += 1
                     try:
                         LIBC.ptrace(PTRACE_INTERRUPT, pid, None, None)
                         os.waitpid(pid, WALL)
-                        findings += reaches(pid)  # frozen: look again at leisure
+                        findings += setup_reaches(pid)  # frozen: look again at leisure
                     except OSError:
                         pass
                     LIBC.ptrace(PTRACE_DETACH, pid, None, None)

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -142,40 +143,113 @@ def test_a_ptrace_capable_container_reaches_nothing_of_exec_processes_being_set_
     Nothing of the node may be reached (before: the exec child sat in the pod's PID
     namespace for milliseconds as host root, in the host's mount namespace, with the shim's
     log file on fds 1-2)."""
-    probe_dir = tmp_path / "probe"
-    probe_dir.mkdir()
-    shutil.copy(PROBE, probe_dir / "proc_probe.py")
-    marker = tmp_path / unique("marker")
-    marker.write_text("only the node has this file\n")
-    daemon_pid = d.proc.pid if d.proc is not None else 0
-    host_dirs = {ident(p) for p in ("/", "/tmp", os.getcwd(), d.base, d.root, d.state, f"/proc/{daemon_pid}/cwd")}
-    runtime_exes = {ident(os.path.realpath(sys.executable)), ident(f"/proc/{daemon_pid}/exe")}
-    cfg = pod_config(pid=pb.POD, log_directory=str(tmp_path / "logs"))
+    logs = tmp_path / "logs"
+    cfg = pod_config(pid=pb.POD, log_directory=str(logs))
     pod = run_pod(d, cfg)
     victim = run_container(d, pod, cfg, container_config("victim", image, ["sleep", "1000"]))
-    probe = container_config(
-        "probe", image, [HOST_PYTHON, "-S", "-I", "/probe/proc_probe.py"], log_path="probe.log",
-        env={"HOST_DIRS": ",".join(sorted(host_dirs)), "RUNTIME_EXES": ",".join(sorted(runtime_exes)),
-             "MARKER": str(marker)},
-        mounts=[pb.Mount(container_path="/usr", host_path="/usr", readonly=True),
-                pb.Mount(container_path="/lib", host_path="/usr/lib", readonly=True),
-                pb.Mount(container_path="/lib64", host_path="/usr/lib64", readonly=True),
-                pb.Mount(container_path="/probe", host_path=str(probe_dir), readonly=True)],
-        security=ptrace_capable())
-    attacker = run_container(d, pod, cfg, probe)
-    log = str(tmp_path / "logs" / "probe.log")
+    attacker = run_container(d, pod, cfg, probe_container(tmp_path, d, image))
+    log = str(logs / "probe.log")
     wait_log_line(log, "probe ready")
     execs = 150
     for i in range(execs):
         r = exec_sync(d, victim if i % 2 else attacker, ["usleep", "20000"])
         assert r.exit_code == 0, r
-    exec_sync(d, attacker, ["touch", "/tmp/stop"])
+    result = probe_result(d, attacker, log, tmp_path)
+    assert result["findings"] == [], json.dumps(result, indent=1)[:6000]
+    assert result["seen"] >= execs // 2, result  # the probe did see the exec processes
+
+
+def probe_container(tmp_path: Path, d: DaemonProcess, image: str, *, setup_uid: int | None = None,
+                    namespaces: pb.NamespaceOption | None = None) -> pb.ContainerConfig:
+    """The CAP_SYS_PTRACE prober (proc_probe.py, run by the node's Python), logging to
+    probe.log in the pod's log directory; the node's directories, the runtime's executables,
+    the node's mount namespace and a marker file only the node has are what it looks for."""
+    probe_dir = tmp_path / "probe"
+    probe_dir.mkdir()
+    shutil.copy(PROBE, probe_dir / "proc_probe.py")
+    (tmp_path / "ctl").mkdir()
+    marker = tmp_path / unique("marker")
+    marker.write_text("only the node has this file\n")
+    daemon_pid = d.proc.pid if d.proc is not None else 0
+    host_dirs = {ident(p) for p in ("/", "/tmp", os.getcwd(), d.base, d.root, d.state, f"/proc/{daemon_pid}/cwd")}
+    runtime_exes = {ident(os.path.realpath(sys.executable)), ident(f"/proc/{daemon_pid}/exe")}
+    env = {"HOST_DIRS": ",".join(sorted(host_dirs)), "RUNTIME_EXES": ",".join(sorted(runtime_exes)),
+           "MARKER": str(marker), "HOST_NS": os.readlink("/proc/self/ns/mnt"), "STOP": "/ctl/stop"}
+    if setup_uid is not None:
+        env["SETUP_UID"] = str(setup_uid)
+    security = ptrace_capable()
+    if namespaces is not None:
+        security.namespace_options.CopyFrom(namespaces)
+    return container_config(
+        "probe", image, [HOST_PYTHON, "-S", "-I", "/probe/proc_probe.py"], log_path="probe.log", env=env,
+        mounts=[pb.Mount(container_path="/usr", host_path="/usr", readonly=True),
+                pb.Mount(container_path="/lib", host_path="/usr/lib", readonly=True),
+                pb.Mount(container_path="/lib64", host_path="/usr/lib64", readonly=True),
+                pb.Mount(container_path="/probe", host_path=str(probe_dir), readonly=True),
+                pb.Mount(container_path="/ctl", host_path=str(tmp_path / "ctl"))],
+        security=security)
+
+
+def probe_result(d: DaemonProcess, attacker: str, log: str, tmp_path: Path) -> dict[str, Any]:
+    """Stop the prober (from the node: no exec of ours in its sight); its report."""
+    (tmp_path / "ctl" / "stop").touch()
     wait_state(d, attacker, pb.CONTAINER_EXITED, timeout=60)
     lines = log_text(log)
     assert lines and lines[-1].startswith("{"), lines[-20:]
-    result = json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+CREATED = 40
+SETUP_UID = 1000
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("mode", ["pod", "target"])
+def test_a_ptrace_capable_container_reaches_nothing_of_containers_being_created(
+    d: DaemonProcess, image: str, tmp_path: Path, mode: str
+) -> None:
+    """The CAP_SYS_PTRACE prober shares its PID namespace with 40 containers created and
+    started while it watches (a pod-shared PID namespace, crictl's default; or TARGET, all
+    in the first container's): every process it sees, it reads and, while it runs the
+    runtime's interpreter, ptrace-attaches. Nothing of the node may be reached, and a
+    process still being set up must already be what the container runs as (uid 1000, its
+    root, its capabilities, its stdio only). Before: each container's set-up child sat in
+    that PID namespace as host root with every capability, in the node's mount namespace
+    and root, with the shim's pipes, from its fork until its execve.
+
+    The last container then shows the shared namespace in its /proc (pid 1 the pod's holder
+    or the target), and ps works there."""
+    info = json.loads(d.runtime.Status(pb.StatusRequest(verbose=True), timeout=10).info["processes"])
+    assert info == {"shared_pid_namespace_setup": "outside", "reason": ""}, info  # Linux >= 6.15 here
+    logs = tmp_path / "logs"
+    cfg = pod_config(pid=pb.POD if mode == "pod" else pb.CONTAINER, log_directory=str(logs))
+    pod = run_pod(d, cfg)
+    victim = run_container(d, pod, cfg, container_config("victim", image, ["sleep", "1000"]))
+    join = pb.NamespaceOption(pid=pb.POD) if mode == "pod" else pb.NamespaceOption(pid=pb.TARGET, target_id=victim)
+    attacker = run_container(d, pod, cfg, probe_container(tmp_path, d, image, setup_uid=SETUP_UID, namespaces=join))
+    log = str(logs / "probe.log")
+    wait_log_line(log, "probe ready")
+    as_user = pb.LinuxContainerSecurityContext(run_as_user=pb.Int64Value(value=SETUP_UID), namespace_options=join)
+    last = ""
+    for i in range(CREATED):
+        command = ["true"] if i < CREATED - 1 else ["sh", "-c", "cat /proc/self/stat >/dev/null && echo self ok; "
+                                                                 "exec sleep 1000"]
+        last = run_container(d, pod, cfg, container_config(f"c{i}", image, command, security=as_user,
+                                                           log_path=f"c{i}.log"))
+    result = probe_result(d, attacker, log, tmp_path)
     assert result["findings"] == [], json.dumps(result, indent=1)[:6000]
-    assert result["seen"] >= execs // 2, result  # the probe did see the exec processes
+    assert result["seen"] >= CREATED, result  # the probe did see the containers
+    # the new container's /proc is the shared PID namespace: its own process, pid 1, the rest
+    wait_log_line(str(logs / f"c{CREATED - 1}.log"), "self ok")
+    pid1 = exec_sync(d, last, ["sh", "-c", "head -1 /proc/1/status"]).stdout.decode()
+    assert pid1 == ("Name:\tpod-pid-holder\n" if mode == "pod" else "Name:\tsleep\n"), pid1
+    ps = exec_sync(d, last, ["ps", "-o", "pid,user,args"])
+    assert ps.exit_code == 0, ps
+    rows = [line.split(None, 2) for line in ps.stdout.decode().splitlines()[1:]]
+    commands = [row[2] for row in rows if len(row) == 3]
+    assert "sleep 1000" in commands and "ps -o pid,user,args" in commands, ps.stdout
+    assert [row[1] for row in rows if row[2] == "ps -o pid,user,args"] == [str(SETUP_UID)], ps.stdout
 
 
 @pytest.mark.timeout(120)
