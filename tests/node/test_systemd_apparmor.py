@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,4 +251,23 @@ def test_oom_killed_is_reported_although_systemd_removes_the_scope(d: DaemonProc
         st = wait_state(d, cid, pb.CONTAINER_EXITED, timeout=600)
         assert (st.exit_code, st.reason) == (137, "OOMKilled"), (i, st)
         assert unit_props(f"cri-shim-{cid}.scope", "LoadState")["LoadState"] == "not-found"
+    remove_pod(d, pod)
+
+
+def test_an_oom_killed_child_leaves_the_container_running(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
+    # the kernel kills the hog only; systemd must not stop the whole scope for it (systemd <
+    # 253 does with MemoryAccounting=yes: the driver turns it off there)
+    pod, cfg = new_pod(d, tmp_path)
+    res = pb.LinuxContainerResources(memory_limit_in_bytes=32 << 20, memory_swap_limit_in_bytes=32 << 20)
+    script = "(x=a; while true; do x=$x$x; done) & wait $!; echo hog=$?; sleep 1000"
+    cid = run(d, pod, cfg, container_config("c", busybox, ["sh", "-c", script], resources=res))
+    scope = f"cri-shim-{cid}.scope"
+    events = CGROUP / pod_info(d, pod)["cgroup"]["path"].lstrip("/") / scope / "memory.events"
+    deadline = time.monotonic() + 600
+    while "oom_kill 1" not in events.read_text():
+        assert time.monotonic() < deadline, "the hog was not OOM-killed"
+        time.sleep(2)
+    time.sleep(5)  # what systemd would do, it does at once
+    assert status(d, cid).state == pb.CONTAINER_RUNNING
+    assert unit_props(scope, "ActiveState")["ActiveState"] == "active"
     remove_pod(d, pod)

@@ -135,10 +135,17 @@ def resource_properties(resources: Resources | None, version: int) -> list[Prope
     return props
 
 
-def _accounting() -> list[Property]:
+#: systemd < 253 stops a whole scope when the kernel OOM-kills any process in it (scope.c:
+#: "This will probably need to be modified when scope units get an oom-policy"); 253 gave
+#: scopes OOMPolicy=, "continue" for delegated ones (systemd#25385).
+SCOPE_OOM_POLICY_VERSION = 253
+
+
+def _accounting(*, memory: bool = True) -> list[Property]:
     # runc: "always enable accounting, this gets us the same behaviour as the fs
     # implementation": systemd then enables the controllers down to the unit.
-    return [Property(n, "b", True) for n in ("CPUAccounting", "MemoryAccounting", "IOAccounting", "TasksAccounting")]
+    names = ("CPUAccounting", "MemoryAccounting", "IOAccounting", "TasksAccounting")
+    return [Property(n, "b", memory or n != "MemoryAccounting") for n in names]
 
 
 def scope_properties(
@@ -153,6 +160,13 @@ def scope_properties(
     once instead of lingering until reset-failed (CRI-O sets the same).
     ``DefaultDependencies=no``: no ordering against shutdown.target that would stop the
     container before kubelet does (runc).
+
+    Before systemd 253 a scope with ``MemoryAccounting=yes`` is stopped, all of it, when
+    the kernel OOM-kills any one of its processes (systemd watches memory.events only with
+    memory accounting on: cgroup.c ``unit_watch_cgroup_memory``); Kubernetes expects only
+    that process to die (the container goes on unless it was the main one). So there the
+    scope gets ``MemoryAccounting=no``: the memory controller stays on for it (its
+    delegation and its MemoryMax= need it), systemd just does not act on its OOM kills.
     """
     return [
         Property("Description", "s", description),
@@ -161,7 +175,7 @@ def scope_properties(
         Property("PIDs", "au", [pid]),
         Property("DefaultDependencies", "b", False),
         Property("CollectMode", "s", "inactive-or-failed"),
-        *_accounting(),
+        *_accounting(memory=version >= SCOPE_OOM_POLICY_VERSION),
         *resource_properties(resources, version),
     ]
 

@@ -70,7 +70,10 @@ def test_scope_and_slice_units() -> None:
     scope = props(scope_properties("c", "p.slice", 42, Resources(memory_limit_in_bytes=10), 252))
     assert scope["Slice"] == "p.slice" and scope["PIDs"] == [42] and scope["Delegate"] is True
     assert scope["CollectMode"] == "inactive-or-failed" and scope["DefaultDependencies"] is False
-    assert scope["MemoryMax"] == 10 and scope["MemoryAccounting"] is True
+    assert scope["MemoryMax"] == 10 and scope["CPUAccounting"] is True
+    # systemd < 253 would stop the whole scope on one OOM kill when it accounts memory
+    assert scope["MemoryAccounting"] is False
+    assert props(scope_properties("c", "p.slice", 42, None, 253))["MemoryAccounting"] is True
     sl = props(slice_properties("p", "a.slice", None, 252))
     assert sl["Wants"] == ["a.slice"] and "Slice" not in sl and "Delegate" not in sl
     assert "Wants" not in props(slice_properties("p", "-.slice", None, 252))
