@@ -5,6 +5,7 @@
 - ``server``: the shim itself (asyncio, single-threaded): creates pod namespaces, starts
   container and exec processes in forked children, holds their stdio, writes CRI logs and
   exit files, serves attach/exec sessions.
+- ``stdio``: the shim's end of attach/exec sessions and ExecSync output.
 - ``init``: what a forked child does between fork and execve.
 - ``protocol`` / ``wire``: the typed requests, replies and events, and the lines and frames
   that carry them (versioned: shims outlive daemon upgrades).
