@@ -1,10 +1,12 @@
-"""The v2 driver's mechanics on a real cgroup2 hierarchy, where only the hybrid mount exists.
+"""The v2 driver's mechanics on a real cgroup2 hierarchy, with no controller enabled.
 
-On this VM (cgroup v1 hybrid) /sys/fs/cgroup/unified is a real cgroup2 hierarchy that offers
-no controller we may enable (its root offers hugetlb only, and enabling it would change the
-root cgroup, which is not ours). So the driver gets an empty controller set: this tests
+On the development VM (cgroup v1 hybrid) /sys/fs/cgroup/unified is a real cgroup2 hierarchy
+that offers no controller we may enable (its root offers hugetlb only, and enabling it would
+change the root cgroup, which is not ours); on a cgroup v2 host (the node VM) the hierarchy is
+/sys/fs/cgroup itself. Either way the driver gets an empty controller set: this tests
 directory creation, joining, pid listing, cpu.stat and PSI (core files), cgroup.kill,
-freezing and removal on the real kernel. Resource limits on v2 are covered by the fake tree.
+freezing and removal on the real kernel. Resource limits on a real v2 hierarchy are tested in
+tests/node/test_cgroup_v2.py (node VM), and against the fake tree in tests/unit/cgroups.
 """
 
 from __future__ import annotations
@@ -23,21 +25,27 @@ from runtime.cgroups.driver import default_clock
 from runtime.cgroups.fs import LinuxCgroupFs
 from runtime.cgroups.host import probe_cgroups
 from runtime.cgroups.v2 import CgroupV2Driver
-from runtime.hostinfo import CgroupMode
+from runtime.hostinfo import CgroupMode, detect_cgroup_mode
 from tests.root.cgroups.conftest import Children
 from tests.support.names import unique
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
-UNIFIED = Path("/sys/fs/cgroup/unified")
+CGROUP = Path("/sys/fs/cgroup")
 CID = "c" * 64
+
+
+def v2_hierarchy() -> Path:
+    """The hybrid host's cgroup2 mount, or the root of a cgroup v2 host."""
+    return CGROUP if detect_cgroup_mode(CGROUP) is CgroupMode.V2 else CGROUP / "unified"
 
 
 @pytest.fixture
 def v2_driver() -> CgroupV2Driver:
-    if not (UNIFIED / "cgroup.controllers").is_file():
-        pytest.skip("no hybrid cgroup2 mount at /sys/fs/cgroup/unified")
-    host = probe_cgroups(UNIFIED, CgroupMode.V2)
+    root = v2_hierarchy()
+    if not (root / "cgroup.controllers").is_file():
+        pytest.skip(f"no cgroup2 hierarchy at {root}")
+    host = probe_cgroups(root, CgroupMode.V2)
     return CgroupV2Driver(dataclasses.replace(host, controllers=frozenset()), LinuxCgroupFs(), default_clock(),
                           remove_timeout=5.0)
 
@@ -55,7 +63,7 @@ def v2_top(v2_driver: CgroupV2Driver) -> Iterator[str]:
 def test_create_join_measure_kill_remove(v2_driver: CgroupV2Driver, v2_top: str, children: Children) -> None:
     ctr = f"{v2_top}/pod/{CID}"
     assert v2_driver.create(ctr) is True
-    assert (UNIFIED / v2_top.lstrip("/") / "cgroup.subtree_control").read_text().strip() == ""
+    assert (v2_driver.root / v2_top.lstrip("/") / "cgroup.subtree_control").read_text().strip() == ""
     proc = children.start(v2_driver, ctr, ["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"])
     deadline = time.monotonic() + 5
     while len(v2_driver.pids(ctr)) < 3 and time.monotonic() < deadline:
@@ -81,7 +89,7 @@ def test_freeze_path_with_another_signal(v2_driver: CgroupV2Driver, v2_top: str,
         time.sleep(0.02)
     v2_driver.kill_all(ctr, sig=signal.SIGTERM)  # freeze, signal, thaw
     assert proc.wait(timeout=10) == -signal.SIGTERM
-    assert (UNIFIED / ctr.lstrip("/") / "cgroup.freeze").read_text().strip() == "0"
+    assert (v2_driver.root / ctr.lstrip("/") / "cgroup.freeze").read_text().strip() == "0"
 
 
 def test_kernfs_files_notify_with_epollpri(v2_driver: CgroupV2Driver, v2_top: str, children: Children) -> None:
@@ -89,7 +97,7 @@ def test_kernfs_files_notify_with_epollpri(v2_driver: CgroupV2Driver, v2_top: st
     memory.events needs the memory controller): a read syncs, a change raises EPOLLPRI."""
     ctr = f"{v2_top}/{CID}"
     v2_driver.create(ctr)
-    fd = os.open(UNIFIED / ctr.lstrip("/") / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(v2_driver.root / ctr.lstrip("/") / "cgroup.events", os.O_RDONLY | os.O_CLOEXEC)
     ep = select.epoll()
     try:
         ep.register(fd, select.EPOLLPRI)
