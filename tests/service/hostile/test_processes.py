@@ -233,8 +233,10 @@ def test_a_ptrace_capable_container_reaches_nothing_of_containers_being_created(
     as_user = pb.LinuxContainerSecurityContext(run_as_user=pb.Int64Value(value=SETUP_UID), namespace_options=join)
     last = ""
     for i in range(CREATED):
-        command = ["true"] if i < CREATED - 1 else ["sh", "-c", "cat /proc/self/stat >/dev/null && echo self ok; "
-                                                                 "exec sleep 1000"]
+        # nothing that opens a file: the prober would report its descriptor; each lives long
+        # enough for the prober to see it on a loaded machine
+        command = ["sleep", "2"] if i < CREATED - 1 else ["sh", "-c", "[ -e /proc/self/stat ] && echo self ok; "
+                                                                      "exec sleep 1000"]
         last = run_container(d, pod, cfg, container_config(f"c{i}", image, command, security=as_user,
                                                            log_path=f"c{i}.log"))
     result = probe_result(d, attacker, log, tmp_path)
