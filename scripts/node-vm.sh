@@ -68,10 +68,12 @@ build() {
     say "building image $(basename "$dir") (mmdebstrap, $(suite); a few minutes)"
     bash "$here/build-image.sh" "$dir" "$(suite)" "$(sources_file)" >&2 || die "image build failed"
     say "image built in $((SECONDS - t0)) s: $(du -sh --apparent-size "$dir/disk.img" | cut -f1) apparent, $(du -sh "$dir/disk.img" | cut -f1) used"
-    # Older images (other keys): a running VM keeps its open backing file, so removal is safe.
+    # Images of other keys not booted for a day (worktrees of other versions share the cache;
+    # a running VM keeps its open backing file, so removal is safe).
     find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$(basename "$dir")" ! -name '*.build.*' ! -name ro \
-      -exec rm -rf {} +
+      -mtime +0 -exec rm -rf {} +
   fi
+  touch "$dir"
   exec 9>&-
 }
 
