@@ -231,6 +231,10 @@ def serve(path: str, merge_memory: bool = False) -> None:
     os.chmod(path, 0o600)
     listener.listen(64)
     code = code_hash()
+    # ping answers the setting asked for, not its effect: on a kernel without memory merging
+    # (prctl PR_SET_MEMORY_MERGE, Linux < 6.4) a factory asked to merge cannot, and reporting
+    # that made every daemon start replace it as one "with other settings"
+    requested = merge_memory
     if merge_memory:
         # Shims dirty mostly the same pages in the same way; offered to KSM (inherited by
         # every shim we fork), identical pages are merged back (see runtime.linux.ksm).
@@ -259,7 +263,8 @@ def serve(path: str, merge_memory: bool = False) -> None:
                 req = json.loads(line)
                 op = req.get("op")
                 if op == "ping":
-                    reply: dict[str, Any] = {"result": {"pid": os.getpid(), "code": code, "merge": merge_memory}}
+                    reply: dict[str, Any] = {"result": {"pid": os.getpid(), "code": code, "merge": requested,
+                                                         "merging": merge_memory}}
                 elif op == "spawn":
                     reply = _spawn(req, listener, conn)
                 elif op == "exit":

@@ -100,7 +100,10 @@ def oom_kill_count(memory_cgroup: str) -> int:
                     key, _, value = line.partition(" ")
                     if key == "oom_kill":
                         return int(value)
-        except (FileNotFoundError, ValueError):
+        except (OSError, ValueError):
+            # ENOENT, or ENODEV from a file opened just before its cgroup was removed (the
+            # systemd driver's scope is removed as soon as its last process is gone): the
+            # exit must still be recorded; runtime.shim.oomwatch has the last count seen
             continue
     return 0
 

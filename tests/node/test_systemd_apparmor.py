@@ -271,3 +271,18 @@ def test_an_oom_killed_child_leaves_the_container_running(d: DaemonProcess, busy
     assert status(d, cid).state == pb.CONTAINER_RUNNING
     assert unit_props(scope, "ActiveState")["ActiveState"] == "active"
     remove_pod(d, pod)
+
+
+def test_the_shim_factory_survives_restarts_where_memory_cannot_be_merged(tmp_path: Path) -> None:
+    # Debian 12's 6.1 kernel has no PR_SET_MEMORY_MERGE: a factory asked to merge cannot, and
+    # must not be taken for one "with other settings" (and replaced) at every daemon start
+    with running_daemon(tmp_path / "d", extra_config="[pods]\nmerge_shim_memory = true\n",
+                        start_timeout=600) as daemon:
+        def factory_pid() -> int:
+            return int((daemon.state / "shims" / "factory.pid").read_text().split()[0])
+
+        before = factory_pid()
+        daemon.stop()
+        daemon.start(timeout=600)
+        assert factory_pid() == before
+        assert "replacing it" not in daemon.log()

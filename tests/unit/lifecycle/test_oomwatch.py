@@ -34,3 +34,13 @@ async def test_files_that_cannot_be_polled_are_read_once(tmp_path: Path) -> None
     assert counters.latest("c2") is None
     counters.watch("c3", "")
     assert counters.latest("c3") is None
+
+
+def test_a_counter_that_cannot_be_read_counts_as_zero_and_never_raises(tmp_path: Path) -> None:
+    from runtime.shim.procs import oom_kill_count
+
+    # a read error other than ENOENT (ENODEV: the cgroup was removed between open and read;
+    # here EISDIR) must not escape: the shim records the exit right after this read
+    (tmp_path / "memory.events").mkdir()
+    assert oom_kill_count(str(tmp_path)) == 0
+    assert oom_kill_count(str(tmp_path / "gone")) == 0
