@@ -59,6 +59,11 @@ build() {
   host_tools
   local dir; dir="$(image_dir)"
   mkdir -p "$cache"
+  if [ -f "$dir/disk.img" ]; then  # a finished image (moved into place whole): no need to lock
+    say "image $(basename "$dir") present"
+    touch "$dir"
+    return 0
+  fi
   exec 9>"$cache/.lock"
   flock 9   # one build at a time; a second caller waits and reuses it
   if [ -f "$dir/disk.img" ]; then
@@ -217,7 +222,8 @@ main_run() {
   local t0=$SECONDS
   if [ "$mode" = shell ]; then
     say "booting the node (${timeout:+timeout ${timeout} s; }serial console below; poweroff to leave)"
-    "${q[@]}" -nographic -serial mon:stdio &
+    # <&0: a background command of a script otherwise reads /dev/null, not the terminal
+    "${q[@]}" -nographic -serial mon:stdio <&0 &
     qpid=$!
   else
     : >"$tmp/out" >"$tmp/console.log"
