@@ -74,9 +74,7 @@ sys.exit(1 if problems else 0)
 EOF
 
 step "critest: AppArmor and OOM specs"
-# skip.txt skips the AppArmor specs for the development VM, which has no AppArmor; the node has.
-$py -m tests.conformance.critest --gate --focus "$CRITEST_FOCUS" --unskip '\[k8s.io\] AppArmor' \
-  --label vm-spdy || rc=1
+$py -m tests.conformance.critest --gate --focus "$CRITEST_FOCUS" --label vm-spdy || rc=1
 # critest skips its AppArmor specs itself where AppArmor is off: here each focused spec must run.
 $py - test-reports/critest-vm-spdy/junit.xml "$CRITEST_FOCUS" <<'EOF' || rc=1
 import re, sys

@@ -193,15 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--update-baseline", action="store_true",
                     help=f"record this run's passes as the floor in {BASELINE_FILE.name} (cri-shim, no --focus)")
     ap.add_argument("--label", default="", help="report directory suffix (default: [containerd-]spdy/websocket)")
-    ap.add_argument("--unskip", action="append", default=[], metavar="PATTERN",
-                    help="run the specs of this skip.txt pattern after all (a node whose kernel has what the "
-                         "entry says is missing: the node VM has AppArmor)")
     args = ap.parse_args(argv)
-    entries = skip_entries()
-    unknown = set(args.unskip) - {e.pattern for e in entries}
-    if unknown:
-        ap.error(f"--unskip: not a pattern of {SKIP_FILE.name}: {sorted(unknown)}")
-    entries = [e for e in entries if e.pattern not in args.unskip]
     transport = "websocket" if args.websocket else "spdy"
     label = args.label or (transport if args.runtime == "cri-shim" else f"{args.runtime}-{transport}")
     reports = REPO / "test-reports" / f"critest-{label}"
@@ -217,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             images.push_all(reg.url)
             with runtime_under_test(args.runtime, base, reg.host) as (endpoint, log_path, what):
                 cmd = critest_command(endpoint, report, args.parallel, args.websocket,
-                                      ginkgo_skip(entries), args.focus)
+                                      ginkgo_skip(skip_entries()), args.focus)
                 print("+", " ".join(cmd), flush=True)
                 env = dict(os.environ, PATH=f"/usr/local/bin:{os.environ.get('PATH', '')}")
                 # cwd: the throw-away dir (critest writes nothing we keep)
@@ -229,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
     elapsed = time.monotonic() - started
-    s = summarise(report, entries)
+    s = summarise(report, skip_entries())
     print(f"\ncritest v1.37.0 against {what} ({transport}, --parallel={args.parallel}): {s.passed} passed, "
           f"{s.failed} failed, {s.skipped} skipped in {elapsed / 60:.1f} min (critest exit {rc}); JUnit in {report}")
     for why, n in sorted(s.skip_reasons.items(), key=lambda kv: (-kv[1], kv[0])):
