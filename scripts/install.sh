@@ -34,6 +34,7 @@ say() { printf '==> %s\n' "$*"; }
 # -- Debian packages -------------------------------------------------------------------------
 APT_PACKAGES=(
   iproute2 nftables iptables util-linux kmod      # the engine's host tools
+  dbus apparmor                                   # systemd driver's bus; apparmor_parser for the default profile
   containernetworking-plugins                     # real CNI plugins (bridge, host-local, portmap, ...)
   busybox-static                                  # test images are built from it
   docker-registry                                 # a real OCI registry on loopback for tests
@@ -147,10 +148,10 @@ fi
 # -- start the daemon with the embedded defaults ---------------------------------------------
 SOCK=/run/cri-shim/cri-shim.sock
 if [ -d /run/systemd/system ]; then
-  say "installing the systemd unit and starting cri-shim.service"
-  sed "s|@TOP@|$top|g" contrib/systemd/cri-shim.service >/etc/systemd/system/cri-shim.service
-  systemctl daemon-reload
-  systemctl enable --now cri-shim.service
+  # a venv of its own under /opt/cri-shim (nothing points into this checkout), the unit
+  # rendered to it, enabled and (re)started
+  say "installing cri-shim under /opt/cri-shim and starting cri-shim.service (scripts/install-node.sh)"
+  bash scripts/install-node.sh
 else
   if "$BIN_DIR/crictl" --runtime-endpoint "unix://$SOCK" version >/dev/null 2>&1; then
     say "cri-shim already serves $SOCK"
