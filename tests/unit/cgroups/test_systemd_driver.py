@@ -47,6 +47,18 @@ def test_names_follow_kubelet_and_systemd(driver: SystemdCgroupDriver) -> None:
         driver.sandbox_path("a--b.slice", SID)
 
 
+def test_a_parent_path_ending_in_a_slice_means_that_slice(driver: SystemdCgroupDriver) -> None:
+    # critest sends "/test.slice" when the runtime reports the systemd driver (cri-tools
+    # pkg/common GetCgroupParent); containerd's getCgroupsPath takes path.Base of such a parent
+    assert driver.sandbox_path("/test.slice", SID) == "/test.slice"
+    assert driver.sandbox_path("/kubepods.slice/kubepods-burstable.slice/", SID) == \
+        "/kubepods.slice/kubepods-burstable.slice"
+    with pytest.raises(InvalidArgument, match="cgroupDriver: systemd"):
+        driver.sandbox_path("/kubepods/burstable", SID)
+    with pytest.raises(InvalidArgument):
+        driver.sandbox_path("/x/a--b.slice", SID)
+
+
 def test_own_pod_slice_is_started_with_its_limits(driver: SystemdCgroupDriver, systemd: FakeSystemd,
                                                   v2: FakeCgroupKernel) -> None:
     path = driver.sandbox_path("", SID)
