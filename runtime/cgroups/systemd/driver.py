@@ -178,6 +178,12 @@ class SystemdCgroupDriver:
         try:
             self.manager.start_transient_unit(unit, props)
         except AlreadyExists:
+            if unit.endswith(SLICE) and self._appears(checked):
+                # started meanwhile by a concurrent create of the same slice (pods that share a
+                # parent slice, as critest's parallel pods in /test.slice): existing, as above
+                if resources is not None:
+                    self.update(checked, resources)
+                return False
             # a failed unit of that name not yet collected (runc resets it and tries once more)
             with contextlib.suppress(NotFound):
                 self.manager.reset_failed_unit(unit)
@@ -187,6 +193,17 @@ class SystemdCgroupDriver:
         except EngineError:
             self._stop_quietly(unit)
             raise
+        return True
+
+    def _appears(self, path: str, timeout: float = 5.0) -> bool:
+        """True once the cgroup exists; a unit systemd reports as existing may still be
+        starting (its job queued by another caller), so wait up to ``timeout`` seconds."""
+        clock = self.inner.clock
+        deadline = clock.monotonic() + timeout
+        while not self.inner.exists(path):
+            if clock.monotonic() >= deadline:
+                return False
+            clock.sleep(0.05)
         return True
 
     def update(self, path: str, resources: Resources) -> None:

@@ -181,3 +181,20 @@ def test_cgroupfs_path_from_before_a_driver_switch_is_removed_plainly(
     driver.inner.create(f"/cri-shim/{SID}")
     assert driver.remove(f"/cri-shim/{SID}")
     assert systemd.calls == []
+
+
+def test_a_slice_started_meanwhile_by_another_create_is_used(driver: SystemdCgroupDriver,
+                                                              systemd: FakeSystemd) -> None:
+    # two pods with the same parent slice created at once (critest --parallel, /test.slice):
+    # the other create's start wins between our existence check and our start
+    start = systemd.start_transient_unit
+
+    def racing(name: str, properties: object) -> None:
+        start(name, properties)  # type: ignore[arg-type]
+        raise AlreadyExists(f"systemd: unit {name} already exists (org.freedesktop.systemd1.UnitExists)")
+
+    systemd.start_transient_unit = racing  # type: ignore[method-assign]
+    path = driver.sandbox_path("/test.slice", SID)
+    assert driver.create(path, Resources(memory_limit_in_bytes=64 << 20)) is False
+    assert [name for kind, name, _ in systemd.calls if kind == "start"] == ["test.slice"]
+    assert systemd.units["test.slice"].properties["MemoryMax"] == 64 << 20
