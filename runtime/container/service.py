@@ -296,7 +296,6 @@ class ContainerService:
         steps.mark("precreated")
         created = await client.create(launch, rpc_timeout=90)
         undo.push("shim process", lambda: client.delete(cid, rpc_timeout=30))
-        self._exec_cache[cid] = exec_process
         steps.mark("shim")
         if hooks:  # OCI: prestart/createRuntime run once the container's namespaces exist
             state = oci_state(cid, "created", created.pid, str(state_dir), config.annotations)
@@ -310,6 +309,9 @@ class ContainerService:
             resources=resources, stop_signal=stop_signal, hooks=hooks,
         )
         await self.records.put(rec)
+        # Only a stored container gets an entry: a failed create undoes everything and must not
+        # leave one behind (RemoveContainer, which pops it, never runs for it).
+        self._exec_cache[cid] = exec_process
         steps.mark("record")
         log.debug("container %s built (%s)", cid, steps)
         return rec

@@ -173,6 +173,7 @@ class Rig:
         if snapshots.is_dir():
             left += [f"snapshot dir {d}" for d in snapshots.iterdir() if d.name != "layer"]
         left += [f"process {c} in the shim" for c in self.shims.running[sandbox_id].containers]
+        left += [f"cached exec process {c}" for c in self.containers._exec_cache]
         return left
 
 
