@@ -98,9 +98,10 @@ class Containerd:
         return out.strip()
 
     def shim_pids(self) -> list[int]:
-        """Shims this containerd started (their command line names its socket)."""
+        """Shims this containerd started (their ``-address`` argument is its socket, which
+        lives outside ``base``: unix socket paths are short)."""
         found = []
-        needle = str(self.base).encode()
+        needle = str(self.socket).encode()
         for p in Path("/proc").iterdir():
             if not p.name.isdigit():
                 continue
