@@ -7,15 +7,12 @@ to the daemon's config)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support import imagebuilder as ib
-from tests.support.daemon import DaemonProcess, running_daemon
+from tests.support.daemon import DaemonProcess
 from tests.support.registry import Registry, running_registry
-
-FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+from tests.support.service import leak_checked, module_daemon, push_busybox
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +24,7 @@ def hostile_reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 @pytest.fixture(scope="module")
 def busybox(hostile_reg: Registry) -> str:
     """Reference of a busybox image in the module's registry."""
-    hostile_reg.push("test/busybox", "latest", ib.busybox_image())
-    return hostile_reg.ref("test/busybox")
+    return push_busybox(hostile_reg)
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +34,11 @@ def hostile_config() -> str:
 
 @pytest.fixture(scope="module")
 def hostile_daemon(tmp_path_factory: pytest.TempPathFactory, hostile_config: str) -> Iterator[DaemonProcess]:
-    # the built-in network turns ip_forward on: put back what was there
-    before = FORWARD.read_text()
-    try:
-        with running_daemon(tmp_path_factory.mktemp("hostile") / "d", hostile_config) as d:
-            yield d
-    finally:
-        FORWARD.write_text(before)
+    with module_daemon(tmp_path_factory.mktemp("hostile"), hostile_config) as d:
+        yield d
 
 
 @pytest.fixture
 def d(hostile_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
     """The module's daemon; after the test its pods are removed and nothing may be left."""
-    hostile_daemon.start_if_stopped()
-    yield hostile_daemon
-    hostile_daemon.start_if_stopped()
-    hostile_daemon.remove_all_pods()
-    left = hostile_daemon.leaks()
-    assert not left, f"left behind after the test: {left}"
+    yield from leak_checked(hostile_daemon)

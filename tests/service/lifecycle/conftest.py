@@ -8,16 +8,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.support import imagebuilder as ib
-from tests.support.daemon import DaemonProcess, running_daemon
+from tests.support.daemon import DaemonProcess
 from tests.support.netns import REPO
 from tests.support.registry import Registry, running_registry
-
-FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+from tests.support.service import host_forwarding_restored, leak_checked, push_busybox
+from tests.support.service import module_daemon as started_daemon
 
 
 @dataclass(frozen=True)
@@ -36,38 +35,30 @@ def reg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 @pytest.fixture(scope="module")
 def images(reg: Registry) -> Images:
-    reg.push("test/busybox", "latest", ib.busybox_image())
+    busybox = push_busybox(reg)
     reg.push("test/httpd", "latest", ib.httpd_image(port=8080))
     reg.push("test/user", "latest", ib.user_image("app"))
     reg.push("test/stopsig", "latest", ib.build_image([ib.busybox_layer()], config={"StopSignal": "SIGUSR1"}))
-    return Images(reg.ref("test/busybox"), reg.ref("test/httpd"), reg.ref("test/user"), reg.ref("test/stopsig"))
+    return Images(busybox, reg.ref("test/httpd"), reg.ref("test/user"), reg.ref("test/stopsig"))
 
 
 @pytest.fixture(scope="module")
 def forward() -> Iterator[None]:
-    """The built-in network turns ip_forward on; put back what was there."""
-    before = FORWARD.read_text()
-    try:
+    """For daemons a test starts itself: the host's forwarding sysctls put back afterwards."""
+    with host_forwarding_restored():
         yield
-    finally:
-        FORWARD.write_text(before)
 
 
 @pytest.fixture(scope="module")
-def module_daemon(tmp_path_factory: pytest.TempPathFactory, forward: None) -> Iterator[DaemonProcess]:
-    with running_daemon(tmp_path_factory.mktemp("lc") / "d") as d:
+def module_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    with started_daemon(tmp_path_factory.mktemp("lc")) as d:
         yield d
 
 
 @pytest.fixture
 def d(module_daemon: DaemonProcess) -> Iterator[DaemonProcess]:
     """The module's daemon; after the test its pods are removed and nothing may be left."""
-    module_daemon.start_if_stopped()
-    yield module_daemon
-    module_daemon.start_if_stopped()
-    module_daemon.remove_all_pods()
-    left = module_daemon.leaks()
-    assert not left, f"left behind after the test: {left}"
+    yield from leak_checked(module_daemon)
 
 
 @contextlib.contextmanager
