@@ -85,8 +85,11 @@ def test_cpu_weight_max_throttling_and_update(driver: CgroupDriver, top: str,  #
     assert read(ctr, "cpu.max") == "10000 100000"
     assert "cpu" in read(f"{top}/pod", "cgroup.subtree_control").split()
     children.start(driver, ctr, BUSY)
-    # 10% of one CPU: the loop is throttled in (nearly) every period it runs.
-    assert wait_until(lambda: events(ctr, "cpu.stat").get("nr_throttled", 0) >= 3)
+    # 10% of one CPU: the loop is throttled in (nearly) every period it runs. The kernel counts
+    # a throttle when it happens but adds its time (throttled_usec) only at the unthrottle, so
+    # wait for both (under emulation a read can fall between them: seen nr_throttled=3, 0 us).
+    assert wait_until(lambda: events(ctr, "cpu.stat").get("nr_throttled", 0) >= 3
+                      and events(ctr, "cpu.stat").get("throttled_usec", 0) > 0)
     s = driver.stats(ctr)
     assert s.cpu is not None and s.cpu.nr_throttled and s.cpu.throttled_ns and s.cpu.usage_ns > 0
     assert s.cpu.psi is not None  # cpu.pressure of the cgroup
