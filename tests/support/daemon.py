@@ -70,8 +70,10 @@ class DaemonProcess:
 
     # -- life cycle ---------------------------------------------------------------------------
 
-    def start(self, timeout: float = 30.0, wait_ready: bool = True) -> None:
-        """Start the daemon and wait until Status reports RuntimeReady (or only the socket)."""
+    def start(self, timeout: float | None = None, wait_ready: bool = True) -> None:
+        """Start the daemon and wait until Status reports RuntimeReady (or only the socket),
+        at most ``timeout`` seconds (default: :func:`default_start_timeout`)."""
+        timeout = default_start_timeout() if timeout is None else timeout
         self.close_channel()
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(
@@ -326,13 +328,20 @@ def write_config(d: DaemonProcess) -> None:
     d.config_path.write_text(top + "\n" + tables + net_table + pods_table + cgroups_table + "\n" + extra)
 
 
+def default_start_timeout() -> float:
+    """How long a daemon's start-up may take: 30 s, or ``CRI_SHIM_TEST_START_TIMEOUT`` (the
+    node VM stage sets it: under software emulation a start that loads the AppArmor profile
+    and opens the store takes tens of seconds on a busy host)."""
+    return float(os.environ.get("CRI_SHIM_TEST_START_TIMEOUT", "30"))
+
+
 @contextlib.contextmanager
 def running_daemon(
     base: Path, extra_config: str = "", wait_ready: bool = True, log_level: str = "debug",
-    start_timeout: float = 30.0,
+    start_timeout: float | None = None,
 ) -> Iterator[DaemonProcess]:
     """A started daemon, stopped (by pid) when the block exits. ``start_timeout``: how long
-    start-up may take (more in an emulated VM)."""
+    start-up may take (default: :func:`default_start_timeout`)."""
     d = make_daemon(base, extra_config, log_level)
     try:
         d.start(timeout=start_timeout, wait_ready=wait_ready)
