@@ -476,33 +476,41 @@ class ContainerService:
         await asyncio.shield(asyncio.ensure_future(self._remove(rec.id)))
 
     async def _remove(self, cid: str) -> None:
+        steps = StepTimer()
         await self._stop(cid, 0)
+        steps.mark("stop")
         async with self.lock(cid):
             rec = self.records.get(cid)
             if rec is None:
                 return
-            await self._release(rec)
+            await self._release(rec, steps)
             await self.records.delete(cid)
+            steps.mark("record")
         self._locks.pop(cid, None)
         self._exec_cache.pop(cid, None)
         self._handoff.forget(cid)
         self.events.publish(EventKind.CONTAINER_DELETED, rec.sandbox_id, cid)
-        log.info("container %s removed", cid)
+        log.info("container %s removed (%s)", cid, steps)
         if rec.hooks:
             state = oci_state(cid, "stopped", 0, rec.exit_dir, rec.config.annotations)
             await run_hooks(rec.hooks, ("poststop",), state, strict=False, container_id=cid)
 
-    async def _release(self, rec: ContainerRecord) -> None:
+    async def _release(self, rec: ContainerRecord, steps: StepTimer | None = None) -> None:
         """Forget the process in the shim, remove cgroup, snapshot and state dir."""
+        steps = steps or StepTimer()
         sandbox = self.sandboxes.records.get(rec.sandbox_id)
         if sandbox is not None and shim_alive(sandbox.shim):
             with contextlib.suppress(errors.Unavailable, errors.NotFound):
                 await self.sandboxes.shims.client(rec.sandbox_id).delete(rec.id, rpc_timeout=30)
+            steps.mark("shim")
         if rec.cgroup_path:
             await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
+            steps.mark("cgroup")
         await self.images.snapshots.remove(rec.snapshot_key or rec.id)
+        steps.mark("snapshot")
         await release_image_volumes(self.images, self.settings.state, rec.id, rec.config.mounts)
         await asyncio.to_thread(self.host.remove_state_dir, Path(rec.exit_dir))
+        steps.mark("state dir")
 
     # -- queries ------------------------------------------------------------------------------
 

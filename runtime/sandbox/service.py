@@ -282,25 +282,31 @@ class SandboxService:
 
     async def _stop(self, rec: SandboxRecord) -> SandboxRecord:
         sid = rec.id
+        steps = StepTimer()
         was_ready = rec.state is SandboxState.READY
         await self._hooks().stop_all(sid)
+        steps.mark("containers")
         if not rec.config.host_network:
             await self.network.teardown(sid)
+            steps.mark("network")
         watch = self._watches.pop(sid, None)
         if watch is not None:
             await watch.stop()
         await self.shims.shutdown(sid, rec.shim)
         # A container started while we stopped the others died with the shim: record it.
         await self._hooks().shim_gone(sid)
+        steps.mark("shim")
         await asyncio.to_thread(self.host.unpin_namespaces, Path(rec.state_dir) / "ns")
         if rec.shm_path:
             await asyncio.to_thread(self.host.unmount, Path(rec.shm_path))
+        steps.mark("unmount")
         if rec.state is not SandboxState.NOTREADY:
             rec = replace(rec, state=SandboxState.NOTREADY, stopped_at_ns=time.time_ns())
             await self.records.put(rec)
+            steps.mark("record")
         if was_ready:
             self.events.publish(EventKind.SANDBOX_STOPPED, sid)
-            log.info("sandbox %s stopped", sid)
+            log.info("sandbox %s stopped (%s)", sid, steps)
         return rec
 
     # -- remove -------------------------------------------------------------------------------
@@ -318,13 +324,17 @@ class SandboxService:
             if rec is None:
                 return
             rec = await self._stop(rec)
+            steps = StepTimer()
             await self._hooks().remove_all(sandbox_id)
+            steps.mark("containers")
             await self._release(rec)
+            steps.mark("release")
             await self.records.delete(sandbox_id)
+            steps.mark("record")
             self._handoff.forget(sandbox_id)
         self._locks.pop(sandbox_id, None)
         self.events.publish(EventKind.SANDBOX_DELETED, sandbox_id)
-        log.info("sandbox %s removed", sandbox_id)
+        log.info("sandbox %s removed (%s)", sandbox_id, steps)
 
     async def _release(self, rec: SandboxRecord) -> None:
         """Free the cgroup, files and directories of a stopped sandbox."""
