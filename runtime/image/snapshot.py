@@ -307,18 +307,25 @@ class OverlaySnapshotter:
         Frees the image's content when RemoveImage already removed the image."""
         check_key(key)
 
-        def delete(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT snapshot FROM container_snapshots WHERE key=?", (key,)).fetchone()
+        def delete(conn: sqlite3.Connection) -> tuple[str, bool] | None:
+            row = conn.execute(
+                "SELECT s.snapshot, coalesce(i.hidden, 1) FROM container_snapshots s"
+                " LEFT JOIN images i ON i.id = s.image_id WHERE s.key=?", (key,),
+            ).fetchone()
             if row is None:
                 return None
             conn.execute("DELETE FROM container_snapshots WHERE key=?", (key,))
-            return str(row[0])
+            return str(row[0]), bool(row[1])
 
-        name = await self._store.write(delete)
-        if name is None:
+        found = await self._store.write(delete)
+        if found is None:
             return False
+        name, image_removed = found
         await asyncio.to_thread(shutil.rmtree, self.containers_dir / name, True)
-        if self._collect is not None:
+        # Only an image that RemoveImage hid while containers used it has content to free now
+        # (remove_image deletes a visible image's rows itself); skipping the collection
+        # otherwise saves every RemoveContainer a store transaction.
+        if image_removed and self._collect is not None:
             await self._collect()
         return True
 
