@@ -83,7 +83,9 @@ class ShimManager:
         async with self._factory_lock:
             if self.factory_socket.exists():
                 try:
-                    info = await self._factory_call({"op": "ping"}, 5)
+                    # attach: the factory watches this daemon from now on (it exits once no
+                    # daemon it serves runs and no shim of it does)
+                    info = await self._factory_call({"op": "attach"}, 5)
                 except (OSError, errors.EngineError, TimeoutError, ValueError):
                     info = None
                 if info and info.get("code") == code_hash() and bool(info.get("merge")) == self.merge_memory:
@@ -104,10 +106,12 @@ class ShimManager:
 
     def _spawn_factory_blocking(self) -> subprocess.Popen[bytes]:
         # subprocess (fork+exec in C) rather than asyncio's child watcher: the factory is
-        # meant to outlive this daemon, and we must not keep loop resources tied to it.
+        # meant to outlive this daemon while pods run, and we must not keep loop resources
+        # tied to it. It watches our pid and exits once we are gone and no shim of it runs.
         with open(self.dir / "factory.log", "ab") as logf:
             proc = subprocess.Popen(
                 [self._python, "-m", "runtime.shim.factory", "--socket", str(self.factory_socket),
+                 "--daemon-pid", str(os.getpid()),
                  *(["--merge-memory"] if self.merge_memory else [])],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf, start_new_session=True,
             )
@@ -203,7 +207,9 @@ class ShimManager:
                 (self.dir / f"{sandbox_id[:20]}{suffix}").unlink()
 
     async def close(self) -> None:
-        """Close connections; the factory and the shims keep running (as after a crash)."""
+        """Close connections; the shims keep running (as after a crash), and so does the
+        factory while any shim of it runs (it exits by itself once this daemon has gone and
+        it has no shim left)."""
         for c in self._clients.values():
             c.close()
         self._clients.clear()

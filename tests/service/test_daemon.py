@@ -178,7 +178,7 @@ def test_sigterm_exits_0_and_removes_socket(tmp_path: Path) -> None:
     try:
         code = d.stop(signal.SIGTERM)
     finally:
-        d.cleanup()  # the shim factory outlives the daemon by design
+        d.cleanup()
     assert code == 0
     assert not d.socket.exists()
     assert "stopped" in d.log()
