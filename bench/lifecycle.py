@@ -23,9 +23,10 @@ left alone for ``--settle`` seconds, then measured: PSS (/proc/PID/smaps_rollup)
 runtime's per-pod processes (cri-shim: the pod shim and the PID holder of a shared namespace;
 containerd: containerd-shim-runc-v2 and pause; never the workload itself) plus the daemon's
 growth since before the pods, divided by the pods. Without KSM cri-shim runs with
-``pods.merge_shim_memory = false``; with KSM a second cri-shim daemon offers its shims to
-ksmd. ksmd is host-wide (it would also scan what virtual machines offer), so it is only started
-with ``--ksm``; if it already runs it is used as found; its state is restored afterwards.
+``pods.ksm = "off"``; with KSM a second cri-shim daemon offers its shims to ksmd
+(``pods.ksm = "auto"``). ksmd is host-wide (it would also scan what virtual machines offer),
+so it is only started with ``--ksm``; if it already runs it is used as found; its state is
+restored afterwards.
 
 Quick (a few minutes, the defaults)::
 

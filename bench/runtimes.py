@@ -128,9 +128,13 @@ def _cri_shim_shims(state: Path) -> list[int]:
 
 
 def shim_config(registries_conf: Path, merge_memory: bool, extra: str = "") -> str:
-    """The cri-shim config the benchmarks use (added to tests/support/daemon.py's)."""
-    return (f'[image]\nregistries_config = "{registries_conf}"\n'
-            f"[pods]\nmerge_shim_memory = {'true' if merge_memory else 'false'}\n{extra}")
+    """The cri-shim config the benchmarks use (added to tests/support/daemon.py's, which leaves
+    KSM alone). ``merge_memory``: the shims offer their memory to ksmd, which the benchmark
+    has started (``pods.ksm = "auto"`` uses it as found); without it no pods key is written,
+    so that a baseline tree older than pods.ksm takes the config too."""
+    pods = '[pods]\nksm = "auto"\n' if merge_memory else ""
+    return f'[image]\nregistries_config = "{registries_conf}"\n{pods}{extra}'
+
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from runtime.cgroups.driver import DRIVER_SETTINGS
 from runtime.cgroups.paths import check_cgroup_path
 from runtime.cgroups.systemd.units import check_slice_name
 from runtime.config import (
+    KSM_SETTINGS,
     CdiSettings,
     CgroupSettings,
     CheckpointSettings,
@@ -241,6 +242,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"cgroups.systemd_slice: {exc}") from None
     if cfg.pods.shm_size < 4096:
         raise ConfigError("pods.shm_size: must be at least 4096 bytes")
+    if cfg.pods.ksm not in KSM_SETTINGS:
+        raise ConfigError(f"pods.ksm: {cfg.pods.ksm!r} is not one of {', '.join(KSM_SETTINGS)}")
     if cfg.pods.stop_kill_timeout <= 0:
         raise ConfigError("pods.stop_kill_timeout: must be > 0")
     if cfg.image.pull_progress_timeout < 0:
@@ -401,6 +404,11 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None,
     for key, value in (overrides or {}).items():
         if value is not None:
             table[key] = value
+    pods = table.get("pods")
+    if isinstance(pods, dict) and "merge_shim_memory" in pods:
+        # the boolean started ksmd, a host-wide switch: the tri-state pods.ksm replaced it
+        raise ConfigError('pods.merge_shim_memory: replaced by pods.ksm ("start" for true, "off" for false; '
+                          'the default "auto" uses ksmd only where it already runs)')
     cfg: Config = _build(Config, table)
     _validate(cfg)
     return cfg

@@ -153,6 +153,10 @@ class NetworkSettings:
     )
 
 
+#: the values of pods.ksm (runtime.shim.ksm)
+KSM_SETTINGS = ("auto", "start", "off")
+
+
 @dataclass(frozen=True, slots=True)
 class PodSettings:
     cgroup_parent: str = field(
@@ -167,13 +171,15 @@ class PodSettings:
         default=64 << 20,
         metadata=doc("Size in bytes of each pod's /dev/shm tmpfs (containerd's default: 64 MiB)."),
     )
-    merge_shim_memory: bool = field(
-        default=True,
+    ksm: str = field(
+        default="auto",
         metadata=doc(
-            "Let the kernel merge identical memory pages of the pod shims (KSM): a shim costs "
-            "about 2 MiB PSS instead of 5. The shims offer their memory to KSM and cri-shim starts "
-            "ksmd (/sys/kernel/mm/ksm/run) if it is stopped; ksmd then scans only memory offered "
-            "to it. false leaves KSM alone."
+            "Kernel same-page merging of the pod shims' memory (KSM): \"auto\" offers it to ksmd "
+            "only when ksmd already runs, \"start\" also starts ksmd (/sys/kernel/mm/ksm/run, a "
+            "host-wide switch that serves virtual machines and other software on the node too; it "
+            "is left running) when it is stopped, \"off\" leaves KSM alone. ksmd scans only memory "
+            "offered to it. Chosen when the daemon starts; the log and Status verbose info (\"ksm\") "
+            "say what was found and done."
         ),
     )
     stop_kill_timeout: float = field(
@@ -285,6 +291,8 @@ class RuntimeSettings:
     image: ImageSettings = field(default_factory=ImageSettings)
     network: NetworkSettings = field(default_factory=NetworkSettings)
     cgroup_root: Path = Path("/sys/fs/cgroup")
+    #: KSM's sysfs directory (kernel Documentation/admin-guide/mm/ksm.rst); not a config key
+    ksm_root: Path = Path("/sys/kernel/mm/ksm")
     pods: PodSettings = field(default_factory=PodSettings)
     cgroups: CgroupSettings = field(default_factory=CgroupSettings)
     cdi: CdiSettings = field(default_factory=CdiSettings)

@@ -27,7 +27,6 @@ from runtime.handoff import HANDOFF_MIGRATIONS
 from runtime.hostinfo import HostInfo, detect_cgroup_mode, probe_host
 from runtime.image.metadata import IMAGE_MIGRATIONS
 from runtime.image.service import ImageService
-from runtime.linux.ksm import start_ksm
 from runtime.linux.mountapi import proc_pidns_supported
 from runtime.linux.userns import probe_in_subprocess
 from runtime.network.service import NetworkService
@@ -39,6 +38,7 @@ from runtime.security.apparmor import AppArmorParser, AppArmorStatus, ensure_def
 from runtime.security.container import ContainerSecurityPlanner, probe_security_host, security_features
 from runtime.security.hostdirs import make_private
 from runtime.settings_store import SETTINGS_MIGRATIONS, SettingsStore
+from runtime.shim.ksm import KsmChoice, apply_ksm_setting
 from runtime.shim.manager import ShimManager
 from runtime.stats.service import StatsService
 from runtime.stats.view import RecordsView
@@ -117,7 +117,9 @@ class Engine:
         # through ports (shims, network, cgroups, images, host): the real ones here; the unit
         # tests of the services pass recording doubles (tests/support).
         self._cgroup_driver: CgroupDriver | None = None
-        self.shims = ShimManager(settings.state, merge_memory=settings.pods.merge_shim_memory)
+        self.shims = ShimManager(settings.state)  # merge_memory: set at start from pods.ksm
+        #: what start found and did about KSM (pods.ksm), for Status
+        self.ksm: KsmChoice | None = None
         self.sandboxes = SandboxService(settings, self.store, self.shims, self.network, self.events, self.cgroups,
                                         LinuxPodHost())
         self.containers = ContainerService(
@@ -206,8 +208,8 @@ class Engine:
         return choose_driver(self.settings.cgroups.driver, mode, systemd_booted())
 
     async def _start_shims(self) -> int:
-        """Probe the security facts of the host, then find or start the shim factory (it
-        outlives the daemon)."""
+        """Probe the security facts of the host, decide on KSM (pods.ksm), then find or start the
+        shim factory (it outlives the daemon while pods run)."""
         assert self.host is not None
         host = self.cgroups().host
         # the default AppArmor profile first: the security probe then sees it loaded
@@ -226,16 +228,10 @@ class Engine:
             log.warning("%s: a container joining a pod-shared or TARGET PID namespace is set up inside it, where a "
                         "container of the pod with CAP_SYS_PTRACE can reach the set-up process (host root, the "
                         "node's mount namespace) until it has entered its root", self.pid_setup_inside)
-        if self.settings.pods.merge_shim_memory:
-            try:
-                before = await asyncio.to_thread(start_ksm)
-            except OSError as exc:
-                log.warning("cannot start ksmd (pods.merge_shim_memory): %s", exc)
-            else:
-                if before == "stopped":
-                    log.info("started ksmd to merge the pod shims' identical pages (pods.merge_shim_memory)")
-                elif before == "unavailable":
-                    log.info("this kernel has no KSM: pod shims' pages are not merged")
+        # KSM is a host-wide switch: started only when pods.ksm says so (runtime.shim.ksm)
+        self.ksm = await asyncio.to_thread(apply_ksm_setting, self.settings.pods.ksm, self.settings.ksm_root)
+        log.info("KSM: %s", self.ksm.summary)
+        self.shims.merge_memory = self.ksm.merge
         await self.shims.start()
         return 1
 

@@ -83,6 +83,7 @@ class RuntimeInfoHandlers:
             "apparmor": self._engine.apparmor.as_dict() if self._engine.apparmor is not None else None,
             "checkpoint": {"criu": criu.as_dict() if (criu := self._engine.checkpoints.status()) else None},
             "processes": self._engine.process_setup(),
+            "ksm": self._engine.ksm.as_dict() if self._engine.ksm is not None else None,
             "recovery": (
                 {"seconds": round(recovery.seconds, 4), "counts": recovery.counts, "errors": list(recovery.errors)}
                 if recovery

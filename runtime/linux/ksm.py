@@ -2,9 +2,12 @@
 
 Pod shims are forks of one pre-imported interpreter; what each one costs is the pages it
 dirties after the fork (refcounts, allocator state), and those are mostly the same bytes in
-every shim (measured: about 80% of a shim's private pages equal another shim's). KSM merges
-such pages back. It scans only memory that was offered to it (``madvise(MADV_MERGEABLE)`` or
-``prctl(PR_SET_MEMORY_MERGE)``), so running ksmd does not touch other processes.
+every shim. KSM merges such pages back. It scans only memory that was offered to it
+(``madvise(MADV_MERGEABLE)`` or ``prctl(PR_SET_MEMORY_MERGE)``), so offering the shims' memory
+does not touch other processes; but ksmd itself is one host-wide switch
+(``/sys/kernel/mm/ksm/run``, kernel Documentation/admin-guide/mm/ksm.rst) that also serves
+virtual machines and other software on the node, so starting it is the operator's choice
+(``pods.ksm``, runtime.shim.ksm).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ def ksm_state(root: Path = KSM) -> str:
         value = (root / "run").read_text().strip()
     except OSError:
         return "unavailable"
+    # run: 0 stopped, 1 running, 2 stopped and everything merged was unmerged (ksm.rst)
     return "running" if value == "1" else "stopped"
 
 

@@ -320,9 +320,9 @@ def write_config(d: DaemonProcess) -> None:
         "cni_conf_dir": f'"{d.base / "cni-none"}"', "bridge": f'"{d.bridge}"', "nft_table": f'"{d.nft_table}"',
         "pod_cidr": f'"{d.pod_cidr}"',
     })
-    # tests leave the host's KSM alone unless they ask for it (pods.merge_shim_memory)
+    # tests leave the host's KSM alone unless they ask for it (pods.ksm)
     extra, pods_table = _with_defaults(extra, "pods", {"cgroup_parent": f'"{d.cgroup_parent}"',
-                                                       "merge_shim_memory": "false"})
+                                                       "ksm": '"off"'})
     # where systemd is the driver (a systemd node), pods without a parent go under this slice
     extra, cgroups_table = _with_defaults(extra, "cgroups", {"systemd_slice": f'"{d.systemd_slice}"'})
     d.config_path.write_text(top + "\n" + tables + net_table + pods_table + cgroups_table + "\n" + extra)

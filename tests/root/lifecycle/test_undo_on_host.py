@@ -60,7 +60,7 @@ class HostRig:
             root=base / "root", state=base / "state",
             network=NetworkSettings(pod_cidr=unique_subnet(), bridge=unique("tub"), nft_table=unique("tun"),
                                     cni_conf_dir=base / "cni-none", mode="builtin"),
-            pods=PodSettings(cgroup_parent="/" + unique("crishim-test-", 30), merge_shim_memory=False),
+            pods=PodSettings(cgroup_parent="/" + unique("crishim-test-", 30), ksm="off"),
         )
         self.footprint = leaks.HostFootprint(
             dirs=(base,), state=self.settings.state, cgroup_parent=self.settings.pods.cgroup_parent,

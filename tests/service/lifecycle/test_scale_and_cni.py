@@ -21,7 +21,7 @@ from tests.support import cni as cniconf
 from tests.support.daemon import DaemonProcess, running_daemon, unique_subnet
 from tests.support.names import unique
 from tests.support.netns import free_port
-from tests.support.pods import netns_path, pod_config, pod_info, pod_ip, remove_pod, run_pod
+from tests.support.pods import netns_path, pod_config, pod_ip, remove_pod, run_pod
 
 pytestmark = [pytest.mark.service, pytest.mark.root, pytest.mark.peers, pytest.mark.timeout(600)]
 
@@ -180,28 +180,6 @@ def test_hundred_pods_builtin(module_daemon: DaemonProcess) -> None:
     module_daemon.start_if_stopped()
     check_hundred(module_daemon)
     assert not module_daemon.leaks()
-
-
-def test_shim_memory_offered_to_ksm(tmp_path: Path, forward: None) -> None:
-    ksm = Path("/sys/kernel/mm/ksm/run")
-    if not ksm.exists():
-        pytest.skip("no KSM in this kernel")
-    before = ksm.read_text().strip()
-    try:
-        with running_daemon(tmp_path / "d", extra_config="[pods]\nmerge_shim_memory = true\n") as d:
-            assert ksm.read_text().strip() == "1", "the daemon started ksmd"
-            pod = run_pod(d, pod_config())
-            shim = pod_info(d, pod)["shim"]["pid"]
-            assert "ksm_merge_any: yes" in Path(f"/proc/{shim}/ksm_stat").read_text()
-            remove_pod(d, pod)
-        with running_daemon(tmp_path / "d2") as d:  # merge_shim_memory = false: a plain factory
-            pod = run_pod(d, pod_config())
-            shim = pod_info(d, pod)["shim"]["pid"]
-            assert "ksm_merge_any: no" in Path(f"/proc/{shim}/ksm_stat").read_text()
-            remove_pod(d, pod)
-    finally:
-        if before == "0":
-            ksm.write_text("0")
 
 
 def test_kill9_in_the_middle_of_run_pod_leaves_nothing_after_restart(cni: CniDaemon) -> None:

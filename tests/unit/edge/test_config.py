@@ -78,6 +78,8 @@ def test_file_values_and_flag_overrides(tmp_path: Path) -> None:
         ('[cgroups]\ndriver = "systemd-ish"\n', "cgroups.driver"),
         ('[cgroups]\nsystemd_slice = "a--b.slice"\n', "cgroups.systemd_slice"),
         ('[cgroups]\nsystemd_slice = "/cri-shim"\n', "cgroups.systemd_slice"),
+        ('[pods]\nksm = "on"\n', "pods.ksm"),
+        ("[pods]\nksm = true\n", "pods.ksm"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -92,6 +94,16 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
 def test_pod_cidr_families(tmp_path: Path, cidr: str) -> None:
     # the built-in network takes IPv4, IPv6 or dual stack (before: IPv4 only)
     assert load(write(tmp_path, f'[network]\npod_cidr = "{cidr}"\n')).network.pod_cidr == cidr
+
+
+def test_ksm_is_auto_by_default_and_replaces_merge_shim_memory(tmp_path: Path) -> None:
+    # starting ksmd (a host-wide switch) is the operator's choice: by default only a running
+    # ksmd is used; the boolean that started it is refused with its replacement named
+    assert load(write(tmp_path, "")).pods.ksm == "auto"
+    for value in ("auto", "start", "off"):
+        assert load(write(tmp_path, f'[pods]\nksm = "{value}"\n')).pods.ksm == value
+    with pytest.raises(ConfigError, match=r'pods\.merge_shim_memory: replaced by pods\.ksm \("start" for true'):
+        load(write(tmp_path, "[pods]\nmerge_shim_memory = true\n"))
 
 
 def test_invalid_toml_is_reported(tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ class Rig:
             network=NetworkSettings(pod_cidr=POD_CIDR, bridge="tbr0", cni_conf_dir=tmp / "net.d",
                                     cni_bin_dirs=(tmp / "bin",), cni_cache_dir=tmp / "cni-cache",
                                     mode="builtin", nft_table="t_unit"),
-            pods=PodSettings(cgroup_parent=CGROUP_PARENT, merge_shim_memory=False),
+            pods=PodSettings(cgroup_parent=CGROUP_PARENT, ksm="off"),
         )
         self.store = FaultyStore(tmp / "meta.db", all_migrations(), self.journal)
         self.links = FakeHost()
