@@ -2,8 +2,14 @@
 
 Single-threaded asyncio. Each container process has its stdio held here: output goes to
 the CRI log and to attached sessions; input comes from attached sessions. When a process
-ends, its output is drained (bounded), its OOM state read from its memory cgroup, and the
-exit written atomically to ``<exit_dir>/exit.json`` before anyone is told.
+ends, its OOM state is read from its memory cgroup, its output drained, and the exit
+written atomically to ``<exit_dir>/exit.json`` before anyone is told.
+
+When the main process of a container without a PID namespace of its own ends (pod-shared,
+TARGET or host PID namespace), whatever else runs in its cgroup, exec processes included,
+is SIGKILLed first (runtime.shim.cgkill, as containerd's shim does with runc), so its exit
+is reported as soon as the cgroup is empty, with everything the process wrote, instead of
+after OUTPUT_DRAIN_SECONDS spent waiting on pipes its leftovers held open.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from runtime import errors
 from runtime.linux import libc, mountapi
 from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
 from runtime.shim import execproc, finalfork, init
+from runtime.shim.cgkill import CgroupKiller, owns_pid_namespace
 from runtime.shim.logwriter import CriLogFile, LineSplitter
 from runtime.shim.oomwatch import OomCounters
 from runtime.store.codec import to_json
@@ -35,7 +42,14 @@ from runtime.store.files import atomic_write
 
 log = logging.getLogger("cri_shim.shim")
 
+#: how long the output of an ended process may stay open (held by a process it left behind)
 OUTPUT_DRAIN_SECONDS = 2.0
+#: the same once the container's cgroup is empty: only a pipe end that left the cgroup (an
+#: fd passed to a process outside it) can still hold it
+KILLED_OUTPUT_GRACE_SECONDS = 0.1
+#: what is read from one output pipe after that, at most (a writer that outlived SIGKILL
+#: may still be writing)
+FINAL_DRAIN_BYTES = 4 * 1024 * 1024
 EXEC_SYNC_MAX_OUTPUT = 16 * 1024 * 1024
 
 
@@ -67,7 +81,7 @@ class Proc:
     sinks: set[OutputSink] = field(default_factory=set)
     open_outputs: int = 0
     output_fds: set[int] = field(default_factory=set)
-    readers: dict[int, Callable[[], None]] = field(default_factory=dict)
+    readers: dict[int, Callable[[], bool]] = field(default_factory=dict)
     stdin_buf: bytearray = field(default_factory=bytearray)
     stdin_idle: asyncio.Event = field(default_factory=asyncio.Event)
     stdin_writer: bool = False
@@ -195,11 +209,15 @@ def _set_nonblocking(fd: int) -> None:
 class ProcessTable:
     """Spawns and tracks the processes of one pod. Events go to ``on_exit``."""
 
-    def __init__(self, on_exit: Callable[[Proc], None], proc_pidns: bool | None = None) -> None:
+    def __init__(
+        self, on_exit: Callable[[Proc], None], proc_pidns: bool | None = None, killer: CgroupKiller | None = None
+    ) -> None:
         """``proc_pidns``: whether procfs takes ``pidns=`` (runtime.linux.mountapi), so a
         container joining a PID namespace others live in is set up outside it (None: probed
-        when first needed)."""
+        when first needed). ``killer`` empties a container's cgroup when its main process
+        ends in a PID namespace it does not own (default: the real cgroupfs)."""
         self.procs: dict[str, Proc] = {}
+        self._killer = killer if killer is not None else CgroupKiller()
         self._proc_pidns = proc_pidns
         self._by_pid: dict[int, Proc] = {}
         self._early_exits: dict[int, int] = {}  # reaped before we learned the pid
@@ -283,10 +301,22 @@ class ProcessTable:
         seen = max(oom_kill_count(proc.spec.memory_cgroup), self.oom.latest(proc.key) or 0)
         self.oom.unwatch(proc.key)
         oom = sig == signal.SIGKILL and seen > proc.oom_base
+        drain = OUTPUT_DRAIN_SECONDS
+        if self._kills_leftovers(proc):
+            # pipes close as the leftovers die (kernel: do_exit closes files before the task
+            # leaves cgroup.procs), so an empty cgroup leaves nothing to wait for
+            began = time.monotonic()
+            outcome = await self._killer.kill_all(proc.spec.cgroup_procs)
+            if outcome.rounds:
+                log.info("shim: %s ended in a PID namespace it does not own; killed what it left in its cgroup "
+                         "(%s, %d rounds, %.1f ms)", proc.key, outcome.method, outcome.rounds,
+                         (time.monotonic() - began) * 1000)
+            drain = KILLED_OUTPUT_GRACE_SECONDS
         # Drain what the process wrote before it died (bounded: a daemonized grandchild may
-        # hold the pipe open forever; kubernetes#92057).
+        # hold the pipe open forever; kubernetes#92057), then what is still buffered.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.io_done.wait(), OUTPUT_DRAIN_SECONDS)
+            await asyncio.wait_for(proc.io_done.wait(), drain)
+        self._drain_buffered(proc)
         self._close_io(proc)
         proc.exit = ExitStatus(
             exit_code=code, signal=sig, started_at_ns=proc.started_at_ns, finished_at_ns=finished,
@@ -302,6 +332,14 @@ class ProcessTable:
             sink.on_exit(proc.exit)
         proc.exited.set()
         self._on_exit(proc)
+
+    @staticmethod
+    def _kills_leftovers(proc: Proc) -> bool:
+        """A container's main process (not an exec) that joined cgroups and is not pid 1 of
+        a PID namespace of its own: what it left behind is killed when it ends (see
+        runtime.shim.cgkill; its own namespace the kernel empties itself)."""
+        return (not proc.key.startswith("exec:") and bool(proc.spec.cgroup_procs)
+                and not owns_pid_namespace(proc.spec.namespaces))
 
     # -- stdio --------------------------------------------------------------------------------
 
@@ -332,16 +370,17 @@ class ProcessTable:
         if proc.log is not None:
             proc.splitters[stream] = LineSplitter(b"stdout" if stream == 1 else b"stderr")
 
-        def readable() -> None:
+        def readable() -> bool:
+            """Read once; True when data came (more may be buffered)."""
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
-                return
+                return False
             except OSError:
                 data = b""  # EIO: the pty's other side is closed
             if data:
                 self._deliver(proc, stream, data)
-                return
+                return True
             self._loop.remove_reader(fd)
             proc.output_fds.discard(fd)
             proc.readers.pop(fd, None)
@@ -354,9 +393,19 @@ class ProcessTable:
             proc.open_outputs -= 1
             if proc.open_outputs == 0:
                 proc.io_done.set()
+            return False
 
         proc.readers[fd] = readable
         self._loop.add_reader(fd, readable)
+
+    def _drain_buffered(self, proc: Proc) -> None:
+        """Read what the output pipes still hold, without waiting (also while paused: the
+        process is gone, its output goes to the log and sessions before they close)."""
+        for fd in list(proc.output_fds):
+            read = proc.readers.get(fd)
+            budget = FINAL_DRAIN_BYTES
+            while read is not None and budget > 0 and fd in proc.output_fds and read():
+                budget -= 65536
 
     def _deliver(self, proc: Proc, stream: int, data: bytes) -> None:
         splitter = proc.splitters.get(stream)
