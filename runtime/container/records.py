@@ -65,7 +65,9 @@ class ContainerRecords:
             )
             return None
 
-        holder = await self._store.write(ins)
+        # Not durable on its own: every creation follows it with a durable write (its record, or
+        # the undo's delete) before it answers, and that fsync covers this one (runtime.store.db).
+        holder = await self._store.write(ins, durable=False)
         if holder is not None:
             md = record.config.metadata
             raise AlreadyExists(

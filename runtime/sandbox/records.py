@@ -66,7 +66,9 @@ class SandboxRecords:
             )
             return None
 
-        holder = await self._store.write(ins)
+        # Not durable on its own: every creation follows it with a durable write (its record, or
+        # the undo's delete) before it answers, and that fsync covers this one (runtime.store.db).
+        holder = await self._store.write(ins, durable=False)
         if holder is not None:
             raise AlreadyExists(f"pod sandbox name {record.name_key!r} is reserved for sandbox {holder}")
         self._by_id[record.id] = record

@@ -6,6 +6,13 @@ allocations) is committed here before the RPC that made it returns.
 Contract:
 - ``synchronous=FULL`` + WAL: a transaction that returned is durable across power loss and
   ``kill -9``; one that did not return is absent as a whole (SQLite's atomic commit).
+- ``write(fn, durable=False)`` commits without the fsync (``synchronous=NORMAL`` for that
+  transaction): it survives ``kill -9`` (the WAL is in the page cache) and becomes durable
+  with the next durable write, whose fsync of the WAL covers every frame before it (SQLite:
+  the WAL is appended to, and synced as a whole). For a write that an operation always
+  follows with a durable one before it returns (a name reservation, then the record), so that
+  the operation pays one fsync less and a power loss in between loses only what the operation
+  had not answered for anyway.
 - All SQL runs on one dedicated thread that owns the connection, so the asyncio loop never
   blocks on disk I/O and there is exactly one writer.
 - The schema is versioned per component (``images``, ``sandboxes``, ...): each component
@@ -160,15 +167,21 @@ class Store:
             raise Internal("state store is not open")
         return self._conn
 
-    def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _in_transaction(self, fn: Callable[[sqlite3.Connection], T], durable: bool = True) -> T:
         conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
+        if not durable:
+            conn.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at this commit
         try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            if not durable:
+                conn.execute("PRAGMA synchronous=FULL")
         return result
 
     def _submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
@@ -176,13 +189,14 @@ class Store:
             raise Internal("state store is not open")
         return self._executor.submit(fn)
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in one IMMEDIATE transaction on the store thread; durable on return.
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``fn(conn)`` in one IMMEDIATE transaction on the store thread; durable on return
+        (with ``durable=False``: once the next durable write returned, see the module's contract).
 
         ``fn`` must only touch the database (no awaits, no other I/O); an exception rolls the
         whole transaction back and is re-raised here.
         """
-        return await asyncio.wrap_future(self._submit(lambda: self._in_transaction(fn)))
+        return await asyncio.wrap_future(self._submit(lambda: self._in_transaction(fn, durable)))
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only ``fn(conn)`` on the store thread (a consistent snapshot per statement)."""

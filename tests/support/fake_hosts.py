@@ -222,7 +222,14 @@ class FaultyStore(Store):
     def __init__(self, path: Path, migrations: Iterable[Migration], journal: Journal) -> None:
         super().__init__(path, migrations)
         self.journal = journal
+        #: writes committed without fsync since the last durable one, and in all
+        self.unsynced = 0
+        self.relaxed = 0
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         self.journal.store_write()
-        return await super().write(fn)
+        result = await super().write(fn, durable=durable)
+        # a write that is not durable waits for the next durable one (runtime.store.db)
+        self.unsynced = 0 if durable else self.unsynced + 1
+        self.relaxed += 0 if durable else 1
+        return result

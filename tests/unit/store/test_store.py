@@ -182,3 +182,39 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     (tmp_path / ".tmp-f-999").write_bytes(b"partial")
     assert [x.name for x in remove_stale_temps(tmp_path)] == [".tmp-f-999"]
     assert sorted(x.name for x in tmp_path.iterdir()) == ["f"]
+
+
+# -- writes that are not durable on their own --------------------------------------------------
+
+
+def synchronous(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+async def test_a_write_that_is_not_durable_commits_without_fsync_and_durable_writes_still_do(
+    tmp_path: Path,
+) -> None:
+    """durable=False: the transaction runs with synchronous=NORMAL (WAL: no fsync at its
+    commit; the next durable write's fsync covers it); every other write, before and after,
+    with FULL. Also after a failed one."""
+    store = Store(tmp_path / "db.sqlite", ACCOUNTS)
+    store.open()
+    try:
+        def move(conn: sqlite3.Connection) -> int:
+            conn.execute("UPDATE accounts SET balance = balance - 1 WHERE id = 0")
+            return synchronous(conn)
+
+        assert await store.write(move) == 2  # FULL
+        assert await store.write(move, durable=False) == 1  # NORMAL
+        assert await store.write(move) == 2
+
+        def fail(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE accounts SET balance = 0 WHERE id = 0")
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            await store.write(fail, durable=False)
+        assert await store.write(move) == 2
+        assert await store.read(lambda c: c.execute("SELECT balance FROM accounts WHERE id = 0").fetchone()[0]) == 996
+    finally:
+        store.close()
