@@ -702,7 +702,7 @@ class ProcessTable:
         if err is not None or "ready" not in lines or (setup.done() and not handed):
             self._abort(proc, setup, handed)
             raise errors.FailedPrecondition(
-                f"creating container {spec.container_id}: {err or 'setup process ended without reporting'}"
+                f"creating container {spec.container_id}: {err or _silent_end(lines, setup)}"
             )
         # ready and waiting: from now on its end is the container's end
         if handed:
@@ -897,3 +897,20 @@ class ProcessTable:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, sig)
+
+
+def _silent_end(lines: list[str], setup: asyncio.Future[int]) -> str:
+    """Why a set-up process that reported no error failed, as far as the shim can tell: what
+    it did report and how it ended (a signal names who to look for: an OOM kill, a kill of
+    its cgroup, a crash)."""
+    said = f"reported {' '.join(lines)!r}" if lines else "reported nothing"
+    what = "ended before the start" if "ready" in lines else "ended without reporting ready"
+    if not setup.done() or setup.cancelled():
+        return f"setup process {what} ({said})"
+    status = setup.result()
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        how = f"killed by signal {sig} ({signal.Signals(sig).name if sig in signal.valid_signals() else '?'})"
+    else:
+        how = f"exit status {os.WEXITSTATUS(status)}"
+    return f"setup process {what} ({said}; {how})"
