@@ -28,7 +28,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -503,14 +503,24 @@ class ContainerService:
             with contextlib.suppress(errors.Unavailable, errors.NotFound):
                 await self.sandboxes.shims.client(rec.sandbox_id).delete(rec.id, rpc_timeout=30)
             steps.mark("shim")
+        # With the process gone these are independent of each other (different cgroupfs
+        # directories, the snapshot, the image volumes' directory and the state directory): run
+        # together, each one's thread hop and disk metadata waits overlap the others' instead of
+        # adding up (measured: 10-35 ms in a row on a loaded machine). Each is idempotent: when
+        # one fails the record stays, and the kubelet's retry finishes what is left.
+        jobs: list[Awaitable[object]] = [
+            self.images.snapshots.remove(rec.snapshot_key or rec.id),
+            release_image_volumes(self.images, self.settings.state, rec.id, rec.config.mounts),
+            asyncio.to_thread(self.host.remove_state_dir, Path(rec.exit_dir)),
+        ]
         if rec.cgroup_path:
-            await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
-            steps.mark("cgroup")
-        await self.images.snapshots.remove(rec.snapshot_key or rec.id)
-        steps.mark("snapshot")
-        await release_image_volumes(self.images, self.settings.state, rec.id, rec.config.mounts)
-        await asyncio.to_thread(self.host.remove_state_dir, Path(rec.exit_dir))
-        steps.mark("state dir")
+            jobs.append(asyncio.to_thread(self._cgroups().remove, rec.cgroup_path))
+        failures = [r for r in await asyncio.gather(*jobs, return_exceptions=True) if isinstance(r, BaseException)]
+        steps.mark("cgroup+snapshot+state dir")
+        for exc in failures[1:]:
+            log.warning("container %s: removal step failed as well: %s: %s", rec.id, type(exc).__name__, exc)
+        if failures:
+            raise failures[0]
 
     # -- queries ------------------------------------------------------------------------------
 
