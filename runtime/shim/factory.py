@@ -1,7 +1,8 @@
 """The shim factory: forks pod shims from a pre-imported, frozen interpreter.
 
 Measured here (docs/ARCHITECTURE.md §2): a fresh Python process costs ~18 MB PSS, a fork of a
-pre-imported template ~3.3 MB, because the interpreter's pages stay shared. So the daemon
+pre-imported template about a third of that, because the interpreter's pages stay shared until
+written (bench/shim_memory.py measures what a shim writes). So the daemon
 starts this factory once per state directory; it imports and runs once everything a shim runs
 (runtime.shim.warmup), calls ``gc.freeze()`` (the collector then never touches, and so never
 copies, those pages), and forks one shim per pod on request.
