@@ -213,7 +213,8 @@ def _check_pod_cidr(value: str) -> None:
 def _validate(cfg: Config) -> None:
     if cfg.log_level not in LOG_LEVELS:
         raise ConfigError(f"log_level: {cfg.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
-    for key, path in (("address", cfg.address), ("root", cfg.root), ("state", cfg.state)):
+    for key, path in (("address", cfg.address), ("root", cfg.root), ("state", cfg.state),
+                      ("pods.pause_binary", cfg.pods.pause_binary)):
         if not path.is_absolute():
             raise ConfigError(f"{key}: {str(path)!r} must be an absolute path")
     if len(str(cfg.address).encode()) > 107:

@@ -201,6 +201,16 @@ class PodSettings:
         default=(1 << 32) - 2,
         metadata=doc("Last host uid/gid of that range (at most 4294967294)."),
     )
+    pause_binary: Path = field(
+        default=Path("/usr/local/libexec/cri-shim/pause"),
+        metadata=doc(
+            "The pid 1 of a pod that shares one PID namespace (shareProcessNamespace): a static "
+            "binary that reaps orphans, built by `python -m runtime.shim.pause build --out PATH` "
+            "(scripts/install.sh builds the default). The daemon refuses to start without it "
+            "(it must be root's, executable and writable by no one else); each pod runs a "
+            "sealed in-memory copy."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

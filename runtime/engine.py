@@ -40,6 +40,7 @@ from runtime.security.hostdirs import make_private
 from runtime.settings_store import SETTINGS_MIGRATIONS, SettingsStore
 from runtime.shim.ksm import KsmChoice, apply_ksm_setting
 from runtime.shim.manager import ShimManager
+from runtime.shim.pause import binary as pause_binary
 from runtime.stats.service import StatsService
 from runtime.stats.view import RecordsView
 from runtime.store import Migration, Store
@@ -149,8 +150,13 @@ class Engine:
 
         A failing recovery step is logged with its error and counted; it never stops start-up
         (one bad record must not take the node down), but the runtime still becomes ready.
+        FailedPrecondition (before anything else) when pods.pause_binary is missing or unfit.
         """
         started = time.monotonic()
+        # fatal, and first: without the pause binary every pod sharing its PID namespace
+        # would fail later (FailedPrecondition saying how to build it); no Python fallback,
+        # which would cost megabytes per pod unnoticed
+        await asyncio.to_thread(pause_binary.check, self.settings.pods.pause_binary)
         for d in (self.settings.root, self.settings.state):
             make_private(d)  # 0700: no host user reaches layers, container files, state
         await self.store.aopen()

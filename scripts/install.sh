@@ -104,6 +104,9 @@ else
   say "venv matches requirements/lock.txt"
 fi
 
+# -- the pod PID holder: pods.pause_binary's default, built from runtime/shim/pause (kept if current)
+.venv/bin/python -m runtime.shim.pause build
+
 # -- crictl and critest from sigs.k8s.io/cri-tools ---------------------------------------------
 have_version() { # binary expected-version-stamp
   [ -x "$1" ] && [ -f "$1.version" ] && [ "$(cat "$1.version")" = "$2" ]

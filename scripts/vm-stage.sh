@@ -23,6 +23,8 @@ if [ "${1:-}" != --in-node ]; then
   t0=$SECONDS
   mkdir -p test-reports
   [ -x .venv/bin/python ] || { echo "vm-stage: no .venv (scripts/install.sh builds it)" >&2; exit 1; }
+  # the test daemons' pause binary (tests/support/pause.py), built here: the node has no compiler
+  PYTHONPATH="$top" .venv/bin/python -c 'from tests.support.pause import pause_binary; print(pause_binary())'
   echo "vm-stage: booting the node VM (software emulation unless KVM can run a stock kernel)"
   status=0
   bash scripts/node-vm.sh run --timeout "${VM_STAGE_TIMEOUT:-1500}" -- bash scripts/vm-stage.sh --in-node \

@@ -194,7 +194,8 @@ class SandboxService:
                     steps.mark("namespaces")
                 holder: ProcessRef | None = None
                 if ns.pid is NamespaceMode.POD:
-                    holder = ref_of(await client.pid_holder(pins.user, rpc_timeout=30))
+                    holder = ref_of(await client.pid_holder(pins.user, pause=str(self.settings.pods.pause_binary),
+                                                             rpc_timeout=30))
                     pins = replace(pins, pid=f"/proc/{holder.pid}/ns/pid")
                     steps.mark("pid-holder")
                 ip, more_ips = "", tuple[str, ...]()

@@ -74,9 +74,9 @@ class ShimConnection(Protocol):
         """Make, configure and pin the pod's namespaces (runtime.shim.nsinit)."""
         return await self.request(CreateNamespaces(request), rpc_timeout)
 
-    async def pid_holder(self, user_ns: str = "", rpc_timeout: float | None = 30) -> int:
-        """Start the pid 1 of a pod-shared PID namespace; its pid."""
-        return (await self.request(PidHolder(user_ns), rpc_timeout)).pid
+    async def pid_holder(self, user_ns: str = "", *, pause: str, rpc_timeout: float | None = 30) -> int:
+        """Start the pid 1 of a pod-shared PID namespace, the pause binary at ``pause``; its pid."""
+        return (await self.request(PidHolder(user_ns, pause), rpc_timeout)).pid
 
     async def precreate(self, container_id: str, namespaces: NamespaceSpec, cgroup_procs: tuple[str, ...] = (),
                         *, stdin: bool = False, tty: bool = False, rpc_timeout: float | None = 30) -> int:

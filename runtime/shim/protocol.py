@@ -150,11 +150,14 @@ class CreateNamespaces(ShimRequest[NamespacesResult]):
 
 @dataclass(frozen=True, slots=True)
 class PidHolder(ShimRequest[Pid]):
-    """Start the pod-shared PID namespace's pid 1 (in the user namespace ``user_ns``, if any)."""
+    """Start the pod-shared PID namespace's pid 1 (in the user namespace ``user_ns``, if any),
+    exec'ing the pause binary at ``pause`` (pods.pause_binary; a shim older than this field
+    ignores it and forks a Python holder)."""
 
     OP: ClassVar[str] = "pid_holder"
     REPLY: ClassVar[Any] = Pid
     user_ns: str = ""
+    pause: str = ""
 
 
 @dataclass(frozen=True, slots=True)

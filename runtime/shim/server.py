@@ -199,8 +199,10 @@ class ShimServer:
 
     async def op_pid_holder(self, req: PidHolder) -> Pid:
         assert self.table is not None
+        if not req.pause:
+            raise errors.FailedPrecondition("no pause binary named for the pod PID holder (pods.pause_binary)")
         try:
-            self._holder_pid = pidholder.start_pid_holder(req.user_ns or "")
+            self._holder_pid = pidholder.start_pid_holder(req.pause, req.user_ns or "")
             self.table.set_holder(self._holder_pid)  # before anything can reap it
         except OSError as exc:
             raise errors.FailedPrecondition(f"creating the pod PID namespace: {exc}") from None

@@ -184,6 +184,22 @@ def test_sigterm_exits_0_and_removes_socket(tmp_path: Path) -> None:
     assert "stopped" in d.log()
 
 
+def test_a_missing_pause_binary_stops_startup_saying_how_to_build_it(tmp_path: Path) -> None:
+    """No Python fallback for the pod PID holder: without pods.pause_binary the daemon does
+    not start (before: it started, and every pod-shared PID namespace ran a Python holder)."""
+    missing = tmp_path / "no-pause"
+    d = make_daemon(tmp_path / "d", extra_config=f'[pods]\npause_binary = "{missing}"\n')
+    try:
+        res = subprocess.run([sys.executable, "-m", "cri_shim", "--config", str(d.config_path)],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1, res
+        assert f"pods.pause_binary '{missing}'" in res.stderr and "No such file" in res.stderr, res.stderr
+        assert "python -m runtime.shim.pause build" in res.stderr, res.stderr
+        assert not d.socket.exists()
+    finally:
+        d.cleanup()
+
+
 @pytest.mark.parametrize(
     ("text", "key"),
     [("bogus_key = 1\n", "bogus_key"), ('[network]\npod_cidr = "300.1.1.1/8"\n', "network.pod_cidr")],

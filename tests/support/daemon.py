@@ -37,6 +37,7 @@ from cri_shim.api.gen import api_pb2_grpc
 from tests.support import leaks as leakmod
 from tests.support import tools
 from tests.support.names import unique
+from tests.support.pause import pause_binary
 
 CRICTL = str(tools.CRICTL)
 
@@ -320,9 +321,11 @@ def write_config(d: DaemonProcess) -> None:
         "cni_conf_dir": f'"{d.base / "cni-none"}"', "bridge": f'"{d.bridge}"', "nft_table": f'"{d.nft_table}"',
         "pod_cidr": f'"{d.pod_cidr}"',
     })
-    # tests leave the host's KSM alone unless they ask for it (pods.ksm)
+    # tests leave the host's KSM alone unless they ask for it (pods.ksm); the pod PID holder is
+    # the build of this checkout's source (a fresh clone has none installed)
     extra, pods_table = _with_defaults(extra, "pods", {"cgroup_parent": f'"{d.cgroup_parent}"',
-                                                       "ksm": '"off"'})
+                                                       "ksm": '"off"',
+                                                       "pause_binary": f'"{pause_binary()}"'})
     # where systemd is the driver (a systemd node), pods without a parent go under this slice
     extra, cgroups_table = _with_defaults(extra, "cgroups", {"systemd_slice": f'"{d.systemd_slice}"'})
     d.config_path.write_text(top + "\n" + tables + net_table + pods_table + cgroups_table + "\n" + extra)

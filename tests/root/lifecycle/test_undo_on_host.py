@@ -44,6 +44,7 @@ from tests.support.fake_hosts import FaultyStore
 from tests.support.journal import InjectedFault, Journal
 from tests.support.journaled import JournaledPodHost, JournaledShims
 from tests.support.names import unique
+from tests.support.pause import pause_binary
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -60,7 +61,8 @@ class HostRig:
             root=base / "root", state=base / "state",
             network=NetworkSettings(pod_cidr=unique_subnet(), bridge=unique("tub"), nft_table=unique("tun"),
                                     cni_conf_dir=base / "cni-none", mode="builtin"),
-            pods=PodSettings(cgroup_parent="/" + unique("crishim-test-", 30), ksm="off"),
+            pods=PodSettings(cgroup_parent="/" + unique("crishim-test-", 30), ksm="off",
+                             pause_binary=pause_binary()),
         )
         self.footprint = leaks.HostFootprint(
             dirs=(base,), state=self.settings.state, cgroup_parent=self.settings.pods.cgroup_parent,

@@ -27,6 +27,7 @@ from runtime.shim.client import ShimClient
 from runtime.shim.manager import ShimManager
 from runtime.shim.protocol import ExitEvent, Subscribed
 from tests.root.shim.test_shim import SID, container_spec
+from tests.support.pause import pause_binary
 from tests.support.shims import running_shim
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
@@ -66,7 +67,7 @@ async def test_target_and_holder_namespaces_are_joined_by_pidfd_not_by_path(shim
         assert pid_ns(j.pid) == pid_ns(t.pid) != os.stat(stand_in).st_ino
 
         # the pod's pid 1: the holder, by the pidfd the shim took when it made it
-        holder = await client.pid_holder()
+        holder = await client.pid_holder(pause=str(pause_binary()))
         await client.create(spec_joining(tmp_path, "c3" * 32, stand_in, PID_HOLDER))
         m = await client.start("c3" * 32)
         assert pid_ns(m.pid) == pid_ns(holder) != os.stat(stand_in).st_ino
@@ -94,7 +95,7 @@ async def test_a_container_joining_the_holders_namespace_is_set_up_outside_it(sh
     pid 1 the holder, /proc/self its own), and is the shim's to track: its exit is the
     container's, exec goes into it."""
     client = shim.client(SID)
-    holder = await client.pid_holder()
+    holder = await client.pid_holder(pause=str(pause_binary()))
     cid = "e5" * 32
     spec = running(spec_joining(tmp_path, cid, f"/proc/{holder}/ns/pid", PID_HOLDER),
                    "cat /proc/1/comm; readlink /proc/self; exec sleep 60")
@@ -164,7 +165,7 @@ async def shim_without_procfs_pidns(tmp_path: Path) -> AsyncIterator[ShimClient]
 
 async def test_without_procfs_pidns_the_container_is_set_up_inside_the_namespace(tmp_path: Path) -> None:
     async with shim_without_procfs_pidns(tmp_path) as client:
-        holder = await client.pid_holder()
+        holder = await client.pid_holder(pause=str(pause_binary()))
         cid = "f6" * 32
         created = await client.create(running(spec_joining(tmp_path, cid, f"/proc/{holder}/ns/pid", PID_HOLDER),
                                               "exec sleep 60"))

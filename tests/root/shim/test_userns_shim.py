@@ -16,6 +16,7 @@ from runtime.model.launch import LaunchSpec, MountSpec, NamespaceSpec, ProcessSp
 from runtime.shim.manager import ShimManager
 from runtime.shim.protocol import ExitEvent, IdMaps, NamespacesRequest, Subscribed
 from tests.root.shim.test_shim import SID, container_spec, shim  # noqa: F401 (fixture)
+from tests.support.pause import pause_binary
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -129,7 +130,7 @@ async def test_userns_pod_namespaces_containers_and_exec(shim: tuple[ShimManager
     await client.delete(cid)
 
     # a long-running container in a pod-shared PID namespace the user namespace owns; exec
-    holder = await client.pid_holder(pins["user"])
+    holder = await client.pid_holder(pins["user"], pause=str(pause_binary()))
     assert owner_userns(f"/proc/{holder}/ns/pid") == user_ino
     cid2 = "2" * 64
     spec2 = userns_spec(tmp_path, cid2, ("sh", "-c", "echo started; exec sleep 60"), pins,

@@ -80,6 +80,7 @@ def test_file_values_and_flag_overrides(tmp_path: Path) -> None:
         ('[cgroups]\nsystemd_slice = "/cri-shim"\n', "cgroups.systemd_slice"),
         ('[pods]\nksm = "on"\n', "pods.ksm"),
         ("[pods]\nksm = true\n", "pods.ksm"),
+        ('[pods]\npause_binary = "pause"\n', "pods.pause_binary"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -146,7 +146,6 @@ def test_an_unknown_or_malformed_request_is_invalid_argument() -> None:
 #: (request, the line a protocol-1 daemon sent for it)
 V1_REQUESTS: list[tuple[p.ShimRequest[Any], dict[str, Any]]] = [
     (p.Ping(), {"op": "ping"}),
-    (p.PidHolder(""), {"op": "pid_holder", "user_ns": ""}),
     (p.Precreate("c", NAMESPACES, ("/cg",), True, False),
      {"op": "precreate", "container_id": "c", "namespaces": to_plain(NAMESPACES), "cgroup_procs": ["/cg"],
       "stdin": True, "tty": False}),
@@ -190,6 +189,17 @@ def test_create_namespaces_as_protocol_1_spelled_it() -> None:
     assert p.decode_request(v1) == typed
     line = through_the_wire(p.request_line(typed))
     assert line["request"].pop("userns") is None
+    assert line == through_the_wire(v1)
+
+
+def test_pid_holder_as_protocol_1_spelled_it() -> None:
+    """The daemon added "pause" (the binary the holder execs); a protocol-1 shim ignores it
+    and forks its Python holder, and a line without it decodes with none (the shim then
+    refuses to start a holder)."""
+    v1 = {"op": "pid_holder", "user_ns": ""}
+    assert p.decode_request(v1) == p.PidHolder("", "")
+    line = through_the_wire(p.request_line(p.PidHolder("", "/usr/libexec/pause")))
+    assert line.pop("pause") == "/usr/libexec/pause"
     assert line == through_the_wire(v1)
 
 
