@@ -5,8 +5,9 @@
  * SIGINT), written for a process that a pod may attack:
  *
  * - No libc: raw system calls from a 1-page text (-nostdlib -static, x86_64 and aarch64),
- *   so the process costs a few pages of memory (a static glibc pause maps ~30 pages more)
- *   and has no start-up code (locale, stdio, TLS) for a container to aim at.
+ *   so the process costs a few pages: 16 kB PSS measured here, where kubernetes' pause
+ *   built with `cc -static -Os -s` (glibc) costs 692 kB; and there is no start-up code
+ *   (locale, stdio, TLS, IRELATIVE relocations) for a container to aim at.
  * - No signal handlers: SIGCHLD, SIGTERM and SIGINT are blocked and taken synchronously
  *   with rt_sigtimedwait(2). Every other signal keeps its default action, which the kernel
  *   never applies to the init of a PID namespace when a process inside that namespace
