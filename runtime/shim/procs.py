@@ -700,6 +700,9 @@ class ProcessTable:
         handed = _handed_over_pid(lines)
         err = next((ln[6:] for ln in lines if ln.startswith("error ")), None)
         if err is not None or "ready" not in lines or (setup.done() and not handed):
+            if err is None and not setup.done():
+                # the report pipe closed first: give the reaper a moment to learn how it ended
+                await asyncio.wait({setup}, timeout=1.0)
             self._abort(proc, setup, handed)
             raise errors.FailedPrecondition(
                 f"creating container {spec.container_id}: {err or _silent_end(lines, setup)}"
