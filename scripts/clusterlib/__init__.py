@@ -1,0 +1,7 @@
+"""scripts/cluster.sh: a Kubernetes v1.37 control plane and two cri-shim nodes on this machine.
+
+Modules, one concern each: ``layout`` (names, addresses, paths, versions), ``state`` (what ``up``
+made, for ``status`` and ``down``), ``pki`` (the CA, certificates, kubeconfigs), ``host`` (bridge,
+namespaces, cgroups, processes), ``configs`` (command lines and config files of the components),
+``addons`` (registry images, CoreDNS), ``up`` and ``down``.
+"""

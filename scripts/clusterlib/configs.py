@@ -1,0 +1,192 @@
+"""Command lines and config files of the components (pure: text and argv, no side effects).
+
+Ports: the control plane listens on ``HOST_IP`` (the apiserver) or on host loopback at ports
+chosen free at ``up`` (etcd); the controller-manager and scheduler serve nothing (secure port 0),
+so nothing collides with another cluster or kubelet on this machine. Inside a node's network
+namespace the usual fixed ports are private to the node (kubelet 10250 on the node's address,
+healthz and cri-shim's streaming and metrics on the node's own loopback).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from clusterlib import layout
+
+PKI = layout.PKI
+
+
+def etcd_argv(data: Path, client_port: int, peer_port: int) -> list[str]:
+    client, peer = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    return [str(layout.ETCD), "--name=cluster", f"--data-dir={data}", f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}", f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=cluster={peer}",
+            "--listen-metrics-urls=", "--log-level=warn", "--quota-backend-bytes=1073741824"]
+
+
+def apiserver_argv(etcd_port: int) -> list[str]:
+    return [
+        str(layout.K8S_BIN / "kube-apiserver"),
+        f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+        f"--advertise-address={layout.HOST_IP}", f"--bind-address={layout.HOST_IP}",
+        f"--secure-port={layout.APISERVER_PORT}",
+        f"--service-cluster-ip-range={layout.SERVICE_CIDR}",
+        "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+        f"--client-ca-file={PKI / 'ca.crt'}",
+        f"--tls-cert-file={PKI / 'apiserver.crt'}", f"--tls-private-key-file={PKI / 'apiserver.key'}",
+        f"--kubelet-client-certificate={PKI / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={PKI / 'apiserver-kubelet-client.key'}",
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--service-account-issuer=https://kubernetes.default.svc.{layout.CLUSTER_DOMAIN}",
+        f"--service-account-key-file={PKI / 'sa.pub'}",
+        f"--service-account-signing-key-file={PKI / 'sa.key'}",
+        "--allow-privileged=true", "--profiling=false", "--v=1",
+    ]
+
+
+def controller_manager_argv() -> list[str]:
+    kc = str(PKI / "controller-manager.kubeconfig")
+    return [
+        str(layout.K8S_BIN / "kube-controller-manager"),
+        f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+        "--leader-elect=false", "--secure-port=0", "--use-service-account-credentials=true",
+        f"--root-ca-file={PKI / 'ca.crt'}", f"--service-account-private-key-file={PKI / 'sa.key'}",
+        f"--cluster-signing-cert-file={PKI / 'ca.crt'}", f"--cluster-signing-key-file={PKI / 'ca.key'}",
+        "--allocate-node-cidrs=true", f"--cluster-cidr={layout.CLUSTER_CIDR}", "--node-cidr-mask-size=24",
+        f"--service-cluster-ip-range={layout.SERVICE_CIDR}", "--profiling=false", "--v=1",
+    ]
+
+
+def scheduler_argv() -> list[str]:
+    kc = str(PKI / "scheduler.kubeconfig")
+    return [str(layout.K8S_BIN / "kube-scheduler"), f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}", "--leader-elect=false", "--secure-port=0", "--profiling=false",
+            "--v=1"]
+
+
+def registry_config(storage: Path) -> str:
+    """docker-registry on the bridge address, plain HTTP, anonymous push and pull."""
+    return f"""version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: true
+http:
+  addr: {layout.REGISTRY}
+"""
+
+
+def registries_conf() -> str:
+    """containers-registries.conf(5) for the nodes' cri-shim: the cluster registry over HTTP."""
+    return f'[[registry]]\nlocation = "{layout.REGISTRY}"\ninsecure = true\n'
+
+
+def cri_shim_config(node: layout.Node) -> str:
+    """cri-shim of ``node``: the built-in bridge network (the pod range arrives from kubelet
+    through UpdateRuntimeConfig), cgroupfs under the node's cgroup, its registries.conf."""
+    d = node.dir
+    return f"""address = "{node.cri_socket}"
+root = "{d / 'cri-root'}"
+state = "{d / 'cri-state'}"
+log_level = "info"
+
+[streaming]
+address = "127.0.0.1:0"
+
+[metrics]
+address = "127.0.0.1:9472"
+
+[image]
+registries_config = "{layout.BASE / 'registries.conf'}"
+
+[network]
+mode = "builtin"
+cni_conf_dir = "{d / 'cni-none'}"
+cni_cache_dir = "{d / 'cni-cache'}"
+
+[pods]
+cgroup_parent = "/{node.cgroup}/crictl"
+merge_shim_memory = false
+
+[cgroups]
+driver = "cgroupfs"
+"""
+
+
+def kubelet_config(node: layout.Node) -> str:
+    d = node.dir
+    return f"""apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+containerRuntimeEndpoint: unix://{node.cri_socket}
+address: {node.ip}
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: {PKI / 'ca.crt'}
+authorization:
+  mode: Webhook
+clusterDomain: {layout.CLUSTER_DOMAIN}
+clusterDNS:
+- {layout.DNS_SERVICE_IP}
+resolvConf: ""
+cgroupDriver: cgroupfs
+cgroupRoot: /{node.cgroup}
+cgroupsPerQOS: true
+enforceNodeAllocatable:
+- pods
+failSwapOn: false
+failCgroupV1: false
+podLogsDir: {d / 'pod-logs'}
+evictionHard:
+  memory.available: "100Mi"
+  nodefs.available: "2%"
+  imagefs.available: "2%"
+  nodefs.inodesFree: "2%"
+shutdownGracePeriod: 0s
+maxPods: 50
+syncFrequency: 10s
+"""
+
+
+def kubelet_argv(node: layout.Node) -> list[str]:
+    d = node.dir
+    return [str(layout.KUBELET), f"--config={d / 'kubelet.yaml'}", f"--kubeconfig={d / 'kubelet.kubeconfig'}",
+            f"--root-dir={d / 'kubelet'}", f"--cert-dir={d / 'kubelet-pki'}", f"--hostname-override={node.name}",
+            f"--node-ip={node.ip}", "--v=1"]
+
+
+def kube_proxy_config(node: layout.Node) -> str:
+    # conntrack sizes are host-wide sysctls: 0 leaves them alone (kube-proxy in a netns cannot
+    # set them, and must not change the host's)
+    return f"""apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: {node.dir / 'kube-proxy.kubeconfig'}
+mode: nftables
+clusterCIDR: {layout.CLUSTER_CIDR}
+hostnameOverride: {node.name}
+bindAddress: {node.ip}
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+"""
+
+
+def kube_proxy_argv(node: layout.Node) -> list[str]:
+    return [str(layout.K8S_BIN / "kube-proxy"), f"--config={node.dir / 'kube-proxy.yaml'}", "--v=1"]
