@@ -2,9 +2,10 @@
 
 The daemon is multithreaded, so everything here works in the host network namespace only
 (no setns, no pyroute2 ``netns=``, which forks a helper): rtnetlink on a socket of the host
-netns, and plain writes to ``/proc/sys`` and ``/sys/class/net``. :class:`HostNetwork` is the
-port the service depends on; tests of the service logic use a recording double, root tests
-use :class:`RtnlHost`.
+netns (the daemon's own, which is a node's netns when the daemon runs in one), and plain
+writes to ``/proc/sys`` (per netns), never ``/sys/class/net`` (it shows the links of whichever
+netns mounted /sys). :class:`HostNetwork` is the port the service depends on; tests of the
+service logic use a recording double, root tests use :class:`RtnlHost`.
 
 Deviation from "netlink through pyroute2" (measured by ``bench/netlink.py``, p50): pyroute2's
 ``AsyncIPRoute`` sends from the event loop thread, and the kernel runs a request inside
@@ -52,7 +53,7 @@ class HostNetwork(Protocol):
         ...
 
     def link_exists(self, ifname: str) -> bool:
-        """Whether ``ifname`` exists, without netlink (a stat of sysfs: no RTNL wait)."""
+        """Whether ``ifname`` exists in the daemon's netns, without netlink (no RTNL wait)."""
         ...
 
     async def link_master(self, ifname: str) -> int | None:
@@ -87,9 +88,8 @@ class RtnlHost:
     thread owns one socket; calls queue on it in order. Construction does no I/O.
     """
 
-    def __init__(self, sysctl_root: Path = Path("/proc/sys"), sysfs_net: Path = Path("/sys/class/net")) -> None:
+    def __init__(self, sysctl_root: Path = Path("/proc/sys")) -> None:
         self._sysctl_root = sysctl_root
-        self._sysfs_net = sysfs_net
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._sock: rtnl.RtnlSocket | None = None
 
@@ -119,7 +119,15 @@ class RtnlHost:
         return None if link is None else link.index
 
     def link_exists(self, ifname: str) -> bool:
-        return "/" not in ifname and (self._sysfs_net / ifname).exists()
+        # SIOCGIFINDEX on a socket of the daemon's own netns (a lookup under RCU, no RTNL
+        # wait); a stat of /sys/class/net would see the links of whichever netns mounted /sys
+        if "/" in ifname or "\0" in ifname:
+            return False
+        try:
+            socket.if_nametoindex(ifname)
+        except OSError:
+            return False
+        return True
 
     async def link_master(self, ifname: str) -> int | None:
         link = await self._run(lambda nl: nl.link(ifname))
@@ -196,11 +204,17 @@ class RtnlHost:
         # kernel: with br_netfilter (every Kubernetes node has it), a DNAT back to the pod that
         # sent the packet (pod -> hostIP:hostPort -> itself) is forwarded at layer 2 out of
         # the port it came in on, which the bridge drops unless the port is in hairpin mode
-        # (kubenet's hairpin-veth, the CNI bridge plugin's hairpinMode).
+        # (kubenet's hairpin-veth, the CNI bridge plugin's hairpinMode). Set over netlink, not
+        # sysfs: /sys shows another netns's links when the daemon runs in a netns of its own.
+        link = nl.link(ifname)
+        if link is None:
+            raise FailedPrecondition(f"host interface {ifname} vanished while it was attached")
         try:
-            (self._sysfs_net / ifname / "brport" / "hairpin_mode").write_text("1")
-        except FileNotFoundError:
-            raise FailedPrecondition(f"host interface {ifname} vanished while it was attached") from None
+            nl.call(rtnl.set_hairpin(link.index))
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                raise FailedPrecondition(f"host interface {ifname} vanished while it was attached") from None
+            raise Internal(f"cannot set hairpin mode on {ifname}: {exc.strerror}") from None
 
     async def delete_link(self, ifname: str) -> bool:
         return await self._run(lambda nl: self._delete(nl, ifname))

@@ -42,6 +42,7 @@ NLM_F_CREATE = 0x400
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 RTM_GETLINK = 18
+RTM_SETLINK = 19
 RTM_NEWADDR = 20
 RTM_DELADDR = 21
 RTM_GETADDR = 22
@@ -55,11 +56,14 @@ IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_MASTER = 10
+IFLA_PROTINFO = 12
 IFLA_LINKINFO = 18
 IFLA_NET_NS_FD = 28
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
 VETH_INFO_PEER = 1
+IFLA_BRPORT_MODE = 4  # linux/if_link.h: a bridge port's hairpin mode (u8)
+NLA_F_NESTED = 0x8000
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 RTA_GATEWAY = 5
@@ -147,6 +151,18 @@ def set_link(ifname: str, *, master: int | None = None, up: bool | None = None) 
     if master is not None:
         body += attr(IFLA_MASTER, struct.pack("=I", master))
     return Request(RTM_NEWLINK, 0, body, f"set link {ifname}")
+
+
+def set_hairpin(index: int, on: bool = True) -> Request:
+    """Hairpin mode of bridge port ``index``: RTM_SETLINK of family AF_BRIDGE with
+    IFLA_PROTINFO { IFLA_BRPORT_MODE }, as ``bridge link set dev X hairpin on`` sends it
+    (iproute2 bridge/link.c; the kernel's br_setlink -> br_setport). Unlike a write to
+    /sys/class/net/X/brport/hairpin_mode it works in any network namespace: sysfs shows the
+    links of the namespace that mounted it, which is not the daemon's when the daemon runs
+    in a network namespace of its own on the host's /sys (a node in a netns)."""
+    body = _IFINFOMSG.pack(socket.AF_BRIDGE, 0, index, 0, 0)
+    body += nested(IFLA_PROTINFO | NLA_F_NESTED, attr(IFLA_BRPORT_MODE, bytes([1 if on else 0])))
+    return Request(RTM_SETLINK, 0, body, f"set hairpin {'on' if on else 'off'} on bridge port {index}")
 
 
 def new_bridge(ifname: str, *, mac: str = "", mtu: int = 0) -> Request:

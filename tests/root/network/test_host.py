@@ -61,3 +61,48 @@ async def test_bridge_attach_delete(leaks: Leaks) -> None:
         host.close()
         for name in (va, bridge):
             delete_link(name)
+
+
+_IN_NETNS = """
+import asyncio, json, subprocess, sys
+from runtime.network.host import RtnlHost
+
+async def main() -> None:
+    bridge, va, vb = sys.argv[1:4]
+    host = RtnlHost()
+    try:
+        index = await host.ensure_bridge(bridge, "0a:58:0a:01:03:01", 1500, [("10.201.3.1", 24)])
+        subprocess.run(["ip", "link", "add", va, "type", "veth", "peer", "name", vb], check=True)
+        found = host.link_exists(va)
+        await host.attach_to_bridge(va, index)
+        link = json.loads(subprocess.run(["ip", "-d", "-j", "link", "show", va], check=True,
+                                         capture_output=True, text=True).stdout)[0]
+        print(json.dumps({"exists": found, "missing": host.link_exists(vb + "x"),
+                          "hairpin": link["linkinfo"]["info_slave_data"]["hairpin"],
+                          "master": await host.link_master(va) == index}))
+    finally:
+        host.close()
+
+asyncio.run(main())
+"""
+
+
+def test_attach_in_a_netns_that_did_not_mount_sys() -> None:
+    # A daemon in a network namespace of its own on the host's /sys (a node of
+    # scripts/cluster.sh): /sys/class/net lists the host's links, not the daemon's. Enslaving,
+    # hairpin mode and link_exists must work on the daemon's netns (nsenter keeps the host's
+    # /sys, unlike `ip netns exec`, which mounts a fresh one).
+    import json
+    import sys
+
+    from tests.support.netns import REPO, Netns
+
+    ns = Netns(unique("tns")).create()
+    try:
+        res = subprocess.run(["nsenter", f"--net={ns.path}", sys.executable, "-c", _IN_NETNS,
+                              unique("tbr"), unique("tva"), unique("tvb")],
+                             capture_output=True, text=True, timeout=30, cwd=REPO, env={"PYTHONPATH": str(REPO)})
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == {"exists": True, "missing": False, "hairpin": True, "master": True}
+    finally:
+        ns.delete()
