@@ -18,19 +18,30 @@ HTTPD = f"{layout.REGISTRY}/cluster/httpd:1.0"
 COREDNS_IMAGE = f"{layout.REGISTRY}/cluster/coredns:{layout.COREDNS_VERSION}"
 
 
+#: busybox applets of the cluster's busybox image: the test images' set, and tar for kubectl cp
+APPLETS = (*ib.DEFAULT_APPLETS, "tar")
+
+
+def busybox_image() -> ib.BuiltImage:
+    env = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    return ib.build_image([ib.busybox_layer(APPLETS)], config={"Cmd": ["sh"], "Env": env})
+
+
 def coredns_image() -> ib.BuiltImage:
     layer = ib.Layer().dir("etc").dir("tmp", 0o1777)
     pw, gr = ib.passwd_files(users=(("nonroot", 65532, 65532, "/home/nonroot"),))
     layer.file("etc/passwd", pw).file("etc/group", gr)
     layer.file("coredns", layout.COREDNS.read_bytes(), 0o755)
-    return ib.build_image([layer], config={"Entrypoint": ["/coredns"], "ExposedPorts": {"53/tcp": {}, "53/udp": {}}})
+    # uncompressed: gzip of the 50 MB binary would cost every up many seconds of CPU
+    return ib.build_image([layer], config={"Entrypoint": ["/coredns"], "ExposedPorts": {"53/tcp": {}, "53/udp": {}}},
+                          compression="none")
 
 
 def push_images() -> dict[str, str]:
     """Build and push every image; returns reference -> manifest digest."""
     url = f"http://{layout.REGISTRY}"
     out = {}
-    for ref, image in ((BUSYBOX, ib.busybox_image()), (HTTPD, ib.httpd_image(8080)), (COREDNS_IMAGE, coredns_image())):
+    for ref, image in ((BUSYBOX, busybox_image()), (HTTPD, ib.httpd_image(8080)), (COREDNS_IMAGE, coredns_image())):
         repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
         out[ref] = ib.push(url, repo, tag, image)
     return out

@@ -49,13 +49,14 @@ def cgroup_v2() -> bool:
 
 
 def hierarchies() -> list[Path]:
-    """The cgroup trees a cgroup of the cluster exists in: the v2 root, or every v1 controller
-    hierarchy (named ones like ``systemd`` and the hybrid ``unified`` tree are left alone)."""
+    """The cgroup trees a cgroup of the cluster exists in: the v2 root, or every v1 hierarchy
+    with the named ``systemd`` one (kubelet's cgroupfs driver checks its cgroup root there too)
+    but not the hybrid ``unified`` tree."""
     if cgroup_v2():
         return [CGROUP_ROOT]
     out = []
     for entry in sorted(CGROUP_ROOT.iterdir()):
-        if entry.is_symlink() or entry.name in ("systemd", "unified") or not (entry / "cgroup.procs").exists():
+        if entry.is_symlink() or entry.name == "unified" or not (entry / "cgroup.procs").exists():
             continue
         out.append(entry)
     return out

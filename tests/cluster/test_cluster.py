@@ -1,0 +1,296 @@
+"""A real Kubernetes v1.37 cluster (scripts/cluster.sh) whose two nodes run cri-shim, used as a
+user would, with kubectl through the apiserver. The tests run in file order on one cluster:
+the disruptive ones (drain, kill -9 of a runtime) come last, then ``down`` and a comparison with
+the host as it was before ``up``.
+
+Run: CRI_SHIM_CLUSTER_TESTS=1 .venv/bin/pytest -p no:cacheprovider tests/cluster
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cluster.kube import Kube, cluster_sh, eventually, host_snapshot, status
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
+
+REGISTRY = "10.250.0.1:5000"
+BUSYBOX = f"{REGISTRY}/cluster/busybox:1.0"
+HTTPD = f"{REGISTRY}/cluster/httpd:1.0"
+NODES = ("node-a", "node-b")
+
+
+@pytest.fixture(scope="module")
+def before() -> dict[str, list[str]]:
+    return host_snapshot()
+
+
+@pytest.fixture(scope="module")
+def kube(before: dict[str, list[str]]) -> Iterator[Kube]:
+    up = cluster_sh("up", timeout=1800)
+    try:
+        assert up.returncode == 0, f"cluster up failed:\n{up.stdout}\n{up.stderr}"
+        st = status()
+        yield Kube(st["kubeconfig"])
+    finally:
+        if "cluster: down" not in cluster_sh("status").stdout:
+            cluster_sh("down")
+
+
+def client_pod(name: str, node: str) -> str:
+    return f"""apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: client}}
+spec:
+  nodeName: {node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: ["sleep", "3600"]
+"""
+
+
+WEB = f"""apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 4
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels: {{app: web}}
+      containers:
+      - name: httpd
+        image: {HTTPD}
+        ports: [{{containerPort: 8080}}]
+        readinessProbe:
+          httpGet: {{path: /, port: 8080}}
+          periodSeconds: 2
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"""
+
+
+def test_nodes_ready_on_cri_shim(kube: Kube) -> None:
+    nodes = kube.json("get", "nodes")["items"]
+    assert sorted(n["metadata"]["name"] for n in nodes) == list(NODES)
+    for n in nodes:
+        assert n["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("cri-shim://")
+        assert {c["type"]: c["status"] for c in n["status"]["conditions"]}["Ready"] == "True"
+    cidrs = {n["spec"]["podCIDR"] for n in nodes}
+    assert len(cidrs) == 2
+    st = status()
+    assert st["apiserver"] == "https://10.250.0.1:6443" and st["registry"] == REGISTRY
+    for node in NODES:
+        assert int(st[f"{node} runtime pid"]) > 0
+
+
+def test_deployment_spreads_over_both_nodes(kube: Kube) -> None:
+    kube.apply(WEB)
+    kube.wait("--for=condition=Available", "deployment/web", timeout=240)
+    pods = kube.pods("app=web")
+    assert len(pods) == 4
+    assert sorted(p["spec"]["nodeName"] for p in pods) == ["node-a", "node-a", "node-b", "node-b"]
+    for node in NODES:
+        kube.apply(client_pod(f"client-{node}", node))
+    kube.wait("--for=condition=Ready", "pod/client-node-a", "pod/client-node-b", timeout=120)
+
+
+def test_service_reached_from_each_node_by_ip_and_dns(kube: Kube) -> None:
+    ip = kube.json("get", "service", "web")["spec"]["clusterIP"]
+    for node in NODES:
+        for target in (ip, "web", "web.default.svc.cluster.local"):
+            out = kube("exec", f"client-{node}", "--", "wget", "-q", "-T", "5", "-O", "-", f"http://{target}/")
+            assert "hello from busybox httpd" in out, (node, target, out)
+    # pod to pod across nodes, by pod IP
+    for pod in kube.pods("app=web"):
+        out = kube("exec", "client-node-a", "--", "wget", "-q", "-T", "5", "-O", "-",
+                   f"http://{pod['status']['podIP']}:8080/")
+        assert "hello" in out
+    ns = kube("exec", "client-node-b", "--", "nslookup", "kubernetes.default.svc.cluster.local")
+    assert "10.96.0.1" in ns
+
+
+def test_logs_exec_attach_cp(kube: Kube, tmp_path: Any) -> None:
+    web = kube.pods("app=web")[0]["metadata"]["name"]
+    # httpd -v logs each request (the service test made some)
+    eventually("httpd request log", lambda: "GET /" in kube("logs", web) or "200" in kube("logs", web), 30)
+    assert kube("exec", "client-node-a", "--", "echo", "hi").strip() == "hi"
+    res = kube.run("exec", "-i", "client-node-b", "--", "sh", "-c", "cat; exit 3", input="from stdin\n", check=False)
+    assert res.returncode == 3 and res.stdout == "from stdin\n", res
+    # -t without a terminal on our side: kubectl says so and runs without one
+    res = kube.run("exec", "-i", "-t", "client-node-a", "--", "sh", "-c", "echo tty:$(tty >/dev/null && echo y)",
+                   check=False)
+    assert res.returncode == 0 and "tty:" in res.stdout, res
+    kube.apply(f"""apiVersion: v1
+kind: Pod
+metadata:
+  name: echoer
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    stdin: true
+    command: ["sh", "-c", "while read l; do echo got:$l; done"]
+""")
+    kube.wait("--for=condition=Ready", "pod/echoer", timeout=120)
+    res = kube.run("attach", "-i", "echoer", input="hello attach\n", check=False, timeout=60)
+    assert "got:hello attach" in res.stdout, res
+    src = tmp_path / "in.txt"
+    src.write_text("copied through the apiserver\n")
+    kube("cp", str(src), "client-node-a:/tmp/in.txt")
+    assert kube("exec", "client-node-a", "--", "cat", "/tmp/in.txt") == "copied through the apiserver\n"
+    kube("cp", "client-node-a:/tmp/in.txt", str(tmp_path / "back.txt"))
+    assert (tmp_path / "back.txt").read_text() == "copied through the apiserver\n"
+
+
+def test_port_forward(kube: Kube) -> None:
+    web = kube.pods("app=web")[-1]["metadata"]["name"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([*kube_cmd(kube), "port-forward", f"pod/{web}", f"{port}:8080"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        def answers() -> bool:
+            return "hello from busybox httpd" in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+        eventually("port-forward answers", lambda: _quiet(answers), 60)
+        for _ in range(3):
+            assert answers()
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+def kube_cmd(kube: Kube) -> list[str]:
+    from tests.cluster.kube import KUBECTL
+
+    return [str(KUBECTL), f"--kubeconfig={kube.kubeconfig}"]
+
+
+def _quiet(check: Any) -> bool:
+    try:
+        return bool(check())
+    except httpx.HTTPError:
+        return False
+
+
+def test_job_completes(kube: Kube) -> None:
+    kube.apply(f"""apiVersion: batch/v1
+kind: Job
+metadata:
+  name: once
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: main
+        image: {BUSYBOX}
+        command: ["sh", "-c", "echo job done"]
+""")
+    kube.wait("--for=condition=Complete", "job/once", timeout=120)
+    assert "job done" in kube("logs", "job/once")
+
+
+def test_liveness_probe_restarts_container(kube: Kube) -> None:
+    kube.apply(f"""apiVersion: v1
+kind: Pod
+metadata:
+  name: liveness
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: ["sh", "-c", "touch /tmp/alive; sleep 4; rm /tmp/alive; sleep 3600"]
+    livenessProbe:
+      exec: {{command: ["test", "-f", "/tmp/alive"]}}
+      periodSeconds: 2
+      failureThreshold: 2
+""")
+
+    def restarted() -> bool:
+        st = kube.json("get", "pod", "liveness")["status"].get("containerStatuses", [])
+        return bool(st) and st[0]["restartCount"] >= 1
+    eventually("a liveness restart", restarted, 90, every=2)
+    events = kube("get", "events", "--field-selector", "involvedObject.name=liveness")
+    assert "Unhealthy" in events
+
+
+def _restarts(kube: Kube, selector: str) -> dict[str, int]:
+    return {p["metadata"]["name"]: sum(c["restartCount"] for c in p["status"].get("containerStatuses", []))
+            for p in kube.pods(selector)}
+
+
+def test_kill9_runtime_pods_keep_serving(kube: Kube) -> None:
+    before = _restarts(kube, "app=web")
+    ips = [p["status"]["podIP"] for p in kube.pods("app=web") if p["spec"]["nodeName"] == "node-a"]
+    assert ips
+    pid = int(status()["node-a runtime pid"])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    served = 0
+    while time.monotonic() < deadline:
+        for ip in ips:  # from node-b, straight to the pods of node-a, whose runtime is dead
+            out = kube("exec", "client-node-b", "--", "wget", "-q", "-T", "5", "-O", "-", f"http://{ip}:8080/")
+            assert "hello" in out
+            served += 1
+        time.sleep(1)
+    assert served >= len(ips)
+    assert status()["node-a runtime pid"] == "not running"
+    res = cluster_sh("start-runtime", "node-a", timeout=120)
+    assert res.returncode == 0, res.stderr
+    time.sleep(15)  # kubelet relists (PLEG) against the new daemon
+    assert _restarts(kube, "app=web") == before
+    assert kube("exec", "client-node-a", "--", "echo", "after").strip() == "after"
+    kube.wait("--for=condition=Available", "deployment/web", timeout=60)
+
+
+def test_drain_moves_pods(kube: Kube) -> None:
+    kube("delete", "pod", "client-node-b", "echoer", "liveness", "--wait=false")
+    kube("drain", "node-b", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=180s", timeout=240)
+    try:
+        def all_on_a() -> bool:
+            pods = [p for p in kube.pods("app=web") if not p["metadata"].get("deletionTimestamp")]
+            return len(pods) == 4 and all(p["spec"]["nodeName"] == "node-a" for p in pods)
+        eventually("web pods moved to node-a", all_on_a, 120)
+        kube.wait("--for=condition=Available", "deployment/web", timeout=120)
+    finally:
+        kube("uncordon", "node-b")
+
+
+def test_down_leaves_the_machine_as_found(kube: Kube, before: dict[str, list[str]]) -> None:
+    res = cluster_sh("down", timeout=300)
+    assert res.returncode == 0, f"{res.stdout}\n{res.stderr}"
+    assert host_snapshot() == before
