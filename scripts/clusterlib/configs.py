@@ -111,7 +111,7 @@ cni_cache_dir = "{d / 'cni-cache'}"
 
 [pods]
 cgroup_parent = "/{node.cgroup}/crictl"
-merge_shim_memory = false
+ksm = "off"  # the host's KSM switch is host-wide: left alone
 
 [cgroups]
 driver = "cgroupfs"
