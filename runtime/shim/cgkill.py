@@ -51,6 +51,10 @@ _FIRST_POLL = 0.001
 _MAX_POLL = 0.02
 
 FROZEN, THAWED = "FROZEN", "THAWED"
+#: errnos of an interface file whose cgroup is gone: ENOENT, or ENODEV when the cgroup was
+#: removed while the file was open (kernfs deactivates a removed node's files); with the
+#: systemd driver that is common: systemd removes a scope as soon as its last process exits
+_GONE = frozenset({errno.ENOENT, errno.ENODEV})
 
 
 def owns_pid_namespace(ns: NamespaceSpec) -> bool:
@@ -64,7 +68,8 @@ class CgroupKillHost(Protocol):
     """The cgroupfs and process operations of a kill (host paths, pids of our namespace)."""
 
     def read(self, path: Path) -> str:
-        """An interface file's content; OSError (ENOENT once the cgroup is gone)."""
+        """An interface file's content; OSError (ENOENT once the cgroup is gone, ENODEV when
+        it was removed between the open and the read: kernfs of a removed cgroup)."""
         ...
 
     def write(self, path: Path, value: str) -> None:
@@ -201,7 +206,11 @@ class CgroupKiller:
         delay = _FIRST_POLL
         rounds = 0
         while True:
-            left = self.pids(plan.watch)
+            try:
+                left = self.pids(plan.watch)
+            except OSError as exc:  # not a gone cgroup (pids() takes those as empty)
+                log.error("shim: reading the processes of cgroup %s: %s", plan.watch, exc)
+                return KillOutcome(plan.method, rounds)
             if not left:
                 return KillOutcome(plan.method, rounds)
             if self._monotonic() >= deadline:
@@ -216,7 +225,7 @@ class CgroupKiller:
                 else:
                     await self._signal_round(plan)
             except OSError as exc:
-                if exc.errno != errno.ENOENT:  # ENOENT: the cgroup went: the next look says so
+                if exc.errno not in _GONE:  # the cgroup went: the next look says so
                     log.error("shim: killing the processes of cgroup %s: %s", plan.watch, exc)
             await self._sleep(delay)
             delay = min(delay * 2, _MAX_POLL)
@@ -227,8 +236,10 @@ class CgroupKiller:
         for d in [directory, *self._descendants(directory)]:
             try:
                 text = self.host.read(d / "cgroup.procs")
-            except FileNotFoundError:
-                continue
+            except OSError as exc:
+                if exc.errno in _GONE:
+                    continue
+                raise
             pids.extend(int(tok) for tok in text.split())
         return pids
 

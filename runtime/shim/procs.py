@@ -34,7 +34,7 @@ from runtime import errors
 from runtime.linux import libc, mountapi
 from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
 from runtime.shim import execproc, finalfork, init
-from runtime.shim.cgkill import CgroupKiller, owns_pid_namespace
+from runtime.shim.cgkill import CgroupKiller, KillOutcome, owns_pid_namespace
 from runtime.shim.logwriter import CriLogFile, LineSplitter
 from runtime.shim.oomwatch import OomCounters
 from runtime.store.codec import to_json
@@ -306,7 +306,11 @@ class ProcessTable:
             # pipes close as the leftovers die (kernel: do_exit closes files before the task
             # leaves cgroup.procs), so an empty cgroup leaves nothing to wait for
             began = time.monotonic()
-            outcome = await self._killer.kill_all(proc.spec.cgroup_procs)
+            try:
+                outcome = await self._killer.kill_all(proc.spec.cgroup_procs)
+            except Exception:  # never lose the exit over the leftovers (logged, then recorded)
+                log.exception("shim: killing what %s left in its cgroup failed", proc.key)
+                outcome = KillOutcome("", 0)
             if outcome.rounds:
                 log.info("shim: %s ended in a PID namespace it does not own; killed what it left in its cgroup "
                          "(%s, %d rounds, %.1f ms)", proc.key, outcome.method, outcome.rounds,

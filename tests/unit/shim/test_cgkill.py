@@ -5,6 +5,7 @@ signalling a pid that left the cgroup, never leaving it frozen."""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 
@@ -272,6 +273,42 @@ async def test_nothing_to_do(tmp_path: Path) -> None:
     gone = (str(tmp_path / "cgroup" / "gone" / "cgroup.procs"),)
     assert (await killer(host, clock).kill_all(gone)).left == ()
     assert k.writes == [] and clock.sleeps == []
+
+
+async def test_a_cgroup_removed_while_its_file_is_read_is_empty(tmp_path: Path) -> None:
+    """systemd removes a scope as soon as its last process exits: a read of its open
+    cgroup.procs then fails with ENODEV (seen in the node VM: the exit was never recorded)."""
+    k = make_v2_tree(tmp_path)
+    dirs = make_cgroup(k)
+    add(k, dirs, 95)
+    host, clock = FakeKillHost(k), FakeTime()
+    original = host.read
+    reads = 0
+
+    def read(path: Path) -> str:
+        nonlocal reads
+        if path.name == "cgroup.procs":
+            reads += 1
+            if reads > 1:
+                raise OSError(errno.ENODEV, "No such device")
+        return original(path)
+
+    host.read = read  # type: ignore[method-assign]
+    out = await killer(host, clock).kill_all(procs_files(dirs))
+    assert out == KillOutcome("cgroup.kill", 1)
+
+
+async def test_another_read_error_ends_the_kill_without_raising(tmp_path: Path) -> None:
+    k = make_v2_tree(tmp_path)
+    dirs = make_cgroup(k)
+    add(k, dirs, 96)
+    host, clock = FakeKillHost(k), FakeTime()
+
+    def read(path: Path) -> str:
+        raise OSError(errno.EIO, "I/O error")
+
+    host.read = read  # type: ignore[method-assign]
+    assert await killer(host, clock).kill_all(procs_files(dirs)) == KillOutcome("cgroup.kill", 0)
 
 
 @pytest.mark.parametrize(("ns", "owns"), [
