@@ -40,7 +40,8 @@ APT_PACKAGES=(
   docker-registry                                 # a real OCI registry on loopback for tests
   prometheus                                      # a real scraper for the metrics tests
   containerd runc                                 # the anchor the benchmarks compare against
-  linux-libc-dev                                  # syscall numbers for the seccomp tables
+  linux-libc-dev                                  # syscall numbers for the seccomp tables; pause.c's headers
+  gcc                                             # builds the pod PID holder (runtime/shim/pause/pause.c)
   python3-venv
 )
 missing=()
