@@ -141,6 +141,8 @@ clusterDomain: {layout.CLUSTER_DOMAIN}
 clusterDNS:
 - {layout.DNS_SERVICE_IP}
 resolvConf: ""
+featureGates:
+  PodAndContainerStatsFromCRI: true
 cgroupDriver: cgroupfs
 cgroupRoot: /{node.cgroup}
 cgroupsPerQOS: true

@@ -93,8 +93,9 @@ def down() -> list[str]:
     kill_cgroup(layout.CGROUP)
     problems += host.remove_cgroup(layout.CGROUP)
     for node in layout.NODES:
-        if node.mntns_path.exists():
-            subprocess.run(["umount", str(node.mntns_path)], capture_output=True)
+        for pin in (node.mntns_path, node.utsns_path):
+            if pin.exists():
+                subprocess.run(["umount", str(pin)], capture_output=True)
         subprocess.run(["ip", "netns", "del", node.netns], capture_output=True)
     if layout.NS_DIR.exists():
         subprocess.run(["umount", str(layout.NS_DIR)], capture_output=True)

@@ -38,8 +38,9 @@ def run(*cmd: str, check: bool = True, timeout: float = 60, input: str | None = 
 
 
 def in_node(node: layout.Node, *cmd: str) -> list[str]:
-    """``cmd`` run inside ``node``'s network and mount namespaces."""
-    return ["nsenter", f"--net={node.netns_path}", f"--mount={node.mntns_path}", "--", *cmd]
+    """``cmd`` run inside ``node``'s network, mount and UTS namespaces."""
+    return ["nsenter", f"--net={node.netns_path}", f"--mount={node.mntns_path}", f"--uts={node.utsns_path}", "--",
+            *cmd]
 
 
 # -- cgroups ------------------------------------------------------------------------------------
@@ -158,19 +159,24 @@ def route_pod_cidr(cidr: str, via: layout.Node) -> None:
 
 def make_node_mntns(node: layout.Node, st: State) -> None:
     """The node's mount namespace (slave of the host's), pinned under NS_DIR, with a tmpfs on
-    kubelet's fixed /var/lib/kubelet."""
+    each of kubelet's fixed directories, and its UTS namespace, whose hostname is the node's
+    name (what hostNetwork pods see, as on a real node)."""
     layout.NS_DIR.mkdir(parents=True, exist_ok=True)
     if not _is_mountpoint(layout.NS_DIR):
         run("mount", "--bind", str(layout.NS_DIR), str(layout.NS_DIR))
         run("mount", "--make-private", str(layout.NS_DIR))
-    if not layout.KUBELET_FIXED_DIR.exists():
-        layout.KUBELET_FIXED_DIR.mkdir(parents=True)
-        st.made_dirs.append(str(layout.KUBELET_FIXED_DIR))
-        st.save()
+    for d in layout.KUBELET_FIXED_DIRS:
+        if not d.exists():
+            d.mkdir(parents=True)
+            st.made_dirs.append(str(d))
+            st.save()
     node.mntns_path.touch()
     run("unshare", f"--mount={node.mntns_path}", "--propagation", "slave", "true")
-    run("nsenter", f"--mount={node.mntns_path}", "mount", "-t", "tmpfs", "-o", "size=16m,mode=0755",
-        f"kubelet-{node.name}", str(layout.KUBELET_FIXED_DIR))
+    for d in layout.KUBELET_FIXED_DIRS:
+        run("nsenter", f"--mount={node.mntns_path}", "mount", "-t", "tmpfs", "-o", "size=16m,mode=0755",
+            f"{node.name}-{d.name}", str(d))
+    node.utsns_path.touch()
+    run("unshare", f"--uts={node.utsns_path}", "hostname", node.name)
 
 
 def _is_mountpoint(path: Path) -> bool:

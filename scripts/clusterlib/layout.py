@@ -53,8 +53,10 @@ REGISTRY = f"{HOST_IP}:{REGISTRY_PORT}"
 CGROUP = "cri-shim-cluster"
 CONTROL_CGROUP = f"{CGROUP}/control"
 
-#: kubelet's fixed paths (the device-plugin socket dir): a tmpfs on it in each node's mount ns.
-KUBELET_FIXED_DIR = Path("/var/lib/kubelet")
+#: kubelet's fixed paths, a tmpfs on each in each node's mount namespace: the device-plugin
+#: socket dir under /var/lib/kubelet, and /var/log/containers, where kubelet links container logs
+#: and removes links to containers its runtime does not know (another node's, or the host's)
+KUBELET_FIXED_DIRS = (Path("/var/lib/kubelet"), Path("/var/log/containers"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,10 @@ class Node:
     @property
     def mntns_path(self) -> Path:
         return NS_DIR / f"{self.name}.mnt"
+
+    @property
+    def utsns_path(self) -> Path:
+        return NS_DIR / f"{self.name}.uts"
 
     @property
     def veth(self) -> str:

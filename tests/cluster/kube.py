@@ -98,5 +98,9 @@ def host_snapshot() -> dict[str, list[str]]:
         "nft": ours(_out("nft", "list", "ruleset").splitlines()),
         "mounts": ours([line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]),
         "cgroups": sorted(cgroups),
-        "dirs": sorted(p for p in ("/var/lib/cri-shim-cluster", "/var/lib/kubelet") if Path(p).exists()),
+        "dirs": sorted(p for p in ("/var/lib/cri-shim-cluster", "/var/lib/kubelet", "/var/log/containers")
+                       if Path(p).exists()),
+        # kubelet's log links live in each node's own /var/log/containers, never the host's
+        "log-links": sorted(str(p) for p in Path("/var/log/containers").glob("*") if "cri-shim-cluster" in
+                            str(p.readlink() if p.is_symlink() else "")),
     }

@@ -8,6 +8,7 @@ Run: CRI_SHIM_CLUSTER_TESTS=1 .venv/bin/pytest -p no:cacheprovider tests/cluster
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -217,6 +218,41 @@ def _quiet(check: Any) -> bool:
         return bool(check())
     except httpx.HTTPError:
         return False
+
+
+def test_host_network_pod_is_on_the_node(kube: Kube) -> None:
+    kube.apply(f"""apiVersion: v1
+kind: Pod
+metadata:
+  name: hostnet
+spec:
+  nodeName: node-b
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {HTTPD}
+    command: ["httpd", "-f", "-p", "18080", "-h", "/www"]
+""")
+    kube.wait("--for=condition=Ready", "pod/hostnet", timeout=120)
+    pod = kube.json("get", "pod", "hostnet")
+    assert pod["status"]["podIP"] == "10.250.0.3"  # node-b's address
+    assert kube("exec", "hostnet", "--", "hostname").strip() == "node-b"
+    assert "hello from busybox httpd" in http_get(kube, "client-node-a", "10.250.0.3", 18080)
+    kube("delete", "pod", "hostnet", "--wait=false")
+
+
+def test_stats_summary_from_cri(kube: Kube) -> None:
+    # kubelet's /stats/summary through the apiserver (PodAndContainerStatsFromCRI: every pod
+    # figure comes from cri-shim's ListPodSandboxStats / ListContainerStats)
+    def complete() -> bool:
+        summary = json.loads(kube("get", "--raw", "/api/v1/nodes/node-a/proxy/stats/summary"))
+        pods = {p["podRef"]["name"]: p for p in summary["pods"]}
+        pod = pods["client-node-a"]
+        c = pod["containers"][0]
+        return (pod["cpu"]["usageCoreNanoSeconds"] > 0 and pod["memory"]["workingSetBytes"] > 0
+                and pod["network"]["rxBytes"] > 0 and c["rootfs"]["usedBytes"] >= 0 and "logs" in c)
+    eventually("stats of client-node-a in /stats/summary", complete, 60, every=3)
 
 
 def test_job_completes(kube: Kube) -> None:
