@@ -268,6 +268,11 @@ def _validate(cfg: Config) -> None:
     _check_pod_cidr(cfg.network.pod_cidr)
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,15}", cfg.network.bridge):
         raise ConfigError(f"network.bridge: {cfg.network.bridge!r} is not a valid interface name")
+    for i, cidr in enumerate(cfg.network.no_masquerade_cidrs):
+        try:
+            ipaddress.ip_network(cidr)
+        except ValueError as exc:
+            raise ConfigError(f"network.no_masquerade_cidrs[{i}]: {cidr!r} is not a CIDR: {exc}") from None
     if cfg.network.mode not in ("auto", "builtin", "cni"):
         raise ConfigError(f"network.mode: {cfg.network.mode!r} is not one of auto, builtin, cni")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", cfg.network.nft_table):

@@ -144,6 +144,16 @@ class NetworkSettings:
             "(only CNI: NetworkReady stays false until a config and its plugins are installed)."
         ),
     )
+    no_masquerade_cidrs: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Destinations that pod traffic reaches with the pod's own address, not masqueraded "
+            "to the node's, besides the node's pod subnets: on a cluster, its whole pod range "
+            "(kube-controller-manager's --cluster-cidr), so that a pod on another node sees the "
+            "client pod's IP, as the Kubernetes network model asks (ip-masq-agent's "
+            "nonMasqueradeCIDRs). IPv4 and IPv6 CIDRs; empty: only the pod subnets."
+        ),
+    )
     nft_table: str = field(
         default="cri_shim",
         metadata=doc(

@@ -17,7 +17,9 @@ pods, without the input chain, see :func:`_render_ip6`):
   - DNATed connections from loopback (the node's own 127.0.0.1 -> hostPort -> pod),
   - DNATed connections from a pod to a pod ("hairpin": pod A -> hostIP:hostPort -> pod B or
     A itself; without it B answers A directly and A drops the reply),
-  - pod egress leaving the pod subnets (not to the subnets, not multicast).
+  - pod egress leaving the pod subnets (not to the subnets, not multicast, not to the
+    ``no_masquerade`` ranges: on a cluster its pod range, where pods of other nodes must see a
+    pod's own address).
 - ``input`` (filter): drop what arrives from the bridge for 127.0.0.0/8 unless it belongs to
   a DNATed connection (CVE-2020-8558, the rule kube-proxy added). The bridge has
   ``route_localnet`` on so that the node's own 127.0.0.1 -> hostPort connections can be
@@ -43,7 +45,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol as TypingProtocol
 
 from runtime.errors import Internal, InvalidArgument
@@ -87,7 +89,7 @@ def _split(state: NatState, version: int) -> NatState:
     )
 
 
-def render_ruleset(table: str, state: NatState, *, bridge: str) -> str:
+def render_ruleset(table: str, state: NatState, *, bridge: str, no_masquerade: Sequence[str] = ()) -> str:
     """The whole script for ``state`` with the loopback guard of ``bridge``: the ``ip``
     table for IPv4, the ``ip6`` table of the same name for IPv6, each deleted when its
     family has nothing (the delete script when the state is empty: no pod on the bridge)."""
@@ -97,12 +99,14 @@ def render_ruleset(table: str, state: NatState, *, bridge: str) -> str:
     if state.empty:
         return render_delete(table)
     v4, v6 = _split(state, 4), _split(state, 6)
-    return (_delete("ip", table) if v4.empty else _render_ip(table, v4, bridge)) + (
-        _delete("ip6", table) if v6.empty else _render_ip6(table, v6)
+    keep4 = [str(n) for n in map(ipaddress.ip_network, no_masquerade) if n.version == 4]
+    keep6 = [str(n) for n in map(ipaddress.ip_network, no_masquerade) if n.version == 6]
+    return (_delete("ip", table) if v4.empty else _render_ip(table, v4, bridge, keep4)) + (
+        _delete("ip6", table) if v6.empty else _render_ip6(table, v6, keep6)
     )
 
 
-def _render_ip(table: str, state: NatState, bridge: str) -> str:
+def _render_ip(table: str, state: NatState, bridge: str, keep: Sequence[str] = ()) -> str:
     # Overlapping subnets (after a pod CIDR change) would be conflicting set intervals.
     subnets = [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(s) for s in state.subnets)]
     lines = [
@@ -117,7 +121,9 @@ def _render_ip(table: str, state: NatState, bridge: str) -> str:
         lines.append("\t\tct status dnat ip saddr 127.0.0.0/8 masquerade")
     if subnets:
         lines.append(f"\t\tct status dnat ip saddr {_set(subnets)} ip daddr {_set(subnets)} masquerade")
-        lines.append(f"\t\tip saddr {_set(subnets)} ip daddr != {_set([*subnets, MULTICAST])} masquerade")
+        # collapsed: an nft set refuses overlapping intervals (the subnet is inside the cluster range)
+        unmasked = [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv4Network(c) for c in [*subnets, *keep])]
+        lines.append(f"\t\tip saddr {_set(subnets)} ip daddr != {_set([*unmasked, MULTICAST])} masquerade")
     lines += [
         "\t}",
         "\tchain input {",
@@ -130,7 +136,7 @@ def _render_ip(table: str, state: NatState, bridge: str) -> str:
     return "\n".join(lines)
 
 
-def _render_ip6(table: str, state: NatState) -> str:
+def _render_ip6(table: str, state: NatState, keep: Sequence[str] = ()) -> str:
     """The IPv6 twin of the ``ip`` table: hostPort DNAT, hairpin and egress masquerade.
 
     No input chain: IPv6 has no ``route_localnet`` and the kernel drops a packet for ::1
@@ -152,7 +158,8 @@ def _render_ip6(table: str, state: NatState) -> str:
     ]
     if subnets:
         lines.append(f"\t\tct status dnat ip6 saddr {_set(subnets)} ip6 daddr {_set(subnets)} masquerade")
-        lines.append(f"\t\tip6 saddr {_set(subnets)} ip6 daddr != {_set([*subnets, MULTICAST6])} masquerade")
+        unmasked = [str(n) for n in ipaddress.collapse_addresses(ipaddress.IPv6Network(c) for c in [*subnets, *keep])]
+        lines.append(f"\t\tip6 saddr {_set(subnets)} ip6 daddr != {_set([*unmasked, MULTICAST6])} masquerade")
     lines += ["\t}", "}", ""]
     return "\n".join(lines)
 
@@ -241,11 +248,13 @@ class NatTable:
         load: Callable[[], Awaitable[NatState]],
         *,
         bridge: str,
+        no_masquerade: Sequence[str] = (),
         linger: float = 5.0,
         on_apply: Callable[[float, BaseException | None], None] | None = None,
     ) -> None:
         self.table = check_table_name(table)
         self.bridge = bridge
+        self.no_masquerade = tuple(no_masquerade)
         self._runner = runner
         self._load = load
         self._linger = linger
@@ -273,7 +282,7 @@ class NatTable:
     async def _locked_sync(self, force: bool) -> bool:
         async with self._lock:
             state = await self._load()
-            script = render_ruleset(self.table, state, bridge=self.bridge)
+            script = render_ruleset(self.table, state, bridge=self.bridge, no_masquerade=self.no_masquerade)
             if script == self._applied and not force:
                 return False
             started = time.monotonic()

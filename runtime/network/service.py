@@ -133,6 +133,7 @@ class NetworkService:
             nft_table or settings.nft_table,
             self.state.nat_state,
             bridge=settings.bridge,
+            no_masquerade=settings.no_masquerade_cidrs,
             linger=nat_linger,
             on_apply=self._nft_applied,
         )

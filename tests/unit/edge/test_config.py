@@ -69,6 +69,8 @@ def test_file_values_and_flag_overrides(tmp_path: Path) -> None:
         ('[network]\npod_cidr = "10.88.0.0/16,10.89.0.0/16"\n', "network.pod_cidr"),
         ('[network]\npod_cidr = "10.88.0.0/16,fd00::1/64"\n', "network.pod_cidr"),
         ('[network]\ncni_bin_dirs = "/opt/cni/bin"\n', "network.cni_bin_dirs"),
+        ('[network]\nno_masquerade_cidrs = ["10.244.0.1/16"]\n', "network.no_masquerade_cidrs[0]"),
+        ('[network]\nno_masquerade_cidrs = "10.244.0.0/16"\n', "network.no_masquerade_cidrs"),
         ('[metrics]\naddress = "localhost"\n', "metrics.address"),
         ('[streaming]\naddress = "127.0.0.1:99999"\n', "streaming.address"),
         ('[streaming]\ntls_cert = "/c.pem"\n', "streaming.tls_cert"),

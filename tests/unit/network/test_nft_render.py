@@ -108,3 +108,14 @@ def test_dual_stack_ruleset() -> None:
 def test_ipv6_only_ruleset_deletes_the_ip_table() -> None:
     text = render_ruleset("t", NatState(subnets=("fd00:10:88::/64",)), bridge="crishim0")
     assert text.startswith("table ip t {}\ndelete table ip t\ntable ip6 t {}\ndelete table ip6 t\ntable ip6 t {\n")
+
+
+def test_no_masquerade_ranges_keep_pod_source_addresses() -> None:
+    # a node's subnet inside the cluster range: pods of other nodes (10.244.1.0/24) get
+    # packets from the pod's own address, the rest of the world still sees the node's
+    text = render_ruleset("t", NatState(subnets=("10.244.0.0/24", "fd00:10:244::/64")), bridge="b0",
+                          no_masquerade=("10.244.0.0/16", "fd00:10:244::/56", "10.96.0.0/16"))
+    assert "ip saddr 10.244.0.0/24 ip daddr != { 10.96.0.0/16, 10.244.0.0/16, 224.0.0.0/4 } masquerade" in text
+    assert "ip6 saddr fd00:10:244::/64 ip6 daddr != { fd00:10:244::/56, ff00::/8 } masquerade" in text
+    # hairpin through a hostPort stays masqueraded within the node's own subnet
+    assert "ct status dnat ip saddr 10.244.0.0/24 ip daddr 10.244.0.0/24 masquerade" in text
