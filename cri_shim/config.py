@@ -196,7 +196,10 @@ def _check_hostport(key: str, value: str, allow_empty: bool) -> None:
 
 
 def _check_pod_cidr(value: str) -> None:
-    """IPv4, IPv6 or both ("10.88.0.0/16,fd00:10:88::/64"), each without host bits."""
+    """IPv4, IPv6 or both ("10.88.0.0/16,fd00:10:88::/64"), each without host bits; or empty
+    (the pod CIDR comes from kubelet)."""
+    if value == "":
+        return
     for part in value.split(","):
         try:
             ipaddress.ip_network(part.strip(), strict=True)

@@ -116,7 +116,8 @@ class NetworkSettings:
             "CIDR the built-in network allocates pod IPs from: IPv4, IPv6, or both "
             "comma-separated for dual stack (\"10.88.0.0/16,fd00:10:88::/64\"; the first "
             "family is a pod's primary IP). UpdateRuntimeConfig from kubelet (its --pod-cidr / "
-            "the node's podCIDRs) replaces it."
+            "the node's podCIDRs) replaces it. Empty: none until kubelet sends the node's (a "
+            "cluster node: NetworkReady is false and no pod starts until then)."
         ),
     )
     bridge: str = field(default="crishim0", metadata=doc("Name of the built-in network's bridge."))

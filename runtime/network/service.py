@@ -100,6 +100,16 @@ MODES = ("auto", "builtin", "cni")
 PodCidrSource = Callable[[], Awaitable[str | None]]
 
 
+#: NetworkReady's message (and RunPodSandbox's error) while a node waits for its pod CIDR:
+#: kubelet learns the node's range some seconds after it registers, and a pod given an address
+#: of a default range meanwhile would be unreachable from other nodes (kubenet reported the
+#: network not ready the same way until kubelet gave it a pod CIDR)
+NO_POD_CIDR = (
+    "built-in network: no pod CIDR yet (network.pod_cidr is empty: the node's comes from kubelet's "
+    "UpdateRuntimeConfig)"
+)
+
+
 class NetworkService:
     """Pod networking. Construction does no I/O; call :meth:`start`, then use, then :meth:`close`."""
 
@@ -212,6 +222,8 @@ class NetworkService:
             cond = await self.cni.status()
         else:
             cond = self.builtin.condition()
+            if cond.ready and not await self._current_pod_cidr():
+                cond = NetworkCondition(False, "NetworkPluginNotReady", NO_POD_CIDR, NetworkMode.BUILTIN)
         if cond != self._condition:
             log.info("network: NetworkReady=%s mode=%s %s %s", cond.ready, cond.mode, cond.reason, cond.message)
             self._emit("status", cond.mode, "", started, None if cond.ready else cond.message)
@@ -243,7 +255,10 @@ class NetworkService:
                 await self.cni.refresh_if_dir_changed()
                 mode = existing.mode if existing is not None else self._current_mode()
                 if mode is NetworkMode.BUILTIN:
-                    subnets = ipam.parse_subnets(await self._current_pod_cidr())
+                    cidr = await self._current_pod_cidr()
+                    if not cidr:
+                        raise FailedPrecondition(NO_POD_CIDR)
+                    subnets = ipam.parse_subnets(cidr)
                     _att, plan = await self.builtin.prepare(req, subnets)
                 else:
                     plan = await self._prepare_cni(req)

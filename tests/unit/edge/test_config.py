@@ -92,7 +92,7 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "cidr", ["10.88.0.0/16", "fd00:10:88::/64", "10.88.0.0/16,fd00:10:88::/64", "fd00:10:88::/64,10.88.0.0/16"]
+    "cidr", ["10.88.0.0/16", "fd00:10:88::/64", "10.88.0.0/16,fd00:10:88::/64", "fd00:10:88::/64,10.88.0.0/16", ""]
 )
 def test_pod_cidr_families(tmp_path: Path, cidr: str) -> None:
     # the built-in network takes IPv4, IPv6 or dual stack (before: IPv4 only)

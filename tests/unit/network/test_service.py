@@ -449,3 +449,19 @@ async def test_ipv4_only_leaves_ipv6_forwarding_alone(rig: Rig) -> None:
     await rig.run_pod(svc, PortMapping(Protocol.TCP, 80, 8080))
     assert "net.ipv6.conf.all.forwarding" not in rig.host.sysctls
     assert not any("ip6 daddr" in s or "dnat to [" in s for s in rig.nft.scripts)
+
+
+async def test_empty_pod_cidr_waits_for_kubelets(rig: Rig) -> None:
+    # a cluster node (pod_cidr = ""): not ready and no pod until UpdateRuntimeConfig gives the
+    # node's range, so no pod gets an address of a default range other nodes cannot reach
+    rig.settings = replace(rig.settings, pod_cidr="")
+    svc = rig.service()
+    await svc.start()
+    assert not svc.status().ready and "no pod CIDR yet" in svc.status().message
+    with pytest.raises(FailedPrecondition, match="no pod CIDR yet"):
+        await svc.prepare(PodNetworkRequest(new_id()))
+    assert await svc.state.allocated_ips() == {}
+    rig.cidr = "10.244.1.0/24"
+    assert (await svc.refresh_status()).ready
+    _, ip = await rig.run_pod(svc)
+    assert ip == "10.244.1.2"
