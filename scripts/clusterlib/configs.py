@@ -88,7 +88,8 @@ def registries_conf() -> str:
 
 def cri_shim_config(node: layout.Node) -> str:
     """cri-shim of ``node``: the built-in bridge network (the pod range arrives from kubelet
-    through UpdateRuntimeConfig), cgroupfs under the node's cgroup, its registries.conf."""
+    through UpdateRuntimeConfig; traffic to the cluster's pod range keeps the pod's address),
+    cgroupfs under the node's cgroup, its registries.conf."""
     d = node.dir
     return f"""address = "{node.cri_socket}"
 root = "{d / 'cri-root'}"
@@ -106,6 +107,8 @@ registries_config = "{layout.BASE / 'registries.conf'}"
 
 [network]
 mode = "builtin"
+pod_cidr = ""  # the node's range, from kubelet: no pod starts before it
+no_masquerade_cidrs = ["{layout.CLUSTER_CIDR}"]
 cni_conf_dir = "{d / 'cni-none'}"
 cni_cache_dir = "{d / 'cni-cache'}"
 

@@ -8,6 +8,7 @@ Run: CRI_SHIM_CLUSTER_TESTS=1 .venv/bin/pytest -p no:cacheprovider tests/cluster
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -143,10 +144,17 @@ def test_service_reached_from_each_node_by_ip_and_dns(kube: Kube) -> None:
         for target in (ip, "web", "web.default.svc.cluster.local"):
             out = http_get(kube, f"client-{node}", target)
             assert "hello from busybox httpd" in out, (node, target, out)
-    # pod to pod across nodes, by pod IP
+    # pod to pod across nodes, by pod IP, and without NAT: httpd -v logs the client pod's own
+    # address (network.no_masquerade_cidrs); every pod's address is in its node's range
+    nodes = kube.json("get", "nodes")["items"]
+    cidrs = {n["metadata"]["name"]: ipaddress.ip_network(n["spec"]["podCIDR"]) for n in nodes}
+    client_ip = kube.json("get", "pod", "client-node-a")["status"]["podIP"]
     for pod in kube.pods("app=web"):
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in cidrs[pod["spec"]["nodeName"]]
         out = http_get(kube, "client-node-a", pod["status"]["podIP"], 8080)
         assert "hello" in out
+        if pod["spec"]["nodeName"] == "node-b":
+            assert f"{client_ip}]:" in kube("logs", pod["metadata"]["name"])
     ns = kube("exec", "client-node-b", "--", "nslookup", "kubernetes.default.svc.cluster.local")
     assert "10.96.0.1" in ns
 
