@@ -34,9 +34,7 @@ def status() -> int:
         ok = ok and alive
         print(f"{node.name} runtime pid: {proc.pid if proc and alive else 'not running'}")
     print(f"registry: {layout.REGISTRY}")
-    mem = host.memory_usage(layout.CGROUP)
-    if mem is not None:
-        print(f"memory: {mem // (1 << 20)} MiB")
+    print(f"memory: {host.memory_pss(layout.CGROUP) >> 20} MiB (PSS of all its processes)")
     dead = [p.name for p in st.procs if not p.alive()]
     if dead:
         print(f"not running: {', '.join(dead)}")

@@ -113,12 +113,14 @@ def remove_cgroup(path: str) -> list[str]:
     return left
 
 
-def memory_usage(path: str) -> int | None:
-    """Bytes charged to ``path`` (memory.current on v2, memory.usage_in_bytes on v1)."""
-    for f in (CGROUP_ROOT / path / "memory.current", CGROUP_ROOT / "memory" / path / "memory.usage_in_bytes"):
-        with contextlib.suppress(OSError, ValueError):
-            return int(f.read_text())
-    return None
+def memory_pss(path: str) -> int:
+    """Bytes of proportional set size of every process in ``path`` (its cgroup's charge is no
+    measure: the binaries' pages are charged to whoever read them first, the build say)."""
+    total = 0
+    for pid in cgroup_pids(path):
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/smaps_rollup") as f:
+            total += sum(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+    return total
 
 
 # -- network -----------------------------------------------------------------------------------
