@@ -248,6 +248,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("pods.shm_size: must be at least 4096 bytes")
     if cfg.pods.ksm not in KSM_SETTINGS:
         raise ConfigError(f"pods.ksm: {cfg.pods.ksm!r} is not one of {', '.join(KSM_SETTINGS)}")
+    if not 1 <= cfg.pods.pods_per_shim <= 64:
+        raise ConfigError("pods.pods_per_shim: must be between 1 and 64")
     if cfg.pods.stop_kill_timeout <= 0:
         raise ConfigError("pods.stop_kill_timeout: must be > 0")
     if cfg.image.pull_progress_timeout < 0:

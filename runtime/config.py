@@ -193,6 +193,16 @@ class PodSettings:
             "say what was found and done."
         ),
     )
+    pods_per_shim: int = field(
+        default=8,
+        metadata=doc(
+            "Pods one shim process hosts at most (1: a shim process per pod, as containerd's "
+            "shims). Each pod keeps its own socket and state in it; the process's fixed cost, "
+            "about 4 MB of memory, is shared by its pods, but a crash or kill of that process "
+            "loses the output and exit records of all their containers together, and their "
+            "pods become not ready together. Applies to pods started after a change."
+        ),
+    )
     stop_kill_timeout: float = field(
         default=30.0,
         metadata=doc(

@@ -118,7 +118,8 @@ class Engine:
         # through ports (shims, network, cgroups, images, host): the real ones here; the unit
         # tests of the services pass recording doubles (tests/support).
         self._cgroup_driver: CgroupDriver | None = None
-        self.shims = ShimManager(settings.state)  # merge_memory: set at start from pods.ksm
+        # merge_memory: set at start from pods.ksm
+        self.shims = ShimManager(settings.state, pods_per_shim=settings.pods.pods_per_shim)
         #: what start found and did about KSM (pods.ksm), for Status
         self.ksm: KsmChoice | None = None
         self.sandboxes = SandboxService(settings, self.store, self.shims, self.network, self.events, self.cgroups,

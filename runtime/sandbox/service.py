@@ -293,7 +293,7 @@ class SandboxService:
         watch = self._watches.pop(sid, None)
         if watch is not None:
             await watch.stop()
-        await self.shims.shutdown(sid, rec.shim)
+        await self.shims.shutdown(sid, rec.shim, rec.pid_holder)
         # A container started while we stopped the others died with the shim: record it.
         await self._hooks().shim_gone(sid)
         steps.mark("shim")
@@ -438,7 +438,7 @@ class SandboxService:
             async with self.lock(rec.id):
                 if not rec.config.host_network:
                     await self.network.teardown(rec.id)
-                await self.shims.shutdown(rec.id, rec.shim or self.shims.recorded_ref(rec.id))
+                await self.shims.shutdown(rec.id, rec.shim or self.shims.recorded_ref(rec.id), rec.pid_holder)
                 await asyncio.to_thread(self.host.unpin_namespaces, Path(rec.state_dir) / "ns")
                 await self._release(rec)
                 await self.records.delete(rec.id)

@@ -70,7 +70,7 @@ _TIOCSCTTY = 0x540E
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -119,7 +119,7 @@ def child_guard(report_fd: int, body: Callable[[], None]) -> NoReturn:
     except BaseException as exc:
         msg = f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError):
-            _write_all(report_fd, b"error " + msg.replace("\n", " ").encode(errors="replace") + b"\n")
+            write_all(report_fd, b"error " + msg.replace("\n", " ").encode(errors="replace") + b"\n")
         os._exit(1)
     os._exit(0)
 
@@ -494,7 +494,7 @@ def join_pid_namespace_for_children(pid_fd: int) -> int:
 def _fail_exec(exec_report_fd: int, message: str) -> NoReturn:
     """The process cannot run: say why where the shim's start waits for it, exit 127."""
     with contextlib.suppress(OSError):
-        _write_all(exec_report_fd, message.encode(errors="replace"))
+        write_all(exec_report_fd, message.encode(errors="replace"))
     os._exit(127)
 
 
@@ -604,7 +604,7 @@ def _container_setup(
         _apply_rlimits(spec.process)
     setup_stdio(*stdio, tty=spec.process.tty, session=not late)
     close_fds_except({report_fd, start_fd, exec_report_fd})
-    _write_all(report_fd, b"ready\n")
+    write_all(report_fd, b"ready\n")
     go = os.read(start_fd, 1)
     if go != b"1":
         os._exit(0)  # removed before start: nothing to run

@@ -4,6 +4,13 @@ Files under ``<state>/shims/``: ``factory.sock``, ``factory.log``, ``factory.pid
 ``<sandbox id>.sock``, ``<sandbox id>.log`` and ``<sandbox id>.pid`` per pod shim. A pid file
 holds "<pid> <start time>" (runtime.linux.proc.ProcessRef), so whoever reads it later (a test's
 teardown, an operator) can tell the process from a later one with the same pid.
+
+Shim groups (``[pods] pods_per_shim`` > 1, runtime.shim.group): one shim process hosts up to
+that many pods. Every pod keeps its socket and pid file; the pid files of a group's pods name
+the same process. A new pod is adopted by a live group with room (``Adopt`` on one of its
+pods' sockets), else the factory forks a new shim. Which live process hosts which pods is
+known from the pid files whose socket is still there (read once at :meth:`ShimManager.start`,
+so a restarted daemon fills the groups it finds) and kept up to date here.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from runtime import errors
 from runtime.errorcodec import raise_error
 from runtime.linux.proc import ProcessRef, alive, is_zombie, ref_of
 from runtime.shim.client import ShimClient
+from runtime.shim.protocol import Adopt
 from runtime.shim.version import code_hash
 
 log = logging.getLogger(__name__)
@@ -42,9 +50,15 @@ class ShimManager:
     """Implements :class:`runtime.shim.port.PodShims`. Construction does no I/O; :meth:`start`
     finds or starts the factory."""
 
-    def __init__(self, state_dir: Path, python: str = sys.executable, *, merge_memory: bool = False) -> None:
+    def __init__(self, state_dir: Path, python: str = sys.executable, *, merge_memory: bool = False,
+                 pods_per_shim: int = 1) -> None:
         self.dir = state_dir / "shims"
         self._python = python
+        #: pods one shim process hosts at most (1: a shim per pod)
+        self.pods_per_shim = max(1, pods_per_shim)
+        #: the shim process of every pod whose shim serves it, by pid file name (sandbox_id[:20])
+        self._hosts: dict[str, ProcessRef] = {}
+        self._spawn_lock = asyncio.Lock()
         #: offer the shims' memory to KSM (runtime.linux.ksm); a factory started otherwise is replaced
         self.merge_memory = merge_memory
         self._clients: dict[str, ShimClient] = {}
@@ -62,7 +76,19 @@ class ShimManager:
 
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await asyncio.to_thread(self._load_hosts)
         await self._ensure_factory()
+
+    def _load_hosts(self) -> None:
+        """Which live shim serves which pod: the pid files whose pod socket is still there
+        (a pod's socket goes when its shim ends it, runtime.shim.group)."""
+        for name, ref in self.recorded_shims().items():
+            if (self.dir / f"{name}.sock").exists() and shim_alive(ref):
+                self._hosts[name] = ref
+
+    def pods_of(self, shim: ProcessRef) -> list[str]:
+        """The pods (pid file names) ``shim`` serves, as far as this daemon knows."""
+        return [name for name, ref in self._hosts.items() if ref == shim]
 
     async def _factory_call(self, req: dict[str, Any], timeout: float) -> Any:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.factory_socket)), 5)
@@ -126,7 +152,43 @@ class ShimManager:
         return proc
 
     async def spawn(self, sandbox_id: str) -> ProcessRef:
-        """Fork a pod shim for ``sandbox_id``; returns once it listens on its socket."""
+        """A pod shim for ``sandbox_id``: a live shim of ours with room adopts it (pods_per_shim
+        > 1), else the factory forks one; returns once it listens on the pod's socket."""
+        async with self._spawn_lock:
+            ref = await self._adopt(sandbox_id) if self.pods_per_shim > 1 else None
+            if ref is None:
+                ref = await self._fork_shim(sandbox_id)
+            self._hosts[sandbox_id[:20]] = ref
+        self._write_pid_file(sandbox_id[:20], ref.pid, ref)
+        return ref
+
+    async def _adopt(self, sandbox_id: str) -> ProcessRef | None:
+        """Have a live group with room host ``sandbox_id`` (the fullest first, so groups fill
+        up and empty ones end); None when none would."""
+        groups: dict[ProcessRef, list[str]] = {}
+        for name, ref in self._hosts.items():
+            groups.setdefault(ref, []).append(name)
+        candidates = sorted((g for g in groups.items() if len(g[1]) < self.pods_per_shim),
+                            key=lambda g: -len(g[1]))
+        req = Adopt(sandbox_id, str(self.socket_of(sandbox_id)), self.pods_per_shim, code_hash())
+        for ref, members in candidates:
+            if not shim_alive(ref):
+                continue
+            client = ShimClient(members[0], self.socket_of(members[0]))
+            try:
+                info = await client.request(req, rpc_timeout=10)
+            except (errors.EngineError, TimeoutError, OSError) as exc:
+                # full, ending, older (no adopt) or other code: try the next, or fork one
+                log.debug("sandbox %s: shim %d does not adopt it: %s", sandbox_id, ref.pid, exc)
+                continue
+            finally:
+                client.close()
+            if info.pid == ref.pid:
+                return ref
+            log.error("sandbox %s: shim %d answered as pid %d; not using it", sandbox_id, ref.pid, info.pid)
+        return None
+
+    async def _fork_shim(self, sandbox_id: str) -> ProcessRef:
         req = {
             "op": "spawn",
             "sandbox_id": sandbox_id,
@@ -138,9 +200,7 @@ class ShimManager:
         except (OSError, errors.Unavailable):
             await self._ensure_factory()  # the factory died (or was replaced): start a new one
             result = await self._factory_call(req, 30)
-        ref = ref_of(int(result["pid"]))
-        self._write_pid_file(sandbox_id[:20], ref.pid, ref)
-        return ref
+        return ref_of(int(result["pid"]))
 
     def _write_pid_file(self, name: str, pid: int, ref: ProcessRef | None = None) -> None:
         try:
@@ -176,21 +236,48 @@ class ShimManager:
             shims[pid_file.stem] = ProcessRef(pid, start)
         return shims
 
-    async def shutdown(self, sandbox_id: str, shim: ProcessRef | None) -> None:
-        """Ask the shim to end (it kills what is left of the pod), wait; SIGKILL if it must.
-        A shim that is gone (or None) is success."""
-        if shim is None or not shim_alive(shim):
-            return
-        with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
-            await self.client(sandbox_id).shutdown(rpc_timeout=5)
-        deadline = time.monotonic() + SHIM_STOP_TIMEOUT
-        while shim_alive(shim) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
-        if shim_alive(shim):
+    async def shutdown(self, sandbox_id: str, shim: ProcessRef | None, holder: ProcessRef | None = None) -> None:
+        """Ask the shim to end the pod (it kills what is left of it), wait until it has: the
+        shim exited, or, when it hosts other pods too, the pod's socket is gone. A shim that
+        is gone (or None) is success.
+
+        If it does not in time: a shim of this pod alone is SIGKILLed; a shim that hosts
+        other pods never is (that would take their containers' stdio and exits with it):
+        then only the pod's PID holder ``holder`` is killed, and its containers go with
+        the pod's cgroup (removed with kill, SandboxService._release)."""
+        name = sandbox_id[:20]
+        try:
+            if shim is None or not shim_alive(shim):
+                return
+            with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
+                await self.client(sandbox_id).shutdown(rpc_timeout=5)
+            sock = self.socket_of(sandbox_id)
+            deadline = time.monotonic() + SHIM_STOP_TIMEOUT
+            while shim_alive(shim) and time.monotonic() < deadline:
+                if not sock.exists() and self._shared(shim, name):
+                    return
+                await asyncio.sleep(0.005)
+            if not shim_alive(shim):
+                return
+            if self._shared(shim, name):
+                log.error("sandbox %s: shim %d did not end the pod in time; it hosts other pods (%s), so only "
+                          "the pod's processes are killed", sandbox_id, shim.pid,
+                          ", ".join(n for n in self.pods_of(shim) if n != name))
+                if holder is not None and alive(holder):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(holder.pid, signal.SIGKILL)
+                return
             log.warning("sandbox %s: shim %d did not exit; killing it", sandbox_id, shim.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(shim.pid, signal.SIGKILL)
-        self.client(sandbox_id).close()
+        finally:
+            if self._hosts.get(name) == shim:
+                del self._hosts[name]
+            self.client(sandbox_id).close()
+
+    def _shared(self, shim: ProcessRef, name: str) -> bool:
+        """True when ``shim`` serves another pod than ``name`` (whose socket is still there)."""
+        return any(n != name and (self.dir / f"{n}.sock").exists() for n in self.pods_of(shim))
 
     def client(self, sandbox_id: str) -> ShimClient:
         c = self._clients.get(sandbox_id)
@@ -199,6 +286,7 @@ class ShimManager:
         return c
 
     def forget(self, sandbox_id: str) -> None:
+        self._hosts.pop(sandbox_id[:20], None)
         c = self._clients.pop(sandbox_id, None)
         if c is not None:
             c.close()

@@ -135,9 +135,11 @@ class PodShims(Protocol):
         """The connection to the shim of ``sandbox_id`` (no I/O until a call)."""
         ...
 
-    async def shutdown(self, sandbox_id: str, shim: ProcessRef | None) -> None:
-        """End the shim (it kills what is left of the pod) and wait for it; idempotent: a shim
-        that is gone (or None) is success."""
+    async def shutdown(self, sandbox_id: str, shim: ProcessRef | None, holder: ProcessRef | None = None) -> None:
+        """End the pod in its shim (it kills what is left of the pod) and wait for it; idempotent:
+        a shim that is gone (or None) is success. A shim hosting other pods too is never
+        killed: when it does not end the pod in time, only ``holder`` (the pod's PID holder)
+        is."""
         ...
 
     def forget(self, sandbox_id: str) -> None:

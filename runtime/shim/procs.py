@@ -37,6 +37,7 @@ from runtime.shim import execproc, finalfork, init
 from runtime.shim.cgkill import CgroupKiller, KillOutcome, owns_pid_namespace
 from runtime.shim.logwriter import CriLogFile, LineSplitter
 from runtime.shim.oomwatch import OomCounters
+from runtime.shim.reaper import ChildReaper
 from runtime.store.codec import to_json
 from runtime.store.files import atomic_write
 
@@ -210,58 +211,45 @@ class ProcessTable:
     """Spawns and tracks the processes of one pod. Events go to ``on_exit``."""
 
     def __init__(
-        self, on_exit: Callable[[Proc], None], proc_pidns: bool | None = None, killer: CgroupKiller | None = None
+        self, on_exit: Callable[[Proc], None], proc_pidns: bool | None = None, killer: CgroupKiller | None = None,
+        reaper: ChildReaper | None = None,
     ) -> None:
         """``proc_pidns``: whether procfs takes ``pidns=`` (runtime.linux.mountapi), so a
         container joining a PID namespace others live in is set up outside it (None: probed
         when first needed). ``killer`` empties a container's cgroup when its main process
-        ends in a PID namespace it does not own (default: the real cgroupfs)."""
+        ends in a PID namespace it does not own (default: the real cgroupfs). ``reaper``:
+        the process's one reaper, shared by the tables of every pod a shim hosts
+        (runtime.shim.reaper; default: one of this table's own)."""
         self.procs: dict[str, Proc] = {}
         self._killer = killer if killer is not None else CgroupKiller()
         self._proc_pidns = proc_pidns
-        self._by_pid: dict[int, Proc] = {}
-        self._early_exits: dict[int, int] = {}  # reaped before we learned the pid
-        self._waiters: dict[int, asyncio.Future[int]] = {}  # plain children (helpers)
+        self.reaper = reaper if reaper is not None else ChildReaper()
         self._on_exit = on_exit
         self.precreated: dict[str, Precreated] = {}
         self._loop = asyncio.get_running_loop()
         self._exec_seq = 0
         self.oom = OomCounters()
-        self._child_events: set[asyncio.Event] = set()  # set at every SIGCHLD
         #: a pidfd of the pod-shared PID namespace's pid 1 (see :meth:`set_holder`)
         self.holder_pidfd = -1
 
     # -- reaping ------------------------------------------------------------------------------
 
     def reap(self) -> None:
-        """Collect every exited child (we are a child subreaper: orphans come here too)."""
-        for event in self._child_events:
-            event.set()  # a child changed state (exited, or an exec set-up child stopped)
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            fut = self._waiters.pop(pid, None)
-            if fut is not None and not fut.done():
-                fut.set_result(status)
-                continue
-            proc = self._by_pid.pop(pid, None)
-            if proc is None:
-                if len(self._early_exits) < 4096:
-                    self._early_exits[pid] = status
-                continue
-            self._loop.create_task(self._finish(proc, status))
+        """Collect every exited child of the process (we are a child subreaper: orphans come
+        here too), each routed to the table that claimed it (runtime.shim.reaper)."""
+        self.reaper.reap()
 
     def wait_child(self, pid: int) -> asyncio.Future[int]:
         """A future for the wait status of a direct helper child."""
         fut: asyncio.Future[int] = self._loop.create_future()
-        if pid in self._early_exits:
-            fut.set_result(self._early_exits.pop(pid))
-        else:
-            self._waiters[pid] = fut
+
+        def done(status: int) -> None:
+            if not fut.done():
+                fut.set_result(status)
+
+        status = self.reaper.claim(pid, done)
+        if status is not None:
+            fut.set_result(status)
         return fut
 
     def set_holder(self, pid: int) -> None:
@@ -271,7 +259,7 @@ class ProcessTable:
 
     def _track(self, proc: Proc, pid: int, pidfd: bool = True) -> None:
         proc.pid = pid
-        status = self._early_exits.pop(pid, None)
+        status = self.reaper.claim(pid, lambda st: self._finish_soon(proc, st))
         if status is None:
             if pidfd and not proc.key.startswith("exec:") and proc.pidfd < 0:
                 # not reaped yet, and reaped by nobody but us (our child, or reparented to
@@ -280,9 +268,11 @@ class ProcessTable:
                     proc.pidfd = libc.pidfd_open(pid)
                 except OSError as exc:
                     log.error("shim: no pidfd for %s (pid %d): %s; exec into it will fail", proc.key, pid, exc)
-            self._by_pid[pid] = proc
         else:
-            self._loop.create_task(self._finish(proc, status))
+            self._finish_soon(proc, status)
+
+    def _finish_soon(self, proc: Proc, status: int) -> None:
+        self._loop.create_task(self._finish(proc, status))
 
     async def _finish(self, proc: Proc, status: int) -> None:
         finished = time.time_ns()
@@ -715,7 +705,7 @@ class ProcessTable:
         if handed:
             proc.pid = handed
         else:
-            self._waiters.pop(pid, None)
+            self.reaper.unclaim(pid)
         # a set-up child that hands over at start gets no pidfd: nothing may join its
         # namespaces (it is in ours) until the container's process has replaced it
         self._track(proc, proc.pid, pidfd=not proc.handover)
@@ -724,7 +714,7 @@ class ProcessTable:
     def _abort(self, proc: Proc, setup: asyncio.Future[int], handed: int = 0) -> None:
         """Undo a failed create: the set-up process (and the one it handed over to, if any)
         is killed and reaped quietly."""
-        if handed and handed not in self._early_exits:  # reaped already: the pid may be reused
+        if handed and not self.reaper.reaped_unclaimed(handed):  # reaped already: the pid may be reused
             with contextlib.suppress(ProcessLookupError):
                 os.kill(handed, signal.SIGKILL)
         if not setup.done():
@@ -759,7 +749,7 @@ class ProcessTable:
         proc.handing_over = True
         try:
             message = await self._read_all(report_r, 5.0)  # EOF: it closed the pipe to fork; or why not
-            final = await asyncio.wait_for(self._final_child(setup, lambda: setup not in self._by_pid), 30)
+            final = await asyncio.wait_for(self._final_child(setup, lambda: not self.reaper.claimed(setup)), 30)
         except BaseException:
             self._end_setup(setup, None)  # its end is the container's
             raise
@@ -767,7 +757,7 @@ class ProcessTable:
             proc.handing_over = False
         if final is not None:
             # it had a child, so it was alive and is not reaped: still ours to replace
-            del self._by_pid[setup]
+            self.reaper.unclaim(setup)
             self.wait_child(setup)  # its SIGKILL is collected quietly
             self._track(proc, final)
             os.kill(setup, signal.SIGKILL)
@@ -867,7 +857,7 @@ class ProcessTable:
         child is gone without one. ``pid`` must be ours and not reaped."""
         while True:
             event = asyncio.Event()
-            self._child_events.add(event)
+            self.reaper.child_events.add(event)
             try:
                 children = finalfork.children_of(pid)
                 if len(children) > 1:
@@ -878,7 +868,7 @@ class ProcessTable:
                     return None
                 await event.wait()  # the next SIGCHLD: it stopped (forked) or exited
             finally:
-                self._child_events.discard(event)
+                self.reaper.child_events.discard(event)
 
     def _end_setup(self, pid: int, setup: asyncio.Future[int] | None) -> None:
         """Kill a set-up child that failed or timed out, and what it forked (its children are

@@ -21,7 +21,10 @@ to shims of earlier versions, and the protocol only grows:
   ``ping().protocol`` first and says what the operator must do (restart the pod).
 
 History: 1, the untyped dicts (the same lines as below); 2, error payloads also carry the
-class's MRO names and an OSError's errno (a version-1 daemon reads only ``kind``).
+class's MRO names and an OSError's errno (a version-1 daemon reads only ``kind``); 3,
+:class:`Adopt` (one shim process hosts several pods, runtime.shim.group; ``shutdown`` ends
+only the pod whose socket it came on). An older shim refuses ``adopt`` as unknown, and the
+daemon then forks a new shim for the pod.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from runtime.model.sandbox import PinnedNamespaces
 from runtime.shim.wire import PORT_CONNECT_TIMEOUT
 from runtime.store.codec import from_plain, to_plain
 
-SHIM_PROTOCOL = 2
+SHIM_PROTOCOL = 3
 
 R = TypeVar("R")
 
@@ -250,6 +253,23 @@ class Shutdown(ShimRequest[Ack]):
 
 
 @dataclass(frozen=True, slots=True)
+class Adopt(ShimRequest[ShimInfo]):
+    """Host the pod ``sandbox_id`` in this shim process too: listen on ``socket`` for it,
+    with a process table, PID holder and subscribers of its own (runtime.shim.group).
+    Refused with ResourceExhausted when the process hosts ``capacity`` pods already,
+    Unavailable when it is ending (its last pod stopped) or runs other code than ``code``
+    (runtime.shim.version.code_hash: a daemon adopts only into shims of its own code),
+    AlreadyExists when it hosts that sandbox. The reply names the process."""
+
+    OP: ClassVar[str] = "adopt"
+    REPLY: ClassVar[Any] = ShimInfo
+    sandbox_id: str
+    socket: str
+    capacity: int
+    code: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe(ShimRequest[None]):
     """Then exit events on this connection (:class:`ExitEvent`, after a replay :class:`Subscribed`)."""
 
@@ -297,7 +317,7 @@ class PortConnect(ShimRequest[Connected]):
 REQUESTS: dict[str, type[ShimRequest[Any]]] = {
     cls.OP: cls
     for cls in (Ping, CreateNamespaces, PidHolder, Precreate, Create, Start, Kill, Wait, State, ListProcs,
-                ReopenLog, Delete, ExecSync, Shutdown, Subscribe, Attach, ExecSession, PortConnect)
+                ReopenLog, Delete, ExecSync, Shutdown, Subscribe, Attach, ExecSession, PortConnect, Adopt)
 }
 
 

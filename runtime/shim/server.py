@@ -9,14 +9,17 @@ runtime.errorcodec's payload, so the daemon raises the same class.
 
 The shim is single-threaded (asyncio without executors: the kernel refuses setns in a
 multithreaded process), a child subreaper, in its own session, ignoring terminal signals,
-and it keeps running when the daemon dies. It ends on ``shutdown`` (pod stopped) or when
-its pod's processes are all gone after a shutdown request.
+and it keeps running when the daemon dies. One process may host several pods
+(runtime.shim.group, ``Adopt``), each with its own socket and a ShimServer of its own;
+``shutdown`` ends the pod it came for (its processes killed, its socket removed), and the
+process ends with its last pod.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -24,16 +27,18 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime import errors
 from runtime.errorcodec import encode_error
 from runtime.linux import libc
 from runtime.shim import nsinit, pidholder, wire
+from runtime.shim.init import child_guard, close_fds_except, reset_signals, write_all
 from runtime.shim.procs import Proc, ProcessTable
 from runtime.shim.protocol import (
     SHIM_PROTOCOL,
     Ack,
+    Adopt,
     Attach,
     Connected,
     Create,
@@ -65,53 +70,79 @@ from runtime.shim.protocol import (
     decode_request,
     event_line,
 )
+from runtime.shim.reaper import ChildReaper
 from runtime.shim.stdio import ExecSyncCollector, serve_session
-from runtime.store.codec import to_plain
+from runtime.store.codec import from_plain, to_plain
+
+if TYPE_CHECKING:
+    from runtime.shim.group import ShimGroup
 
 log = logging.getLogger("cri_shim.shim")
 
+#: how long making a pod's namespaces (and its network's in-namespace step) may take
+NAMESPACES_TIMEOUT = 55.0
+
 class ShimServer:
-    def __init__(self, sandbox_id: str, socket_path: Path, proc_pidns: bool | None = None) -> None:
-        """``proc_pidns``: as for ProcessTable (None: the kernel is asked)."""
+    """One pod of a shim process: its socket, process table, PID holder and subscribers. The
+    process around it (subreaper, signals, the one reaper, the other pods it hosts) is its
+    :class:`runtime.shim.group.ShimGroup`."""
+
+    def __init__(self, sandbox_id: str, socket_path: Path, proc_pidns: bool | None = None,
+                 group: ShimGroup | None = None) -> None:
+        """``proc_pidns``: as for ProcessTable (None: the kernel is asked). ``group``: the
+        process hosting this pod (None: :meth:`run` makes one around it)."""
         self.sandbox_id = sandbox_id
         self.socket_path = socket_path
         self._proc_pidns = proc_pidns
+        self.group = group
         self.table: ProcessTable | None = None
         self._subscribers: set[asyncio.StreamWriter] = set()
-        self._stopping = asyncio.Event()
         self._holder_pid = 0
         self._server: asyncio.AbstractServer | None = None
         self._port_connects = 0
+        self._stop_task: asyncio.Task[None] | None = None
         #: the request/reply operations, by request type (sessions, subscribe and
         #: port_connect hold their connection: see _client)
         self.ops: dict[type[ShimRequest[Any]], Callable[[Any], Awaitable[Any]]] = {
             Ping: self.op_ping, CreateNamespaces: self.op_create_namespaces, PidHolder: self.op_pid_holder,
             Precreate: self.op_precreate, Create: self.op_create, Start: self.op_start, Kill: self.op_kill,
             Wait: self.op_wait, State: self.op_state, ListProcs: self.op_list, ReopenLog: self.op_reopen_log,
-            Delete: self.op_delete, ExecSync: self.op_exec_sync, Shutdown: self.op_shutdown,
+            Delete: self.op_delete, ExecSync: self.op_exec_sync, Shutdown: self.op_shutdown, Adopt: self.op_adopt,
         }
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def run(self, ready_fd: int = -1) -> None:
-        loop = asyncio.get_running_loop()
-        libc.set_child_subreaper()
-        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_IGN)
-        self.table = ProcessTable(self._on_exit, self._proc_pidns)
-        loop.add_signal_handler(signal.SIGCHLD, self.table.reap)
-        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        """Run this pod's shim as a process of its own (a group of one, which may adopt
+        more): returns once every pod it hosts has stopped."""
+        from runtime.shim.group import ShimGroup
+
+        self.group = ShimGroup(self._proc_pidns)
+        await self.group.run(self, ready_fd)
+
+    async def open(self, reaper: ChildReaper) -> None:
+        """Listen on the pod's socket (replacing a stale one), its table routed by ``reaper``."""
+        self.table = ProcessTable(self._on_exit, self._proc_pidns, reaper=reaper)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(self._client, path=str(self.socket_path), limit=wire.MAX_LINE)
         os.chmod(self.socket_path, 0o600)
-        if ready_fd >= 0:
-            os.write(ready_fd, f"ready {os.getpid()}\n".encode())
-            os.close(ready_fd)
-        await self._stopping.wait()
-        await self._shutdown()
+
+    def stop(self) -> asyncio.Task[None]:
+        """End the pod (idempotent): its processes are killed, its socket closed, then the
+        group is told (the process exits with its last pod)."""
+        if self._stop_task is None:
+            self._stop_task = asyncio.get_running_loop().create_task(self._shutdown())
+        return self._stop_task
 
     async def _shutdown(self) -> None:
+        try:
+            await self._end_pod()
+        finally:
+            if self.group is not None:
+                self.group.pod_stopped(self.sandbox_id)
+
+    async def _end_pod(self) -> None:
         assert self.table is not None
         for container_id in list(self.table.precreated):
             self.table.discard_precreated(container_id)
@@ -191,11 +222,37 @@ class ShimServer:
         return ShimInfo(os.getpid(), self.sandbox_id, SHIM_PROTOCOL)
 
     async def op_create_namespaces(self, req: CreateNamespaces) -> NamespacesResult:
-        # made here, in the shim itself, which returns to its own namespaces (no fork)
+        """Made in a forked child, never in the shim itself: the process may host other pods
+        (runtime.shim.group), whose requests must never run in this pod's namespaces, and a
+        failure to return to our own (setns) must end no more than that child. The pins are
+        bind mounts in the mount namespace we share, so they outlive it."""
+        assert self.table is not None
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+
+            def body() -> None:
+                reset_signals()
+                close_fds_except({w})
+                result = nsinit.make_namespaces(req.request)
+                write_all(w, b"ok " + json.dumps(to_plain(result)).encode())
+
+            child_guard(w, body)
+        os.close(w)
+        done = self.table.wait_child(pid)
         try:
-            return nsinit.make_namespaces(req.request)
-        except OSError as exc:
-            raise errors.FailedPrecondition(f"creating pod namespaces: {exc}") from None
+            report = await _read_to_eof(r, NAMESPACES_TIMEOUT)
+        finally:
+            if not done.done():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await done
+        if report.startswith(b"ok "):
+            result: NamespacesResult = from_plain(NamespacesResult, json.loads(report[3:]))
+            return result
+        why = report.decode(errors="replace").removeprefix("error ").strip() or "the helper ended without a report"
+        raise errors.FailedPrecondition(f"creating pod namespaces: {why}")
 
     async def op_pid_holder(self, req: PidHolder) -> Pid:
         assert self.table is not None
@@ -291,8 +348,16 @@ class ShimServer:
         return ExecSyncResult(status.exit_code, bytes(collector.out[1]), bytes(collector.out[2]))
 
     async def op_shutdown(self, req: Shutdown) -> Ack:
-        asyncio.get_running_loop().call_soon(self._stopping.set)
+        """This pod only: its socket goes once its processes are gone (the daemon waits for
+        that, or for the process's exit when it was the last pod)."""
+        asyncio.get_running_loop().call_soon(self.stop)
         return Ack()
+
+    async def op_adopt(self, req: Adopt) -> ShimInfo:
+        """Host another pod in this process (runtime.shim.group)."""
+        assert self.group is not None
+        await self.group.adopt(req)
+        return ShimInfo(os.getpid(), req.sandbox_id, SHIM_PROTOCOL)
 
     # -- long-lived connections ---------------------------------------------------------------
 
@@ -388,6 +453,21 @@ class ShimServer:
             await writer.drain()
             return
         await serve_session(self.table, container, req, reader, writer)
+
+
+async def _read_to_eof(fd: int, timeout: float) -> bytes:
+    """Everything written to the pipe ``fd`` until its writer closes it (b"" after ``timeout``
+    seconds); closes ``fd``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                os.fdopen(fd, "rb", buffering=0))
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    except TimeoutError:
+        return b""
+    finally:
+        transport.close()
 
 
 def proc_state(proc: Proc) -> ProcState:

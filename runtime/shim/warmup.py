@@ -28,6 +28,7 @@ def preload() -> None:
     import resource  # noqa: F401
     import termios  # noqa: F401
 
+    import runtime.shim.group
     import runtime.shim.nsinit
     import runtime.shim.pidholder
     import runtime.shim.server
@@ -52,9 +53,11 @@ def warm_up(workdir: str) -> None:
     import logging
 
     from runtime.shim import protocol, server, wire
+    from runtime.shim.version import code_hash
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format=LOG_FORMAT)
     sock = os.path.join(workdir, "warm.sock")
+    sock2 = os.path.join(workdir, "warm2.sock")
 
     async def exchange() -> None:
         shim = server.ShimServer("0" * 64, Path(sock))
@@ -83,11 +86,20 @@ def warm_up(workdir: str) -> None:
                     protocol.decode_reply(op, reply["result"])
             writer.close()
         await warm_pod_namespaces(connect)
+        # a second pod in the same process (runtime.shim.group), adopted and ended
         reader, writer = await connect()
-        writer.write(wire.encode(protocol.request_line(protocol.Shutdown(), 2)))
+        adopt = protocol.Adopt("1" * 64, sock2, capacity=2, code=code_hash())
+        writer.write(wire.encode(protocol.request_line(adopt, 4)))
         await writer.drain()
         await wire.read_message(reader)
         writer.close()
+        for path in (sock2, sock):
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_unix_connection(path, limit=wire.MAX_LINE)
+                writer.write(wire.encode(protocol.request_line(protocol.Shutdown(), 2)))
+                await writer.drain()
+                await wire.read_message(reader)
+                writer.close()
         await asyncio.wait_for(task, 10)
 
     async def warm_pod_namespaces(
@@ -129,5 +141,6 @@ def warm_up(workdir: str) -> None:
     except Exception as exc:  # a failed warm-up costs memory, never correctness
         sys.stderr.write(f"shim factory warm-up failed: {type(exc).__name__}: {exc}\n")
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(sock)
+        for path in (sock, sock2):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

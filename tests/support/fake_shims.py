@@ -137,7 +137,7 @@ class FakeShims:
     def client(self, sandbox_id: str) -> FakeShimConnection:
         return FakeShimConnection(self, sandbox_id)
 
-    async def shutdown(self, sandbox_id: str, shim: ProcessRef | None) -> None:
+    async def shutdown(self, sandbox_id: str, shim: ProcessRef | None, holder: ProcessRef | None = None) -> None:
         self.journal.step("shims.shutdown")
         ended = self.running.pop(sandbox_id, None)
         if ended is not None:
