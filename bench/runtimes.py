@@ -119,12 +119,14 @@ class Runtime:
 
 
 def _cri_shim_shims(state: Path) -> list[int]:
-    pids = []
+    """The shim processes, each once: the pid files of a shim group's pods name the same one
+    ([pods] pods_per_shim)."""
+    pids = set()
     for f in (state / "shims").glob("*.pid"):
         if f.stem != "factory":
             with contextlib.suppress(OSError, ValueError, IndexError):
-                pids.append(int(f.read_text().split()[0]))
-    return pids
+                pids.add(int(f.read_text().split()[0]))
+    return sorted(pids)
 
 
 def shim_config(registries_conf: Path, merge_memory: bool, extra: str = "") -> str:

@@ -14,7 +14,11 @@ seconds and reads /proc/PID/smaps_rollup and /proc/PID/smaps of every shim:
 - for the shim with the median Private_Dirty, its mappings by Private_Dirty (where to look),
   and the factory's PSS.
 
-    .venv/bin/python bench/shim_memory.py [--pods 20] [--settle 5] [--mode own|shared] [--json FILE]
+    .venv/bin/python bench/shim_memory.py [--pods 20] [--settle 5] [--mode own|shared]
+        [--pods-per-shim N] [--json FILE]
+
+``--pods-per-shim``: ``[pods] pods_per_shim`` (runtime.shim.group; default: the daemon's own
+default). "per shim" figures are then per shim process, which hosts up to N pods.
 
 Issue 15's target: at most 1.8 MB PSS per pod at 110 pods from the first minute without KSM
 (half of containerd-shim-runc-v2 + pause).
@@ -82,7 +86,8 @@ def mappings(pid: int) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in out.items()}
 
 
-def measure(runtime: rts.Runtime, cids: list[str], pods: int, daemon_before: int, factory: int) -> dict[str, object]:
+def measure(runtime: rts.Runtime, cids: list[str], pods: int, daemon_before: int, factory: int,
+            pods_per_shim: int | None) -> dict[str, object]:
     shims = runtime.shim_pids()
     per_pod_pids = runtime.pod_pids(cids)
     rolls = {p: rollup(p) for p in per_pod_pids}
@@ -95,6 +100,8 @@ def measure(runtime: rts.Runtime, cids: list[str], pods: int, daemon_before: int
     top = sorted(((v.get("Private_Dirty", 0), k) for k, v in maps.items()), reverse=True)[:14]
     return {
         "pods": pods,
+        "pods_per_shim": pods_per_shim,
+        "shim_processes": len(shim_rolls),
         "pss_per_pod_kib": round((pss_sum + growth) / pods),
         "shim_pss_kib": round(statistics.mean(r["Pss"] for r in shim_rolls)),
         "daemon_growth_per_pod_kib": round(growth / pods),
@@ -113,6 +120,8 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=20)
     ap.add_argument("--settle", type=float, default=5.0)
     ap.add_argument("--mode", choices=sorted(drv.PID_MODES), default="own")
+    ap.add_argument("--pods-per-shim", type=int, default=None,
+                    help="[pods] pods_per_shim (pods one shim process hosts); default: the daemon's")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="wait for Enter before removing the pods")
     args = ap.parse_args()
@@ -120,7 +129,8 @@ def main() -> None:
     try:
         with running_registry(base) as reg:
             images.push_all(reg.url, {rts.BUSYBOX: images.default_image()})
-            with rts.cri_shim(base / "crishim", reg.host) as shim:
+            extra = "" if args.pods_per_shim is None else f"[pods]\npods_per_shim = {args.pods_per_shim}\n"
+            with rts.cri_shim(base / "crishim", reg.host, extra=extra) as shim:
                 d = drv.GrpcDriver(shim.endpoint)
                 d.pull(rts.BUSYBOX)
                 factory = int((base / "crishim" / "state" / "shims" / "factory.pid").read_text().split()[0])
@@ -136,7 +146,7 @@ def main() -> None:
                         if (i + 1) % 10 == 0:
                             print(f"  {i + 1} pods", flush=True)
                     time.sleep(args.settle)
-                    result = measure(shim, [c for _, c in started], args.pods, before, factory)
+                    result = measure(shim, [c for _, c in started], args.pods, before, factory, args.pods_per_shim)
                     print(json.dumps(result, indent=1))
                     if args.json:
                         args.json.write_text(json.dumps(result, indent=1))

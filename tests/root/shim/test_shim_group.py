@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -49,6 +50,7 @@ async def manager(pods_per_shim: int) -> AsyncIterator[tuple[ShimManager, dict[s
                     os.kill(r.pid, signal.SIGKILL)
         await mgr.stop_factory()
         await mgr.close()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def spec(tmp_path: Path, sid: str, cid: str, args: tuple[str, ...]) -> LaunchSpec:

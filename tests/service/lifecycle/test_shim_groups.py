@@ -1,10 +1,13 @@
 """Shim groups in a real daemon (``[pods] pods_per_shim``, default 8; runtime.shim.group):
 pods share a shim process; stopping one leaves the others' containers running and reachable
 (exec, logs); after a daemon kill -9 and restart every pod of the group is found again and
-the group adopts the next pod."""
+the group adopts the next pod; a killed group shim fails each of its pods as a killed shim
+failed its one pod."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from tests.support.pods import (
     exec_sync,
     pod_config,
     pod_info,
+    pod_status,
     pull,
     run_pod,
     start,
@@ -82,3 +86,24 @@ def test_a_group_stop_one_pod_kill9_restart(d: DaemonProcess, images: Images, tm
     pod, cid = ticking_pod(d, images, tmp_path)
     assert pod_info(d, pod)["shim"]["pid"] == shim.pid
     assert_alive_and_reachable(d, cid)
+
+
+def test_a_killed_group_shim_does_to_each_pod_what_it_did_to_one(
+    d: DaemonProcess, images: Images, tmp_path: Path
+) -> None:
+    """The wider blast radius (docs/ARCHITECTURE.md, shim groups): SIGKILL of a shim process
+    makes every pod it hosts not ready and records each container as lost, as
+    test_containers' single-pod test expects for one; nothing of them is left running."""
+    pull(d, images.busybox)
+    pods = [ticking_pod(d, images, tmp_path) for _ in range(2)]
+    shims = {pod_info(d, pod)["shim"]["pid"] for pod, _ in pods}
+    assert len(shims) == 1
+    os.kill(shims.pop(), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    for pod, cid in pods:
+        while pod_status(d, pod).status.state != pb.SANDBOX_NOTREADY:
+            assert time.monotonic() < deadline, f"pod {pod} did not become not ready"
+            time.sleep(0.1)
+        st = wait_state(d, cid, pb.CONTAINER_EXITED)
+        assert (st.reason, st.exit_code) == ("Unknown", 255)
+    assert not [x for x in d.leaks() if x.startswith("process")], "the orphaned containers were killed"
