@@ -12,6 +12,8 @@
 # runs at nice 10 (the machine is shared). Each binary lands by rename, so an interrupted build
 # leaves nothing half-written that a later run would take as built.
 #
+# CRI_SHIM_K8S_CACHE=DIR puts them in DIR instead of .cache/k8s (scripts/cluster.sh reads it too).
+#
 #   scripts/cluster-build.sh          # build what is missing
 #   scripts/cluster-build.sh --check  # exit 0 when everything is built, 1 otherwise
 set -euo pipefail
@@ -20,7 +22,8 @@ K8S_VERSION=v1.37.2
 STAGING_VERSION=v0.37.2
 ETCD_VERSION=v3.6.17
 COREDNS_VERSION=v1.14.7
-CACHE=.cache/k8s
+# CRI_SHIM_K8S_CACHE moves the cache out of the checkout (CI: a directory fresh clones share)
+CACHE=${CRI_SHIM_K8S_CACHE:-.cache/k8s}
 K8S_DIR=$CACHE/kubernetes-$K8S_VERSION
 KUBELET=$CACHE/kubelet-$K8S_VERSION
 ETCD=$CACHE/etcd-$ETCD_VERSION/etcd

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 K8S_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.6.17"
 COREDNS_VERSION = "v1.14.7"
-CACHE = REPO / ".cache" / "k8s"
+#: the binaries of scripts/cluster-build.sh (CRI_SHIM_K8S_CACHE: a cache shared by checkouts)
+CACHE = Path(os.environ.get("CRI_SHIM_K8S_CACHE", REPO / ".cache" / "k8s"))
 K8S_BIN = CACHE / f"kubernetes-{K8S_VERSION}"
 KUBELET = CACHE / f"kubelet-{K8S_VERSION}"
 ETCD = CACHE / f"etcd-{ETCD_VERSION}" / "etcd"

@@ -16,7 +16,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "scripts" / "cluster.sh"
-KUBECTL = REPO / ".cache" / "k8s" / "kubernetes-v1.37.2" / "kubectl"
+KUBECTL = Path(os.environ.get("CRI_SHIM_K8S_CACHE", REPO / ".cache" / "k8s")) / "kubernetes-v1.37.2" / "kubectl"
 
 
 def cluster_sh(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
