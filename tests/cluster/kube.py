@@ -79,8 +79,8 @@ def _out(*cmd: str) -> str:
 
 #: what names the cluster's things on the host carry (other sessions' tests make their own
 #: netns, mounts and tables meanwhile: only ours are compared)
-OURS = ("crishimk8s", "csk8s-", "cri-shim-cluster", "/var/lib/kubelet", "10.250.0.", "10.244.", "10.96.",
-        "kube-proxy", "KUBE-")
+OURS = ("crishimk8s", "csk8s-", "cri-shim-cluster", "/var/lib/kubelet", "/var/log/containers", "10.250.0.",
+        "10.244.", "10.96.", "kube-proxy")
 
 
 def host_snapshot() -> dict[str, list[str]]:
