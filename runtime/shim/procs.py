@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import errors
-from runtime.linux import libc, mountapi
+from runtime.linux import libc, mountapi, ptys
 from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
 from runtime.shim import execproc, finalfork, init
 from runtime.shim.cgkill import CgroupKiller, KillOutcome, owns_pid_namespace
@@ -144,9 +144,11 @@ class Stdio:
                 os.close(fd)
 
 
-def make_stdio(want_stdin: bool, tty: bool) -> Stdio:
+def make_stdio(want_stdin: bool, tty: bool, pty_root: int = -1) -> Stdio:
+    """The child's stdio: a pty (of the devpts inside ``pty_root``, a container's root, when
+    given and usable: runtime.linux.ptys), or pipes."""
     if tty:
-        master, slave = pty.openpty()
+        master, slave = _open_pty(pty_root)
         return Stdio((slave, slave, slave), tty_master=master, stdin_w=master if want_stdin else -1)
     if want_stdin:
         stdin, stdin_w = os.pipe()
@@ -155,6 +157,15 @@ def make_stdio(want_stdin: bool, tty: bool) -> Stdio:
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     return Stdio((stdin, out_w, err_w), stdin_w=stdin_w, out_r=out_r, err_r=err_r)
+
+
+def _open_pty(pty_root: int) -> tuple[int, int]:
+    if pty_root >= 0:
+        try:
+            return ptys.open_pty_in_root(pty_root)
+        except OSError as exc:  # no devpts of its own (or a hostile one): the shim's pty still works
+            log.warning("pty from the container's devpts failed (%s); using the shim's", exc)
+    return pty.openpty()
 
 
 @dataclass
@@ -337,9 +348,9 @@ class ProcessTable:
 
     # -- stdio --------------------------------------------------------------------------------
 
-    def _open_stdio(self, proc: Proc, want_stdin: bool, tty: bool) -> tuple[int, int, int]:
+    def _open_stdio(self, proc: Proc, want_stdin: bool, tty: bool, pty_root: int = -1) -> tuple[int, int, int]:
         """Create the child's stdio; returns the child's ends (closed here after fork)."""
-        io = make_stdio(want_stdin, tty)
+        io = make_stdio(want_stdin, tty, pty_root)
         self._attach_stdio(proc, io)
         return io.child
 
@@ -809,7 +820,16 @@ class ProcessTable:
         if sink is not None:
             proc.sinks.add(sink)
         report_r, report_w = os.pipe()
-        stdio = self._open_stdio(proc, stdin, process.tty)
+        # a tty from the container's own devpts, so that ttyname() of it names /dev/pts/N there
+        root_fd = -1
+        if process.tty:
+            with contextlib.suppress(OSError):  # its pid is ours, not reaped: still that process
+                root_fd = os.open(f"/proc/{container.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            stdio = self._open_stdio(proc, stdin, process.tty, root_fd)
+        finally:
+            if root_fd >= 0:
+                os.close(root_fd)
         try:
             pid = os.fork()  # in our own PID namespace: the container cannot see it
             if pid == 0:

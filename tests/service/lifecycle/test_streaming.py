@@ -93,6 +93,9 @@ def test_exec_tty_typing_resize_exit(d: DaemonProcess, images: Images, tmp_path:
         try:
             os.write(master, b"echo hi-$((40+2))\n")
             _read_until(master, rb"hi-42", buf)
+            # the pty is one of the container's own devpts: ttyname() names a node there
+            os.write(master, b"t=$(tty) && test -c \"$t\" && echo \"tty-ok:$t\"\n")
+            _read_until(master, rb"tty-ok:/dev/pts/\d+", buf)
             os.write(master, b"stty size\n")
             _read_until(master, rb"24 80", buf)
             set_winsize(master, 132, 43)
