@@ -166,10 +166,12 @@ def test_logs_exec_attach_cp(kube: Kube, tmp_path: Any) -> None:
     assert kube("exec", "client-node-a", "--", "echo", "hi").strip() == "hi"
     res = kube.run("exec", "-i", "client-node-b", "--", "sh", "-c", "cat; exit 3", input="from stdin\n", check=False)
     assert res.returncode == 3 and res.stdout == "from stdin\n", res
-    # -t without a terminal on our side: kubectl says so and runs without one
-    res = kube.run("exec", "-i", "-t", "client-node-a", "--", "sh", "-c", "echo tty:$(tty >/dev/null && echo y)",
-                   check=False)
-    assert res.returncode == 0 and "tty:" in res.stdout, res
+    # interactive with a terminal: script(1) gives kubectl a pty, the container gets one too
+    cmd = " ".join([*kube_cmd(kube), "exec", "-it", "client-node-a", "--", "sh", "-c",
+                    "'tty; stty size; read l; echo got:$l; exit 4'"])
+    res = subprocess.run(["script", "-q", "-e", "-c", cmd, "/dev/null"], input="typed\n", capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 4 and "/dev/pts/" in res.stdout and "got:typed" in res.stdout, res
     kube.apply(f"""apiVersion: v1
 kind: Pod
 metadata:
