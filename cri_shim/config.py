@@ -258,6 +258,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("image.layer_unpack_timeout: must be >= 0")
     if not 1 <= cfg.image.max_concurrent_downloads <= 64:
         raise ConfigError("image.max_concurrent_downloads: must be between 1 and 64")
+    if not 0 <= cfg.image.gc_grace_period <= 7 * 86400:
+        raise ConfigError("image.gc_grace_period: must be between 0 and 604800 seconds (7 days)")
+    if not 0 < cfg.image.gc_grace_disk_limit <= 100:
+        raise ConfigError("image.gc_grace_disk_limit: must be a percentage above 0 and at most 100")
     for key in ("https_proxy", "http_proxy"):
         try:
             normalize_proxy_url(getattr(cfg.image, key), f"image.{key}")

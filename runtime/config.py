@@ -96,6 +96,26 @@ class ImageSettings:
             "Fulcio/Rekor are refused as unsupported. A missing file accepts every image."
         ),
     )
+    gc_grace_period: float = field(
+        default=300.0,
+        metadata=doc(
+            "Seconds the layers and blobs of a removed image (RemoveImage, or the last container of "
+            "an image removed while in use) stay on disk before they are deleted, so that pulling "
+            "the image again within that time downloads and unpacks nothing (containerd's content "
+            "store likewise keeps content until its garbage collector runs). Content an image, a "
+            "container or a pull uses is never deleted. 0: deleted right after RemoveImage (still "
+            "in the background). ImageFsInfo counts the content while it is kept."
+        ),
+    )
+    gc_grace_disk_limit: float = field(
+        default=80.0,
+        metadata=doc(
+            "Percent of the image filesystem in use from which removed images' content is deleted "
+            "at once instead of after gc_grace_period (checked at every removal and every 10 s "
+            "while content is kept). kubelet's image garbage collection starts at 85 and aims at "
+            "80 (imageGCHighThresholdPercent, imageGCLowThresholdPercent). 100: never early."
+        ),
+    )
     pinned_images: tuple[str, ...] = field(
         default=(),
         metadata=doc(

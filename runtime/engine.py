@@ -104,7 +104,8 @@ class Engine:
         self._close_steps: list[Callable[[], Awaitable[None]]] = []
         # Images and snapshots under <root>/images; recovery (half-made snapshots, temp and
         # orphan blobs) runs first: container recovery relies on the snapshots it keeps.
-        self.images = ImageService(settings.image, self.store, settings.root / "images")
+        # The daemon's image index is the one other processes announce their changes to.
+        self.images = ImageService(settings.image, self.store, settings.root / "images", announce_changes=False)
         self._recover_steps.insert(0, ("images", self.images.recover))
         self._close_steps.append(self.images.close)
         # Pod networking; its step re-applies nftables from the store. The sandbox service's

@@ -21,6 +21,9 @@ uses; the modules below it are mechanisms with narrow contracts:
 - ``applier``     a layer tar applied into an empty directory, never writing outside it
 - ``snapshot``    one directory per layer chain id, container overlay descriptions
 - ``metadata``    the image tables in the store
+- ``index``       the visible images in memory (status, list, lookups), coherent with the store
+- ``retention``   what removed images leave pending, and the collection's SQL
+- ``collector``   frees pending content after the grace period, off the RPC path
 - ``pull``        the pull pipeline (parallel downloads, coalescing, progress)
 - ``archive``     ``docker save`` and OCI layout archives (air-gapped import)
 """

@@ -228,6 +228,7 @@ async def _import_one(
     lease = f"{owner}/{secrets.token_hex(6)}"
     await store.write(lambda c: md.take_leases(c, lease, chain, all_blobs))
     try:
+        await service.collector.barrier(all_blobs)
         for digest, data in plan.blobs:
             await asyncio.to_thread(service.content.write, digest, data)
         await asyncio.to_thread(service.content.write, manifest.config.digest, config)
@@ -239,13 +240,12 @@ async def _import_one(
 
             parent = chain[i - 1] if i else ""
             await service.snapshots.ensure_layer(chain[i], cfg.diff_ids[i], parent, open_blob, limits)
-        size = await store.read(lambda c: md.layer_sizes(c, chain)) + len(config)
         ref = plan.ref
         image = Image(
             id=manifest.config.digest,
             repo_tags=(ref.tagged,) if ref is not None and ref.tag and not ref.digest else (),
             repo_digests=(ref.with_digest(plan.top_digest).digested,) if ref is not None and plan.top_digest else (),
-            size=size,
+            size=0,  # the commit adds up the layers' sizes
             config=cfg.config,
             chain_ids=chain,
             manifest_digest=plan.blobs[-1][0],
@@ -254,9 +254,9 @@ async def _import_one(
             created=cfg.created,
             config_json=config.decode("utf-8", "replace"),
         )
-        await store.write(lambda c: md.commit_image(c, image, all_blobs, lease))
+        stored = await service.commit_image(image, all_blobs, lease, len(config))
         log.info("imported %s as %s from %s", ref or "(untagged)", image.id, archive.path)
-        return image
+        return stored
     finally:
         await asyncio.shield(store.write(lambda c: md.release_leases(c, lease)))
 

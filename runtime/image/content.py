@@ -48,28 +48,53 @@ def owner_alive(tag: str) -> bool:
         return False
 
 
-class Ingest:
-    """One blob being written. Use :meth:`write` for every chunk, then :meth:`commit`;
-    :meth:`abort` (or a failed commit) removes the temp file."""
+class Digester:
+    """Checks bytes against the digest and size they were announced with, as they arrive."""
 
-    def __init__(self, store: ContentStore, digest: str, size: int | None) -> None:
-        self._store = store
+    def __init__(self, digest: str, size: int | None) -> None:
         self.digest = check_digest(digest)
         self.expected_size = size
-        self._algo = hashlib.new(digest.split(":", 1)[0])
-        self.path = store.ingest_dir / f"{store.owner}-{secrets.token_hex(8)}"
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._algo = hashlib.new(self.digest.split(":", 1)[0])
         self.written = 0
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data``; raises DigestMismatch as soon as the expected size is exceeded."""
-        assert self._fd is not None
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Hash ``data``; raises DigestMismatch as soon as the expected size is exceeded."""
         self.written += len(data)
         if self.expected_size is not None and self.written > self.expected_size:
             raise DigestMismatch(
                 f"blob {self.digest}: received more than the {self.expected_size} bytes announced"
             )
         self._algo.update(data)
+
+    def verify(self) -> None:
+        """Raise DigestMismatch unless the bytes so far are the whole announced blob."""
+        if self.expected_size is not None and self.written != self.expected_size:
+            raise DigestMismatch(f"blob {self.digest}: received {self.written} bytes, expected {self.expected_size}")
+        actual = f"{self._algo.name}:{self._algo.hexdigest()}"
+        if actual != self.digest:
+            raise DigestMismatch(f"blob {self.digest}: content has digest {actual}")
+
+
+class Ingest:
+    """One blob being written. Use :meth:`write` for every chunk, then :meth:`commit`;
+    :meth:`abort` (or a failed commit) removes the temp file."""
+
+    def __init__(self, store: ContentStore, digest: str, size: int | None) -> None:
+        self._store = store
+        self._check = Digester(digest, size)
+        self.digest = self._check.digest
+        self.expected_size = size
+        self.path = store.ingest_dir / f"{store.owner}-{secrets.token_hex(8)}"
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    @property
+    def written(self) -> int:
+        return self._check.written
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``; raises DigestMismatch as soon as the expected size is exceeded."""
+        assert self._fd is not None
+        self._check.update(data)
         view = memoryview(data)
         try:
             while view:
@@ -84,13 +109,7 @@ class Ingest:
         Raises DigestMismatch (temp file removed) when the content is not what was announced."""
         assert self._fd is not None
         try:
-            if self.expected_size is not None and self.written != self.expected_size:
-                raise DigestMismatch(
-                    f"blob {self.digest}: received {self.written} bytes, expected {self.expected_size}"
-                )
-            actual = f"{self._algo.name}:{self._algo.hexdigest()}"
-            if actual != self.digest:
-                raise DigestMismatch(f"blob {self.digest}: content has digest {actual}")
+            self._check.verify()
             os.fsync(self._fd)
         except BaseException:
             self.abort()
@@ -150,6 +169,17 @@ class ContentStore:
             p.unlink(missing_ok=True)
             raise DigestMismatch(f"stored blob {digest} is corrupt (removed; pull again)")
         return data
+
+    def read_if_present(self, digest: str, max_bytes: int) -> bytes | None:
+        """:meth:`read`, or None when the blob is absent or was corrupt (then removed, so
+        that the caller downloads it again)."""
+        try:
+            return self.read(digest, max_bytes)
+        except FileNotFoundError:
+            return None
+        except DigestMismatch as exc:
+            log.warning("%s", exc)
+            return None
 
     def write(self, digest: str, data: bytes) -> Path:
         """Store ``data`` (verified) under ``digest``; a no-op when the blob exists."""

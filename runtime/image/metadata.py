@@ -13,6 +13,13 @@ Tables (component ``images``):
 - ``container_snapshots``: writable snapshots of containers (key → image, directory).
 - ``leases``: chain ids and blob digests an in-flight pull or import needs; garbage
   collection never frees leased content of a live owner.
+- ``gc_pending`` (schema 2): layers (by chain id) and blobs that RemoveImage (or the removal
+  of the last container of a hidden image) left unreferenced, with the time they were left;
+  they are kept for ``image.gc_grace_period`` so that a pull of the same content reuses them
+  (:mod:`runtime.image.retention` frees them, :mod:`runtime.image.collector` schedules it).
+- ``image_generation`` (schema 2): a counter every transaction that changes the visible
+  images (names, records) bumps, so the in-memory index (:mod:`runtime.image.index`) notices
+  changes made by another process (``cri-shim image import``).
 
 Every function here takes the sqlite connection inside a ``Store.write``/``read`` call.
 """
@@ -56,12 +63,25 @@ IMAGE_MIGRATIONS = [
             "CREATE INDEX leases_value ON leases(kind, value)",
         ),
     ),
+    Migration(
+        "images",
+        2,
+        (
+            "CREATE TABLE gc_pending (kind TEXT NOT NULL, value TEXT NOT NULL, since REAL NOT NULL,"
+            " PRIMARY KEY (kind, value))",
+            "CREATE TABLE image_generation (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL)",
+            "INSERT INTO image_generation(id, value) VALUES (1, 0)",
+        ),
+    ),
 ]
 
 TAG = "tag"
 DIGEST = "digest"
 READY = "ready"
 EXTRACTING = "extracting"
+#: ``gc_pending.kind`` of a layer snapshot (value: chain id) and of a blob (value: digest).
+PENDING_LAYER = "layer"
+PENDING_BLOB = "blob"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +98,17 @@ class LayerRow:
 
 @dataclass(frozen=True, slots=True)
 class GcResult:
-    """What a collection freed in the database; the caller deletes the files after commit."""
+    """What a collection freed in the database; the caller deletes the files after commit.
+    ``next_due``: when (wall clock) the earliest content still kept becomes due, or None."""
 
     images: tuple[str, ...] = ()
     layer_snapshots: tuple[str, ...] = ()
     blobs: tuple[str, ...] = ()
+    next_due: float | None = None
+
+
+#: An image with the time its record was first committed (ListImages' order).
+Entry = tuple[float, Image]
 
 
 # -- images ----------------------------------------------------------------------------------------
@@ -93,30 +119,47 @@ def _names(conn: sqlite3.Connection, image_id: str) -> tuple[tuple[str, ...], tu
     return tuple(n for n, k in rows if k == TAG), tuple(n for n, k in rows if k == DIGEST)
 
 
-def load_image(conn: sqlite3.Connection, image_id: str, include_hidden: bool = False) -> Image | None:
-    row = conn.execute("SELECT record, hidden FROM images WHERE id=?", (image_id,)).fetchone()
-    if row is None or (row[1] and not include_hidden):
+def load_entry(conn: sqlite3.Connection, image_id: str) -> Entry | None:
+    """The visible image ``image_id`` with every name it has, and its creation time."""
+    row = conn.execute("SELECT record, created_at FROM images WHERE id=? AND hidden=0", (image_id,)).fetchone()
+    if row is None:
         return None
     tags, digests = _names(conn, image_id)
-    return replace(from_json(Image, row[0]), repo_tags=tags, repo_digests=digests)
+    return float(row[1]), replace(from_json(Image, row[0]), repo_tags=tags, repo_digests=digests)
 
 
-def list_images(conn: sqlite3.Connection) -> list[Image]:
+def visible_entries(conn: sqlite3.Connection) -> list[Entry]:
+    """Every visible image with its names, oldest first."""
     out = []
     names: dict[str, list[tuple[str, str]]] = {}
     for name, kind, image_id in conn.execute("SELECT name, kind, image_id FROM image_names ORDER BY name"):
         names.setdefault(image_id, []).append((name, kind))
-    for image_id, record in conn.execute("SELECT id, record FROM images WHERE hidden=0 ORDER BY created_at"):
+    for image_id, record, created in conn.execute(
+        "SELECT id, record, created_at FROM images WHERE hidden=0 ORDER BY created_at"
+    ):
         ns = names.get(image_id, [])
         img = from_json(Image, record)
-        out.append(
+        out.append((
+            float(created),
             replace(
                 img,
                 repo_tags=tuple(n for n, k in ns if k == TAG),
                 repo_digests=tuple(n for n, k in ns if k == DIGEST),
-            )
-        )
+            ),
+        ))
     return out
+
+
+def generation(conn: sqlite3.Connection) -> int:
+    """The image generation: bumped by every change of the visible images."""
+    return int(conn.execute("SELECT value FROM image_generation WHERE id=1").fetchone()[0])
+
+
+def bump_generation(conn: sqlite3.Connection) -> tuple[int, int]:
+    """Bump the image generation; returns (before, after)."""
+    before = generation(conn)
+    conn.execute("UPDATE image_generation SET value=? WHERE id=1", (before + 1,))
+    return before, before + 1
 
 
 def image_by_name(conn: sqlite3.Connection, name: str) -> str | None:
@@ -136,15 +179,24 @@ def commit_image(
     image: Image,
     blobs: Iterable[str],
     lease_owner: str,
-) -> None:
+) -> set[str]:
     """Record ``image`` (un-hiding it if it was hidden), its layers, blobs and names
-    (``image.repo_tags`` move here from any other image); drop the pull's leases.
+    (``image.repo_tags`` move here from any other image); drop the pull's leases and the
+    pending frees of the content it uses (it is referenced again). Returns the ids of the
+    other images that lost a name to it. Does not bump the generation (the caller does).
 
     Raises LookupError when a layer is not ``ready`` (it must have been extracted first)."""
     for chain_id in image.chain_ids:
         row = conn.execute("SELECT state FROM layers WHERE chain_id=?", (chain_id,)).fetchone()
         if row is None or row[0] != READY:
             raise LookupError(f"layer {chain_id} of image {image.id} is not ready")
+    blobs = list(blobs)
+    names = (*image.repo_tags, *image.repo_digests)
+    losers = {
+        str(r[0])
+        for n in names
+        for r in conn.execute("SELECT image_id FROM image_names WHERE name=? AND image_id!=?", (n, image.id))
+    }
     record = to_json(replace(image, repo_tags=(), repo_digests=()))
     now = time.time()
     conn.execute(
@@ -172,23 +224,46 @@ def commit_image(
             " ON CONFLICT(name) DO UPDATE SET image_id=excluded.image_id, kind=excluded.kind",
             (name, DIGEST, image.id),
         )
+    conn.executemany("DELETE FROM gc_pending WHERE kind=? AND value=?",
+                     [(PENDING_LAYER, c) for c in image.chain_ids] + [(PENDING_BLOB, d) for d in blobs])
     release_leases(conn, lease_owner)
+    return losers
 
 
-def remove_image(conn: sqlite3.Connection, image_id: str) -> tuple[bool, tuple[str, ...]]:
+def remove_image(conn: sqlite3.Connection, image_id: str, now: float) -> tuple[bool, bool]:
     """Remove every name of ``image_id`` and the image itself, or hide it while a container
-    snapshot uses it. Returns (existed, blob digests it held) for garbage collection."""
+    snapshot uses it. The layers and blobs no other image references become pending frees
+    since ``now`` (:mod:`runtime.image.retention` frees them after the grace period). Returns
+    (existed, hidden). Does not bump the generation (the caller does)."""
     row = conn.execute("SELECT hidden FROM images WHERE id=?", (image_id,)).fetchone()
     if row is None:
-        return False, ()
-    blobs = tuple(str(r[0]) for r in conn.execute("SELECT digest FROM image_blobs WHERE image_id=?", (image_id,)))
+        return False, False
     conn.execute("DELETE FROM image_names WHERE image_id=?", (image_id,))
     in_use = conn.execute("SELECT 1 FROM container_snapshots WHERE image_id=? LIMIT 1", (image_id,)).fetchone()
     if in_use:
         conn.execute("UPDATE images SET hidden=1 WHERE id=?", (image_id,))
-        return True, ()
+        return True, True
+    mark_pending_of(conn, image_id, now)
     conn.execute("DELETE FROM images WHERE id=?", (image_id,))
-    return True, blobs
+    return True, False
+
+
+def mark_pending_of(conn: sqlite3.Connection, image_id: str, now: float) -> None:
+    """Record the layers and blobs of ``image_id`` that no other image references as pending
+    frees since ``now`` (a later removal moves ``since`` forward: the grace counts from the
+    last time the content was released)."""
+    conn.execute(
+        "INSERT INTO gc_pending(kind, value, since) SELECT DISTINCT ?, chain_id, ? FROM image_layers"
+        " WHERE image_id=? AND chain_id NOT IN (SELECT chain_id FROM image_layers WHERE image_id!=?)"
+        " ON CONFLICT(kind, value) DO UPDATE SET since=excluded.since",
+        (PENDING_LAYER, now, image_id, image_id),
+    )
+    conn.execute(
+        "INSERT INTO gc_pending(kind, value, since) SELECT DISTINCT ?, digest, ? FROM image_blobs"
+        " WHERE image_id=? AND digest NOT IN (SELECT digest FROM image_blobs WHERE image_id!=?)"
+        " ON CONFLICT(kind, value) DO UPDATE SET since=excluded.since",
+        (PENDING_BLOB, now, image_id, image_id),
+    )
 
 
 # -- leases ----------------------------------------------------------------------------------------
@@ -211,10 +286,6 @@ def drop_dead_leases(conn: sqlite3.Connection) -> int:
     for o in dead:
         conn.execute("DELETE FROM leases WHERE owner=?", (o,))
     return len(dead)
-
-
-def _leased(conn: sqlite3.Connection, kind: str) -> set[str]:
-    return {str(v) for (v,) in conn.execute("SELECT value FROM leases WHERE kind=?", (kind,))}
 
 
 # -- layers ----------------------------------------------------------------------------------------
@@ -270,10 +341,6 @@ def all_snapshot_dirs(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
     return layers, containers
 
 
-def referenced_blobs(conn: sqlite3.Connection) -> set[str]:
-    return {str(r[0]) for r in conn.execute("SELECT DISTINCT digest FROM image_blobs")} | _leased(conn, "blob")
-
-
 def usage_totals(conn: sqlite3.Connection) -> tuple[int, int]:
     row = conn.execute(
         "SELECT COALESCE(SUM(size),0), COALESCE(SUM(inodes),0) FROM layers WHERE state=?", (READY,)
@@ -289,48 +356,8 @@ def layer_sizes(conn: sqlite3.Connection, chain_ids: Iterable[str]) -> int:
     return total
 
 
-# -- garbage collection ----------------------------------------------------------------------------
-
-
-def collect(conn: sqlite3.Connection, blob_candidates: Iterable[str] = (), all_layers: bool = True) -> GcResult:
-    """Free what nothing uses: hidden images no container uses, ``ready`` layers no image
-    uses and no live lease holds, and those ``blob_candidates`` no image or lease holds.
-    Deletes rows only; returns what the caller must delete on disk after the commit."""
-    images = [
-        str(r[0])
-        for r in conn.execute(
-            "SELECT id FROM images WHERE hidden=1 AND id NOT IN (SELECT image_id FROM container_snapshots)"
-        )
-    ]
-    candidates = set(blob_candidates)
-    for image_id in images:
-        candidates |= {str(r[0]) for r in conn.execute("SELECT digest FROM image_blobs WHERE image_id=?", (image_id,))}
-        conn.execute("DELETE FROM images WHERE id=?", (image_id,))
-    leased_layers = {c for c in _leased_live(conn, "layer")}
-    freed_layers = []
-    if all_layers:
-        rows = conn.execute(
-            "SELECT chain_id, snapshot FROM layers WHERE state=? AND chain_id NOT IN"
-            " (SELECT chain_id FROM image_layers)",
-            (READY,),
-        ).fetchall()
-        for chain_id, snapshot in rows:
-            if chain_id in leased_layers:
-                continue
-            conn.execute("DELETE FROM layers WHERE chain_id=?", (chain_id,))
-            freed_layers.append(str(snapshot))
-    leased_blobs = _leased_live(conn, "blob")
-    freed_blobs = []
-    for digest in sorted(candidates):
-        if digest in leased_blobs:
-            continue
-        if conn.execute("SELECT 1 FROM image_blobs WHERE digest=? LIMIT 1", (digest,)).fetchone():
-            continue
-        freed_blobs.append(digest)
-    return GcResult(tuple(images), tuple(freed_layers), tuple(freed_blobs))
-
-
-def _leased_live(conn: sqlite3.Connection, kind: str) -> set[str]:
+def leased_live(conn: sqlite3.Connection, kind: str) -> set[str]:
+    """Values of ``kind`` ("layer", "blob") leased by a live owner."""
     out = set()
     for owner, value in conn.execute("SELECT owner, value FROM leases WHERE kind=?", (kind,)):
         if owner_alive(str(owner).split("/", 1)[0]):

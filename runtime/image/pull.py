@@ -12,10 +12,14 @@ Contract of :meth:`Puller.pull`:
 - Every blob is verified (digest and size) before it is used; every layer's uncompressed
   digest must equal the config's DiffID before its snapshot is committed.
 - Layers whose chain id already has a ready snapshot are neither downloaded nor extracted
-  (``layers_reused``); the others are downloaded in parallel (at most
-  ``max_concurrent_downloads`` at a time) and each is extracted as soon as it arrived.
-- The image record (id, names, layers, blobs) is committed in one transaction at the end;
-  until then the pull's chain ids and blobs are leased so garbage collection keeps them.
+  (``layers_reused``), blobs already in the content store are not downloaded (the config is
+  re-verified as it is read); this includes the content of a removed image during its grace
+  period (:mod:`runtime.image.retention`). The other layers are downloaded in parallel (at
+  most ``max_concurrent_downloads`` at a time) and each is extracted as soon as it arrived.
+- Once the manifest and config are known, the pull leases its chain ids and blobs (garbage
+  collection keeps them) and waits for a collection already deleting one of them
+  (``barrier``) before it looks at the store; the image record (id, names, layers, blobs) is
+  committed in one transaction at the end (``commit``), which releases the leases.
 - Observers see ``pull_started``, ``pull_progress`` (about once a second) and
   ``pull_finished`` with a :class:`PullReport` (also on failure).
 """
@@ -32,14 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from runtime.errors import EngineError, Internal, InvalidArgument, PermissionDenied
+from runtime.errors import EngineError, InvalidArgument, PermissionDenied
 from runtime.image import manifest as mf
 from runtime.image import metadata as md
 from runtime.image.admission import ImagePolicy
 from runtime.image.applier import ApplyLimits
 from runtime.image.auth import RegistryAuth
 from runtime.image.authfile import AuthFile
-from runtime.image.content import ContentStore
+from runtime.image.content import ContentStore, Digester
 from runtime.image.model import Image
 from runtime.image.reference import Reference
 from runtime.image.registries import PullSource, RegistriesConfigCache
@@ -109,8 +113,12 @@ class Puller:
         owner: str,
         platform: mf.Platform | None = None,
         collect: Callable[[Sequence[str]], Awaitable[object]] | None = None,
+        commit: Callable[[Image, Sequence[str], str, int], Awaitable[Image]],
+        barrier: Callable[[Sequence[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._collect = collect
+        self._commit = commit
+        self._barrier = barrier
         self._store = store
         self._content = content
         self._snapshots = snapshots
@@ -237,35 +245,41 @@ class Puller:
         layer_digests = [d.digest for d in manifest.layers]
         all_blobs = [d for d, _ in blobs_to_keep] + [manifest.config.digest] + layer_digests
         lease = f"{self._owner}/{secrets.token_hex(6)}"
-        await self._store.write(lambda c: md.take_leases(c, lease, chain, all_blobs))
+
+        def take(c: sqlite3.Connection) -> dict[str, md.LayerRow]:
+            md.take_leases(c, lease, chain, all_blobs)
+            return md.layers_of(c, chain)
+
+        # Not durable on its own: a lease only matters while this process lives, and the
+        # commit's fsync (or recovery's drop_dead_leases) follows.
+        existing = await self._store.write(take, durable=False)
         try:
-            for digest, data in blobs_to_keep:
-                await asyncio.to_thread(self._content.write, digest, data)
-            await asyncio.to_thread(self._content.write, manifest.config.digest, config_bytes)
+            if self._barrier is not None:
+                await self._barrier(all_blobs)
+            blobs_to_keep.append((manifest.config.digest, config_bytes))
+            await asyncio.to_thread(self._write_small_blobs, blobs_to_keep)
             p.layers_total = len(chain)
-            existing = await self._store.read(lambda c: md.layers_of(c, chain))
-            p.total = sum(d.size for d, c in zip(manifest.layers, chain, strict=True)
-                          if c not in existing or existing[c].state != md.READY)
+            missing = [i for i, c in enumerate(chain) if c not in existing or existing[c].state != md.READY]
+            p.total = sum(manifest.layers[i].size for i in missing)
             results = await asyncio.gather(
                 *(
                     self._snapshots.ensure_layer(
                         chain[i], cfg.diff_ids[i], chain[i - 1] if i else "",
                         self._blob_opener(session, manifest.layers[i], p), self._limits,
                     )
-                    for i in range(len(chain))
+                    for i in missing
                 ),
                 return_exceptions=True,
             )
             for r in results:
                 if isinstance(r, BaseException):
                     raise r
-            p.layers_reused = sum(1 for r in results if isinstance(r, tuple) and not r[1])
-            size = await self._store.read(lambda c: md.layer_sizes(c, chain)) + len(config_bytes)
+            p.layers_reused = len(chain) - len(missing) + sum(1 for r in results if isinstance(r, tuple) and not r[1])
             image = Image(
                 id=manifest.config.digest,
                 repo_tags=(ref.tagged,) if ref.tag and not ref.digest else (),
                 repo_digests=(ref.with_digest(top.digest).digested,),
-                size=size,
+                size=0,  # the commit adds up the layers' sizes
                 config=cfg.config,
                 chain_ids=chain,
                 manifest_digest=manifest_digest,
@@ -274,42 +288,37 @@ class Puller:
                 created=cfg.created,
                 config_json=config_bytes.decode("utf-8", "replace"),
             )
-            def commit(c: sqlite3.Connection) -> Image | None:
-                md.commit_image(c, image, all_blobs, lease)
-                return md.load_image(c, image.id)  # with every name the image has now
-
-            try:
-                stored = await self._store.write(commit)
-            except LookupError as exc:
-                raise Internal(str(exc)) from None
-            return stored or image
+            return await self._commit(image, all_blobs, lease, len(config_bytes))
         except BaseException:
-            # Nothing of a failed pull is kept: its blobs and layers no image uses are freed.
+            # Nothing of a failed pull is kept: its blobs and layers no image uses are freed
+            # (content still in a removed image's grace period stays).
             await asyncio.shield(self._store.write(lambda c: md.release_leases(c, lease)))
             if self._collect is not None:
                 await asyncio.shield(self._collect(all_blobs))
             raise
-        finally:
-            await asyncio.shield(self._store.write(lambda c: md.release_leases(c, lease)))
+
+    def _write_small_blobs(self, blobs: Sequence[tuple[str, bytes]]) -> None:
+        """Store the manifests and the config (verified against their digests), once each."""
+        for digest, data in blobs:
+            self._content.write(digest, data)
 
     async def _fetch_small_blob(self, session: RegistrySession, desc: mf.Descriptor, limit: int) -> bytes:
+        """The blob's bytes, verified: from the content store (re-verified as read) when it is
+        there, else downloaded (stored by the caller, once leased)."""
         if desc.size > limit:
             raise InvalidArgument(f"blob {desc.digest} is {desc.size} bytes, more than the {limit} allowed")
-        if await asyncio.to_thread(self._content.exists, desc.digest):
-            return await asyncio.to_thread(self._content.read, desc.digest, limit)
-        ingest = await asyncio.to_thread(self._content.ingest, desc.digest, desc.size)
+        stored = await asyncio.to_thread(self._content.read_if_present, desc.digest, limit)
+        if stored is not None:
+            return stored
+        ingest = Digester(desc.digest, desc.size)
         buf = bytearray()
 
         async def sink(data: bytes) -> None:
             buf.extend(data)
-            ingest.write(data)
+            ingest.update(data)
 
-        try:
-            await session.blob(desc.digest, sink)
-            await asyncio.to_thread(ingest.commit)
-        except BaseException:
-            ingest.abort()
-            raise
+        await session.blob(desc.digest, sink)
+        ingest.verify()
         return bytes(buf)
 
     def _blob_opener(

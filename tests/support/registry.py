@@ -28,6 +28,7 @@ import datetime
 import http.server
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -49,6 +50,8 @@ import pytest
 from tests.support import imagebuilder as ib
 
 REGISTRY_BIN = Path("/usr/bin/docker-registry")
+#: a line of docker-registry's access log (combined log format): method, path
+_ACCESS_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" [0-9]{3} ')
 AuthMode = Literal["none", "htpasswd", "token"]
 
 
@@ -208,6 +211,13 @@ class Registry:
     def ref(self, repository: str, tag: str = "latest") -> str:
         return f"{self.host}/{repository}:{tag}"
 
+    def requests(self, method: str, path_part: str = "") -> list[str]:
+        """Paths of the ``method`` requests whose path contains ``path_part``, in the order the
+        registry logged them (it must run with ``access_log=True``; a line is written as its
+        request ends)."""
+        text = self.log_path.read_text(errors="replace")
+        return [m.group(2) for m in _ACCESS_LINE.finditer(text) if m.group(1) == method and path_part in m.group(2)]
+
     def delete_manifest(self, repository: str, digest: str) -> None:
         with httpx.Client(verify=self.ssl_context(), timeout=30) as c:
             r = c.delete(f"{self.url}/v2/{repository}/manifests/{digest}", auth=self.credentials)
@@ -262,13 +272,14 @@ def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
 
 def _config(workdir: Path, port: int, auth: AuthMode, username: str, password: str,
             token: TokenServer | None, tls: bool = False, address: str = "127.0.0.1",
-            tls_files: tuple[Path, Path] | None = None, client_ca: Path | None = None) -> str:
+            tls_files: tuple[Path, Path] | None = None, client_ca: Path | None = None,
+            access_log: bool = False) -> str:
     lines = [
         "version: 0.1",
         "log:",
         "  level: warn",
         "  accesslog:",
-        "    disabled: true",
+        f"    disabled: {'false' if access_log else 'true'}",
         "storage:",
         "  filesystem:",
         f"    rootdirectory: {workdir / 'data'}",
@@ -302,13 +313,15 @@ def _config(workdir: Path, port: int, auth: AuthMode, username: str, password: s
 def start_registry(parent: Path | None = None, *, auth: AuthMode = "none", username: str = "testuser",
                    password: str | None = None, timeout: float = 20.0, tls: bool = False,
                    address: str = "127.0.0.1", tls_files: tuple[Path, Path] | None = None,
-                   client_ca: Path | None = None, client_cert: tuple[Path, Path] | None = None) -> Registry:
+                   client_ca: Path | None = None, client_cert: tuple[Path, Path] | None = None,
+                   access_log: bool = False) -> Registry:
     """Start docker-registry on ``address`` (a loopback address; random free port) with
     storage in a new temp dir under ``parent``; waits until ``/v2/`` answers. Retries with
     another port if the chosen one was taken meanwhile. ``tls=True`` serves HTTPS with a
     fresh self-signed certificate, or with ``tls_files`` (cert, key) when given;
     ``client_ca`` makes it require client certificates signed by that CA, and
-    ``client_cert`` is what the test's own pushes present."""
+    ``client_cert`` is what the test's own pushes present. ``access_log`` writes a line per
+    request to the registry's log (:meth:`Registry.requests` reads them)."""
     tls = tls or tls_files is not None
     if not REGISTRY_BIN.exists():
         raise RuntimeError(f"{REGISTRY_BIN} is missing: apt-get install docker-registry")
@@ -319,7 +332,8 @@ def start_registry(parent: Path | None = None, *, auth: AuthMode = "none", usern
         token = TokenServer(workdir, username, password) if auth == "token" else None
         port = free_port(address)
         cfg = workdir / "config.yml"
-        cfg.write_text(_config(workdir, port, auth, username, password, token, tls, address, tls_files, client_ca))
+        cfg.write_text(_config(workdir, port, auth, username, password, token, tls, address, tls_files, client_ca,
+                               access_log))
         log_path = workdir / "registry.log"
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen([str(REGISTRY_BIN), "serve", str(cfg)], stdout=logf, stderr=subprocess.STDOUT,

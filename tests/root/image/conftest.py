@@ -49,6 +49,10 @@ class Env:
     def blobs(self) -> list[str]:
         return sorted(self.service.content.digests())
 
+    async def collected(self) -> None:
+        """Run a collection now (RemoveImage leaves the freeing to the background collector)."""
+        await self.service.collect_garbage()
+
     async def restart(self, **settings: object) -> None:
         await self.service.close()
         self.store.close()
@@ -59,6 +63,9 @@ class Env:
 
 
 def make_service(root: Path, conf: Path, store: Store, recorder: Recorder, **settings: object) -> ImageService:
+    """An ImageService on ``root``; removed content is freed without a grace period unless
+    ``settings`` give one (tests of the grace period do)."""
+    settings.setdefault("gc_grace_period", 0.0)
     s = ImageSettings(registries_config=conf, **settings)  # type: ignore[arg-type]
     return ImageService(s, store, root, observers=[recorder])
 

@@ -125,6 +125,7 @@ async def test_second_image_downloads_and_extracts_only_its_own_layers(env: Env,
     assert len(env.layer_dirs()) == 4
     # Removing A frees only its own top layer; B keeps the shared ones.
     await env.service.remove(reg.ref(name, "a"))
+    await env.collected()
     assert len(env.layer_dirs()) == 3
     assert a.layers[2].digest not in env.blobs() and b.layers[0].digest in env.blobs()
 
@@ -210,6 +211,7 @@ async def test_remove_removes_every_tag_and_is_idempotent(env: Env, reg: Registr
     assert await env.service.remove(reg.ref(name, "v1")) is True
     assert await env.service.status(reg.ref(name, "v2")) is None
     assert await env.service.status(img.id) is None
+    await env.collected()
     assert env.layer_dirs() == [] and env.blobs() == []
     assert await env.service.remove(reg.ref(name, "v1")) is False
     assert await env.service.remove(img.id) is False
@@ -239,6 +241,7 @@ async def test_image_in_use_keeps_content_until_snapshot_removed(env: Env, reg: 
     await env.service.remove(image.id)
     assert await env.service.snapshots.remove("ctr-1") is True
     assert await env.service.snapshots.remove("ctr-1") is False
+    await env.collected()
     assert env.layer_dirs() == [] and env.blobs() == []
     assert os.listdir(env.root / "containers") == []
 
