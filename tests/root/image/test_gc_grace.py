@@ -106,6 +106,23 @@ async def test_disk_pressure_frees_removed_content_at_once(env: Env, reg: Regist
     await eventually(lambda: env.layer_dirs() == [] and env.blobs() == [])
 
 
+async def test_fs_info_counts_pending_content_until_it_is_freed(env: Env, reg: Registry) -> None:
+    await with_grace(env, gc_grace_period=300.0)
+    name = f"test/{unique('g')}"
+    reg.push(name, "v1", ib.multi_layer_image(big_files=2, big_size=1 << 20))
+    empty = (await env.service.fs_info()).image_filesystems[0]
+    await env.service.pull(reg.ref(name, "v1"))
+    pulled = (await env.service.fs_info()).image_filesystems[0]
+    assert pulled.used_bytes > empty.used_bytes + 2_000_000
+    await env.service.remove(reg.ref(name, "v1"))
+    kept = (await env.service.fs_info()).image_filesystems[0]
+    # Still on the image filesystem, so still counted (kubelet's image GC reads this).
+    assert (kept.used_bytes, kept.inodes_used) == (pulled.used_bytes, pulled.inodes_used)
+    await env.service.collector.collect(force=True)
+    freed = (await env.service.fs_info()).image_filesystems[0]
+    assert freed.used_bytes < empty.used_bytes + 100_000
+
+
 async def test_content_used_by_another_image_or_a_container_is_never_freed(env: Env, reg: Registry) -> None:
     await with_grace(env, gc_grace_period=300.0)
     name = f"test/{unique('g')}"
