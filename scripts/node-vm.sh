@@ -159,9 +159,11 @@ main_run() {
     local py; py="$(venv_python_home "$venv")"
     [ -z "$py" ] || [[ "$py" == "$top"/* || "$py" == /usr || "$py" == /usr/* ]] || list+=("$py:ro")
   fi
-  if [ -L "$top/.cache" ]; then  # its entries, less our own image cache
+  if [ -L "$top/.cache" ]; then  # its entries, less VM image caches (ours, and the default
+    # one when CRI_SHIM_NODE_VM_CACHE points elsewhere: gigabytes of disk images to copy)
     local c; for c in "$(realpath "$top/.cache")"/*/; do
-      [ "$(realpath "$c")" = "$(realpath "$cache")" ] || list+=("$(realpath "$c"):ro")
+      [ "$(realpath "$c")" = "$(realpath "$cache")" ] || [ "$(basename "$c")" = node-vm ] \
+        || list+=("$(realpath "$c"):ro")
     done
   fi
   [ -d /usr/local/bin ] && list+=("/usr/local/bin:ro")
