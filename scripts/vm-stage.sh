@@ -3,8 +3,10 @@
 # cgroup v2 only, AppArmor), in which run
 #   1. pytest tests/root/cgroups tests/node: the cgroup drivers on the real v2 hierarchy
 #      (every controller, swap, OOM counters, eBPF devices), the systemd driver and AppArmor,
-#      and the daemon started by contrib/systemd/cri-shim.service. tests/node is collected only
-#      on such a node, so here none of it may be missing or skipped: a skip fails the stage.
+#      the daemon started by contrib/systemd/cri-shim.service, and that unit installed by
+#      scripts/install-node.sh (from .cache/wheels: the node has no package index, so the host
+#      fills it first with the lock's runtime wheels, hash-checked). tests/node is collected
+#      only on such a node, so here none of it may be missing or skipped: a skip fails the stage.
 #   2. critest's AppArmor, OOM and container-stats specs against a fresh daemon (tests.conformance.critest).
 # Reports: test-reports/vm-pytest.xml, test-reports/critest-vm-*/. The stage prints what it
 # ran and its duration. A host where QEMU cannot run fails the stage with the reason.
@@ -25,6 +27,9 @@ if [ "${1:-}" != --in-node ]; then
   [ -x .venv/bin/python ] || { echo "vm-stage: no .venv (scripts/install.sh builds it)" >&2; exit 1; }
   # the test daemons' pause binary (tests/support/pause.py), built here: the node has no compiler
   PYTHONPATH="$top" .venv/bin/python -c 'from tests.support.pause import pause_binary; print(pause_binary())'
+  # tests/node/test_install.py installs from these (no index in the node); a no-op when present.
+  bash scripts/install-node.sh --download-wheels .cache/wheels \
+    || { echo "vm-stage: FAILED: could not fetch the locked runtime wheels into .cache/wheels" >&2; exit 1; }
   echo "vm-stage: booting the node VM (software emulation unless KVM can run a stock kernel)"
   status=0
   bash scripts/node-vm.sh run --timeout "${VM_STAGE_TIMEOUT:-1500}" -- bash scripts/vm-stage.sh --in-node \

@@ -6,15 +6,13 @@ unique name under /run/systemd/system; it is stopped and removed afterwards. Wha
 promises is checked: `systemctl start` returns once the runtime is ready (Type=notify), a pod
 with limits gets them in its cgroup files, an OOM-killed container is reported OOMKilled,
 containers run under cri-shim-default, and a restart of the unit leaves containers running
-(KillMode=process) for the new daemon to recover.
+(KillMode=process) for the new daemon to recover. test_install.py runs install-node.sh itself.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
+from tests.node.units import container_pid, remove_pods, show, systemctl
 from tests.support import imagebuilder as ib
 from tests.support.daemon import DaemonProcess, make_daemon
 from tests.support.names import unique
@@ -37,15 +36,6 @@ CGROUP = Path("/sys/fs/cgroup")
 MiB = 1 << 20
 
 
-def systemctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def show(unit: str, *names: str) -> dict[str, str]:
-    out = systemctl("show", unit, *(f"--property={n}" for n in names)).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
 def render_unit(d: DaemonProcess) -> str:
     """The shipped unit with @EXEC@ = this checkout's daemon on ``d``'s config."""
     text = (REPO / "contrib" / "systemd" / "cri-shim.service").read_text()
@@ -53,12 +43,6 @@ def render_unit(d: DaemonProcess) -> str:
     text = text.replace("@EXEC@", f"{sys.executable} -m cri_shim --config {d.config_path}")
     # the checkout's code, whatever the venv's editable install points at
     return text.replace("\n[Service]\n", f"\n[Service]\nEnvironment=PYTHONPATH={REPO}\n", 1)
-
-
-def remove_pods(d: DaemonProcess) -> None:
-    for pod in d.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=60).items:
-        d.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=300)
-        d.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +95,6 @@ def test_start_returns_once_the_runtime_is_ready(unit: tuple[str, DaemonProcess]
 
 def cgroup_dir(pid: int) -> Path:
     return CGROUP / Path(f"/proc/{pid}/cgroup").read_text().strip().removeprefix("0::").lstrip("/")
-
-
-def container_pid(d: DaemonProcess, cid: str) -> int:
-    info = d.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=60)
-    return int(json.loads(info.info["info"])["pid"])
 
 
 def test_limits_apparmor_oom_and_a_restart(unit: tuple[str, DaemonProcess], busybox: str, tmp_path: Path) -> None:
