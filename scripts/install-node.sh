@@ -20,17 +20,18 @@
 #   scripts/install-node.sh --download-wheels DIR  # fetch the locked runtime wheels into DIR
 #                                                # (hash-checked; nothing installed, no root needed)
 #
-# A config that is present is checked (`cri-shim config show`) before the daemon (re)starts.
-# Needs: Python >= 3.11 with venv ($PYTHON, default python3), and the checkout's development venv
-# (.venv, made by scripts/install.sh from the same lock): it builds the wheel and tells which
-# locked packages the runtime needs. A node also needs these Debian packages (install.sh
-# installs them): iproute2 nftables iptables util-linux kmod (host tools), dbus (the systemd
-# cgroup driver's system bus), apparmor (apparmor_parser loads the default profile on AppArmor
-# hosts), containernetworking-plugins (only for CNI networking).
+# The config the unit reads is loaded by the installed code before the daemon (re)starts, and
+# the pod PID holder it names (pods.pause_binary) is built from this checkout's pause.c unless
+# the build there is current. Needs: Python >= 3.11 with venv ($PYTHON, default python3), the
+# checkout's development venv (.venv, made by scripts/install.sh from the same lock: it builds
+# the wheel and tells which locked packages the runtime needs), a C compiler unless the pause
+# binary is current (install.sh builds the default one). A node also needs these Debian
+# packages (install.sh installs them): iproute2 nftables iptables util-linux kmod (host tools),
+# dbus (the systemd cgroup driver's system bus), apparmor (apparmor_parser loads the default
+# profile on AppArmor hosts), containernetworking-plugins (only for CNI networking).
 set -euo pipefail
 
 top="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$top"
 # The installed venv must work on its own: nothing of the caller's may point into a checkout.
 unset PYTHONPATH PYTHONHOME PYTHONSTARTUP
 PREFIX=/opt/cri-shim
@@ -43,11 +44,11 @@ while [ $# -gt 0 ]; do
     --no-start) start=0 ;;
     --prefix) PREFIX="$2"; shift ;;
     --etc) ETC="$2"; shift ;;
-    --config) config="$2"; shift ;;
+    --config) config="$(realpath -m -- "$2")"; shift ;;
     --unit-name) unit_name="$2"; shift ;;
-    --wheels) wheels="$2"; shift ;;
-    --download-wheels) download="$2"; shift ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --wheels) wheels="$(realpath -m -- "$2")"; shift ;;
+    --download-wheels) download="$(realpath -m -- "$2")"; shift ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -68,6 +69,7 @@ DEV="${CRI_SHIM_DEV_PYTHON:-$top/.venv/bin/python}"  # the locked development ve
 [ -x "$DEV" ] || die "no $top/.venv: run scripts/install.sh --no-start first (it builds the locked venv)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+cd "$top"
 
 build_wheel() {  # -> $work/wheel/cri_shim-*.whl
   say "building the cri-shim wheel"
@@ -149,6 +151,9 @@ hash="$(cat requirements/lock.txt pyproject.toml 2>/dev/null | sha256sum | cut -
 src_hash="$(find cri_shim runtime -name '*.py' -o -name '*.json' -o -name '*.toml' | LC_ALL=C sort \
   | xargs cat | sha256sum | cut -c1-12)"
 dest="$PREFIX/$version-$hash-$src_hash"
+# From here on the installed venv runs, and `python -c` or `-m` would put the working
+# directory first on its path: not the checkout.
+cd "$work"
 
 if [ -x "$dest/bin/cri-shim" ] && [ -f "$dest/.installed" ]; then
   say "$dest is installed"
@@ -172,19 +177,40 @@ fi
 
 install -d -m 0755 "$ETC"
 install -m 0644 "$top/config.example.toml" "$ETC/config.example.toml"
-config_changed=0
+# The config the unit will read: checked with the installed code before anything (re)starts,
+# and asked where the pod PID holder is (pods.pause_binary), which the daemon refuses to
+# start without.
+config_changed=0 effective=""
 if [ -n "$config" ]; then
-  "$dest/bin/cri-shim" --config "$config" config show >/dev/null || die "--config $config: rejected (above)"
-  cmp -s "$config" "$ETC/config.toml" || config_changed=1
-  install -m 0644 "$config" "$ETC/config.toml"
+  effective="$config"
 elif [ -f "$ETC/config.toml" ]; then
-  "$dest/bin/cri-shim" --config "$ETC/config.toml" config show >/dev/null || die "$ETC/config.toml: rejected (above)"
+  effective="$ETC/config.toml"
 elif [ "$ETC" != "$DEFAULT_ETC" ]; then
   # The unit names this file (only the default location may be missing): empty means defaults.
   echo "# cri-shim configuration: see config.example.toml; empty means the built-in defaults" >"$ETC/config.toml"
+  effective="$ETC/config.toml"
 else
   say "no $ETC/config.toml: the built-in defaults apply (see config.example.toml)"
 fi
+pause="$("$dest/bin/python" - "$effective" <<'PYEOF'
+import sys
+from pathlib import Path
+from cri_shim.config import ConfigError, load
+try:
+    print(load(Path(sys.argv[1]) if sys.argv[1] else None).pods.pause_binary)
+except ConfigError as exc:
+    sys.exit(f"configuration error: {exc}")
+PYEOF
+)" || die "${effective:-the default config} is not valid (above): nothing (re)started"
+if [ -n "$config" ]; then
+  cmp -s "$config" "$ETC/config.toml" || config_changed=1
+  install -m 0644 "$config" "$ETC/config.toml"
+fi
+# This checkout's pause.c, built where the config says (kept when that build is current;
+# compiling needs a C compiler: a node without one takes a copy built elsewhere with
+# `python -m runtime.shim.pause build --out PATH`, and its PATH.recipe stamp).
+PYTHONPATH="$top" "$DEV" -m runtime.shim.pause build --out "$pause" \
+  || die "no pause binary at $pause (pods.pause_binary)"
 exec_start="$dest/bin/cri-shim"
 [ "$ETC" = "$DEFAULT_ETC" ] || exec_start+=" --config $ETC/config.toml"
 

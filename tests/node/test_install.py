@@ -6,6 +6,8 @@ test's: the prefix and config dir are under the test's temp dir, the unit has a 
 bridge, slice). The node has no package index: the locked runtime wheels come from
 ``.cache/wheels`` (``--wheels``), which scripts/vm-stage.sh fills on the host beforehand
 (``scripts/install-node.sh --download-wheels .cache/wheels``: the lock's files, hash-checked).
+The test config's pod PID holder is the suite's build in ``.cache/pause`` (made on the host
+too: the node has no compiler), which install-node.sh finds current and keeps.
 
 Checked: the unit runs the installed venv and nothing of the checkout (ExecStart, the
 processes' command lines, environment and cwd, the venv's files), with the properties the
