@@ -72,7 +72,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     base = tmp_path_factory.mktemp("install")
     d = make_daemon(base / "d")
     prefix, etc = base / "opt", base / "etc"
-    name = unique("cri-shim-inst-") + ".service"
+    name = unique("cri-shim-inst-", 30) + ".service"
     try:
         done = install_node("--prefix", str(prefix), "--etc", str(etc), "--config", str(d.config_path),
                             "--unit-name", name, "--wheels", str(WHEELS))
@@ -80,6 +80,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
                                       f"{systemctl('status', name).stdout}\n{journal(name)}")
         venvs = list(prefix.iterdir())
         assert len(venvs) == 1, venvs
+        print(done.stdout)  # what an operator sees (pytest -rP shows it)
         yield Installed(name, d, venvs[0], etc / "config.toml")
     finally:
         try:
@@ -130,11 +131,16 @@ def python_processes(control_group: str) -> list[int]:
 
 
 def assert_runs_from(venv: Path, pid: int) -> None:
-    """The process runs the venv's interpreter, and nothing can add the checkout to its path."""
+    """The process runs the venv's interpreter, and nothing adds a path outside it (the
+    checkout) to its sys.path."""
     argv = cmdline(pid)
     assert argv[0].startswith(f"{venv}/bin/python"), argv
     assert str(REPO) not in " ".join(argv), argv
-    assert "PYTHONPATH" not in environ(pid) and "PYTHONHOME" not in environ(pid), environ(pid)
+    env = environ(pid)
+    assert "PYTHONHOME" not in env, env
+    # the unpack workers get the daemon's own source root (runtime/image/unpack_pool.py)
+    for entry in filter(None, env.get("PYTHONPATH", "").split(os.pathsep)):
+        assert Path(entry).resolve().is_relative_to(venv.resolve()), (pid, argv, env["PYTHONPATH"])
     assert os.readlink(f"/proc/{pid}/cwd") == "/"  # `python -m` puts the cwd first on sys.path
 
 

@@ -55,7 +55,7 @@ def busybox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def unit(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Iterator[tuple[str, DaemonProcess]]:
     d = make_daemon(tmp_path_factory.mktemp("unit") / "d")
-    name = unique("cri-shim-test-") + ".service"
+    name = unique("cri-shim-test-", 30) + ".service"
     path = UNIT_DIR / name
     path.write_text(render_unit(d))
     try:
