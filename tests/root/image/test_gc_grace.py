@@ -168,10 +168,15 @@ async def test_lookups_answer_from_memory_while_the_store_is_busy(env: Env, reg:
     img = two_layers(name)
     reg.push(name, "v1", img)
     await env.service.pull(reg.ref(name, "v1"))
-    release = threading.Event()
-    busy = asyncio.ensure_future(env.store.write(lambda c: release.wait(30)))
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:
+        entered.set()
+        release.wait(30)
+
+    busy = asyncio.ensure_future(env.store.write(hold))
     try:
-        await asyncio.sleep(0.1)  # the store thread now waits inside that transaction
+        assert await asyncio.to_thread(entered.wait, 20)  # the store thread waits inside that transaction
         found = await asyncio.wait_for(env.service.status(reg.ref(name, "v1")), 20)
         assert found is not None and found.id == img.id
         assert [i.id for i in await asyncio.wait_for(env.service.list(), 20)] == [img.id]
