@@ -58,6 +58,10 @@ class ShimManager:
         self.pods_per_shim = max(1, pods_per_shim)
         #: the shim process of every pod whose shim serves it, by pid file name (sandbox_id[:20])
         self._hosts: dict[str, ProcessRef] = {}
+        #: shims that refused to adopt (full, ending, older or other code): not asked again
+        #: until one of their pods ends (after an upgrade every old shim would be asked, in
+        #: turn, for every new pod)
+        self._refused: set[ProcessRef] = set()
         self._spawn_lock = asyncio.Lock()
         #: offer the shims' memory to KSM (runtime.linux.ksm); a factory started otherwise is replaced
         self.merge_memory = merge_memory
@@ -172,7 +176,7 @@ class ShimManager:
                             key=lambda g: -len(g[1]))
         req = Adopt(sandbox_id, str(self.socket_of(sandbox_id)), self.pods_per_shim, code_hash())
         for ref, members in candidates:
-            if not shim_alive(ref):
+            if ref in self._refused or not shim_alive(ref):
                 continue
             client = ShimClient(members[0], self.socket_of(members[0]))
             try:
@@ -180,6 +184,8 @@ class ShimManager:
             except (errors.EngineError, TimeoutError, OSError) as exc:
                 # full, ending, older (no adopt) or other code: try the next, or fork one
                 log.debug("sandbox %s: shim %d does not adopt it: %s", sandbox_id, ref.pid, exc)
+                if not isinstance(exc, TimeoutError):
+                    self._refused.add(ref)
                 continue
             finally:
                 client.close()
@@ -273,6 +279,8 @@ class ShimManager:
         finally:
             if self._hosts.get(name) == shim:
                 del self._hosts[name]
+            if shim is not None:
+                self._refused.discard(shim)  # it may have room again
             self.client(sandbox_id).close()
 
     def _shared(self, shim: ProcessRef, name: str) -> bool:
