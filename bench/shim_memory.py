@@ -34,6 +34,11 @@ instruction: a fork that only stops itself costs 0.8 MB (CPython's at-fork handl
 threading, logging, random), the idle shim 3.1 MB, its first container 1.2 MB more, a second
 container in the same shim ~0 (so nothing is left to warm up in the factory, and no module is
 imported after the fork).
+
+So a shim process hosts several pods (``[pods] pods_per_shim``, runtime.shim.group); each
+further pod adds ~0.1 MB of Private_Dirty to it. KiB PSS per pod at 110 pods, 60 s, no KSM
+(own / shared PID namespaces): pods_per_shim 1: 5,901 / 6,041; 4: 1,734 / -; 8 (the
+default): 948 / 979; 16: 629 / -. At 20 pods with 8: 1,650 / 1,452 (three processes).
 """
 
 from __future__ import annotations
