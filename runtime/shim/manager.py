@@ -294,10 +294,20 @@ class ShimManager:
         return c
 
     def forget(self, sandbox_id: str) -> None:
-        self._hosts.pop(sandbox_id[:20], None)
+        name = sandbox_id[:20]
+        self._hosts.pop(name, None)
         c = self._clients.pop(sandbox_id, None)
         if c is not None:
             c.close()
+        # A shim process logs to the file of the pod it was forked for; while it hosts other
+        # pods that log passes to one of them (an adopted pod has none of its own), so it
+        # stays readable, and goes with the last.
+        ref = self.recorded_ref(sandbox_id)
+        if ref is not None and shim_alive(ref):
+            heir = next((n for n in self.pods_of(ref) if n != name and not (self.dir / f"{n}.log").exists()), None)
+            if heir is not None:
+                with contextlib.suppress(OSError):
+                    os.rename(self.dir / f"{name}.log", self.dir / f"{heir}.log")
         for suffix in (".sock", ".log", ".pid"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / f"{sandbox_id[:20]}{suffix}").unlink()

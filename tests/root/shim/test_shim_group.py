@@ -123,9 +123,17 @@ async def test_ending_one_pod_leaves_the_others_running_and_reachable(tmp_path: 
         r = await client.exec_sync(kept, ProcessSpec(args=("echo", "still here"), env=("PATH=/bin",)), timeout=10)
         assert (r.exit_code, r.stdout) == (0, b"still here\n")
 
+        # the process's log (the file of the pod it was forked for) passes to a pod it hosts
+        log_of = {sid: mgr.dir / f"{sid[:20]}.log" for sid in PODS[:2]}
+        assert log_of[PODS[0]].exists() and not log_of[PODS[1]].exists()
+        mgr.forget(PODS[0])
+        assert not log_of[PODS[0]].exists() and log_of[PODS[1]].exists()
+
         # the process ends with its last pod
         await mgr.shutdown(PODS[1], shim)
         assert not shim_alive(shim)
+        mgr.forget(PODS[1])
+        assert not log_of[PODS[1]].exists()
 
 
 async def test_sigkill_fallback_never_hits_a_shared_shim(tmp_path: Path) -> None:
