@@ -83,6 +83,21 @@ OURS = ("crishimk8s", "csk8s-", "cri-shim-cluster", "/var/lib/kubelet", "/var/lo
         "10.244.", "10.96.", "kube-proxy")
 
 
+def _cluster_processes() -> list[str]:
+    """Command lines naming the cluster's files or binaries (kubelet, etcd, cri-shim, shims...)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "cri-shim-cluster" in cmd or "kubernetes-v1.37.2/" in cmd or "etcd-v3.6.17/" in cmd:
+            out.append(cmd.strip())
+    return out
+
+
 def host_snapshot() -> dict[str, list[str]]:
     """What of a cluster is on the host: links, netns, routes, nft tables and chains, mounts,
     cgroups and directories whose names are the cluster's."""
@@ -98,6 +113,7 @@ def host_snapshot() -> dict[str, list[str]]:
         "nft": ours(_out("nft", "list", "ruleset").splitlines()),
         "mounts": ours([line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]),
         "cgroups": sorted(cgroups),
+        "processes": sorted(_cluster_processes()),
         "dirs": sorted(p for p in ("/var/lib/cri-shim-cluster", "/var/lib/kubelet", "/var/log/containers")
                        if Path(p).exists()),
         # kubelet's log links live in each node's own /var/log/containers, never the host's

@@ -263,6 +263,10 @@ def test_stats_summary_from_cri(kube: Kube) -> None:
         return (pod["cpu"]["usageCoreNanoSeconds"] > 0 and pod["memory"]["workingSetBytes"] > 0
                 and pod["network"]["rxBytes"] > 0 and c["rootfs"]["usedBytes"] >= 0 and "logs" in c)
     eventually("stats of client-node-a in /stats/summary", complete, 60, every=3)
+    # /metrics/cadvisor from ListPodSandboxMetrics: cAdvisor's names and labels, per container
+    metrics = kube("get", "--raw", "/api/v1/nodes/node-a/proxy/metrics/cadvisor")
+    assert any(line.startswith("container_memory_working_set_bytes{") and 'container="main"' in line
+               and 'pod="client-node-a"' in line for line in metrics.splitlines())
 
 
 def test_job_completes(kube: Kube) -> None:
