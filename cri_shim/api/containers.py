@@ -15,6 +15,7 @@ import grpc
 
 from cri_shim.api.chunks import chunks, within_limit
 from cri_shim.api.gen import api_pb2 as pb
+from cri_shim.api.replycache import ReplyCache
 from cri_shim.api.translate import (
     env_value,
     groups_policy,
@@ -204,6 +205,9 @@ def container_to_pb(rec: ContainerRecord) -> pb.Container:
 class ContainerHandlers:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # kubelet's relist and status calls: messages reused while the record is unchanged
+        self._status_pb = ReplyCache(container_status_to_pb)
+        self._list_pb = ReplyCache(container_to_pb)
 
     async def CreateContainer(
         self, request: pb.CreateContainerRequest, context: Ctx
@@ -236,7 +240,8 @@ class ContainerHandlers:
         self, request: pb.ContainerStatusRequest, context: Ctx
     ) -> pb.ContainerStatusResponse:
         rec = self._engine.containers.get(_id(request.container_id))
-        response = pb.ContainerStatusResponse(status=container_status_to_pb(rec))
+        response = pb.ContainerStatusResponse(status=self._status_pb.get(rec.id, rec))
+        self._status_pb.retain(self._engine.containers.records.ids())
         if request.verbose:
             response.info["info"] = json.dumps(self._engine.containers.info(rec), sort_keys=True)
         return response
@@ -246,7 +251,9 @@ class ContainerHandlers:
         records = self._engine.containers.list(
             id_prefix=f.id, state=state, sandbox_id=f.pod_sandbox_id, labels=dict(f.label_selector)
         )
-        return [container_to_pb(r) for r in records]
+        out = [self._list_pb.get(r.id, r) for r in records]
+        self._list_pb.retain(self._engine.containers.records.ids())
+        return out
 
     async def ListContainers(self, request: pb.ListContainersRequest, context: Ctx) -> pb.ListContainersResponse:
         response = pb.ListContainersResponse(containers=self._containers(request.filter))

@@ -14,6 +14,7 @@ import grpc
 
 from cri_shim.api.chunks import chunks, within_limit
 from cri_shim.api.gen import api_pb2 as pb
+from cri_shim.api.replycache import ReplyCache
 from runtime.engine import Engine
 from runtime.errors import InvalidArgument
 from runtime.image.auth import RegistryAuth
@@ -98,6 +99,9 @@ class ImageHandlers:
 
     def __init__(self, engine: Engine) -> None:
         self._images = engine.images
+        # ImageStatus / ListImages: one message per image while its index entry is unchanged;
+        # entries of removed images go at the next unfiltered list (kubelet's image GC lists)
+        self._image_pb = ReplyCache(image_to_pb)
 
     async def PullImage(self, request: pb.PullImageRequest, context: Ctx) -> pb.PullImageResponse:
         name = _image_name(request.image, "PullImage")
@@ -111,11 +115,14 @@ class ImageHandlers:
         if image is None:
             return pb.ImageStatusResponse()  # CRI: a missing image is an empty answer, not an error
         info = verbose_info(image) if request.verbose else {}
-        return pb.ImageStatusResponse(image=image_to_pb(image), info=info)
+        return pb.ImageStatusResponse(image=self._image_pb.get(image.id, image), info=info)
 
     async def _images_of(self, f: pb.ImageFilter | None) -> list[pb.Image]:
         wanted = f.image.image if f is not None and f.HasField("image") else ""
-        return [image_to_pb(i) for i in await self._images.list(wanted or None)]
+        images = await self._images.list(wanted or None)
+        if not wanted:
+            self._image_pb.retain({i.id for i in images})
+        return [self._image_pb.get(i.id, i) for i in images]
 
     async def ListImages(self, request: pb.ListImagesRequest, context: Ctx) -> pb.ListImagesResponse:
         images = await self._images_of(request.filter if request.HasField("filter") else None)

@@ -16,6 +16,7 @@ import grpc
 from cri_shim.api.chunks import chunks, within_limit
 from cri_shim.api.containers import container_status_to_pb
 from cri_shim.api.gen import api_pb2 as pb
+from cri_shim.api.replycache import ReplyCache
 from cri_shim.api.translate import (
     groups_policy,
     namespace_options_from_pb,
@@ -123,6 +124,9 @@ def sandbox_to_pb(rec: SandboxRecord) -> pb.PodSandbox:
 class PodHandlers:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # kubelet's relist and status calls: messages reused while the record is unchanged
+        self._status_pb = ReplyCache(sandbox_status_to_pb)
+        self._list_pb = ReplyCache(sandbox_to_pb)
 
     async def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: Ctx) -> pb.RunPodSandboxResponse:
         if not request.HasField("config"):
@@ -151,7 +155,8 @@ class PodHandlers:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is required")
         rec = self._engine.sandboxes.get(request.pod_sandbox_id)
-        response = pb.PodSandboxStatusResponse(status=sandbox_status_to_pb(rec), timestamp=time.time_ns())
+        response = pb.PodSandboxStatusResponse(status=self._status_pb.get(rec.id, rec), timestamp=time.time_ns())
+        self._status_pb.retain(self._engine.sandboxes.records.ids())
         if request.verbose:
             response.info["info"] = json.dumps(self._engine.sandboxes.info(rec), sort_keys=True)
             for c in await self._engine.containers.statuses(rec.id):
@@ -163,7 +168,9 @@ class PodHandlers:
         if f.HasField("state"):
             state = SandboxState.READY if f.state.state == pb.SANDBOX_READY else SandboxState.NOTREADY
         records = self._engine.sandboxes.list(id_prefix=f.id, state=state, labels=dict(f.label_selector))
-        return [sandbox_to_pb(r) for r in records]
+        out = [self._list_pb.get(r.id, r) for r in records]
+        self._list_pb.retain(self._engine.sandboxes.records.ids())
+        return out
 
     async def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: Ctx) -> pb.ListPodSandboxResponse:
         response = pb.ListPodSandboxResponse(items=self._sandboxes(request.filter))

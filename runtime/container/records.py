@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import KeysView
 
 from runtime.errors import AlreadyExists, NotFound
 from runtime.ids import resolve_prefix
@@ -105,6 +106,10 @@ class ContainerRecords:
             return self.resolve(id_or_prefix)
         except NotFound:
             return None
+
+    def ids(self) -> KeysView[str]:
+        """A live view of the ids of every record (any state), for caches keyed by them."""
+        return self._by_id.keys()
 
     def all(self) -> list[ContainerRecord]:
         return list(self._by_id.values())
