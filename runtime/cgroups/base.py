@@ -141,12 +141,12 @@ class CgroupDriverBase(ABC):
     # -- measurements -------------------------------------------------------------------------
 
     @abstractmethod
-    def read_stats(self, path: str) -> CgroupStats: ...
+    def read_stats(self, path: str, *, full: bool = True) -> CgroupStats: ...
 
-    def stats(self, path: str) -> CgroupStats:
+    def stats(self, path: str, *, full: bool = True) -> CgroupStats:
         if not self.exists(path):
             raise NotFound(f"cgroup {path} does not exist")
-        return self.read_stats(path)
+        return self.read_stats(path, full=full)
 
     @abstractmethod
     def oom_kill_count(self, path: str) -> int | None: ...

@@ -121,8 +121,10 @@ class CgroupDriver(Protocol):
         """
         ...
 
-    def stats(self, path: str) -> CgroupStats:
-        """One sample of the cgroup's counters. Raises NotFound when it does not exist."""
+    def stats(self, path: str, *, full: bool = True) -> CgroupStats:
+        """One sample of the cgroup's counters. Raises NotFound when it does not exist.
+        ``full=False``: only what the CRI stats messages carry (:data:`runtime.cgroups.stats.
+        CRI_FIELDS`; the rest None), far fewer files for the list calls kubelet repeats."""
         ...
 
     def oom_kill_count(self, path: str) -> int | None:

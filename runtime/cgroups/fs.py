@@ -20,6 +20,9 @@ import signal
 from pathlib import Path
 from typing import Protocol
 
+#: read(2) buffer size for interface files
+_READ_CHUNK = 65536
+
 
 class CgroupFs(Protocol):
     """File and process operations on cgroup hierarchies (paths are absolute host paths)."""
@@ -57,8 +60,19 @@ class LinuxCgroupFs:
     """The real cgroupfs, through plain system calls. Holds no state."""
 
     def read(self, path: Path) -> str:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        # os.open/os.read, not open(): no buffered text wrapper to set up, which halves the
+        # cost of a small interface file (the stats RPCs read ~17 per cgroup, per call).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # until EOF: a seq_file (cgroup.procs of a big cgroup) hands out a page or so per
+            # read(2), however large the buffer
+            parts = []
+            while chunk := os.read(fd, _READ_CHUNK):
+                parts.append(chunk)
+            data = b"".join(parts)
+        finally:
+            os.close(fd)
+        return data.decode("utf-8", errors="replace")
 
     def write(self, path: Path, value: str) -> None:
         data = value.encode()

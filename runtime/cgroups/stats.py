@@ -11,6 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: What a ``full=False`` read (CgroupDriver.stats) fills in: the fields the CRI ContainerStats
+#: and PodSandboxStats messages carry (cri_shim.api.stats). Every other field is None, hugetlb
+#: empty, ``oom`` None on v1; metrics (ListPodSandboxMetrics, cadvisor's names) read in full.
+CRI_FIELDS = (
+    "cpu.usage_ns", "cpu.psi",
+    "memory.usage_bytes", "memory.working_set_bytes", "memory.rss_bytes", "memory.cache_bytes",
+    "memory.page_faults", "memory.major_page_faults", "memory.limit_bytes", "memory.available_bytes",
+    "memory.swap_usage_bytes", "memory.swap_limit_bytes", "memory.psi", "memory.mapped_file_bytes",
+    "pids.current", "io.psi",
+)
+
 
 @dataclass(frozen=True, slots=True)
 class PsiData:

@@ -44,11 +44,13 @@ def _psi(fs: CgroupFs, host: CgroupHost, path: str, resource: str) -> Psi | None
     return parse.pressure(text) if text else None
 
 
-def _cpu(fs: CgroupFs, host: CgroupHost, path: str, ticks: int) -> CpuStats | None:
+def _cpu(fs: CgroupFs, host: CgroupHost, path: str, ticks: int, full: bool) -> CpuStats | None:
     acct = _dir(host, "cpuacct", path)
     usage = _int(fs, acct / "cpuacct.usage") if acct else None
     if usage is None or acct is None:
         return None
+    if not full:
+        return CpuStats(usage_ns=usage, psi=_psi(fs, host, path, "cpu"))
     user, system = _int(fs, acct / "cpuacct.usage_user"), _int(fs, acct / "cpuacct.usage_sys")
     if user is None or system is None:
         # Older kernels: only cpuacct.stat, in USER_HZ ticks.
@@ -69,7 +71,7 @@ def _cpu(fs: CgroupFs, host: CgroupHost, path: str, ticks: int) -> CpuStats | No
     )
 
 
-def _memory(fs: CgroupFs, host: CgroupHost, path: str) -> tuple[MemoryStats | None, OomStats | None]:
+def _memory(fs: CgroupFs, host: CgroupHost, path: str, full: bool) -> tuple[MemoryStats | None, OomStats | None]:
     mem = _dir(host, "memory", path)
     usage = _int(fs, mem / "memory.usage_in_bytes") if mem else None
     if mem is None or usage is None:
@@ -93,12 +95,12 @@ def _memory(fs: CgroupFs, host: CgroupHost, path: str) -> tuple[MemoryStats | No
         swap_usage_bytes=swap_usage,
         swap_limit_bytes=swap_limit,
         psi=_psi(fs, host, path, "memory"),
-        failcnt=_int(fs, mem / "memory.failcnt"),
-        max_usage_bytes=_int(fs, mem / "memory.max_usage_in_bytes"),
-        kernel_bytes=_int(fs, mem / "memory.kmem.usage_in_bytes"),
+        failcnt=_int(fs, mem / "memory.failcnt") if full else None,
+        max_usage_bytes=_int(fs, mem / "memory.max_usage_in_bytes") if full else None,
+        kernel_bytes=_int(fs, mem / "memory.kmem.usage_in_bytes") if full else None,
         mapped_file_bytes=stat.get("total_mapped_file"),
     )
-    oom_text = read_optional(fs, mem / "memory.oom_control")
+    oom_text = read_optional(fs, mem / "memory.oom_control") if full else None
     oom = None
     if oom_text is not None:
         ctl = parse.flat_keyed(oom_text)
@@ -109,16 +111,19 @@ def _memory(fs: CgroupFs, host: CgroupHost, path: str) -> tuple[MemoryStats | No
     return memory, oom
 
 
-def _pids(fs: CgroupFs, host: CgroupHost, path: str) -> PidsStats | None:
+def _pids(fs: CgroupFs, host: CgroupHost, path: str, full: bool) -> PidsStats | None:
     d = _dir(host, "pids", path)
     current = _int(fs, d / "pids.current") if d else None
     if d is None or current is None:
         return None
-    limit_text = read_optional(fs, d / "pids.max")
+    limit_text = read_optional(fs, d / "pids.max") if full else None
     return PidsStats(current, parse.single_value(limit_text) if limit_text else None)
 
 
-def _io(fs: CgroupFs, host: CgroupHost, path: str) -> IoStats | None:
+def _io(fs: CgroupFs, host: CgroupHost, path: str, full: bool) -> IoStats | None:
+    if not full:
+        psi = _psi(fs, host, path, "io")
+        return IoStats(psi=psi) if psi is not None else None
     d = _dir(host, "blkio", path)
     if d is None:
         return None
@@ -149,20 +154,23 @@ def _hugetlb(fs: CgroupFs, host: CgroupHost, path: str) -> tuple[HugetlbStats, .
     return tuple(out)
 
 
-def read_v1_stats(fs: CgroupFs, host: CgroupHost, path: str, clock_ticks: int | None = None) -> CgroupStats:
+def read_v1_stats(fs: CgroupFs, host: CgroupHost, path: str, clock_ticks: int | None = None, *,
+                  full: bool = True) -> CgroupStats:
     """One sample of v1 cgroup ``path``; sections of unmounted controllers are None.
 
     ``clock_ticks`` (USER_HZ) converts cpuacct.stat on kernels without cpuacct.usage_user.
+    ``full=False`` reads only what the CRI stats messages carry (:data:`runtime.cgroups.stats.
+    CRI_FIELDS`): 7 files instead of ~23, the rest is None (hugetlb empty).
     """
     ticks = clock_ticks or os.sysconf("SC_CLK_TCK")
-    memory, oom = _memory(fs, host, path)
+    memory, oom = _memory(fs, host, path, full)
     return CgroupStats(
-        cpu=_cpu(fs, host, path, ticks),
+        cpu=_cpu(fs, host, path, ticks, full),
         memory=memory,
         oom=oom,
-        pids=_pids(fs, host, path),
-        io=_io(fs, host, path),
-        hugetlb=_hugetlb(fs, host, path),
+        pids=_pids(fs, host, path, full),
+        io=_io(fs, host, path, full),
+        hugetlb=_hugetlb(fs, host, path) if full else (),
     )
 
 

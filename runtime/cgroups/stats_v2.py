@@ -100,15 +100,15 @@ def _kernel_bytes(stat: dict[str, int]) -> int | None:
     return sum(parts) if parts else None
 
 
-def _pids(fs: CgroupFs, d: Path) -> PidsStats | None:
+def _pids(fs: CgroupFs, d: Path, full: bool) -> PidsStats | None:
     current = read_optional(fs, d / "pids.current")
     if current is None:
         return None
-    return PidsStats(int(current.strip()), _limit(fs, d / "pids.max"))
+    return PidsStats(int(current.strip()), _limit(fs, d / "pids.max") if full else None)
 
 
-def _io(fs: CgroupFs, d: Path) -> IoStats | None:
-    text = read_optional(fs, d / "io.stat")
+def _io(fs: CgroupFs, d: Path, full: bool) -> IoStats | None:
+    text = read_optional(fs, d / "io.stat") if full else None
     psi = _psi(fs, d, "io")
     if text is None and psi is None:
         return None
@@ -131,16 +131,20 @@ def _hugetlb(fs: CgroupFs, d: Path, sizes: tuple[str, ...]) -> tuple[HugetlbStat
     return tuple(out)
 
 
-def read_v2_stats(fs: CgroupFs, directory: Path, hugepage_sizes: tuple[str, ...] = ()) -> CgroupStats:
-    """One sample of the v2 cgroup at ``directory``; sections of absent controllers are None."""
+def read_v2_stats(fs: CgroupFs, directory: Path, hugepage_sizes: tuple[str, ...] = (), *,
+                  full: bool = True) -> CgroupStats:
+    """One sample of the v2 cgroup at ``directory``; sections of absent controllers are None.
+    ``full=False`` leaves out what the CRI stats messages do not carry (:data:`runtime.cgroups.
+    stats.CRI_FIELDS`): io.stat's devices, pids.max, hugetlb (cpu.stat and memory's files hold
+    CRI fields and are read whole)."""
     memory, oom = _memory(fs, directory)
     return CgroupStats(
         cpu=_cpu(fs, directory),
         memory=memory,
         oom=oom,
-        pids=_pids(fs, directory),
-        io=_io(fs, directory),
-        hugetlb=_hugetlb(fs, directory, hugepage_sizes),
+        pids=_pids(fs, directory, full),
+        io=_io(fs, directory, full),
+        hugetlb=_hugetlb(fs, directory, hugepage_sizes) if full else (),
     )
 
 

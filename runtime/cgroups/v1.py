@@ -107,8 +107,8 @@ class CgroupV1Driver(CgroupDriverBase):
 
     # -- measurements -------------------------------------------------------------------------
 
-    def read_stats(self, path: str) -> CgroupStats:
-        return read_v1_stats(self.fs, self.host, self.checked(path))
+    def read_stats(self, path: str, *, full: bool = True) -> CgroupStats:
+        return read_v1_stats(self.fs, self.host, self.checked(path), full=full)
 
     def oom_kill_count(self, path: str) -> int | None:
         return read_v1_oom_kill(self.fs, self.host, self.checked(path))

@@ -103,8 +103,8 @@ class CgroupV2Driver(CgroupDriverBase):
 
     # -- measurements -------------------------------------------------------------------------
 
-    def read_stats(self, path: str) -> CgroupStats:
-        return read_v2_stats(self.fs, self.directory(path), self.host.hugepage_sizes)
+    def read_stats(self, path: str, *, full: bool = True) -> CgroupStats:
+        return read_v2_stats(self.fs, self.directory(path), self.host.hugepage_sizes, full=full)
 
     def oom_kill_count(self, path: str) -> int | None:
         return read_v2_oom_kill(self.fs, self.directory(path))

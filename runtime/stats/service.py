@@ -189,7 +189,9 @@ class StatsService:
             processes: int | None = None
             counts: ProcessCounts | None = None
             try:
-                stats = driver.stats(path)
+                # CRI's stats messages carry a few of the ~23 files of a v1 cgroup; metrics
+                # (process_counts) report the rest
+                stats = driver.stats(path, full=process_counts)
                 # pids.current is hierarchical; without the pids controller, count cgroup.procs
                 processes = stats.pids.current if stats.pids else len(driver.pids(path, recursive=True))
                 if process_counts:

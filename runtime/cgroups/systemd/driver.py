@@ -259,8 +259,8 @@ class SystemdCgroupDriver:
     def kill_all(self, path: str, sig: int = signal.SIGKILL) -> None:
         self.inner.kill_all(path, sig)
 
-    def stats(self, path: str) -> CgroupStats:
-        return self.inner.stats(path)
+    def stats(self, path: str, *, full: bool = True) -> CgroupStats:
+        return self.inner.stats(path, full=full)
 
     def oom_kill_count(self, path: str) -> int | None:
         return self.inner.oom_kill_count(path)

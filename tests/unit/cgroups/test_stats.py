@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from runtime.cgroups import parse
-from runtime.cgroups.stats import IoDeviceStats, Psi, PsiData
+from runtime.cgroups.stats import CRI_FIELDS, CgroupStats, IoDeviceStats, Psi, PsiData
 from runtime.cgroups.v1 import CgroupV1Driver
 from runtime.cgroups.v2 import CgroupV2Driver
 from runtime.errors import NotFound
@@ -39,6 +39,21 @@ total_pgmajfault 17
 total_mapped_file 4096
 hierarchical_memory_limit 9223372036854771712
 """
+
+
+def field(s: CgroupStats, dotted: str) -> object:
+    section, name = dotted.split(".")
+    part = getattr(s, section)
+    return None if part is None else getattr(part, name)
+
+
+def assert_cri_subset(full: CgroupStats, brief: CgroupStats) -> None:
+    """A ``full=False`` read has every CRI field of the full one, and nothing else."""
+    assert [field(brief, f) for f in CRI_FIELDS] == [field(full, f) for f in CRI_FIELDS]
+    assert brief.hugetlb == () and brief.oom in (None, full.oom)
+    assert brief.io is None or brief.io.devices == ()
+    assert brief.pids is None or brief.pids.limit is None
+    assert brief.cpu is None or (brief.cpu.user_ns, brief.cpu.nr_periods) == (None, None) or full.cpu == brief.cpu
 
 
 def test_parsers() -> None:
@@ -95,6 +110,9 @@ def test_v2_stats(v2: FakeCgroupKernel, v2_driver: CgroupV2Driver) -> None:
     assert [(h.page_size, h.usage_bytes, h.limit_bytes) for h in s.hugetlb] == [("2MB", 2097152, None),
                                                                                 ("1GB", 0, None)]
     assert v2_driver.oom_kill_count(CTR) == 1
+    brief = v2_driver.stats(CTR, full=False)
+    assert_cri_subset(s, brief)
+    assert brief.io is not None and brief.io.psi == s.io.psi and brief.pids is not None
 
 
 def test_v2_stats_without_controllers(tmp_path: Path, fake_time: FakeTime) -> None:
@@ -153,6 +171,12 @@ def test_v1_stats(v1: FakeCgroupKernel, v1_driver: CgroupV1Driver) -> None:
     assert v1_driver.oom_kill_count(CTR) == 4
     with pytest.raises(NotFound):
         v1_driver.stats("/absent")
+    brief = v1_driver.stats(CTR, full=False)
+    assert_cri_subset(s, brief)
+    assert brief.memory is not None and brief.memory.failcnt is None and brief.oom is None
+    assert brief.cpu is not None and brief.cpu.user_ns is None and brief.io is None
+    with pytest.raises(NotFound):
+        v1_driver.stats("/absent", full=False)
 
 
 def test_v1_stats_old_kernel_and_missing_controllers(tmp_path: Path, fake_time: FakeTime) -> None:

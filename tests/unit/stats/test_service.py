@@ -242,3 +242,29 @@ async def test_writable_layer_usage_is_cached(tmp_path: Path, clock: Clock) -> N
     fresh = (await svc.container(CID)).writable_layer
     assert fresh is not None and fresh.used_bytes == 8192
     assert layers.usage_calls.count("snap1") == 2
+
+
+async def test_cri_lists_read_the_cri_fields_and_metrics_everything(tmp_path: Path, clock: Clock) -> None:
+    """The CRI stats calls read a v1 cgroup's CRI fields only (runtime.cgroups.stats.CRI_FIELDS:
+    7 files, not ~23, per cgroup and call); ListPodSandboxMetrics (process_counts) reads all."""
+    k = make_v1_tree(tmp_path)
+    drv = CgroupV1Driver(k.host(), k, FakeTime().clock())
+    drv.create(f"/pods/{SID}")
+    drv.create(f"/pods/{SID}/{CID}")
+    rel = f"pods/{SID}/{CID}"
+    k.set_file(k.root / "cpu,cpuacct" / rel / "cpuacct.usage", "2500000000\n")
+    k.set_file(k.root / "cpu,cpuacct" / rel / "cpuacct.usage_user", "2000000000\n")
+    k.set_file(k.root / "memory" / rel / "memory.usage_in_bytes", "9000000\n")
+    k.set_file(k.root / "memory" / rel / "memory.stat", V1_MEMORY_STAT)
+    k.set_file(k.root / "memory" / rel / "memory.failcnt", "7\n")
+    view = FakeView([sandbox(SID)], [container(CID, SID)])
+    service = _service(view, drv, clock)
+    cri = (await service.sandboxes(SandboxFilter()))[0].containers[0].cgroup
+    assert cri is not None and cri.cpu is not None and cri.memory is not None
+    assert (cri.cpu.usage_ns, cri.memory.working_set_bytes, cri.memory.rss_bytes) == (2_500_000_000, 8000000, 5000000)
+    assert cri.cpu.user_ns is None and cri.memory.failcnt is None
+    listed = (await service.containers(ContainerFilter()))[0].cgroup
+    assert listed is not None and listed.memory is not None and listed.memory.failcnt is None
+    metrics = (await service.sandboxes(SandboxFilter(), process_counts=True))[0].containers[0].cgroup
+    assert metrics is not None and metrics.cpu is not None and metrics.memory is not None
+    assert metrics.cpu.user_ns == 2_000_000_000 and metrics.memory.failcnt == 7
