@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,43 @@ async def test_cri_lists_read_the_cri_fields_and_metrics_everything(tmp_path: Pa
     metrics = (await service.sandboxes(SandboxFilter(), process_counts=True))[0].containers[0].cgroup
     assert metrics is not None and metrics.cpu is not None and metrics.memory is not None
     assert metrics.cpu.user_ns == 2_000_000_000 and metrics.memory.failcnt == 7
+
+
+class SlowLayers(FakeLayers):
+    """Layer usage that takes a while, recording how many were measured at once."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.inflight = 0
+        self.peak = 0
+
+    async def usage(self, key: str) -> tuple[int, int]:
+        self.inflight += 1
+        self.peak = max(self.peak, self.inflight)
+        try:
+            await asyncio.sleep(0.01)
+            return await super().usage(key)
+        finally:
+            self.inflight -= 1
+
+
+async def test_expired_layer_usages_are_measured_together(tmp_path: Path, clock: Clock) -> None:
+    """A list call measures every expired writable layer concurrently (kubelet's 10 s stats
+    period meets a 10 s cache: one after the other, each of 110 containers cost three thread
+    hops per call); one that is gone does not stop the others, and pods list them too."""
+    _k, drv = _v2_setup(tmp_path)
+    layers = SlowLayers(tmp_path)
+    cids = [f"{i:x}" * 64 for i in range(3, 7)]
+    for i in range(3):
+        layers.sizes[f"snap{i}"] = (4096 * (i + 1), i + 1)
+    view = FakeView([sandbox(SID)], [container(cid, SID, snapshot_key=f"snap{i}") for i, cid in enumerate(cids)])
+    svc = _service(view, drv, clock, layers, layer_usage_ttl=10.0)
+    samples = await svc.containers(ContainerFilter())
+    assert [s.writable_layer.used_bytes if s.writable_layer else None for s in samples] == [4096, 8192, 12288, None]
+    assert layers.peak == 4
+    clock.advance(11)
+    layers.peak = 0
+    pods = await svc.sandboxes(SandboxFilter())
+    assert [c.writable_layer.inodes_used if c.writable_layer else None for c in pods[0].containers] == [1, 2, 3, None]
+    assert layers.peak == 4
+    assert sorted(layers.usage_calls) == sorted([f"snap{i}" for i in range(4)] * 2)
