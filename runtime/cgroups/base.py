@@ -109,7 +109,10 @@ class CgroupDriverBase(ABC):
         apply_plan(self.fs, plan)
 
     def exists(self, path: str) -> bool:
-        return any(self.fs.is_dir(d) for d in self.directories(path))
+        # lazily, up to the first hierarchy that has it: the stats calls ask this for every
+        # cgroup they read, and a v1 host has ~10 hierarchies
+        checked = self.checked(path)
+        return any(self.fs.is_dir(under(r, checked)) for r in self.hierarchy_roots())
 
     def children(self, path: str) -> list[str]:
         base = check_cgroup_path(path)

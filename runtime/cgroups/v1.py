@@ -7,6 +7,7 @@ Named hierarchies (``name=systemd``) are not ours: ``CgroupHost`` leaves them ou
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from pathlib import Path
@@ -32,8 +33,13 @@ class CgroupV1Driver(CgroupDriverBase):
 
     def hierarchy_roots(self) -> list[Path]:
         """Each v1 hierarchy, then the unified one (hybrid: for PSI and tracking)."""
-        unified = [self.host.unified] if self.host.unified is not None else []
-        return [*self.host.v1_hierarchies, *unified]
+        return list(self._roots)
+
+    @functools.cached_property
+    def _roots(self) -> tuple[Path, ...]:
+        # computed once: host.v1_hierarchies sorts a set of paths on every call
+        unified = (self.host.unified,) if self.host.unified is not None else ()
+        return (*self.host.v1_hierarchies, *unified)
 
     def _pid_dir(self, path: str) -> Path:
         """The hierarchy pids are read from: freezer (what kill freezes), else any."""

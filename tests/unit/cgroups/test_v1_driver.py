@@ -293,3 +293,17 @@ def test_children_lists_across_hierarchies(v1: FakeCgroupKernel, v1_driver: Cgro
     assert v1_driver.children("/kubepods/burstable") == ["/kubepods/burstable/pod1", "/kubepods/burstable/pod2"]
     assert v1_driver.children("/") == ["/kubepods"]
     assert v1_driver.children("/absent") == []
+
+
+def test_exists_when_any_hierarchy_has_the_cgroup(v1: FakeCgroupKernel, v1_driver: CgroupV1Driver) -> None:
+    """exists() stops at the first hierarchy holding the cgroup, but looks at all of them."""
+    assert v1_driver.exists(CTR) is False
+    v1_driver.create(CTR)
+    assert v1_driver.exists(CTR) is True
+    for h in v1_driver.hierarchy_roots()[:-1]:
+        d = h / CTR.lstrip("/")
+        if d.is_dir():
+            v1.rmdir(d)
+    assert v1_driver.exists(CTR) is True  # the last hierarchy still has it
+    with pytest.raises(InvalidArgument):
+        v1_driver.exists("/../x")
