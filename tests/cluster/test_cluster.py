@@ -252,6 +252,45 @@ spec:
     kube("delete", "pod", "hostnet", "--wait=false")
 
 
+def test_host_port_and_node_port_from_the_host(kube: Kube) -> None:
+    # a hostPort (cri-shim's DNAT in the node's netns) and a NodePort (kube-proxy's, on both
+    # nodes' addresses) answer a client on the host, through the cluster bridge
+    kube.apply(f"""apiVersion: v1
+kind: Pod
+metadata:
+  name: ports
+  labels: {{app: ports}}
+spec:
+  nodeName: node-a
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: {HTTPD}
+    ports: [{{containerPort: 8080, hostPort: 18081}}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: ports
+spec:
+  type: NodePort
+  selector: {{app: ports}}
+  ports: [{{port: 80, targetPort: 8080}}]
+""")
+    kube.wait("--for=condition=Ready", "pod/ports", timeout=120)
+    node_port = kube.json("get", "service", "ports")["spec"]["ports"][0]["nodePort"]
+    for url in ("http://10.250.0.2:18081/", f"http://10.250.0.2:{node_port}/", f"http://10.250.0.3:{node_port}/"):
+        eventually(f"{url} answers", lambda u=url: "hello from busybox httpd" in _quiet_get(u), 30)  # type: ignore[misc]
+    kube("delete", "pod", "ports", "--wait=false")
+
+
+def _quiet_get(url: str) -> str:
+    try:
+        return httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return ""
+
+
 def test_stats_summary_from_cri(kube: Kube) -> None:
     # kubelet's /stats/summary through the apiserver (PodAndContainerStatsFromCRI: every pod
     # figure comes from cri-shim's ListPodSandboxStats / ListContainerStats)
