@@ -14,6 +14,11 @@ Contract:
   running pods; a stopped pod has no processes left to measure).
 - Record access happens on the event loop; cgroupfs and /proc reads run in one thread hop
   per call.
+- Freshness (as containerd's): cgroup counters and network counters are read at every call,
+  never cached; the CRI calls read only the files whose values their messages carry
+  (``CgroupDriver.stats(full=False)``), metrics (``process_counts``) read everything. Only the
+  writable layer's usage (a directory walk) is cached, ``layer_usage_ttl`` seconds, and the
+  expired entries of a call are measured together.
 """
 
 from __future__ import annotations
