@@ -58,8 +58,8 @@ class JournaledShims:
     def client(self, sandbox_id: str) -> JournaledShimConnection:
         return JournaledShimConnection(self.real.client(sandbox_id), self._journal)
 
-    async def shutdown(self, sandbox_id: str, shim: ProcessRef | None) -> None:
-        await self.real.shutdown(sandbox_id, shim)
+    async def shutdown(self, sandbox_id: str, shim: ProcessRef | None, holder: ProcessRef | None = None) -> None:
+        await self.real.shutdown(sandbox_id, shim, holder)
         self._journal.step("shims.shutdown")
 
     def forget(self, sandbox_id: str) -> None:
@@ -110,3 +110,4 @@ class JournaledPodHost(LinuxPodHost):
     def unmount(self, path: Path) -> None:
         super().unmount(path)
         self._journal.step("host.unmount")
+
