@@ -6,9 +6,11 @@
 # Stages: set-up (scripts/install.sh --no-start), static checks (generated stubs fresh,
 # ruff, mypy --strict), pytest (unit, root mechanisms, service tests with real crictl and
 # real peers), conformance (critest v1.37.0 against a fresh daemon, both transports; any
-# failure fails the run; CRITEST_CONTAINERD=1 adds the same suite against containerd), then
-# the node VM (scripts/vm-stage.sh: a Debian node with systemd, cgroup v2 and AppArmor under
-# QEMU; its image is cached in /var/cache/cri-shim/node-vm, keyed by its package list).
+# failure fails the run; CRITEST_CONTAINERD=1 adds the same suite against containerd), a real
+# Kubernetes cluster whose two nodes run cri-shim (scripts/cluster-stage.sh: kubectl against
+# it; binaries cached in /var/cache/cri-shim/k8s), then the node VM (scripts/vm-stage.sh: a
+# Debian node with systemd, cgroup v2 and AppArmor under QEMU; its image is cached in
+# /var/cache/cri-shim/node-vm, keyed by its package list).
 # Reports land in test-reports/. Any failing stage fails the run; nothing is skipped
 # silently (pytest prints every skip with its reason).
 set -euo pipefail
@@ -35,6 +37,9 @@ stage "pytest"
 
 stage "conformance (critest v1.37.0, SPDY and WebSocket; gating)"
 bash scripts/conformance.sh
+
+stage "cluster (Kubernetes v1.37.2, two cri-shim nodes, kubectl)"
+bash scripts/cluster-stage.sh
 
 stage "node VM (systemd, cgroup v2, AppArmor; software emulation)"
 CRI_SHIM_NODE_VM_CACHE="${CRI_SHIM_NODE_VM_CACHE:-/var/cache/cri-shim/node-vm}" bash scripts/vm-stage.sh
