@@ -122,6 +122,8 @@ driver = "cgroupfs"
 
 
 def kubelet_config(node: layout.Node) -> str:
+    """No cgroupDriver: kubelet takes it from cri-shim's RuntimeConfig (KubeletCgroupDriverFromCRI,
+    GA in 1.34; its log says "Using cgroup driver setting received from the CRI runtime")."""
     d = node.dir
     return f"""apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -146,7 +148,6 @@ clusterDNS:
 resolvConf: ""
 featureGates:
   PodAndContainerStatsFromCRI: true
-cgroupDriver: cgroupfs
 cgroupRoot: /{node.cgroup}
 cgroupsPerQOS: true
 enforceNodeAllocatable:

@@ -121,6 +121,9 @@ def test_nodes_ready_on_cri_shim(kube: Kube) -> None:
         assert {c["type"]: c["status"] for c in n["status"]["conditions"]}["Ready"] == "True"
     cidrs = {n["spec"]["podCIDR"] for n in nodes}
     assert len(cidrs) == 2
+    # kubelet's config names no cgroup driver: the one in force is what cri-shim reported
+    configz = json.loads(kube("get", "--raw", "/api/v1/nodes/node-a/proxy/configz"))
+    assert configz["kubeletconfig"]["cgroupDriver"] == "cgroupfs"
     st = status()
     assert st["apiserver"] == "https://10.250.0.1:6443" and st["registry"] == REGISTRY
     for node in NODES:
