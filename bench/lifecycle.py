@@ -245,6 +245,10 @@ def main() -> int:
                     ksm_shim = (ksm_stack.enter_context(rts.cri_shim(base / "crishim-ksm", reg.host,
                                                                      name="cri-shim (KSM)", merge_memory=True))
                                 if ksm else None)
+                    if ksm_shim is not None:  # a daemon of its own: pull the workload there too
+                        g = drv.GrpcDriver(ksm_shim.endpoint)
+                        g.pull(rts.BUSYBOX)
+                        g.close()
                     if not ksm:
                         print("  ksmd is not running: no KSM figures (--ksm allows starting it)", flush=True)
                     for mode in modes:
