@@ -7,6 +7,7 @@ The version-specific parts (plans, pid listing, kill, stats) are the subclasses'
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 from abc import ABC, abstractmethod
@@ -26,6 +27,8 @@ from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.tree import Clock, remove_subtrees
 from runtime.errors import InvalidArgument, NotFound
 from runtime.model.resources import Resources
+
+log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[0-9a-f]{64}$")
 
@@ -140,6 +143,19 @@ class CgroupDriverBase(ABC):
         if kill and self.exists(path) and self.pids(path):
             self.kill_all(path)
         return remove_subtrees(self.fs, dirs, self.clock, self.remove_timeout)
+
+    def remove_if_unused(self, path: str) -> bool:
+        if not self.exists(path) or self.children(path) or self.pids(path):
+            return False
+        removed = False
+        # only the directories themselves, never their children (a container cgroup another
+        # pod made meanwhile keeps its parent: EBUSY), and no retries
+        for d in self.directories(path):
+            try:
+                removed = self.fs.rmdir(d) or removed
+            except OSError as exc:
+                log.info("cgroup %s is in use again, left in place: %s", d, exc)
+        return removed
 
     # -- measurements -------------------------------------------------------------------------
 

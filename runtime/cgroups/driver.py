@@ -121,6 +121,15 @@ class CgroupDriver(Protocol):
         """
         ...
 
+    def remove_if_unused(self, path: str) -> bool:
+        """Remove the cgroup only if no process and no child cgroup is in it; True if removed.
+
+        Never kills: for a parent a client named (critest's pods all share ``/test.slice``)
+        that a pod had to create, where other pods may still run. Best effort: a cgroup that
+        is in use again by the time of the removal is left (and logged).
+        """
+        ...
+
     def stats(self, path: str, *, full: bool = True) -> CgroupStats:
         """One sample of the cgroup's counters. Raises NotFound when it does not exist.
         ``full=False``: only what the CRI stats messages carry (:data:`runtime.cgroups.stats.

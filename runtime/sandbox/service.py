@@ -239,7 +239,9 @@ class SandboxService:
         created = await asyncio.to_thread(driver.create, path, resources)
         owned = owned or created
         if owned:
-            undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, path))
+            # a named parent may be shared with pods created meanwhile: never killed
+            remove = driver.remove_if_unused if config.cgroup_parent else driver.remove
+            undo.push("cgroup", lambda: asyncio.to_thread(remove, path))
         return replace(rec, cgroup_path=path, owns_cgroup=owned)
 
     async def _follow(self, rec: SandboxRecord) -> None:
@@ -340,7 +342,13 @@ class SandboxService:
     async def _release(self, rec: SandboxRecord) -> None:
         """Free the cgroup, files and directories of a stopped sandbox."""
         if rec.owns_cgroup and rec.cgroup_path:
-            await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
+            driver = self._cgroups()
+            if rec.config.cgroup_parent:
+                # a parent the client named that this pod had to create: other pods may share
+                # it (critest's all run in /test.slice), so it goes only once it is empty
+                await asyncio.to_thread(driver.remove_if_unused, rec.cgroup_path)
+            else:
+                await asyncio.to_thread(driver.remove, rec.cgroup_path)
         await asyncio.to_thread(self.host.remove_dirs, Path(rec.state_dir), Path(rec.files_dir))
         self.shims.forget(rec.id)
 

@@ -233,6 +233,22 @@ class SystemdCgroupDriver:
         # what systemd leaves: sub-cgroups of a delegated scope, or a unit it never knew
         return self.inner.remove(checked, kill=kill) or existed
 
+    def remove_if_unused(self, path: str) -> bool:
+        if not path.rstrip("/").endswith((SLICE, SCOPE)):
+            return self.inner.remove_if_unused(path)
+        checked, unit = self._unit(path)
+        if not self.inner.exists(checked) or self.inner.children(checked) or self.inner.pids(checked):
+            return False
+        # A scope another pod starts in this slice meanwhile: its start job (mode "replace")
+        # starts the slice again, so that pod loses nothing.
+        try:
+            self.manager.stop_unit(unit)
+        except NotFound:
+            pass
+        with contextlib.suppress(NotFound):
+            self.manager.reset_failed_unit(unit)
+        return True
+
     def _stop_quietly(self, unit: str) -> None:
         try:
             self.manager.stop_unit(unit)

@@ -18,6 +18,7 @@ from cri_shim.api.gen import api_pb2 as pb
 from runtime.security.apparmor import apparmor_enabled
 from tests.service.lifecycle.conftest import Images
 from tests.support.daemon import DaemonProcess
+from tests.support.leaks import cgroup_dirs
 from tests.support.names import unique
 from tests.support.pods import (
     container_config,
@@ -446,4 +447,49 @@ def test_restart_removes_half_made_containers_and_unknown_leftovers(
     assert sorted(os.listdir(d.state / "containers")) == [keep]
     assert not (memory / half).exists()
     assert not stray.exists() and not [m for m in d.leaks() if "7" * 64 in m]
+    remove_pod(d, pod)
+
+
+def test_pods_sharing_a_parent_they_created_do_not_take_each_other_down(
+    d: DaemonProcess, images: Images, tmp_path: Path
+) -> None:
+    # critest names one parent for all its pods (/test.slice): the first pod creates it; its
+    # removal used to remove the parent with everything in it, killing the other pods'
+    # containers (StartContainer: BrokenPipe; CreateContainer: device filter, no cgroup)
+    parent = f"{d.cgroup_parent}/{unique('shared-')}"
+    first, _ = new_pod(d, tmp_path, cgroup_parent=parent)
+    second, second_cfg = new_pod(d, tmp_path, cgroup_parent=parent)
+    running = run(d, second, second_cfg, container_config("stays", images.busybox, ["sleep", "300"]))
+    created = create_container(d, second, second_cfg, container_config("waits", images.busybox, ["true"]))
+    remove_pod(d, first)
+    assert cgroup_dirs(parent), "the creator's removal keeps a parent other pods use"
+    assert status(d, running).state == pb.CONTAINER_RUNNING
+    assert exec_sync(d, running, ["echo", "alive"]).stdout == b"alive\n"
+    start(d, created)
+    assert wait_state(d, created, pb.CONTAINER_EXITED).exit_code == 0
+    remove_pod(d, second)
+    # as with containerd, a parent is the client's: only the pod that created it removes it,
+    # and only when it is empty by then; here it is left, for the client
+    left = cgroup_dirs(parent)
+    assert left and all(not (p / "cgroup.procs").read_text().split() for p in left)
+    for p in left:
+        p.rmdir()
+
+
+def test_a_created_container_killed_from_outside_fails_to_start_clearly(
+    d: DaemonProcess, images: Images, tmp_path: Path
+) -> None:
+    # (critest saw Internal "BrokenPipeError" when another pod's removal killed a created
+    # container; that kill is fixed, but a start of a dead container must say so clearly)
+    pod, cfg = new_pod(d, tmp_path)
+    cid = create_container(d, pod, cfg, container_config("doomed", images.busybox, ["true"]))
+    pid = json.loads(d.runtime.ContainerStatus(
+        pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=10).info["info"])["pid"]
+    os.kill(pid, 9)
+    st = wait_state(d, cid, pb.CONTAINER_EXITED)
+    assert (st.exit_code, st.reason) == (137, "Error")
+    code, details = code_of(d.runtime.StartContainer, pb.StartContainerRequest(container_id=cid), timeout=30)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "exited, not created" in details, details
+    st = status(d, cid)
+    assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 137, "Error")
     remove_pod(d, pod)

@@ -198,3 +198,21 @@ def test_a_slice_started_meanwhile_by_another_create_is_used(driver: SystemdCgro
     assert driver.create(path, Resources(memory_limit_in_bytes=64 << 20)) is False
     assert [name for kind, name, _ in systemd.calls if kind == "start"] == ["test.slice"]
     assert systemd.units["test.slice"].properties["MemoryMax"] == 64 << 20
+
+
+def test_a_shared_slice_goes_only_once_nothing_is_left_in_it(driver: SystemdCgroupDriver, systemd: FakeSystemd,
+                                                               v2: FakeCgroupKernel) -> None:
+    # critest's pods all name /test.slice: the first pod starts it, and when that pod goes
+    # the containers of the others must not be killed with it (they were, by remove()).
+    path = driver.sandbox_path("/test.slice", SID)
+    assert driver.create(path) is True
+    other = driver.container_path(path, CID)
+    v2.add_pids(v2.root, 41)
+    driver.create(other, None, pid=41)
+    assert driver.remove_if_unused(path) is False
+    assert v2.kills == [] and "test.slice" in systemd.units and d(v2, other).is_dir()
+    assert [kind for kind, *_ in systemd.calls].count("stop") == 0
+    driver.remove(other)
+    assert driver.remove_if_unused(path) is True
+    assert "test.slice" not in systemd.units and not d(v2, path).exists()
+    assert driver.remove_if_unused(path) is False

@@ -307,3 +307,12 @@ def test_exists_when_any_hierarchy_has_the_cgroup(v1: FakeCgroupKernel, v1_drive
     assert v1_driver.exists(CTR) is True  # the last hierarchy still has it
     with pytest.raises(InvalidArgument):
         v1_driver.exists("/../x")
+
+
+def test_remove_if_unused_leaves_every_hierarchy_of_a_parent_in_use(v1: FakeCgroupKernel,
+                                                                    v1_driver: CgroupV1Driver) -> None:
+    v1_driver.create(CTR)
+    assert v1_driver.remove_if_unused(POD) is False and v1_driver.exists(CTR)
+    v1_driver.remove(CTR)
+    assert v1_driver.remove_if_unused(POD) is True and not v1_driver.exists(POD)
+    assert v1.kills == []

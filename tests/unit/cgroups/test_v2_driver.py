@@ -179,3 +179,18 @@ def test_children(v2_driver: CgroupV2Driver) -> None:
     assert v2_driver.children(POD) == [CTR]
     assert v2_driver.children("/") == ["/init.scope", "/kubepods"]
     assert v2_driver.children("/absent") == []
+
+
+def test_remove_if_unused_never_kills_and_leaves_a_parent_in_use(v2: FakeCgroupKernel,
+                                                                 v2_driver: CgroupV2Driver) -> None:
+    v2_driver.create(CTR)
+    v2_driver.add_process(CTR, 60)
+    assert v2_driver.remove_if_unused(POD) is False  # another pod's container is in it
+    assert v2.kills == [] and v2_driver.exists(CTR)
+    v2_driver.remove(CTR)  # that pod's removal kills its own container
+    assert v2.kills == [(60, 9)]
+    v2_driver.add_process(POD, 61)
+    assert v2_driver.remove_if_unused(POD) is False and v2.kills == [(60, 9)]
+    v2.kill(61, 9)
+    assert v2_driver.remove_if_unused(POD) is True and not d(v2, POD).exists()
+    assert v2_driver.remove_if_unused(POD) is False
