@@ -299,9 +299,10 @@ class ProcessTable:
         # The counter is cumulative over the cgroup: only a SIGKILL death after it grew is an
         # OOM kill of this process (kubernetes#140718: a SIGTERM exit is not OOMKilled).
         # the live counter too: with the systemd driver the scope's cgroup may already be gone
-        seen = max(oom_kill_count(proc.spec.memory_cgroup), self.oom.latest(proc.key) or 0)
+        oom = sig == signal.SIGKILL and (
+            oom_kill_count(proc.spec.memory_cgroup) > proc.oom_base  # v1, or v2 still there
+            or self.oom.killed(proc.key, proc.spec.memory_cgroup, proc.oom_base))
         self.oom.unwatch(proc.key)
-        oom = sig == signal.SIGKILL and seen > proc.oom_base
         drain = OUTPUT_DRAIN_SECONDS
         if self._kills_leftovers(proc):
             # pipes close as the leftovers die (kernel: do_exit closes files before the task
@@ -740,9 +741,17 @@ class ProcessTable:
         if proc.state != "created" or proc.start_w < 0:
             raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
         proc.started_at_ns = time.time_ns()
-        os.write(proc.start_w, b"1")
-        os.close(proc.start_w)
-        proc.start_w = -1
+        try:
+            os.write(proc.start_w, b"1")
+        except BrokenPipeError:
+            # it died while waiting (killed from outside: an OOM kill, or its cgroup's
+            # processes killed by someone); its exit is recorded as it is reaped
+            raise errors.FailedPrecondition(
+                f"container {proc.key}: its process ended before it was started (killed while created)"
+            ) from None
+        finally:
+            os.close(proc.start_w)
+            proc.start_w = -1
         proc.state = "running"
         fd, proc.exec_report_r = proc.exec_report_r, -1
         message = await (self._hand_over(proc, fd) if proc.handover else self._read_all(fd, 5.0))

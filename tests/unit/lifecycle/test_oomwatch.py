@@ -44,3 +44,27 @@ def test_a_counter_that_cannot_be_read_counts_as_zero_and_never_raises(tmp_path:
     (tmp_path / "memory.events").mkdir()
     assert oom_kill_count(str(tmp_path)) == 0
     assert oom_kill_count(str(tmp_path / "gone")) == 0
+
+
+async def test_killed_falls_back_to_the_pods_counter_once_the_scope_is_gone(tmp_path: Path) -> None:
+    # systemd removed the scope before the shim handled the exit, and the wake-up for the
+    # oom_kill bump never came (rate-limited notifications): the pod's hierarchical counter,
+    # taken when the watch began, still shows the kill
+    pod = tmp_path / "pod.slice"
+    scope = pod / "cri-shim-c.scope"
+    scope.mkdir(parents=True)
+    (pod / "memory.events").write_text(EVENTS.format(n=4))
+    (scope / "memory.events").write_text(EVENTS.format(n=0))
+    counters = OomCounters()
+    counters.watch("c", str(scope))
+    assert not counters.killed("c", str(scope), 0)
+    (scope / "memory.events").write_text(EVENTS.format(n=1))
+    assert counters.killed("c", str(scope), 0), "a fresh read while the scope exists"
+    (scope / "memory.events").write_text(EVENTS.format(n=0))
+    (scope / "memory.events").unlink()
+    scope.rmdir()
+    assert not counters.killed("c", str(scope), 0), "gone, and nothing was killed in the pod"
+    (pod / "memory.events").write_text(EVENTS.format(n=5))
+    assert counters.killed("c", str(scope), 0)
+    counters.unwatch("c")
+    assert not counters.killed("c", str(scope), 0), "no baseline once unwatched"
