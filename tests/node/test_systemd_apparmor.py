@@ -275,14 +275,17 @@ def test_an_oom_killed_child_leaves_the_container_running(d: DaemonProcess, busy
 
 def test_the_shim_factory_survives_restarts_where_memory_cannot_be_merged(tmp_path: Path) -> None:
     # Debian 12's 6.1 kernel has no PR_SET_MEMORY_MERGE: a factory asked to merge cannot, and
-    # must not be taken for one "with other settings" (and replaced) at every daemon start
+    # must not be taken for one "with other settings" (and replaced) at every daemon start.
+    # A pod keeps the factory needed across the restart (without any, it ends with the daemon).
     with running_daemon(tmp_path / "d", extra_config="[pods]\nksm = \"start\"\n",
                         start_timeout=600) as daemon:
         def factory_pid() -> int:
             return int((daemon.state / "shims" / "factory.pid").read_text().split()[0])
 
+        pod, _ = new_pod(daemon, tmp_path)
         before = factory_pid()
         daemon.stop()
         daemon.start(timeout=600)
         assert factory_pid() == before
         assert "replacing it" not in daemon.log()
+        remove_pod(daemon, pod)
