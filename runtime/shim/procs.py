@@ -321,7 +321,8 @@ class ProcessTable:
         # Drain what the process wrote before it died (bounded: a daemonized grandchild may
         # hold the pipe open forever; kubernetes#92057), then what is still buffered.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.io_done.wait(), drain)
+            async with asyncio.timeout(drain):  # not wait_for: it may swallow a cancel (gh-86296)
+                await proc.io_done.wait()
         self._drain_buffered(proc)
         self._close_io(proc)
         proc.exit = ExitStatus(

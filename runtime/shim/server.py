@@ -291,7 +291,8 @@ class ShimServer:
     async def op_wait(self, req: Wait) -> ProcState:
         proc = self._proc(req.container_id)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.exited.wait(), req.timeout or None)
+            async with asyncio.timeout(req.timeout or None):  # wait_for may swallow a cancel (gh-86296)
+                await proc.exited.wait()
         return proc_state(proc)
 
     async def op_state(self, req: State) -> ProcState:
@@ -324,7 +325,8 @@ class ShimServer:
         if proc.state == "created":
             self.table.kill(proc, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.exited.wait(), 10)
+                async with asyncio.timeout(10):
+                    await proc.exited.wait()
         self.table.procs.pop(proc.key, None)
         return Ack()
 
