@@ -397,7 +397,10 @@ class SandboxService:
     def info(self, rec: SandboxRecord) -> dict[str, Any]:
         """Verbose PodSandboxStatus info (runtime-specific, for operators)."""
         return {
-            "shim": {"pid": rec.shim.pid if rec.shim else 0, "alive": shim_alive(rec.shim),
+            # a shim process may host other pods (shim groups) and outlive this one's part:
+            # alive means this pod's socket is still served
+            "shim": {"pid": rec.shim.pid if rec.shim else 0,
+                     "alive": shim_alive(rec.shim) and self.shims.socket_of(rec.id).exists(),
                      "socket": str(self.shims.socket_of(rec.id))},
             "pid_holder": rec.pid_holder.pid if rec.pid_holder else 0,
             "namespaces": to_plain(rec.namespaces),

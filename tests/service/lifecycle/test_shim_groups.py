@@ -71,6 +71,9 @@ def test_a_group_stop_one_pod_kill9_restart(d: DaemonProcess, images: Images, tm
     d.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=stopped), timeout=60)
     assert status(d, stopped_cid).state == pb.CONTAINER_EXITED
     assert alive(shim)
+    # the group's process runs on, but this pod's part of it is gone
+    assert pod_info(d, stopped)["shim"]["alive"] is False
+    assert pod_info(d, pods[1][0])["shim"]["alive"] is True
     for _, cid in pods[1:]:
         assert_alive_and_reachable(d, cid)
 
