@@ -9,23 +9,39 @@ by these rules rather than the HTTP library's:
   unspecified 0.0.0.0/:: that Linux connects to locally) or link-local (169.254.0.0/16,
   fe80::/10: cloud metadata services live there) is refused, unless the registry itself is
   at such an address (a registry on 127.0.0.1 may redirect to 127.0.0.1). A name is
-  resolved and every address it has must pass. The connection resolves the name again, so
-  a DNS server that answers differently the second time (rebinding) is not excluded; the
-  check stops the plain SSRF of a ``Location: http://169.254.169.254/...``. Through a proxy
-  (:mod:`runtime.image.proxy`) the proxy resolves names: a target name this node cannot
-  resolve is then left to the proxy (one it resolves must still pass; literals always do).
+  resolved and every address it has must pass. This is checked twice: before the request
+  is sent (:meth:`RedirectPolicy.check_target`: a refused redirect or token realm never
+  gets a byte, credentials included), and again when a connection is opened
+  (:meth:`RedirectPolicy.connect_addresses`, called by the network backend of
+  :mod:`runtime.image.httppool` for every direct connection): the name is resolved once
+  more, every address is checked by the same rules, and the connection goes to exactly
+  those addresses (TLS still verifies the certificate against the host *name*). So a DNS
+  server that answers a public address for the check and 127.0.0.1 for the connection
+  (rebinding) is refused at the connection. The rules reach the connection through a
+  context variable that :func:`send_following` sets for each request of a chain; a
+  connection opened outside a chain gets the rules with no registry address allowed. The
+  registry's own endpoint (host and port) is connected to by name, unchecked: the registry
+  is what the node was told to pull from, wherever it is. A pooled connection is reused
+  for later requests to its host (it was checked when it was opened).
+  Through a proxy (:mod:`runtime.image.proxy`) the proxy resolves names and connects, so
+  only the first check applies, on this node's view of the name: a target name this node
+  cannot resolve is then left to the proxy (one it resolves must still pass; literals
+  always do); a rebinding name is the proxy's to refuse.
 - **Credentials stay with their host.** The Authorization header (Basic credentials or a
   bearer token) is sent only to the host and port it was meant for; every redirect to
   another host or port goes without it (httpx strips it across origins too; we do not rely
   on that). Go's net/http, which containerd and CRI-O use, strips it the same way.
 - At most :data:`MAX_REDIRECTS` hops.
 
-Errors: PermissionDenied for a refused redirect, Unavailable when a target cannot be resolved.
+Errors: PermissionDenied for a refused redirect or connection, Unavailable when a target
+cannot be resolved before the request (at the connection a failed resolution is the
+transport's ConnectError, as any other failed connect).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
@@ -114,6 +130,26 @@ class RedirectPolicy:
                 f"a {'/'.join(sorted(kinds))} address"
             )
 
+    async def connect_addresses(self, host: str, port: int) -> list[str] | None:
+        """The addresses a connection to ``host``:``port`` may go to: ``host`` resolved
+        once, every address checked as :meth:`check_target` does (PermissionDenied naming
+        the address and its kind). None for the registry's own endpoint: connect by name.
+        Raises OSError when ``host`` cannot be resolved."""
+        if (host.lower(), port) == self.registry_at:
+            return None
+        addresses = [host] if _is_literal(host) else await self.resolve(host, port)
+        bad = [(a, k) for a in addresses if (k := address_kind(a)) is not None]
+        if bad:
+            allowed = await internal_kinds(*self.registry_at, self.resolve) if self.registry_at[0] else frozenset()
+            bad = [(a, k) for a, k in bad if k not in allowed]
+        if bad:
+            address, kind = bad[0]
+            raise PermissionDenied(
+                f"registry {self.registry}: refusing a connection to {printable(host, 100)} at "
+                f"{printable(address, 60)}, a {kind} address"
+            )
+        return addresses
+
     async def check_redirect(self, source: httpx.URL, target: httpx.URL) -> None:
         if source.scheme == "https" and target.scheme != "https":
             raise PermissionDenied(
@@ -123,10 +159,32 @@ class RedirectPolicy:
         await self.check_target(target, "a redirect")
 
 
+#: The rules of the request chain being sent (None outside one): what the network backend
+#: of runtime.image.httppool checks a new connection against. Set around each send, in
+#: the sending task, which is where httpcore opens the connection.
+_CHAIN: contextvars.ContextVar[RedirectPolicy | None] = contextvars.ContextVar("registry_chain", default=None)
+
+#: The rules for a connection opened outside a request chain: no internal address at all.
+_NO_CHAIN = RedirectPolicy("(none)", ("", 0), ("", 0), system_resolve)
+
+
+async def connect_addresses(host: str, port: int) -> list[str] | None:
+    """:meth:`RedirectPolicy.connect_addresses` by the rules of the current request chain."""
+    return await (_CHAIN.get() or _NO_CHAIN).connect_addresses(host, port)
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request, policy: RedirectPolicy) -> httpx.Response:
+    token = _CHAIN.set(policy)
+    try:
+        return await client.send(request, stream=True)
+    finally:
+        _CHAIN.reset(token)
+
+
 async def send_following(client: httpx.AsyncClient, request: httpx.Request, policy: RedirectPolicy) -> httpx.Response:
     """Send ``request`` (streamed; the caller closes the response), following redirects by
     ``policy``. ``client`` must not follow redirects itself."""
-    response = await client.send(request, stream=True)
+    response = await _send(client, request, policy)
     hops = 0
     while response.next_request is not None:
         target = response.next_request
@@ -138,5 +196,5 @@ async def send_following(client: httpx.AsyncClient, request: httpx.Request, poli
         await policy.check_redirect(source, target.url)
         if endpoint(target.url) != policy.credentials_for:
             target.headers.pop("Authorization", None)
-        response = await client.send(target, stream=True)
+        response = await _send(client, target, policy)
     return response
