@@ -1,0 +1,214 @@
+"""The address checks of runtime.image.redirects hold at the connection, not only before the
+request: a name is resolved once for the connection, every address is checked, and the
+connection goes to exactly those addresses (runtime.image.httppool.CheckedBackend). Real
+loopback servers; names resolve through the test's resolver (no DNS)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runtime.errors import PermissionDenied
+from runtime.image.httppool import DirectTransport, HttpClients
+from runtime.image.proxy import ProxyConfig
+from runtime.image.redirects import RedirectPolicy, send_following
+from runtime.image.registry import RegistryClient, RegistrySession
+
+pytestmark = pytest.mark.timeout(30)
+
+BLOB = b"layer bytes"
+DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
+BLOB_PATH = f"/v2/lib/app/blobs/{DIGEST}"
+
+
+@contextlib.contextmanager
+def http_server(handler: Callable[[BaseHTTPRequestHandler], None],
+                tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            handler(self)
+
+        def log_message(self, *_a: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def storage_server(seen: list[str]) -> Callable[[BaseHTTPRequestHandler], None]:
+    def storage(h: BaseHTTPRequestHandler) -> None:
+        seen.append(h.headers.get("Host", ""))
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(BLOB)))
+        h.end_headers()
+        h.wfile.write(BLOB)
+    return storage
+
+
+def redirecting_registry(location: str) -> Callable[[BaseHTTPRequestHandler], None]:
+    def registry(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(307)
+        h.send_header("Location", location)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+    return registry
+
+
+class Resolver:
+    """Answers ``first`` for a name's first lookup and ``then`` for every later one."""
+
+    def __init__(self, first: dict[str, list[str]], then: dict[str, list[str]]) -> None:
+        self.first, self.then = first, then
+        self.calls: list[str] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        answers = self.then if host in self.calls else self.first
+        self.calls.append(host)
+        if host not in answers:
+            raise OSError(f"unknown host {host}")
+        return answers[host]
+
+
+async def fetch(s: RegistrySession) -> bytes:
+    out = bytearray()
+
+    async def sink(b: bytes) -> None:
+        out.extend(b)
+
+    await s.blob(DIGEST, sink)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(("at_connect", "kind"), [
+    (["127.0.0.1"], "loopback"),
+    (["198.51.100.7", "127.0.0.1"], "loopback"),  # one bad address is enough
+    (["::ffff:127.0.0.1"], "loopback"),
+    (["0.0.0.0"], "loopback"),
+    (["169.254.169.254"], "link-local"),
+])
+async def test_name_rebinding_into_the_node_is_refused_at_the_connection(at_connect: list[str], kind: str) -> None:
+    # The registry is reached by name through the system's resolver ("localhost": its own
+    # endpoint is connected to by name, unchecked), while the rules see it through the
+    # test's resolver as a public host: so no internal address is allowed for its redirects.
+    # storage.example answers a public address when the redirect is checked, then
+    # ``at_connect`` when the connection is opened.
+    seen: list[str] = []
+    with http_server(storage_server(seen)) as storage_port:
+        location = f"http://storage.example:{storage_port}/blob"
+        with http_server(redirecting_registry(location)) as registry_port:
+            resolve = Resolver({"localhost": ["203.0.113.5"], "storage.example": ["198.51.100.7"]},
+                               {"localhost": ["203.0.113.5"], "storage.example": at_connect})
+            client = RegistryClient(10, resolve=resolve)
+            try:
+                s = client.session(f"localhost:{registry_port}", "lib/app", False, None)
+                refused = f"refusing a connection to storage.example at .*a {kind} address"
+                with pytest.raises(PermissionDenied, match=refused):
+                    await fetch(s)
+            finally:
+                await client.close()
+    assert seen == []
+    assert resolve.calls.count("storage.example") == 2  # the redirect check, then the connection
+
+
+async def test_loopback_registry_redirect_to_a_name_goes_to_the_checked_address() -> None:
+    # A registry on 127.0.0.1 may redirect to loopback; the target's name is resolved by
+    # the rules' resolver and the connection goes to that address (the system cannot
+    # resolve storage.example), carrying the name in its Host header.
+    seen: list[str] = []
+    with http_server(storage_server(seen)) as storage_port:
+        location = f"http://storage.example:{storage_port}/blob"
+        with http_server(redirecting_registry(location)) as registry_port:
+            resolve = Resolver({"storage.example": ["127.0.0.1"]}, {"storage.example": ["127.0.0.1"]})
+            client = RegistryClient(10, resolve=resolve)
+            try:
+                s = client.session(f"127.0.0.1:{registry_port}", "lib/app", False, None)
+                assert await fetch(s) == BLOB
+            finally:
+                await client.close()
+    assert seen == [f"storage.example:{storage_port}"]
+
+
+async def test_every_address_is_tried_and_the_first_that_answers_is_used() -> None:
+    seen: list[str] = []
+    with http_server(storage_server(seen)) as storage_port:
+        at = ("127.0.0.1", 5000)
+        # ::1 is checked and tried (nothing listens there, or it is refused), then 127.0.0.1.
+        resolve = Resolver({"storage.example": ["::1", "127.0.0.1"]}, {"storage.example": ["::1", "127.0.0.1"]})
+        policy = RedirectPolicy("127.0.0.1:5000", at, at, resolve)
+        async with httpx.AsyncClient(transport=DirectTransport(ssl.create_default_context(), httpx.Limits())) as c:
+            resp = await send_following(c, c.build_request("GET", f"http://storage.example:{storage_port}/"), policy)
+            assert await resp.aread() == BLOB
+            await resp.aclose()
+    assert seen == [f"storage.example:{storage_port}"]
+
+
+def certificate(tmp: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate (and key) for the DNS name ``name``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / f"{name}.crt", tmp / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("served_name", ["storage.example", "other.example"])
+async def test_tls_is_verified_against_the_name_not_the_address(tmp_path: Path, served_name: str) -> None:
+    cert, key = certificate(tmp_path, served_name)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    # The pooled clients' direct transport is this one; proxied ones are httpx's own.
+    clients = HttpClients(httpx.Timeout(10), httpx.Limits(), (), ProxyConfig())
+    transport = clients._http_transport(client_ctx, "")
+    assert isinstance(transport, DirectTransport)
+    assert not isinstance(clients._http_transport(client_ctx, "http://proxy.example:3128"), DirectTransport)
+    seen: list[str] = []
+    with http_server(storage_server(seen), tls=server_ctx) as port:
+        at = ("127.0.0.1", 5000)
+        resolve = Resolver({"storage.example": ["127.0.0.1"]}, {"storage.example": ["127.0.0.1"]})
+        policy = RedirectPolicy("127.0.0.1:5000", at, at, resolve)
+        async with httpx.AsyncClient(transport=transport) as c:
+            req = c.build_request("GET", f"https://storage.example:{port}/")
+            if served_name == "storage.example":
+                resp = await send_following(c, req, policy)
+                assert await resp.aread() == BLOB
+                await resp.aclose()
+                assert seen == [f"storage.example:{port}"]
+            else:
+                with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                    await send_following(c, req, policy)
+                assert seen == []
