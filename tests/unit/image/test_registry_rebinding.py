@@ -5,20 +5,24 @@ loopback servers; names resolve through the test's resolver (no DNS)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import hashlib
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpcore
 import httpx
 import pytest
 
 from runtime.errors import PermissionDenied
-from runtime.image.httppool import DirectTransport, HttpClients
+from runtime.image import redirects
+from runtime.image.httppool import CheckedBackend, DirectTransport, HttpClients
 from runtime.image.proxy import ProxyConfig
 from runtime.image.redirects import RedirectPolicy, send_following
 from runtime.image.registry import RegistryClient, RegistrySession
@@ -212,3 +216,81 @@ async def test_tls_is_verified_against_the_name_not_the_address(tmp_path: Path, 
                 with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                     await send_following(c, req, policy)
                 assert seen == []
+
+
+class FakeStream(httpcore.AsyncNetworkStream):
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.closed = False
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return b""
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+class FakeNet(httpcore.AsyncNetworkBackend):
+    """Connects after ``delays[address]`` seconds (None: never; a missing address: refused)."""
+
+    def __init__(self, delays: dict[str, float | None]) -> None:
+        self.delays = delays
+        self.tried: list[str] = []
+        self.streams: list[FakeStream] = []
+
+    async def connect_tcp(
+        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.tried.append(host)
+        if host not in self.delays:
+            raise httpcore.ConnectError(f"{host}: connection refused")
+        delay = self.delays[host]
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.sleep(3600 if delay is None else delay)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"{host}: timed out") from None
+        stream = FakeStream(host)
+        self.streams.append(stream)
+        return stream
+
+
+async def connect_via(net: FakeNet, addresses: list[str], timeout: float = 5.0) -> httpcore.AsyncNetworkStream:
+    at = ("127.0.0.1", 5000)
+    policy = RedirectPolicy("127.0.0.1:5000", at, at, Resolver({"s.example": addresses}, {"s.example": addresses}))
+    token = redirects._CHAIN.set(policy)
+    try:
+        return await CheckedBackend(net).connect_tcp("s.example", 443, timeout=timeout)
+    finally:
+        redirects._CHAIN.reset(token)
+
+
+async def test_a_silent_address_does_not_hold_up_the_next_and_losers_are_closed() -> None:
+    net = FakeNet({"2001:db8::1": None, "198.51.100.7": 0.0})
+    started = time.monotonic()
+    stream = await connect_via(net, ["2001:db8::1", "198.51.100.7"])
+    assert isinstance(stream, FakeStream) and stream.address == "198.51.100.7"
+    assert time.monotonic() - started < 2  # HAPPY_EYEBALLS_DELAY, not the connect timeout
+    # Both connect at about the same time: one wins, another that connected too is closed.
+    for _ in range(5):
+        net = FakeNet({"198.51.100.7": 0.3, "198.51.100.8": 0.05})
+        stream = await connect_via(net, ["198.51.100.7", "198.51.100.8"])
+        assert isinstance(stream, FakeStream) and not stream.closed
+        assert all(s.closed for s in net.streams if s is not stream)
+    # A refused address starts the next at once; when every address fails, ConnectError names them.
+    net = FakeNet({})
+    with pytest.raises(httpcore.ConnectError, match=r"198\.51\.100\.7: .*refused.*198\.51\.100\.8"):
+        await connect_via(net, ["198.51.100.7", "198.51.100.8"])
+    assert net.tried == ["198.51.100.7", "198.51.100.8"]
+    with pytest.raises(httpcore.ConnectTimeout):
+        await connect_via(FakeNet({"198.51.100.7": None, "198.51.100.8": None}), ["198.51.100.7", "198.51.100.8"],
+                          timeout=0.5)
+    # A refused address among them is refused before any connection is tried.
+    net = FakeNet({"198.51.100.7": 0.0})
+    with pytest.raises(PermissionDenied, match="link-local"):
+        await connect_via(net, ["198.51.100.7", "fe80::1"])
+    assert net.tried == []
