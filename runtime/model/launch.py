@@ -162,3 +162,38 @@ class ExitStatus:
     pid: int = 0
     reason: str = ""
     message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CriuExternal:
+    """One external resource of a criu image set: its key in the images (for a mount, the
+    container path it was mounted at) and what stands for it on restore (a host path)."""
+
+    key: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePlan:
+    """How the pod shim restores a created container from criu images instead of starting
+    it (runtime.shim.restoreproc): every path and key is decided by the daemon, the shim only
+    opens files and runs criu.
+
+    ``mounts``: the checkpoint's external mounts, each mapped to the new container's source.
+    ``files``: external file keys (the stdin /dev/null the shim opened outside the
+    container's mount namespace), each handed a /dev/null. ``stdio``: criu's keys of the
+    dumped process's fds 0-2 ("pipe:[ino]"), handed the new container's pipes (a key that is
+    not a pipe is left to ``files``). ``net_key``: the key the dump gave the pod's network
+    namespace ("extRootNetNS"), handed the new pod's (``LaunchSpec.namespaces.net``).
+    ``join_ns``: (kind, path) pairs for criu --join-ns (the new pod's ipc and uts).
+    """
+
+    criu: str
+    images_dir: str
+    work_dir: str
+    mounts: tuple[CriuExternal, ...] = ()
+    files: tuple[str, ...] = ()
+    stdio: tuple[str, str, str] = ("", "", "")
+    net_key: str = ""
+    join_ns: tuple[CriuExternal, ...] = ()
+    timeout: float = 120.0
