@@ -16,6 +16,7 @@ from runtime.cgroups import CgroupDriver
 from runtime.cgroups.driver import choose_driver
 from runtime.cgroups.setup import open_cgroup_driver
 from runtime.cgroups.systemd.units import systemd_booted
+from runtime.checkpoint.restore import ContainerRestorer
 from runtime.checkpoint.service import CheckpointService
 from runtime.config import RuntimeSettings
 from runtime.container.host import LinuxContainerHost
@@ -143,6 +144,8 @@ class Engine:
         self.checkpoints = CheckpointService(settings.checkpoint.criu_path, settings.state, self.containers,
                                              self.sandboxes, self.images.snapshots)
         self._recover_steps.append(("checkpoint", self.checkpoints.start))
+        # CreateContainer of a checkpoint archive (a restore) needs its working criu
+        self.containers.restorer = ContainerRestorer(self.checkpoints.usable)
         self._features = RuntimeFeatures()
 
     # -- life cycle ---------------------------------------------------------------------------

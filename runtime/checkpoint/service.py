@@ -110,7 +110,8 @@ class CheckpointService:
         """The last probe, or None before start."""
         return self._status
 
-    async def _usable(self) -> CriuStatus:
+    async def usable(self) -> CriuStatus:
+        """The working criu; FailedPrecondition with the reason where there is none."""
         # probe again when it failed: the operator may have installed or fixed criu since
         if self._status is None or not self._status.usable:
             self._status = await probe(self._criu)
@@ -125,7 +126,7 @@ class CheckpointService:
         running, criu unusable or refusing the tree, with criu's reason), DeadlineExceeded."""
         rec = self._containers.get(container_id)
         target = await asyncio.to_thread(_check_location, location)
-        criu = await self._usable()
+        criu = await self.usable()
         started = time.monotonic()
         work = self._work_root / f"{rec.id}-{secrets.token_hex(4)}"
         try:

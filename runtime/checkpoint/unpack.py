@@ -163,8 +163,8 @@ def inspect(path: str) -> ArchiveInfo:
         ext = own.get("externals") or {}
         externals = Externals(mounts=_strs(ext.get("mounts", [])), files=_strs(ext.get("files", [])),
                               descriptors=_strs(ext.get("descriptors", [])), net=str(ext.get("net", "")))
-        image = str(own.get("image_id") or config.get("rootfsImageRef") or "")
-        name = str(config.get("rootfsImageName") or own.get("image_ref") or image)
+        name = str(config.get("rootfsImageName") or own.get("image_ref") or "")
+        image = str(own.get("image_id") or config.get("rootfsImageRef") or name)
         if not image:
             raise ValueError("no image is named")
         process = spec.get("process") or {}

@@ -37,7 +37,7 @@ from runtime import errors
 from runtime.cdi.apply import apply_env, check_supported
 from runtime.cdi.hooks import host_hooks, oci_state, run_hooks
 from runtime.cdi.registry import CdiRegistry, requested_devices
-from runtime.checkpoint.restore import refuse_checkpoint_image
+from runtime.checkpoint.restore import ContainerRestorer, is_checkpoint_image, load_plan, plan_restore, save_plan
 from runtime.config import RuntimeSettings
 from runtime.container import spec as specs
 from runtime.container.host import ContainerHost
@@ -115,6 +115,8 @@ class ContainerService:
         self.security: ContainerSecurityPlanner | None = None
         self._exec_cache: dict[str, ProcessSpec] = {}
         self.cdi = CdiRegistry(settings.cdi.spec_dirs)
+        #: set by the engine once the checkpoint service exists (restores need its criu)
+        self.restorer: ContainerRestorer | None = None
 
     def state_dir(self, container_id: str) -> Path:
         return self.settings.state / "containers" / check_id(container_id, "container id")
@@ -172,8 +174,17 @@ class ContainerService:
             config = replace(config, security=replace(config.security, seccomp=seccomp))
         steps = StepTimer()
         namespaces = self._namespaces(sandbox, config)
-        refuse_checkpoint_image(config.image.image)
-        image = await self.images.get(config.image.image)
+        restoring = None
+        if is_checkpoint_image(config.image.image):
+            # CRI-O/containerd: an image that is a path is a checkpoint archive to restore
+            if self.restorer is None:
+                raise errors.Unavailable("checkpoint restore is not ready yet (the runtime is starting)")
+            restoring, criu = await self.restorer.inspect(config.image.image)
+            config = replace(config, image=replace(config.image, image=restoring.image_name),
+                             command=restoring.args or config.command, args=() if restoring.args else config.args)
+            image = await self._checkpoint_image(restoring.image, restoring.image_name, restoring.path)
+        else:
+            image = await self.images.get(config.image.image)
         steps.mark("image")
         # CDI devices first: an unknown one fails the request before anything is made
         cdi_names = requested_devices(config.cdi_devices, config.annotations)
@@ -216,6 +227,11 @@ class ContainerService:
         undo.push("cgroup", lambda: asyncio.to_thread(driver.remove, cg_path))
         procs = tuple(str(p) for p in driver.procs_files(cg_path))
         steps.mark("cgroup")
+        restore_work = None
+        if restoring is not None:
+            assert self.restorer is not None
+            restore_work = await self.restorer.unpack(restoring, state_dir)  # removed with the state dir
+            steps.mark("checkpoint unpacked")
         # The shim forks the container's process now, joined to the pod's namespaces and the
         # container's cgroups, while we prepare the rootfs; it then waits for the spec.
         # Measured: the fork and the cgroup moves (each v1 write waits for an RCU grace
@@ -252,6 +268,10 @@ class ContainerService:
         rootfs_mount = await self.images.snapshots.prepare(
             cid, image.id, owner=userns.host_root if userns is not None else None)
         undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
+        if restore_work is not None:
+            assert self.restorer is not None
+            await self.restorer.apply_rootfs(restore_work, rootfs_mount.upperdir)
+            steps.mark("rootfs diff")
         layers = (rootfs_mount.upperdir, *rootfs_mount.lowerdirs)
         plan = await asyncio.to_thread(
             planner.plan, config, sandbox.config, image_user=image.config.user,
@@ -291,6 +311,10 @@ class ContainerService:
             exit_dir=str(state_dir),
             privileged=plan.privileged,
         )
+        if restoring is not None and restore_work is not None:
+            restore_plan = plan_restore(restoring, restore_work, launch, criu,
+                                        cgroup_root=str(self.settings.cgroup_root))
+            await asyncio.to_thread(save_plan, state_dir, restore_plan)
         with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
             await precreated  # if that failed, create forks the process itself
         steps.mark("precreated")
@@ -307,6 +331,7 @@ class ContainerService:
             image_id=image.id, image_ref=_image_ref(image), image_name=_image_name(config.image.image, image),
             log_path=log_path, cgroup_path=cg_path, snapshot_key=cid, user=plan.user.user, mounts=config.mounts,
             resources=resources, stop_signal=stop_signal, hooks=hooks,
+            checkpoint=restoring.path if restoring is not None else "",
         )
         await self.records.put(rec)
         # Only a stored container gets an entry: a failed create undoes everything and must not
@@ -315,6 +340,16 @@ class ContainerService:
         steps.mark("record")
         log.debug("container %s built (%s)", cid, steps)
         return rec
+
+    async def _checkpoint_image(self, image_id: str, name: str, archive: str) -> Image:
+        """The image a checkpoint was made from, by id, else by name; FailedPrecondition
+        naming it when the node does not have it (CRI-O too needs it pulled first)."""
+        for ref in dict.fromkeys((image_id, name)):
+            with contextlib.suppress(errors.NotFound):
+                return await self.images.get(ref)
+        raise errors.FailedPrecondition(
+            f"checkpoint archive {archive} was made from image {name} ({image_id}), which is not on this node: "
+            "pull it first")
 
     def _planner(self) -> ContainerSecurityPlanner:
         if self.security is None:
@@ -382,7 +417,15 @@ class ContainerService:
                 raise errors.FailedPrecondition(f"pod sandbox {sandbox.id} of container {rec.id} is not ready")
             client = self.sandboxes.shims.client(sandbox.id)
             try:
-                got = await client.start(rec.id, rpc_timeout=30)
+                if rec.checkpoint:  # created from a checkpoint: starting it is restoring it
+                    plan = await asyncio.to_thread(load_plan, Path(rec.exit_dir))
+                    try:
+                        got = await client.restore(rec.id, plan)
+                    except errors.InvalidArgument as exc:  # a shim older than protocol 4
+                        raise errors.FailedPrecondition(
+                            f"container {rec.id}: the pod's shim cannot restore ({exc}); make the pod again") from None
+                else:
+                    got = await client.start(rec.id, rpc_timeout=30)
             except errors.FailedPrecondition as exc:
                 now = time.time_ns()
                 await self.records.put(replace(

@@ -199,6 +199,8 @@ class ContainerRecord:
     oom_killed: bool = False
     #: OCI hooks of the container's CDI devices, run by the daemon (runtime.cdi.hooks)
     hooks: tuple[ContainerHook, ...] = ()
+    #: the checkpoint archive a created container restores at start ("" for an image's)
+    checkpoint: str = ""
 
     @property
     def name_key(self) -> str:

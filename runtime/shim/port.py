@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from runtime.linux.proc import ProcessRef
-from runtime.model.launch import LaunchSpec, NamespaceSpec, ProcessSpec
+from runtime.model.launch import LaunchSpec, NamespaceSpec, ProcessSpec, RestorePlan
 from runtime.shim.protocol import (
     Create,
     CreateNamespaces,
@@ -35,6 +35,7 @@ from runtime.shim.protocol import (
     Precreate,
     ProcState,
     ReopenLog,
+    Restore,
     ShimEvent,
     ShimInfo,
     ShimRequest,
@@ -89,6 +90,10 @@ class ShimConnection(Protocol):
 
     async def start(self, container_id: str, rpc_timeout: float | None = 30) -> ProcState:
         return await self.request(Start(container_id), rpc_timeout)
+
+    async def restore(self, container_id: str, plan: RestorePlan, rpc_timeout: float | None = None) -> ProcState:
+        """Start a created container by restoring ``plan``'s criu images."""
+        return await self.request(Restore(container_id, plan), rpc_timeout or plan.timeout + 30)
 
     async def kill(self, container_id: str, signal: int, rpc_timeout: float | None = 10) -> ProcState:
         return await self.request(Kill(container_id, signal), rpc_timeout)

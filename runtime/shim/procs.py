@@ -32,8 +32,8 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.linux import libc, mountapi, ptys
-from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
-from runtime.shim import execproc, finalfork, init
+from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RestorePlan
+from runtime.shim import execproc, finalfork, init, restoreproc
 from runtime.shim.cgkill import CgroupKiller, KillOutcome, owns_pid_namespace
 from runtime.shim.logwriter import CriLogFile, LineSplitter
 from runtime.shim.oomwatch import OomCounters
@@ -211,6 +211,12 @@ def _handed_over_pid(lines: list[str]) -> int:
         if line.startswith("pid ") and line[4:].isdigit():
             return int(line[4:])
     return 0
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit {os.WEXITSTATUS(status)}"
 
 
 def _set_nonblocking(fd: int) -> None:
@@ -758,6 +764,102 @@ class ProcessTable:
         message = await (self._hand_over(proc, fd) if proc.handover else self._read_all(fd, 5.0))
         if message:
             raise errors.FailedPrecondition(f"starting container {proc.key}: {message}")
+
+    async def restore(self, proc: Proc, plan: RestorePlan) -> None:
+        """Start a created container by restoring criu images instead of letting its process
+        exec (runtime.shim.restoreproc). Its set-up process is retired once the criu child
+        is in the container's cgroups; the restored tree's root becomes ``proc.pid``, tracked
+        as any container process, with fresh stdout/stderr pipes. Raises
+        FailedPrecondition with criu's reason (the container is then exited, code 128)."""
+        if proc.state != "created" or proc.start_w < 0:
+            raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
+        if proc.handover or proc.spec.process.tty or proc.spec.rootfs is None:
+            raise errors.FailedPrecondition(
+                f"container {proc.key}: a restore needs a container with its own PID namespace, no tty and a rootfs")
+        io = make_stdio(proc.spec.process.stdin, False)
+        (report_r, report_w), (go_r, go_w) = os.pipe(), os.pipe()
+        try:
+            pid = os.fork()
+            if pid == 0:
+                restoreproc.run_restore(proc.spec, plan, io.child, report_w, go_r)
+        except BaseException:
+            for fd in (report_r, report_w, go_r, go_w):
+                os.close(fd)
+            io.close_child()
+            io.close_ours()
+            raise
+        os.close(report_w)
+        os.close(go_r)
+        io.close_child()
+        criu = self.wait_child(pid)
+        reader = asyncio.StreamReader()
+        transport, _ = await self._loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(report_r, "rb", buffering=0))
+        retired = False
+        try:
+            first = (await asyncio.wait_for(reader.readline(), 30)).decode(errors="replace").strip()
+            if first != "joined":
+                raise errors.FailedPrecondition(f"restoring container {proc.key}: {first[6:] or 'the child died'}")
+            await self._retire_setup(proc)
+            retired = True
+            proc.log = CriLogFile(proc.spec.log_path) if proc.spec.log_path else None
+            proc.io_done = asyncio.Event()
+            proc.splitters.clear()
+            self._attach_stdio(proc, io)
+            proc.started_at_ns = time.time_ns()
+            os.write(go_w, b"1")
+            status = await asyncio.wait_for(asyncio.shield(criu), plan.timeout)
+            output = (await asyncio.wait_for(reader.read(65536), 5)).decode(errors="replace")
+            if status != 0:
+                # small files, read in place: the shim is single-threaded (it forks), no thread pool
+                detail = restoreproc.failure_detail(plan.work_dir, output)
+                raise errors.FailedPrecondition(
+                    f"restoring container {proc.key}: criu restore failed ({_describe_status(status)}): {detail}")
+            restored = restoreproc.restored_pid(plan.work_dir)
+        except BaseException as exc:
+            if not criu.done():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if not retired:
+                io.close_ours()
+            self._restore_failed(proc, str(exc))
+            if isinstance(exc, (TimeoutError, OSError, ValueError)):
+                raise errors.FailedPrecondition(f"restoring container {proc.key}: {exc or 'timed out'}") from None
+            raise
+        finally:
+            transport.close()
+            with contextlib.suppress(OSError):
+                os.close(go_w)
+        proc.state = "running"
+        self._track(proc, restored)
+        log.info("shim: container %s restored by criu, pid %d", proc.key, restored)
+
+    async def _retire_setup(self, proc: Proc) -> None:
+        """Kill a created container's waiting set-up process without recording its end as
+        the container's: its stdio and pipes are closed, its exit collected quietly."""
+        setup = proc.pid
+        self.reaper.unclaim(setup)
+        ended = self.wait_child(setup)
+        if proc.pidfd >= 0:
+            os.close(proc.pidfd)
+            proc.pidfd = -1
+        if not ended.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(setup, signal.SIGKILL)
+            await asyncio.wait_for(ended, 10)  # gone for good: its mounts (the overlay) with it
+        self._close_io(proc)
+        proc.open_outputs = 0
+
+    def _restore_failed(self, proc: Proc, why: str) -> None:
+        """A restore that failed: the container ended, with no process (the daemon records
+        the StartError; nothing is reported here)."""
+        now = time.time_ns()
+        self._close_io(proc)
+        self.oom.unwatch(proc.key)
+        proc.exit = ExitStatus(exit_code=128, started_at_ns=proc.started_at_ns or now, finished_at_ns=now,
+                               reason="StartError", message=why[:1024])
+        proc.state = "exited"
+        proc.exited.set()
 
     async def _hand_over(self, proc: Proc, report_r: int) -> str:
         """Start a container set up outside its PID namespace: its set-up child (``proc.pid``)

@@ -24,7 +24,9 @@ History: 1, the untyped dicts (the same lines as below); 2, error payloads also 
 class's MRO names and an OSError's errno (a version-1 daemon reads only ``kind``); 3,
 :class:`Adopt` (one shim process hosts several pods, runtime.shim.group; ``shutdown`` ends
 only the pod whose socket it came on). An older shim refuses ``adopt`` as unknown, and the
-daemon then forks a new shim for the pod.
+daemon then forks a new shim for the pod. 4, :class:`Restore` (a created container started
+by criu restore, runtime.shim.restoreproc); an older shim refuses it as unknown, and the
+daemon says the pod must be made again.
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from runtime import errors
-from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec
+from runtime.model.launch import ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RestorePlan
 from runtime.model.network import PodNetnsPlan, PodNetnsResult
 from runtime.model.sandbox import PinnedNamespaces
 from runtime.shim.wire import PORT_CONNECT_TIMEOUT
 from runtime.store.codec import from_plain, to_plain
 
-SHIM_PROTOCOL = 3
+SHIM_PROTOCOL = 4
 
 R = TypeVar("R")
 
@@ -191,6 +193,16 @@ class Start(ShimRequest[ProcState]):
 
 
 @dataclass(frozen=True, slots=True)
+class Restore(ShimRequest[ProcState]):
+    """Start a created container by restoring criu images (runtime.shim.restoreproc)."""
+
+    OP: ClassVar[str] = "restore"
+    REPLY: ClassVar[Any] = ProcState
+    container_id: str
+    plan: RestorePlan
+
+
+@dataclass(frozen=True, slots=True)
 class Kill(ShimRequest[ProcState]):
     OP: ClassVar[str] = "kill"
     REPLY: ClassVar[Any] = ProcState
@@ -317,7 +329,7 @@ class PortConnect(ShimRequest[Connected]):
 REQUESTS: dict[str, type[ShimRequest[Any]]] = {
     cls.OP: cls
     for cls in (Ping, CreateNamespaces, PidHolder, Precreate, Create, Start, Kill, Wait, State, ListProcs,
-                ReopenLog, Delete, ExecSync, Shutdown, Subscribe, Attach, ExecSession, PortConnect, Adopt)
+                ReopenLog, Delete, ExecSync, Shutdown, Subscribe, Attach, ExecSession, PortConnect, Adopt, Restore)
 }
 
 

@@ -59,6 +59,7 @@ from runtime.shim.protocol import (
     ProcPhase,
     ProcState,
     ReopenLog,
+    Restore,
     ShimInfo,
     ShimRequest,
     Shutdown,
@@ -105,7 +106,8 @@ class ShimServer:
         #: port_connect hold their connection: see _client)
         self.ops: dict[type[ShimRequest[Any]], Callable[[Any], Awaitable[Any]]] = {
             Ping: self.op_ping, CreateNamespaces: self.op_create_namespaces, PidHolder: self.op_pid_holder,
-            Precreate: self.op_precreate, Create: self.op_create, Start: self.op_start, Kill: self.op_kill,
+            Precreate: self.op_precreate, Create: self.op_create, Start: self.op_start, Restore: self.op_restore,
+            Kill: self.op_kill,
             Wait: self.op_wait, State: self.op_state, ListProcs: self.op_list, ReopenLog: self.op_reopen_log,
             Delete: self.op_delete, ExecSync: self.op_exec_sync, Shutdown: self.op_shutdown, Adopt: self.op_adopt,
         }
@@ -280,6 +282,12 @@ class ShimServer:
         assert self.table is not None
         proc = self._proc(req.container_id)
         await self.table.start(proc)
+        return proc_state(proc)
+
+    async def op_restore(self, req: Restore) -> ProcState:
+        assert self.table is not None
+        proc = self._proc(req.container_id)
+        await self.table.restore(proc, req.plan)
         return proc_state(proc)
 
     async def op_kill(self, req: Kill) -> ProcState:

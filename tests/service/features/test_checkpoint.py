@@ -10,8 +10,10 @@ said nothing about criu.)
 
 from __future__ import annotations
 
+import io
 import json
 import stat
+import tarfile
 from pathlib import Path
 
 import grpc
@@ -77,16 +79,46 @@ def test_checkpoint_of_an_unknown_container_is_not_found(d: DaemonProcess, tmp_p
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_create_container_from_an_archive_path_says_restore_is_missing(d: DaemonProcess, tmp_path: Path) -> None:
-    # CRI-O and containerd restore when the image is a checkpoint archive's path; cri-shim
-    # refuses it by name, without opening the path (before: "image ... not found")
+def _archive(path: Path, extra: tuple[str, bytes, bytes] | None = None) -> Path:
+    """A checkpoint archive as CheckpointContainer writes it (criu's images are stand-ins:
+    nothing reads them before criu would), with one extra member (name, type, data)."""
+    own = {"version": 1, "image_id": "", "image_ref": "busybox:latest",
+           "externals": {"mounts": [], "files": [], "descriptors": [], "net": "extRootNetNS"}}
+    members = [("config.dump", tarfile.REGTYPE, json.dumps({"name": "c", "rootfsImageName": "busybox"}).encode()),
+               ("cri-shim.json", tarfile.REGTYPE, json.dumps(own).encode()),
+               ("checkpoint/inventory.img", tarfile.REGTYPE, b"x"), ("rootfs-diff.tar", tarfile.REGTYPE, b"")]
+    with tarfile.open(path, "w") as tar:
+        for name, kind, data in [*members, *([extra] if extra else [])]:
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.size = kind, len(data) if kind == tarfile.REGTYPE else 0
+            if kind == tarfile.SYMTYPE:
+                ti.linkname = data.decode()
+            tar.addfile(ti, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+    return path
+
+
+def test_create_container_from_an_archive_says_why_it_cannot_restore(d: DaemonProcess, tmp_path: Path) -> None:
+    # CRI-O and containerd restore when the image is a checkpoint archive's path. Here criu
+    # cannot work: the archive is checked, then the request refused quoting criu; a hostile
+    # archive is InvalidArgument whatever criu can do. Nothing is left behind either way.
+    # (Before: UNIMPLEMENTED for any path.)
     cfg = pod_config()
     pod = run_pod(d, cfg)
-    archive = tmp_path / "checkpoint.tar"
-    with pytest.raises(grpc.RpcError) as err:
-        create_container(d, pod, cfg, container_config("restored", str(archive)))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "checkpoint archive" in (err.value.details() or "") and str(archive) in (err.value.details() or "")
+    cases = [
+        (_archive(tmp_path / "good.tar"), grpc.StatusCode.FAILED_PRECONDITION, VDSO_ERROR),
+        (_archive(tmp_path / "link.tar", ("checkpoint/pages-1.img", tarfile.SYMTYPE, b"/etc/shadow")),
+         grpc.StatusCode.INVALID_ARGUMENT, "is a symlink"),
+        (_archive(tmp_path / "dotdot.tar", ("../../etc/cron.d/x", tarfile.REGTYPE, b"x")),
+         grpc.StatusCode.INVALID_ARGUMENT, "leaves the archive"),
+        (tmp_path / "missing.tar", grpc.StatusCode.INVALID_ARGUMENT, "cannot be opened"),
+    ]
+    for archive, code, why in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            create_container(d, pod, cfg, container_config("restored", str(archive)))
+        assert err.value.code() == code, (archive, err.value.details())
+        assert why in (err.value.details() or "") and str(archive) in (err.value.details() or "")
     listed = d.runtime.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(pod_sandbox_id=pod)),
                                       timeout=10).containers
     assert list(listed) == []
+    containers = d.state / "containers"
+    assert not containers.exists() or not list(containers.iterdir())

@@ -32,11 +32,15 @@ from tests.support.pods import (
     container_config,
     create_container,
     exec_sync,
+    log_lines,
     netns_path,
     pod_config,
     pull,
+    remove_pod,
     run_pod,
     start,
+    status,
+    wait_state,
 )
 
 pytestmark = [pytest.mark.service, pytest.mark.root, pytest.mark.timeout(240)]
@@ -233,3 +237,67 @@ def test_checkpoint_restores_by_hand_and_goes_on_counting(d: DaemonProcess, busy
         if restored:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(restored, signal.SIGKILL)
+
+
+def test_restore_into_a_new_pod_goes_on_counting(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
+    """kubelet's and crictl's restore: CreateContainer whose image is the archive's path, in a
+    new pod, then StartContainer: the restored shell is a process of the new pod's shim, in
+    its network namespace, its output in the new container's CRI log, and it counts on from
+    the count it had in memory at the dump."""
+    pull(d, busybox)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cfg = pod_config(log_directory=str(logs / "a"))
+    pod = run_pod(d, cfg)
+    cid = create_container(d, pod, cfg, container_config("counter", busybox, ["sh", "-c", COUNTER]))
+    start(d, cid)
+    deadline = time.monotonic() + 60
+    while _count(d, cid) < 10:
+        assert time.monotonic() < deadline, "the counter does not count"
+        time.sleep(0.2)
+    target = tmp_path / "checkpoint.tar"
+    t0 = time.monotonic()
+    d.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid, location=str(target)),
+                                  timeout=120)
+    checkpointed = time.monotonic() - t0
+    d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    with tarfile.open(target) as tar:
+        f = tar.extractfile("rootfs-diff.tar")
+        assert f is not None
+        with tarfile.open(fileobj=f) as diff:
+            g = diff.extractfile("count")
+            assert g is not None
+            at_dump = int(g.read())
+    remove_pod(d, pod)  # the old pod is gone: the restore owes it nothing
+
+    cfg2 = pod_config(log_directory=str(logs / "b"))
+    pod2 = run_pod(d, cfg2)
+    t0 = time.monotonic()
+    restored = create_container(d, pod2, cfg2, container_config("counter", str(target), log_path="counter.log"),
+                                timeout=120)
+    created = time.monotonic() - t0
+    assert status(d, restored).state == pb.CONTAINER_CREATED
+    t0 = time.monotonic()
+    d.runtime.StartContainer(pb.StartContainerRequest(container_id=restored), timeout=150)
+    started = time.monotonic() - t0
+    print(f"checkpoint {checkpointed:.2f}s, create from archive {created:.2f}s, start (criu restore) {started:.2f}s")
+    st = status(d, restored, verbose=True)
+    assert st.state == pb.CONTAINER_RUNNING, st
+    info = json.loads(d.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=restored, verbose=True),
+                                                timeout=10).info["info"])
+    pid = int(info["pid"])
+    # in the new pod's network namespace, and a child of its shim
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns_path(d, pod2)).st_ino
+    # the count goes on from memory: never back to 1, past the dumped value
+    deadline = time.monotonic() + 60
+    while _count(d, restored) < at_dump + 5:
+        assert time.monotonic() < deadline, f"the restored counter is stuck at {_count(d, restored)}"
+        time.sleep(0.2)
+    log = logs / "b" / "counter.log"
+    seen = [int(text) for stream, _tag, text in log_lines(str(log)) if stream == "stdout" and text.isdigit()]
+    assert seen and seen[0] > at_dump - 5 and seen == list(range(seen[0], seen[0] + len(seen))), seen[:20]
+    d.runtime.StopContainer(pb.StopContainerRequest(container_id=restored, timeout=0), timeout=30)
+    st = wait_state(d, restored, pb.CONTAINER_EXITED, timeout=30)
+    assert st.exit_code == 137
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=restored), timeout=30)
+    remove_pod(d, pod2)

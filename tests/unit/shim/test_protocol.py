@@ -12,11 +12,13 @@ import pytest
 from runtime import errors
 from runtime.model.launch import (
     Capabilities,
+    CriuExternal,
     ExitStatus,
     LaunchSpec,
     MountSpec,
     NamespaceSpec,
     ProcessSpec,
+    RestorePlan,
     Rlimit,
     RootfsSpec,
 )
@@ -75,6 +77,10 @@ REQUESTS: list[p.ShimRequest[Any]] = [
     p.ExecSession("c" * 64, PROCESS, stdin=True, stdout=True, stderr=False),
     p.PortConnect("/pins/net", 8080, "::1", 2.0),
     p.Adopt("s" * 64, "/state/shims/ssss.sock", 8, "0123456789abcdef"),
+    p.Restore("c" * 64, RestorePlan(
+        "/usr/sbin/criu", "/run/c/checkpoint/checkpoint", "/run/c/checkpoint",
+        (CriuExternal("/etc/hosts", "/run/pods/p/hosts"),), ("file[1a:5]",), ("/dev/null", "pipe:[11]", "pipe:[12]"),
+        "extRootNetNS", (CriuExternal("uts", "/pins/uts"),), 90.0)),
 ]
 
 #: one reply of every kind
