@@ -7,6 +7,9 @@
 #      scripts/install-node.sh (from .cache/wheels: the node has no package index, so the host
 #      fills it first with the lock's runtime wheels, hash-checked). tests/node is collected
 #      only on such a node, so here none of it may be missing or skipped: a skip fails the stage.
+#      With them tests/service/features/test_checkpoint_criu.py, with the node's criu (Debian
+#      12's 3.17, which fails `criu check` on the CI host's newer kernel): a container
+#      checkpointed, restored into a new pod, counting on; a skip fails the stage here too.
 #   2. critest's AppArmor, OOM and container-stats specs against a fresh daemon (tests.conformance.critest).
 # Reports: test-reports/vm-pytest.xml, test-reports/critest-vm-*/. The stage prints what it
 # ran and its duration. A host where QEMU cannot run fails the stage with the reason.
@@ -63,10 +66,10 @@ echo "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
 echo "AppArmor enabled: $(cat /sys/module/apparmor/parameters/enabled)"
 echo "system state: $(systemctl is-system-running || true)"
 
-step "pytest tests/root/cgroups tests/node"
+step "pytest tests/root/cgroups tests/node tests/service/features/test_checkpoint_criu.py"
 rc=0
 $py -m pytest -p no:cacheprovider -v -rs --durations=15 --junitxml=test-reports/vm-pytest.xml \
-  tests/root/cgroups tests/node || rc=$?
+  tests/root/cgroups tests/node tests/service/features/test_checkpoint_criu.py || rc=$?
 # tests/node is ignored wherever it cannot run; here every one of its tests must have run.
 $py - test-reports/vm-pytest.xml <<'EOF' || rc=1
 import sys

@@ -14,6 +14,7 @@ allow-listed reason. (Before: CheckpointContainer answered UNIMPLEMENTED.)
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
@@ -239,7 +241,7 @@ def test_checkpoint_restores_by_hand_and_goes_on_counting(d: DaemonProcess, busy
                 os.kill(restored, signal.SIGKILL)
 
 
-def test_restore_into_a_new_pod_goes_on_counting(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
+def test_restore_into_a_new_pod_goes_on_counting(d: DaemonProcess, busybox: str, criu: str, tmp_path: Path) -> None:
     """kubelet's and crictl's restore: CreateContainer whose image is the archive's path, in a
     new pod, then StartContainer: the restored shell is a process of the new pod's shim, in
     its network namespace, its output in the new container's CRI log, and it counts on from
@@ -280,7 +282,9 @@ def test_restore_into_a_new_pod_goes_on_counting(d: DaemonProcess, busybox: str,
     t0 = time.monotonic()
     d.runtime.StartContainer(pb.StartContainerRequest(container_id=restored), timeout=150)
     started = time.monotonic() - t0
-    print(f"checkpoint {checkpointed:.2f}s, create from archive {created:.2f}s, start (criu restore) {started:.2f}s")
+    version = subprocess.run([criu, "--version"], capture_output=True, text=True, timeout=30).stdout.split()
+    print(f"criu {criu} {' '.join(version[:2])}: checkpoint {checkpointed:.2f}s, create from archive "
+          f"{created:.2f}s, start (criu restore) {started:.2f}s")
     st = status(d, restored, verbose=True)
     assert st.state == pb.CONTAINER_RUNNING, st
     info = json.loads(d.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=restored, verbose=True),
@@ -300,4 +304,37 @@ def test_restore_into_a_new_pod_goes_on_counting(d: DaemonProcess, busybox: str,
     st = wait_state(d, restored, pb.CONTAINER_EXITED, timeout=30)
     assert st.exit_code == 137
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=restored), timeout=30)
+
+    # images criu refuses: StartContainer says why (criu's log), the container is exited
+    # with StartError, and nothing of the attempt is left (no process, no mount)
+    broken = _damaged_copy(target, tmp_path / "damaged.tar")
+    bad = create_container(d, pod2, cfg2, container_config("damaged", str(broken)), timeout=120)
+    with pytest.raises(grpc.RpcError) as err:
+        d.runtime.StartContainer(pb.StartContainerRequest(container_id=bad), timeout=150)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    assert "criu restore failed" in (err.value.details() or ""), err.value.details()
+    st = status(d, bad)
+    assert st.state == pb.CONTAINER_EXITED and st.reason == "StartError", st
+    assert bad not in Path("/proc/self/mountinfo").read_text()
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).startswith(f"{criu} restore")]
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=bad), timeout=30)
     remove_pod(d, pod2)
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _damaged_copy(archive: Path, copy: Path) -> Path:
+    """The archive with criu's process tree image replaced by garbage."""
+    with tarfile.open(archive) as src, tarfile.open(copy, "w") as dst:
+        for m in src:
+            data = src.extractfile(m) if m.isreg() else None
+            if m.name == "checkpoint/pstree.img":
+                m.size = 64
+                data = io.BytesIO(b"\xff" * 64)  # type: ignore[assignment]
+            dst.addfile(m, data)
+    return copy
