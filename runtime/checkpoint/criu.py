@@ -227,6 +227,7 @@ def dump_argv(
     files: Sequence[str] = (),
     external_net_ns: int = 0,
     leave_running: bool = True,
+    freeze_cgroup: str = "",
 ) -> list[str]:
     """The ``criu dump`` command of a container whose init is host ``pid``.
 
@@ -236,13 +237,17 @@ def dump_argv(
     (it belongs to the sandbox, not the container: criu records its inode under the key
     "extRootNetNS", the key runc and CRI-O use, and a restore joins a namespace given for that
     key); cgroups are left to the runtime (--manage-cgroups=ignore: the restoring runtime
-    puts the tree in the new container's cgroup)."""
+    puts the tree in the new container's cgroup). ``freeze_cgroup``: the tree's cgroup, frozen
+    already by the caller (CheckpointPod's one cut of several containers): criu takes the
+    tasks from the frozen cgroup and leaves it as it found it, frozen."""
     argv = [
         criu, "dump", "--tree", str(pid), "--images-dir", images_dir, "--work-dir", work_dir,
         "--log-file", "dump.log", "-v4", "--tcp-established", "--file-locks", "--manage-cgroups=ignore",
     ]
     if leave_running:
         argv.append("--leave-running")
+    if freeze_cgroup:
+        argv += ["--freeze-cgroup", freeze_cgroup]
     for mp in externals:
         argv += ["--external", f"mnt[{mp}]:{mp}"]
     for key in files:

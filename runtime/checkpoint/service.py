@@ -6,26 +6,30 @@ describes at the requested location.
 
 What is not done is said, never faked: where criu cannot work (not installed, or ``criu check``
 fails on this kernel) every call answers FailedPrecondition with criu's reason, and Status's
-verbose info carries the same probe. CheckpointPod and RestorePod (cri-api v0.37) answer
-Unimplemented naming what is missing, whatever criu can do.
+verbose info carries the same probe. CheckpointPod writes one archive per container into the
+caller's directory in one freezer cut, RestorePod makes a pod whose containers are created
+from them (runtime.checkpoint.pod; a container's restore is runtime.checkpoint.restore).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from runtime import errors
 from runtime.checkpoint import archive
+from runtime.checkpoint import pod as podckpt
 from runtime.checkpoint.criu import (
     CriuStatus,
     dump_argv,
@@ -36,8 +40,8 @@ from runtime.checkpoint.criu import (
     run_criu,
     tree_pids,
 )
-from runtime.model.container import ContainerRecord, ContainerState
-from runtime.model.sandbox import SandboxRecord
+from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
+from runtime.model.sandbox import SandboxConfig, SandboxRecord
 from runtime.store.codec import to_plain
 
 log = logging.getLogger(__name__)
@@ -49,10 +53,15 @@ DEFAULT_TIMEOUT = 300.0
 class Containers(Protocol):
     def get(self, id_or_prefix: str) -> ContainerRecord: ...
     def lock(self, container_id: str) -> asyncio.Lock: ...
+    async def create(self, sandbox_id: str, config: ContainerConfig) -> str: ...
+    async def remove(self, id_or_prefix: str) -> None: ...
 
 
 class Sandboxes(Protocol):
     def get(self, id_or_prefix: str) -> SandboxRecord: ...
+    async def run(self, config: SandboxConfig) -> str: ...
+    async def stop(self, id_or_prefix: str) -> None: ...
+    async def remove(self, id_or_prefix: str) -> None: ...
 
 
 class Snapshots(Protocol):
@@ -127,22 +136,28 @@ class CheckpointService:
         rec = self._containers.get(container_id)
         target = await asyncio.to_thread(_check_location, location)
         criu = await self.usable()
+        async with self._containers.lock(rec.id):
+            return await self._checkpoint_locked(rec.id, target, timeout, criu)
+
+    async def _checkpoint_locked(self, container_id: str, target: Path, timeout: float, criu: CriuStatus,
+                                 freeze_cgroup: str = "") -> CheckpointResult:
+        """The dump and the archive of a container whose lock the caller holds. With
+        ``freeze_cgroup`` (a cgroup the caller froze) criu takes the tree frozen and leaves it so."""
         started = time.monotonic()
-        work = self._work_root / f"{rec.id}-{secrets.token_hex(4)}"
+        work = self._work_root / f"{container_id}-{secrets.token_hex(4)}"
         try:
-            async with self._containers.lock(rec.id):
-                rec = self._containers.get(rec.id)
-                if rec.state is not ContainerState.RUNNING or rec.pid <= 0:
-                    raise errors.FailedPrecondition(f"container {rec.id} is {rec.state.value}, not running")
-                sandbox = self._sandboxes.get(rec.sandbox_id)
-                images = work / archive.CHECKPOINT_DIR
-                await asyncio.to_thread(images.mkdir, parents=True, mode=0o700)
-                argv, externals = await asyncio.to_thread(self._dump_argv, criu.path, rec.pid, images)
-                checkpointed_ns = time.time_ns()
-                await run_criu(argv, timeout or DEFAULT_TIMEOUT, str(images / "dump.log"),
-                               f"checkpoint of container {rec.id}")
-                dumped = time.monotonic()
-                upper = Path((await self._snapshots.mounts_for(rec.snapshot_key or rec.id)).upperdir)
+            rec = self._containers.get(container_id)
+            if rec.state is not ContainerState.RUNNING or rec.pid <= 0:
+                raise errors.FailedPrecondition(f"container {rec.id} is {rec.state.value}, not running")
+            sandbox = self._sandboxes.get(rec.sandbox_id)
+            images = work / archive.CHECKPOINT_DIR
+            await asyncio.to_thread(images.mkdir, parents=True, mode=0o700)
+            argv, externals = await asyncio.to_thread(self._dump_argv, criu.path, rec.pid, images, freeze_cgroup)
+            checkpointed_ns = time.time_ns()
+            await run_criu(argv, timeout or DEFAULT_TIMEOUT, str(images / "dump.log"),
+                           f"checkpoint of container {rec.id}")
+            dumped = time.monotonic()
+            upper = Path((await self._snapshots.mounts_for(rec.snapshot_key or rec.id)).upperdir)
             await asyncio.to_thread(
                 archive.assemble, work, config_dump=self._config_dump(rec, checkpointed_ns),
                 spec_dump=self._spec_dump(rec, sandbox), network_status=self._network(sandbox),
@@ -154,13 +169,13 @@ class CheckpointService:
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
         done = time.monotonic()
-        result = CheckpointResult(location, size, dumped - started, done - started)
+        result = CheckpointResult(str(target), size, dumped - started, done - started)
         log.info("container %s checkpointed to %s: %d bytes, dump %.3fs, total %.3fs",
-                 rec.id, location, size, result.dump_seconds, result.total_seconds)
+                 rec.id, target, size, result.dump_seconds, result.total_seconds)
         return result
 
     @staticmethod
-    def _dump_argv(criu: str, pid: int, images: Path) -> tuple[list[str], dict[str, Any]]:
+    def _dump_argv(criu: str, pid: int, images: Path, freeze_cgroup: str = "") -> tuple[list[str], dict[str, Any]]:
         """criu's command line, and what a restore must hand back (recorded in cri-shim.json;
         the stdio targets also in checkpoint/descriptors.json, as runc writes them)."""
         try:
@@ -175,7 +190,7 @@ class CheckpointService:
         ext_mounts = external_mounts(mounts)
         (images / "descriptors.json").write_text(json.dumps(descriptors))
         argv = dump_argv(criu, pid, str(images), str(images), ext_mounts, files=files,
-                         external_net_ns=net if net != own_net else 0)
+                         external_net_ns=net if net != own_net else 0, freeze_cgroup=freeze_cgroup)
         externals = {"mounts": list(ext_mounts), "files": list(files), "descriptors": descriptors,
                      "net": "extRootNetNS" if net != own_net else ""}
         return argv, externals
@@ -212,17 +227,98 @@ class CheckpointService:
     def _network(sandbox: SandboxRecord) -> dict[str, Any]:
         return {"ip": sandbox.ip, "additional_ips": list(sandbox.additional_ips)}
 
-    async def checkpoint_pod(self, sandbox_id: str) -> None:
-        """CRI CheckpointPod: not implemented, and says so whatever the request or criu."""
-        raise errors.Unimplemented(
-            "CheckpointPod is not implemented by cri-shim yet: use CheckpointContainer (one container's archive); "
-            f"pod {sandbox_id!r} was not touched"
-        )
+    async def checkpoint_pod(self, sandbox_id: str, output_path: str, container_ids: Sequence[str],
+                             options: Mapping[str, str], timeout: float = 0) -> list[CheckpointResult]:
+        """CRI CheckpointPod: the running containers ``container_ids`` of pod ``sandbox_id``
+        checkpointed in one cut (runtime.checkpoint.pod) into the empty directory
+        ``output_path``, each left running. InvalidArgument for a bad request (options: none
+        is supported), NotFound, FailedPrecondition (a container not running or not the pod's,
+        criu unusable or refusing, no freezer); on any error nothing is left in the directory
+        and every container runs again."""
+        if options:
+            raise errors.InvalidArgument(f"CheckpointPod options are not supported: {', '.join(sorted(options))}")
+        sandbox = self._sandboxes.get(sandbox_id)
+        if not container_ids:
+            raise errors.InvalidArgument("container_ids must name the pod's running containers to checkpoint")
+        if len(set(container_ids)) != len(container_ids):
+            raise errors.InvalidArgument("container_ids holds duplicates")
+        out = await asyncio.to_thread(podckpt.check_output_dir, output_path)
+        recs = [self._containers.get(cid) for cid in container_ids]
+        for rec in recs:
+            if rec.sandbox_id != sandbox.id:
+                raise errors.InvalidArgument(f"container {rec.id} is not in pod {sandbox.id}")
+            if rec.state is not ContainerState.RUNNING:
+                raise errors.FailedPrecondition(f"container {rec.id} is {rec.state.value}, not running")
+        names = [podckpt.archive_name(rec.config.metadata.name) for rec in recs]
+        if len(set(names)) != len(names):
+            raise errors.InvalidArgument("two of the containers have the same name")
+        criu = await self.usable()
+        results: list[CheckpointResult] = []
+        async with contextlib.AsyncExitStack() as locks:
+            for rec in sorted(recs, key=lambda r: r.id):  # one order: no deadlock with another pod cut
+                await locks.enter_async_context(self._containers.lock(rec.id))
+            frozen: list[str] = []
+            try:
+                await asyncio.to_thread((out / podckpt.CONTAINERS_DIR).mkdir, mode=0o700)
+                cgroups = [await asyncio.to_thread(podckpt.freezer_dir, self._containers.get(r.id).pid)
+                           for r in recs]
+                for cg in cgroups:  # every container paused before any is captured
+                    frozen.append(cg)
+                    await asyncio.to_thread(podckpt.set_frozen, cg, True)
+                for rec, name, cg in zip(recs, names, cgroups, strict=True):
+                    results.append(await self._checkpoint_locked(rec.id, out / name, timeout, criu, freeze_cgroup=cg))
+                meta = sandbox.config.metadata
+                entries = [podckpt.PodCheckpointEntry(r.config.metadata.name, r.id, n)
+                           for r, n in zip(recs, names, strict=True)]
+                await asyncio.to_thread(
+                    podckpt.write_pod_file, out, {"name": meta.name, "namespace": meta.namespace, "id": sandbox.id},
+                    entries)
+            except BaseException:
+                await asyncio.to_thread(podckpt.remove_partial, out)
+                raise
+            finally:
+                for cg in frozen:
+                    try:
+                        await asyncio.to_thread(podckpt.set_frozen, cg, False)
+                    except Exception:  # logged: a container must never stay frozen unnoticed
+                        log.exception("pod %s: thawing %s failed", sandbox.id, cg)
+        log.info("pod %s checkpointed to %s: %d containers", sandbox.id, output_path, len(results))
+        return results
 
-    async def restore_pod(self, checkpoint_path: str) -> None:
-        """CRI RestorePod: not implemented; says what is missing."""
-        raise errors.Unimplemented(
-            "RestorePod is not implemented by cri-shim yet: restoring a criu image tree as a child of a "
-            "new pod's shim (criu restore with the pod's namespaces, inherited stdio pipes and external "
-            f"mounts) is missing; {checkpoint_path!r} was not read"
-        )
+    async def restore_pod(self, checkpoint_path: str, config: SandboxConfig,
+                          container_configs: Sequence[ContainerConfig],
+                          options: Mapping[str, str]) -> tuple[str, list[tuple[str, str]]]:
+        """CRI RestorePod: a new pod from ``config`` and, in it, one created container per
+        entry of ``container_configs`` restored from the pod checkpoint at ``checkpoint_path``
+        (matched by name; StartContainer restores each, as for a container archive). Returns
+        the pod id and (name, container id) pairs. On error the pod and its containers made
+        so far are removed."""
+        if options:
+            raise errors.InvalidArgument(f"RestorePod options are not supported: {', '.join(sorted(options))}")
+        entries = await asyncio.to_thread(podckpt.read_pod_file, checkpoint_path)
+        names = [c.metadata.name for c in container_configs]
+        if not names or len(set(names)) != len(names):
+            raise errors.InvalidArgument("container_configs must be non-empty with unique names")
+        if set(names) != {e.name for e in entries}:
+            raise errors.InvalidArgument(f"container_configs name {sorted(names)}, the checkpoint holds "
+                                         f"{sorted(e.name for e in entries)}")
+        await self.usable()  # before anything is made
+        sid = await self._sandboxes.run(config)
+        made: list[tuple[str, str]] = []
+        try:
+            for cfg in container_configs:
+                path = os.path.join(checkpoint_path, podckpt.archive_name(cfg.metadata.name))
+                cid = await self._containers.create(sid, replace(cfg, image=replace(cfg.image, image=path)))
+                made.append((cfg.metadata.name, cid))
+        except BaseException:
+            for _, cid in made:
+                with contextlib.suppress(Exception):
+                    await self._containers.remove(cid)
+            try:
+                await self._sandboxes.stop(sid)
+                await self._sandboxes.remove(sid)
+            except Exception:
+                log.exception("RestorePod: removing pod %s after a failed restore failed", sid)
+            raise
+        log.info("pod %s restored from %s: %d containers created", sid, checkpoint_path, len(made))
+        return sid, made

@@ -3,9 +3,11 @@
 Where criu cannot work the checkpoint RPCs say why: with a criu whose ``criu check`` fails
 (here a stand-in script printing the error Debian 12's criu 3.17 prints on Linux >= 6.13),
 CheckpointContainer answers FailedPrecondition quoting criu, Status's verbose info carries the
-same probe, and the container keeps running; CheckpointPod and RestorePod answer
-Unimplemented naming themselves. (Before: CheckpointContainer answered UNIMPLEMENTED and Status
-said nothing about criu.)
+same probe, and the container keeps running; CheckpointPod, RestorePod and CreateContainer of
+an archive check their request (InvalidArgument, a hostile archive included), then answer
+FailedPrecondition quoting criu, leaving nothing behind. (Before: CheckpointContainer answered
+UNIMPLEMENTED and Status said nothing about criu; then the pod RPCs and restore answered
+UNIMPLEMENTED.)
 """
 
 from __future__ import annotations
@@ -61,15 +63,42 @@ def test_checkpoint_rpcs_say_why_criu_cannot_work(d: DaemonProcess, busybox: str
     assert not target.exists() and list(tmp_path.iterdir()) == []
     assert exec_sync(d, cid, ["true"]).exit_code == 0  # untouched, still running
 
-    for name, call, req in (
-        ("CheckpointPod", d.runtime.CheckpointPod,
-         pb.CheckpointPodRequest(pod_sandbox_id=pod, output_path=str(tmp_path))),
-        ("RestorePod", d.runtime.RestorePod, pb.RestorePodRequest(checkpoint_path=str(tmp_path))),
+    # CheckpointPod: the request is checked, then criu quoted; the directory stays empty
+    out = tmp_path / "pod"
+    out.mkdir()
+    for req, code in (
+        (pb.CheckpointPodRequest(pod_sandbox_id=pod, output_path=str(out), container_ids=[cid]),
+         grpc.StatusCode.FAILED_PRECONDITION),
+        (pb.CheckpointPodRequest(pod_sandbox_id=pod, output_path=str(out), container_ids=[cid, cid]),
+         grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.CheckpointPodRequest(pod_sandbox_id=pod, output_path=str(out), container_ids=[cid],
+                                 options={"x": "y"}), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.CheckpointPodRequest(pod_sandbox_id=pod, output_path="rel", container_ids=[cid]),
+         grpc.StatusCode.INVALID_ARGUMENT),
     ):
         with pytest.raises(grpc.RpcError) as err:
-            call(req, timeout=30)
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert name in (err.value.details() or "")
+            d.runtime.CheckpointPod(req, timeout=60)
+        assert err.value.code() == code, err.value.details()
+    assert list(out.iterdir()) == []
+    assert exec_sync(d, cid, ["true"]).exit_code == 0  # not left frozen
+
+    # RestorePod: not a checkpoint is InvalidArgument; a checkpoint is refused quoting criu,
+    # before any pod is made
+    pods_before = len(d.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items)
+    (out / "containers").mkdir()
+    _archive(out / "containers" / "c.tar")
+    (out / "pod.json").write_text(json.dumps(
+        {"version": 1, "pod": {}, "containers": [{"name": "c", "id": "x", "archive": "containers/c.tar"}]}))
+    restore = pb.RestorePodRequest(checkpoint_path=str(out), config=pod_config(),
+                                   container_configs=[container_config("c", busybox)])
+    with pytest.raises(grpc.RpcError) as err:
+        d.runtime.RestorePod(restore, timeout=60)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and VDSO_ERROR in (err.value.details() or "")
+    restore.checkpoint_path = str(tmp_path)
+    with pytest.raises(grpc.RpcError) as err:
+        d.runtime.RestorePod(restore, timeout=60)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "pod.json" in (err.value.details() or "")
+    assert len(d.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items) == pods_before
 
 
 def test_checkpoint_of_an_unknown_container_is_not_found(d: DaemonProcess, tmp_path: Path) -> None:

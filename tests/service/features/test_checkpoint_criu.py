@@ -338,3 +338,47 @@ def _damaged_copy(archive: Path, copy: Path) -> Path:
                 data = io.BytesIO(b"\xff" * 64)  # type: ignore[assignment]
             dst.addfile(m, data)
     return copy
+
+
+def test_pod_checkpoint_and_restore(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
+    """CheckpointPod: two counting containers in one freezer cut, both running on after;
+    RestorePod: a new pod with both created from the checkpoint, counting on once started."""
+    pull(d, busybox)
+    cfg = pod_config()
+    pod = run_pod(d, cfg)
+    names = ("one", "two")
+    cids = [create_container(d, pod, cfg, container_config(n, busybox, ["sh", "-c", COUNTER])) for n in names]
+    for cid in cids:
+        start(d, cid)
+    deadline = time.monotonic() + 60
+    while min(_count(d, cid) for cid in cids) < 5:
+        assert time.monotonic() < deadline, "the counters do not count"
+        time.sleep(0.2)
+    out = tmp_path / "pod-checkpoint"
+    out.mkdir()
+    d.runtime.CheckpointPod(pb.CheckpointPodRequest(pod_sandbox_id=pod, output_path=str(out), container_ids=cids),
+                            timeout=180)
+    assert sorted(os.listdir(out / "containers")) == ["one.tar", "two.tar"]
+    assert json.loads((out / "pod.json").read_text())["containers"][0]["name"] == "one"
+    dumped = [_count(d, cid) for cid in cids]
+    time.sleep(0.6)
+    assert all(_count(d, cid) > n for cid, n in zip(cids, dumped, strict=True)), "a container stayed frozen"
+    for cid in cids:
+        d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    remove_pod(d, pod)
+
+    cfg2 = pod_config()
+    resp = d.runtime.RestorePod(pb.RestorePodRequest(
+        checkpoint_path=str(out), config=cfg2,
+        container_configs=[container_config(n, busybox, ["sh", "-c", COUNTER]) for n in names]), timeout=180)
+    restored = {r.name: r.container_id for r in resp.restored_containers}
+    assert set(restored) == set(names) and resp.pod_sandbox_id
+    for cid in restored.values():
+        assert status(d, cid).state == pb.CONTAINER_CREATED
+        d.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=150)
+    for name, n in zip(names, dumped, strict=True):
+        deadline = time.monotonic() + 60
+        while _count(d, restored[name]) < n + 3:
+            assert time.monotonic() < deadline, f"restored {name} is stuck at {_count(d, restored[name])}"
+            time.sleep(0.2)
+    remove_pod(d, resp.pod_sandbox_id)
