@@ -797,7 +797,9 @@ class ProcessTable:
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(report_r, "rb", buffering=0))
         retired = False
         try:
-            first = (await asyncio.wait_for(reader.readline(), 30)).decode(errors="replace").strip()
+            # deadlines with asyncio.timeout, not wait_for: it may swallow a cancel (gh-86296)
+            async with asyncio.timeout(30):
+                first = (await reader.readline()).decode(errors="replace").strip()
             if first != "joined":
                 raise errors.FailedPrecondition(f"restoring container {proc.key}: {first[6:] or 'the child died'}")
             await self._retire_setup(proc)
@@ -808,8 +810,10 @@ class ProcessTable:
             self._attach_stdio(proc, io)
             proc.started_at_ns = time.time_ns()
             os.write(go_w, b"1")
-            status = await asyncio.wait_for(asyncio.shield(criu), plan.timeout)
-            output = (await asyncio.wait_for(reader.read(65536), 5)).decode(errors="replace")
+            async with asyncio.timeout(plan.timeout):
+                status = await asyncio.shield(criu)
+            async with asyncio.timeout(5):
+                output = (await reader.read(65536)).decode(errors="replace")
             if status != 0:
                 # small files, read in place: the shim is single-threaded (it forks), no thread pool
                 detail = restoreproc.failure_detail(plan.work_dir, output)
@@ -846,7 +850,8 @@ class ProcessTable:
         if not ended.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(setup, signal.SIGKILL)
-            await asyncio.wait_for(ended, 10)  # gone for good: its mounts (the overlay) with it
+            async with asyncio.timeout(10):
+                await ended  # gone for good: its mounts (the overlay) with it
         self._close_io(proc)
         proc.open_outputs = 0
 
