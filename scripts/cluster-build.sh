@@ -16,6 +16,14 @@
 #
 #   scripts/cluster-build.sh          # build what is missing
 #   scripts/cluster-build.sh --check  # exit 0 when everything is built, 1 otherwise
+#   scripts/cluster-build.sh e2e      # opt-in, for scripts/cluster-e2e.sh: the upstream e2e suite
+#
+# The e2e target builds, into .cache/k8s/e2e-v1.37.2/ (nice 19; ~20 min cold with the cluster's
+# packages in the Go build cache): e2e.test (go test -c k8s.io/kubernetes/test/e2e), the ginkgo
+# CLI of kubernetes' go.mod (parallel runs), agnhost (k8s.io/kubernetes/test/images/agnhost);
+# and fetches with apt-get download the Debian packages of dig and nc (bind9-dnsutils,
+# netcat-openbsd and the libraries this host lacks), extracted into debs-root/, for the
+# agnhost image (scripts/clusterlib/e2eimages.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 K8S_VERSION=v1.37.2
@@ -35,6 +43,10 @@ missing_control() {
     for b in "${CONTROL[@]}"; do [ -x "$K8S_DIR/$b" ] || echo "$b"; done
     [ -x "$KUBELET" ] || echo kubelet
 }
+
+E2E_DIR=$CACHE/e2e-$K8S_VERSION
+E2E_BINS=(e2e.test ginkgo agnhost)
+E2E_DEBS=(bind9-dnsutils bind9-libs netcat-openbsd libjemalloc2 libmaxminddb0 libfstrm0 liblmdb0)
 
 if [ "${1:-}" = "--check" ]; then
     [ -z "$(missing_control)" ] && [ -x "$ETCD" ] && [ -x "$COREDNS" ]
@@ -142,6 +154,55 @@ EOF
     install_from "$work" coredns "$COREDNS"
     rm -rf "$work"
 }
+
+build_e2e() {
+    # The same scratch module as build_kubernetes, requiring the e2e test package (-t: its
+    # test-only imports too) and agnhost; ginkgo at the version kubernetes' go.mod pins.
+    local work b missing=() ginkgo_version
+    for b in "${E2E_BINS[@]}"; do [ -x "$E2E_DIR/$b" ] || missing+=("$b"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        work=$(mktemp -d)
+        (
+            cd "$work"
+            go mod init e2e-build >/dev/null 2>&1
+            gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+            for m in $(sed -n 's|^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*|\1|p' "$gomod"); do
+                go mod edit -replace "$m=$m@$STAGING_VERSION"
+            done
+            ginkgo_version=$(sed -n 's|^\s*github.com/onsi/ginkgo/v2 \(v[0-9.]*\).*|\1|p' "$gomod")
+            go get -t "k8s.io/kubernetes/test/e2e@$K8S_VERSION" "k8s.io/kubernetes/test/images/agnhost@$K8S_VERSION" \
+                "github.com/onsi/ginkgo/v2/ginkgo@$ginkgo_version" >/dev/null
+            mkdir out
+            for b in "${missing[@]}"; do
+                local t=$SECONDS
+                case $b in
+                e2e.test) nice -n 19 go test -c -trimpath -ldflags "$LDFLAGS_K8S" -o out/e2e.test k8s.io/kubernetes/test/e2e ;;
+                ginkgo) nice -n 19 go build -trimpath -ldflags "-s -w" -o out/ginkgo github.com/onsi/ginkgo/v2/ginkgo ;;
+                agnhost) nice -n 19 go build -trimpath -ldflags "$LDFLAGS_K8S" -o out/agnhost k8s.io/kubernetes/test/images/agnhost ;;
+                esac
+                echo "$b: $((SECONDS - t)) s"
+            done
+        )
+        for b in "${missing[@]}"; do install_from "$work" "$b" "$E2E_DIR/$b"; done
+        rm -rf "$work"
+    fi
+    if [ ! -x "$E2E_DIR/debs-root/usr/bin/dig" ] || [ ! -x "$E2E_DIR/debs-root/bin/nc.openbsd" ]; then
+        work=$(mktemp -d)
+        chmod 755 "$work"  # apt-get download runs as _apt where it can
+        (cd "$work" && apt-get download "${E2E_DEBS[@]}" >/dev/null)
+        mkdir -p "$work/root"
+        for d in "$work"/*.deb; do dpkg-deb -x "$d" "$work/root"; done
+        rm -rf "$E2E_DIR/debs-root"
+        mv "$work/root" "$E2E_DIR/debs-root"
+        rm -rf "$work"
+        echo "fetched ${E2E_DEBS[*]} into $E2E_DIR/debs-root"
+    fi
+}
+
+if [ "${1:-}" = e2e ]; then
+    build_e2e
+    exit
+fi
 
 # Cheapest first: a failure in the long kubernetes build then still leaves the others cached.
 build_etcd

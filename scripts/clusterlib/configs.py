@@ -81,9 +81,23 @@ http:
 """
 
 
+#: public registries whose images (the e2e suite's, scripts/clusterlib/e2eimages.py) the cluster
+#: registry holds under the same name: REGISTRY/registry.k8s.io/e2e-test-images/agnhost:2.66.1
+REWRITTEN_REGISTRIES = ("registry.k8s.io",)
+#: names the e2e suite pulls to see a pull fail: refused here, never looked up
+BLOCKED_PREFIXES = ("invalid.registry.k8s.io", "gcr.io/k8s-authenticated-test")
+
+
 def registries_conf() -> str:
-    """containers-registries.conf(5) for the nodes' cri-shim: the cluster registry over HTTP."""
-    return f'[[registry]]\nlocation = "{layout.REGISTRY}"\ninsecure = true\n'
+    """containers-registries.conf(5) for the nodes' cri-shim: the cluster registry over HTTP;
+    ``registry.k8s.io/NAME`` rewritten to it (a location, not a mirror: nothing falls back to
+    the real host); the e2e suite's unreachable registries blocked."""
+    out = f'[[registry]]\nlocation = "{layout.REGISTRY}"\ninsecure = true\n'
+    for prefix in REWRITTEN_REGISTRIES:
+        out += f'\n[[registry]]\nprefix = "{prefix}"\nlocation = "{layout.REGISTRY}/{prefix}"\ninsecure = true\n'
+    for prefix in BLOCKED_PREFIXES:
+        out += f'\n[[registry]]\nprefix = "{prefix}"\nblocked = true\n'
+    return out
 
 
 def cri_shim_config(node: layout.Node) -> str:
