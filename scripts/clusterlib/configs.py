@@ -41,6 +41,10 @@ def apiserver_argv(etcd_port: int) -> list[str]:
         f"--service-account-key-file={PKI / 'sa.pub'}",
         f"--service-account-signing-key-file={PKI / 'sa.key'}",
         "--allow-privileged=true", "--profiling=false", "--v=1",
+        # webhooks and aggregated APIs reached at their endpoints' pod addresses (routed to the
+        # nodes), not at a service address, which only the nodes' kube-proxy translates: from
+        # the host it would follow the default route off the machine
+        "--enable-aggregator-routing=true",
     ]
 
 

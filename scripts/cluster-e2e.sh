@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The upstream Kubernetes e2e conformance suite against the cluster of scripts/cluster.sh
+# (opt-in: not part of CI's default run, it takes far longer than its budget). Needs root.
+#
+#   sudo scripts/cluster-e2e.sh                      # every [Conformance] spec that can run here
+#   sudo scripts/cluster-e2e.sh --focus 'Pods'       # narrower: ANDed with [Conformance]
+#   sudo scripts/cluster-e2e.sh --procs 2 --timeout 3h --keep
+#
+# 1. scripts/cluster-build.sh, then scripts/cluster-build.sh e2e: e2e.test, ginkgo and agnhost
+#    from the Go module proxy (k8s.io/kubernetes v1.37.2), dig and nc from Debian packages.
+# 2. A running cluster is used as it is (and left running); otherwise `up` starts one and
+#    `down` removes it at the end, also on failure or interrupt (--keep leaves it).
+# 3. scripts/clusterlib/e2eimages.py pushes the images the specs pull, built here, under their
+#    registry.k8s.io names (the nodes' registries.conf rewrites that prefix to the cluster
+#    registry: nothing is pulled from outside).
+# 4. ginkgo runs e2e.test with --procs processes (default 4): focus '\[Conformance\]' (and
+#    --focus), skip $SKIP (specs that cannot run here, see README "e2e conformance").
+#    JUnit report and logs in test-reports/e2e/.
+# 5. Prints passed / failed / skipped per area and the failed specs
+#    (scripts/clusterlib/e2ereport.py); exit status 1 when a spec failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CRI_SHIM_K8S_CACHE=${CRI_SHIM_K8S_CACHE:-/var/cache/cri-shim/k8s}
+export PYTHON=${PYTHON:-.venv/bin/python}
+[ -x "$PYTHON" ] || { echo "cluster-e2e: no $PYTHON (scripts/install.sh builds .venv)" >&2; exit 1; }
+
+FOCUS=""
+PROCS=4
+TIMEOUT=4h
+KEEP=0
+# Specs that cannot run on this cluster (README says why for each):
+# - the aggregator spec needs the sample-apiserver and etcd images, not built here;
+SKIP='Should be able to support the 1\.\d+ Sample API Server'
+while [ $# -gt 0 ]; do
+    case $1 in
+    --focus) FOCUS=$2; shift 2 ;;
+    --skip) SKIP="$SKIP|$2"; shift 2 ;;
+    --procs) PROCS=$2; shift 2 ;;
+    --timeout) TIMEOUT=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+    esac
+done
+
+E2E_DIR=$CRI_SHIM_K8S_CACHE/e2e-v1.37.2
+REPORT_DIR=test-reports/e2e
+KUBECTL=$CRI_SHIM_K8S_CACHE/kubernetes-v1.37.2/kubectl
+t0=$SECONDS
+scripts/cluster-build.sh
+scripts/cluster-build.sh e2e
+echo "cluster-e2e: binaries ready in $((SECONDS - t0)) s ($CRI_SHIM_K8S_CACHE)"
+
+started=0
+down() {
+    if [ "$started" = 1 ] && [ "$KEEP" = 0 ]; then
+        echo "cluster-e2e: taking the cluster down"
+        "$PYTHON" scripts/cluster.py down || true
+    fi
+}
+trap down EXIT
+if ! "$PYTHON" scripts/cluster.py status >/dev/null 2>&1; then
+    if [ -e "${CRI_SHIM_CLUSTER_DIR:-/var/lib/cri-shim-cluster}/state.json" ]; then
+        echo "cluster-e2e: a cluster is there but not healthy; scripts/cluster.sh down first" >&2
+        exit 1
+    fi
+    started=1
+    "$PYTHON" scripts/cluster.py up
+fi
+KUBECONFIG=$("$PYTHON" scripts/cluster.py status | sed -n 's/^kubeconfig: //p')
+t1=$SECONDS
+"$PYTHON" scripts/clusterlib/e2eimages.py
+echo "cluster-e2e: images pushed in $((SECONDS - t1)) s"
+
+rm -rf "$REPORT_DIR"
+mkdir -p "$REPORT_DIR"
+focus='\[Conformance\]'
+[ -n "$FOCUS" ] && focus="$focus.*($FOCUS)|($FOCUS).*$focus"
+t2=$SECONDS
+status=0
+"$E2E_DIR/ginkgo" --procs="$PROCS" --timeout="$TIMEOUT" --poll-progress-after=5m \
+    --focus="$focus" --skip="$SKIP" \
+    --junit-report=junit.xml --output-dir="$REPORT_DIR" --keep-going --no-color -v \
+    "$E2E_DIR/e2e.test" -- \
+    --kubeconfig="$KUBECONFIG" --provider=local --kubectl-path="$KUBECTL" \
+    --report-dir="$REPORT_DIR" --num-nodes=2 --dns-domain=cluster.local \
+    >"$REPORT_DIR/ginkgo.log" 2>&1 || status=$?
+echo "cluster-e2e: ginkgo exited $status after $((SECONDS - t2)) s (log: $REPORT_DIR/ginkgo.log)"
+[ -f "$REPORT_DIR/junit.xml" ] || { tail -50 "$REPORT_DIR/ginkgo.log"; exit 1; }
+"$PYTHON" scripts/clusterlib/e2ereport.py "$REPORT_DIR/junit.xml" --specs >"$REPORT_DIR/summary.txt" || status=1
+sed '/^specs:/,$d' "$REPORT_DIR/summary.txt"
+echo "cluster-e2e: every spec with its state in $REPORT_DIR/summary.txt; the run took $((SECONDS - t0)) s"
+exit $status
