@@ -15,7 +15,7 @@
 #    registry: nothing is pulled from outside).
 # 4. ginkgo runs e2e.test with --procs processes (default 4): focus '\[Conformance\]' (and
 #    --focus), skip $SKIP (specs that cannot run here, see README "e2e conformance").
-#    JUnit report and logs in test-reports/e2e/.
+#    JUnit and JSON reports and ginkgo's log in test-reports/e2e/.
 # 5. Prints passed / failed / skipped per area and the failed specs
 #    (scripts/clusterlib/e2ereport.py); exit status 1 when a spec failed.
 set -euo pipefail
@@ -79,14 +79,15 @@ t2=$SECONDS
 status=0
 "$E2E_DIR/ginkgo" --procs="$PROCS" --timeout="$TIMEOUT" --poll-progress-after=5m \
     --focus="$focus" --skip="$SKIP" \
-    --junit-report=junit.xml --output-dir="$REPORT_DIR" --keep-going --no-color -v \
+    --junit-report=junit.xml --json-report=report.json --output-dir="$REPORT_DIR" --keep-going --no-color -v \
     "$E2E_DIR/e2e.test" -- \
     --kubeconfig="$KUBECONFIG" --provider=local --kubectl-path="$KUBECTL" \
     --report-dir="$REPORT_DIR" --num-nodes=2 --dns-domain=cluster.local \
     >"$REPORT_DIR/ginkgo.log" 2>&1 || status=$?
 echo "cluster-e2e: ginkgo exited $status after $((SECONDS - t2)) s (log: $REPORT_DIR/ginkgo.log)"
-[ -f "$REPORT_DIR/junit.xml" ] || { tail -50 "$REPORT_DIR/ginkgo.log"; exit 1; }
-"$PYTHON" scripts/clusterlib/e2ereport.py "$REPORT_DIR/junit.xml" --specs >"$REPORT_DIR/summary.txt" || status=1
+[ -f "$REPORT_DIR/report.json" ] || { tail -50 "$REPORT_DIR/ginkgo.log"; exit 1; }
+"$PYTHON" scripts/clusterlib/e2ereport.py "$REPORT_DIR/report.json" --specs --focus "$focus" \
+    >"$REPORT_DIR/summary.txt" || status=1
 sed '/^specs:/,$d' "$REPORT_DIR/summary.txt"
 echo "cluster-e2e: every spec with its state in $REPORT_DIR/summary.txt; the run took $((SECONDS - t0)) s"
 exit $status

@@ -1,61 +1,54 @@
-"""Summary of an e2e run from ginkgo's JUnit report (scripts/cluster-e2e.sh prints it).
+"""Summary of an e2e run from ginkgo's JSON report (scripts/cluster-e2e.sh prints it).
 
-    python scripts/clusterlib/e2ereport.py REPORT.xml [--specs]
+    python scripts/clusterlib/e2ereport.py REPORT.json [--specs] [--focus REGEX]
 
-Prints passed / failed / skipped counts per area (the ``[sig-...]`` and the first words of the
-spec's container, e.g. ``[sig-node] Pods``), then the failed specs with the first line of
-their failure, and with ``--specs`` every spec with its state and duration. Ginkgo's suite
-nodes (BeforeSuite, AfterSuite, ...) are not specs and are not counted. Exit status 1 when a
-spec failed.
+Prints passed / failed / skipped counts per area (the spec's outermost container, e.g.
+``[sig-node] Pods``), then the failed specs with the first line of their failure, and with
+``--specs`` every spec with its state and duration. Counted are the specs matching the focus
+(default ``\[Conformance\]``): "skipped" is what the skip list left out and what skipped
+itself; ginkgo's suite nodes (BeforeSuite, AfterSuite, ...) are not specs. Exit status 1
+when a spec failed.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
-import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
 class Spec:
+    area: str
     name: str
     state: str  # passed, failed, skipped
     seconds: float
     message: str
 
-    @property
-    def area(self) -> str:
-        text = re.sub(r"^\[It\]\s*", "", self.name)
-        m = re.match(r"(\[sig-[\w-]+\])\s+(.*)", text)
-        if not m:
-            return "other"
-        words = re.sub(r"\[[^\]]*\]", "", m.group(2)).split()
-        return f"{m.group(1)} {' '.join(words[:1])}".strip()
+
+def _clean(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"\[(?!sig-)[^\]]*\]", "", text)).strip()
 
 
-def load(path: str) -> list[Spec]:
+def load(path: str, focus: str = r"\[Conformance\]") -> list[Spec]:
     specs = []
-    for case in ET.parse(path).getroot().iter("testcase"):
-        name = case.get("name", "")
-        if not name.startswith("[It]"):
-            continue  # [SynchronizedBeforeSuite], [ReportAfterSuite], ...
-        status = case.get("status", "")
-        failure = case.find("failure")
-        if failure is None:
-            failure = case.find("error")
-        if case.find("skipped") is not None or status == "skipped":
-            state = "skipped"
-        elif failure is not None or status in ("failed", "panicked", "interrupted", "timedout", "aborted"):
-            state = "failed"
-        else:
-            state = "passed"
-        msg = ""
-        if failure is not None:
-            msg = (failure.get("message") or failure.text or "").strip().splitlines()[0:1]
-            msg = msg[0][:300] if msg else ""  # type: ignore[index]
-        specs.append(Spec(name[len("[It] "):], state, float(case.get("time", "0") or 0), str(msg)))
+    for suite in json.loads(open(path, encoding="utf-8").read()):
+        for r in suite.get("SpecReports") or []:
+            if r.get("LeafNodeType") != "It":
+                continue
+            state = r.get("State", "")
+            containers: list[str] = r.get("ContainerHierarchyTexts") or []
+            name = " ".join([*containers, r.get("LeafNodeText", "")])
+            if not re.search(focus, name):
+                continue  # out of the focus: not one of this run's specs
+            failure: dict[str, Any] = r.get("Failure") or {}
+            msg = (failure.get("Message") or "").strip().splitlines()
+            state = {"passed": "passed", "skipped": "skipped", "pending": "skipped"}.get(state, "failed")
+            specs.append(Spec(_clean(containers[0]) if containers else "other", name, state,
+                              (r.get("RunTime") or 0) / 1e9, msg[0][:300] if msg and state == "failed" else ""))
     return specs
 
 
@@ -63,7 +56,8 @@ def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
         return 2
-    specs = load(argv[0])
+    focus = argv[argv.index("--focus") + 1] if "--focus" in argv else r"\[Conformance\]"
+    specs = load(argv[0], focus)
     areas: dict[str, Counter[str]] = defaultdict(Counter)
     for s in specs:
         areas[s.area][s.state] += 1
