@@ -186,6 +186,19 @@ build_e2e() {
         for b in "${missing[@]}"; do install_from "$work" "$b" "$E2E_DIR/$b"; done
         rm -rf "$work"
     fi
+    if [ ! -d "$E2E_DIR/images" ]; then
+        # files of upstream's test images the specs look for: porter's test certificate (agnhost
+        # has it at /, test-webserver and porter serve it), kitten's and nautilus' pages
+        local src
+        src=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')/test/images
+        rm -rf "$E2E_DIR/images.tmp"
+        mkdir -p "$E2E_DIR/images.tmp/agnhost" "$E2E_DIR/images.tmp/kitten" "$E2E_DIR/images.tmp/nautilus"
+        cp "$src/agnhost/porter/localhost.crt" "$src/agnhost/porter/localhost.key" "$E2E_DIR/images.tmp/agnhost/"
+        cp "$src/kitten/html/"* "$E2E_DIR/images.tmp/kitten/"
+        cp "$src/nautilus/html/"* "$E2E_DIR/images.tmp/nautilus/"
+        chmod -R u+w "$E2E_DIR/images.tmp"
+        mv "$E2E_DIR/images.tmp" "$E2E_DIR/images"
+    fi
     if [ ! -x "$E2E_DIR/debs-root/usr/bin/dig" ] || [ ! -x "$E2E_DIR/debs-root/bin/nc.openbsd" ]; then
         work=$(mktemp -d)
         chmod 755 "$work"  # apt-get download runs as _apt where it can

@@ -43,29 +43,41 @@ while [ $# -gt 0 ]; do
 done
 
 E2E_DIR=$CRI_SHIM_K8S_CACHE/e2e-v1.37.2
-REPORT_DIR=test-reports/e2e
+REPORT_DIR=$PWD/test-reports/e2e
 KUBECTL=$CRI_SHIM_K8S_CACHE/kubernetes-v1.37.2/kubectl
 t0=$SECONDS
 scripts/cluster-build.sh
 scripts/cluster-build.sh e2e
 echo "cluster-e2e: binaries ready in $((SECONDS - t0)) s ($CRI_SHIM_K8S_CACHE)"
 
-started=0
+STATE=${CRI_SHIM_CLUSTER_DIR:-/var/lib/cri-shim-cluster}/state.json
+started=""
+cluster_id() {  # the registry's pid and start time: which `up` made the running cluster
+    "$PYTHON" -c 'import json,sys; p=json.load(open(sys.argv[1]))["procs"][0]; print(p["pid"], p["start"])' \
+        "$STATE" 2>/dev/null || true
+}
 down() {
-    if [ "$started" = 1 ] && [ "$KEEP" = 0 ]; then
-        echo "cluster-e2e: taking the cluster down"
-        "$PYTHON" scripts/cluster.py down || true
+    # only the cluster this run started: another `up` (CI's cluster stage takes a running
+    # cluster down and starts its own) may have replaced it meanwhile
+    if [ -n "$started" ] && [ "$KEEP" = 0 ]; then
+        if [ "$(cluster_id)" = "$started" ]; then
+            echo "cluster-e2e: taking the cluster down"
+            "$PYTHON" scripts/cluster.py down || true
+        else
+            echo "cluster-e2e: the cluster this run started was replaced: left alone" >&2
+        fi
     fi
 }
 trap down EXIT
 if ! "$PYTHON" scripts/cluster.py status >/dev/null 2>&1; then
-    if [ -e "${CRI_SHIM_CLUSTER_DIR:-/var/lib/cri-shim-cluster}/state.json" ]; then
+    if [ -e "$STATE" ]; then
         echo "cluster-e2e: a cluster is there but not healthy; scripts/cluster.sh down first" >&2
         exit 1
     fi
-    started=1
-    "$PYTHON" scripts/cluster.py up
+    "$PYTHON" scripts/cluster.py up || { "$PYTHON" scripts/cluster.py down || true; exit 1; }
+    started=$(cluster_id)
 fi
+cluster=$(cluster_id)
 KUBECONFIG=$("$PYTHON" scripts/cluster.py status | sed -n 's/^kubeconfig: //p')
 t1=$SECONDS
 "$PYTHON" scripts/clusterlib/e2eimages.py
@@ -85,6 +97,9 @@ status=0
     --report-dir="$REPORT_DIR" --num-nodes=2 --dns-domain=cluster.local \
     >"$REPORT_DIR/ginkgo.log" 2>&1 || status=$?
 echo "cluster-e2e: ginkgo exited $status after $((SECONDS - t2)) s (log: $REPORT_DIR/ginkgo.log)"
+if [ "$(cluster_id)" != "$cluster" ]; then
+    echo "cluster-e2e: WARNING: the cluster was taken down or replaced during the run: the failures say nothing" >&2
+fi
 [ -f "$REPORT_DIR/report.json" ] || { tail -50 "$REPORT_DIR/ginkgo.log"; exit 1; }
 "$PYTHON" scripts/clusterlib/e2ereport.py "$REPORT_DIR/report.json" --specs --focus "$focus" \
     >"$REPORT_DIR/summary.txt" || status=1

@@ -1,4 +1,4 @@
-"""Summary of an e2e run from ginkgo's JSON report (scripts/cluster-e2e.sh prints it).
+r"""Summary of an e2e run from ginkgo's JSON report (scripts/cluster-e2e.sh prints it).
 
     python scripts/clusterlib/e2ereport.py REPORT.json [--specs] [--focus REGEX]
 
@@ -17,6 +17,7 @@ import re
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -35,7 +36,7 @@ def _clean(text: str) -> str:
 
 def load(path: str, focus: str = r"\[Conformance\]") -> list[Spec]:
     specs = []
-    for suite in json.loads(open(path, encoding="utf-8").read()):
+    for suite in json.loads(Path(path).read_text(encoding="utf-8")):
         for r in suite.get("SpecReports") or []:
             if r.get("LeafNodeType") != "It":
                 continue
