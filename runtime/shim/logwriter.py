@@ -3,7 +3,10 @@
 Each record is ``<RFC3339Nano UTC> <stdout|stderr> <P|F> <text>\\n`` (kubelet's
 ``pkg/kubelet/kuberuntime/logs`` parser). A line longer than :data:`MAX_LINE` is split into
 ``P`` (partial) records followed by a final ``F``; an unterminated line at end of stream
-is written as ``F`` (as containerd does). The file is opened O_APPEND so kubelet's
+is written as ``P`` (as containerd and conmon do): kubelet's reader adds a newline to an ``F``
+record only, so the last line reads back as the container wrote it. The termination message of
+``FallbackToLogsOnError`` depends on it: ``echo -n DONE; false`` must give ``DONE``, not
+``DONE\\n`` (e2e conformance, Container Runtime). The file is opened O_APPEND so kubelet's
 rotation (rename, then ReopenContainerLog) never loses or interleaves records.
 """
 
@@ -48,12 +51,13 @@ class LineSplitter:
             return out
 
     def flush(self, now_ns: int) -> list[bytes]:
-        """At end of stream: an unterminated last line becomes an F record."""
+        """At end of stream: an unterminated last line becomes a P record (no newline
+        follows it)."""
         if not self._buf:
             return []
         line = bytes(self._buf)
         self._buf.clear()
-        return [self._record(line, b"F", now_ns)]
+        return [self._record(line, b"P", now_ns)]
 
     def _record(self, text: bytes, tag: bytes, now_ns: int) -> bytes:
         if text.endswith(b"\r"):
