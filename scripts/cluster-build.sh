@@ -20,7 +20,8 @@
 #
 # The e2e target builds, into .cache/k8s/e2e-v1.37.2/ (nice 19; ~20 min cold with the cluster's
 # packages in the Go build cache): e2e.test (go test -c k8s.io/kubernetes/test/e2e), the ginkgo
-# CLI of kubernetes' go.mod (parallel runs), agnhost (k8s.io/kubernetes/test/images/agnhost);
+# CLI of kubernetes' go.mod (parallel runs), agnhost and nnp (k8s.io/kubernetes/test/images/
+# agnhost and nonewprivs);
 # and fetches with apt-get download the Debian packages of dig and nc (bind9-dnsutils,
 # netcat-openbsd and the libraries this host lacks), extracted into debs-root/, for the
 # agnhost image (scripts/clusterlib/e2eimages.py).
@@ -45,7 +46,7 @@ missing_control() {
 }
 
 E2E_DIR=$CACHE/e2e-$K8S_VERSION
-E2E_BINS=(e2e.test ginkgo agnhost)
+E2E_BINS=(e2e.test ginkgo agnhost nnp)
 E2E_DEBS=(bind9-dnsutils bind9-libs netcat-openbsd libjemalloc2 libmaxminddb0 libfstrm0 liblmdb0)
 
 if [ "${1:-}" = "--check" ]; then
@@ -179,6 +180,7 @@ build_e2e() {
                 e2e.test) nice -n 19 go test -c -trimpath -ldflags "$LDFLAGS_K8S" -o out/e2e.test k8s.io/kubernetes/test/e2e ;;
                 ginkgo) nice -n 19 go build -trimpath -ldflags "-s -w" -o out/ginkgo github.com/onsi/ginkgo/v2/ginkgo ;;
                 agnhost) nice -n 19 go build -trimpath -ldflags "$LDFLAGS_K8S" -o out/agnhost k8s.io/kubernetes/test/images/agnhost ;;
+                nnp) nice -n 19 go build -trimpath -ldflags "-s -w" -o out/nnp k8s.io/kubernetes/test/images/nonewprivs ;;
                 esac
                 echo "$b: $((SECONDS - t)) s"
             done

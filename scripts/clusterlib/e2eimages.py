@@ -16,6 +16,8 @@ has (scripts/cluster-e2e.sh runs ``python scripts/clusterlib/e2eimages.py push``
 - ``busybox`` 1.37.0-2: busybox with every applet, bash as /bin/sh (SHELL_TOOLS says why).
 - ``nginx`` 1.27.0-2 and 1.28.0-2: busybox httpd on port 80 serving /usr/share/nginx/html.
 - ``pause`` 3.10.2: agnhost's ``pause`` (exits on SIGINT/SIGTERM, as /pause does).
+- ``nonewprivs`` 1.4: busybox with nnp (k8s.io/kubernetes/test/images/nonewprivs) set-user-ID
+  root at /usr/local/bin/nnp.
 - ``nonroot`` 1.5: busybox running as uid 1234; ``kitten``/``nautilus`` 1.8: agnhost
   test-webserver with their files (from the module, as the Dockerfiles COPY them).
 
@@ -42,6 +44,7 @@ from tests.support import imagebuilder as ib
 
 E2E_DIR = layout.CACHE / f"e2e-{layout.K8S_VERSION}"
 AGNHOST = E2E_DIR / "agnhost"
+NNP = E2E_DIR / "nnp"
 #: files of upstream's test images (porter's certificate, kitten's and nautilus' pages)
 UPSTREAM_FILES = E2E_DIR / "images"
 #: Debian packages extracted by scripts/cluster-build.sh e2e (dig, nc)
@@ -163,6 +166,12 @@ def nonroot_image() -> ib.BuiltImage:
                           config={"Cmd": ["sh"], "Env": [PATH_ENV], "User": "1234"})
 
 
+def nonewprivs_image() -> ib.BuiltImage:
+    """busybox with nnp (prints its effective uid) set-user-ID root, as upstream's Dockerfile."""
+    nnp = ib.Layer().dir("usr/local").dir("usr/local/bin").file("usr/local/bin/nnp", NNP.read_bytes(), 0o4755)
+    return ib.build_image([*_busybox(), nnp], config={"Cmd": ["nnp"], "Env": [PATH_ENV]})
+
+
 def images() -> dict[str, ib.BuiltImage]:
     """Public reference (without the registry) -> image."""
     agnhost = agnhost_image()
@@ -175,6 +184,7 @@ def images() -> dict[str, ib.BuiltImage]:
         f"{e2e}/nginx:1.27.0-2": nginx_image("1.27.0"),
         f"{e2e}/nginx:1.28.0-2": nginx_image("1.28.0"),
         f"{e2e}/nonroot:1.5": nonroot_image(),
+        f"{e2e}/nonewprivs:1.4": nonewprivs_image(),
         "pause:3.10.2": agnhost,
     }
     for name in ("kitten", "nautilus"):  # upstream: agnhost + COPY html/* /, Cmd test-webserver
