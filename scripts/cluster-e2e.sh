@@ -13,7 +13,7 @@
 # 3. scripts/clusterlib/e2eimages.py pushes the images the specs pull, built here, under their
 #    registry.k8s.io names (the nodes' registries.conf rewrites that prefix to the cluster
 #    registry: nothing is pulled from outside).
-# 4. ginkgo runs e2e.test with --procs processes (default 4): focus '\[Conformance\]' (and
+# 4. ginkgo runs e2e.test with --procs processes (default 6): focus '\[Conformance\]' (and
 #    --focus), skip $SKIP (specs that cannot run here, see README "e2e conformance").
 #    JUnit and JSON reports and ginkgo's log in test-reports/e2e/.
 # 5. Prints passed / failed / skipped per area and the failed specs
@@ -25,7 +25,7 @@ export PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || { echo "cluster-e2e: no $PYTHON (scripts/install.sh builds .venv)" >&2; exit 1; }
 
 FOCUS=""
-PROCS=4
+PROCS=6
 TIMEOUT=4h
 KEEP=0
 # Specs that cannot run on this cluster (README says why for each):
