@@ -5,6 +5,7 @@ the pod and outlives a daemon restart. Its hostile side: tests/service/hostile/t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -83,10 +84,20 @@ def test_the_holder_reaps_orphans_of_the_shared_namespace(d: DaemonProcess, imag
     pod, cfg, holder = shared_pod(d)
     assert children(holder) == []
     cid = run(d, pod, cfg, "orphans", images.busybox, ["sh", "-c", "(sleep 1000 &); (sleep 1001 &); exec sleep 1002"])
-    wait_until("two orphans reparented to the holder", lambda: len(children(holder)) == 2)
+    want = [b"sleep\x001000\x00", b"sleep\x001001\x00"]
+
+    def cmdlines() -> list[bytes]:
+        out = []
+        for p in children(holder):
+            with contextlib.suppress(OSError):
+                out.append(Path(f"/proc/{p}/cmdline").read_bytes())
+        return sorted(out)
+
+    # a background job is reparented as soon as its subshell exits, possibly before its own
+    # exec of sleep (its cmdline still the shell's): wait for both to be sleeps
+    wait_until("two orphans reparented to the holder", lambda: cmdlines() == want)
     orphans = children(holder)
-    assert sorted(Path(f"/proc/{p}/cmdline").read_bytes() for p in orphans) == [b"sleep\x001000\x00",
-                                                                                   b"sleep\x001001\x00"]
+    assert len(orphans) == 2
     refs = [ref_of(p) for p in orphans]
     for p in orphans:
         os.kill(p, 9)
