@@ -245,7 +245,8 @@ class Registry:
 
 
 def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A self-signed certificate and key for ``host`` (an IP address), as PEM files."""
+    """A self-signed certificate and key for ``host`` (an IP address or a DNS name), as PEM
+    files; it is its own CA, so a client trusts it by loading it as one."""
     import ipaddress
 
     from cryptography import x509
@@ -253,6 +254,10 @@ def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    try:
+        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        san = x509.DNSName(host)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
     now = datetime.datetime.now(datetime.UTC)
@@ -260,7 +265,8 @@ def self_signed(workdir: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = workdir / "tls.crt", workdir / "tls.key"

@@ -6,14 +6,11 @@ loopback servers; names resolve through the test's resolver (no DNS)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime
 import hashlib
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpcore
@@ -26,35 +23,14 @@ from runtime.image.httppool import CheckedBackend, DirectTransport, HttpClients
 from runtime.image.proxy import ProxyConfig
 from runtime.image.redirects import RedirectPolicy, send_following
 from runtime.image.registry import RegistryClient, RegistrySession
+from tests.support.loopback_http import http_server
+from tests.support.registry import self_signed
 
 pytestmark = pytest.mark.timeout(30)
 
 BLOB = b"layer bytes"
 DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 BLOB_PATH = f"/v2/lib/app/blobs/{DIGEST}"
-
-
-@contextlib.contextmanager
-def http_server(handler: Callable[[BaseHTTPRequestHandler], None],
-                tls: ssl.SSLContext | None = None) -> Iterator[int]:
-    class H(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            handler(self)
-
-        def log_message(self, *_a: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 def storage_server(seen: list[str]) -> Callable[[BaseHTTPRequestHandler], None]:
@@ -164,34 +140,9 @@ async def test_every_address_is_tried_and_the_first_that_answers_is_used() -> No
     assert seen == [f"storage.example:{storage_port}"]
 
 
-def certificate(tmp: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed certificate (and key) for the DNS name ``name``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / f"{name}.crt", tmp / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 @pytest.mark.parametrize("served_name", ["storage.example", "other.example"])
 async def test_tls_is_verified_against_the_name_not_the_address(tmp_path: Path, served_name: str) -> None:
-    cert, key = certificate(tmp_path, served_name)
+    cert, key = self_signed(tmp_path, served_name)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
     client_ctx = ssl.create_default_context(cafile=str(cert))

@@ -7,10 +7,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ from runtime.image.auth import RegistryAuth
 from runtime.image.redirects import MAX_REDIRECTS, address_kind
 from runtime.image.registry import RegistryClient, RegistrySession
 from runtime.image.regtext import MAX_SUMMARY, error_summary, printable
+from tests.support.loopback_http import http_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -234,26 +234,6 @@ def test_summaries_and_address_kinds() -> None:
 
 
 # -- two real loopback servers --------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def http_server(handler: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[int]:
-    class H(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            handler(self)
-
-        def log_message(self, *_a: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 async def test_loopback_registry_redirect_to_another_port_carries_no_credentials() -> None:
