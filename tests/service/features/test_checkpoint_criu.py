@@ -78,16 +78,21 @@ def _count(d: DaemonProcess, cid: str) -> int:
     return int(r.stdout.decode().strip() or 0)
 
 
+def _wait_count(d: DaemonProcess, cid: str, at_least: int, timeout: float, what: str = "the counter") -> None:
+    """Until the container's count reaches ``at_least``; fails naming where it is stuck."""
+    deadline = time.monotonic() + timeout
+    while (now := _count(d, cid)) < at_least:
+        assert time.monotonic() < deadline, f"{what} is stuck at {now} (waiting for {at_least})"
+        time.sleep(0.2)
+
+
 def test_checkpoint_archive_of_a_counting_container(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
     pull(d, busybox)
     cfg = pod_config()
     pod = run_pod(d, cfg)
     cid = create_container(d, pod, cfg, container_config("counter", busybox, ["sh", "-c", COUNTER]))
     start(d, cid)
-    deadline = time.monotonic() + 30
-    while _count(d, cid) < 5:
-        assert time.monotonic() < deadline, "the counter does not count"
-        time.sleep(0.2)
+    _wait_count(d, cid, 5, 30)
     target = tmp_path / "checkpoint.tar"
     d.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid, location=str(target)),
                                   timeout=120)
@@ -182,10 +187,7 @@ def test_checkpoint_restores_by_hand_and_goes_on_counting(d: DaemonProcess, busy
     pod = run_pod(d, cfg)
     cid = create_container(d, pod, cfg, container_config("counter", busybox, ["sh", "-c", COUNTER]))
     start(d, cid)
-    deadline = time.monotonic() + 30
-    while _count(d, cid) < 10:
-        assert time.monotonic() < deadline, "the counter does not count"
-        time.sleep(0.2)
+    _wait_count(d, cid, 10, 30)
     pid = int(json.loads(d.runtime.ContainerStatus(
         pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=10).info["info"])["pid"])
     lowers = _lowerdirs(pid)
@@ -253,10 +255,7 @@ def test_restore_into_a_new_pod_goes_on_counting(d: DaemonProcess, busybox: str,
     pod = run_pod(d, cfg)
     cid = create_container(d, pod, cfg, container_config("counter", busybox, ["sh", "-c", COUNTER]))
     start(d, cid)
-    deadline = time.monotonic() + 60
-    while _count(d, cid) < 10:
-        assert time.monotonic() < deadline, "the counter does not count"
-        time.sleep(0.2)
+    _wait_count(d, cid, 10, 60)
     target = tmp_path / "checkpoint.tar"
     t0 = time.monotonic()
     d.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid, location=str(target)),
@@ -293,10 +292,7 @@ def test_restore_into_a_new_pod_goes_on_counting(d: DaemonProcess, busybox: str,
     # in the new pod's network namespace, and a child of its shim
     assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns_path(d, pod2)).st_ino
     # the count goes on from memory: never back to 1, past the dumped value
-    deadline = time.monotonic() + 60
-    while _count(d, restored) < at_dump + 5:
-        assert time.monotonic() < deadline, f"the restored counter is stuck at {_count(d, restored)}"
-        time.sleep(0.2)
+    _wait_count(d, restored, at_dump + 5, 60, "the restored counter")
     log = logs / "b" / "counter.log"
     seen = [int(text) for stream, _tag, text in log_lines(str(log)) if stream == "stdout" and text.isdigit()]
     assert seen and seen[0] > at_dump - 5 and seen == list(range(seen[0], seen[0] + len(seen))), seen[:20]
@@ -377,8 +373,5 @@ def test_pod_checkpoint_and_restore(d: DaemonProcess, busybox: str, tmp_path: Pa
         assert status(d, cid).state == pb.CONTAINER_CREATED
         d.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=150)
     for name, n in zip(names, dumped, strict=True):
-        deadline = time.monotonic() + 60
-        while _count(d, restored[name]) < n + 3:
-            assert time.monotonic() < deadline, f"restored {name} is stuck at {_count(d, restored[name])}"
-            time.sleep(0.2)
+        _wait_count(d, restored[name], n + 3, 60, f"restored {name}")
     remove_pod(d, resp.pod_sandbox_id)
