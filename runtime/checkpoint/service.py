@@ -142,9 +142,16 @@ class CheckpointService:
     async def _checkpoint_locked(self, container_id: str, target: Path, timeout: float, criu: CriuStatus,
                                  freeze_cgroup: str = "") -> CheckpointResult:
         """The dump and the archive of a container whose lock the caller holds. With
-        ``freeze_cgroup`` (a cgroup the caller froze) criu takes the tree frozen and leaves it so."""
+        ``freeze_cgroup`` (a cgroup the caller froze) criu takes the tree frozen and leaves it so.
+        Without, the container's own freezer cgroup is frozen from the dump until its rootfs
+        diff is taken, and thawed before the archive is written: memory and files are one cut
+        (a container writing a file while its upper dir is tarred would otherwise give a diff
+        that is neither before nor after the dump). Where there is no freezer (a v1 node
+        without the freezer hierarchy) criu freezes the tree itself for the dump and the diff
+        is taken from the running container, as it goes."""
         started = time.monotonic()
         work = self._work_root / f"{container_id}-{secrets.token_hex(4)}"
+        own_freeze = ""
         try:
             rec = self._containers.get(container_id)
             if rec.state is not ContainerState.RUNNING or rec.pid <= 0:
@@ -152,6 +159,14 @@ class CheckpointService:
             sandbox = self._sandboxes.get(rec.sandbox_id)
             images = work / archive.CHECKPOINT_DIR
             await asyncio.to_thread(images.mkdir, parents=True, mode=0o700)
+            if not freeze_cgroup:
+                try:
+                    own_freeze = await asyncio.to_thread(podckpt.freezer_dir, rec.pid)
+                except errors.FailedPrecondition as exc:
+                    log.info("container %s: checkpoint without a freezer cut: %s", rec.id, exc)
+                else:
+                    await asyncio.to_thread(podckpt.set_frozen, own_freeze, True)
+                    freeze_cgroup = own_freeze
             argv, externals = await asyncio.to_thread(self._dump_argv, criu.path, rec.pid, images, freeze_cgroup)
             checkpointed_ns = time.time_ns()
             await run_criu(argv, timeout or DEFAULT_TIMEOUT, str(images / "dump.log"),
@@ -165,14 +180,28 @@ class CheckpointService:
                             "image_id": rec.image_id, "criu_version": criu.version, "externals": externals},
                 upper=upper,
             )
+            await self._thaw(own_freeze, rec.id)
+            own_freeze = ""
             size = await asyncio.to_thread(archive.write_archive, work, target)
         finally:
+            await self._thaw(own_freeze, container_id)
             await asyncio.to_thread(shutil.rmtree, work, True)
         done = time.monotonic()
         result = CheckpointResult(str(target), size, dumped - started, done - started)
         log.info("container %s checkpointed to %s: %d bytes, dump %.3fs, total %.3fs",
                  rec.id, target, size, result.dump_seconds, result.total_seconds)
         return result
+
+    @staticmethod
+    async def _thaw(cgroup: str, owner: str) -> None:
+        """Thaw ``cgroup`` (nothing for ""); a failure is logged, never raised over the
+        request's own outcome: a container must never stay frozen unnoticed."""
+        if not cgroup:
+            return
+        try:
+            await asyncio.to_thread(podckpt.set_frozen, cgroup, False)
+        except Exception:
+            log.exception("%s: thawing %s failed", owner, cgroup)
 
     @staticmethod
     def _dump_argv(criu: str, pid: int, images: Path, freeze_cgroup: str = "") -> tuple[list[str], dict[str, Any]]:
@@ -278,10 +307,7 @@ class CheckpointService:
                 raise
             finally:
                 for cg in frozen:
-                    try:
-                        await asyncio.to_thread(podckpt.set_frozen, cg, False)
-                    except Exception:  # logged: a container must never stay frozen unnoticed
-                        log.exception("pod %s: thawing %s failed", sandbox.id, cg)
+                    await self._thaw(cg, f"pod {sandbox.id}")
         log.info("pod %s checkpointed to %s: %d containers", sandbox.id, output_path, len(results))
         return results
 

@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import grpc
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
+from runtime.checkpoint.pod import freezer_dir
 from tests.support.daemon import DaemonProcess
 from tests.support.netns import REPO
 from tests.support.pods import (
@@ -78,6 +80,13 @@ def _count(d: DaemonProcess, cid: str) -> int:
     return int(r.stdout.decode().strip() or 0)
 
 
+def _frozen(cgroup: str) -> bool:
+    events = Path(cgroup, "cgroup.events")
+    if events.exists():
+        return "frozen 1" in events.read_text().splitlines()
+    return Path(cgroup, "freezer.state").read_text().strip() != "THAWED"
+
+
 def _wait_count(d: DaemonProcess, cid: str, at_least: int, timeout: float, what: str = "the counter") -> None:
     """Until the container's count reaches ``at_least``; fails naming where it is stuck."""
     deadline = time.monotonic() + timeout
@@ -93,9 +102,28 @@ def test_checkpoint_archive_of_a_counting_container(d: DaemonProcess, busybox: s
     cid = create_container(d, pod, cfg, container_config("counter", busybox, ["sh", "-c", COUNTER]))
     start(d, cid)
     _wait_count(d, cid, 5, 30)
+    pid = int(json.loads(d.runtime.ContainerStatus(
+        pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=10).info["info"])["pid"])
+    freezer = freezer_dir(pid)
+    seen: set[bool] = set()
+    stop = threading.Event()
+
+    def watch() -> None:  # the container is frozen while criu dumps it and its upper dir is tarred
+        while not stop.is_set():
+            seen.add(_frozen(freezer))
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     target = tmp_path / "checkpoint.tar"
-    d.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid, location=str(target)),
-                                  timeout=120)
+    try:
+        d.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid, location=str(target)),
+                                      timeout=120)
+    finally:
+        stop.set()
+        watcher.join(5)
+    assert True in seen, "the container was never frozen during its checkpoint"
+    assert not _frozen(freezer), "the container is left frozen"
     at_dump = _count(d, cid)
     with tarfile.open(target) as tar:
         names = set(tar.getnames())

@@ -3,9 +3,13 @@ only when root: mknod needs CAP_MKNOD)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tarfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,3 +70,81 @@ def test_archive_write_failure_leaves_no_temp(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         archive.write_archive(tmp_path / "missing", tmp_path / "out.tar")
     assert os.listdir(tmp_path) == []
+
+
+def _churn(stop: threading.Event, step: Callable[[int], None]) -> threading.Thread:
+    def run() -> None:
+        i = 0
+        while not stop.is_set():
+            step(i)
+            i += 1
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_file_rewritten_while_the_diff_is_written_is_archived_as_read(tmp_path: Path) -> None:
+    # the container keeps writing while a checkpoint without a freezer tars its upper dir:
+    # `echo $i > /count` truncates then writes (CI saw "OSError: unexpected end of data")
+    up = tmp_path / "upper"
+    up.mkdir()
+    count = up / "count"
+    count.write_bytes(b"x" * 65536)
+    stop = threading.Event()
+    t = _churn(stop, lambda i: count.write_bytes(b"" if i % 2 else b"x" * 65536))
+    try:
+        for n in range(150):
+            archive.write_rootfs_diff(up, tmp_path / f"diff{n}.tar", tmp_path / "deleted.files")
+            with tarfile.open(tmp_path / f"diff{n}.tar") as tar:
+                f = tar.extractfile("count")
+                assert f is not None and set(f.read()) <= {ord("x")}
+            (tmp_path / f"diff{n}.tar").unlink()
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_a_directory_swapped_for_a_symlink_during_the_walk_is_never_followed(tmp_path: Path) -> None:
+    # a container that swaps a directory of its upper dir for a link to host files must not
+    # get those files into its archive (a restore would hand them to it)
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "shadow").write_text("host secret\n")
+    up = tmp_path / "upper"
+    (up / "d").mkdir(parents=True)
+    (up / "d" / "shadow").write_text("mine\n")
+
+    def exchange(i: int) -> None:
+        # flip "d" between a real directory and a symlink to the host dir, one rename each way
+        d = up / "d"
+        if d.is_symlink():
+            tmp = up / ".real"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            (tmp / "shadow").write_text("mine\n")
+            d.unlink()
+            os.rename(tmp, d)
+        else:
+            link = up / ".link"
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+            link.symlink_to(host)
+            shutil.rmtree(d, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.rename(link, d)
+
+    stop = threading.Event()
+    t = _churn(stop, exchange)
+    try:
+        for n in range(300):
+            tar_path = tmp_path / f"diff{n}.tar"
+            archive.write_rootfs_diff(up, tar_path, tmp_path / "deleted.files")
+            with tarfile.open(tar_path) as tar:
+                for m in tar.getmembers():
+                    if m.isfile():
+                        f = tar.extractfile(m)
+                        assert f is not None and b"host secret" not in f.read(), m.name
+            tar_path.unlink()
+    finally:
+        stop.set()
+        t.join(5)
