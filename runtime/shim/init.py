@@ -566,6 +566,23 @@ def run_precreated(
     child_guard(report_fd, body)
 
 
+def _wait_for_start(start_fd: int, tty: bool) -> tuple[bytes, int]:
+    """The start byte ("1": go; nothing: removed before start) and, for a tty, the pty slave
+    sent with it over the unix socket ``start_fd`` (-1 when none came)."""
+    if not tty:
+        return os.read(start_fd, 1), -1
+    import socket
+
+    sock = socket.socket(fileno=start_fd)
+    try:
+        msg, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    finally:
+        sock.detach()
+    for extra in fds[1:]:
+        os.close(extra)
+    return msg, fds[0] if fds else -1
+
+
 def join_pod_namespaces(ns: NamespaceSpec) -> None:
     for path, flag in ((ns.net, libc.CLONE_NEWNET), (ns.ipc, libc.CLONE_NEWIPC), (ns.uts, libc.CLONE_NEWUTS)):
         if path:
@@ -602,14 +619,23 @@ def _container_setup(
         os.close(pidns)
     if detached is None:
         _apply_rlimits(spec.process)
-    setup_stdio(*stdio, tty=spec.process.tty, session=not late)
+    tty = spec.process.tty  # its pty comes with the start, from its own devpts (procs.make_stdio)
+    setup_stdio(*stdio, tty=False, session=not late)
     close_fds_except({report_fd, start_fd, exec_report_fd})
     write_all(report_fd, b"ready\n")
-    go = os.read(start_fd, 1)
+    go, terminal = _wait_for_start(start_fd, tty)
     if go != b"1":
         os._exit(0)  # removed before start: nothing to run
     os.close(start_fd)
     os.close(report_fd)
+    if tty:
+        if terminal < 0:
+            _fail_exec(exec_report_fd, "the start carried no terminal for a tty container")
+        setup_stdio(terminal, terminal, terminal, tty=False, session=False)
+        if not late:  # the session leader takes it as its controlling terminal
+            import fcntl
+
+            fcntl.ioctl(0, _TIOCSCTTY, 0)
     if late:
         start_final(spec.process, exec_report_fd)
     finalize_and_exec(spec.process, exec_report_fd)

@@ -23,6 +23,7 @@ import os
 import pickle
 import pty
 import signal
+import socket
 import struct
 import termios
 import time
@@ -77,6 +78,8 @@ class Proc:
     exec_report_r: int = -1
     stdin_w: int = -1
     tty_master: int = -1
+    #: a container's pty slave, sent to its set-up process with the start (see _open_late_tty)
+    tty_slave: int = -1
     log: CriLogFile | None = None
     splitters: dict[int, LineSplitter] = field(default_factory=dict)
     sinks: set[OutputSink] = field(default_factory=set)
@@ -125,9 +128,12 @@ def oom_kill_count(memory_cgroup: str) -> int:
 
 @dataclass
 class Stdio:
-    """A child's stdio: ``child`` are its ends (0, 1, 2), the rest ours (-1: none)."""
+    """A child's stdio: ``child`` are its ends (0, 1, 2), the rest ours (-1: none). ``tty``
+    and ``stdin``: the shape asked for (a late tty has no master yet: see make_stdio)."""
 
     child: tuple[int, int, int]
+    tty: bool = False
+    stdin: bool = False
     tty_master: int = -1
     stdin_w: int = -1
     out_r: int = -1
@@ -144,19 +150,34 @@ class Stdio:
                 os.close(fd)
 
 
-def make_stdio(want_stdin: bool, tty: bool, pty_root: int = -1) -> Stdio:
+def make_stdio(want_stdin: bool, tty: bool, pty_root: int = -1, *, late_tty: bool = False) -> Stdio:
     """The child's stdio: a pty (of the devpts inside ``pty_root``, a container's root, when
-    given and usable: runtime.linux.ptys), or pipes."""
+    given and usable: runtime.linux.ptys), or pipes. ``late_tty``: a container's terminal,
+    which can only come from its own devpts once its set-up has mounted it: the child gets
+    /dev/null until then, and the pty with its start (ProcessTable._open_late_tty)."""
+    if tty and late_tty:
+        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        return Stdio((null, null, null), tty=True, stdin=want_stdin)
     if tty:
         master, slave = _open_pty(pty_root)
-        return Stdio((slave, slave, slave), tty_master=master, stdin_w=master if want_stdin else -1)
+        return Stdio((slave, slave, slave), tty=True, stdin=want_stdin, tty_master=master,
+                     stdin_w=master if want_stdin else -1)
     if want_stdin:
         stdin, stdin_w = os.pipe()
     else:
         stdin, stdin_w = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC), -1
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    return Stdio((stdin, out_w, err_w), stdin_w=stdin_w, out_r=out_r, err_r=err_r)
+    return Stdio((stdin, out_w, err_w), stdin=want_stdin, stdin_w=stdin_w, out_r=out_r, err_r=err_r)
+
+
+def _start_channel(tty: bool) -> tuple[int, int]:
+    """(read end, write end) of the channel a created container waits on for its start: a
+    pipe, or for a tty a unix socket pair, which carries the pty's slave with the start."""
+    if not tty:
+        return os.pipe()
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return a.detach(), b.detach()
 
 
 def _open_pty(pty_root: int) -> tuple[int, int]:
@@ -362,8 +383,30 @@ class ProcessTable:
         self._attach_stdio(proc, io)
         return io.child
 
+    def _open_late_tty(self, proc: Proc, pid: int) -> None:
+        """A created container's terminal, from its own devpts (mounted by its set-up, which
+        waits for its start now): the master read and written as a tty's, the slave kept
+        for :meth:`start`. ``pid``: the process that made the container's mounts. Where the
+        container's ptmx cannot serve (not the ptmx device), the shim's devpts does, as before."""
+        root_fd = -1
+        try:
+            root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("container %s: its root is not reachable for its pty (%s)", proc.key, exc)
+        try:
+            master, slave = _open_pty(root_fd)
+        finally:
+            if root_fd >= 0:
+                os.close(root_fd)
+        want_stdin = proc.spec.process.stdin
+        self._attach_stdio(proc, Stdio((slave, slave, slave), tty=True, stdin=want_stdin, tty_master=master,
+                                       stdin_w=master if want_stdin else -1))
+        proc.tty_slave = slave
+
     def _attach_stdio(self, proc: Proc, io: Stdio) -> None:
         """Take over our ends of ``io`` for ``proc``: read its output, hold its stdin."""
+        if io.tty and io.tty_master < 0:
+            return  # a late tty: _open_late_tty attaches it
         if io.tty_master >= 0:
             proc.tty_master = io.tty_master
             self._reader(proc, io.tty_master, 1)
@@ -449,7 +492,7 @@ class ProcessTable:
             with contextlib.suppress(OSError):
                 os.close(fd)
         proc.output_fds.clear()
-        for fd_attr in ("stdin_w", "tty_master", "start_w", "exec_report_r"):
+        for fd_attr in ("stdin_w", "tty_master", "tty_slave", "start_w", "exec_report_r"):
             fd = getattr(proc, fd_attr)
             if fd >= 0:
                 with contextlib.suppress(OSError, ValueError):
@@ -626,8 +669,8 @@ class ProcessTable:
         joined to the pod's namespaces); :meth:`create` hands it the spec. Returns its pid."""
         if container_id in self.procs or container_id in self.precreated:
             raise errors.AlreadyExists(f"container {container_id} already exists in this pod")
-        io = make_stdio(stdin, tty)
-        pipes = [os.pipe() for _ in range(4)]  # spec, report, start, exec report
+        io = make_stdio(stdin, tty, late_tty=True)
+        pipes = [os.pipe(), os.pipe(), _start_channel(tty), os.pipe()]  # spec, report, start, exec report
         (spec_r, spec_w), (report_r, report_w), (start_r, start_w), (exec_r, exec_w) = pipes
         try:
             with self._forking_for(ns) as pid_fd:
@@ -660,8 +703,8 @@ class ProcessTable:
             raise errors.AlreadyExists(f"container {spec.container_id} already exists in this pod")
         pre = self.precreated.pop(spec.container_id, None)
         if pre is not None and (
-            pre.namespaces != spec.namespaces or (pre.stdio.tty_master >= 0) != spec.process.tty
-            or (pre.stdio.stdin_w >= 0) != spec.process.stdin or pre.setup.done()
+            pre.namespaces != spec.namespaces or pre.stdio.tty != spec.process.tty
+            or pre.stdio.stdin != spec.process.stdin or pre.setup.done()
         ):
             pre.discard()  # made for another shape of container: start afresh
             pre = None
@@ -680,9 +723,11 @@ class ProcessTable:
             proc.handover = pre.handover
         else:
             report_r, report_w = os.pipe()
-            start_r, start_w = os.pipe()
+            start_r, start_w = _start_channel(spec.process.tty)
             exec_r, exec_w = os.pipe()
-            stdio = self._open_stdio(proc, spec.process.stdin, spec.process.tty)
+            io = make_stdio(spec.process.stdin, spec.process.tty, late_tty=True)
+            self._attach_stdio(proc, io)
+            stdio = io.child
             try:
                 with self._forking_for(spec.namespaces) as pid_fd:
                     pid = os.fork()
@@ -720,6 +765,12 @@ class ProcessTable:
             raise errors.FailedPrecondition(
                 f"creating container {spec.container_id}: {err or _silent_end(lines, setup)}"
             )
+        if spec.process.tty:
+            try:
+                self._open_late_tty(proc, handed or pid)
+            except BaseException:
+                self._abort(proc, setup, handed)
+                raise
         # ready and waiting: from now on its end is the container's end
         if handed:
             proc.pid = handed
@@ -749,7 +800,14 @@ class ProcessTable:
             raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
         proc.started_at_ns = time.time_ns()
         try:
-            os.write(proc.start_w, b"1")
+            if proc.tty_slave >= 0:  # the container's terminal goes with the start
+                sock = socket.socket(fileno=proc.start_w)
+                try:
+                    socket.send_fds(sock, [b"1"], [proc.tty_slave])
+                finally:
+                    sock.detach()
+            else:
+                os.write(proc.start_w, b"1")
         except BrokenPipeError:
             # it died while waiting (killed from outside: an OOM kill, or its cgroup's
             # processes killed by someone); its exit is recorded as it is reaped

@@ -117,6 +117,48 @@ def test_exec_tty_typing_resize_exit(d: DaemonProcess, images: Images, tmp_path:
         assert [ln for ln in processes_in(d, cid) if " sh" in ln and "sleep" not in ln] == []
 
 
+@pytest.mark.parametrize("pid_mode", ["container", "pod"])
+def test_a_tty_container_has_a_terminal_of_its_own_devpts(d: DaemonProcess, images: Images, tmp_path: Path,
+                                                           pid_mode: str) -> None:
+    # `kubectl run -it`: ttyname() of the container's stdin names a node of its /dev/pts, the
+    # terminal is its controlling one (before: a pty of the shim's devpts, "not a tty")
+    script = ('t=$(tty) && test -c "$t" && echo "tty-ok:$t" || echo "no-tty:$t"; '
+              'exec 3<>/dev/tty && echo ctty-ok; sleep 3600')
+    pod_cfg = pod_config(f"ttyc-{pid_mode}", log_directory=str(tmp_path / "logs"))
+    if pid_mode == "pod":
+        pod_cfg.linux.security_context.namespace_options.pid = pb.POD
+    pod = run_pod(d, pod_cfg)
+    pull(d, images.busybox)
+    cfg = container_config("c", images.busybox, command=["sh", "-c", script], log_path="c.log", tty=True,
+                           stdin=True)
+    if pid_mode == "pod":
+        cfg.linux.security_context.namespace_options.pid = pb.POD
+    cid = create_container(d, pod, pod_cfg, cfg)
+    start(d, cid)
+    log = tmp_path / "logs" / "c.log"
+    deadline = time.monotonic() + 20
+    while b"ctty-ok" not in (text := log.read_bytes() if log.exists() else b""):
+        assert b"no-tty" not in text and time.monotonic() < deadline, text
+        time.sleep(0.1)
+    assert re.search(rb"tty-ok:/dev/pts/\d+", text), text
+    # the terminal works both ways: attach with a terminal, type, see it in the log
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["setsid", "-c", *crictl_args(d, "attach", "-i", "-t", cid)],
+                            stdin=slave, stdout=slave, stderr=slave)
+    try:
+        time.sleep(0.5)
+        os.write(master, b"typed-into-the-pty\n")
+        deadline = time.monotonic() + 10
+        while b"typed-into-the-pty" not in log.read_bytes():
+            assert time.monotonic() < deadline, log.read_bytes()
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        os.close(master)
+        os.close(slave)
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_attach_output_and_input(d: DaemonProcess, images: Images, tmp_path: Path, transport: str) -> None:
     script = 'echo started; while read l; do echo "got:$l"; done'
