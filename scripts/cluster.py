@@ -4,6 +4,8 @@
     scripts/cluster.sh status    # key: value lines (kubeconfig, apiserver, NODE runtime pid, registry)
     scripts/cluster.sh down      # stop and remove everything up made
     scripts/cluster.sh start-runtime NODE   # start NODE's cri-shim again (after a kill -9)
+    scripts/cluster.sh restart-kubelet NODE # stop NODE's kubelet, start it again (its drop-in
+                                            # configs in NODE_DIR/kubelet.conf.d/*.conf apply)
 
 scripts/clusterlib/ holds the pieces (its __init__ lists them). Needs root. Exit status 0 on
 success, 1 when a step failed (``up`` leaves what it made for ``down``), 2 on bad usage.
@@ -11,13 +13,15 @@ success, 1 when a step failed (``up`` leaves what it made for ``down``), 2 on ba
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from clusterlib import host, layout, state  # noqa: E402
+from clusterlib import configs, host, layout, state  # noqa: E402
 
 
 def status() -> int:
@@ -61,14 +65,55 @@ def start_runtime(name: str) -> int:
     return 0
 
 
+def restart_kubelet(name: str) -> int:
+    from clusterlib import down, up
+
+    st = state.load()
+    node = next((n for n in layout.NODES if n.name == name), None)
+    if st is None or node is None:
+        print(f"no node {name!r} in a running cluster", file=sys.stderr)
+        return 2
+    old = st.proc(f"{name}/kubelet")
+    if old is not None and old.alive():
+        down.stop([old])
+    st.procs = [p for p in st.procs if p.name != f"{name}/kubelet"]
+    started = datetime.now(UTC).replace(microsecond=0)
+    host.start(st, f"{name}/kubelet", configs.kubelet_argv(node), node.system_cgroup, node=node)
+
+    def reported() -> bool:  # Ready, with a heartbeat of the new kubelet (the old one's stays a while)
+        doc = json.loads(up.kubectl("get", "node", name, "-o", "json"))
+        ready = next(c for c in doc["status"]["conditions"] if c["type"] == "Ready")
+        beat = datetime.fromisoformat(ready["lastHeartbeatTime"].replace("Z", "+00:00"))
+        return ready["status"] == "True" and beat >= started
+
+    def synced() -> bool:  # its pod manager knows every pod bound to it (else exec says "pod does not exist")
+        bound = json.loads(up.kubectl("get", "pods", "-A", "--field-selector", f"spec.nodeName={name}", "-o", "json"))
+        want = {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in bound["items"]
+                if p["status"].get("phase") in ("Pending", "Running")}
+        known = json.loads(up.kubectl("get", "--raw", f"/api/v1/nodes/{name}/proxy/pods"))
+        return want <= {(p["metadata"]["namespace"], p["metadata"]["name"]) for p in known.get("items") or []}
+
+    try:
+        up.wait_for(f"{name} Ready after the restart of its kubelet", reported, 90, st)
+        up.wait_for(f"{name}'s kubelet knowing its pods again", synced, 90, st)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    new = st.proc(f"{name}/kubelet")
+    print(f"{name} kubelet pid: {new.pid if new else '?'}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("up", "down", "status", "start-runtime"):
+    if not argv or argv[0] not in ("up", "down", "status", "start-runtime", "restart-kubelet"):
         print(__doc__, file=sys.stderr)
         return 2
     if argv[0] == "status":
         return status()
     if argv[0] == "start-runtime":
         return start_runtime(argv[1]) if len(argv) == 2 else 2
+    if argv[0] == "restart-kubelet":
+        return restart_kubelet(argv[1]) if len(argv) == 2 else 2
     if argv[0] == "down":
         from clusterlib import down
 

@@ -188,6 +188,7 @@ def kubelet_argv(node: layout.Node) -> list[str]:
     d = node.dir
     return [str(layout.KUBELET), f"--config={d / 'kubelet.yaml'}", f"--kubeconfig={d / 'kubelet.kubeconfig'}",
             f"--root-dir={d / 'kubelet'}", f"--cert-dir={d / 'kubelet-pki'}", f"--hostname-override={node.name}",
+            f"--config-dir={d / 'kubelet.conf.d'}",
             f"--node-ip={node.ip}", "--v=1"]
 
 

@@ -129,7 +129,7 @@ def start_control_plane(st: State) -> None:
 
 
 def start_node(st: State, node: layout.Node) -> None:
-    for sub in ("pod-logs", "cni-none", "kubelet", "kubelet-pki"):
+    for sub in ("pod-logs", "cni-none", "kubelet", "kubelet-pki", "kubelet.conf.d"):
         (node.dir / sub).mkdir(parents=True, exist_ok=True)
     host.make_node_netns(node)
     host.make_node_mntns(node, st)

@@ -16,12 +16,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.cluster.kube import Kube, cluster_sh, eventually, host_snapshot, status
+from tests.support import imagebuilder as ib
+from tests.support.tools import CRICTL
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
 
@@ -29,6 +32,8 @@ REGISTRY = "10.250.0.1:5000"
 BUSYBOX = f"{REGISTRY}/cluster/busybox:1.0"
 HTTPD = f"{REGISTRY}/cluster/httpd:1.0"
 NODES = ("node-a", "node-b")
+#: scripts/clusterlib/layout.py BASE (the nodes' directories)
+CLUSTER_DIR = Path(os.environ.get("CRI_SHIM_CLUSTER_DIR", "/var/lib/cri-shim-cluster"))
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +135,31 @@ def test_nodes_ready_on_cri_shim(kube: Kube) -> None:
         assert int(st[f"{node} runtime pid"]) > 0
 
 
+#: kubelet collects images every 5 minutes (ImageGCPeriod, a constant), and its first round
+#: after a start finds every image just detected, too young for any minimum age: the probe is
+#: set up here, first, and checked at the end of the run
+GC_DROP_IN = CLUSTER_DIR / "node-b" / "kubelet.conf.d" / "50-image-gc.conf"
+GC_PROBE: dict[str, Any] = {}
+
+
+def test_image_gc_probe_pulled_and_kubelet_restarted_with_low_thresholds(kube: Kube) -> None:
+    tag = f"gc{os.getpid()}"
+    probe = f"{REGISTRY}/cluster/gc-probe:{tag}"
+    image = ib.build_image([ib.busybox_layer(("sh", "true"))], config={"Cmd": ["true"], "Labels": {"probe": tag}})
+    ib.push(f"http://{REGISTRY}", "cluster/gc-probe", tag, image)
+    # pulled straight through node-b's runtime: no container (not even an exited one, which
+    # kubelet counts as a user of its image until its container GC) ever used it
+    pulled = subprocess.run([str(CRICTL), "--runtime-endpoint", f"unix://{CLUSTER_DIR / 'node-b' / 'cri.sock'}",
+                             "pull", probe], capture_output=True, text=True, timeout=120)
+    assert pulled.returncode == 0, pulled
+    GC_DROP_IN.write_text("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"
+                          "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 1s\n")
+    res = cluster_sh("restart-kubelet", "node-b", timeout=180)
+    assert res.returncode == 0, res
+    GC_PROBE.update(image=probe, restarted=time.monotonic())
+    eventually("node-b reports the probe image", lambda: probe in _node_images(kube, "node-b"), 60, every=2)
+
+
 def test_deployment_spreads_over_both_nodes(kube: Kube) -> None:
     kube.apply(WEB)
     kube.wait("--for=condition=Available", "deployment/web", timeout=240)
@@ -175,6 +205,12 @@ def test_logs_exec_attach_cp(kube: Kube, tmp_path: Any) -> None:
     res = subprocess.run(["script", "-q", "-e", "-c", cmd, "/dev/null"], input="typed\n", capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 4 and "/dev/pts/" in res.stdout and "got:typed" in res.stdout, res
+    # kubectl run -it: the container itself has the terminal (tty: true), of its own devpts
+    cmd = " ".join([*kube_cmd(kube), "run", "tty-run", "-it", "--rm", "--restart=Never", f"--image={BUSYBOX}",
+                    "--", "sh", "-c", "'read l; t=$(tty) && test -c $t && echo tty-ok:$t; echo got:$l'"])
+    res = subprocess.run(["script", "-q", "-e", "-c", cmd, "/dev/null"], input="typed\n", capture_output=True,
+                         text=True, timeout=120)
+    assert "tty-ok:/dev/pts/" in res.stdout and "got:typed" in res.stdout, res
     kube.apply(f"""apiVersion: v1
 kind: Pod
 metadata:
@@ -311,6 +347,11 @@ def test_stats_summary_from_cri(kube: Kube) -> None:
                and 'pod="client-node-a"' in line for line in metrics.splitlines())
 
 
+def _node_images(kube: Kube, node: str) -> set[str]:
+    """The images kubelet reports for ``node`` (from cri-shim's ListImages), by every name."""
+    return {name for img in kube.json("get", "node", node)["status"].get("images", []) for name in img["names"]}
+
+
 def test_job_completes(kube: Kube) -> None:
     kube.apply(f"""apiVersion: batch/v1
 kind: Job
@@ -353,6 +394,29 @@ spec:
     eventually("a liveness restart", restarted, 90, every=2)
     events = kube("get", "events", "--field-selector", "involvedObject.name=liveness")
     assert "Unhealthy" in events
+
+
+def _node_images(kube: Kube, node: str) -> set[str]:
+    """The images kubelet reports for ``node`` (from cri-shim's ListImages), by every name."""
+    return {name for img in kube.json("get", "node", node)["status"].get("images", []) for name in img["names"]}
+
+
+def test_kubelet_image_gc_removes_unused_images(kube: Kube) -> None:
+    # kubelet's image GC over cri-shim (ImageFsInfo for the usage, ListImages, RemoveImage):
+    # with its thresholds at 0/1 %, the second round after the restart (5 minutes on) removes
+    # every image no container uses, and keeps the images of running containers
+    assert GC_PROBE, "the probe was not set up (test_image_gc_probe_pulled_and_kubelet_restarted_with_low_thresholds)"
+    try:
+        left = GC_PROBE["restarted"] + 300 + 90 - time.monotonic()
+        eventually("the unused probe image collected by kubelet's image GC",
+                   lambda: GC_PROBE["image"] not in _node_images(kube, "node-b"), max(left, 30), every=3)
+        in_use = {c["image"] for p in kube.json("get", "pods", "-A")["items"] if p["spec"].get("nodeName") == "node-b"
+                  and p["status"].get("phase") == "Running" for c in p["spec"]["containers"]}
+        assert in_use and in_use <= _node_images(kube, "node-b"), in_use
+    finally:
+        GC_DROP_IN.unlink(missing_ok=True)
+        res = cluster_sh("restart-kubelet", "node-b", timeout=180)
+        assert res.returncode == 0, res
 
 
 def _restarts(kube: Kube, selector: str) -> dict[str, int]:
