@@ -1,4 +1,4 @@
-"""OCI lifecycle hooks of CDI devices, as far as cri-shim's process model allows.
+"""OCI lifecycle hooks of CDI devices.
 
 cri-shim has no OCI runtime between the daemon and the container process (the pod shim
 forks it), so the daemon runs the hooks that the OCI runtime spec (config.md, "POSIX-platform
@@ -11,10 +11,15 @@ Hooks") places in the runtime namespace itself, at the matching moment:
   container keeps running (runtime spec: log a warning, continue).
 - ``poststop``: after RemoveContainer deleted the container; a failure is logged.
 
-``createContainer`` and ``startContainer`` hooks run inside the container's namespaces
-before pivot_root / before the user process; the pod shim cannot run a host binary there
-today, so a CDI device with such a hook is refused with Unimplemented naming it (never a
-container started without its hook).
+``createContainer`` and ``startContainer`` hooks run inside the container's namespaces, so
+the container's set-up process in the pod shim runs them (runtime.shim.hookrun, which says
+when, where their path resolves and with which privileges): they travel in the LaunchSpec
+(``hooks``, ``hook_state``), each with its timeout set. A createContainer hook that fails
+fails CreateContainer (undone); a startContainer hook that fails fails StartContainer (the
+container ends with StartError). A pod shim older than protocol 5 cannot run them: such a
+container is refused with FailedPrecondition (make the pod again). Deviation from the spec's
+order: createContainer hooks run before prestart/createRuntime (the daemon runs those once
+the set-up process reported ready), not after them.
 
 Each hook gets the OCI state on stdin ({"ociVersion", "id", "status", "pid", "bundle",
 "annotations"}); ``bundle`` is the container's state directory (there is no config.json:
@@ -34,7 +39,7 @@ import signal
 from collections.abc import Iterable
 
 from runtime.cdi.spec import ContainerEdits
-from runtime.errors import FailedPrecondition, Unimplemented
+from runtime.errors import FailedPrecondition
 from runtime.model.container import ContainerHook
 
 log = logging.getLogger(__name__)
@@ -48,17 +53,24 @@ DEFAULT_TIMEOUT = 60
 _OUTPUT_TAIL = 512
 
 
-def host_hooks(edits: ContainerEdits) -> tuple[ContainerHook, ...]:
-    """The hooks of ``edits`` as records; Unimplemented for hooks the daemon cannot run."""
+def container_hooks(edits: ContainerEdits) -> tuple[ContainerHook, ...]:
+    """The hooks of ``edits`` as records, in order; an in-container hook gets its timeout
+    set (the set-up process and the shim's deadlines need it)."""
     out = []
     for h in edits.hooks:
-        if h.hook_name in IN_CONTAINER_HOOKS:
-            raise Unimplemented(
-                f"CDI {h.hook_name} hook {h.path}: hooks inside the container's namespaces are not supported "
-                f"by cri-shim (supported: {', '.join(HOST_HOOKS)})"
-            )
-        out.append(ContainerHook(h.hook_name, h.path, h.args or (h.path,), h.env, h.timeout))
+        timeout = (h.timeout or DEFAULT_TIMEOUT) if h.hook_name in IN_CONTAINER_HOOKS else h.timeout
+        out.append(ContainerHook(h.hook_name, h.path, h.args or (h.path,), h.env, timeout))
     return tuple(out)
+
+
+def in_container(hooks: Iterable[ContainerHook]) -> tuple[ContainerHook, ...]:
+    """The createContainer and startContainer hooks of ``hooks``, in order."""
+    return tuple(h for h in hooks if h.name in IN_CONTAINER_HOOKS)
+
+
+def hook_seconds(hooks: Iterable[ContainerHook], name: str) -> int:
+    """The longest the hooks named ``name`` may take, all together."""
+    return sum(h.timeout or DEFAULT_TIMEOUT for h in hooks if h.name == name)
 
 
 def oci_state(container_id: str, status: str, pid: int, bundle: str, annotations: dict[str, str]) -> bytes:

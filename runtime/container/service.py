@@ -35,7 +35,7 @@ from typing import Any
 
 from runtime import errors
 from runtime.cdi.apply import apply_env, check_supported
-from runtime.cdi.hooks import host_hooks, oci_state, run_hooks
+from runtime.cdi.hooks import container_hooks, hook_seconds, in_container, oci_state, run_hooks
 from runtime.cdi.registry import CdiRegistry, requested_devices
 from runtime.checkpoint.restore import ContainerRestorer, is_checkpoint_image, load_plan, plan_restore, save_plan
 from runtime.config import RuntimeSettings
@@ -58,6 +58,7 @@ from runtime.sandbox.service import SandboxService
 from runtime.security.container import ContainerSecurityPlanner
 from runtime.security.rootfs import LayeredRootfs
 from runtime.shim.manager import shim_alive
+from runtime.shim.port import ShimConnection
 from runtime.shim.protocol import ProcPhase
 from runtime.store import Store, from_json
 from runtime.store.codec import to_plain
@@ -192,7 +193,7 @@ class ContainerService:
         if cdi is not None:
             check_supported(cdi)
             steps.mark("cdi")
-        hooks = host_hooks(cdi) if cdi is not None else ()
+        hooks = container_hooks(cdi) if cdi is not None else ()
         mounts = await resolve_image_volumes(self.images, self.host, self.settings.state, cid, config.mounts,
                                              undo, userns=sandbox.namespaces.user)
         if mounts != config.mounts:
@@ -237,6 +238,8 @@ class ContainerService:
         # Measured: the fork and the cgroup moves (each v1 write waits for an RCU grace
         # period) were most of CreateContainer's time.
         client = self.sandboxes.shims.client(sandbox.id)
+        if in_container(hooks):
+            await _check_shim_runs_hooks(client, sandbox.id)
         precreated = asyncio.ensure_future(client.precreate(
             cid, namespaces, () if bound else procs, stdin=config.stdin, tty=config.tty, rpc_timeout=30,
         ))
@@ -310,6 +313,8 @@ class ContainerService:
             log_path=log_path,
             exit_dir=str(state_dir),
             privileged=plan.privileged,
+            hooks=in_container(hooks),
+            hook_state=oci_state(cid, "creating", 0, str(state_dir), config.annotations).decode() if hooks else "",
         )
         if restoring is not None and restore_work is not None:
             restore_plan = plan_restore(restoring, restore_work, launch, criu,
@@ -318,7 +323,7 @@ class ContainerService:
         with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
             await precreated  # if that failed, create forks the process itself
         steps.mark("precreated")
-        created = await client.create(launch, rpc_timeout=90)
+        created = await client.create(launch, rpc_timeout=90 + hook_seconds(hooks, "createContainer"))
         undo.push("shim process", lambda: client.delete(cid, rpc_timeout=30))
         steps.mark("shim")
         if hooks:  # OCI: prestart/createRuntime run once the container's namespaces exist
@@ -425,7 +430,7 @@ class ContainerService:
                         raise errors.FailedPrecondition(
                             f"container {rec.id}: the pod's shim cannot restore ({exc}); make the pod again") from None
                 else:
-                    got = await client.start(rec.id, rpc_timeout=30)
+                    got = await client.start(rec.id, rpc_timeout=30 + hook_seconds(rec.hooks, "startContainer"))
             except errors.FailedPrecondition as exc:
                 now = time.time_ns()
                 await self.records.put(replace(
@@ -762,6 +767,16 @@ class ContainerService:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+async def _check_shim_runs_hooks(client: ShimConnection, sandbox_id: str) -> None:
+    """FailedPrecondition unless the pod's shim runs createContainer/startContainer hooks
+    (protocol 5): an older one would ignore them and run the container without."""
+    info = await client.ping()
+    if info.protocol < 5:
+        raise errors.FailedPrecondition(
+            f"the shim of pod sandbox {sandbox_id} predates CDI createContainer/startContainer hooks (shim protocol "
+            f"{info.protocol} < 5): make the pod again to use this device")
 
 
 def read_exit_file(exit_dir: Path) -> ExitStatus | None:

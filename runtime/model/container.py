@@ -35,9 +35,11 @@ class ImageSpec:
 
 @dataclass(frozen=True, slots=True)
 class ContainerHook:
-    """An OCI lifecycle hook run on the host for this container (from a CDI spec):
-    ``name`` is prestart, createRuntime, poststart or poststop; ``args`` includes argv[0];
-    ``env`` is the hook's whole environment; ``timeout`` seconds (None: the default)."""
+    """An OCI lifecycle hook of this container (from a CDI spec): ``name`` is prestart,
+    createRuntime, poststart or poststop (run by the daemon, runtime.cdi.hooks) or
+    createContainer or startContainer (run by the container's set-up process in the pod
+    shim, runtime.shim.hookrun); ``args`` includes argv[0]; ``env`` is the hook's whole
+    environment; ``timeout`` seconds (None: the default)."""
 
     name: str
     path: str

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runtime.model.container import ContainerHook
+
 
 @dataclass(frozen=True, slots=True)
 class MountSpec:
@@ -148,6 +150,11 @@ class LaunchSpec:
     exit_dir: str = ""
     sysctls: dict[str, str] = field(default_factory=dict)
     privileged: bool = False
+    #: OCI createContainer and startContainer hooks (CDI), in order, each with its timeout
+    #: set; run by the set-up process (runtime.shim.hookrun). Shim protocol >= 5.
+    hooks: tuple[ContainerHook, ...] = ()
+    #: the OCI state document the hooks read on stdin, without "status" and "pid" (JSON)
+    hook_state: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,7 +62,7 @@ from runtime.linux import caps, libc, mountapi, seccomp
 from runtime.linux.inroot import ensure_in_root, fd_path, open_in_root, open_root, opened
 from runtime.linux.mounts import apply_mount, attach_bind, mask_path, proc_in_pidns, readonly_path
 from runtime.model.launch import DeviceSpec, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
-from runtime.shim import finalfork
+from runtime.shim import finalfork, hookrun
 from runtime.shim.userns_setup import DetachedMounts, enter_pod_user_namespace, prepare_detached_mounts
 
 _TIOCSCTTY = 0x540E
@@ -117,7 +117,7 @@ def child_guard(report_fd: int, body: Callable[[], None]) -> NoReturn:
         libc.set_not_dumpable()
         body()
     except BaseException as exc:
-        msg = f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        msg = f"{exc}" if isinstance(exc, (OSError, hookrun.HookFailed)) else f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError):
             write_all(report_fd, b"error " + msg.replace("\n", " ").encode(errors="replace") + b"\n")
         os._exit(1)
@@ -256,7 +256,8 @@ def mount_rootfs(rootfs: RootfsSpec) -> None:
     libc.mount("overlay", rootfs.path, "overlay", 0, options)
 
 
-def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = None, proc_pidns: int = -1) -> None:
+def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = None, proc_pidns: int = -1,
+                          before_pivot: Callable[[int], None] | None = None) -> None:
     """In a fresh mount namespace: rootfs, mounts, devices, masks, pivot_root, read-only root.
     With ``detached`` (a pod with its own user namespace) the rootfs and bind mounts are
     attached from those fds (closed here) instead of mounted from paths, and the new root is
@@ -264,7 +265,9 @@ def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = No
     the host directories on the way to its mount point. With ``proc_pidns`` (an nsfs fd of
     the PID namespace the container's process will be forked into, while we stay outside
     it) a "proc" mount shows that namespace (runtime.linux.mounts.proc_in_pidns); after
-    pivot_root nothing here needs /proc.
+    pivot_root nothing here needs /proc. ``before_pivot`` is called with the new root's fd once
+    its mounts, device nodes and /dev links are made, before the masked and read-only paths
+    and pivot_root (OCI createContainer hooks, runtime.shim.hookrun).
 
     Every path inside the new root is resolved inside it, at the moment of use, into a file
     descriptor (``runtime.linux.inroot``) that the mount, mknod or symlink goes through."""
@@ -301,6 +304,8 @@ def build_mount_namespace(spec: LaunchSpec, detached: DetachedMounts | None = No
         for dev in spec.devices:
             _mknod(root_fd, dev)
         _dev_links(root_fd)
+        if before_pivot is not None:
+            before_pivot(root_fd)
         # Before pivot_root: they mount through /proc/self/fd/N, and the container's /proc
         # may show a PID namespace we are not in (``proc_pidns``: no /proc/self there).
         for path in spec.masked_paths:
@@ -448,13 +453,17 @@ class WorkingDirError(OSError):
     """The process's working directory cannot be entered (or is not the one resolved)."""
 
 
-def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
-    """:func:`enter_process`, then execve; a working directory or execve failure is reported
-    on ``exec_report_fd`` (the start's answer)."""
+def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int, start_hooks: Callable[[], None] | None = None
+                      ) -> NoReturn:
+    """:func:`enter_process`, then ``start_hooks`` (OCI startContainer hooks, with the
+    process's privileges: runtime.shim.hookrun), then execve; a working directory, hook or
+    execve failure is reported on ``exec_report_fd`` (the start's answer)."""
     try:
         env = enter_process(proc)
-    except WorkingDirError as exc:
-        _fail_exec(exec_report_fd, exc.strerror or str(exc))
+        if start_hooks is not None:
+            start_hooks()
+    except (WorkingDirError, hookrun.HookFailed) as exc:
+        _fail_exec(exec_report_fd, (exc.strerror if isinstance(exc, OSError) else "") or str(exc))
     reset_signals()
     try:
         os.execvpe(proc.args[0], list(proc.args), env)
@@ -463,16 +472,20 @@ def finalize_and_exec(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
         _fail_exec(exec_report_fd, f"exec: {proc.args[0]!r}: {what}")
 
 
-def start_final(proc: ProcessSpec, exec_report_fd: int) -> NoReturn:
-    """:func:`enter_process` (AppArmor asked for already), then fork the container's process
-    into the PID namespace for our children, which execve()s (runtime.shim.finalfork); a
-    working directory or lookup failure is reported on ``exec_report_fd`` (closed before
-    the fork: EOF tells the shim to look for our child)."""
+def start_final(proc: ProcessSpec, exec_report_fd: int, start_hooks: Callable[[], None] | None = None
+                ) -> NoReturn:
+    """:func:`enter_process` (AppArmor asked for already), ``start_hooks`` (as in
+    :func:`finalize_and_exec`), then fork the container's process into the PID namespace
+    for our children, which execve()s (runtime.shim.finalfork); a working directory, hook or
+    lookup failure is reported on ``exec_report_fd`` (closed before the fork: EOF tells the
+    shim to look for our child)."""
     try:
         env = enter_process(proc, apparmor=False)
         path = finalfork.find_executable(proc.args[0], env["PATH"])
-    except OSError as exc:
-        _fail_exec(exec_report_fd, exc.strerror or str(exc))
+        if start_hooks is not None:
+            start_hooks()
+    except (OSError, hookrun.HookFailed) as exc:
+        _fail_exec(exec_report_fd, (exc.strerror if isinstance(exc, OSError) else "") or str(exc))
     libc.set_pdeathsig(signal.SIGKILL)  # stopped after the fork: never outlive the shim
     os.close(exec_report_fd)  # the container's process gets nothing of ours but its stdio
     finalfork.fork_final(path, proc.args, env, tty=proc.tty)
@@ -599,6 +612,12 @@ def _container_setup(
         join_cgroups(spec.cgroup_procs)
     detached = None
     late = pidns >= 0
+    # createContainer hooks: their executables opened now, as host root in the host's mount
+    # namespace (runtime.shim.hookrun)
+    executables = hookrun.open_executables(spec.hooks)
+    own_pidns = -1
+    if executables and late and not spec.namespaces.user:
+        own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     if spec.namespaces.user:
         detached = prepare_detached_mounts(spec)
         # kernel: lowering oom_score_adj and raising hard rlimits need CAP_SYS_RESOURCE in
@@ -613,8 +632,18 @@ def _container_setup(
         apply_apparmor(spec.process.apparmor_profile)
     # new mount and cgroup namespaces, owned by the pod's user namespace when it has one;
     # the cgroup namespace after joining the cgroup: it is rooted at the container's cgroup
+    seen_pid = hookrun.host_pid() if spec.hooks else 0  # /proc is still the host's
+
+    def create_hooks(root_fd: int) -> None:
+        state = hookrun.state_document(spec.hook_state, "creating", seen_pid)
+        hookrun.run_hooks(spec.hooks, hookrun.CREATE_CONTAINER, state, executables=executables, cwd_fd=root_fd,
+                          own_pidns_fd=own_pidns)
+
     libc.unshare(libc.CLONE_NEWNS | (libc.CLONE_NEWCGROUP if spec.namespaces.cgroup_ns else 0))
-    build_mount_namespace(spec, detached, pidns)
+    build_mount_namespace(spec, detached, pidns, before_pivot=create_hooks if executables else None)
+    hookrun.close_all(executables)
+    if own_pidns >= 0:
+        os.close(own_pidns)
     if late:
         os.close(pidns)
     if detached is None:
@@ -636,6 +665,11 @@ def _container_setup(
             import fcntl
 
             fcntl.ioctl(0, _TIOCSCTTY, 0)
+    start_hooks = None
+    if any(h.name == hookrun.START_CONTAINER for h in spec.hooks):
+        def start_hooks() -> None:
+            state = hookrun.state_document(spec.hook_state, "created", seen_pid)
+            hookrun.run_hooks(spec.hooks, hookrun.START_CONTAINER, state)
     if late:
-        start_final(spec.process, exec_report_fd)
-    finalize_and_exec(spec.process, exec_report_fd)
+        start_final(spec.process, exec_report_fd, start_hooks)
+    finalize_and_exec(spec.process, exec_report_fd, start_hooks)

@@ -234,6 +234,11 @@ def _handed_over_pid(lines: list[str]) -> int:
     return 0
 
 
+def hook_seconds(spec: LaunchSpec, name: str) -> float:
+    """The longest the OCI hooks named ``name`` of ``spec`` may take, all together."""
+    return float(sum(h.timeout or 60 for h in spec.hooks if h.name == name))
+
+
 def _describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by signal {os.WTERMSIG(status)}"
@@ -748,7 +753,8 @@ class ProcessTable:
         self.procs[spec.container_id] = proc
         lines: list[str] = []
         try:
-            await asyncio.wait_for(self._read_report(report_r, lines), 60)
+            # createContainer hooks run before "ready" (runtime.shim.hookrun), each within its timeout
+            await asyncio.wait_for(self._read_report(report_r, lines), 60 + hook_seconds(spec, "createContainer"))
         except BaseException:
             self._abort(proc, setup, _handed_over_pid(lines))
             raise
@@ -819,7 +825,9 @@ class ProcessTable:
             proc.start_w = -1
         proc.state = "running"
         fd, proc.exec_report_r = proc.exec_report_r, -1
-        message = await (self._hand_over(proc, fd) if proc.handover else self._read_all(fd, 5.0))
+        # startContainer hooks run before the execve (runtime.shim.hookrun), each within its timeout
+        grace = 5.0 + hook_seconds(proc.spec, "startContainer")
+        message = await (self._hand_over(proc, fd, grace) if proc.handover else self._read_all(fd, grace))
         if message:
             raise errors.FailedPrecondition(f"starting container {proc.key}: {message}")
 
@@ -924,7 +932,7 @@ class ProcessTable:
         proc.state = "exited"
         proc.exited.set()
 
-    async def _hand_over(self, proc: Proc, report_r: int) -> str:
+    async def _hand_over(self, proc: Proc, report_r: int, grace: float = 5.0) -> str:
         """Start a container set up outside its PID namespace: its set-up child (``proc.pid``)
         forks the container's process into it and stops (runtime.shim.finalfork); that one,
         read from the kernel, becomes ``proc.pid`` (tracked, with a pidfd: reparented to us
@@ -934,7 +942,7 @@ class ProcessTable:
         setup = proc.pid
         proc.handing_over = True
         try:
-            message = await self._read_all(report_r, 5.0)  # EOF: it closed the pipe to fork; or why not
+            message = await self._read_all(report_r, grace)  # EOF: it closed the pipe to fork; or why not
             final = await asyncio.wait_for(self._final_child(setup, lambda: not self.reaper.claimed(setup)), 30)
         except BaseException:
             self._end_setup(setup, None)  # its end is the container's

@@ -26,7 +26,10 @@ class's MRO names and an OSError's errno (a version-1 daemon reads only ``kind``
 only the pod whose socket it came on). An older shim refuses ``adopt`` as unknown, and the
 daemon then forks a new shim for the pod. 4, :class:`Restore` (a created container started
 by criu restore, runtime.shim.restoreproc); an older shim refuses it as unknown, and the
-daemon says the pod must be made again.
+daemon says the pod must be made again. 5, ``LaunchSpec.hooks``/``hook_state`` (CDI
+createContainer and startContainer hooks, run by the set-up process: runtime.shim.hookrun); a
+daemon creates a container with such hooks only in a pod whose shim answers 5 or more (an
+older one would ignore the fields and run the container without them).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from runtime.model.sandbox import PinnedNamespaces
 from runtime.shim.wire import PORT_CONNECT_TIMEOUT
 from runtime.store.codec import from_plain, to_plain
 
-SHIM_PROTOCOL = 4
+SHIM_PROTOCOL = 5
 
 R = TypeVar("R")
 

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from runtime.cdi.apply import apply_env, device_spec, launch_edits, mount_spec
-from runtime.cdi.hooks import host_hooks, oci_state, run_hook, run_hooks
+from runtime.cdi.hooks import (
+    DEFAULT_TIMEOUT,
+    container_hooks,
+    hook_seconds,
+    in_container,
+    oci_state,
+    run_hook,
+    run_hooks,
+)
 from runtime.cdi.spec import ContainerEdits, DeviceNode, Hook, Mount, NetDevice
 from runtime.errors import FailedPrecondition, InvalidArgument, Unimplemented
 from runtime.model.container import ContainerHook
@@ -94,12 +102,16 @@ def test_env_groups_and_unsupported_edits() -> None:
         launch_edits(ContainerEdits(intel_rdt={"closID": "x"}), uid=0, gid=0)
 
 
-def test_hooks_inside_the_container_are_refused() -> None:
-    edits = ContainerEdits(hooks=(Hook("createRuntime", "/bin/true"), Hook("poststop", "/bin/x", ("x", "-v"))))
-    assert host_hooks(edits) == (ContainerHook("createRuntime", "/bin/true", ("/bin/true",)),
-                                 ContainerHook("poststop", "/bin/x", ("x", "-v")))
-    with pytest.raises(Unimplemented, match="createContainer hook /bin/true"):
-        host_hooks(ContainerEdits(hooks=(Hook("createContainer", "/bin/true"),)))
+def test_hooks_inside_the_container_are_records_with_their_timeout() -> None:
+    edits = ContainerEdits(hooks=(Hook("createRuntime", "/bin/true"), Hook("poststop", "/bin/x", ("x", "-v")),
+                                  Hook("createContainer", "/bin/true"), Hook("startContainer", "/s", timeout=7)))
+    hooks = container_hooks(edits)  # before: Unimplemented for createContainer/startContainer
+    assert hooks == (ContainerHook("createRuntime", "/bin/true", ("/bin/true",)),
+                     ContainerHook("poststop", "/bin/x", ("x", "-v")),
+                     ContainerHook("createContainer", "/bin/true", ("/bin/true",), timeout=DEFAULT_TIMEOUT),
+                     ContainerHook("startContainer", "/s", ("/s",), timeout=7))
+    assert in_container(hooks) == hooks[2:]
+    assert hook_seconds(hooks, "createContainer") == DEFAULT_TIMEOUT and hook_seconds(hooks, "startContainer") == 7
 
 
 def _gone(pid: int) -> bool:
