@@ -16,8 +16,10 @@
   destination.
 - ``additionalGids``: added to the process's supplementary groups (0 ignored).
 - ``hooks``: see :mod:`runtime.cdi.hooks`.
-- ``netDevices`` and ``intelRdt``: not supported by this runtime; a request whose edits use
-  them fails with Unimplemented rather than starting a container without them.
+- ``netDevices``: host interfaces moved into the pod's network namespace for the container
+  (runtime.network.netdevices, by the container service: not a launch edit).
+- ``intelRdt``: not supported by this runtime; a request whose edits use it fails with
+  Unimplemented rather than starting a container without it.
 """
 
 from __future__ import annotations
@@ -50,9 +52,6 @@ class CdiLaunchEdits:
 
 def check_supported(edits: ContainerEdits) -> None:
     """Unimplemented for edits this runtime cannot make (see the module docstring)."""
-    if edits.net_devices:
-        names = ", ".join(d.host_interface_name for d in edits.net_devices)
-        raise Unimplemented(f"CDI netDevices ({names}) are not supported by cri-shim")
     if edits.intel_rdt is not None:
         raise Unimplemented("CDI intelRdt edits are not supported by cri-shim")
 

@@ -39,6 +39,7 @@ from runtime.cdi.hooks import container_hooks, hook_seconds, in_container, oci_s
 from runtime.cdi.registry import CdiRegistry, requested_devices
 from runtime.checkpoint.restore import ContainerRestorer, is_checkpoint_image, load_plan, plan_restore, save_plan
 from runtime.config import RuntimeSettings
+from runtime.container import netdevices as netdevs
 from runtime.container import spec as specs
 from runtime.container.host import ContainerHost
 from runtime.container.imagevolumes import leftover_volume_dirs, release_image_volumes, resolve_image_volumes
@@ -192,6 +193,8 @@ class ContainerService:
         cdi = await asyncio.to_thread(self.cdi.resolve, cdi_names) if cdi_names else None
         if cdi is not None:
             check_supported(cdi)
+            if cdi.net_devices:
+                netdevs.check(cdi.net_devices, sandbox.namespaces.net)
             steps.mark("cdi")
         hooks = container_hooks(cdi) if cdi is not None else ()
         mounts = await resolve_image_volumes(self.images, self.host, self.settings.state, cid, config.mounts,
@@ -240,6 +243,15 @@ class ContainerService:
         client = self.sandboxes.shims.client(sandbox.id)
         if in_container(hooks):
             await _check_shim_runs_hooks(client, sandbox.id)
+        if cdi is not None and cdi.net_devices:
+            # recorded before they move: a crash from here on leaves a record whose removal
+            # (recovery) moves them back
+            rec = replace(rec, net_devices=await netdevs.plan(client, sandbox.namespaces.net, cdi.net_devices))
+            await self.records.put(rec)
+            await netdevs.attach(client, sandbox.namespaces.net, rec.net_devices)
+            moved = rec.net_devices
+            undo.push("net devices", lambda: netdevs.detach(client, sandbox.namespaces.net, moved, owner=cid))
+            steps.mark("net devices")
         precreated = asyncio.ensure_future(client.precreate(
             cid, namespaces, () if bound else procs, stdin=config.stdin, tty=config.tty, rpc_timeout=30,
         ))
@@ -544,9 +556,13 @@ class ContainerService:
             await run_hooks(rec.hooks, ("poststop",), state, strict=False, container_id=cid)
 
     async def _release(self, rec: ContainerRecord, steps: StepTimer | None = None) -> None:
-        """Forget the process in the shim, remove cgroup, snapshot and state dir."""
+        """Move its CDI netDevices back, forget the process in the shim, remove cgroup,
+        snapshot and state dir."""
         steps = steps or StepTimer()
         sandbox = self.sandboxes.records.get(rec.sandbox_id)
+        if rec.net_devices:
+            await self._detach_net_devices(rec)
+            steps.mark("net devices")
         if sandbox is not None and shim_alive(sandbox.shim):
             with contextlib.suppress(errors.Unavailable, errors.NotFound):
                 await self.sandboxes.shims.client(rec.sandbox_id).delete(rec.id, rpc_timeout=30)
@@ -663,6 +679,34 @@ class ContainerService:
         for cid, res in zip(running, results, strict=True):
             if isinstance(res, BaseException):
                 log.error("sandbox %s: stopping container %s failed: %s", sandbox_id, cid, res)
+
+        # the pod's network namespace goes next (StopPodSandbox): the containers' CDI
+        # netDevices go back to the host first (a virtual one would be deleted with it)
+        for rec in self.records.of_sandbox(sandbox_id):
+            if rec.net_devices and rec.state is not ContainerState.CREATING:
+                try:
+                    await self._detach_net_devices(rec)
+                except errors.EngineError as exc:
+                    log.error("sandbox %s: container %s: %s", sandbox_id, rec.id, exc)
+                    continue
+                async with self.lock(rec.id):
+                    current = self.records.get(rec.id)
+                    if current is not None:
+                        await self.records.put(replace(current, net_devices=()))
+
+    async def _detach_net_devices(self, rec: ContainerRecord) -> None:
+        """Move the container's CDI netDevices back to the host (idempotent). Without the
+        pod's shim the pod's network namespace is gone or going, and they with it: the kernel
+        returns a physical device to the host under the name it had in the pod and deletes a
+        virtual one; that is logged."""
+        sandbox = self.sandboxes.records.get(rec.sandbox_id)
+        if sandbox is not None and sandbox.namespaces.net and shim_alive(sandbox.shim):
+            client = self.sandboxes.shims.client(rec.sandbox_id)
+            await netdevs.detach(client, sandbox.namespaces.net, rec.net_devices, owner=rec.id)
+        else:
+            log.warning("container %s: the network namespace of pod %s is gone; its CDI netDevices (%s) were not "
+                        "moved back by cri-shim", rec.id, rec.sandbox_id,
+                        ", ".join(f"{d.name} (host {d.host_name})" for d in rec.net_devices))
 
     async def remove_all(self, sandbox_id: str) -> None:
         for rec in self.records.of_sandbox(sandbox_id):

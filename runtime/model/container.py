@@ -48,6 +48,19 @@ class ContainerHook:
     timeout: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NetDeviceRecord:
+    """A host network interface moved into the pod's network namespace for this container
+    (CDI netDevices, runtime.network.netdevices): ``host_name`` on the host, ``name`` in the
+    pod; ``addresses`` ("address/prefixlen") and ``up`` are what it had on the host, restored
+    when it moves back (RemoveContainer)."""
+
+    host_name: str
+    name: str
+    addresses: tuple[str, ...] = ()
+    up: bool = False
+
+
 class MountPropagation(StrEnum):
     PRIVATE = "private"
     HOST_TO_CONTAINER = "rslave"
@@ -201,6 +214,8 @@ class ContainerRecord:
     oom_killed: bool = False
     #: OCI hooks of the container's CDI devices, run by the daemon (runtime.cdi.hooks)
     hooks: tuple[ContainerHook, ...] = ()
+    #: host interfaces moved into the pod's network namespace for this container (CDI netDevices)
+    net_devices: tuple[NetDeviceRecord, ...] = ()
     #: the checkpoint archive a created container restores at start ("" for an image's)
     checkpoint: str = ""
 

@@ -153,6 +153,21 @@ def set_link(ifname: str, *, master: int | None = None, up: bool | None = None) 
     return Request(RTM_NEWLINK, 0, body, f"set link {ifname}")
 
 
+def set_link_up(index: int, up: bool) -> Request:
+    """Set link ``index`` up or down."""
+    return Request(RTM_NEWLINK, 0, ifinfomsg(index, IFF_UP if up else 0, IFF_UP),
+                   f"set link {index} {'up' if up else 'down'}")
+
+
+def move_link(index: int, netns_fd: int, ifname: str) -> Request:
+    """Move link ``index`` into the network namespace of ``netns_fd``, named ``ifname`` there
+    (``ip link set dev X netns N name Y``). kernel (do_setlink): the move comes first, then
+    the rename, in the target namespace; a link loses its addresses on the way (the caller
+    re-adds them) and keeps its MTU and MAC; it arrives down."""
+    body = ifinfomsg(index) + attr(IFLA_NET_NS_FD, struct.pack("=i", netns_fd)) + attr(IFLA_IFNAME, _name(ifname))
+    return Request(RTM_NEWLINK, 0, body, f"move link {index} to network namespace fd {netns_fd} as {ifname}")
+
+
 def set_hairpin(index: int, on: bool = True) -> Request:
     """Hairpin mode of bridge port ``index``: RTM_SETLINK of family AF_BRIDGE with
     IFLA_PROTINFO { IFLA_BRPORT_MODE }, as ``bridge link set dev X hairpin on`` sends it
@@ -324,8 +339,12 @@ def parse_addr(body: bytes) -> AddrInfo | None:
 class RtnlSocket:
     """A blocking NETLINK_ROUTE socket bound in the netns of the calling thread at creation."""
 
-    def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        """A new socket, or ``sock``: a NETLINK_ROUTE socket made in another network namespace
+        (passed by the pod shim, runtime.shim.nsinit.netlink_in_netns), which it speaks to."""
+        self._sock = sock or socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                           socket.NETLINK_ROUTE)
+        self._sock.setblocking(True)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # dumps of big hosts
         self._sock.bind((0, 0))
         self._seq = 0

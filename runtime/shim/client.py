@@ -25,6 +25,7 @@ from runtime.shim.port import ShimConnection
 from runtime.shim.protocol import (
     Attach,
     ExecSession,
+    NetlinkSocket,
     PortConnect,
     ShimEvent,
     ShimRequest,
@@ -154,7 +155,34 @@ class ShimClient(ShimConnection):
                 await loop.sock_connect(s, str(self.socket_path))
             except (FileNotFoundError, ConnectionRefusedError):
                 raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} is not running") from None
-            request = PortConnect(netns, port, host, timeout)
+            return await self._socket_request(s, PortConnect(netns, port, host, timeout))
+        finally:
+            s.close()
+
+    async def netlink_socket(self, netns: str, timeout: float = wire.PORT_CONNECT_TIMEOUT) -> socket.socket:
+        """A NETLINK_ROUTE socket in the network namespace at ``netns`` (a pinned pod
+        namespace), made by the shim (shim protocol 5; an older shim refuses it with
+        InvalidArgument). Unavailable when the shim cannot be reached or times out."""
+        loop = asyncio.get_running_loop()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            async with asyncio.timeout(timeout):
+                try:
+                    await loop.sock_connect(s, str(self.socket_path))
+                except (FileNotFoundError, ConnectionRefusedError):
+                    raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} is not running") from None
+                return await self._socket_request(s, NetlinkSocket(netns))
+        except TimeoutError:
+            raise errors.Unavailable(f"pod shim of sandbox {self.sandbox_id} made no netlink socket in "
+                                     f"{timeout:g}s") from None
+        finally:
+            s.close()
+
+    async def _socket_request(self, s: socket.socket, request: PortConnect | NetlinkSocket) -> socket.socket:
+        """Send ``request`` on the connected ``s``; the socket the reply carries."""
+        loop = asyncio.get_running_loop()
+        try:
             await loop.sock_sendall(s, wire.encode(request_line(request)))
             data, fds = await _recv_fds(s)
         finally:

@@ -5,7 +5,8 @@
   several pods, runtime.shim.group, and never stands in one's namespaces); for a pod with
   its own user namespace (hostUsers: false) that one too, made by a further child, owning them.
 - :func:`connect_in_netns`: a TCP connection made inside the pod's network namespace,
-  handed back as an fd (port-forward).
+  handed back as an fd (port-forward); :func:`netlink_in_netns`: a NETLINK_ROUTE socket made
+  there, handed back the same way (CDI netDevices).
 
 They rely on the calling process being single-threaded (the kernel refuses these calls otherwise).
 """
@@ -147,6 +148,28 @@ def connect_in_netns(netns_path: str, host: str, port: int, fd_sock: int, timeou
             socket.socket(fileno=fd_sock).send(msg)
             os._exit(1)
         channel = socket.socket(fileno=fd_sock)
+        socket.send_fds(channel, [b"ok"], [s.fileno()])
+        with contextlib.suppress(OSError):
+            channel.detach()
+
+    child_guard(fd_sock, body)
+
+
+def netlink_in_netns(netns_path: str, fd_sock: int) -> NoReturn:
+    """Make a NETLINK_ROUTE socket inside ``netns_path`` ("": ours; the kernel ties it to that
+    network namespace for good) and pass it over ``fd_sock``."""
+
+    def body() -> None:
+        reset_signals()
+        close_fds_except({fd_sock})
+        channel = socket.socket(fileno=fd_sock)
+        try:
+            if netns_path:
+                libc.setns_path(netns_path, libc.CLONE_NEWNET)
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        except OSError as exc:
+            channel.send(f"error network namespace {netns_path}: {exc.strerror or exc}".encode())
+            os._exit(1)
         socket.send_fds(channel, [b"ok"], [s.fileno()])
         with contextlib.suppress(OSError):
             channel.detach()

@@ -14,10 +14,12 @@ are built on ``request`` here, once, for the real client and every double.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from runtime import errors
 from runtime.linux.proc import ProcessRef
 from runtime.model.launch import LaunchSpec, NamespaceSpec, ProcessSpec, RestorePlan
 from runtime.shim.protocol import (
@@ -65,6 +67,11 @@ class ShimConnection(Protocol):
     def close(self) -> None:
         """Drop idle connections (the shim keeps running)."""
         ...
+
+    async def netlink_socket(self, netns: str) -> socket.socket:
+        """A NETLINK_ROUTE socket made in the network namespace at ``netns`` (CDI netDevices);
+        the real client passes the shim's (protocol 5), a double need not."""
+        raise errors.Unimplemented(f"this shim connection cannot make a netlink socket in {netns}")
 
     # -- the typed operations (runtime.shim.protocol), on top of request() ---------------------
 

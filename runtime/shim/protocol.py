@@ -29,7 +29,8 @@ by criu restore, runtime.shim.restoreproc); an older shim refuses it as unknown,
 daemon says the pod must be made again. 5, ``LaunchSpec.hooks``/``hook_state`` (CDI
 createContainer and startContainer hooks, run by the set-up process: runtime.shim.hookrun); a
 daemon creates a container with such hooks only in a pod whose shim answers 5 or more (an
-older one would ignore the fields and run the container without them).
+older one would ignore the fields and run the container without them); and
+:class:`NetlinkSocket` (CDI netDevices), which an older shim refuses as unknown.
 """
 
 from __future__ import annotations
@@ -329,10 +330,23 @@ class PortConnect(ShimRequest[Connected]):
     timeout: float = PORT_CONNECT_TIMEOUT
 
 
+@dataclass(frozen=True, slots=True)
+class NetlinkSocket(ShimRequest[Connected]):
+    """A NETLINK_ROUTE socket made in the network namespace at ``netns`` (a pinned pod
+    namespace; "": the shim's), passed with the reply (SCM_RIGHTS) as port_connect's socket is: the daemon
+    configures links there without entering it (CDI netDevices, runtime.network.netdevices).
+    Protocol 5."""
+
+    OP: ClassVar[str] = "netlink_socket"
+    REPLY: ClassVar[Any] = Connected
+    netns: str
+
+
 REQUESTS: dict[str, type[ShimRequest[Any]]] = {
     cls.OP: cls
     for cls in (Ping, CreateNamespaces, PidHolder, Precreate, Create, Start, Kill, Wait, State, ListProcs,
-                ReopenLog, Delete, ExecSync, Shutdown, Subscribe, Attach, ExecSession, PortConnect, Adopt, Restore)
+                ReopenLog, Delete, ExecSync, Shutdown, Subscribe, Attach, ExecSession, PortConnect, Adopt, Restore,
+                NetlinkSocket)
 }
 
 

@@ -3,7 +3,7 @@
 Requests are the dataclasses of runtime.shim.protocol (JSON lines, runtime.shim.wire), each
 dispatched by its type to an ``op_*`` method that answers with the typed reply: Ping,
 CreateNamespaces, PidHolder, Precreate, Create, Start, Kill, Wait, State, ListProcs,
-ReopenLog, Delete, ExecSync, Shutdown; PortConnect replies with an fd; Subscribe is followed
+ReopenLog, Delete, ExecSync, Shutdown; PortConnect and NetlinkSocket reply with an fd; Subscribe is followed
 by exit events as lines, Attach / ExecSession by binary frames. An error travels as
 runtime.errorcodec's payload, so the daemon raises the same class.
 
@@ -51,6 +51,7 @@ from runtime.shim.protocol import (
     Kill,
     ListProcs,
     NamespacesResult,
+    NetlinkSocket,
     Pid,
     PidHolder,
     Ping,
@@ -195,7 +196,7 @@ class ShimServer:
                 if isinstance(req, Subscribe):
                     await self._subscribe(reader, writer)
                     return
-                if isinstance(req, PortConnect):
+                if isinstance(req, (PortConnect, NetlinkSocket)):
                     await self._port_connect(req, reader, writer)
                     return
                 try:
@@ -385,8 +386,10 @@ class ShimServer:
         finally:
             self._subscribers.discard(writer)
 
-    async def _port_connect(self, req: PortConnect, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Connect to a port in the pod from a forked child and pass the socket back.
+    async def _port_connect(self, req: PortConnect | NetlinkSocket, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        """Connect to a port in the pod (or make a netlink socket there) from a forked child and
+        pass the socket back.
         At most wire.MAX_PORT_CONNECTS at once (more are refused at once); the child is killed when
         the connect outlives its timeout or the daemon hangs up first (its client is gone)."""
         assert self.table is not None
@@ -396,7 +399,8 @@ class ShimServer:
             await writer.drain()
             return
         try:
-            timeout = min(wire.PORT_CONNECT_TIMEOUT, max(0.1, float(req.timeout)))
+            asked = req.timeout if isinstance(req, PortConnect) else wire.PORT_CONNECT_TIMEOUT
+            timeout = min(wire.PORT_CONNECT_TIMEOUT, max(0.1, float(asked)))
         except (TypeError, ValueError):
             timeout = wire.PORT_CONNECT_TIMEOUT
         self._port_connects += 1
@@ -406,7 +410,8 @@ class ShimServer:
             self._port_connects -= 1
 
     async def _port_connect_child(
-        self, req: PortConnect, timeout: float, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, req: PortConnect | NetlinkSocket, timeout: float, reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
     ) -> None:
         assert self.table is not None
         sock: socket.socket = writer.get_extra_info("socket")
@@ -414,6 +419,8 @@ class ShimServer:
         pid = os.fork()
         if pid == 0:
             parent.close()
+            if isinstance(req, NetlinkSocket):
+                nsinit.netlink_in_netns(req.netns, child.detach())
             nsinit.connect_in_netns(req.netns, req.host, int(req.port), child.detach(), timeout)
         child.close()
         done = self.table.wait_child(pid)

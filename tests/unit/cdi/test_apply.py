@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.cdi.apply import apply_env, device_spec, launch_edits, mount_spec
+from runtime.cdi.apply import CdiLaunchEdits, apply_env, device_spec, launch_edits, mount_spec
 from runtime.cdi.hooks import (
     DEFAULT_TIMEOUT,
     container_hooks,
@@ -96,8 +96,8 @@ def test_mounts(tmp_path: Path) -> None:
 def test_env_groups_and_unsupported_edits() -> None:
     assert apply_env(("PATH=/bin", "A=1"), ("A=2", "B=3", "B=4")) == ("PATH=/bin", "A=2", "B=4")
     assert launch_edits(ContainerEdits(additional_gids=(0, 44, 44, 7)), uid=0, gid=0).additional_gids == (44, 7)
-    with pytest.raises(Unimplemented, match="netDevices"):
-        launch_edits(ContainerEdits(net_devices=(NetDevice("eth9", "net0"),)), uid=0, gid=0)
+    # netDevices are moved by the container service (runtime.network.netdevices), not launch edits
+    assert launch_edits(ContainerEdits(net_devices=(NetDevice("eth9", "net0"),)), uid=0, gid=0) == CdiLaunchEdits()
     with pytest.raises(Unimplemented, match="intelRdt"):
         launch_edits(ContainerEdits(intel_rdt={"closID": "x"}), uid=0, gid=0)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -53,11 +54,34 @@ async def serving(tmp_path: Path) -> AsyncIterator[tuple[FailingShim, ShimClient
 
 
 def test_every_request_is_dispatched_by_its_type(tmp_path: Path) -> None:
-    """The request/reply ops and the four that hold their connection cover the protocol."""
+    """The request/reply ops and the five that hold their connection cover the protocol."""
     shim = ShimServer(SID, tmp_path / "x.sock")
-    holding = {p.Attach, p.ExecSession, p.Subscribe, p.PortConnect}
+    holding = {p.Attach, p.ExecSession, p.Subscribe, p.PortConnect, p.NetlinkSocket}
     assert set(shim.ops) | holding == set(p.REQUESTS.values())
     assert not set(shim.ops) & holding
+
+
+async def test_a_netlink_socket_from_the_shim(tmp_path: Path) -> None:
+    """The shim makes a NETLINK_ROUTE socket in a network namespace ("": its own) and passes it."""
+    from runtime.network import rtnl
+
+    loop = asyncio.get_running_loop()
+    async with serving(tmp_path) as (shim, client):
+        assert shim.table is not None
+        loop.add_signal_handler(signal.SIGCHLD, shim.table.reap)  # as run() does: the child is waited for
+        try:
+            sock = await client.netlink_socket("")
+        finally:
+            loop.remove_signal_handler(signal.SIGCHLD)
+        with rtnl.RtnlSocket(sock) as nl:
+            lo = await asyncio.to_thread(nl.link, "lo")
+        assert lo is not None and lo.index == 1
+        loop.add_signal_handler(signal.SIGCHLD, shim.table.reap)
+        try:
+            with pytest.raises(errors.Unavailable, match="network namespace /absent"):
+                await client.netlink_socket("/absent")
+        finally:
+            loop.remove_signal_handler(signal.SIGCHLD)
 
 
 async def test_typed_requests_and_replies(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ REQUESTS: list[p.ShimRequest[Any]] = [
     p.Attach("c" * 64, stdin=True, stdout=False, stderr=True),
     p.ExecSession("c" * 64, PROCESS, stdin=True, stdout=True, stderr=False),
     p.PortConnect("/pins/net", 8080, "::1", 2.0),
+    p.NetlinkSocket("/pins/net"),
     p.Adopt("s" * 64, "/state/shims/ssss.sock", 8, "0123456789abcdef"),
     p.Restore("c" * 64, RestorePlan(
         "/usr/sbin/criu", "/run/c/checkpoint/checkpoint", "/run/c/checkpoint",
@@ -96,6 +97,7 @@ REPLIES: list[tuple[p.ShimRequest[Any], Any]] = [
     (p.Delete("c"), p.Ack()),
     (p.ExecSync("c", PROCESS), p.ExecSyncResult(7, b"out\x00\xff", b"err")),
     (p.PortConnect("", 80), p.Connected()),
+    (p.NetlinkSocket("/pins/net"), p.Connected()),
     (p.Adopt("s" * 64, "/s.sock", 8), p.ShimInfo(7, "s" * 64, p.SHIM_PROTOCOL)),
 ]
 
