@@ -59,6 +59,8 @@ def cdi_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             f"o=/cdi-hook/out; mkdir -p $o\ncat > $o/start.state\nid -u > $o/start.uid\n"
             f"grep CapEff /proc/self/status > $o/start.caps\nreadlink /proc/self/ns/mnt > $o/start.mnt\n"
             f"if test -d {base}; then echo host; else echo container; fi > $o/start.root\n")
+    # in a pod with its own user namespace: run as its root, write into the container's root (cwd)
+    _script(base / "userns-create.sh", "id -u > created-by\nreadlink /proc/self/ns/user >> created-by\n")
     mount = {"hostPath": str(inside), "containerPath": "/cdi-hook", "options": ["rw", "bind"]}
     spec = {
         "cdiVersion": "0.6.0",
@@ -72,6 +74,10 @@ def cdi_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                     {"hookName": "startContainer", "path": "/cdi-hook/start.sh"},
                 ],
             }},
+            {"name": "userns", "containerEdits": {"hooks": [
+                {"hookName": "createContainer", "path": str(base / "userns-create.sh")},
+                {"hookName": "startContainer", "path": "/bin/sh", "args": ["sh", "-c", "id -u > /started-by"]},
+            ]}},
             {"name": "bad-create", "containerEdits": {"hooks": [
                 {"hookName": "createContainer", "path": "/bin/sh",
                  "args": ["sh", "-c", "echo no gpu here >&2; exit 3"]},
@@ -150,6 +156,27 @@ def test_create_and_start_container_hooks_run_where_the_spec_says(d: DaemonProce
     assert (inside / "start.caps").read_text() == caps + "\n"
     assert (inside / "start.mnt").read_text() == mnt + "\n"
     assert status(d, cid).state == pb.CONTAINER_RUNNING
+
+
+def test_hooks_in_a_pod_with_its_own_user_namespace(d: DaemonProcess, busybox: str) -> None:
+    """hostUsers: false: the createContainer hook (opened as host root, the way to it not
+    searchable by the namespace's root) runs as the user namespace's root, as does the
+    container; the startContainer hook as the container's user."""
+    pull(d, busybox)
+    ids = [pb.IDMapping(host_id=2_100_000_000, container_id=0, length=65536)]
+    cfg = pod_config()
+    cfg.linux.security_context.namespace_options.userns_options.CopyFrom(pb.UserNamespace(mode=pb.POD, uids=ids,
+                                                                                          gids=ids))
+    pod = run_pod(d, cfg)
+    cc = _with_device("userns", busybox, "userns")
+    cc.linux.security_context.namespace_options.CopyFrom(cfg.linux.security_context.namespace_options)
+    cid = create_container(d, pod, cfg, cc)
+    start(d, cid)
+    got = exec_sync(d, cid, ["sh", "-c", "cat /created-by /started-by; readlink /proc/self/ns/user"])
+    assert got.exit_code == 0, got.stderr
+    created_uid, created_ns, started_uid, own_ns = got.stdout.decode().split()
+    assert (created_uid, started_uid) == ("0", "0") and created_ns == own_ns
+    assert own_ns != os.readlink("/proc/self/ns/user")
 
 
 def test_a_failing_or_slow_create_hook_fails_the_create_and_leaves_nothing(d: DaemonProcess, busybox: str) -> None:
