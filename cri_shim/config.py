@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import logging
+import os
 import re
 import tomllib
 import types
@@ -315,6 +316,14 @@ def _check_runtime_handlers(cfg: Config) -> None:
         if profile and profile != "runtime/default" and not Path(profile).is_absolute():
             raise ConfigError(f"{key}.default_seccomp_profile: {profile!r} is neither runtime/default nor an "
                               "absolute path")
+        runtime = h.oci_runtime_path
+        if runtime:
+            if not Path(runtime).is_absolute():
+                raise ConfigError(f"{key}.oci_runtime_path: {runtime!r} must be an absolute path")
+            if not os.path.isfile(runtime) or not os.access(runtime, os.X_OK):
+                raise ConfigError(f"{key}.oci_runtime_path: {runtime!r} is not an executable file")
+            if h.user_namespace:
+                raise ConfigError(f"{key}: user_namespace is not supported with oci_runtime_path")
     first, last = cfg.pods.userns_first_id, cfg.pods.userns_last_id
     if not 1 <= first <= last <= (1 << 32) - 2 or last - first + 1 < IDS_PER_POD:
         raise ConfigError(f"pods.userns_first_id..userns_last_id: {first}..{last} must lie in 1..4294967294 "

@@ -331,6 +331,17 @@ class RuntimeHandlerSettings:
             "stay unconfined. Empty: as the default handler."
         ),
     )
+    oci_runtime_path: str = field(
+        default="",
+        metadata=doc(
+            "Absolute path of an OCI runtime binary (runc, crun) that runs the containers of this "
+            "handler's pods: each container gets an OCI bundle generated from its plan (same "
+            "capabilities, seccomp, masked and read-only paths, mounts, cgroup) and is made with "
+            "`create`/`start`, exec'd with `exec`, removed with `delete`, the runtime's state under "
+            "<state>/oci/<handler>. The pod itself (namespaces, network, PID holder) stays cri-shim's. "
+            "Not with user_namespace; containers with a tty are refused. Empty: cri-shim runs them."
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ from runtime.cdi.registry import CdiRegistry, requested_devices
 from runtime.checkpoint.restore import ContainerRestorer, is_checkpoint_image, load_plan, plan_restore, save_plan
 from runtime.config import RuntimeSettings
 from runtime.container import netdevices as netdevs
+from runtime.container import oci
 from runtime.container import spec as specs
 from runtime.container.host import ContainerHost
 from runtime.container.imagevolumes import leftover_volume_dirs, release_image_volumes, resolve_image_volumes
@@ -50,7 +51,7 @@ from runtime.handoff import Handoff, ParkedStore
 from runtime.ids import check_id, new_id
 from runtime.image.model import Image
 from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
-from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RootfsSpec
+from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, OciLaunch, ProcessSpec, RootfsSpec
 from runtime.model.query import select
 from runtime.model.resources import Resources, check_resources
 from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
@@ -176,6 +177,8 @@ class ContainerService:
             config = replace(config, security=replace(config.security, seccomp=seccomp))
         steps = StepTimer()
         namespaces = self._namespaces(sandbox, config)
+        # the pod's runtime handler may run its containers through an OCI runtime (runc, crun)
+        oci_runtime = self.sandboxes.handlers.get(sandbox.config.runtime_handler).oci_runtime_path
         restoring = None
         if is_checkpoint_image(config.image.image):
             # CRI-O/containerd: an image that is a path is a checkpoint archive to restore
@@ -215,6 +218,9 @@ class ContainerService:
         # A process-bound driver (systemd: a scope cannot exist without a process) makes the
         # cgroup around the forked process below; the others make it now, empty.
         bound = driver.process_bound
+        if oci_runtime:
+            oci.check_supported(oci_runtime, config, sandbox, restoring=restoring is not None,
+                                process_bound_cgroups=bound, container_hooks=bool(in_container(hooks)))
 
         def make_dirs_and_cgroup() -> None:
             self.host.make_state_dir(state_dir, log_path)
@@ -252,9 +258,10 @@ class ContainerService:
             moved = rec.net_devices
             undo.push("net devices", lambda: netdevs.detach(client, sandbox.namespaces.net, moved, owner=cid))
             steps.mark("net devices")
+        # (not for an OCI runtime's container: the runtime makes its process)
         precreated = asyncio.ensure_future(client.precreate(
             cid, namespaces, () if bound else procs, stdin=config.stdin, tty=config.tty, rpc_timeout=30,
-        ))
+        ) if not oci_runtime else asyncio.sleep(0))
 
         async def discard_precreated() -> None:
             with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
@@ -328,6 +335,17 @@ class ContainerService:
             hooks=in_container(hooks),
             hook_state=oci_state(cid, "creating", 0, str(state_dir), config.annotations).decode() if hooks else "",
         )
+        oci_root = ""
+        if oci_runtime:
+            oci_root = str(oci.runtime_root(self.settings.state, sandbox.config.runtime_handler))
+            launch = replace(launch, oci=OciLaunch(oci_runtime, oci_root, str(state_dir / "bundle")))
+            seccomp_filter = await asyncio.to_thread(planner.seccomp.resolved, plan.seccomp)
+            assert launch.oci is not None
+            await asyncio.to_thread(oci.write_bundle_for, launch, launch.oci, cgroups_path=cg_path,
+                                    device_rules=plan.device_rules, resources=resources, seccomp=seccomp_filter)
+            # the runtime's state and cgroups, whatever the shim did (undone before the state dir)
+            undo.push("OCI runtime state", lambda: oci.delete(oci_runtime, oci_root, cid))
+            steps.mark("bundle")
         if restoring is not None and restore_work is not None:
             restore_plan = plan_restore(restoring, restore_work, launch, criu,
                                         cgroup_root=str(self.settings.cgroup_root))
@@ -349,6 +367,7 @@ class ContainerService:
             log_path=log_path, cgroup_path=cg_path, snapshot_key=cid, user=plan.user.user, mounts=config.mounts,
             resources=resources, stop_signal=stop_signal, hooks=hooks,
             checkpoint=restoring.path if restoring is not None else "",
+            oci_runtime=oci_runtime, oci_root=oci_root,
         )
         await self.records.put(rec)
         # Only a stored container gets an entry: a failed create undoes everything and must not
@@ -567,6 +586,10 @@ class ContainerService:
             with contextlib.suppress(errors.Unavailable, errors.NotFound):
                 await self.sandboxes.shims.client(rec.sandbox_id).delete(rec.id, rpc_timeout=30)
             steps.mark("shim")
+        if rec.oci_runtime:
+            # before its cgroup and state dir: the runtime's state, its process if any, its cgroups
+            await oci.delete(rec.oci_runtime, rec.oci_root, rec.id)
+            steps.mark("OCI runtime delete")
         # With the process gone these are independent of each other (different cgroupfs
         # directories, the snapshot, the image volumes' directory and the state directory): run
         # together, each one's thread hop and disk metadata waits overlap the others' instead of
@@ -757,7 +780,24 @@ class ContainerService:
         except Exception:
             log.exception("recovery: cleaning container snapshots failed")
         await asyncio.to_thread(self._clean_leftovers, known)
+        await self._clean_oci_leftovers(known)
         return len(known)
+
+    async def _clean_oci_leftovers(self, known: set[str]) -> None:
+        """``delete --force`` what an OCI runtime keeps of containers we have no record of
+        (a crash between the runtime's create and our record, or a removal cut short)."""
+        for handler in self.settings.runtime_handlers:
+            if not handler.oci_runtime_path:
+                continue
+            root = oci.runtime_root(self.settings.state, handler.name)
+            for cid in await asyncio.to_thread(oci.runtime_containers, root):
+                if cid in known:
+                    continue
+                log.info("recovery: deleting %s's leftover container %s", handler.oci_runtime_path, cid)
+                try:
+                    await oci.delete(handler.oci_runtime_path, str(root), cid)
+                except (errors.EngineError, OSError) as exc:
+                    log.error("recovery: %s delete of container %s failed: %s", handler.oci_runtime_path, cid, exc)
 
     async def _recover_one(self, rec: ContainerRecord) -> None:
         sandbox = self.sandboxes.records.get(rec.sandbox_id)

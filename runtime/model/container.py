@@ -218,6 +218,10 @@ class ContainerRecord:
     net_devices: tuple[NetDeviceRecord, ...] = ()
     #: the checkpoint archive a created container restores at start ("" for an image's)
     checkpoint: str = ""
+    #: the OCI runtime binary that made the container (its pod's runtime handler's
+    #: oci_runtime_path; "" when cri-shim's shim did) and that runtime's --root
+    oci_runtime: str = ""
+    oci_root: str = ""
 
     @property
     def name_key(self) -> str:

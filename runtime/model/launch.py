@@ -128,6 +128,20 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class OciLaunch:
+    """The container runs through an external OCI runtime (runc, crun) instead of the shim's
+    own fork (runtime.shim.ociproc): ``runtime`` is its binary, ``root`` its ``--root`` state
+    dir, ``bundle`` the directory holding the ``config.json`` the daemon wrote
+    (runtime.oci.bundle). The container's id in that runtime is LaunchSpec.container_id.
+    ``systemd_cgroup``: pass ``--systemd-cgroup`` (the daemon's driver is systemd)."""
+
+    runtime: str
+    root: str
+    bundle: str
+    systemd_cgroup: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LaunchSpec:
     """Everything needed to create one container process under the pod shim."""
 
@@ -155,6 +169,8 @@ class LaunchSpec:
     hooks: tuple[ContainerHook, ...] = ()
     #: the OCI state document the hooks read on stdin, without "status" and "pid" (JSON)
     hook_state: str = ""
+    #: set: the container is made by an external OCI runtime from ``oci.bundle``
+    oci: OciLaunch | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime import errors
+from runtime.cgroups.named import remove_named_dirs
 from runtime.cgroups.pod import sandbox_resources
 from runtime.config import RuntimeSettings
 from runtime.events import EventBus, EventKind
@@ -349,8 +350,16 @@ class SandboxService:
                 await asyncio.to_thread(driver.remove_if_unused, rec.cgroup_path)
             else:
                 await asyncio.to_thread(driver.remove, rec.cgroup_path)
+            if self._oci_handler(rec.config.runtime_handler):
+                # its OCI runtime made the pod's directory in the named hierarchies too
+                await asyncio.to_thread(remove_named_dirs, self.settings.cgroup_root, rec.cgroup_path)
         await asyncio.to_thread(self.host.remove_dirs, Path(rec.state_dir), Path(rec.files_dir))
         self.shims.forget(rec.id)
+
+    def _oci_handler(self, name: str) -> bool:
+        """Whether handler ``name`` runs its containers through an OCI runtime (False for
+        one no longer configured)."""
+        return any(h.name == name and h.oci_runtime_path for h in self.settings.runtime_handlers)
 
     async def update_resources(
         self, id_or_prefix: str, resources: Resources | None, overhead: Resources | None

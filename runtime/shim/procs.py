@@ -34,7 +34,7 @@ from pathlib import Path
 from runtime import errors
 from runtime.linux import libc, mountapi, ptys
 from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, ProcessSpec, RestorePlan
-from runtime.shim import execproc, finalfork, init, restoreproc
+from runtime.shim import execproc, finalfork, init, ociproc, restoreproc
 from runtime.shim.cgkill import CgroupKiller, KillOutcome, owns_pid_namespace
 from runtime.shim.logwriter import CriLogFile, LineSplitter
 from runtime.shim.oomwatch import OomCounters
@@ -274,6 +274,8 @@ class ProcessTable:
         self.oom = OomCounters()
         #: a pidfd of the pod-shared PID namespace's pid 1 (see :meth:`set_holder`)
         self.holder_pidfd = -1
+        #: runs the external OCI runtime for containers whose spec names one
+        self.oci = ociproc.OciRunner(self)
 
     # -- reaping ------------------------------------------------------------------------------
 
@@ -703,7 +705,11 @@ class ProcessTable:
             pre.discard()
 
     async def create(self, spec: LaunchSpec) -> Proc:
-        """Create a container process: set up, then waiting for :meth:`start`."""
+        """Create a container process: set up, then waiting for :meth:`start`. A spec with
+        ``oci`` is created by that OCI runtime (runtime.shim.ociproc)."""
+        if spec.oci is not None:
+            self.discard_precreated(spec.container_id)
+            return await self.oci.create(spec)
         if spec.container_id in self.procs:
             raise errors.AlreadyExists(f"container {spec.container_id} already exists in this pod")
         pre = self.precreated.pop(spec.container_id, None)
@@ -802,6 +808,9 @@ class ProcessTable:
 
     async def start(self, proc: Proc) -> None:
         """Let a created process exec; raises if execve fails (the container then ends 127)."""
+        if proc.spec.oci is not None:
+            await self.oci.start(proc)
+            return
         if proc.state != "created" or proc.start_w < 0:
             raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
         proc.started_at_ns = time.time_ns()
@@ -837,6 +846,8 @@ class ProcessTable:
         is in the container's cgroups; the restored tree's root becomes ``proc.pid``, tracked
         as any container process, with fresh stdout/stderr pipes. Raises
         FailedPrecondition with criu's reason (the container is then exited, code 128)."""
+        if proc.spec.oci is not None:
+            raise errors.Unimplemented(f"container {proc.key}: restoring a checkpoint through an OCI runtime")
         if proc.state != "created" or proc.start_w < 0:
             raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
         if proc.handover or proc.spec.process.tty or proc.spec.rootfs is None:
@@ -981,7 +992,10 @@ class ProcessTable:
         Set up out of the container's sight and spawned into it (runtime.shim.execproc). It
         gets the container's oom_score_adj and rlimits whatever ``process`` says, as runc
         exec does (the container's config), never the shim's own: the shim runs at the
-        daemon's oom_score_adj (-999 in production)."""
+        daemon's oom_score_adj (-999 in production). A container made by an OCI runtime
+        execs through it (runtime.shim.ociproc)."""
+        if container.spec.oci is not None:
+            return await self.oci.spawn_exec(container, process, sink, stdin)
         if container.state != "running" or not container.pid or container.pidfd < 0:
             raise errors.FailedPrecondition(f"container {container.key} is not running")
         try:

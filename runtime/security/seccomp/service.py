@@ -24,14 +24,14 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import InvalidArgument
 from runtime.linux import seccomp as kseccomp
 from runtime.model.sandbox import ProfileType, SecurityProfile
 from runtime.security.seccomp.bpf import compile_filter
-from runtime.security.seccomp.profile import Profile, ProfileContext, parse_profile
+from runtime.security.seccomp.profile import Profile, ProfileContext, SeccompFilter, parse_profile
 
 RUNTIME_DEFAULT_FILE = Path(__file__).with_name("runtime_default.json")
 
@@ -45,6 +45,10 @@ class SeccompChoice:
     profile: str
     bpf: bytes = b""
     digest: str = ""
+    #: the profile's text and the context it was resolved in: what an OCI runtime, which
+    #: takes the JSON form, is given (:meth:`SeccompProfiles.resolved`)
+    text: bytes = field(default=b"", repr=False, compare=False)
+    context: ProfileContext | None = field(default=None, compare=False)
 
 
 def kernel_version(release: str | None = None) -> tuple[int, int]:
@@ -112,7 +116,20 @@ class SeccompProfiles:
             raise InvalidArgument(f"unknown seccomp profile type {requested.type!r}")
         ctx = ProfileContext(frozenset(bounding_caps), self.native_arch, self.kernel)
         digest, bpf = self.compile(text, ctx, source=name)
-        return SeccompChoice(name, bpf, digest)
+        return SeccompChoice(name, bpf, digest, text, ctx)
+
+    def resolved(self, choice: SeccompChoice) -> SeccompFilter | None:
+        """The filter ``choice``'s program was compiled from (None: unconfined), for an OCI
+        runtime's config (runtime.oci.seccomp): the same profile text resolved in the same
+        context, so it holds the same rules."""
+        if not choice.bpf or choice.context is None:
+            return None
+        digest = hashlib.sha256(choice.text).hexdigest()
+        with self._lock:
+            profile = self._parsed.get(digest)
+        if profile is None:
+            profile = parse_profile(choice.text, choice.profile)
+        return profile.resolve(choice.context)
 
     def compile(self, text: bytes, ctx: ProfileContext, source: str = "<profile>") -> tuple[str, bytes]:
         """(cache key, program) for a profile text in a context; compiles on a cache miss."""

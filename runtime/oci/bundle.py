@@ -1,0 +1,227 @@
+"""An OCI bundle's ``config.json`` (runtime-spec 1.0.2) from a container's launch plan.
+
+The daemon plans a container once (runtime.container.service: identity, capabilities,
+seccomp, masked and read-only paths, mounts, devices, cgroup) into a
+:class:`~runtime.model.launch.LaunchSpec`; for a pod whose runtime handler names an OCI
+runtime this module turns the same plan into the runtime's config, so a container run by
+runc carries the protections a native one gets:
+
+- process: args, env, cwd, uid/gid and supplementary groups, the five capability sets,
+  noNewPrivileges, rlimits, oomScoreAdj, the AppArmor profile; never a terminal (refused
+  before: runtime.container.service);
+- root: the overlay the shim mounts at ``rootfs.path`` (runtime.shim.ociproc), read-only
+  when the container asks;
+- mounts: the plan's, in order; its per-hierarchy cgroup v1 mounts become the one
+  ``cgroup`` mount runc builds itself (read-only unless privileged);
+- linux: the pod's net/ipc/uts namespaces (and its PID namespace when shared, or a TARGET
+  container's) joined by path; new mount, cgroup and (unless joined or the node's) PID
+  namespaces; devices, the device cgroup rules, memory/cpu/cpuset limits, the cgroup path
+  (the same one the daemon's driver made), masked and read-only paths, seccomp in its JSON
+  form (runtime.oci.seccomp) and ``rootfsPropagation: rshared`` when a mount is
+  bidirectional (as containerd sets it).
+
+Pure: no I/O; the caller writes the result (``write_bundle``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from runtime.linux.caps import CAP_NAMES
+from runtime.model.launch import Capabilities, DeviceSpec, LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec
+from runtime.model.resources import Resources
+from runtime.oci.seccomp import oci_seccomp
+from runtime.security.devices import DeviceRule
+from runtime.security.seccomp.profile import SeccompFilter
+from runtime.store.files import atomic_write
+
+OCI_VERSION = "1.0.2"
+CONFIG_FILE = "config.json"
+#: RLIMIT_* numbers (Linux) -> names, as the runtime-spec spells them
+RLIMIT_NAMES = {getattr(resource, n): n for n in dir(resource) if n.startswith("RLIMIT_")}
+_CGROUP_FS = ("cgroup", "cgroup2")
+
+
+def _cap_names(caps: tuple[int, ...]) -> list[str]:
+    return [CAP_NAMES[c] for c in caps if 0 <= c < len(CAP_NAMES)]
+
+
+def oci_capabilities(caps: Capabilities | None, last_cap: int) -> dict[str, list[str]]:
+    """The five sets; ``None`` (privileged: keep every capability) is every capability up to
+    the kernel's ``last_cap`` in all sets but ambient."""
+    if caps is None:
+        every = list(CAP_NAMES[: last_cap + 1])
+        return {"bounding": every, "effective": every, "permitted": every, "inheritable": every, "ambient": []}
+    return {
+        "bounding": _cap_names(caps.bounding), "effective": _cap_names(caps.effective),
+        "permitted": _cap_names(caps.permitted), "inheritable": _cap_names(caps.inheritable),
+        "ambient": _cap_names(caps.ambient),
+    }
+
+
+def oci_process(process: ProcessSpec, last_cap: int) -> dict[str, Any]:
+    """The runtime-spec ``process`` object (also what ``runc exec --process`` reads).
+    ValueError for a tty (not passed: the shim holds no console socket) or an rlimit Linux
+    does not name."""
+    if process.tty:
+        raise ValueError("a terminal is not supported through an OCI runtime")
+    out: dict[str, Any] = {
+        "terminal": False,
+        "user": {"uid": process.uid, "gid": process.gid},
+        "args": list(process.args),
+        "env": list(process.env),
+        "cwd": process.cwd or "/",
+        "capabilities": oci_capabilities(process.capabilities, last_cap),
+        "noNewPrivileges": process.no_new_privs,
+    }
+    if process.additional_gids:
+        out["user"]["additionalGids"] = list(process.additional_gids)
+    if process.rlimits:
+        limits = []
+        for r in process.rlimits:
+            name = RLIMIT_NAMES.get(r.resource)
+            if name is None:
+                raise ValueError(f"rlimit resource {r.resource} has no name")
+            limits.append({"type": name, "soft": r.soft, "hard": r.hard})
+        out["rlimits"] = limits
+    if process.oom_score_adj is not None:
+        out["oomScoreAdj"] = process.oom_score_adj
+    if process.apparmor_profile:
+        out["apparmorProfile"] = process.apparmor_profile
+    return out
+
+
+def oci_mounts(mounts: Sequence[MountSpec], *, privileged: bool) -> list[dict[str, Any]]:
+    """The plan's mounts as runtime-spec mounts. Its cgroup hierarchies (a tmpfs at
+    /sys/fs/cgroup and one ``cgroup`` mount per v1 hierarchy, or one cgroup2) become one
+    ``cgroup`` mount at /sys/fs/cgroup, which runc expands itself; a bind gets ``rbind``
+    unless it says ``bind``."""
+    out: list[dict[str, Any]] = []
+    cgroup_at = -1
+    for m in mounts:
+        is_cgroup = m.type in _CGROUP_FS or (m.destination == "/sys/fs/cgroup" and m.type == "tmpfs")
+        if is_cgroup and m.destination.startswith("/sys/fs/cgroup"):
+            if cgroup_at < 0:
+                cgroup_at = len(out)
+                options = ["nosuid", "noexec", "nodev", "relatime"] + ([] if privileged else ["ro"])
+                out.append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                            "options": options})
+            continue
+        options = list(m.options)
+        if m.type == "bind" and "bind" not in options and "rbind" not in options:
+            options.insert(0, "rbind")
+        out.append({"destination": m.destination, "type": m.type, "source": m.source or m.type,
+                    "options": options})
+    return out
+
+
+def oci_namespaces(ns: NamespaceSpec) -> list[dict[str, str]]:
+    """Namespaces to join (a path) or make (no path); one not listed is the node's."""
+    if ns.user or ns.mnt:
+        raise ValueError("user namespaces and joined mount namespaces are not supported through an OCI runtime")
+    out: list[dict[str, str]] = []
+    for kind, path in (("network", ns.net), ("ipc", ns.ipc), ("uts", ns.uts)):
+        if path:
+            out.append({"type": kind, "path": path})
+    if ns.pid:
+        out.append({"type": "pid", "path": ns.pid})
+    elif ns.new_pid:
+        out.append({"type": "pid"})
+    out.append({"type": "mount"})
+    if ns.cgroup_ns:
+        out.append({"type": "cgroup"})
+    return out
+
+
+def oci_device(dev: DeviceSpec) -> dict[str, Any]:
+    return {"path": dev.path, "type": dev.type, "major": dev.major, "minor": dev.minor,
+            "fileMode": dev.file_mode, "uid": dev.uid, "gid": dev.gid}
+
+
+def oci_device_rule(rule: DeviceRule) -> dict[str, Any]:
+    out: dict[str, Any] = {"allow": rule.allow, "access": rule.access}
+    if rule.type != "a":
+        out["type"] = rule.type
+    if rule.major is not None:
+        out["major"] = rule.major
+    if rule.minor is not None:
+        out["minor"] = rule.minor
+    return out
+
+
+def oci_resources(resources: Resources | None, device_rules: Sequence[DeviceRule]) -> dict[str, Any]:
+    """``linux.resources``: the device rules (the full list, deny-all first, as the daemon
+    applies them) and the memory, CPU and cpuset limits. The rest (swap, huge pages,
+    ``unified``) the daemon's cgroup driver wrote to the same cgroup; runc leaves what it is
+    not given alone."""
+    out: dict[str, Any] = {"devices": [oci_device_rule(r) for r in device_rules]}
+    if resources is None:
+        return out
+    if resources.memory_limit_in_bytes:
+        out["memory"] = {"limit": resources.memory_limit_in_bytes}
+    cpu: dict[str, Any] = {}
+    if resources.cpu_shares:
+        cpu["shares"] = resources.cpu_shares
+    if resources.cpu_quota:
+        cpu["quota"] = resources.cpu_quota
+    if resources.cpu_period:
+        cpu["period"] = resources.cpu_period
+    if resources.cpuset_cpus:
+        cpu["cpus"] = resources.cpuset_cpus
+    if resources.cpuset_mems:
+        cpu["mems"] = resources.cpuset_mems
+    if cpu:
+        out["cpu"] = cpu
+    return out
+
+
+def runtime_config(
+    spec: LaunchSpec,
+    *,
+    cgroups_path: str,
+    device_rules: Sequence[DeviceRule] = (),
+    resources: Resources | None = None,
+    seccomp: SeccompFilter | None = None,
+    last_cap: int = len(CAP_NAMES) - 1,
+) -> dict[str, Any]:
+    """The ``config.json`` of ``spec`` (see the module docstring). ``cgroups_path``: the
+    container's cgroup as runc names it (cgroupfs: the path under each hierarchy's root;
+    systemd: "slice:prefix:name"). ValueError for what an OCI runtime cannot be given
+    (a tty, a user namespace)."""
+    if spec.rootfs is None:
+        raise ValueError("a container run through an OCI runtime needs a rootfs")
+    linux: dict[str, Any] = {
+        "namespaces": oci_namespaces(spec.namespaces),
+        "devices": [oci_device(d) for d in spec.devices],
+        "resources": oci_resources(resources, device_rules),
+        "cgroupsPath": cgroups_path,
+        "maskedPaths": list(spec.masked_paths),
+        "readonlyPaths": list(spec.readonly_paths),
+    }
+    if spec.sysctls:
+        linux["sysctl"] = dict(spec.sysctls)
+    if seccomp is not None:
+        linux["seccomp"] = oci_seccomp(seccomp)
+    if any("rshared" in m.options for m in spec.mounts):
+        linux["rootfsPropagation"] = "rshared"
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": oci_process(spec.process, last_cap),
+        "root": {"path": spec.rootfs.path, "readonly": spec.rootfs.readonly},
+        "mounts": oci_mounts(spec.mounts, privileged=spec.privileged),
+        "linux": linux,
+        "annotations": {"io.kubernetes.cri.sandbox-id": spec.sandbox_id},
+    }
+
+
+def write_bundle(bundle: Path, config: dict[str, Any]) -> None:
+    """Make the bundle directory (0700) and write its config.json atomically (0600: it names
+    host paths and the container's environment)."""
+    bundle.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(bundle, 0o700)
+    atomic_write(bundle / CONFIG_FILE, json.dumps(config, indent=1).encode(), 0o600)

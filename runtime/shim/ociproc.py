@@ -1,0 +1,346 @@
+"""Containers made by an external OCI runtime (runc, crun), run by the pod shim.
+
+For a container whose LaunchSpec carries ``oci`` (its pod's runtime handler names an OCI
+runtime) the shim runs the runtime instead of forking the container's process itself, so
+that the container is still the shim's child (exit status, CRI log, attach, OOM watch):
+
+    create: shim ── fork ──▶ child: setsid, unshare(NEWNS), mounts slave (or shared for a
+              bidirectional mount, the rootfs's parent then private), the overlay mounted at
+              rootfs.path in that private namespace (never on the host), the container's stdio
+              on 0-2 ──execve──▶ ``runc create --bundle B --pid-file P ID``
+              runc passes its stdio through to the container's init ("pass-through" mode)
+              and exits; the init, its orphan, is reparented to the shim (a child subreaper)
+              and tracked as a native container's process (verified with runc 1.1.5).
+    start:  ``runc start ID``
+    exec:   ``runc exec --detach --pid-file P --process J ID`` with the exec's stdio: the
+              exec'd process, orphaned when runc exits, is reparented to the shim likewise;
+              its exit status is the exec's.
+    delete: ``runc delete --force ID`` (its state under ``--root`` and its cgroups).
+    kill:   signals go to the init's pid, as for any container (runc kill would do the same).
+
+The runtime's own diagnostics go to ``<bundle>/runtime.log`` (JSON lines, --log); a failure
+names its last error lines. A terminal is not supported (no console socket): the daemon
+refuses such containers and execs before they reach here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from runtime import errors
+from runtime.linux import caps as kcaps
+from runtime.linux import libc
+from runtime.model.launch import LaunchSpec, OciLaunch, ProcessSpec
+from runtime.oci.bundle import oci_process
+from runtime.shim import init
+from runtime.shim.logwriter import CriLogFile
+
+if TYPE_CHECKING:
+    from runtime.shim.procs import OutputSink, Proc, ProcessTable
+
+log = logging.getLogger("cri_shim.shim")
+
+LOG_FILE = "runtime.log"
+INIT_PID_FILE = "init.pid"
+#: how long one runtime command may take (create mounts and joins cgroups: seconds at most)
+RUNTIME_TIMEOUT = 60.0
+
+
+def runtime_argv(oci: OciLaunch, *args: str) -> list[str]:
+    """The runtime's command line: global options (state root, JSON log in the bundle,
+    the cgroup driver), then ``args``."""
+    argv = [oci.runtime, "--root", oci.root, "--log", os.path.join(oci.bundle, LOG_FILE), "--log-format", "json"]
+    if oci.systemd_cgroup:
+        argv.append("--systemd-cgroup")
+    return argv + list(args)
+
+
+def runtime_errors(bundle: str, since: int = 0, lines: int = 4) -> str:
+    """The last ``lines`` error messages of the runtime's log written after byte ``since``,
+    joined by "; " ("" when there are none)."""
+    try:
+        with open(os.path.join(bundle, LOG_FILE), "rb") as f:
+            f.seek(since)
+            data = f.read(1 << 20)
+    except OSError:
+        return ""
+    found = []
+    for raw in data.splitlines():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            found.append(str(entry.get("msg", "")).strip())
+    return "; ".join(m for m in found[-lines:] if m)
+
+
+def _log_size(bundle: str) -> int:
+    try:
+        return os.stat(os.path.join(bundle, LOG_FILE)).st_size
+    except OSError:
+        return 0
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.WEXITSTATUS(status)}"
+
+
+def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: int,
+                      spec: LaunchSpec | None = None) -> NoReturn:
+    """The forked child that execs the runtime with ``stdio`` on 0-2, in a session of its
+    own. With ``spec`` (create) it first mounts the container's rootfs in a mount namespace
+    of its own, which the container's inherits (see the module docstring). A failure before
+    the exec is reported on ``report_w`` ("error ...")."""
+
+    def body() -> None:
+        init.reset_signals()
+        os.setsid()
+        if spec is not None:
+            assert spec.rootfs is not None
+            libc.unshare(libc.CLONE_NEWNS)
+            if any("rshared" in m.options for m in spec.mounts):
+                # a bidirectional mount stays a peer of the host's (rootfsPropagation
+                # rshared); the rootfs's parent is private so the overlay stays ours
+                libc.mount(None, "/", None, libc.MS_REC | libc.MS_SHARED)
+                libc.mount(None, init.mount_point_of(spec.rootfs.path), None, libc.MS_PRIVATE)
+            else:
+                libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
+            init.mount_rootfs(spec.rootfs)
+            os.chdir("/")
+        init.setup_stdio(*stdio, tty=False, session=False)
+        init.close_fds_except({report_w})
+        os.execv(argv[0], argv)
+
+    init.child_guard(report_w, body)
+
+
+def _read_report(fd: int) -> str:
+    """What a child wrote on its report pipe before it exec'd or died (its write end is
+    closed: at exec, CLOEXEC, or at exit); closes ``fd``."""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        text = b"".join(chunks).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    return text[6:] if text.startswith("error ") else text
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise errors.FailedPrecondition(f"the OCI runtime wrote no pid file {path} ({exc})") from None
+
+
+class OciRunner:
+    """Runs one pod's OCI runtime commands on behalf of its :class:`ProcessTable`."""
+
+    def __init__(self, table: ProcessTable) -> None:
+        self.table = table
+
+    async def _spawn(self, argv: list[str], stdio: tuple[int, int, int], spec: LaunchSpec | None = None,
+                     timeout: float = RUNTIME_TIMEOUT) -> tuple[int, str]:
+        """Run the runtime with ``stdio`` (the child's ends, closed here); returns its wait
+        status and what its child reported before exec. Killed after ``timeout``
+        (FailedPrecondition)."""
+        report_r, report_w = os.pipe()
+        try:
+            pid = os.fork()
+            if pid == 0:
+                run_runtime_child(argv, stdio, report_w, spec)
+        except BaseException:
+            os.close(report_r)
+            raise
+        finally:
+            os.close(report_w)
+            for fd in set(stdio):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        ended = self.table.wait_child(pid)
+        try:
+            async with asyncio.timeout(timeout):  # not wait_for: it may swallow a cancel (gh-86296)
+                status = await asyncio.shield(ended)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.close(report_r)
+            raise
+        return status, _read_report(report_r)
+
+    async def run(self, oci: OciLaunch, *args: str, timeout: float = RUNTIME_TIMEOUT) -> tuple[int, str]:
+        """Run a runtime command without stdio of interest (start, delete): its status and
+        its output (stdout and stderr, up to 64 KiB), or the error of its log."""
+        out_r, out_w = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        since = _log_size(oci.bundle)
+        try:
+            reading = asyncio.ensure_future(_read_pipe(out_r))
+            try:
+                status, report = await self._spawn(runtime_argv(oci, *args), (null, out_w, out_w), timeout=timeout)
+            except TimeoutError:
+                raise errors.FailedPrecondition(f"{os.path.basename(oci.runtime)} {args[0]} timed out") from None
+            async with asyncio.timeout(5):
+                output = await reading
+        finally:
+            if not reading.done():
+                reading.cancel()
+        detail = report or runtime_errors(oci.bundle, since) or output.strip()
+        return status, detail
+
+    async def create(self, spec: LaunchSpec) -> Proc:
+        """``runtime create`` the container of ``spec`` with its stdio held by the table;
+        its init (reparented to us) becomes the Proc's pid. FailedPrecondition with the
+        runtime's reason (everything it made deleted again)."""
+        from runtime.shim.procs import Proc, make_stdio, oom_kill_count
+
+        oci = spec.oci
+        assert oci is not None
+        table = self.table
+        if spec.process.tty:
+            raise errors.Unimplemented(f"container {spec.container_id}: a tty is not supported through "
+                                       f"{os.path.basename(oci.runtime)}")
+        if spec.container_id in table.procs:
+            raise errors.AlreadyExists(f"container {spec.container_id} already exists in this pod")
+        proc = Proc(key=spec.container_id, spec=spec)
+        proc.log = CriLogFile(spec.log_path) if spec.log_path else None
+        proc.oom_base = oom_kill_count(spec.memory_cgroup)
+        table.oom.watch(proc.key, spec.memory_cgroup)
+        pid_file = Path(oci.bundle) / INIT_PID_FILE
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+        io = make_stdio(spec.process.stdin, False)
+        table.procs[proc.key] = proc
+        since = _log_size(oci.bundle)
+        argv = runtime_argv(oci, "create", "--bundle", oci.bundle, "--pid-file", str(pid_file), spec.container_id)
+        try:
+            table._attach_stdio(proc, io)  # read its output from the start: runc's errors land there too
+            try:
+                status, report = await self._spawn(argv, io.child, spec)
+            except TimeoutError:
+                raise errors.FailedPrecondition(
+                    f"creating container {spec.container_id}: {oci.runtime} create timed out") from None
+            if status != 0:
+                detail = report or runtime_errors(oci.bundle, since) or "no reason in its log"
+                raise errors.FailedPrecondition(
+                    f"creating container {spec.container_id}: {oci.runtime} create failed ({_describe(status)}): "
+                    f"{detail}")
+            pid = _read_pid(pid_file)
+        except BaseException:
+            table._close_io(proc)
+            table.oom.unwatch(proc.key)
+            table.procs.pop(proc.key, None)
+            with contextlib.suppress(Exception):
+                await self.delete(oci, spec.container_id)
+            raise
+        table._track(proc, pid)
+        log.info("shim: container %s created by %s, init pid %d", proc.key, oci.runtime, pid)
+        return proc
+
+    async def start(self, proc: Proc) -> None:
+        """``runtime start``: the init execs the container's process. FailedPrecondition
+        with the runtime's reason (the init is then killed: the container ends)."""
+        oci = proc.spec.oci
+        assert oci is not None
+        if proc.state != "created":
+            raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
+        proc.started_at_ns = time.time_ns()
+        proc.state = "running"  # before: an immediate exit must not be overwritten
+        status, detail = await self.run(oci, "start", proc.key)
+        if status != 0:
+            self.table.kill(proc, signal.SIGKILL)
+            raise errors.FailedPrecondition(
+                f"starting container {proc.key}: {oci.runtime} start failed ({_describe(status)}): {detail}")
+
+    async def delete(self, oci: OciLaunch, container_id: str) -> None:
+        """``runtime delete --force``: its state and cgroups; a container it does not know
+        is fine (idempotent). Failures are logged, not raised: the daemon's removal goes on."""
+        status, detail = await self.run(oci, "delete", "--force", container_id)
+        if status != 0 and "does not exist" not in detail and "not exist" not in detail:
+            log.error("shim: %s delete --force %s failed (%s): %s", oci.runtime, container_id, _describe(status),
+                      detail)
+
+    async def spawn_exec(self, container: Proc, process: ProcessSpec, sink: OutputSink | None,
+                         stdin: bool) -> Proc:
+        """``runtime exec --detach`` of ``process`` in the running ``container``: the exec'd
+        process, reparented to us, is tracked as an exec Proc (its exit is the exec's)."""
+        from runtime.shim.procs import Proc, make_stdio
+
+        oci = container.spec.oci
+        assert oci is not None
+        table = self.table
+        if process.tty:
+            raise errors.Unimplemented(f"exec in {container.key}: a tty is not supported through "
+                                       f"{os.path.basename(oci.runtime)}")
+        if container.state != "running" or not container.pid:
+            raise errors.FailedPrecondition(f"container {container.key} is not running")
+        own = container.spec.process
+        process = dataclasses.replace(process, oom_score_adj=own.oom_score_adj, rlimits=own.rlimits)
+        table._exec_seq += 1
+        key = f"exec:{table._exec_seq}"
+        spec = LaunchSpec(container_id=key, sandbox_id=container.spec.sandbox_id, process=process,
+                          namespaces=container.spec.namespaces, cgroup_procs=container.spec.cgroup_procs)
+        proc = Proc(key=key, spec=spec)
+        if sink is not None:
+            proc.sinks.add(sink)
+        base = Path(oci.bundle) / f"exec-{table._exec_seq}"
+        process_file, pid_file = base.with_suffix(".json"), base.with_suffix(".pid")
+        fd = os.open(process_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(oci_process(process, kcaps.last_cap()), f)
+        since = _log_size(oci.bundle)
+        argv = runtime_argv(oci, "exec", "--detach", "--pid-file", str(pid_file), "--process", str(process_file),
+                            container.key)
+        io = make_stdio(stdin, False)
+        try:
+            table._attach_stdio(proc, io)
+            proc.started_at_ns = time.time_ns()
+            try:
+                status, report = await self._spawn(argv, io.child, timeout=30)
+            except TimeoutError:
+                raise errors.FailedPrecondition(f"exec in {container.key}: {oci.runtime} exec timed out") from None
+            if status != 0:
+                detail = report or runtime_errors(oci.bundle, since) or "no reason in its log"
+                raise errors.FailedPrecondition(
+                    f"exec in {container.key}: {oci.runtime} exec failed ({_describe(status)}): {detail}")
+            pid = _read_pid(pid_file)
+        except BaseException:
+            table._close_io(proc)
+            raise
+        finally:
+            for path in (process_file, pid_file):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        proc.state = "running"
+        table._track(proc, pid)
+        return proc
+
+
+async def _read_pipe(fd: int, limit: int = 65536) -> str:
+    """Everything written to the pipe ``fd`` until EOF (at most ``limit`` bytes kept);
+    closes ``fd``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                os.fdopen(fd, "rb", buffering=0))
+    data = bytearray()
+    try:
+        while chunk := await reader.read(65536):
+            if len(data) < limit:
+                data += chunk[: limit - len(data)]
+    finally:
+        transport.close()
+    return data.decode(errors="replace")

@@ -1,0 +1,162 @@
+"""A runtime handler whose containers run through Debian's runc (``oci_runtime_path``), through
+the real daemon: runc knows the container (``runc --root <state>/oci/<handler> state``), its
+process is runc's init reparented to the pod's shim, in the container's cgroup and the pod's
+network namespace; its output reaches the CRI log; ExecSync runs through ``runc exec``; the
+security plan reaches the process (capabilities, no_new_privs, seccomp, masked paths); stop
+reports the exit code; remove leaves no runc state, cgroup or mount; a tty is refused as
+Unimplemented naming runc; the containers survive a daemon restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri_shim.api.gen import api_pb2 as pb
+from tests.support.daemon import DaemonProcess
+from tests.support.pods import (
+    container_config,
+    create_container,
+    exec_sync,
+    log_lines,
+    pod_config,
+    pull,
+    start,
+    status,
+    wait_state,
+)
+
+RUNC = "/usr/sbin/runc"
+HANDLER = "test-runc"
+
+pytestmark = [
+    pytest.mark.service, pytest.mark.root, pytest.mark.timeout(240),
+    pytest.mark.skipif(not os.access(RUNC, os.X_OK), reason=f"{RUNC} is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def daemon_config() -> str:
+    return f'[[runtime_handlers]]\nname = "{HANDLER}"\noci_runtime_path = "{RUNC}"\n'
+
+
+def _root(d: DaemonProcess) -> Path:
+    return d.state / "oci" / HANDLER
+
+
+def _runc_state(d: DaemonProcess, cid: str) -> dict[str, object]:
+    out = subprocess.run([RUNC, "--root", str(_root(d)), "state", cid], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    state: dict[str, object] = json.loads(out.stdout)
+    return state
+
+
+def _pod(d: DaemonProcess, handler: str = HANDLER) -> tuple[str, pb.PodSandboxConfig]:
+    cfg = pod_config(log_directory=str(d.base / "logs" / str(time.monotonic_ns())))
+    Path(cfg.log_directory).mkdir(parents=True)
+    pod = d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg, runtime_handler=handler),
+                                  timeout=60).pod_sandbox_id
+    return pod, cfg
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_container_runs_through_runc(d: DaemonProcess, busybox: str) -> None:
+    pull(d, busybox)
+    pod, cfg = _pod(d)
+    security = pb.LinuxContainerSecurityContext(
+        no_new_privs=True, seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
+    script = "echo to-stdout; echo to-stderr >&2; trap 'exit 42' TERM; while :; do sleep 0.1; done"
+    cid = create_container(d, pod, cfg, container_config("c", busybox, ["sh", "-c", script], log_path="c.log",
+                                                         security=security))
+    assert _runc_state(d, cid)["status"] == "created"
+    start(d, cid)
+    state = _runc_state(d, cid)
+    assert state["status"] == "running"
+    pid = int(str(state["pid"]))
+    # runc's init, reparented to the pod's shim (a child subreaper), is the container's process
+    shim = _ppid(pid)
+    assert "cri_shim" in Path(f"/proc/{shim}/cmdline").read_text() or "shim" in Path(f"/proc/{shim}/comm").read_text()
+    assert cid in Path(f"/proc/{pid}/cgroup").read_text()
+    netns = d.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=True), timeout=10)
+    assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net"), netns.info
+    assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    # the output reaches the CRI log, per stream
+    log = str(Path(cfg.log_directory) / "c.log")
+    deadline = time.monotonic() + 10
+    while len(log_lines(log)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sorted((s, t) for s, _, t in log_lines(log)) == [("stderr", "to-stderr"), ("stdout", "to-stdout")]
+    # ExecSync through runc exec: output, exit code, the container's security plan
+    r = exec_sync(d, cid, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (r.exit_code, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
+    proc_status = exec_sync(d, cid, ["cat", "/proc/self/status"]).stdout.decode()
+    fields = dict(line.split(":\t", 1) for line in proc_status.splitlines() if ":\t" in line)
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"
+    assert fields["CapBnd"].strip() != "000001ffffffffff"  # the default set, not every capability
+    assert exec_sync(d, cid, ["sh", "-c", "cat /proc/kcore | wc -c"]).stdout.strip() == b"0"  # masked
+    assert exec_sync(d, cid, ["touch", "/proc/sys/kernel/x"]).exit_code != 0  # read-only
+    assert exec_sync(d, cid, ["cat", "/etc/hostname"]).stdout.decode().strip() == cfg.hostname
+    # stop: the signal reaches the process, the exit code is reported
+    d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=10), timeout=30)
+    st = wait_state(d, cid, pb.CONTAINER_EXITED)
+    assert st.exit_code == 42  # its SIGTERM trap
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+    assert not (_root(d) / cid).exists()
+    assert cid not in Path("/proc/self/mountinfo").read_text()
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/**/{cid}"))
+
+
+def test_an_exit_code_and_its_status(d: DaemonProcess, busybox: str) -> None:
+    pull(d, busybox)
+    pod, cfg = _pod(d)
+    cid = create_container(d, pod, cfg, container_config("quits", busybox, ["sh", "-c", "exit 7"]))
+    start(d, cid)
+    st = wait_state(d, cid, pb.CONTAINER_EXITED)
+    assert (st.exit_code, st.reason) == (7, "Error")
+    with pytest.raises(grpc.RpcError) as info:
+        exec_sync(d, cid, ["true"])
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_tty_is_refused_naming_runc(d: DaemonProcess, busybox: str) -> None:
+    pull(d, busybox)
+    pod, cfg = _pod(d)
+    with pytest.raises(grpc.RpcError) as info:
+        create_container(d, pod, cfg, container_config("tty", busybox, ["sh"], tty=True, stdin=True))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "runc" in (info.value.details() or "") and "tty" in (info.value.details() or "")
+    assert not [c for c in d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+                if c.pod_sandbox_id == pod]
+
+
+def test_containers_survive_a_daemon_restart(d: DaemonProcess, busybox: str) -> None:
+    pull(d, busybox)
+    pod, cfg = _pod(d)
+    cid = create_container(d, pod, cfg, container_config("long", busybox, ["sleep", "300"]))
+    start(d, cid)
+    pid = int(str(_runc_state(d, cid)["pid"]))
+    d.kill9()
+    d.start()
+    assert status(d, cid).state == pb.CONTAINER_RUNNING
+    assert int(str(_runc_state(d, cid)["pid"])) == pid
+    assert exec_sync(d, cid, ["echo", "again"]).stdout == b"again\n"
+    d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    assert wait_state(d, cid, pb.CONTAINER_EXITED).exit_code == 137
+
+
+def test_the_default_handler_still_runs_natively_and_unknown_ones_are_refused(d: DaemonProcess) -> None:
+    status_ = d.runtime.Status(pb.StatusRequest(), timeout=10)
+    assert [h.name for h in status_.runtime_handlers] == ["", "cri-shim", HANDLER]
+    with pytest.raises(grpc.RpcError) as info:
+        d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config(), runtime_handler="crun"), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"'{HANDLER}'" in (info.value.details() or "")
