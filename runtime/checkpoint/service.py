@@ -156,6 +156,7 @@ class CheckpointService:
             rec = self._containers.get(container_id)
             if rec.state is not ContainerState.RUNNING or rec.pid <= 0:
                 raise errors.FailedPrecondition(f"container {rec.id} is {rec.state.value}, not running")
+            _check_native(rec)
             sandbox = self._sandboxes.get(rec.sandbox_id)
             images = work / archive.CHECKPOINT_DIR
             await asyncio.to_thread(images.mkdir, parents=True, mode=0o700)
@@ -278,6 +279,7 @@ class CheckpointService:
                 raise errors.InvalidArgument(f"container {rec.id} is not in pod {sandbox.id}")
             if rec.state is not ContainerState.RUNNING:
                 raise errors.FailedPrecondition(f"container {rec.id} is {rec.state.value}, not running")
+            _check_native(rec)
         names = [podckpt.archive_name(rec.config.metadata.name) for rec in recs]
         if len(set(names)) != len(names):
             raise errors.InvalidArgument("two of the containers have the same name")
@@ -348,3 +350,11 @@ class CheckpointService:
             raise
         log.info("pod %s restored from %s: %d containers created", sid, checkpoint_path, len(made))
         return sid, made
+
+
+def _check_native(rec: ContainerRecord) -> None:
+    """Unimplemented for a container an external OCI runtime made (its handler's
+    oci_runtime_path): cri-shim's criu dump and restore are for its own containers."""
+    if rec.oci_runtime:
+        raise errors.Unimplemented(f"container {rec.id} runs through {rec.oci_runtime}: cri-shim does not "
+                                   "checkpoint containers of an OCI runtime handler")

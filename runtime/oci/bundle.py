@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,8 +41,13 @@ from runtime.store.files import atomic_write
 
 OCI_VERSION = "1.0.2"
 CONFIG_FILE = "config.json"
-#: RLIMIT_* numbers (Linux) -> names, as the runtime-spec spells them
-RLIMIT_NAMES = {getattr(resource, n): n for n in dir(resource) if n.startswith("RLIMIT_")}
+#: RLIMIT_* numbers (Linux, asm-generic/resource.h) -> names, as the runtime-spec spells them
+#: (explicit: Python's resource module also has aliases, such as RLIMIT_OFILE)
+RLIMIT_NAMES = dict(enumerate((
+    "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_CORE", "RLIMIT_RSS", "RLIMIT_NPROC",
+    "RLIMIT_NOFILE", "RLIMIT_MEMLOCK", "RLIMIT_AS", "RLIMIT_LOCKS", "RLIMIT_SIGPENDING", "RLIMIT_MSGQUEUE",
+    "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME",
+)))
 _CGROUP_FS = ("cgroup", "cgroup2")
 
 

@@ -77,6 +77,14 @@ def test_a_container_runs_through_runc(d: DaemonProcess, busybox: str) -> None:
     cid = create_container(d, pod, cfg, container_config("c", busybox, ["sh", "-c", script], log_path="c.log",
                                                          security=security))
     assert _runc_state(d, cid)["status"] == "created"
+    # the bundle carries the native container's protections
+    bundle = json.loads((d.state / "containers" / cid / "bundle" / "config.json").read_text())
+    assert bundle["process"]["noNewPrivileges"] is True
+    assert "CAP_SYS_ADMIN" not in bundle["process"]["capabilities"]["bounding"]
+    assert "/proc/kcore" in bundle["linux"]["maskedPaths"] and "/proc/sys" in bundle["linux"]["readonlyPaths"]
+    assert bundle["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert bundle["linux"]["cgroupsPath"].endswith(f"/{pod}/{cid}")
+    assert (d.state / "oci").stat().st_mode & 0o777 == 0o700 and _root(d).stat().st_mode & 0o777 == 0o700
     start(d, cid)
     state = _runc_state(d, cid)
     assert state["status"] == "running"

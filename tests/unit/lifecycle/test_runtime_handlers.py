@@ -122,3 +122,23 @@ def test_the_config_declares_handlers(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=match):
             load(_cfg(tmp_path, text))
+
+
+def test_an_oci_runtime_handler_needs_an_executable(tmp_path: Path) -> None:
+    runtime = tmp_path / "runc"
+    runtime.write_text("#!/bin/sh\n")
+    runtime.chmod(0o755)
+    cfg = load(_cfg(tmp_path, f'[[runtime_handlers]]\nname = "runc"\noci_runtime_path = "{runtime}"\n'))
+    assert cfg.runtime_handlers == (RuntimeHandlerSettings("runc", oci_runtime_path=str(runtime)),)
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    for text, match in (
+        ('[[runtime_handlers]]\nname = "a"\noci_runtime_path = "runc"\n', "must be an absolute path"),
+        (f'[[runtime_handlers]]\nname = "a"\noci_runtime_path = "{tmp_path / "absent"}"\n', "not an executable"),
+        (f'[[runtime_handlers]]\nname = "a"\noci_runtime_path = "{plain}"\n', "not an executable"),
+        (f'[[runtime_handlers]]\nname = "a"\noci_runtime_path = "{tmp_path}"\n', "not an executable"),
+        (f'[[runtime_handlers]]\nname = "a"\nuser_namespace = true\noci_runtime_path = "{runtime}"\n',
+         "user_namespace is not supported with oci_runtime_path"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            load(_cfg(tmp_path, text))
