@@ -26,6 +26,7 @@ HEADER = """\
 EXAMPLE_RUNTIME_HANDLERS: tuple[RuntimeHandlerSettings, ...] = (
     RuntimeHandlerSettings(name="cri-shim-userns", user_namespace=True),
     RuntimeHandlerSettings(name="cri-shim-hardened", default_seccomp_profile="runtime/default"),
+    RuntimeHandlerSettings(name="runc", oci_runtime_path="/usr/sbin/runc"),
 )
 
 

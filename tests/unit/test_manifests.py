@@ -46,7 +46,7 @@ def _prometheus_job() -> dict[str, Any]:
 
 def test_the_expected_objects_are_there() -> None:
     kinds = sorted(d["kind"] for _, d in _all())
-    assert kinds == sorted(["RuntimeClass"] * 3 + ["Pod", "Deployment", "Service", "Namespace", "ServiceAccount",
+    assert kinds == sorted(["RuntimeClass"] * 4 + ["Pod", "Deployment", "Service", "Namespace", "ServiceAccount",
                                                    "ClusterRole", "ClusterRoleBinding", "ConfigMap", "ScrapeConfig"])
 
 
