@@ -4,7 +4,9 @@ process is runc's init reparented to the pod's shim, in the container's cgroup a
 network namespace; its output reaches the CRI log; ExecSync runs through ``runc exec``; the
 security plan reaches the process (capabilities, no_new_privs, seccomp, masked paths); stop
 reports the exit code; remove leaves no runc state, cgroup or mount; a tty is refused as
-Unimplemented naming runc; the containers survive a daemon restart."""
+Unimplemented naming runc; the containers survive a daemon restart; a pod-shared PID namespace,
+streaming exec, stats, OOM kills and pod removal work; recovery deletes runc state nobody
+owns."""
 
 from __future__ import annotations
 
@@ -168,3 +170,50 @@ def test_the_default_handler_still_runs_natively_and_unknown_ones_are_refused(d:
         d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config(), runtime_handler="crun"), timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"'{HANDLER}'" in (info.value.details() or "")
+
+
+def test_a_shared_pid_namespace_streaming_exec_stats_and_pod_removal(d: DaemonProcess, busybox: str) -> None:
+    pull(d, busybox)
+    cfg = pod_config(pid=pb.POD)
+    pod = d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg, runtime_handler=HANDLER),
+                                  timeout=60).pod_sandbox_id
+    cids = [create_container(d, pod, cfg, container_config(n, busybox, ["sleep", "300"])) for n in ("a", "b")]
+    for cid in cids:
+        start(d, cid)
+    # one PID namespace for the pod: each container sees the other's sleep and the holder as pid 1
+    ps = exec_sync(d, cids[0], ["ps", "-o", "pid,args"]).stdout.decode()
+    assert ps.count("sleep 300") == 2 and "\n    1 " in ps
+    # a streaming exec (crictl exec, no tty) through runc exec
+    assert d.crictl("exec", cids[1], "echo", "streamed").stdout == "streamed\n"
+    stats = d.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cids[0]), timeout=10).stats
+    assert stats.memory.working_set_bytes.value > 0 and stats.cpu.usage_core_nano_seconds.value > 0
+    d.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    assert all(status(d, c).state == pb.CONTAINER_EXITED for c in cids)
+    d.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
+    assert not [p for p in _root(d).iterdir() if p.name in cids]
+
+
+def test_oom_and_a_missing_binary(d: DaemonProcess, busybox: str) -> None:
+    pull(d, busybox)
+    pod, cfg = _pod(d)
+    res = pb.LinuxContainerResources(memory_limit_in_bytes=32 << 20, memory_swap_limit_in_bytes=32 << 20)
+    hog = ["sh", "-c", "x=a; while true; do x=$x$x; done"]
+    cid = create_container(d, pod, cfg, container_config("hog", busybox, hog, resources=res))
+    start(d, cid)
+    st = wait_state(d, cid, pb.CONTAINER_EXITED, timeout=60)
+    assert (st.exit_code, st.reason) == (137, "OOMKilled")
+    # runc looks the binary up at create (a native container fails at start): refused with its reason
+    with pytest.raises(grpc.RpcError) as info:
+        create_container(d, pod, cfg, container_config("nobin", busybox, ["/no/such/binary"]))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "/no/such/binary" in (info.value.details() or "")
+    assert not [c for c in d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+                if c.metadata.name == "nobin"]
+
+
+def test_recovery_deletes_runc_state_of_unknown_containers(d: DaemonProcess) -> None:
+    stray = _root(d) / ("f" * 64)
+    d.kill9()
+    stray.mkdir(parents=True)  # what a crash between runc create and our record leaves
+    d.start()
+    assert not stray.exists()
