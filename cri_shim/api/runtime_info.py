@@ -44,15 +44,17 @@ class RuntimeInfoHandlers:
             for c in self._engine.conditions()
         ]
         features = self._engine.features()
+        handlers_cfg = self._engine.sandboxes.handlers
         handlers = [
             pb.RuntimeHandler(
                 name=name,
                 features=pb.RuntimeHandlerFeatures(
                     recursive_read_only_mounts=features.recursive_read_only_mounts,
-                    user_namespaces=features.user_namespaces,
+                    # a handler whose containers run through an OCI runtime refuses them
+                    user_namespaces=features.user_namespaces and not handlers_cfg.get(name).oci_runtime_path,
                 ),
             )
-            for name in self._engine.sandboxes.handlers.names
+            for name in handlers_cfg.names
         ]
         response = pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),

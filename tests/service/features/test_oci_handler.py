@@ -58,8 +58,9 @@ def _runc_state(d: DaemonProcess, cid: str) -> dict[str, object]:
     return state
 
 
-def _pod(d: DaemonProcess, handler: str = HANDLER) -> tuple[str, pb.PodSandboxConfig]:
+def _pod(d: DaemonProcess, handler: str = HANDLER, privileged: bool = False) -> tuple[str, pb.PodSandboxConfig]:
     cfg = pod_config(log_directory=str(d.base / "logs" / str(time.monotonic_ns())))
+    cfg.linux.security_context.privileged = privileged
     Path(cfg.log_directory).mkdir(parents=True)
     pod = d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg, runtime_handler=handler),
                                   timeout=60).pod_sandbox_id
@@ -166,6 +167,7 @@ def test_containers_survive_a_daemon_restart(d: DaemonProcess, busybox: str) -> 
 def test_the_default_handler_still_runs_natively_and_unknown_ones_are_refused(d: DaemonProcess) -> None:
     status_ = d.runtime.Status(pb.StatusRequest(), timeout=10)
     assert [h.name for h in status_.runtime_handlers] == ["", "cri-shim", HANDLER]
+    assert not {h.name: h.features.user_namespaces for h in status_.runtime_handlers}[HANDLER]
     with pytest.raises(grpc.RpcError) as info:
         d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config(), runtime_handler="crun"), timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -217,3 +219,29 @@ def test_recovery_deletes_runc_state_of_unknown_containers(d: DaemonProcess) -> 
     stray.mkdir(parents=True)  # what a crash between runc create and our record leaves
     d.start()
     assert not stray.exists()
+
+
+def test_privileged_read_only_rootfs_and_a_cri_mount(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
+    pull(d, busybox)
+    pod, cfg = _pod(d, privileged=True)
+    host_dir = tmp_path / "vol"
+    host_dir.mkdir()
+    (host_dir / "in").write_text("from-host")
+    mount = pb.Mount(container_path="/vol", host_path=str(host_dir))
+    ro = pb.Mount(container_path="/ro", host_path=str(host_dir), readonly=True)
+    cid = create_container(d, pod, cfg, container_config(
+        "priv", busybox, ["sleep", "300"], mounts=[mount, ro],
+        security=pb.LinuxContainerSecurityContext(privileged=True, readonly_rootfs=True)))
+    start(d, cid)
+    caps = exec_sync(d, cid, ["grep", "CapBnd", "/proc/self/status"]).stdout.decode().split()[1]
+    own = next(ln.split()[1] for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("CapBnd"))
+    assert caps == own  # every capability the node has (runc cannot give more)
+    assert exec_sync(d, cid, ["cat", "/vol/in"]).stdout == b"from-host"
+    assert exec_sync(d, cid, ["sh", "-c", "echo back > /vol/out"]).exit_code == 0
+    assert (host_dir / "out").read_text() == "back\n"
+    assert exec_sync(d, cid, ["touch", "/ro/x"]).exit_code != 0
+    assert exec_sync(d, cid, ["touch", "/rootfs-file"]).exit_code != 0  # read-only rootfs
+    assert exec_sync(d, cid, ["touch", "/tmp/x"]).exit_code != 0
+    d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+    assert not (_root(d) / cid).exists()

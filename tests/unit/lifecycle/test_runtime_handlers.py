@@ -10,7 +10,7 @@ import pytest
 
 from cri_shim.config import ConfigError, load
 from runtime.config import RuntimeHandlerSettings
-from runtime.errors import InvalidArgument, ResourceExhausted
+from runtime.errors import InvalidArgument, ResourceExhausted, Unimplemented
 from runtime.model.sandbox import (
     IDMapping,
     NamespaceMode,
@@ -142,3 +142,13 @@ def test_an_oci_runtime_handler_needs_an_executable(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=match):
             load(_cfg(tmp_path, text))
+
+
+def test_an_oci_runtime_handler_refuses_a_user_namespaced_pod() -> None:
+    handlers = RuntimeHandlers((RuntimeHandlerSettings("runc", oci_runtime_path="/usr/sbin/runc"),))
+    mapping = (IDMapping(host_id=1 << 31, container_id=0, length=IDS_PER_POD),)
+    userns = UserNamespaceOption(NamespaceMode.POD, uids=mapping, gids=mapping)
+    with pytest.raises(Unimplemented, match="/usr/sbin/runc"):
+        handlers.sandbox_config(pod("runc", userns=userns), [])
+    plain = pod("runc")
+    assert handlers.sandbox_config(plain, []) == plain
