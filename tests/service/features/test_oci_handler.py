@@ -129,10 +129,18 @@ def test_a_container_runs_through_runc(d: DaemonProcess, busybox: str) -> None:
 def test_an_exit_code_and_its_status(d: DaemonProcess, busybox: str) -> None:
     pull(d, busybox)
     pod, cfg = _pod(d)
-    cid = create_container(d, pod, cfg, container_config("quits", busybox, ["sh", "-c", "exit 7"]))
+    # a user with supplementary groups, RuntimeDefault seccomp without no_new_privs (runc loads
+    # the filter before it changes uid and capabilities: the profile must let it finish)
+    security = pb.LinuxContainerSecurityContext(
+        run_as_user=pb.Int64Value(value=1000), run_as_group=pb.Int64Value(value=1001), supplemental_groups=[2000],
+        seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
+    cid = create_container(d, pod, cfg, container_config("quits", busybox, ["sh", "-c", "id; exit 7"],
+                                                         log_path="quits.log", security=security))
     start(d, cid)
     st = wait_state(d, cid, pb.CONTAINER_EXITED)
     assert (st.exit_code, st.reason) == (7, "Error")
+    ((stream, _, text),) = log_lines(str(Path(cfg.log_directory) / "quits.log"))
+    assert stream == "stdout" and text.startswith("uid=1000 gid=1001") and "2000" in text.split("groups=")[1]
     with pytest.raises(grpc.RpcError) as info:
         exec_sync(d, cid, ["true"])
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
