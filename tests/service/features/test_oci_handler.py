@@ -15,6 +15,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -253,3 +254,34 @@ def test_privileged_read_only_rootfs_and_a_cri_mount(d: DaemonProcess, busybox: 
     d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
     assert not (_root(d) / cid).exists()
+
+
+def test_exec_and_attach_with_stdin_and_a_refused_tty_exec(d: DaemonProcess, busybox: str) -> None:
+    import asyncio
+
+    from tests.support.stream_clients import spdy_exec
+
+    def session(url: str, **kw: object) -> Any:
+        return asyncio.run(asyncio.wait_for(spdy_exec(url, **kw), 30))  # type: ignore[arg-type]
+
+    pull(d, busybox)
+    pod, cfg = _pod(d)
+    config = container_config("cat", busybox, ["cat"], stdin=True)
+    config.stdin_once = True  # the first attach that closes stdin ends it
+    cid = create_container(d, pod, cfg, config)
+    start(d, cid)
+    # exec with stdin, through runc exec --detach: input in, output and exit status out
+    req = pb.ExecRequest(container_id=cid, cmd=["sh", "-c", "tr a-z A-Z; exit 4"], stdin=True, stdout=True,
+                         stderr=True)
+    res = session(d.runtime.Exec(req, timeout=10).url, stdin=b"through runc\n")
+    assert res.stdout == b"THROUGH RUNC\n" and res.exit_code == 4
+    # a tty exec is refused, naming runc (on the session's error stream)
+    tty = pb.ExecRequest(container_id=cid, cmd=["sh"], tty=True, stdin=True, stdout=True)
+    res = session(d.runtime.Exec(tty, timeout=10).url, stdin=b"", tty=True)
+    assert b"runc" in res.error and b"tty" in res.error, res.error
+    # attach to the container's own stdin/stdout (runc passed the shim's pipes through)
+    url = d.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True),
+                           timeout=10).url
+    res = session(url, stdin=b"echoed\n", close_stdin=True)
+    assert res.stdout == b"echoed\n"
+    assert wait_state(d, cid, pb.CONTAINER_EXITED).exit_code == 0
