@@ -134,6 +134,7 @@ class CheckpointService:
         atomically). Raises NotFound, InvalidArgument (location), FailedPrecondition (not
         running, criu unusable or refusing the tree, with criu's reason), DeadlineExceeded."""
         rec = self._containers.get(container_id)
+        _check_native(rec)
         target = await asyncio.to_thread(_check_location, location)
         criu = await self.usable()
         async with self._containers.lock(rec.id):

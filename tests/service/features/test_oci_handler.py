@@ -285,3 +285,15 @@ def test_exec_and_attach_with_stdin_and_a_refused_tty_exec(d: DaemonProcess, bus
     res = session(url, stdin=b"echoed\n", close_stdin=True)
     assert res.stdout == b"echoed\n"
     assert wait_state(d, cid, pb.CONTAINER_EXITED).exit_code == 0
+
+
+def test_a_checkpoint_is_refused_naming_runc(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
+    pull(d, busybox)
+    pod, cfg = _pod(d)
+    cid = create_container(d, pod, cfg, container_config("ck", busybox, ["sleep", "300"]))
+    start(d, cid)
+    with pytest.raises(grpc.RpcError) as info:
+        d.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid,
+                                                                    location=str(tmp_path / "ck.tar")), timeout=60)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and RUNC in (info.value.details() or "")
+    assert status(d, cid).state == pb.CONTAINER_RUNNING
