@@ -45,14 +45,23 @@ def status() -> int:
     return 0 if ok and not dead else 1
 
 
-def start_runtime(name: str) -> int:
-    from clusterlib import up
-
+def _running_node(name: str) -> tuple[state.State, layout.Node] | None:
+    """The running cluster's state and its node ``name``; None (said on stderr) otherwise."""
     st = state.load()
     node = next((n for n in layout.NODES if n.name == name), None)
     if st is None or node is None:
         print(f"no node {name!r} in a running cluster", file=sys.stderr)
+        return None
+    return st, node
+
+
+def start_runtime(name: str) -> int:
+    from clusterlib import up
+
+    found = _running_node(name)
+    if found is None:
         return 2
+    st, node = found
     proc = st.proc(f"{name}/cri-shim")
     if proc is not None and proc.alive():
         print(f"{name} runtime pid: {proc.pid}")
@@ -68,11 +77,10 @@ def start_runtime(name: str) -> int:
 def restart_kubelet(name: str) -> int:
     from clusterlib import down, up
 
-    st = state.load()
-    node = next((n for n in layout.NODES if n.name == name), None)
-    if st is None or node is None:
-        print(f"no node {name!r} in a running cluster", file=sys.stderr)
+    found = _running_node(name)
+    if found is None:
         return 2
+    st, node = found
     old = st.proc(f"{name}/kubelet")
     if old is not None and old.alive():
         down.stop([old])
