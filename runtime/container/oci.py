@@ -2,7 +2,7 @@
 ``oci_runtime_path``; the shim's side is runtime.shim.ociproc).
 
 At CreateContainer the container is planned as any other; :func:`check_supported` refuses
-what this integration cannot give (a tty, a user-namespaced pod, a checkpoint restore, the
+what this integration cannot give (a user-namespaced pod, a checkpoint restore, the
 systemd cgroup driver) before anything is made, and :func:`write_bundle_for` writes the
 bundle's config.json (runtime.oci.bundle) into the container's state dir. At removal (and for
 leftovers at recovery) :func:`delete` runs ``runtime delete --force`` from the daemon, so the
@@ -50,9 +50,7 @@ def check_supported(runtime: str, config: ContainerConfig, sandbox: SandboxRecor
     """Unimplemented, naming the runtime, for a container this integration cannot run."""
     name = os.path.basename(runtime)
     why = ""
-    if config.tty:
-        why = "a tty (the shim holds no console socket for it)"
-    elif sandbox.config.user_namespace is not None or sandbox.namespaces.user:
+    if sandbox.config.user_namespace is not None or sandbox.namespaces.user:
         why = "a pod with its own user namespace"
     elif restoring:
         why = "restoring a checkpoint"

@@ -51,3 +51,19 @@ def open_pty_in_root(root_fd: int) -> tuple[int, int]:
             os.close(master)
         raise
     return master, slave
+
+
+#: asm-generic/ioctls.h: _IOR('T', 0x30, unsigned int)
+TIOCGPTN = 0x80045430
+
+
+def check_master(fd: int) -> int:
+    """The pty number of ``fd`` when it is a pty master (the ptmx character device, 5:2, of
+    some devpts instance, answering TIOCGPTN); OSError otherwise. For a master another
+    process sent us (an OCI runtime's console socket), before the shim reads or resizes it."""
+    st = os.fstat(fd)
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != PTMX_DEVICE:
+        raise OSError(f"not a pty master ({stat.filemode(st.st_mode)}, device "
+                      f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)})")
+    n: int = struct.unpack("I", fcntl.ioctl(fd, TIOCGPTN, b"\0" * 4))[0]
+    return n

@@ -7,8 +7,8 @@ runtime this module turns the same plan into the runtime's config, so a containe
 runc carries the protections a native one gets:
 
 - process: args, env, cwd, uid/gid and supplementary groups, the five capability sets,
-  noNewPrivileges, rlimits, oomScoreAdj, the AppArmor profile; never a terminal (refused
-  before: runtime.container.service);
+  noNewPrivileges, rlimits, oomScoreAdj, the AppArmor profile; ``terminal`` for a tty
+  (runc makes it; the shim gets its master through ``--console-socket``);
 - root: the overlay the shim mounts at ``rootfs.path`` (runtime.shim.ociproc), read-only
   when the container asks;
 - mounts: the plan's, in order; its per-hierarchy cgroup v1 mounts become the one
@@ -70,12 +70,11 @@ def oci_capabilities(caps: Capabilities | None, last_cap: int) -> dict[str, list
 
 def oci_process(process: ProcessSpec, last_cap: int) -> dict[str, Any]:
     """The runtime-spec ``process`` object (also what ``runc exec --process`` reads).
-    ValueError for a tty (not passed: the shim holds no console socket) or an rlimit Linux
-    does not name."""
-    if process.tty:
-        raise ValueError("a terminal is not supported through an OCI runtime")
+    ``terminal`` for a tty: the runtime makes it in the container's devpts and sends its
+    master to the shim's console socket (runtime.shim.ociproc). ValueError for an rlimit
+    Linux does not name."""
     out: dict[str, Any] = {
-        "terminal": False,
+        "terminal": process.tty,
         "user": {"uid": process.uid, "gid": process.gid},
         "args": list(process.args),
         "env": list(process.env),
@@ -196,7 +195,7 @@ def runtime_config(
     """The ``config.json`` of ``spec`` (see the module docstring). ``cgroups_path``: the
     container's cgroup as runc names it (cgroupfs: the path under each hierarchy's root;
     systemd: "slice:prefix:name"). ValueError for what an OCI runtime cannot be given
-    (a tty, a user namespace)."""
+    (a user namespace)."""
     if spec.rootfs is None:
         raise ValueError("a container run through an OCI runtime needs a rootfs")
     linux: dict[str, Any] = {

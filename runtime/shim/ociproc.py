@@ -15,16 +15,25 @@ that the container is still the shim's child (exit status, CRI log, attach, OOM 
     exec:   ``runc exec --detach --pid-file P --process J ID`` with the exec's stdio: the
               exec'd process, orphaned when runc exits, is reparented to the shim likewise;
               its exit status is the exec's.
+    tty:    (a container's or an exec's, ``terminal: true`` in its process) runc makes the
+              terminal inside the container (a pty of its own devpts, its controlling
+              terminal) and sends the master, SCM_RIGHTS, to ``--console-socket``: a
+              :class:`ConsoleSocket` the shim listens on (a fresh 0700 directory in the
+              bundle, named through /proc/self/fd of that directory, removed afterwards).
+              The shim accepts one connection without blocking its loop, takes one fd,
+              checks that it is a pty master, and holds it as a native container's
+              (ProcessTable.attach_tty: output to the CRI log and attach, stdin, resize).
+              runc's own stdio is then /dev/null; its errors are in its log.
     delete: ``runc delete --force ID`` (its state under ``--root`` and its cgroups).
     kill:   signals go to the init's pid, as for any container (runc kill would do the same).
 
 The runtime's own diagnostics go to ``<bundle>/runtime.log`` (JSON lines, --log); a failure
-names its last error lines. A terminal is not supported (no console socket): the daemon
-refuses such containers and execs before they reach here.
+names its last error lines.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import dataclasses
@@ -32,13 +41,15 @@ import json
 import logging
 import os
 import signal
+import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from runtime import errors
 from runtime.linux import caps as kcaps
-from runtime.linux import libc
+from runtime.linux import libc, ptys
 from runtime.model.launch import LaunchSpec, OciLaunch, ProcessSpec
 from runtime.oci.bundle import oci_process
 from runtime.shim import init
@@ -53,6 +64,9 @@ LOG_FILE = "runtime.log"
 INIT_PID_FILE = "init.pid"
 #: how long one runtime command may take (create mounts and joins cgroups: seconds at most)
 RUNTIME_TIMEOUT = 60.0
+#: how long a runtime that exited successfully may leave its terminal's master unsent
+CONSOLE_TIMEOUT = 10.0
+CONSOLE_NAME = "console"
 
 
 def runtime_argv(oci: OciLaunch, *args: str) -> list[str]:
@@ -98,11 +112,11 @@ def _describe(status: int) -> str:
 
 
 def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: int,
-                      spec: LaunchSpec | None = None) -> NoReturn:
+                      spec: LaunchSpec | None = None, keep: tuple[int, ...] = ()) -> NoReturn:
     """The forked child that execs the runtime with ``stdio`` on 0-2, in a session of its
-    own. With ``spec`` (create) it first mounts the container's rootfs in a mount namespace
-    of its own, which the container's inherits (see the module docstring). A failure before
-    the exec is reported on ``report_w`` ("error ...")."""
+    own, ``keep`` (fds above 2) inherited. With ``spec`` (create) it first mounts the
+    container's rootfs in a mount namespace of its own, which the container's inherits (see
+    the module docstring). A failure before the exec is reported on ``report_w`` ("error ...")."""
 
     def body() -> None:
         init.reset_signals()
@@ -120,7 +134,9 @@ def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: in
             init.mount_rootfs(spec.rootfs)
             os.chdir("/")
         init.setup_stdio(*stdio, tty=False, session=False)
-        init.close_fds_except({report_w})
+        init.close_fds_except({report_w, *keep})
+        for fd in keep:
+            os.set_inheritable(fd, True)
         os.execv(argv[0], argv)
 
     init.child_guard(report_w, body)
@@ -146,6 +162,93 @@ def _read_pid(path: Path) -> int:
         raise errors.FailedPrecondition(f"the OCI runtime wrote no pid file {path} ({exc})") from None
 
 
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def woken() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, woken)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+class ConsoleSocket:
+    """The unix socket an OCI runtime sends a new terminal's pty master to
+    (``--console-socket``, runc docs/terminals.md): it listens in a fresh 0700 directory of
+    the bundle and is named through an O_PATH fd of that directory, ``/proc/self/fd/N/console``
+    (a bundle's path can be longer than a unix socket address may be), which the runtime
+    inherits (:attr:`fds`). One connection is accepted and one fd taken, which must be a pty
+    master (runtime.linux.ptys.check_master); :meth:`close` removes the socket and directory."""
+
+    def __init__(self, bundle: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="console-", dir=bundle)  # 0700, a name of its own
+        self.dir_fd = -1
+        self.sock: socket.socket | None = None
+        try:
+            self.dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            self.address = f"/proc/self/fd/{self.dir_fd}/{CONSOLE_NAME}"
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            self.sock.bind(self.address)
+            self.sock.listen(1)
+            self.sock.setblocking(False)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """What the runtime must inherit for :attr:`address` to name the socket."""
+        return (self.dir_fd,)
+
+    async def receive(self) -> int:
+        """The pty master the runtime sends (the caller's to close); OSError for a peer that
+        closes without one, sends more than one fd or one that is not a pty master (what it
+        sent is closed). Waits for the connection and its message without blocking the loop."""
+        assert self.sock is not None
+        conn, _ = await asyncio.get_running_loop().sock_accept(self.sock)
+        with conn:
+            conn.setblocking(False)
+            while True:
+                try:
+                    # not socket.recv_fds: it drops its flags argument (MSG_CMSG_CLOEXEC)
+                    _, ancdata, flags, _ = conn.recvmsg(4096, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+                    break
+                except BlockingIOError:
+                    await _readable(conn.fileno())
+        fds = array.array("i")
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        try:
+            if flags & socket.MSG_CTRUNC or len(fds) != 1:
+                raise OSError(f"the console socket got {len(fds)} fds{' and more' if flags & socket.MSG_CTRUNC else ''}"
+                              ", not one pty master")
+            ptys.check_master(fds[0])
+        except BaseException:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+        return fds[0]
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.dir_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.unlink(CONSOLE_NAME, dir_fd=self.dir_fd)
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+        with contextlib.suppress(OSError):
+            os.rmdir(self.dir)
+
+
 class OciRunner:
     """Runs one pod's OCI runtime commands on behalf of its :class:`ProcessTable`."""
 
@@ -153,15 +256,15 @@ class OciRunner:
         self.table = table
 
     async def _spawn(self, argv: list[str], stdio: tuple[int, int, int], spec: LaunchSpec | None = None,
-                     timeout: float = RUNTIME_TIMEOUT) -> tuple[int, str]:
-        """Run the runtime with ``stdio`` (the child's ends, closed here); returns its wait
-        status and what its child reported before exec. Killed after ``timeout``
-        (FailedPrecondition)."""
+                     timeout: float = RUNTIME_TIMEOUT, keep: tuple[int, ...] = ()) -> tuple[int, str]:
+        """Run the runtime with ``stdio`` (the child's ends, closed here) and ``keep``
+        (inherited, not closed); returns its wait status and what its child reported before
+        exec. Killed after ``timeout`` (TimeoutError)."""
         report_r, report_w = os.pipe()
         try:
             pid = os.fork()
             if pid == 0:
-                run_runtime_child(argv, stdio, report_w, spec)
+                run_runtime_child(argv, stdio, report_w, spec, keep)
         except BaseException:
             os.close(report_r)
             raise
@@ -180,6 +283,43 @@ class OciRunner:
             os.close(report_r)
             raise
         return status, _read_report(report_r)
+
+    async def _spawn_for_tty(self, oci: OciLaunch, args: list[str], spec: LaunchSpec | None = None,
+                             timeout: float = RUNTIME_TIMEOUT) -> tuple[int, str, int]:
+        """Run the runtime command ``args`` (the container id last) for a process with a new
+        terminal: ``--console-socket`` of a :class:`ConsoleSocket` before the id, the runtime's
+        stdio /dev/null (its errors are in its log). Returns its status, the reason of a
+        failure and the pty master it sent (ours; -1 when it failed). TimeoutError from
+        :meth:`_spawn`; FailedPrecondition when it succeeded but sent no pty master."""
+        console = ConsoleSocket(oci.bundle)
+        handed = False
+        receiving: asyncio.Future[int] | None = None
+        try:
+            since = _log_size(oci.bundle)
+            argv = runtime_argv(oci, *args[:-1], "--console-socket", console.address, args[-1])
+            receiving = asyncio.ensure_future(console.receive())  # runc's init sends it before create exits
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            status, report = await self._spawn(argv, (null, null, null), spec, timeout, console.fds)
+            if status != 0:
+                return status, report or runtime_errors(oci.bundle, since) or "no reason in its log", -1
+            try:
+                async with asyncio.timeout(CONSOLE_TIMEOUT):
+                    master = await asyncio.shield(receiving)
+            except TimeoutError:
+                raise errors.FailedPrecondition(f"{os.path.basename(oci.runtime)} {args[0]} sent no terminal "
+                                                f"within {CONSOLE_TIMEOUT:g}s") from None
+            except OSError as exc:
+                raise errors.FailedPrecondition(f"{os.path.basename(oci.runtime)} {args[0]}: its terminal "
+                                                f"is refused: {exc}") from None
+            handed = True
+            return 0, "", master
+        finally:
+            if receiving is not None:
+                if not receiving.done():
+                    receiving.cancel()
+                elif not receiving.cancelled() and receiving.exception() is None and not handed:
+                    os.close(receiving.result())
+            console.close()
 
     async def run(self, oci: OciLaunch, *args: str, timeout: float = RUNTIME_TIMEOUT) -> tuple[int, str]:
         """Run a runtime command without stdio of interest (start, delete): its status and
@@ -210,9 +350,6 @@ class OciRunner:
         oci = spec.oci
         assert oci is not None
         table = self.table
-        if spec.process.tty:
-            raise errors.Unimplemented(f"container {spec.container_id}: a tty is not supported through "
-                                       f"{os.path.basename(oci.runtime)}")
         if spec.container_id in table.procs:
             raise errors.AlreadyExists(f"container {spec.container_id} already exists in this pod")
         proc = Proc(key=spec.container_id, spec=spec)
@@ -222,19 +359,26 @@ class OciRunner:
         pid_file = Path(oci.bundle) / INIT_PID_FILE
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
-        io = make_stdio(spec.process.stdin, False)
         table.procs[proc.key] = proc
         since = _log_size(oci.bundle)
-        argv = runtime_argv(oci, "create", "--bundle", oci.bundle, "--pid-file", str(pid_file), spec.container_id)
+        args = ["create", "--bundle", oci.bundle, "--pid-file", str(pid_file), spec.container_id]
         try:
-            table._attach_stdio(proc, io)  # read its output from the start: runc's errors land there too
             try:
-                status, report = await self._spawn(argv, io.child, spec)
+                if spec.process.tty:  # a terminal of the container's devpts, its master sent to us
+                    status, detail, master = await self._spawn_for_tty(oci, args, spec)
+                    if master >= 0:
+                        table.attach_tty(proc, master, spec.process.stdin)
+                else:
+                    io = make_stdio(spec.process.stdin, False)
+                    table._attach_stdio(proc, io)  # read its output from the start: runc's errors land there too
+                    status, report = await self._spawn(runtime_argv(oci, *args), io.child, spec)
+                    detail = report or runtime_errors(oci.bundle, since) or "no reason in its log"
             except TimeoutError:
                 raise errors.FailedPrecondition(
                     f"creating container {spec.container_id}: {oci.runtime} create timed out") from None
+            except errors.FailedPrecondition as exc:
+                raise errors.FailedPrecondition(f"creating container {spec.container_id}: {exc}") from None
             if status != 0:
-                detail = report or runtime_errors(oci.bundle, since) or "no reason in its log"
                 raise errors.FailedPrecondition(
                     f"creating container {spec.container_id}: {oci.runtime} create failed ({_describe(status)}): "
                     f"{detail}")
@@ -282,9 +426,6 @@ class OciRunner:
         oci = container.spec.oci
         assert oci is not None
         table = self.table
-        if process.tty:
-            raise errors.Unimplemented(f"exec in {container.key}: a tty is not supported through "
-                                       f"{os.path.basename(oci.runtime)}")
         if container.state != "running" or not container.pid:
             raise errors.FailedPrecondition(f"container {container.key} is not running")
         own = container.spec.process
@@ -302,18 +443,24 @@ class OciRunner:
         with os.fdopen(fd, "w") as f:
             json.dump(oci_process(process, kcaps.last_cap()), f)
         since = _log_size(oci.bundle)
-        argv = runtime_argv(oci, "exec", "--detach", "--pid-file", str(pid_file), "--process", str(process_file),
-                            container.key)
-        io = make_stdio(stdin, False)
+        args = ["exec", "--detach", "--pid-file", str(pid_file), "--process", str(process_file), container.key]
         try:
-            table._attach_stdio(proc, io)
             proc.started_at_ns = time.time_ns()
             try:
-                status, report = await self._spawn(argv, io.child, timeout=30)
+                if process.tty:  # a terminal of the container's devpts, its master sent to us
+                    status, detail, master = await self._spawn_for_tty(oci, args, timeout=30)
+                    if master >= 0:
+                        table.attach_tty(proc, master, stdin)
+                else:
+                    io = make_stdio(stdin, False)
+                    table._attach_stdio(proc, io)
+                    status, report = await self._spawn(runtime_argv(oci, *args), io.child, timeout=30)
+                    detail = report or runtime_errors(oci.bundle, since) or "no reason in its log"
             except TimeoutError:
                 raise errors.FailedPrecondition(f"exec in {container.key}: {oci.runtime} exec timed out") from None
+            except errors.FailedPrecondition as exc:
+                raise errors.FailedPrecondition(f"exec in {container.key}: {exc}") from None
             if status != 0:
-                detail = report or runtime_errors(oci.bundle, since) or "no reason in its log"
                 raise errors.FailedPrecondition(
                     f"exec in {container.key}: {oci.runtime} exec failed ({_describe(status)}): {detail}")
             pid = _read_pid(pid_file)

@@ -405,10 +405,15 @@ class ProcessTable:
         finally:
             if root_fd >= 0:
                 os.close(root_fd)
-        want_stdin = proc.spec.process.stdin
-        self._attach_stdio(proc, Stdio((slave, slave, slave), tty=True, stdin=want_stdin, tty_master=master,
-                                       stdin_w=master if want_stdin else -1))
+        self.attach_tty(proc, master, proc.spec.process.stdin)
         proc.tty_slave = slave
+
+    def attach_tty(self, proc: Proc, master: int, want_stdin: bool) -> None:
+        """Take over the pty ``master`` of ``proc``'s terminal (ours from here on): its
+        output read into the log and sinks, its input written to it when ``want_stdin``,
+        :meth:`resize` on it. Also for a master an OCI runtime sent (runtime.shim.ociproc)."""
+        self._attach_stdio(proc, Stdio((-1, -1, -1), tty=True, stdin=want_stdin, tty_master=master,
+                                       stdin_w=master if want_stdin else -1))
 
     def _attach_stdio(self, proc: Proc, io: Stdio) -> None:
         """Take over our ends of ``io`` for ``proc``: read its output, hold its stdin."""

@@ -2,7 +2,7 @@
 (identity, capabilities, no_new_privs, rlimits, oom_score_adj, AppArmor), the namespaces joined
 by path or made, mounts (cgroup hierarchies folded into runc's one cgroup mount, binds made
 rbind), devices and device rules, resources, masked/read-only paths, seccomp in its JSON form,
-and what is refused (a tty, a user namespace)."""
+a tty as the terminal runc makes, and what is refused (a user namespace)."""
 
 from __future__ import annotations
 
@@ -85,10 +85,12 @@ def test_a_privileged_process_keeps_every_capability_the_kernel_has() -> None:
     assert p["noNewPrivileges"] is False
 
 
-def test_a_tty_is_refused() -> None:
+def test_a_tty_is_a_terminal_the_runtime_makes() -> None:
     from dataclasses import replace
-    with pytest.raises(ValueError, match="terminal"):
-        oci_process(replace(_spec().process, tty=True), last_cap=40)
+    p = oci_process(replace(_spec().process, tty=True), last_cap=40)
+    assert p["terminal"] is True and "consoleSize" not in p
+    config = runtime_config(_spec(process=replace(_spec().process, tty=True)), cgroups_path="/c")
+    assert config["process"]["terminal"] is True
 
 
 def test_namespaces_are_joined_by_path_or_made() -> None:
