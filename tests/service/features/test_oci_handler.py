@@ -3,17 +3,23 @@ the real daemon: runc knows the container (``runc --root <state>/oci/<handler> s
 process is runc's init reparented to the pod's shim, in the container's cgroup and the pod's
 network namespace; its output reaches the CRI log; ExecSync runs through ``runc exec``; the
 security plan reaches the process (capabilities, no_new_privs, seccomp, masked paths); stop
-reports the exit code; remove leaves no runc state, cgroup or mount; a tty is refused as
-Unimplemented naming runc; the containers survive a daemon restart; a pod-shared PID namespace,
-streaming exec, stats, OOM kills and pod removal work; recovery deletes runc state nobody
-owns."""
+reports the exit code; remove leaves no runc state, cgroup or mount; a tty container and a
+tty exec get a terminal runc made in the container's devpts (its master sent to the shim's
+console socket): typing, the log, resize, the exit code; the containers survive a daemon
+restart; a pod-shared PID namespace, streaming exec, stats, OOM kills and pod removal work;
+recovery deletes runc state nobody owns."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
+import select
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,7 @@ import grpc
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
-from tests.support.daemon import DaemonProcess
+from tests.support.daemon import CRICTL, DaemonProcess
 from tests.support.pods import (
     container_config,
     create_container,
@@ -33,6 +39,7 @@ from tests.support.pods import (
     status,
     wait_state,
 )
+from tests.support.streaming_fakes import set_winsize
 
 RUNC = "/usr/sbin/runc"
 HANDLER = "test-runc"
@@ -147,15 +154,106 @@ def test_an_exit_code_and_its_status(d: DaemonProcess, busybox: str) -> None:
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_a_tty_is_refused_naming_runc(d: DaemonProcess, busybox: str) -> None:
+def _read_until(fd: int, pattern: bytes, buf: bytearray, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, buf):
+        left = deadline - time.monotonic()
+        assert left > 0, f"{pattern!r} not seen in {bytes(buf[-500:])!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                buf += os.read(fd, 65536)
+            except OSError:
+                break
+
+
+@contextlib.contextmanager
+def _crictl_in_a_pty(d: DaemonProcess, *args: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """crictl ``args`` with a terminal of its own (80x24): its master and the process, which
+    is killed at the end if still there."""
+    master, slave = pty.openpty()
+    set_winsize(slave, 80, 24)
+    proc = subprocess.Popen(["setsid", "-c", CRICTL, "--runtime-endpoint", d.endpoint, "--image-endpoint",
+                             d.endpoint, *args], stdin=slave, stdout=slave, stderr=slave)
+    try:
+        yield master, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.timeout(90)
+def test_a_tty_container_has_a_terminal_runc_made(d: DaemonProcess, busybox: str) -> None:
+    # runc makes the terminal in the container's own devpts and sends its master to the shim:
+    # ttyname() names /dev/pts/N there, it is the controlling terminal, the log has its output
     pull(d, busybox)
     pod, cfg = _pod(d)
-    with pytest.raises(grpc.RpcError) as info:
-        create_container(d, pod, cfg, container_config("tty", busybox, ["sh"], tty=True, stdin=True))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "runc" in (info.value.details() or "") and "tty" in (info.value.details() or "")
-    assert not [c for c in d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
-                if c.pod_sandbox_id == pod]
+    script = ('t=$(tty) && test -c "$t" && echo "tty-ok:$t" || echo "no-tty:$t"; '
+              'exec 3<>/dev/tty && echo ctty-ok; while read -r l; do echo "got:$l"; done')
+    cid = create_container(d, pod, cfg, container_config("tty", busybox, ["sh", "-c", script], log_path="tty.log",
+                                                         tty=True, stdin=True))
+    bundle = d.state / "containers" / cid / "bundle"
+    assert json.loads((bundle / "config.json").read_text())["process"]["terminal"] is True
+    assert not [p for p in bundle.iterdir() if p.name.startswith("console-")]  # the console socket is gone
+    start(d, cid)
+    log = Path(cfg.log_directory) / "tty.log"
+    deadline = time.monotonic() + 20
+    while b"ctty-ok" not in (text := log.read_bytes() if log.exists() else b""):
+        assert b"no-tty" not in text and time.monotonic() < deadline, text
+        time.sleep(0.1)
+    assert re.search(rb"tty-ok:/dev/pts/\d+", text), text
+    pid = int(str(_runc_state(d, cid)["pid"]))
+    assert os.readlink(f"/proc/{pid}/fd/0").startswith("/dev/pts/")  # the container's devpts, not a pipe
+    # the terminal works both ways: attach with a terminal, type, see it in the log
+    with _crictl_in_a_pty(d, "attach", "-i", "-t", cid) as (master, _):
+        buf = bytearray()
+        deadline = time.monotonic() + 15
+        while b"got:typed-into-runc-pty" not in log.read_bytes():
+            assert time.monotonic() < deadline, (log.read_bytes(), bytes(buf))
+            os.write(master, b"typed-into-runc-pty\n")
+            with contextlib.suppress(AssertionError):
+                _read_until(master, rb"got:typed-into-runc-pty", buf, timeout=1)
+        # the pty echoes and the container's answer comes back through attach
+        _read_until(master, rb"got:typed-into-runc-pty", buf)
+    d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=5), timeout=30)
+    wait_state(d, cid, pb.CONTAINER_EXITED)
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+    assert not (_root(d) / cid).exists()
+
+
+@pytest.mark.timeout(90)
+def test_a_tty_exec_types_resizes_and_exits_through_runc(d: DaemonProcess, busybox: str) -> None:
+    pull(d, busybox)
+    pod, cfg = _pod(d)
+    cid = create_container(d, pod, cfg, container_config("sleeper", busybox, ["sleep", "3600"]))
+    start(d, cid)
+    buf = bytearray()
+    with _crictl_in_a_pty(d, "exec", "-it", cid, "sh") as (master, proc):
+        os.write(master, b"echo hi-$((40+2))\n")
+        _read_until(master, rb"hi-42", buf)
+        os.write(master, b"t=$(tty) && test -c \"$t\" && echo \"tty-ok:$t\"\n")
+        _read_until(master, rb"tty-ok:/dev/pts/\d+", buf)
+        os.write(master, b"stty size\n")
+        _read_until(master, rb"24 80", buf)
+        set_winsize(master, 132, 43)  # crictl sends the new size; the shim sets it on runc's master
+        deadline = time.monotonic() + 10
+        while not re.search(rb"43 132", buf):
+            assert time.monotonic() < deadline, bytes(buf[-400:])
+            os.write(master, b"stty size\n")
+            with contextlib.suppress(AssertionError):
+                _read_until(master, rb"43 132", buf, timeout=1)
+        os.write(master, b"exit 7\n")
+        assert proc.wait(20) != 0
+        _read_until(master, rb"exit code 7", buf)
+    ps = exec_sync(d, cid, ["ps", "-o", "pid,args"]).stdout.decode()
+    assert [ln for ln in ps.splitlines()[1:] if " sh" in ln and "ps -o" not in ln] == [], ps
+    bundle = d.state / "containers" / cid / "bundle"
+    assert not [p for p in bundle.iterdir() if p.name.startswith(("console-", "exec-"))]
+    d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
 
 
 def test_containers_survive_a_daemon_restart(d: DaemonProcess, busybox: str) -> None:
@@ -256,7 +354,7 @@ def test_privileged_read_only_rootfs_and_a_cri_mount(d: DaemonProcess, busybox: 
     assert not (_root(d) / cid).exists()
 
 
-def test_exec_and_attach_with_stdin_and_a_refused_tty_exec(d: DaemonProcess, busybox: str) -> None:
+def test_exec_and_attach_with_stdin(d: DaemonProcess, busybox: str) -> None:
     import asyncio
 
     from tests.support.stream_clients import spdy_exec
@@ -275,10 +373,6 @@ def test_exec_and_attach_with_stdin_and_a_refused_tty_exec(d: DaemonProcess, bus
                          stderr=True)
     res = session(d.runtime.Exec(req, timeout=10).url, stdin=b"through runc\n")
     assert res.stdout == b"THROUGH RUNC\n" and res.exit_code == 4
-    # a tty exec is refused, naming runc (on the session's error stream)
-    tty = pb.ExecRequest(container_id=cid, cmd=["sh"], tty=True, stdin=True, stdout=True)
-    res = session(d.runtime.Exec(tty, timeout=10).url, stdin=b"", tty=True)
-    assert b"runc" in res.error and b"tty" in res.error, res.error
     # attach to the container's own stdin/stdout (runc passed the shim's pipes through)
     url = d.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True),
                            timeout=10).url
