@@ -339,7 +339,8 @@ class RuntimeHandlerSettings:
             "capabilities, seccomp, masked and read-only paths, mounts, cgroup) and is made with "
             "`create`/`start`, exec'd with `exec`, removed with `delete`, the runtime's state under "
             "<state>/oci/<handler>. The pod itself (namespaces, network, PID holder) stays cri-shim's. "
-            "Not with user_namespace; containers with a tty are refused. Empty: cri-shim runs them."
+            "A tty is the runtime's terminal, its master sent to the shim's console socket. Not with "
+            "user_namespace. Empty: cri-shim runs them."
         ),
     )
 
