@@ -222,6 +222,19 @@ def test_a_tty_container_has_a_terminal_runc_made(d: DaemonProcess, busybox: str
     wait_state(d, cid, pb.CONTAINER_EXITED)
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
     assert not (_root(d) / cid).exists()
+    # a tty container that exits at once: its output is in the log, its exit code reported
+    quick = create_container(d, pod, cfg, container_config("quick", busybox, ["sh", "-c", "echo quick-out; exit 3"],
+                                                           log_path="quick.log", tty=True))
+    start(d, quick)
+    assert wait_state(d, quick, pb.CONTAINER_EXITED).exit_code == 3
+    assert [t for _, _, t in log_lines(str(Path(cfg.log_directory) / "quick.log"))] == ["quick-out"]
+    # a tty container runc cannot create: its reason, nothing left of it
+    with pytest.raises(grpc.RpcError) as info:
+        create_container(d, pod, cfg, container_config("nobin-tty", busybox, ["/no/such/binary"], tty=True))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "/no/such/binary" in (info.value.details() or "")
+    assert not [c for c in d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+                if c.metadata.name == "nobin-tty"]
 
 
 @pytest.mark.timeout(90)
