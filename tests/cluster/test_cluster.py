@@ -347,11 +347,6 @@ def test_stats_summary_from_cri(kube: Kube) -> None:
                and 'pod="client-node-a"' in line for line in metrics.splitlines())
 
 
-def _node_images(kube: Kube, node: str) -> set[str]:
-    """The images kubelet reports for ``node`` (from cri-shim's ListImages), by every name."""
-    return {name for img in kube.json("get", "node", node)["status"].get("images", []) for name in img["names"]}
-
-
 def test_job_completes(kube: Kube) -> None:
     kube.apply(f"""apiVersion: batch/v1
 kind: Job
@@ -396,29 +391,6 @@ spec:
     assert "Unhealthy" in events
 
 
-def _node_images(kube: Kube, node: str) -> set[str]:
-    """The images kubelet reports for ``node`` (from cri-shim's ListImages), by every name."""
-    return {name for img in kube.json("get", "node", node)["status"].get("images", []) for name in img["names"]}
-
-
-def test_kubelet_image_gc_removes_unused_images(kube: Kube) -> None:
-    # kubelet's image GC over cri-shim (ImageFsInfo for the usage, ListImages, RemoveImage):
-    # with its thresholds at 0/1 %, the second round after the restart (5 minutes on) removes
-    # every image no container uses, and keeps the images of running containers
-    assert GC_PROBE, "the probe was not set up (test_image_gc_probe_pulled_and_kubelet_restarted_with_low_thresholds)"
-    try:
-        left = GC_PROBE["restarted"] + 300 + 90 - time.monotonic()
-        eventually("the unused probe image collected by kubelet's image GC",
-                   lambda: GC_PROBE["image"] not in _node_images(kube, "node-b"), max(left, 30), every=3)
-        in_use = {c["image"] for p in kube.json("get", "pods", "-A")["items"] if p["spec"].get("nodeName") == "node-b"
-                  and p["status"].get("phase") == "Running" for c in p["spec"]["containers"]}
-        assert in_use and in_use <= _node_images(kube, "node-b"), in_use
-    finally:
-        GC_DROP_IN.unlink(missing_ok=True)
-        res = cluster_sh("restart-kubelet", "node-b", timeout=180)
-        assert res.returncode == 0, res
-
-
 def _restarts(kube: Kube, selector: str) -> dict[str, int]:
     return {p["metadata"]["name"]: sum(c["restartCount"] for c in p["status"].get("containerStatuses", []))
             for p in kube.pods(selector)}
@@ -446,6 +418,29 @@ def test_kill9_runtime_pods_keep_serving(kube: Kube) -> None:
     assert _restarts(kube, "app=web") == before
     assert kube("exec", "client-node-a", "--", "echo", "after").strip() == "after"
     kube.wait("--for=condition=Available", "deployment/web", timeout=60)
+
+
+def _node_images(kube: Kube, node: str) -> set[str]:
+    """The images kubelet reports for ``node`` (from cri-shim's ListImages), by every name."""
+    return {name for img in kube.json("get", "node", node)["status"].get("images", []) for name in img["names"]}
+
+
+def test_kubelet_image_gc_removes_unused_images(kube: Kube) -> None:
+    # kubelet's image GC over cri-shim (ImageFsInfo for the usage, ListImages, RemoveImage):
+    # with its thresholds at 0/1 %, the second round after the restart (5 minutes on) removes
+    # every image no container uses, and keeps the images of running containers
+    assert GC_PROBE, "the probe was not set up (test_image_gc_probe_pulled_and_kubelet_restarted_with_low_thresholds)"
+    try:
+        left = GC_PROBE["restarted"] + 300 + 90 - time.monotonic()
+        eventually("the unused probe image collected by kubelet's image GC",
+                   lambda: GC_PROBE["image"] not in _node_images(kube, "node-b"), max(left, 30), every=3)
+        in_use = {c["image"] for p in kube.json("get", "pods", "-A")["items"] if p["spec"].get("nodeName") == "node-b"
+                  and p["status"].get("phase") == "Running" for c in p["spec"]["containers"]}
+        assert in_use and in_use <= _node_images(kube, "node-b"), in_use
+    finally:
+        GC_DROP_IN.unlink(missing_ok=True)
+        res = cluster_sh("restart-kubelet", "node-b", timeout=180)
+        assert res.returncode == 0, res
 
 
 def test_drain_moves_pods(kube: Kube) -> None:
