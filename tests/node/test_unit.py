@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
-from tests.node.units import container_pid, remove_pods, show, systemctl
+from tests.node.units import container_pid, remove_pods, render_unit, show, systemctl
 from tests.support import imagebuilder as ib
 from tests.support.daemon import DaemonProcess, make_daemon
 from tests.support.names import unique
-from tests.support.netns import REPO
 from tests.support.pods import container_config, create_container, pod_config, pull, run_pod, status, wait_state
 from tests.support.registry import running_registry
 
@@ -34,15 +32,6 @@ pytestmark = [pytest.mark.root, pytest.mark.service, pytest.mark.peers, pytest.m
 UNIT_DIR = Path("/run/systemd/system")
 CGROUP = Path("/sys/fs/cgroup")
 MiB = 1 << 20
-
-
-def render_unit(d: DaemonProcess) -> str:
-    """The shipped unit with @EXEC@ = this checkout's daemon on ``d``'s config."""
-    text = (REPO / "contrib" / "systemd" / "cri-shim.service").read_text()
-    assert "@EXEC@" in text and "\n[Service]\n" in text
-    text = text.replace("@EXEC@", f"{sys.executable} -m cri_shim --config {d.config_path}")
-    # the checkout's code, whatever the venv's editable install points at
-    return text.replace("\n[Service]\n", f"\n[Service]\nEnvironment=PYTHONPATH={REPO}\n", 1)
 
 
 @pytest.fixture(scope="module")

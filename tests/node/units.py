@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 from cri_shim.api.gen import api_pb2 as pb
 from tests.support.daemon import DaemonProcess
+from tests.support.netns import REPO
 
 
 def systemctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -40,3 +42,12 @@ def container_pid(d: DaemonProcess, cid: str) -> int:
     """The host pid of a container's process (ContainerStatus verbose info)."""
     info = d.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=60)
     return int(json.loads(info.info["info"])["pid"])
+
+
+def render_unit(d: DaemonProcess) -> str:
+    """The shipped unit with @EXEC@ = this checkout's daemon on ``d``'s config."""
+    text = (REPO / "contrib" / "systemd" / "cri-shim.service").read_text()
+    assert "@EXEC@" in text and "\n[Service]\n" in text
+    text = text.replace("@EXEC@", f"{sys.executable} -m cri_shim --config {d.config_path}")
+    # the checkout's code, whatever the venv's editable install points at
+    return text.replace("\n[Service]\n", f"\n[Service]\nEnvironment=PYTHONPATH={REPO}\n", 1)
