@@ -10,6 +10,11 @@
 #      With them tests/service/features/test_checkpoint_criu.py, with the node's criu (Debian
 #      12's 3.17, which fails `criu check` on the CI host's newer kernel): a container
 #      checkpointed, restored into a new pod, counting on; a skip fails the stage here too.
+#      tests/node/test_node_shutdown.py runs kubelet v1.37.2 (standalone, a static pod) on
+#      cri-shim and emits logind's PrepareForShutdown: kubelet's graceful node shutdown stops
+#      the pod through the CRI. Its binary is the one scripts/cluster-build.sh built (CI's
+#      cluster stage runs before this one) in CRI_SHIM_K8S_CACHE (default
+#      /var/cache/cri-shim/k8s), shared into the node; without it that test fails.
 #   2. critest's AppArmor, OOM and container-stats specs against a fresh daemon (tests.conformance.critest).
 # Reports: test-reports/vm-pytest.xml, test-reports/critest-vm-*/. The stage prints what it
 # ran and its duration. A host where QEMU cannot run fails the stage with the reason.
@@ -33,10 +38,25 @@ if [ "${1:-}" != --in-node ]; then
   # tests/node/test_install.py installs from these (no index in the node); a no-op when present.
   bash scripts/install-node.sh --download-wheels .cache/wheels \
     || { echo "vm-stage: FAILED: could not fetch the locked runtime wheels into .cache/wheels" >&2; exit 1; }
+  # kubelet for tests/node/test_node_shutdown.py, built by scripts/cluster-build.sh (the cluster
+  # stage, before this one) into the cache scripts/cluster-stage.sh uses. The node sees it in a
+  # directory of its own (a read-only share is an image of the whole directory): a hard link.
+  k8s_cache="${CRI_SHIM_K8S_CACHE:-/var/cache/cri-shim/k8s}"
+  kubelet="$k8s_cache/kubelet-v1.37.2" vm_args=()
+  if [ -x "$kubelet" ]; then
+    share="$k8s_cache/node-vm-share"
+    mkdir -p "$share"
+    [ "$share/kubelet-v1.37.2" -ef "$kubelet" ] || ln -f "$kubelet" "$share/kubelet-v1.37.2" \
+      || cp -p "$kubelet" "$share/kubelet-v1.37.2"
+    vm_args+=(--share "$share:ro" --env "CRI_SHIM_KUBELET=$share/kubelet-v1.37.2")
+  elif [ ! -x .cache/k8s/kubelet-v1.37.2 ]; then  # the test's fallback, in the repository's share
+    echo "vm-stage: no kubelet at $kubelet (scripts/cluster-build.sh builds it):" \
+      "tests/node/test_node_shutdown.py will fail" >&2
+  fi
   echo "vm-stage: booting the node VM (software emulation unless KVM can run a stock kernel)"
   status=0
-  bash scripts/node-vm.sh run --timeout "${VM_STAGE_TIMEOUT:-1500}" -- bash scripts/vm-stage.sh --in-node \
-    || status=$?
+  bash scripts/node-vm.sh run --timeout "${VM_STAGE_TIMEOUT:-1500}" "${vm_args[@]}" \
+    -- bash scripts/vm-stage.sh --in-node || status=$?
   case "$status" in
     0) echo "vm-stage: passed in $((SECONDS - t0)) s" ;;
     124) echo "vm-stage: FAILED: the node VM ran out of time after $((SECONDS - t0)) s" ;;
