@@ -37,11 +37,13 @@ import array
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import signal
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -111,6 +113,24 @@ def _describe(status: int) -> str:
     return f"exit status {os.WEXITSTATUS(status)}"
 
 
+def refuse_unsafe_rootfs(rootfs: str) -> None:
+    """Raise OSError (the create's error) for a rootfs an OCI runtime would follow out of:
+    an image whose ``/dev`` is a symbolic link. runc 1.1 (Debian 12's) mounts /dev inside the
+    root, then makes its /dev links, device nodes and /dev/ptmx at ``<rootfs>/dev/...``
+    joined as plain paths, which the kernel resolves through the image's link from the host's
+    root: files on the host (runc CVE-2024-45310 class; tests/service/hostile/
+    test_rootfs_paths_runc.py). Native containers follow such a link inside the root; no
+    real image has /dev as a link, so it is refused rather than rewritten."""
+    path = os.path.join(rootfs, "dev")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # the runtime makes it, inside the root
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, f"the image's /dev is a symbolic link (to {os.readlink(path)!r}), which an OCI "
+                                   "runtime such as runc 1.1 follows out of the container's root; refused")
+
+
 def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: int,
                       spec: LaunchSpec | None = None, keep: tuple[int, ...] = ()) -> NoReturn:
     """The forked child that execs the runtime with ``stdio`` on 0-2, in a session of its
@@ -133,6 +153,7 @@ def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: in
                 libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
             init.mount_rootfs(spec.rootfs)
             os.chdir("/")
+            refuse_unsafe_rootfs(spec.rootfs.path)
         init.setup_stdio(*stdio, tty=False, session=False)
         init.close_fds_except({report_w, *keep})
         for fd in keep:
