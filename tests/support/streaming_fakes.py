@@ -15,6 +15,8 @@ import contextlib
 import fcntl
 import os
 import pty
+import re
+import select
 import signal
 import struct
 import termios
@@ -28,6 +30,21 @@ from runtime.streaming.backend import AttachRequest, ExecRequest, StreamIO
 
 def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
+
+
+def read_until(fd: int, pattern: bytes, buf: bytearray, timeout: float = 15) -> None:
+    """Read ``fd`` (a pty master) into ``buf`` until ``pattern`` matches in it; fails with
+    the tail of what came when it does not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not re.search(pattern, buf):
+        left = deadline - time.monotonic()
+        assert left > 0, f"{pattern!r} not seen in {bytes(buf[-500:])!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                buf += os.read(fd, 65536)
+            except OSError:
+                break
 
 
 def set_winsize(fd: int, width: int, height: int) -> None:

@@ -16,7 +16,6 @@ import json
 import os
 import pty
 import re
-import select
 import subprocess
 import time
 from collections.abc import Iterator
@@ -39,7 +38,7 @@ from tests.support.pods import (
     status,
     wait_state,
 )
-from tests.support.streaming_fakes import set_winsize
+from tests.support.streaming_fakes import read_until, set_winsize
 
 RUNC = "/usr/sbin/runc"
 HANDLER = "test-runc"
@@ -154,19 +153,6 @@ def test_an_exit_code_and_its_status(d: DaemonProcess, busybox: str) -> None:
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def _read_until(fd: int, pattern: bytes, buf: bytearray, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not re.search(pattern, buf):
-        left = deadline - time.monotonic()
-        assert left > 0, f"{pattern!r} not seen in {bytes(buf[-500:])!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                buf += os.read(fd, 65536)
-            except OSError:
-                break
-
-
 @contextlib.contextmanager
 def _crictl_in_a_pty(d: DaemonProcess, *args: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """crictl ``args`` with a terminal of its own (80x24): its master and the process, which
@@ -215,9 +201,9 @@ def test_a_tty_container_has_a_terminal_runc_made(d: DaemonProcess, busybox: str
             assert time.monotonic() < deadline, (log.read_bytes(), bytes(buf))
             os.write(master, b"typed-into-runc-pty\n")
             with contextlib.suppress(AssertionError):
-                _read_until(master, rb"got:typed-into-runc-pty", buf, timeout=1)
+                read_until(master, rb"got:typed-into-runc-pty", buf, timeout=1)
         # the pty echoes and the container's answer comes back through attach
-        _read_until(master, rb"got:typed-into-runc-pty", buf)
+        read_until(master, rb"got:typed-into-runc-pty", buf)
     d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=5), timeout=30)
     wait_state(d, cid, pb.CONTAINER_EXITED)
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
@@ -246,21 +232,21 @@ def test_a_tty_exec_types_resizes_and_exits_through_runc(d: DaemonProcess, busyb
     buf = bytearray()
     with _crictl_in_a_pty(d, "exec", "-it", cid, "sh") as (master, proc):
         os.write(master, b"echo hi-$((40+2))\n")
-        _read_until(master, rb"hi-42", buf)
+        read_until(master, rb"hi-42", buf)
         os.write(master, b"t=$(tty) && test -c \"$t\" && echo \"tty-ok:$t\"\n")
-        _read_until(master, rb"tty-ok:/dev/pts/\d+", buf)
+        read_until(master, rb"tty-ok:/dev/pts/\d+", buf)
         os.write(master, b"stty size\n")
-        _read_until(master, rb"24 80", buf)
+        read_until(master, rb"24 80", buf)
         set_winsize(master, 132, 43)  # crictl sends the new size; the shim sets it on runc's master
         deadline = time.monotonic() + 10
         while not re.search(rb"43 132", buf):
             assert time.monotonic() < deadline, bytes(buf[-400:])
             os.write(master, b"stty size\n")
             with contextlib.suppress(AssertionError):
-                _read_until(master, rb"43 132", buf, timeout=1)
+                read_until(master, rb"43 132", buf, timeout=1)
         os.write(master, b"exit 7\n")
         assert proc.wait(20) != 0
-        _read_until(master, rb"exit code 7", buf)
+        read_until(master, rb"exit code 7", buf)
     ps = exec_sync(d, cid, ["ps", "-o", "pid,args"]).stdout.decode()
     assert [ln for ln in ps.splitlines()[1:] if " sh" in ln and "ps -o" not in ln] == [], ps
     bundle = d.state / "containers" / cid / "bundle"

@@ -22,7 +22,7 @@ from cri_shim.api.gen import api_pb2 as pb
 from tests.service.lifecycle.conftest import Images
 from tests.support.daemon import CRICTL, DaemonProcess
 from tests.support.pods import container_config, create_container, exec_sync, pod_config, pull, run_pod, start
-from tests.support.streaming_fakes import set_winsize
+from tests.support.streaming_fakes import read_until, set_winsize
 
 pytestmark = [pytest.mark.service, pytest.mark.root, pytest.mark.peers, pytest.mark.timeout(120)]
 
@@ -69,19 +69,6 @@ def test_exec_piped_stdin_output_and_exit_code(d: DaemonProcess, images: Images,
         assert processes_in(d, cid) == [ln for ln in processes_in(d, cid) if "sleep 3600" in ln]
 
 
-def _read_until(fd: int, pattern: bytes, buf: bytearray, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not re.search(pattern, buf):
-        left = deadline - time.monotonic()
-        assert left > 0, f"{pattern!r} not seen in {bytes(buf[-500:])!r}"
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            try:
-                buf += os.read(fd, 65536)
-            except OSError:
-                break
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_exec_tty_typing_resize_exit(d: DaemonProcess, images: Images, tmp_path: Path, transport: str) -> None:
     with running(d, images, tmp_path, f"tty-{transport}", images.busybox, ["sleep", "3600"]) as (_, cid):
@@ -92,22 +79,22 @@ def test_exec_tty_typing_resize_exit(d: DaemonProcess, images: Images, tmp_path:
         buf = bytearray()
         try:
             os.write(master, b"echo hi-$((40+2))\n")
-            _read_until(master, rb"hi-42", buf)
+            read_until(master, rb"hi-42", buf)
             # the pty is one of the container's own devpts: ttyname() names a node there
             os.write(master, b"t=$(tty) && test -c \"$t\" && echo \"tty-ok:$t\"\n")
-            _read_until(master, rb"tty-ok:/dev/pts/\d+", buf)
+            read_until(master, rb"tty-ok:/dev/pts/\d+", buf)
             os.write(master, b"stty size\n")
-            _read_until(master, rb"24 80", buf)
+            read_until(master, rb"24 80", buf)
             set_winsize(master, 132, 43)
             deadline = time.monotonic() + 10
             while not re.search(rb"43 132", buf):
                 assert time.monotonic() < deadline, bytes(buf[-400:])
                 os.write(master, b"stty size\n")
                 with contextlib.suppress(AssertionError):
-                    _read_until(master, rb"43 132", buf, timeout=1)
+                    read_until(master, rb"43 132", buf, timeout=1)
             os.write(master, b"exit 7\n")
             assert proc.wait(20) != 0
-            _read_until(master, rb"exit code 7", buf)
+            read_until(master, rb"exit code 7", buf)
         finally:
             if proc.poll() is None:
                 proc.kill()
