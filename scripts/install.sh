@@ -39,7 +39,8 @@ APT_PACKAGES=(
   busybox-static                                  # test images are built from it
   docker-registry                                 # a real OCI registry on loopback for tests
   prometheus                                      # a real scraper for the metrics tests
-  containerd runc                                 # the anchor the benchmarks compare against
+  containerd runc                                 # the anchor the benchmarks compare against; runc handler
+  crun                                            # the second OCI runtime the handler tests drive
   linux-libc-dev                                  # syscall numbers for the seccomp tables; pause.c's headers
   gcc                                             # builds the pod PID holder (runtime/shim/pause/pause.c)
   python3-venv
