@@ -10,7 +10,9 @@ that the container is still the shim's child (exit status, CRI log, attach, OOM 
               on 0-2 ──execve──▶ ``runc create --bundle B --pid-file P ID``
               runc passes its stdio through to the container's init ("pass-through" mode)
               and exits; the init, its orphan, is reparented to the shim (a child subreaper)
-              and tracked as a native container's process (verified with runc 1.1.5).
+              and tracked as a native container's process (verified with runc 1.1.5 and
+              crun 1.8.1; on a hybrid cgroup host that mount namespace shows the runtime an
+              empty unified controller list, :func:`hide_hybrid_controllers`, or crun refuses).
     start:  ``runc start ID``
     exec:   ``runc exec --detach --pid-file P --process J ID`` with the exec's stdio: the
               exec'd process, orphaned when runc exits, is reparented to the shim likewise;
@@ -131,6 +133,28 @@ def refuse_unsafe_rootfs(rootfs: str) -> None:
                                    "runtime such as runc 1.1 follows out of the container's root; refused")
 
 
+def hide_hybrid_controllers(cgroup_root: str = "/sys/fs/cgroup") -> bool:
+    """On a hybrid cgroup host whose unified hierarchy lists controllers (here: hugetlb, which
+    no v1 hierarchy took), show the runtime an empty ``unified/cgroup.controllers`` (/dev/null
+    bound over it, in the create's own mount namespace; the host's file is untouched).
+    crun 1.8 refuses every create on such a host ("cgroups in hybrid mode not supported, drop
+    all controllers from cgroupv2", libcrun/cgroup.c libcrun_cgroup_enter) because it would
+    write limits to the v1 hierarchies only; here the daemon's cgroup driver has made the
+    container's cgroups and written every limit before the create, so the runtime only joins
+    them (crun joins the unified one too: the ``0::`` line of /proc/self/cgroup). runc 1.1
+    does not read the file. Returns whether it bound anything."""
+    path = os.path.join(cgroup_root, "unified", "cgroup.controllers")
+    try:
+        with open(path, "rb") as f:
+            listed = f.read(4096).strip()
+    except OSError:
+        return False  # not hybrid (legacy, or the unified hierarchy at the root)
+    if not listed:
+        return False
+    libc.mount(os.devnull, path, None, libc.MS_BIND)
+    return True
+
+
 def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: int,
                       spec: LaunchSpec | None = None, keep: tuple[int, ...] = ()) -> NoReturn:
     """The forked child that execs the runtime with ``stdio`` on 0-2, in a session of its
@@ -154,6 +178,7 @@ def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: in
             init.mount_rootfs(spec.rootfs)
             os.chdir("/")
             refuse_unsafe_rootfs(spec.rootfs.path)
+            hide_hybrid_controllers()
         init.setup_stdio(*stdio, tty=False, session=False)
         init.close_fds_except({report_w, *keep})
         for fd in keep:

@@ -1,13 +1,14 @@
-"""A runtime handler whose containers run through Debian's runc (``oci_runtime_path``), through
-the real daemon: runc knows the container (``runc --root <state>/oci/<handler> state``), its
-process is runc's init reparented to the pod's shim, in the container's cgroup and the pod's
-network namespace; its output reaches the CRI log; ExecSync runs through ``runc exec``; the
-security plan reaches the process (capabilities, no_new_privs, seccomp, masked paths); stop
-reports the exit code; remove leaves no runc state, cgroup or mount; a tty container and a
-tty exec get a terminal runc made in the container's devpts (its master sent to the shim's
-console socket): typing, the log, resize, the exit code; the containers survive a daemon
-restart; a pod-shared PID namespace, streaming exec, stats, OOM kills and pod removal work;
-recovery deletes runc state nobody owns."""
+"""A runtime handler whose containers run through an external OCI runtime (``oci_runtime_path``),
+through the real daemon, each test once with Debian's runc 1.1 and once with its crun 1.8 (one
+daemon per runtime): the runtime knows the container (``<runtime> --root <state>/oci/<handler>
+state``), its process is the runtime's init reparented to the pod's shim, in the container's
+cgroup and the pod's network namespace; its output reaches the CRI log; ExecSync runs through
+the runtime's ``exec``; the security plan reaches the process (capabilities, no_new_privs,
+seccomp, masked paths); stop reports the exit code; remove leaves no runtime state, cgroup or
+mount; a tty container and a tty exec get a terminal the runtime made in the container's devpts
+(its master sent to the shim's console socket): typing, the log, resize, the exit code; the
+containers survive a daemon restart; a pod-shared PID namespace, streaming exec, stats, OOM
+kills and pod removal work; recovery deletes runtime state nobody owns."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,32 +42,51 @@ from tests.support.pods import (
 )
 from tests.support.streaming_fakes import read_until, set_winsize
 
-RUNC = "/usr/sbin/runc"
-HANDLER = "test-runc"
+pytestmark = [pytest.mark.service, pytest.mark.root, pytest.mark.timeout(240)]
 
-pytestmark = [
-    pytest.mark.service, pytest.mark.root, pytest.mark.timeout(240),
-    pytest.mark.skipif(not os.access(RUNC, os.X_OK), reason=f"{RUNC} is not installed"),
-]
+
+@dataclass(frozen=True, slots=True)
+class OciRuntime:
+    """One OCI runtime binary the module's tests run against, and the handler naming it."""
+
+    name: str
+    path: str
+
+    @property
+    def handler(self) -> str:
+        return f"test-{self.name}"
+
+
+#: Debian 12's runc and crun (scripts/install.sh installs both); every test runs on each,
+#: one daemon per runtime
+RUNTIMES = (OciRuntime("runc", "/usr/sbin/runc"), OciRuntime("crun", "/usr/bin/crun"))
+
+
+@pytest.fixture(scope="module", params=RUNTIMES, ids=[r.name for r in RUNTIMES])
+def oci(request: pytest.FixtureRequest) -> OciRuntime:
+    runtime: OciRuntime = request.param
+    assert os.access(runtime.path, os.X_OK), f"{runtime.path} is not installed (scripts/install.sh installs it)"
+    return runtime
 
 
 @pytest.fixture(scope="module")
-def daemon_config() -> str:
-    return f'[[runtime_handlers]]\nname = "{HANDLER}"\noci_runtime_path = "{RUNC}"\n'
+def daemon_config(oci: OciRuntime) -> str:
+    return f'[[runtime_handlers]]\nname = "{oci.handler}"\noci_runtime_path = "{oci.path}"\n'
 
 
-def _root(d: DaemonProcess) -> Path:
-    return d.state / "oci" / HANDLER
+def _root(d: DaemonProcess, oci: OciRuntime) -> Path:
+    return d.state / "oci" / oci.handler
 
 
-def _runc_state(d: DaemonProcess, cid: str) -> dict[str, object]:
-    out = subprocess.run([RUNC, "--root", str(_root(d)), "state", cid], capture_output=True, text=True, timeout=20)
+def _runtime_state(d: DaemonProcess, oci: OciRuntime, cid: str) -> dict[str, object]:
+    out = subprocess.run([oci.path, "--root", str(_root(d, oci)), "state", cid], capture_output=True, text=True,
+                         timeout=20)
     assert out.returncode == 0, out.stderr
     state: dict[str, object] = json.loads(out.stdout)
     return state
 
 
-def _pod(d: DaemonProcess, handler: str = HANDLER, privileged: bool = False) -> tuple[str, pb.PodSandboxConfig]:
+def _pod(d: DaemonProcess, handler: str, privileged: bool = False) -> tuple[str, pb.PodSandboxConfig]:
     cfg = pod_config(log_directory=str(d.base / "logs" / str(time.monotonic_ns())))
     cfg.linux.security_context.privileged = privileged
     Path(cfg.log_directory).mkdir(parents=True)
@@ -78,15 +99,15 @@ def _ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def test_a_container_runs_through_runc(d: DaemonProcess, busybox: str) -> None:
+def test_a_container_runs_through_the_oci_runtime(d: DaemonProcess, oci: OciRuntime, busybox: str) -> None:
     pull(d, busybox)
-    pod, cfg = _pod(d)
+    pod, cfg = _pod(d, oci.handler)
     security = pb.LinuxContainerSecurityContext(
         no_new_privs=True, seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
     script = "echo to-stdout; echo to-stderr >&2; trap 'exit 42' TERM; while :; do sleep 0.1; done"
     cid = create_container(d, pod, cfg, container_config("c", busybox, ["sh", "-c", script], log_path="c.log",
                                                          security=security))
-    assert _runc_state(d, cid)["status"] == "created"
+    assert _runtime_state(d, oci, cid)["status"] == "created"
     # the bundle carries the native container's protections
     bundle = json.loads((d.state / "containers" / cid / "bundle" / "config.json").read_text())
     assert bundle["process"]["noNewPrivileges"] is True
@@ -94,12 +115,12 @@ def test_a_container_runs_through_runc(d: DaemonProcess, busybox: str) -> None:
     assert "/proc/kcore" in bundle["linux"]["maskedPaths"] and "/proc/sys" in bundle["linux"]["readonlyPaths"]
     assert bundle["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
     assert bundle["linux"]["cgroupsPath"].endswith(f"/{pod}/{cid}")
-    assert (d.state / "oci").stat().st_mode & 0o777 == 0o700 and _root(d).stat().st_mode & 0o777 == 0o700
+    assert (d.state / "oci").stat().st_mode & 0o777 == 0o700 and _root(d, oci).stat().st_mode & 0o777 == 0o700
     start(d, cid)
-    state = _runc_state(d, cid)
+    state = _runtime_state(d, oci, cid)
     assert state["status"] == "running"
     pid = int(str(state["pid"]))
-    # runc's init, reparented to the pod's shim (a child subreaper), is the container's process
+    # the runtime's init, reparented to the pod's shim (a child subreaper), is the container's process
     shim = _ppid(pid)
     assert "cri_shim" in Path(f"/proc/{shim}/cmdline").read_text() or "shim" in Path(f"/proc/{shim}/comm").read_text()
     assert cid in Path(f"/proc/{pid}/cgroup").read_text()
@@ -112,7 +133,7 @@ def test_a_container_runs_through_runc(d: DaemonProcess, busybox: str) -> None:
     while len(log_lines(log)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sorted((s, t) for s, _, t in log_lines(log)) == [("stderr", "to-stderr"), ("stdout", "to-stdout")]
-    # ExecSync through runc exec: output, exit code, the container's security plan
+    # ExecSync through the runtime's exec: output, exit code, the container's security plan
     r = exec_sync(d, cid, ["sh", "-c", "echo out; echo err >&2; exit 3"])
     assert (r.exit_code, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
     proc_status = exec_sync(d, cid, ["cat", "/proc/self/status"]).stdout.decode()
@@ -128,14 +149,14 @@ def test_a_container_runs_through_runc(d: DaemonProcess, busybox: str) -> None:
     st = wait_state(d, cid, pb.CONTAINER_EXITED)
     assert st.exit_code == 42  # its SIGTERM trap
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
-    assert not (_root(d) / cid).exists()
+    assert not (_root(d, oci) / cid).exists()
     assert cid not in Path("/proc/self/mountinfo").read_text()
     assert not list(Path("/sys/fs/cgroup").glob(f"*/**/{cid}"))
 
 
-def test_an_exit_code_and_its_status(d: DaemonProcess, busybox: str) -> None:
+def test_an_exit_code_and_its_status(d: DaemonProcess, oci: OciRuntime, busybox: str) -> None:
     pull(d, busybox)
-    pod, cfg = _pod(d)
+    pod, cfg = _pod(d, oci.handler)
     # a user with supplementary groups, RuntimeDefault seccomp without no_new_privs (runc loads
     # the filter before it changes uid and capabilities: the profile must let it finish)
     security = pb.LinuxContainerSecurityContext(
@@ -172,11 +193,11 @@ def _crictl_in_a_pty(d: DaemonProcess, *args: str) -> Iterator[tuple[int, subpro
 
 
 @pytest.mark.timeout(90)
-def test_a_tty_container_has_a_terminal_runc_made(d: DaemonProcess, busybox: str) -> None:
-    # runc makes the terminal in the container's own devpts and sends its master to the shim:
+def test_a_tty_container_has_a_terminal_the_runtime_made(d: DaemonProcess, oci: OciRuntime, busybox: str) -> None:
+    # the runtime makes the terminal in the container's own devpts and sends its master to the shim:
     # ttyname() names /dev/pts/N there, it is the controlling terminal, the log has its output
     pull(d, busybox)
-    pod, cfg = _pod(d)
+    pod, cfg = _pod(d, oci.handler)
     script = ('t=$(tty) && test -c "$t" && echo "tty-ok:$t" || echo "no-tty:$t"; '
               'exec 3<>/dev/tty && echo ctty-ok; while read -r l; do echo "got:$l"; done')
     cid = create_container(d, pod, cfg, container_config("tty", busybox, ["sh", "-c", script], log_path="tty.log",
@@ -191,7 +212,7 @@ def test_a_tty_container_has_a_terminal_runc_made(d: DaemonProcess, busybox: str
         assert b"no-tty" not in text and time.monotonic() < deadline, text
         time.sleep(0.1)
     assert re.search(rb"tty-ok:/dev/pts/\d+", text), text
-    pid = int(str(_runc_state(d, cid)["pid"]))
+    pid = int(str(_runtime_state(d, oci, cid)["pid"]))
     assert os.readlink(f"/proc/{pid}/fd/0").startswith("/dev/pts/")  # the container's devpts, not a pipe
     # the terminal works both ways: attach with a terminal, type, see it in the log
     with _crictl_in_a_pty(d, "attach", "-i", "-t", cid) as (master, _):
@@ -207,14 +228,14 @@ def test_a_tty_container_has_a_terminal_runc_made(d: DaemonProcess, busybox: str
     d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=5), timeout=30)
     wait_state(d, cid, pb.CONTAINER_EXITED)
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
-    assert not (_root(d) / cid).exists()
+    assert not (_root(d, oci) / cid).exists()
     # a tty container that exits at once: its output is in the log, its exit code reported
     quick = create_container(d, pod, cfg, container_config("quick", busybox, ["sh", "-c", "echo quick-out; exit 3"],
                                                            log_path="quick.log", tty=True))
     start(d, quick)
     assert wait_state(d, quick, pb.CONTAINER_EXITED).exit_code == 3
     assert [t for _, _, t in log_lines(str(Path(cfg.log_directory) / "quick.log"))] == ["quick-out"]
-    # a tty container runc cannot create: its reason, nothing left of it
+    # a tty container the runtime cannot create: its reason, nothing left of it
     with pytest.raises(grpc.RpcError) as info:
         create_container(d, pod, cfg, container_config("nobin-tty", busybox, ["/no/such/binary"], tty=True))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -224,9 +245,10 @@ def test_a_tty_container_has_a_terminal_runc_made(d: DaemonProcess, busybox: str
 
 
 @pytest.mark.timeout(90)
-def test_a_tty_exec_types_resizes_and_exits_through_runc(d: DaemonProcess, busybox: str) -> None:
+def test_a_tty_exec_types_resizes_and_exits_through_the_runtime(d: DaemonProcess, oci: OciRuntime,
+        busybox: str) -> None:
     pull(d, busybox)
-    pod, cfg = _pod(d)
+    pod, cfg = _pod(d, oci.handler)
     cid = create_container(d, pod, cfg, container_config("sleeper", busybox, ["sleep", "3600"]))
     start(d, cid)
     buf = bytearray()
@@ -237,7 +259,7 @@ def test_a_tty_exec_types_resizes_and_exits_through_runc(d: DaemonProcess, busyb
         read_until(master, rb"tty-ok:/dev/pts/\d+", buf)
         os.write(master, b"stty size\n")
         read_until(master, rb"24 80", buf)
-        set_winsize(master, 132, 43)  # crictl sends the new size; the shim sets it on runc's master
+        set_winsize(master, 132, 43)  # crictl sends the new size; the shim sets it on the runtime's master
         deadline = time.monotonic() + 10
         while not re.search(rb"43 132", buf):
             assert time.monotonic() < deadline, bytes(buf[-400:])
@@ -255,35 +277,37 @@ def test_a_tty_exec_types_resizes_and_exits_through_runc(d: DaemonProcess, busyb
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
 
 
-def test_containers_survive_a_daemon_restart(d: DaemonProcess, busybox: str) -> None:
+def test_containers_survive_a_daemon_restart(d: DaemonProcess, oci: OciRuntime, busybox: str) -> None:
     pull(d, busybox)
-    pod, cfg = _pod(d)
+    pod, cfg = _pod(d, oci.handler)
     cid = create_container(d, pod, cfg, container_config("long", busybox, ["sleep", "300"]))
     start(d, cid)
-    pid = int(str(_runc_state(d, cid)["pid"]))
+    pid = int(str(_runtime_state(d, oci, cid)["pid"]))
     d.kill9()
     d.start()
     assert status(d, cid).state == pb.CONTAINER_RUNNING
-    assert int(str(_runc_state(d, cid)["pid"])) == pid
+    assert int(str(_runtime_state(d, oci, cid)["pid"])) == pid
     assert exec_sync(d, cid, ["echo", "again"]).stdout == b"again\n"
     d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
     assert wait_state(d, cid, pb.CONTAINER_EXITED).exit_code == 137
 
 
-def test_the_default_handler_still_runs_natively_and_unknown_ones_are_refused(d: DaemonProcess) -> None:
+def test_the_default_handler_still_runs_natively_and_unknown_ones_are_refused(
+        d: DaemonProcess, oci: OciRuntime) -> None:
     status_ = d.runtime.Status(pb.StatusRequest(), timeout=10)
-    assert [h.name for h in status_.runtime_handlers] == ["", "cri-shim", HANDLER]
-    assert not {h.name: h.features.user_namespaces for h in status_.runtime_handlers}[HANDLER]
+    assert [h.name for h in status_.runtime_handlers] == ["", "cri-shim", oci.handler]
+    assert not {h.name: h.features.user_namespaces for h in status_.runtime_handlers}[oci.handler]
     with pytest.raises(grpc.RpcError) as info:
         d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config(), runtime_handler="crun"), timeout=60)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert f"'{HANDLER}'" in (info.value.details() or "")
+    assert f"'{oci.handler}'" in (info.value.details() or "")
 
 
-def test_a_shared_pid_namespace_streaming_exec_stats_and_pod_removal(d: DaemonProcess, busybox: str) -> None:
+def test_a_shared_pid_namespace_streaming_exec_stats_and_pod_removal(d: DaemonProcess, oci: OciRuntime,
+        busybox: str) -> None:
     pull(d, busybox)
     cfg = pod_config(pid=pb.POD)
-    pod = d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg, runtime_handler=HANDLER),
+    pod = d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg, runtime_handler=oci.handler),
                                   timeout=60).pod_sandbox_id
     cids = [create_container(d, pod, cfg, container_config(n, busybox, ["sleep", "300"])) for n in ("a", "b")]
     for cid in cids:
@@ -291,26 +315,26 @@ def test_a_shared_pid_namespace_streaming_exec_stats_and_pod_removal(d: DaemonPr
     # one PID namespace for the pod: each container sees the other's sleep and the holder as pid 1
     ps = exec_sync(d, cids[0], ["ps", "-o", "pid,args"]).stdout.decode()
     assert ps.count("sleep 300") == 2 and "\n    1 " in ps
-    # a streaming exec (crictl exec, no tty) through runc exec
+    # a streaming exec (crictl exec, no tty) through the runtime's exec
     assert d.crictl("exec", cids[1], "echo", "streamed").stdout == "streamed\n"
     stats = d.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cids[0]), timeout=10).stats
     assert stats.memory.working_set_bytes.value > 0 and stats.cpu.usage_core_nano_seconds.value > 0
     d.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod), timeout=60)
     assert all(status(d, c).state == pb.CONTAINER_EXITED for c in cids)
     d.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=60)
-    assert not [p for p in _root(d).iterdir() if p.name in cids]
+    assert not [p for p in _root(d, oci).iterdir() if p.name in cids]
 
 
-def test_oom_and_a_missing_binary(d: DaemonProcess, busybox: str) -> None:
+def test_oom_and_a_missing_binary(d: DaemonProcess, oci: OciRuntime, busybox: str) -> None:
     pull(d, busybox)
-    pod, cfg = _pod(d)
+    pod, cfg = _pod(d, oci.handler)
     res = pb.LinuxContainerResources(memory_limit_in_bytes=32 << 20, memory_swap_limit_in_bytes=32 << 20)
     hog = ["sh", "-c", "x=a; while true; do x=$x$x; done"]
     cid = create_container(d, pod, cfg, container_config("hog", busybox, hog, resources=res))
     start(d, cid)
     st = wait_state(d, cid, pb.CONTAINER_EXITED, timeout=60)
     assert (st.exit_code, st.reason) == (137, "OOMKilled")
-    # runc looks the binary up at create (a native container fails at start): refused with its reason
+    # runc and crun look the binary up at create (a native container fails at start): refused with its reason
     with pytest.raises(grpc.RpcError) as info:
         create_container(d, pod, cfg, container_config("nobin", busybox, ["/no/such/binary"]))
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -319,17 +343,18 @@ def test_oom_and_a_missing_binary(d: DaemonProcess, busybox: str) -> None:
                 if c.metadata.name == "nobin"]
 
 
-def test_recovery_deletes_runc_state_of_unknown_containers(d: DaemonProcess) -> None:
-    stray = _root(d) / ("f" * 64)
+def test_recovery_deletes_runtime_state_of_unknown_containers(d: DaemonProcess, oci: OciRuntime) -> None:
+    stray = _root(d, oci) / ("f" * 64)
     d.kill9()
-    stray.mkdir(parents=True)  # what a crash between runc create and our record leaves
+    stray.mkdir(parents=True)  # what a crash between the runtime's create and our record leaves
     d.start()
     assert not stray.exists()
 
 
-def test_privileged_read_only_rootfs_and_a_cri_mount(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
+def test_privileged_read_only_rootfs_and_a_cri_mount(d: DaemonProcess, oci: OciRuntime,
+        busybox: str, tmp_path: Path) -> None:
     pull(d, busybox)
-    pod, cfg = _pod(d, privileged=True)
+    pod, cfg = _pod(d, oci.handler, privileged=True)
     host_dir = tmp_path / "vol"
     host_dir.mkdir()
     (host_dir / "in").write_text("from-host")
@@ -341,7 +366,7 @@ def test_privileged_read_only_rootfs_and_a_cri_mount(d: DaemonProcess, busybox: 
     start(d, cid)
     caps = exec_sync(d, cid, ["grep", "CapBnd", "/proc/self/status"]).stdout.decode().split()[1]
     own = next(ln.split()[1] for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("CapBnd"))
-    assert caps == own  # every capability the node has (runc cannot give more)
+    assert caps == own  # every capability the node has (the runtime cannot give more)
     assert exec_sync(d, cid, ["cat", "/vol/in"]).stdout == b"from-host"
     assert exec_sync(d, cid, ["sh", "-c", "echo back > /vol/out"]).exit_code == 0
     assert (host_dir / "out").read_text() == "back\n"
@@ -350,10 +375,10 @@ def test_privileged_read_only_rootfs_and_a_cri_mount(d: DaemonProcess, busybox: 
     assert exec_sync(d, cid, ["touch", "/tmp/x"]).exit_code != 0
     d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
-    assert not (_root(d) / cid).exists()
+    assert not (_root(d, oci) / cid).exists()
 
 
-def test_exec_and_attach_with_stdin(d: DaemonProcess, busybox: str) -> None:
+def test_exec_and_attach_with_stdin(d: DaemonProcess, oci: OciRuntime, busybox: str) -> None:
     import asyncio
 
     from tests.support.stream_clients import spdy_exec
@@ -362,17 +387,17 @@ def test_exec_and_attach_with_stdin(d: DaemonProcess, busybox: str) -> None:
         return asyncio.run(asyncio.wait_for(spdy_exec(url, **kw), 30))  # type: ignore[arg-type]
 
     pull(d, busybox)
-    pod, cfg = _pod(d)
+    pod, cfg = _pod(d, oci.handler)
     config = container_config("cat", busybox, ["cat"], stdin=True)
     config.stdin_once = True  # the first attach that closes stdin ends it
     cid = create_container(d, pod, cfg, config)
     start(d, cid)
-    # exec with stdin, through runc exec --detach: input in, output and exit status out
+    # exec with stdin, through the runtime's exec --detach: input in, output and exit status out
     req = pb.ExecRequest(container_id=cid, cmd=["sh", "-c", "tr a-z A-Z; exit 4"], stdin=True, stdout=True,
                          stderr=True)
     res = session(d.runtime.Exec(req, timeout=10).url, stdin=b"through runc\n")
     assert res.stdout == b"THROUGH RUNC\n" and res.exit_code == 4
-    # attach to the container's own stdin/stdout (runc passed the shim's pipes through)
+    # attach to the container's own stdin/stdout (the runtime passed the shim's pipes through)
     url = d.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True),
                            timeout=10).url
     res = session(url, stdin=b"echoed\n", close_stdin=True)
@@ -380,13 +405,14 @@ def test_exec_and_attach_with_stdin(d: DaemonProcess, busybox: str) -> None:
     assert wait_state(d, cid, pb.CONTAINER_EXITED).exit_code == 0
 
 
-def test_a_checkpoint_is_refused_naming_runc(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
+def test_a_checkpoint_is_refused_naming_the_runtime(d: DaemonProcess, oci: OciRuntime,
+        busybox: str, tmp_path: Path) -> None:
     pull(d, busybox)
-    pod, cfg = _pod(d)
+    pod, cfg = _pod(d, oci.handler)
     cid = create_container(d, pod, cfg, container_config("ck", busybox, ["sleep", "300"]))
     start(d, cid)
     with pytest.raises(grpc.RpcError) as info:
         d.runtime.CheckpointContainer(pb.CheckpointContainerRequest(container_id=cid,
                                                                     location=str(tmp_path / "ck.tar")), timeout=60)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and RUNC in (info.value.details() or "")
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and oci.path in (info.value.details() or "")
     assert status(d, cid).state == pb.CONTAINER_RUNNING
