@@ -21,6 +21,11 @@ container is refused with FailedPrecondition (make the pod again). Deviation fro
 order: createContainer hooks run before prestart/createRuntime (the daemon runs those once
 the set-up process reported ready), not after them.
 
+A container of a runtime handler with ``oci_runtime_path`` is different: all its hooks go
+into its bundle's config.json under their OCI names (runtime.oci.bundle) and that runtime
+(runc, crun) runs them, at its create, start and delete, as under containerd or CRI-O; the
+daemon and the shim run none of them (runtime.container.service).
+
 Each hook gets the OCI state on stdin ({"ociVersion", "id", "status", "pid", "bundle",
 "annotations"}); ``bundle`` is the container's state directory (there is no config.json:
 hooks that read the bundle's OCI spec, such as nvidia-cdi-hook, do not work). Its

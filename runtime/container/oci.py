@@ -4,7 +4,8 @@
 At CreateContainer the container is planned as any other; :func:`check_supported` refuses
 what this integration cannot give (a user-namespaced pod, a checkpoint restore, the
 systemd cgroup driver) before anything is made, and :func:`write_bundle_for` writes the
-bundle's config.json (runtime.oci.bundle) into the container's state dir. At removal (and for
+bundle's config.json (runtime.oci.bundle) into the container's state dir, with the
+container's CDI hooks, which the runtime runs (the daemon and the shim run none of them). At removal (and for
 leftovers at recovery) :func:`delete` runs ``runtime delete --force`` from the daemon, so the
 runtime's state and cgroups go even when the pod's shim is gone.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from runtime import errors
 from runtime.linux import caps as kcaps
-from runtime.model.container import ContainerConfig
+from runtime.model.container import ContainerConfig, ContainerHook
 from runtime.model.launch import LaunchSpec, OciLaunch
 from runtime.model.resources import Resources
 from runtime.model.sandbox import SandboxRecord
@@ -46,7 +47,7 @@ def make_root(root: Path) -> None:
 
 
 def check_supported(runtime: str, config: ContainerConfig, sandbox: SandboxRecord, *, restoring: bool,
-                    process_bound_cgroups: bool, container_hooks: bool = False) -> None:
+                    process_bound_cgroups: bool) -> None:
     """Unimplemented, naming the runtime, for a container this integration cannot run."""
     name = os.path.basename(runtime)
     why = ""
@@ -56,8 +57,6 @@ def check_supported(runtime: str, config: ContainerConfig, sandbox: SandboxRecor
         why = "restoring a checkpoint"
     elif process_bound_cgroups:
         why = "the systemd cgroup driver"
-    elif container_hooks:
-        why = "CDI createContainer or startContainer hooks (the pod shim runs them for its own containers only)"
     if why:
         raise errors.Unimplemented(
             f"runtime handler {sandbox.config.runtime_handler!r} runs containers through {name} ({runtime}), "
@@ -65,21 +64,24 @@ def check_supported(runtime: str, config: ContainerConfig, sandbox: SandboxRecor
 
 
 def write_bundle_for(launch: LaunchSpec, oci: OciLaunch, *, cgroups_path: str, device_rules: tuple[DeviceRule, ...],
-                     resources: Resources | None, seccomp: SeccompFilter | None) -> None:
-    """Write ``oci.bundle``/config.json for ``launch`` (blocking: call in a thread);
-    InvalidArgument for what the runtime cannot be given."""
+                     resources: Resources | None, seccomp: SeccompFilter | None,
+                     hooks: tuple[ContainerHook, ...] = ()) -> None:
+    """Write ``oci.bundle``/config.json for ``launch`` (blocking: call in a thread), with
+    the container's CDI ``hooks`` for the runtime to run; InvalidArgument for what the runtime
+    cannot be given."""
     try:
         config = runtime_config(launch, cgroups_path=cgroups_path, device_rules=device_rules, resources=resources,
-                                seccomp=seccomp, last_cap=kcaps.last_cap())
+                                seccomp=seccomp, last_cap=kcaps.last_cap(), hooks=hooks)
     except ValueError as exc:
         raise errors.InvalidArgument(f"container {launch.container_id}: {exc}") from None
     make_root(Path(oci.root))
     write_bundle(Path(oci.bundle), config)
 
 
-async def delete(runtime: str, root: str, container_id: str) -> None:
+async def delete(runtime: str, root: str, container_id: str, hook_seconds: int = 0) -> None:
     """``runtime --root ROOT delete --force ID``: the container's process, state and cgroups
-    (idempotent: an unknown id is success, as runc says). FailedPrecondition with its output
+    (idempotent: an unknown id is success, as runc says); the runtime runs the container's
+    poststop hooks, which may take ``hook_seconds`` more. FailedPrecondition with its output
     when it fails."""
     if not await asyncio.to_thread(os.path.isdir, os.path.join(root, container_id)):
         return  # never made, or deleted already (by the shim, or an earlier call)
@@ -88,7 +90,7 @@ async def delete(runtime: str, root: str, container_id: str) -> None:
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        async with asyncio.timeout(DELETE_TIMEOUT):
+        async with asyncio.timeout(DELETE_TIMEOUT + hook_seconds):
             out, _ = await proc.communicate()
     except TimeoutError:
         proc.kill()

@@ -50,7 +50,7 @@ from runtime.events import EventBus, EventKind
 from runtime.handoff import Handoff, ParkedStore
 from runtime.ids import check_id, new_id
 from runtime.image.model import Image
-from runtime.model.container import ContainerConfig, ContainerRecord, ContainerState
+from runtime.model.container import ContainerConfig, ContainerHook, ContainerRecord, ContainerState
 from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, OciLaunch, ProcessSpec, RootfsSpec
 from runtime.model.query import select
 from runtime.model.resources import Resources, check_resources
@@ -200,6 +200,9 @@ class ContainerService:
                 netdevs.check(cdi.net_devices, sandbox.namespaces.net)
             steps.mark("cdi")
         hooks = container_hooks(cdi) if cdi is not None else ()
+        # an OCI runtime runs them all from config.json; otherwise the shim runs the
+        # in-container ones and the daemon the rest
+        shim_hooks = in_container(hooks) if not oci_runtime else ()
         mounts = await resolve_image_volumes(self.images, self.host, self.settings.state, cid, config.mounts,
                                              undo, userns=sandbox.namespaces.user)
         if mounts != config.mounts:
@@ -220,7 +223,7 @@ class ContainerService:
         bound = driver.process_bound
         if oci_runtime:
             oci.check_supported(oci_runtime, config, sandbox, restoring=restoring is not None,
-                                process_bound_cgroups=bound, container_hooks=bool(in_container(hooks)))
+                                process_bound_cgroups=bound)
 
         def make_dirs_and_cgroup() -> None:
             self.host.make_state_dir(state_dir, log_path)
@@ -247,7 +250,7 @@ class ContainerService:
         # Measured: the fork and the cgroup moves (each v1 write waits for an RCU grace
         # period) were most of CreateContainer's time.
         client = self.sandboxes.shims.client(sandbox.id)
-        if in_container(hooks):
+        if shim_hooks:
             await _check_shim_runs_hooks(client, sandbox.id)
         if cdi is not None and cdi.net_devices:
             # recorded before they move: a crash from here on leaves a record whose removal
@@ -332,19 +335,22 @@ class ContainerService:
             log_path=log_path,
             exit_dir=str(state_dir),
             privileged=plan.privileged,
-            hooks=in_container(hooks),
-            hook_state=oci_state(cid, "creating", 0, str(state_dir), config.annotations).decode() if hooks else "",
+            hooks=shim_hooks,
+            hook_state=oci_state(cid, "creating", 0, str(state_dir), config.annotations).decode() if shim_hooks else "",
         )
         oci_root = ""
         if oci_runtime:
             oci_root = str(oci.runtime_root(self.settings.state, sandbox.config.runtime_handler))
-            launch = replace(launch, oci=OciLaunch(oci_runtime, oci_root, str(state_dir / "bundle")))
+            launch = replace(launch, oci=OciLaunch(oci_runtime, oci_root, str(state_dir / "bundle"),
+                                                   hook_seconds=_all_hook_seconds(hooks)))
             seccomp_filter = await asyncio.to_thread(planner.seccomp.resolved, plan.seccomp)
             assert launch.oci is not None
             await asyncio.to_thread(oci.write_bundle_for, launch, launch.oci, cgroups_path=cg_path,
-                                    device_rules=plan.device_rules, resources=resources, seccomp=seccomp_filter)
+                                    device_rules=plan.device_rules, resources=resources, seccomp=seccomp_filter,
+                                    hooks=hooks)
             # the runtime's state and cgroups, whatever the shim did (undone before the state dir)
-            undo.push("OCI runtime state", lambda: oci.delete(oci_runtime, oci_root, cid))
+            undo.push("OCI runtime state",
+                      lambda: oci.delete(oci_runtime, oci_root, cid, hook_seconds=_all_hook_seconds(hooks)))
             steps.mark("bundle")
         if restoring is not None and restore_work is not None:
             restore_plan = plan_restore(restoring, restore_work, launch, criu,
@@ -353,10 +359,11 @@ class ContainerService:
         with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
             await precreated  # if that failed, create forks the process itself
         steps.mark("precreated")
-        created = await client.create(launch, rpc_timeout=90 + hook_seconds(hooks, "createContainer"))
+        created = await client.create(launch, rpc_timeout=90 + (
+            _all_hook_seconds(hooks) if oci_runtime else hook_seconds(hooks, "createContainer")))
         undo.push("shim process", lambda: client.delete(cid, rpc_timeout=30))
         steps.mark("shim")
-        if hooks:  # OCI: prestart/createRuntime run once the container's namespaces exist
+        if hooks and not oci_runtime:  # OCI: prestart/createRuntime run once the container's namespaces exist
             state = oci_state(cid, "created", created.pid, str(state_dir), config.annotations)
             await run_hooks(hooks, ("prestart", "createRuntime"), state, strict=True, container_id=cid)
             steps.mark("hooks")
@@ -461,7 +468,8 @@ class ContainerService:
                         raise errors.FailedPrecondition(
                             f"container {rec.id}: the pod's shim cannot restore ({exc}); make the pod again") from None
                 else:
-                    got = await client.start(rec.id, rpc_timeout=30 + hook_seconds(rec.hooks, "startContainer"))
+                    got = await client.start(rec.id, rpc_timeout=30 + (
+                        _all_hook_seconds(rec.hooks) if rec.oci_runtime else hook_seconds(rec.hooks, "startContainer")))
             except errors.FailedPrecondition as exc:
                 now = time.time_ns()
                 await self.records.put(replace(
@@ -475,7 +483,7 @@ class ContainerService:
             await self.records.put(rec)
         self.events.publish(EventKind.CONTAINER_STARTED, rec.sandbox_id, rec.id)
         log.info("container %s started, pid %d", rec.id, rec.pid)
-        if rec.hooks:
+        if rec.hooks and not rec.oci_runtime:  # an OCI runtime runs them itself (config.json)
             state = oci_state(rec.id, "running", rec.pid, rec.exit_dir, rec.config.annotations)
             await run_hooks(rec.hooks, ("poststart",), state, strict=False, container_id=rec.id)
 
@@ -570,7 +578,7 @@ class ContainerService:
         self._handoff.forget(cid)
         self.events.publish(EventKind.CONTAINER_DELETED, rec.sandbox_id, cid)
         log.info("container %s removed (%s)", cid, steps)
-        if rec.hooks:
+        if rec.hooks and not rec.oci_runtime:  # an OCI runtime ran them at its delete (config.json)
             state = oci_state(cid, "stopped", 0, rec.exit_dir, rec.config.annotations)
             await run_hooks(rec.hooks, ("poststop",), state, strict=False, container_id=cid)
 
@@ -588,7 +596,7 @@ class ContainerService:
             steps.mark("shim")
         if rec.oci_runtime:
             # before its cgroup and state dir: the runtime's state, its process if any, its cgroups
-            await oci.delete(rec.oci_runtime, rec.oci_root, rec.id)
+            await oci.delete(rec.oci_runtime, rec.oci_root, rec.id, hook_seconds=_all_hook_seconds(rec.hooks))
             steps.mark("OCI runtime delete")
         # With the process gone these are independent of each other (different cgroupfs
         # directories, the snapshot, the image volumes' directory and the state directory): run
@@ -851,6 +859,12 @@ class ContainerService:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _all_hook_seconds(hooks: tuple[ContainerHook, ...]) -> int:
+    """The longest all of ``hooks`` may take together (an OCI runtime runs them inside its
+    commands: runc 1.1 runs poststart already at create)."""
+    return sum(hook_seconds(hooks, name) for name in {h.name for h in hooks})
 
 
 async def _check_shim_runs_hooks(client: ShimConnection, sandbox_id: str) -> None:

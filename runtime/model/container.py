@@ -212,7 +212,8 @@ class ContainerRecord:
     resources: Resources | None = None
     stop_signal: int = 15
     oom_killed: bool = False
-    #: OCI hooks of the container's CDI devices, run by the daemon (runtime.cdi.hooks)
+    #: OCI hooks of the container's CDI devices, run by the daemon (runtime.cdi.hooks) and the
+    #: shim, or by the OCI runtime (``oci_runtime``) from its config.json
     hooks: tuple[ContainerHook, ...] = ()
     #: host interfaces moved into the pod's network namespace for this container (CDI netDevices)
     net_devices: tuple[NetDeviceRecord, ...] = ()

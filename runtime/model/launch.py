@@ -133,12 +133,15 @@ class OciLaunch:
     own fork (runtime.shim.ociproc): ``runtime`` is its binary, ``root`` its ``--root`` state
     dir, ``bundle`` the directory holding the ``config.json`` the daemon wrote
     (runtime.oci.bundle). The container's id in that runtime is LaunchSpec.container_id.
-    ``systemd_cgroup``: pass ``--systemd-cgroup`` (the daemon's driver is systemd)."""
+    ``systemd_cgroup``: pass ``--systemd-cgroup`` (the daemon's driver is systemd).
+    ``hook_seconds``: the longest the CDI hooks of its config.json may take altogether
+    (added to the deadline of each runtime command, which runs some of them)."""
 
     runtime: str
     root: str
     bundle: str
     systemd_cgroup: bool = False
+    hook_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,11 @@ runc carries the protections a native one gets:
   namespaces; devices, the device cgroup rules, memory/cpu/cpuset limits, the cgroup path
   (the same one the daemon's driver made), masked and read-only paths, seccomp in its JSON
   form (runtime.oci.seccomp) and ``rootfsPropagation: rshared`` when a mount is
-  bidirectional (as containerd sets it).
+  bidirectional (as containerd sets it);
+- hooks: the container's CDI hooks (from the operator's CDI spec files only, never from the
+  pod), each under the OCI hook name its ``hookName`` is (CDI spec: the names are the OCI
+  runtime spec's, as containerd and CRI-O hand them over), with its args, env and timeout
+  (the CDI default when it names none, so no hook can hold a runtime command forever).
 
 Pure: no I/O; the caller writes the result (``write_bundle``).
 """
@@ -31,7 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtime.cdi.hooks import DEFAULT_TIMEOUT
 from runtime.linux.caps import CAP_NAMES
+from runtime.model.container import ContainerHook
 from runtime.model.launch import Capabilities, DeviceSpec, LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec
 from runtime.model.resources import Resources
 from runtime.oci.seccomp import oci_seccomp
@@ -49,6 +55,8 @@ RLIMIT_NAMES = dict(enumerate((
     "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME",
 )))
 _CGROUP_FS = ("cgroup", "cgroup2")
+#: the OCI runtime spec's hook names (config.md "POSIX-platform Hooks"), which CDI's hookName takes
+OCI_HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 
 
 def _cap_names(caps: tuple[int, ...]) -> list[str]:
@@ -141,6 +149,21 @@ def oci_namespaces(ns: NamespaceSpec) -> list[dict[str, str]]:
     return out
 
 
+def oci_hooks(hooks: Sequence[ContainerHook]) -> dict[str, list[dict[str, Any]]]:
+    """``hooks``: each hook under its name, in order, with its timeout (the CDI default when
+    it has none). ValueError for a name the OCI runtime spec does not have."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for hook in hooks:
+        if hook.name not in OCI_HOOK_NAMES:
+            raise ValueError(f"CDI hook {hook.path}: {hook.name!r} is not an OCI hook name")
+        entry: dict[str, Any] = {"path": hook.path, "args": list(hook.args or (hook.path,)),
+                                 "timeout": hook.timeout or DEFAULT_TIMEOUT}
+        if hook.env:
+            entry["env"] = list(hook.env)
+        out.setdefault(hook.name, []).append(entry)
+    return out
+
+
 def oci_device(dev: DeviceSpec) -> dict[str, Any]:
     return {"path": dev.path, "type": dev.type, "major": dev.major, "minor": dev.minor,
             "fileMode": dev.file_mode, "uid": dev.uid, "gid": dev.gid}
@@ -191,11 +214,12 @@ def runtime_config(
     resources: Resources | None = None,
     seccomp: SeccompFilter | None = None,
     last_cap: int = len(CAP_NAMES) - 1,
+    hooks: Sequence[ContainerHook] = (),
 ) -> dict[str, Any]:
     """The ``config.json`` of ``spec`` (see the module docstring). ``cgroups_path``: the
     container's cgroup as runc names it (cgroupfs: the path under each hierarchy's root;
-    systemd: "slice:prefix:name"). ValueError for what an OCI runtime cannot be given
-    (a user namespace)."""
+    systemd: "slice:prefix:name"); ``hooks``: the container's CDI hooks, which the runtime
+    runs. ValueError for what an OCI runtime cannot be given (a user namespace)."""
     if spec.rootfs is None:
         raise ValueError("a container run through an OCI runtime needs a rootfs")
     linux: dict[str, Any] = {
@@ -212,7 +236,7 @@ def runtime_config(
         linux["seccomp"] = oci_seccomp(seccomp)
     if any("rshared" in m.options for m in spec.mounts):
         linux["rootfsPropagation"] = "rshared"
-    return {
+    config: dict[str, Any] = {
         "ociVersion": OCI_VERSION,
         "process": oci_process(spec.process, last_cap),
         "root": {"path": spec.rootfs.path, "readonly": spec.rootfs.readonly},
@@ -220,6 +244,9 @@ def runtime_config(
         "linux": linux,
         "annotations": {"io.kubernetes.cri.sandbox-id": spec.sandbox_id},
     }
+    if hooks:
+        config["hooks"] = oci_hooks(hooks)
+    return config
 
 
 def write_bundle(bundle: Path, config: dict[str, Any]) -> None:

@@ -27,6 +27,10 @@ that the container is still the shim's child (exit status, CRI log, attach, OOM 
               (ProcessTable.attach_tty: output to the CRI log and attach, stdin, resize).
               runc's own stdio is then /dev/null; its errors are in its log.
     delete: ``runc delete --force ID`` (its state under ``--root`` and its cgroups).
+    hooks:  the container's CDI hooks are in config.json; the runtime runs them inside these
+              commands (create: prestart, createRuntime, createContainer, and with runc 1.1
+              poststart; start: startContainer, crun's poststart; delete: poststop), whose
+              deadlines grow by OciLaunch.hook_seconds.
     kill:   signals go to the init's pid, as for any container (runc kill would do the same).
 
 The runtime's own diagnostics go to ``<bundle>/runtime.log`` (JSON lines, --log); a failure
@@ -91,15 +95,34 @@ def runtime_errors(bundle: str, since: int = 0, lines: int = 4) -> str:
             data = f.read(1 << 20)
     except OSError:
         return ""
-    found = []
+    found: list[str] = []
     for raw in data.splitlines():
         try:
             entry = json.loads(raw)
         except ValueError:
             continue
         if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
-            found.append(str(entry.get("msg", "")).strip())
-    return "; ".join(m for m in found[-lines:] if m)
+            msg = _unwrap(str(entry.get("msg", "")).strip())
+            if msg and (not found or found[-1] != msg):
+                found.append(msg)
+    return "; ".join(found[-lines:])
+
+
+def _unwrap(msg: str) -> str:
+    """The message of a log entry whose message is itself a JSON log entry: crun 1.8 logs a
+    failure of the container's init (a hook's, say) as ``{"msg": "{\\"msg\\": ...}"}``, then
+    the inner entry again on its own."""
+    for _ in range(4):
+        if not msg.startswith("{"):
+            break
+        try:
+            inner = json.loads(msg)
+        except ValueError:
+            break
+        if not isinstance(inner, dict) or "msg" not in inner:
+            break
+        msg = str(inner["msg"]).strip()
+    return msg
 
 
 def _log_size(bundle: str) -> int:
@@ -410,14 +433,17 @@ class OciRunner:
         args = ["create", "--bundle", oci.bundle, "--pid-file", str(pid_file), spec.container_id]
         try:
             try:
+                # the runtime runs the config's prestart, createRuntime and createContainer
+                # hooks (runc 1.1 its poststart ones too) before create returns
+                timeout = RUNTIME_TIMEOUT + oci.hook_seconds
                 if spec.process.tty:  # a terminal of the container's devpts, its master sent to us
-                    status, detail, master = await self._spawn_for_tty(oci, args, spec)
+                    status, detail, master = await self._spawn_for_tty(oci, args, spec, timeout)
                     if master >= 0:
                         table.attach_tty(proc, master, spec.process.stdin)
                 else:
                     io = make_stdio(spec.process.stdin, False)
                     table._attach_stdio(proc, io)  # read its output from the start: runc's errors land there too
-                    status, report = await self._spawn(runtime_argv(oci, *args), io.child, spec)
+                    status, report = await self._spawn(runtime_argv(oci, *args), io.child, spec, timeout)
                     detail = report or runtime_errors(oci.bundle, since) or "no reason in its log"
             except TimeoutError:
                 raise errors.FailedPrecondition(
@@ -449,7 +475,8 @@ class OciRunner:
             raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
         proc.started_at_ns = time.time_ns()
         proc.state = "running"  # before: an immediate exit must not be overwritten
-        status, detail = await self.run(oci, "start", proc.key)
+        # its startContainer (and crun's poststart) hooks run inside it
+        status, detail = await self.run(oci, "start", proc.key, timeout=RUNTIME_TIMEOUT + oci.hook_seconds)
         if status != 0:
             self.table.kill(proc, signal.SIGKILL)
             raise errors.FailedPrecondition(
@@ -458,7 +485,8 @@ class OciRunner:
     async def delete(self, oci: OciLaunch, container_id: str) -> None:
         """``runtime delete --force``: its state and cgroups; a container it does not know
         is fine (idempotent). Failures are logged, not raised: the daemon's removal goes on."""
-        status, detail = await self.run(oci, "delete", "--force", container_id)
+        status, detail = await self.run(oci, "delete", "--force", container_id,
+                                        timeout=RUNTIME_TIMEOUT + oci.hook_seconds)
         if status != 0 and "does not exist" not in detail and "not exist" not in detail:
             log.error("shim: %s delete --force %s failed (%s): %s", oci.runtime, container_id, _describe(status),
                       detail)

@@ -2,7 +2,8 @@
 (identity, capabilities, no_new_privs, rlimits, oom_score_adj, AppArmor), the namespaces joined
 by path or made, mounts (cgroup hierarchies folded into runc's one cgroup mount, binds made
 rbind), devices and device rules, resources, masked/read-only paths, seccomp in its JSON form,
-a tty as the terminal runc makes, and what is refused (a user namespace)."""
+a tty as the terminal runc makes, the CDI hooks under their OCI names, and what is refused
+(a user namespace)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from runtime.cdi.hooks import DEFAULT_TIMEOUT
 from runtime.linux import seccomp as k
 from runtime.linux.caps import CAP_NAMES, CAP_NUMBER
+from runtime.model.container import ContainerHook
 from runtime.model.launch import (
     Capabilities,
     DeviceSpec,
@@ -25,7 +28,15 @@ from runtime.model.launch import (
     RootfsSpec,
 )
 from runtime.model.resources import Resources
-from runtime.oci.bundle import CONFIG_FILE, oci_mounts, oci_namespaces, oci_process, runtime_config, write_bundle
+from runtime.oci.bundle import (
+    CONFIG_FILE,
+    oci_hooks,
+    oci_mounts,
+    oci_namespaces,
+    oci_process,
+    runtime_config,
+    write_bundle,
+)
 from runtime.oci.seccomp import action_token, oci_seccomp
 from runtime.security.devices import DeviceRule
 from runtime.security.seccomp.profile import ProfileContext, parse_profile
@@ -220,3 +231,27 @@ def test_rlimit_names_are_linuxs() -> None:
     for number, name in RLIMIT_NAMES.items():
         assert getattr(resource, name, number) == number  # Python lacks a few (RLIMIT_RTTIME)
     assert RLIMIT_NAMES[resource.RLIMIT_NOFILE] == "RLIMIT_NOFILE"
+
+
+def test_cdi_hooks_go_under_their_oci_names_with_a_timeout() -> None:
+    hooks = (
+        ContainerHook("createRuntime", "/usr/bin/setup", ("setup", "--now"), ("A=1",), 5),
+        ContainerHook("createContainer", "/usr/bin/inner"),
+        ContainerHook("createRuntime", "/usr/bin/second", ("second",)),
+        ContainerHook("startContainer", "/bin/in-root", ("in-root",), timeout=7),
+        ContainerHook("poststop", "/usr/bin/cleanup", ("cleanup",)),
+    )
+    config = runtime_config(_spec(), cgroups_path="/p/c", hooks=hooks)
+    assert config["hooks"] == {
+        "createRuntime": [
+            {"path": "/usr/bin/setup", "args": ["setup", "--now"], "env": ["A=1"], "timeout": 5},
+            {"path": "/usr/bin/second", "args": ["second"], "timeout": DEFAULT_TIMEOUT},
+        ],
+        "createContainer": [{"path": "/usr/bin/inner", "args": ["/usr/bin/inner"], "timeout": DEFAULT_TIMEOUT}],
+        "startContainer": [{"path": "/bin/in-root", "args": ["in-root"], "timeout": 7}],
+        "poststop": [{"path": "/usr/bin/cleanup", "args": ["cleanup"], "timeout": DEFAULT_TIMEOUT}],
+    }
+    # no hooks: no "hooks" at all (nothing but the operator's CDI spec puts one there)
+    assert "hooks" not in runtime_config(_spec(), cgroups_path="/p/c")
+    with pytest.raises(ValueError, match="'preStart' is not an OCI hook name"):
+        oci_hooks((ContainerHook("preStart", "/x"),))

@@ -44,6 +44,16 @@ def test_a_failure_names_the_runtimes_error_lines(tmp_path: Path) -> None:
     assert runtime_errors(str(tmp_path / "absent")) == ""
 
 
+def test_crun_s_nested_error_entries_name_the_inner_message_once(tmp_path: Path) -> None:
+    # crun 1.8.1's log of a failed createContainer hook, as it writes it (the last entry
+    # without its newline)
+    inner = {"msg": "error executing hook `/bin/sh` (exit code: 3)", "level": "error",
+             "time": "2026-12-07T17:51:04.960599Z"}
+    outer = {"msg": json.dumps(inner), "level": "error", "time": "2026-12-07T17:51:04.963779Z"}
+    (tmp_path / LOG_FILE).write_text(json.dumps(outer) + "\n" + json.dumps(inner))
+    assert runtime_errors(str(tmp_path)) == "error executing hook `/bin/sh` (exit code: 3)"
+
+
 def _open_fds() -> set[int]:
     return {int(n) for n in os.listdir("/proc/self/fd")}
 
