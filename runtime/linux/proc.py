@@ -7,10 +7,12 @@ time (field 22 of /proc/PID/stat, in clock ticks since boot) with the pid, and s
 from __future__ import annotations
 
 import os
+import signal
 
 from runtime.model.process import ProcessRef
 
-__all__ = ["ProcessRef", "alive", "boot_id", "clock_ticks", "is_zombie", "ref_of", "start_time_of", "state_of"]
+__all__ = ["ProcessRef", "alive", "boot_id", "clock_ticks", "is_zombie", "open_pid_namespace", "pidfd_pid", "ref_of",
+           "start_time_of", "state_of"]
 
 
 def alive(ref: ProcessRef) -> bool:
@@ -66,3 +68,40 @@ def boot_id() -> str:
 
 def clock_ticks() -> int:
     return os.sysconf("SC_CLK_TCK")
+
+
+def pidfd_pid(pidfd: int) -> int:
+    """The pid, in our PID namespace, of the process ``pidfd`` refers to (the ``Pid:`` line
+    of its fdinfo, Linux >= 5.3); ProcessLookupError once it has exited (the kernel shows -1)
+    or when it is not visible from here (0)."""
+    with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+        for line in f:
+            if line.startswith(b"Pid:"):
+                pid = int(line.split()[1])
+                if pid <= 0:
+                    raise ProcessLookupError(f"the process of pidfd {pidfd} has exited")
+                return pid
+    raise OSError(f"fd {pidfd} is not a pidfd (no Pid: in its fdinfo)")
+
+
+def open_pid_namespace(pidfd: int, pid: int | None = None) -> int:
+    """An O_RDONLY fd (close-on-exec, the caller's to close) of the PID namespace of the
+    process ``pidfd`` refers to, without the pid-reuse race of a ``/proc/<pid>/ns/pid`` path:
+    the pidfd pins that process's identity, the namespace file is opened through its pid
+    (``pid``, by default the pidfd's own, :func:`pidfd_pid`), and only then is the pidfd asked
+    whether its process is still alive (pidfd_send_signal(2) with signal 0). While it lives
+    its pid is no other process's, so the file opened was its own; if it had exited and the
+    pid had gone to another process before the open, the check fails. ProcessLookupError
+    when the process has exited (or was never ``pid``'s)."""
+    if pid is None:
+        pid = pidfd_pid(pidfd)
+    try:
+        fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ProcessLookupError(f"no process {pid}") from None
+    try:
+        signal.pidfd_send_signal(pidfd, 0)  # kernel: ESRCH once the pidfd's process has exited
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

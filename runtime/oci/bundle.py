@@ -14,17 +14,19 @@ runc carries the protections a native one gets:
 - mounts: the plan's, in order; its per-hierarchy cgroup v1 mounts become the one
   ``cgroup`` mount runc builds itself (read-only unless privileged);
 - linux: the pod's net/ipc/uts namespaces (and its PID namespace when shared, or a TARGET
-  container's) joined by path; new mount, cgroup and (unless joined or the node's) PID
-  namespaces; devices, the device cgroup rules, memory/cpu/cpuset limits, the cgroup path
-  (the same one the daemon's driver made), masked and read-only paths, seccomp in its JSON
-  form (runtime.oci.seccomp) and ``rootfsPropagation: rshared`` when a mount is
-  bidirectional (as containerd sets it);
+  container's) joined by path (a PID namespace's ``/proc/<pid>/ns/pid`` here is replaced by
+  the pod shim, just before the create, with its own fd of that namespace taken through the
+  process's pidfd: :func:`with_pid_namespace`, runtime.shim.ocipidns); new mount, cgroup
+  and (unless joined or the node's) PID namespaces; devices, the device cgroup rules,
+  memory/cpu/cpuset limits, the cgroup path (the same one the daemon's driver made), masked
+  and read-only paths, seccomp in its JSON form (runtime.oci.seccomp) and
+  ``rootfsPropagation: rshared`` when a mount is bidirectional (as containerd sets it);
 - hooks: the container's CDI hooks (from the operator's CDI spec files only, never from the
   pod), each under the OCI hook name its ``hookName`` is (CDI spec: the names are the OCI
   runtime spec's, as containerd and CRI-O hand them over), with its args, env and timeout
   (the CDI default when it names none, so no hook can hold a runtime command forever).
 
-Pure: no I/O; the caller writes the result (``write_bundle``).
+Pure but for the two bundle helpers at the end (``read_bundle``, ``write_bundle``).
 """
 
 from __future__ import annotations
@@ -246,6 +248,23 @@ def runtime_config(
     }
     if hooks:
         config["hooks"] = oci_hooks(hooks)
+    return config
+
+
+def with_pid_namespace(config: dict[str, Any], path: str) -> dict[str, Any]:
+    """``config`` joining the PID namespace at ``path`` (the shim's
+    ``/proc/<shim pid>/fd/<n>``) instead of the one it names; ValueError when it joins none."""
+    namespaces = [dict(ns) for ns in config.get("linux", {}).get("namespaces", ())]
+    joined = [ns for ns in namespaces if ns.get("type") == "pid" and ns.get("path")]
+    if len(joined) != 1:
+        raise ValueError("the config joins no PID namespace")
+    joined[0]["path"] = path
+    return {**config, "linux": {**config["linux"], "namespaces": namespaces}}
+
+
+def read_bundle(bundle: Path) -> dict[str, Any]:
+    """The config.json of ``bundle``."""
+    config: dict[str, Any] = json.loads((bundle / CONFIG_FILE).read_bytes())
     return config
 
 

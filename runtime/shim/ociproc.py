@@ -60,7 +60,7 @@ from runtime.linux import caps as kcaps
 from runtime.linux import libc, ptys
 from runtime.model.launch import LaunchSpec, OciLaunch, ProcessSpec
 from runtime.oci.bundle import oci_process
-from runtime.shim import init
+from runtime.shim import init, ocipidns
 from runtime.shim.logwriter import CriLogFile
 
 if TYPE_CHECKING:
@@ -431,11 +431,14 @@ class OciRunner:
         table.procs[proc.key] = proc
         since = _log_size(oci.bundle)
         args = ["create", "--bundle", oci.bundle, "--pid-file", str(pid_file), spec.container_id]
+        held = contextlib.ExitStack()
         try:
             try:
                 # the runtime runs the config's prestart, createRuntime and createContainer
                 # hooks (runc 1.1 its poststart ones too) before create returns
                 timeout = RUNTIME_TIMEOUT + oci.hook_seconds
+                if spec.namespaces.pid_of:  # joins a PID namespace: named by our fd of it
+                    held.enter_context(ocipidns.joined_by_fd(oci.bundle, *table._pid_target(spec.namespaces)))
                 if spec.process.tty:  # a terminal of the container's devpts, its master sent to us
                     status, detail, master = await self._spawn_for_tty(oci, args, spec, timeout)
                     if master >= 0:
@@ -450,6 +453,8 @@ class OciRunner:
                     f"creating container {spec.container_id}: {oci.runtime} create timed out") from None
             except errors.FailedPrecondition as exc:
                 raise errors.FailedPrecondition(f"creating container {spec.container_id}: {exc}") from None
+            finally:
+                held.close()  # the runtime has joined the namespace (or failed)
             if status != 0:
                 raise errors.FailedPrecondition(
                     f"creating container {spec.container_id}: {oci.runtime} create failed ({_describe(status)}): "

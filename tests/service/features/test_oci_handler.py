@@ -416,3 +416,32 @@ def test_a_checkpoint_is_refused_naming_the_runtime(d: DaemonProcess, oci: OciRu
                                                                     location=str(tmp_path / "ck.tar")), timeout=60)
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED and oci.path in (info.value.details() or "")
     assert status(d, cid).state == pb.CONTAINER_RUNNING
+
+
+def test_a_target_pid_namespace_is_joined_through_the_shims_fd(d: DaemonProcess, oci: OciRuntime,
+                                                                busybox: str) -> None:
+    # kubectl debug --target: the runtime joins the target's PID namespace through the pod
+    # shim's fd of it (taken through its pidfd of the target), never /proc/<pid>/ns/pid,
+    # whose pid could name another process by the time the runtime opens it
+    pull(d, busybox)
+    pod, cfg = _pod(d, oci.handler)
+    target = create_container(d, pod, cfg, container_config("target", busybox, ["sleep", "301"]))
+    start(d, target)
+    target_pid = int(str(_runtime_state(d, oci, target)["pid"]))
+    security = pb.LinuxContainerSecurityContext(namespace_options=pb.NamespaceOption(pid=pb.TARGET,
+                                                                                     target_id=target))
+    debug = create_container(d, pod, cfg, container_config("debug", busybox, ["sleep", "302"], security=security))
+    config = json.loads((d.state / "containers" / debug / "bundle" / "config.json").read_text())
+    (pid_ns,) = [ns for ns in config["linux"]["namespaces"] if ns["type"] == "pid"]
+    shim = _ppid(target_pid)
+    assert re.fullmatch(rf"/proc/{shim}/fd/\d+", pid_ns["path"]), pid_ns
+    target_ns = os.readlink(f"/proc/{target_pid}/ns/pid")
+    with contextlib.suppress(FileNotFoundError):  # closed once the create returned
+        assert os.readlink(pid_ns["path"]) != target_ns
+    start(d, debug)
+    debug_pid = int(str(_runtime_state(d, oci, debug)["pid"]))
+    assert os.readlink(f"/proc/{debug_pid}/ns/pid") == target_ns
+    ps = exec_sync(d, debug, ["ps", "-o", "pid,args"]).stdout.decode()
+    assert "sleep 301" in ps and "sleep 302" in ps and "\n    1 sleep 301" in ps, ps
+    for cid in (debug, target):
+        d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
