@@ -100,7 +100,7 @@ async def run_hook(hook: ContainerHook, state: bytes) -> None:
     except OSError as exc:
         raise FailedPrecondition(f"{what} cannot run: {exc.strerror}") from None
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(state), timeout)
+        out = await asyncio.wait_for(_feed_and_tail(proc, state), timeout)
     except BaseException as exc:
         # the hook leads its own session: end it and whatever it started, by its process group
         with contextlib.suppress(ProcessLookupError):
@@ -112,6 +112,23 @@ async def run_hook(hook: ContainerHook, state: bytes) -> None:
     if proc.returncode != 0:
         tail = out[-_OUTPUT_TAIL:].decode(errors="replace").strip()
         raise FailedPrecondition(f"{what} failed with exit status {proc.returncode}: {tail}")
+
+
+async def _feed_and_tail(proc: asyncio.subprocess.Process, state: bytes) -> bytes:
+    """Give the hook ``state`` on stdin and read its output to EOF, keeping only the tail an
+    error may show: a hook that writes without end costs the daemon no memory (the
+    operator's binary, but a bug in it must not grow the runtime; communicate() keeps all)."""
+    assert proc.stdin is not None and proc.stdout is not None
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a hook that never reads
+        proc.stdin.write(state)
+        await proc.stdin.drain()
+    proc.stdin.close()
+    tail = bytearray()
+    while chunk := await proc.stdout.read(65536):
+        tail += chunk
+        del tail[:-_OUTPUT_TAIL]
+    await proc.wait()
+    return bytes(tail)
 
 
 async def run_hooks(hooks: Iterable[ContainerHook], names: tuple[str, ...], state: bytes, *,

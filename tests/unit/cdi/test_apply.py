@@ -176,3 +176,20 @@ def test_hooks_survive_the_record_store_and_old_records_load() -> None:
     old = json.loads(to_json(rec))
     del old["hooks"]  # a record written before CDI hooks
     assert from_json(ContainerRecord, json.dumps(old)).hooks == ()
+
+
+async def test_a_hook_that_writes_without_end_costs_no_memory(tmp_path: Path) -> None:
+    """64 MiB of output: the daemon keeps the tail the error shows, not the whole of it
+    (asyncio's communicate() kept all: a peak of over 64 MiB)."""
+    import tracemalloc
+
+    chatty = _script(tmp_path / "chatty", "head -c 67108864 /dev/zero | tr '\\0' x; echo; echo the end; exit 1\n")
+    tracemalloc.start()
+    try:
+        state = oci_state("c", "created", 1, "/", {})
+        with pytest.raises(FailedPrecondition, match=r"(?s)exit status 1: .*the end"):
+            await asyncio.wait_for(run_hook(ContainerHook("createRuntime", chatty), state), 60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak >> 20} MiB while the hook wrote 64 MiB"
