@@ -130,12 +130,13 @@ def release_volume_dirs(state: Path, container_id: str) -> None:
 
 
 async def release_image_volumes(images: ContainerImages, state: Path, container_id: str,
-                                mounts: tuple[Mount, ...]) -> None:
-    """Undo :func:`resolve_image_volumes` for a container being removed (idempotent)."""
+                                mounts: tuple[Mount, ...], *, durable: bool = True) -> None:
+    """Undo :func:`resolve_image_volumes` for a container being removed (idempotent);
+    ``durable`` as for :meth:`Snapshots.remove`."""
     await asyncio.to_thread(release_volume_dirs, state, container_id)
     for index, m in enumerate(mounts):
         if m.image is not None:
-            await images.snapshots.remove(snapshot_key(container_id, index))
+            await images.snapshots.remove(snapshot_key(container_id, index), durable=durable)
 
 
 def leftover_volume_dirs(state: Path, known: set[str]) -> None:

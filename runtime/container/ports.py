@@ -21,8 +21,10 @@ class Snapshots(Protocol):
         mounted). NotFound for an unknown image, AlreadyExists for a used key."""
         ...
 
-    async def remove(self, key: str) -> bool:
-        """Delete snapshot ``key``; idempotent (False if absent)."""
+    async def remove(self, key: str, *, durable: bool = True) -> bool:
+        """Delete snapshot ``key``; idempotent (False if absent). ``durable=False``: the
+        row's deletion is made durable by the caller's next durable write (the store's
+        contract), for a removal that a durable record deletion always follows."""
         ...
 
     async def keys(self) -> dict[str, str]:

@@ -604,8 +604,9 @@ class ContainerService:
         # adding up (measured: 10-35 ms in a row on a loaded machine). Each is idempotent: when
         # one fails the record stays, and the kubelet's retry finishes what is left.
         jobs: list[Awaitable[object]] = [
-            self.images.snapshots.remove(rec.snapshot_key or rec.id),
-            release_image_volumes(self.images, self.settings.state, rec.id, rec.config.mounts),
+            # not durable on their own: every caller deletes the record durably next
+            self.images.snapshots.remove(rec.snapshot_key or rec.id, durable=False),
+            release_image_volumes(self.images, self.settings.state, rec.id, rec.config.mounts, durable=False),
             asyncio.to_thread(self.host.remove_state_dir, Path(rec.exit_dir)),
         ]
         if rec.cgroup_path:

@@ -143,7 +143,7 @@ class FakeSnapshots:
         self.taken[key] = image_id
         return OverlayMount((str(self.lower),), str(self.root / key / "fs"), str(self.root / key / "work"))
 
-    async def remove(self, key: str) -> bool:
+    async def remove(self, key: str, *, durable: bool = True) -> bool:
         self.journal.step("snapshots.remove")
         shutil.rmtree(self.root / key, ignore_errors=True)
         return self.taken.pop(key, None) is not None
