@@ -322,8 +322,6 @@ def _check_runtime_handlers(cfg: Config) -> None:
                 raise ConfigError(f"{key}.oci_runtime_path: {runtime!r} must be an absolute path")
             if not os.path.isfile(runtime) or not os.access(runtime, os.X_OK):
                 raise ConfigError(f"{key}.oci_runtime_path: {runtime!r} is not an executable file")
-            if h.user_namespace:
-                raise ConfigError(f"{key}: user_namespace is not supported with oci_runtime_path")
     first, last = cfg.pods.userns_first_id, cfg.pods.userns_last_id
     if not 1 <= first <= last <= (1 << 32) - 2 or last - first + 1 < IDS_PER_POD:
         raise ConfigError(f"pods.userns_first_id..userns_last_id: {first}..{last} must lie in 1..4294967294 "

@@ -50,8 +50,7 @@ class RuntimeInfoHandlers:
                 name=name,
                 features=pb.RuntimeHandlerFeatures(
                     recursive_read_only_mounts=features.recursive_read_only_mounts,
-                    # a handler whose containers run through an OCI runtime refuses them
-                    user_namespaces=features.user_namespaces and not handlers_cfg.get(name).oci_runtime_path,
+                    user_namespaces=features.user_namespaces,
                 ),
             )
             for name in handlers_cfg.names

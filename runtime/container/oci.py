@@ -11,6 +11,16 @@ runtime's state and cgroups go even when the pod's shim is gone.
 
 The runtime's state (``--root``) is ``<state>/oci/<handler>``, 0700: volatile like the
 shims' (a reboot clears both).
+
+A container in a pod with its own user namespace (hostUsers: false) gets its rootfs and bind
+mounts from the pod shim as host root prepared them (an overlay over idmapped image layers,
+binds idmapped where kubelet asks: runtime.shim.userns_setup), attached at mount points in
+:data:`USERNS_MOUNTS`/<id> (made here, empty on the host: the shim attaches them only in
+the create's own mount namespace). runc 1.1 and crun 1.8 make the container's mounts from
+inside the user namespace, as its root, by path: those paths must be searchable by any user
+from /, which the state directory (0700) is not, hence a directory of its own under /run.
+runc's exec also enters the rootfs path as its working directory before it joins the
+container, so the mount point must exist on the host too.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from runtime import errors
@@ -26,13 +37,15 @@ from runtime.model.container import ContainerConfig, ContainerHook
 from runtime.model.launch import LaunchSpec, OciLaunch
 from runtime.model.resources import Resources
 from runtime.model.sandbox import SandboxRecord
-from runtime.oci.bundle import runtime_config, write_bundle
+from runtime.oci.bundle import runtime_config, userns_bind_point, write_bundle
 from runtime.security.devices import DeviceRule
 from runtime.security.seccomp.profile import SeccompFilter
 
 log = logging.getLogger("cri_shim.container")
 
 DELETE_TIMEOUT = 30.0
+#: mount points of containers in pods with their own user namespace (see the module docstring)
+USERNS_MOUNTS = Path("/run/cri-shim-oci")
 
 
 def runtime_root(state: Path, handler: str) -> Path:
@@ -51,9 +64,7 @@ def check_supported(runtime: str, config: ContainerConfig, sandbox: SandboxRecor
     """Unimplemented, naming the runtime, for a container this integration cannot run."""
     name = os.path.basename(runtime)
     why = ""
-    if sandbox.config.user_namespace is not None or sandbox.namespaces.user:
-        why = "a pod with its own user namespace"
-    elif restoring:
+    if restoring:
         why = "restoring a checkpoint"
     elif process_bound_cgroups:
         why = "the systemd cgroup driver"
@@ -63,15 +74,55 @@ def check_supported(runtime: str, config: ContainerConfig, sandbox: SandboxRecor
             f"which cri-shim does not support with {why}")
 
 
+def userns_mount_dir(container_id: str) -> Path:
+    """The directory of ``container_id``'s mount points (a pod with its own user namespace)."""
+    return USERNS_MOUNTS / container_id
+
+
+def make_userns_mount_points(launch: LaunchSpec) -> dict[int, str]:
+    """Make the empty mount points of ``launch``'s rootfs (its ``rootfs.path``, in
+    :func:`userns_mount_dir`) and of each of its binds (a directory or a file, as its source
+    is; :func:`runtime.oci.bundle.userns_bind_point`), searchable by anyone; returns the
+    binds' by index of ``launch.mounts`` (blocking: call in a thread). OSError when a source
+    is gone."""
+    assert launch.rootfs is not None
+    rootfs = Path(launch.rootfs.path)
+    USERNS_MOUNTS.mkdir(mode=0o711, exist_ok=True)
+    os.chmod(USERNS_MOUNTS, 0o711)
+    rootfs.parent.mkdir(mode=0o711, exist_ok=True)
+    rootfs.mkdir(mode=0o755, exist_ok=True)
+    points: dict[int, str] = {}
+    for i, m in enumerate(launch.mounts):
+        if m.type != "bind":
+            continue
+        point = userns_bind_point(str(rootfs), i)
+        if os.path.isdir(m.source):
+            os.makedirs(point, mode=0o755, exist_ok=True)
+        else:
+            os.close(os.open(point, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644))
+        points[i] = point
+    return points
+
+
+def remove_userns_mount_points(container_id: str) -> None:
+    """Remove :func:`userns_mount_dir` (idempotent; nothing is mounted there on the host)."""
+    shutil.rmtree(userns_mount_dir(container_id), ignore_errors=True)
+
+
 def write_bundle_for(launch: LaunchSpec, oci: OciLaunch, *, cgroups_path: str, device_rules: tuple[DeviceRule, ...],
                      resources: Resources | None, seccomp: SeccompFilter | None,
-                     hooks: tuple[ContainerHook, ...] = ()) -> None:
+                     hooks: tuple[ContainerHook, ...] = (), sandbox: SandboxRecord | None = None) -> None:
     """Write ``oci.bundle``/config.json for ``launch`` (blocking: call in a thread), with
-    the container's CDI ``hooks`` for the runtime to run; InvalidArgument for what the runtime
-    cannot be given."""
+    the container's CDI ``hooks`` for the runtime to run; in a pod with its own user namespace
+    (``sandbox``'s) its id maps and the mount points the shim attaches the rootfs and binds at
+    (made here); InvalidArgument for what the runtime cannot be given."""
+    userns = sandbox.config.user_namespace if sandbox is not None else None
+    id_maps = userns.id_maps() if userns is not None and launch.namespaces.user else None
+    binds = make_userns_mount_points(launch) if id_maps is not None else None
     try:
         config = runtime_config(launch, cgroups_path=cgroups_path, device_rules=device_rules, resources=resources,
-                                seccomp=seccomp, last_cap=kcaps.last_cap(), hooks=hooks)
+                                seccomp=seccomp, last_cap=kcaps.last_cap(), hooks=hooks,
+                                id_maps=id_maps, bind_sources=binds)
     except ValueError as exc:
         raise errors.InvalidArgument(f"container {launch.container_id}: {exc}") from None
     make_root(Path(oci.root))

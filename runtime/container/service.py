@@ -343,14 +343,22 @@ class ContainerService:
             oci_root = str(oci.runtime_root(self.settings.state, sandbox.config.runtime_handler))
             launch = replace(launch, oci=OciLaunch(oci_runtime, oci_root, str(state_dir / "bundle"),
                                                    hook_seconds=_all_hook_seconds(hooks)))
+            if launch.namespaces.user and launch.rootfs is not None:
+                # the shim attaches the rootfs it prepared here (runtime.container.oci)
+                launch = replace(launch, rootfs=replace(launch.rootfs,
+                                                        path=str(oci.userns_mount_dir(cid) / "rootfs")))
             seccomp_filter = await asyncio.to_thread(planner.seccomp.resolved, plan.seccomp)
+
+            async def delete_from_runtime() -> None:
+                await oci.delete(oci_runtime, oci_root, cid, hook_seconds=_all_hook_seconds(hooks))
+                await asyncio.to_thread(oci.remove_userns_mount_points, cid)
+
+            # the runtime's state and cgroups, whatever the shim did (undone before the state dir)
+            undo.push("OCI runtime state", delete_from_runtime)
             assert launch.oci is not None
             await asyncio.to_thread(oci.write_bundle_for, launch, launch.oci, cgroups_path=cg_path,
                                     device_rules=plan.device_rules, resources=resources, seccomp=seccomp_filter,
-                                    hooks=hooks)
-            # the runtime's state and cgroups, whatever the shim did (undone before the state dir)
-            undo.push("OCI runtime state",
-                      lambda: oci.delete(oci_runtime, oci_root, cid, hook_seconds=_all_hook_seconds(hooks)))
+                                    hooks=hooks, sandbox=sandbox)
             steps.mark("bundle")
         if restoring is not None and restore_work is not None:
             restore_plan = plan_restore(restoring, restore_work, launch, criu,
@@ -597,6 +605,7 @@ class ContainerService:
         if rec.oci_runtime:
             # before its cgroup and state dir: the runtime's state, its process if any, its cgroups
             await oci.delete(rec.oci_runtime, rec.oci_root, rec.id, hook_seconds=_all_hook_seconds(rec.hooks))
+            await asyncio.to_thread(oci.remove_userns_mount_points, rec.id)
             steps.mark("OCI runtime delete")
         # With the process gone these are independent of each other (different cgroupfs
         # directories, the snapshot, the image volumes' directory and the state directory): run
@@ -805,6 +814,7 @@ class ContainerService:
                 log.info("recovery: deleting %s's leftover container %s", handler.oci_runtime_path, cid)
                 try:
                     await oci.delete(handler.oci_runtime_path, str(root), cid)
+                    await asyncio.to_thread(oci.remove_userns_mount_points, cid)
                 except (errors.EngineError, OSError) as exc:
                     log.error("recovery: %s delete of container %s failed: %s", handler.oci_runtime_path, cid, exc)
 

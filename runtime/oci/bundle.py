@@ -11,6 +11,11 @@ runc carries the protections a native one gets:
   (runc makes it; the shim gets its master through ``--console-socket``);
 - root: the overlay the shim mounts at ``rootfs.path`` (runtime.shim.ociproc), read-only
   when the container asks;
+- in a pod with its own user namespace: that namespace joined first, its uid/gid maps
+  (``uidMappings``/``gidMappings``: runc 1.1 wants them even to join one), and the binds'
+  sources replaced by the mount points where the shim attached them, prepared as host root
+  (idmapped where the plan says "idmap", an option no runtime is given):
+  :func:`userns_bind_point`, runtime.container.oci;
 - mounts: the plan's, in order; its per-hierarchy cgroup v1 mounts become the one
   ``cgroup`` mount runc builds itself (read-only unless privileged);
 - linux: the pod's net/ipc/uts namespaces (and its PID namespace when shared, or a TARGET
@@ -33,12 +38,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from runtime.cdi.hooks import DEFAULT_TIMEOUT
 from runtime.linux.caps import CAP_NAMES
+from runtime.linux.mounts import IDMAP
 from runtime.model.container import ContainerHook
 from runtime.model.launch import Capabilities, DeviceSpec, LaunchSpec, MountSpec, NamespaceSpec, ProcessSpec
 from runtime.model.resources import Resources
@@ -57,6 +63,8 @@ RLIMIT_NAMES = dict(enumerate((
     "RLIMIT_NICE", "RLIMIT_RTPRIO", "RLIMIT_RTTIME",
 )))
 _CGROUP_FS = ("cgroup", "cgroup2")
+#: one line of a uid or gid map: (container id, host id, length)
+IdMap = tuple[int, int, int]
 #: the OCI runtime spec's hook names (config.md "POSIX-platform Hooks"), which CDI's hookName takes
 OCI_HOOK_NAMES = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 
@@ -109,14 +117,18 @@ def oci_process(process: ProcessSpec, last_cap: int) -> dict[str, Any]:
     return out
 
 
-def oci_mounts(mounts: Sequence[MountSpec], *, privileged: bool) -> list[dict[str, Any]]:
+def oci_mounts(mounts: Sequence[MountSpec], *, privileged: bool,
+               bind_sources: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
     """The plan's mounts as runtime-spec mounts. Its cgroup hierarchies (a tmpfs at
     /sys/fs/cgroup and one ``cgroup`` mount per v1 hierarchy, or one cgroup2) become one
     ``cgroup`` mount at /sys/fs/cgroup, which runc expands itself; a bind gets ``rbind``
-    unless it says ``bind``."""
+    unless it says ``bind``. ``bind_sources`` (a pod with its own user namespace) replaces
+    the source of the bind at each index of ``mounts``: the mount point where the pod shim
+    attached it, prepared (idmapped where it says "idmap") by host root; "idmap" is never
+    passed on (runc 1.1 has no such option)."""
     out: list[dict[str, Any]] = []
     cgroup_at = -1
-    for m in mounts:
+    for i, m in enumerate(mounts):
         is_cgroup = m.type in _CGROUP_FS or (m.destination == "/sys/fs/cgroup" and m.type == "tmpfs")
         if is_cgroup and m.destination.startswith("/sys/fs/cgroup"):
             if cgroup_at < 0:
@@ -125,19 +137,28 @@ def oci_mounts(mounts: Sequence[MountSpec], *, privileged: bool) -> list[dict[st
                 out.append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                             "options": options})
             continue
-        options = list(m.options)
+        options = [o for o in m.options if o != IDMAP]
         if m.type == "bind" and "bind" not in options and "rbind" not in options:
             options.insert(0, "rbind")
-        out.append({"destination": m.destination, "type": m.type, "source": m.source or m.type,
+        source = (bind_sources or {}).get(i, m.source) if m.type == "bind" else m.source
+        out.append({"destination": m.destination, "type": m.type, "source": source or m.type,
                     "options": options})
     return out
 
 
+def userns_bind_point(rootfs_path: str, index: int) -> str:
+    """Where the pod shim attaches bind ``index`` of a container in a pod with its own user
+    namespace: next to its rootfs mount point (runtime.container.oci.make_userns_mount_points)."""
+    return os.path.join(os.path.dirname(rootfs_path), f"m{index}")
+
+
 def oci_namespaces(ns: NamespaceSpec) -> list[dict[str, str]]:
-    """Namespaces to join (a path) or make (no path); one not listed is the node's."""
-    if ns.user or ns.mnt:
-        raise ValueError("user namespaces and joined mount namespaces are not supported through an OCI runtime")
-    out: list[dict[str, str]] = []
+    """Namespaces to join (a path) or make (no path); one not listed is the node's. The
+    pod's user namespace comes first: it owns the net/ipc/uts namespaces joined after it, and
+    the ones the runtime makes then belong to it."""
+    if ns.mnt:
+        raise ValueError("joined mount namespaces are not supported through an OCI runtime")
+    out: list[dict[str, str]] = [{"type": "user", "path": ns.user}] if ns.user else []
     for kind, path in (("network", ns.net), ("ipc", ns.ipc), ("uts", ns.uts)):
         if path:
             out.append({"type": kind, "path": path})
@@ -164,6 +185,10 @@ def oci_hooks(hooks: Sequence[ContainerHook]) -> dict[str, list[dict[str, Any]]]
             entry["env"] = list(hook.env)
         out.setdefault(hook.name, []).append(entry)
     return out
+
+
+def _id_map(m: IdMap) -> dict[str, int]:
+    return {"containerID": m[0], "hostID": m[1], "size": m[2]}
 
 
 def oci_device(dev: DeviceSpec) -> dict[str, Any]:
@@ -217,13 +242,20 @@ def runtime_config(
     seccomp: SeccompFilter | None = None,
     last_cap: int = len(CAP_NAMES) - 1,
     hooks: Sequence[ContainerHook] = (),
+    id_maps: tuple[Sequence[IdMap], Sequence[IdMap]] | None = None,
+    bind_sources: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` of ``spec`` (see the module docstring). ``cgroups_path``: the
     container's cgroup as runc names it (cgroupfs: the path under each hierarchy's root;
     systemd: "slice:prefix:name"); ``hooks``: the container's CDI hooks, which the runtime
-    runs. ValueError for what an OCI runtime cannot be given (a user namespace)."""
+    runs. In a pod with its own user namespace (``spec.namespaces.user``): ``id_maps`` its
+    uid and gid maps as (container id, host id, length), which runc 1.1 needs even to join
+    it, and ``bind_sources`` (:func:`oci_mounts`). ValueError for what an OCI runtime cannot
+    be given (a joined mount namespace, a user namespace without its maps)."""
     if spec.rootfs is None:
         raise ValueError("a container run through an OCI runtime needs a rootfs")
+    if spec.namespaces.user and not id_maps:
+        raise ValueError("a container in a user namespace needs its id maps")
     linux: dict[str, Any] = {
         "namespaces": oci_namespaces(spec.namespaces),
         "devices": [oci_device(d) for d in spec.devices],
@@ -232,6 +264,9 @@ def runtime_config(
         "maskedPaths": list(spec.masked_paths),
         "readonlyPaths": list(spec.readonly_paths),
     }
+    if spec.namespaces.user and id_maps:
+        linux["uidMappings"] = [_id_map(m) for m in id_maps[0]]
+        linux["gidMappings"] = [_id_map(m) for m in id_maps[1]]
     if spec.sysctls:
         linux["sysctl"] = dict(spec.sysctls)
     if seccomp is not None:
@@ -242,7 +277,7 @@ def runtime_config(
         "ociVersion": OCI_VERSION,
         "process": oci_process(spec.process, last_cap),
         "root": {"path": spec.rootfs.path, "readonly": spec.rootfs.readonly},
-        "mounts": oci_mounts(spec.mounts, privileged=spec.privileged),
+        "mounts": oci_mounts(spec.mounts, privileged=spec.privileged, bind_sources=bind_sources),
         "linux": linux,
         "annotations": {"io.kubernetes.cri.sandbox-id": spec.sandbox_id},
     }

@@ -13,7 +13,7 @@ configured; the node's config may declare more (``[[runtime_handlers]]``,
 - ``default_seccomp_profile``: containers asking for no profile, Unconfined or
   RuntimeDefault get this profile instead (:meth:`RuntimeHandlers.container_seccomp`).
 - ``oci_runtime_path``: the pod's containers run through that OCI runtime (runc, crun:
-  runtime.container.oci, runtime.shim.ociproc); a pod with a user namespace is refused.
+  runtime.container.oci, runtime.shim.ociproc), also in a pod with its own user namespace.
 
 An unknown handler is InvalidArgument listing the known ones (kubelet reports it as a pod
 event; CRI-O and containerd refuse it the same way).
@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from runtime.config import RuntimeHandlerSettings
-from runtime.errors import InvalidArgument, ResourceExhausted, Unimplemented
+from runtime.errors import InvalidArgument, ResourceExhausted
 from runtime.model.sandbox import (
     IDMapping,
     NamespaceMode,
@@ -100,13 +100,8 @@ class RuntimeHandlers:
         a pod without a user namespace of its own gets one, mapping container ids 0..65535 to
         a free block (``used``: the ranges other pods map). Raises InvalidArgument for an
         unknown handler or, under a ``user_namespace`` handler, a pod that shares a namespace
-        with the node or is privileged; ResourceExhausted when the range is full; Unimplemented
-        for a pod with a user namespace under an ``oci_runtime_path`` handler."""
+        with the node or is privileged; ResourceExhausted when the range is full."""
         handler = self.get(config.runtime_handler)
-        if handler.oci_runtime_path and config.user_namespace is not None:
-            raise Unimplemented(f"runtime handler {handler.name!r} runs containers through "
-                                f"{handler.oci_runtime_path}, which cri-shim does not support in a pod with its own "
-                                "user namespace (hostUsers: false)")
         if not handler.user_namespace or config.user_namespace is not None:
             return config
         ns = config.security.namespaces

@@ -13,6 +13,9 @@ that the container is still the shim's child (exit status, CRI log, attach, OOM 
               and tracked as a native container's process (verified with runc 1.1.5 and
               crun 1.8.1; on a hybrid cgroup host that mount namespace shows the runtime an
               empty unified controller list, :func:`hide_hybrid_controllers`, or crun refuses).
+              In a pod with its own user namespace the rootfs (over idmapped layers) and the
+              binds are prepared as detached mounts and attached at mount points in
+              /run/cri-shim-oci/<id> instead (:func:`attach_userns_mounts`).
     start:  ``runc start ID``
     exec:   ``runc exec --detach --pid-file P --process J ID`` with the exec's stdio: the
               exec'd process, orphaned when runc exits, is reparented to the shim likewise;
@@ -57,10 +60,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 from runtime import errors
 from runtime.linux import caps as kcaps
-from runtime.linux import libc, ptys
+from runtime.linux import libc, mountapi, ptys
 from runtime.model.launch import LaunchSpec, OciLaunch, ProcessSpec
-from runtime.oci.bundle import oci_process
-from runtime.shim import init, ocipidns
+from runtime.oci.bundle import oci_process, userns_bind_point
+from runtime.shim import init, ocipidns, userns_setup
 from runtime.shim.logwriter import CriLogFile
 
 if TYPE_CHECKING:
@@ -178,6 +181,24 @@ def hide_hybrid_controllers(cgroup_root: str = "/sys/fs/cgroup") -> bool:
     return True
 
 
+def attach_userns_mounts(spec: LaunchSpec) -> None:
+    """For a container in a pod with its own user namespace, in the create's own mount
+    namespace, as host root: the rootfs overlay over idmapped image layers and every bind
+    (idmapped where it says "idmap") prepared as detached mounts, as for a native container
+    (runtime.shim.userns_setup), then attached at the mount points the daemon made
+    (``rootfs.path`` and :func:`runtime.oci.bundle.userns_bind_point`), which config.json
+    names. The runtime, joined to the user namespace, can mount them where it could not
+    have idmapped or even reached their sources."""
+    assert spec.rootfs is not None
+    prepared = userns_setup.prepare_detached_mounts(spec)
+    try:
+        mountapi.move_mount(prepared.rootfs, spec.rootfs.path)
+        for index, fd in prepared.binds.items():
+            mountapi.move_mount(fd, userns_bind_point(spec.rootfs.path, index))
+    finally:
+        prepared.close()
+
+
 def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: int,
                       spec: LaunchSpec | None = None, keep: tuple[int, ...] = ()) -> NoReturn:
     """The forked child that execs the runtime with ``stdio`` on 0-2, in a session of its
@@ -198,7 +219,10 @@ def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: in
                 libc.mount(None, init.mount_point_of(spec.rootfs.path), None, libc.MS_PRIVATE)
             else:
                 libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
-            init.mount_rootfs(spec.rootfs)
+            if spec.namespaces.user:
+                attach_userns_mounts(spec)
+            else:
+                init.mount_rootfs(spec.rootfs)
             os.chdir("/")
             refuse_unsafe_rootfs(spec.rootfs.path)
             hide_hybrid_controllers()

@@ -10,7 +10,7 @@ import pytest
 
 from cri_shim.config import ConfigError, load
 from runtime.config import RuntimeHandlerSettings
-from runtime.errors import InvalidArgument, ResourceExhausted, Unimplemented
+from runtime.errors import InvalidArgument, ResourceExhausted
 from runtime.model.sandbox import (
     IDMapping,
     NamespaceMode,
@@ -130,6 +130,10 @@ def test_an_oci_runtime_handler_needs_an_executable(tmp_path: Path) -> None:
     runtime.chmod(0o755)
     cfg = load(_cfg(tmp_path, f'[[runtime_handlers]]\nname = "runc"\noci_runtime_path = "{runtime}"\n'))
     assert cfg.runtime_handlers == (RuntimeHandlerSettings("runc", oci_runtime_path=str(runtime)),)
+    # a user namespace for every pod of such a handler (before: a config error)
+    both = load(_cfg(tmp_path, f'[[runtime_handlers]]\nname = "a"\nuser_namespace = true\n'
+                               f'oci_runtime_path = "{runtime}"\n'))
+    assert both.runtime_handlers == (RuntimeHandlerSettings("a", user_namespace=True, oci_runtime_path=str(runtime)),)
     plain = tmp_path / "plain"
     plain.write_text("")
     for text, match in (
@@ -137,18 +141,16 @@ def test_an_oci_runtime_handler_needs_an_executable(tmp_path: Path) -> None:
         (f'[[runtime_handlers]]\nname = "a"\noci_runtime_path = "{tmp_path / "absent"}"\n', "not an executable"),
         (f'[[runtime_handlers]]\nname = "a"\noci_runtime_path = "{plain}"\n', "not an executable"),
         (f'[[runtime_handlers]]\nname = "a"\noci_runtime_path = "{tmp_path}"\n', "not an executable"),
-        (f'[[runtime_handlers]]\nname = "a"\nuser_namespace = true\noci_runtime_path = "{runtime}"\n',
-         "user_namespace is not supported with oci_runtime_path"),
     ):
         with pytest.raises(ConfigError, match=match):
             load(_cfg(tmp_path, text))
 
 
-def test_an_oci_runtime_handler_refuses_a_user_namespaced_pod() -> None:
+def test_an_oci_runtime_handler_takes_a_user_namespaced_pod() -> None:
+    # before: Unimplemented (runtime.container.oci: the runtime joins the pod's user namespace)
     handlers = RuntimeHandlers((RuntimeHandlerSettings("runc", oci_runtime_path="/usr/sbin/runc"),))
     mapping = (IDMapping(host_id=1 << 31, container_id=0, length=IDS_PER_POD),)
     userns = UserNamespaceOption(NamespaceMode.POD, uids=mapping, gids=mapping)
-    with pytest.raises(Unimplemented, match="/usr/sbin/runc"):
-        handlers.sandbox_config(pod("runc", userns=userns), [])
+    assert handlers.sandbox_config(pod("runc", userns=userns), []) == pod("runc", userns=userns)
     plain = pod("runc")
     assert handlers.sandbox_config(plain, []) == plain

@@ -35,6 +35,7 @@ from runtime.oci.bundle import (
     oci_namespaces,
     oci_process,
     runtime_config,
+    userns_bind_point,
     write_bundle,
 )
 from runtime.oci.seccomp import action_token, oci_seccomp
@@ -112,8 +113,33 @@ def test_namespaces_are_joined_by_path_or_made() -> None:
     assert {"type": "pid", "path": "/proc/7/ns/pid"} in shared
     node = oci_namespaces(NamespaceSpec(new_pid=False, cgroup_ns=False))  # hostNetwork, hostPID, hostIPC
     assert node == [{"type": "mount"}]
-    with pytest.raises(ValueError, match="user namespaces"):
-        oci_namespaces(NamespaceSpec(user="/run/x/ns/user"))
+    # the pod's user namespace first: it owns those joined after it and those made
+    userns = oci_namespaces(NamespaceSpec(net="/n", user="/run/x/ns/user"))
+    assert userns[:2] == [{"type": "user", "path": "/run/x/ns/user"}, {"type": "network", "path": "/n"}]
+    with pytest.raises(ValueError, match="joined mount namespaces"):
+        oci_namespaces(NamespaceSpec(mnt="/run/x/ns/mnt"))
+
+
+def test_a_user_namespaced_container_gets_its_maps_and_its_binds_mount_points() -> None:
+    from dataclasses import replace
+    spec = _spec(namespaces=NamespaceSpec(net="/n", user="/run/x/ns/user"),
+                 mounts=(MountSpec("/proc", "proc", "proc", ()),
+                         MountSpec("/vol", "bind", "/host/vol", ("rbind", "rprivate", "idmap")),
+                         MountSpec("/etc/hosts", "bind", "/run/x/hosts", ("bind", "ro"))))
+    spec = replace(spec, rootfs=replace(spec.rootfs, path="/run/cri-shim-oci/c/rootfs"))
+    with pytest.raises(ValueError, match="needs its id maps"):
+        runtime_config(spec, cgroups_path="/c")
+    points = {i: userns_bind_point("/run/cri-shim-oci/c/rootfs", i) for i in (1, 2)}
+    assert points == {1: "/run/cri-shim-oci/c/m1", 2: "/run/cri-shim-oci/c/m2"}
+    config = runtime_config(spec, cgroups_path="/c", id_maps=([(0, 100000, 65536)], [(0, 200000, 65536)]),
+                            bind_sources=points)
+    assert config["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    assert config["linux"]["gidMappings"] == [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    assert config["root"]["path"] == "/run/cri-shim-oci/c/rootfs"
+    assert config["mounts"][1:] == [
+        {"destination": "/vol", "type": "bind", "source": "/run/cri-shim-oci/c/m1", "options": ["rbind", "rprivate"]},
+        {"destination": "/etc/hosts", "type": "bind", "source": "/run/cri-shim-oci/c/m2", "options": ["bind", "ro"]},
+    ]
 
 
 def test_mounts_fold_the_cgroup_hierarchies_and_bind_recursively() -> None:
