@@ -341,19 +341,28 @@ class SandboxService:
         log.info("sandbox %s removed (%s)", sandbox_id, steps)
 
     async def _release(self, rec: SandboxRecord) -> None:
-        """Free the cgroup, files and directories of a stopped sandbox."""
-        if rec.owns_cgroup and rec.cgroup_path:
+        """Free the cgroup, files and directories of a stopped sandbox. The cgroup and the
+        directories are independent: released together (their thread hops overlap), and when
+        one fails the other still goes and the first failure is raised for the retry."""
+
+        def release_cgroup() -> None:
             driver = self._cgroups()
             if rec.config.cgroup_parent:
                 # a parent the client named that this pod had to create: other pods may share
                 # it (critest's all run in /test.slice), so it goes only once it is empty
-                await asyncio.to_thread(driver.remove_if_unused, rec.cgroup_path)
+                driver.remove_if_unused(rec.cgroup_path)
             else:
-                await asyncio.to_thread(driver.remove, rec.cgroup_path)
+                driver.remove(rec.cgroup_path)
             if self._oci_handler(rec.config.runtime_handler):
                 # its OCI runtime made the pod's directory in the named hierarchies too
-                await asyncio.to_thread(remove_named_dirs, self.settings.cgroup_root, rec.cgroup_path)
-        await asyncio.to_thread(self.host.remove_dirs, Path(rec.state_dir), Path(rec.files_dir))
+                remove_named_dirs(self.settings.cgroup_root, rec.cgroup_path)
+
+        jobs = [asyncio.to_thread(self.host.remove_dirs, Path(rec.state_dir), Path(rec.files_dir))]
+        if rec.owns_cgroup and rec.cgroup_path:
+            jobs.append(asyncio.to_thread(release_cgroup))
+        failures = [r for r in await asyncio.gather(*jobs, return_exceptions=True) if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
         self.shims.forget(rec.id)
 
     def _oci_handler(self, name: str) -> bool:
