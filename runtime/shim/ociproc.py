@@ -32,8 +32,11 @@ that the container is still the shim's child (exit status, CRI log, attach, OOM 
     delete: ``runc delete --force ID`` (its state under ``--root`` and its cgroups).
     hooks:  the container's CDI hooks are in config.json; the runtime runs them inside these
               commands (create: prestart, createRuntime, createContainer, and with runc 1.1
-              poststart; start: startContainer, crun's poststart; delete: poststop), whose
-              deadlines grow by OciLaunch.hook_seconds.
+              poststart; start: crun's poststart; delete: poststop), whose deadlines grow by
+              OciLaunch.hook_seconds. startContainer hooks run in the container's init after
+              start released it, just before it execs the process (runc 1.1, crun 1.8): start
+              does not wait for them, and one that fails ends the container instead of failing
+              StartContainer.
     kill:   signals go to the init's pid, as for any container (runc kill would do the same).
 
 The runtime's own diagnostics go to ``<bundle>/runtime.log`` (JSON lines, --log); a failure

@@ -4,10 +4,12 @@ startContainer hooks were refused with Unimplemented under such a handler, and t
 the others itself). The daemon puts every hook of the operator's CDI spec into config.json's
 ``hooks`` under its OCI name, and the runtime runs them: prestart and createRuntime on the host
 at create, createContainer at create in the container's mount namespace (the host's tree still
-in view), startContainer at start inside the container's root, poststart after the process
-started (runc 1.1 already at create), poststop at RemoveContainer (the runtime's delete). Each
+in view), startContainer inside the container's root once start released its init (it may
+finish after StartContainer returned), poststart after the process started (runc 1.1 already
+at create), poststop at RemoveContainer (the runtime's delete). Each
 gets the runtime's state on stdin, whose bundle holds the config.json. A failing
-createContainer hook fails CreateContainer with FailedPrecondition and leaves nothing."""
+createContainer hook fails CreateContainer with FailedPrecondition and leaves nothing; a failing
+startContainer hook ends the container (exit 1) after StartContainer returned."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import pytest
 from cri_shim.api.gen import api_pb2 as pb
 from tests.service.features.test_oci_handler import RUNTIMES, OciRuntime
 from tests.support.daemon import DaemonProcess
-from tests.support.pods import container_config, create_container, exec_sync, pod_config, pull, start
+from tests.support.pods import container_config, create_container, exec_sync, pod_config, pull, start, wait_state
 
 pytestmark = [pytest.mark.service, pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -64,6 +67,9 @@ def cdi_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         "kind": KIND,
         "devices": [
             {"name": "good", "containerEdits": {"hooks": hooks, "mounts": [mount]}},
+            {"name": "bad-start", "containerEdits": {"hooks": [
+                {"hookName": "startContainer", "path": "/bin/sh", "args": ["sh", "-c", "exit 4"]},
+            ]}},
             {"name": "bad-create", "containerEdits": {"hooks": [
                 {"hookName": "createContainer", "path": "/bin/sh",
                  "args": ["sh", "-c", "echo no gpu here >&2; exit 3"]},
@@ -120,7 +126,13 @@ def test_cdi_hooks_run_through_the_oci_runtime(d: DaemonProcess, oci: OciRuntime
     state = json.loads((out / "createContainer.state").read_text())
     assert state["id"] == cid and Path(state["bundle"]) == bundle  # the bundle, with its config.json
     start(d, cid)
-    # start: startContainer inside the container's root as its user, poststart once started
+    # start: startContainer inside the container's root as its user, run by the container's
+    # init once the runtime's start has released it (runc 1.1 and crun 1.8 return from start
+    # before: it finishes on its own), poststart by the runtime
+    deadline = time.monotonic() + 20
+    while not started_by.exists() or not started_by.read_text().endswith("\n"):
+        assert time.monotonic() < deadline, "the startContainer hook did not run"
+        time.sleep(0.05)
     assert started_by.read_text() == "1000\n"
     assert exec_sync(d, cid, ["cat", "/cdi-hook/started-by"]).stdout == b"1000\n"
     assert "poststart" in _order(out)
@@ -149,3 +161,19 @@ def test_a_failing_create_container_hook_fails_the_create_and_leaves_nothing(
                 if c.metadata.name == "bad"]
     root = d.state / "oci" / oci.handler
     assert not root.exists() or not list(root.iterdir())
+
+
+def test_a_failing_start_container_hook_ends_the_container(d: DaemonProcess, oci: OciRuntime, busybox: str) -> None:
+    # the runtime's start returns before the init ran the hook: StartContainer succeeds, the
+    # container then ends without running its process (a native container's start fails)
+    pull(d, busybox)
+    cfg = pod_config()
+    pod = d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg, runtime_handler=oci.handler),
+                                  timeout=60).pod_sandbox_id
+    cid = create_container(d, pod, cfg, _with_device("bad-start", busybox, "bad-start"))
+    try:
+        start(d, cid)  # measured: succeeds with both runtimes
+    except grpc.RpcError as exc:  # the init may end before the runtime's start returns
+        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+    st = wait_state(d, cid, pb.CONTAINER_EXITED, timeout=30)
+    assert (st.exit_code, st.reason) == (1, "Error"), st
