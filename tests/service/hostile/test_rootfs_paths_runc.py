@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
-from tests.service.hostile.test_rootfs_paths import CASES, host_dir, run_hostile_case
+from tests.service.hostile.test_rootfs_paths import CASES, host_dir, run_hostile_case, userns_pod
 from tests.support.daemon import DaemonProcess
 from tests.support.pods import pod_config, status
 from tests.support.registry import Registry
@@ -42,12 +42,15 @@ def hostile_config(handler: str) -> str:
     return f'[[runtime_handlers]]\nname = "{handler}"\noci_runtime_path = "{runtime}"\n'
 
 
+@pytest.mark.parametrize("users", ["host", "pod"])
 @pytest.mark.parametrize("style", ["absolute", "relative"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_image_symlinks_out_of_the_rootfs_never_reach_the_host_under_an_oci_runtime(
         d: DaemonProcess, handler: str, hostile_reg: Registry, busybox: str, host_dir: Path, tmp_path: Path,
-        name: str, style: str) -> None:
+        name: str, style: str, users: str) -> None:
     pod_cfg = pod_config(log_directory=str(tmp_path / "logs"))
+    if users == "pod":  # hostUsers: false: the rootfs and binds prepared by the shim as host root
+        userns_pod(pod_cfg)
     cid = run_hostile_case(d, hostile_reg, busybox, host_dir, tmp_path, name, style, pod_cfg, handler)
     if name == "dev":
         assert not cid, "an image whose /dev is a symlink must be refused under an OCI runtime"
