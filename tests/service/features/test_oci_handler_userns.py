@@ -39,7 +39,10 @@ def oci(request: pytest.FixtureRequest) -> OciRuntime:
 
 @pytest.fixture(scope="module")
 def daemon_config(oci: OciRuntime) -> str:
-    return f'[[runtime_handlers]]\nname = "{oci.handler}"\noci_runtime_path = "{oci.path}"\n'
+    # and a handler giving every pod a user namespace of its own (user_namespace = true)
+    return (f'[[runtime_handlers]]\nname = "{oci.handler}"\noci_runtime_path = "{oci.path}"\n'
+            f'[[runtime_handlers]]\nname = "{oci.handler}-userns"\nuser_namespace = true\n'
+            f'oci_runtime_path = "{oci.path}"\n')
 
 
 def _mapping() -> list[pb.IDMapping]:
@@ -111,3 +114,24 @@ def test_a_pod_with_its_own_user_namespace_runs_through_the_runtime(d: DaemonPro
     d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
     assert not (USERNS_MOUNTS / cid).exists()
+
+
+def test_a_shared_pid_namespace_and_a_user_namespace_handler(d: DaemonProcess, oci: OciRuntime,
+                                                             busybox: str) -> None:
+    # a pod of a user_namespace handler (kubelet sent no mappings): its own ids, one PID
+    # namespace for its containers, joined through the shim's fd of it (runtime.shim.ocipidns)
+    pull(d, busybox)
+    cfg = pod_config(pid=pb.POD)
+    pod = d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg, runtime_handler=f"{oci.handler}-userns"),
+                                  timeout=60).pod_sandbox_id
+    cids = []
+    for name in ("a", "b"):
+        cc = container_config(name, busybox, ["sleep", f"30{len(cids)}"])
+        cc.linux.security_context.namespace_options.CopyFrom(cfg.linux.security_context.namespace_options)
+        cids.append(create_container(d, pod, cfg, cc))
+        start(d, cids[-1])
+    uid_map = exec_sync(d, cids[0], ["cat", "/proc/self/uid_map"]).stdout.decode().split()
+    assert uid_map[0] == "0" and uid_map[1] != "0", uid_map
+    ps = exec_sync(d, cids[1], ["ps", "-o", "pid,args"]).stdout.decode()
+    assert "sleep 300" in ps and "sleep 301" in ps and "\n    1 " in ps, ps
+    assert exec_sync(d, cids[1], ["stat", "-c", "%u", "/bin/busybox"]).stdout == b"0\n"
