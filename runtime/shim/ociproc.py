@@ -12,10 +12,10 @@ that the container is still the shim's child (exit status, CRI log, attach, OOM 
               and exits; the init, its orphan, is reparented to the shim (a child subreaper)
               and tracked as a native container's process (verified with runc 1.1.5 and
               crun 1.8.1; on a hybrid cgroup host that mount namespace shows the runtime an
-              empty unified controller list, :func:`hide_hybrid_controllers`, or crun refuses).
+              empty unified controller list, :func:`runtime.shim.ocichild.hide_hybrid_controllers`, or crun refuses).
               In a pod with its own user namespace the rootfs (over idmapped layers) and the
               binds are prepared as detached mounts and attached at mount points in
-              /run/cri-shim-oci/<id> instead (:func:`attach_userns_mounts`).
+              /run/cri-shim-oci/<id> instead (runtime.shim.ocichild).
     start:  ``runc start ID``
     exec:   ``runc exec --detach --pid-file P --process J ID`` with the exec's stdio: the
               exec'd process, orphaned when runc exits, is reparented to the shim likewise;
@@ -23,7 +23,7 @@ that the container is still the shim's child (exit status, CRI log, attach, OOM 
     tty:    (a container's or an exec's, ``terminal: true`` in its process) runc makes the
               terminal inside the container (a pty of its own devpts, its controlling
               terminal) and sends the master, SCM_RIGHTS, to ``--console-socket``: a
-              :class:`ConsoleSocket` the shim listens on (a fresh 0700 directory in the
+              :class:`~runtime.shim.ociconsole.ConsoleSocket` the shim listens on (a fresh 0700 directory in the
               bundle, named through /proc/self/fd of that directory, removed afterwards).
               The shim accepts one connection without blocking its loop, takes one fd,
               checks that it is a pty master, and holds it as a native container's
@@ -45,29 +45,25 @@ names its last error lines.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import os
 import signal
-import socket
-import stat
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from runtime import errors
 from runtime.linux import caps as kcaps
-from runtime.linux import libc, mountapi, ptys
 from runtime.model.launch import LaunchSpec, OciLaunch, ProcessSpec
-from runtime.oci.bundle import oci_process, userns_bind_point
-from runtime.shim import init, ocipidns, userns_setup
+from runtime.oci.bundle import oci_process
+from runtime.shim import ocipidns
 from runtime.shim.logwriter import CriLogFile
+from runtime.shim.ocichild import run_runtime_child
+from runtime.shim.ociconsole import ConsoleSocket
 
 if TYPE_CHECKING:
     from runtime.shim.procs import OutputSink, Proc, ProcessTable
@@ -80,7 +76,6 @@ INIT_PID_FILE = "init.pid"
 RUNTIME_TIMEOUT = 60.0
 #: how long a runtime that exited successfully may leave its terminal's master unsent
 CONSOLE_TIMEOUT = 10.0
-CONSOLE_NAME = "console"
 
 
 def runtime_argv(oci: OciLaunch, *args: str) -> list[str]:
@@ -144,100 +139,6 @@ def _describe(status: int) -> str:
     return f"exit status {os.WEXITSTATUS(status)}"
 
 
-def refuse_unsafe_rootfs(rootfs: str) -> None:
-    """Raise OSError (the create's error) for a rootfs an OCI runtime would follow out of:
-    an image whose ``/dev`` is a symbolic link. runc 1.1 (Debian 12's) mounts /dev inside the
-    root, then makes its /dev links, device nodes and /dev/ptmx at ``<rootfs>/dev/...``
-    joined as plain paths, which the kernel resolves through the image's link from the host's
-    root: files on the host (runc CVE-2024-45310 class; tests/service/hostile/
-    test_rootfs_paths_runc.py). Native containers follow such a link inside the root; no
-    real image has /dev as a link, so it is refused rather than rewritten."""
-    path = os.path.join(rootfs, "dev")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return  # the runtime makes it, inside the root
-    if stat.S_ISLNK(st.st_mode):
-        raise OSError(errno.ELOOP, f"the image's /dev is a symbolic link (to {os.readlink(path)!r}), which an OCI "
-                                   "runtime such as runc 1.1 follows out of the container's root; refused")
-
-
-def hide_hybrid_controllers(cgroup_root: str = "/sys/fs/cgroup") -> bool:
-    """On a hybrid cgroup host whose unified hierarchy lists controllers (here: hugetlb, which
-    no v1 hierarchy took), show the runtime an empty ``unified/cgroup.controllers`` (/dev/null
-    bound over it, in the create's own mount namespace; the host's file is untouched).
-    crun 1.8 refuses every create on such a host ("cgroups in hybrid mode not supported, drop
-    all controllers from cgroupv2", libcrun/cgroup.c libcrun_cgroup_enter) because it would
-    write limits to the v1 hierarchies only; here the daemon's cgroup driver has made the
-    container's cgroups and written every limit before the create, so the runtime only joins
-    them (crun joins the unified one too: the ``0::`` line of /proc/self/cgroup). runc 1.1
-    does not read the file. Returns whether it bound anything."""
-    path = os.path.join(cgroup_root, "unified", "cgroup.controllers")
-    try:
-        with open(path, "rb") as f:
-            listed = f.read(4096).strip()
-    except OSError:
-        return False  # not hybrid (legacy, or the unified hierarchy at the root)
-    if not listed:
-        return False
-    libc.mount(os.devnull, path, None, libc.MS_BIND)
-    return True
-
-
-def attach_userns_mounts(spec: LaunchSpec) -> None:
-    """For a container in a pod with its own user namespace, in the create's own mount
-    namespace, as host root: the rootfs overlay over idmapped image layers and every bind
-    (idmapped where it says "idmap") prepared as detached mounts, as for a native container
-    (runtime.shim.userns_setup), then attached at the mount points the daemon made
-    (``rootfs.path`` and :func:`runtime.oci.bundle.userns_bind_point`), which config.json
-    names. The runtime, joined to the user namespace, can mount them where it could not
-    have idmapped or even reached their sources."""
-    assert spec.rootfs is not None
-    prepared = userns_setup.prepare_detached_mounts(spec)
-    try:
-        mountapi.move_mount(prepared.rootfs, spec.rootfs.path)
-        for index, fd in prepared.binds.items():
-            mountapi.move_mount(fd, userns_bind_point(spec.rootfs.path, index))
-    finally:
-        prepared.close()
-
-
-def run_runtime_child(argv: list[str], stdio: tuple[int, int, int], report_w: int,
-                      spec: LaunchSpec | None = None, keep: tuple[int, ...] = ()) -> NoReturn:
-    """The forked child that execs the runtime with ``stdio`` on 0-2, in a session of its
-    own, ``keep`` (fds above 2) inherited. With ``spec`` (create) it first mounts the
-    container's rootfs in a mount namespace of its own, which the container's inherits (see
-    the module docstring). A failure before the exec is reported on ``report_w`` ("error ...")."""
-
-    def body() -> None:
-        init.reset_signals()
-        os.setsid()
-        if spec is not None:
-            assert spec.rootfs is not None
-            libc.unshare(libc.CLONE_NEWNS)
-            if any("rshared" in m.options for m in spec.mounts):
-                # a bidirectional mount stays a peer of the host's (rootfsPropagation
-                # rshared); the rootfs's parent is private so the overlay stays ours
-                libc.mount(None, "/", None, libc.MS_REC | libc.MS_SHARED)
-                libc.mount(None, init.mount_point_of(spec.rootfs.path), None, libc.MS_PRIVATE)
-            else:
-                libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
-            if spec.namespaces.user:
-                attach_userns_mounts(spec)
-            else:
-                init.mount_rootfs(spec.rootfs)
-            os.chdir("/")
-            refuse_unsafe_rootfs(spec.rootfs.path)
-            hide_hybrid_controllers()
-        init.setup_stdio(*stdio, tty=False, session=False)
-        init.close_fds_except({report_w, *keep})
-        for fd in keep:
-            os.set_inheritable(fd, True)
-        os.execv(argv[0], argv)
-
-    init.child_guard(report_w, body)
-
-
 def _read_report(fd: int) -> str:
     """What a child wrote on its report pipe before it exec'd or died (its write end is
     closed: at exec, CLOEXEC, or at exit); closes ``fd``."""
@@ -256,93 +157,6 @@ def _read_pid(path: Path) -> int:
         return int(path.read_text().strip())
     except (OSError, ValueError) as exc:
         raise errors.FailedPrecondition(f"the OCI runtime wrote no pid file {path} ({exc})") from None
-
-
-async def _readable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def woken() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, woken)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
-class ConsoleSocket:
-    """The unix socket an OCI runtime sends a new terminal's pty master to
-    (``--console-socket``, runc docs/terminals.md): it listens in a fresh 0700 directory of
-    the bundle and is named through an O_PATH fd of that directory, ``/proc/self/fd/N/console``
-    (a bundle's path can be longer than a unix socket address may be), which the runtime
-    inherits (:attr:`fds`). One connection is accepted and one fd taken, which must be a pty
-    master (runtime.linux.ptys.check_master); :meth:`close` removes the socket and directory."""
-
-    def __init__(self, bundle: str) -> None:
-        self.dir = tempfile.mkdtemp(prefix="console-", dir=bundle)  # 0700, a name of its own
-        self.dir_fd = -1
-        self.sock: socket.socket | None = None
-        try:
-            self.dir_fd = os.open(self.dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            self.address = f"/proc/self/fd/{self.dir_fd}/{CONSOLE_NAME}"
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            self.sock.bind(self.address)
-            self.sock.listen(1)
-            self.sock.setblocking(False)
-        except BaseException:
-            self.close()
-            raise
-
-    @property
-    def fds(self) -> tuple[int, ...]:
-        """What the runtime must inherit for :attr:`address` to name the socket."""
-        return (self.dir_fd,)
-
-    async def receive(self) -> int:
-        """The pty master the runtime sends (the caller's to close); OSError for a peer that
-        closes without one, sends more than one fd or one that is not a pty master (what it
-        sent is closed). Waits for the connection and its message without blocking the loop."""
-        assert self.sock is not None
-        conn, _ = await asyncio.get_running_loop().sock_accept(self.sock)
-        with conn:
-            conn.setblocking(False)
-            while True:
-                try:
-                    # not socket.recv_fds: it drops its flags argument (MSG_CMSG_CLOEXEC)
-                    _, ancdata, flags, _ = conn.recvmsg(4096, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
-                    break
-                except BlockingIOError:
-                    await _readable(conn.fileno())
-        fds = array.array("i")
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-        try:
-            if flags & socket.MSG_CTRUNC or len(fds) != 1:
-                raise OSError(f"the console socket got {len(fds)} fds{' and more' if flags & socket.MSG_CTRUNC else ''}"
-                              ", not one pty master")
-            ptys.check_master(fds[0])
-        except BaseException:
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            raise
-        return fds[0]
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        if self.dir_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.unlink(CONSOLE_NAME, dir_fd=self.dir_fd)
-            os.close(self.dir_fd)
-            self.dir_fd = -1
-        with contextlib.suppress(OSError):
-            os.rmdir(self.dir)
 
 
 class OciRunner:

@@ -16,7 +16,8 @@ import pytest
 
 from runtime.linux import ptys
 from runtime.model.launch import OciLaunch
-from runtime.shim.ociproc import LOG_FILE, ConsoleSocket, runtime_argv, runtime_errors
+from runtime.shim.ociconsole import ConsoleSocket
+from runtime.shim.ociproc import LOG_FILE, runtime_argv, runtime_errors
 
 pytestmark = pytest.mark.timeout(10)
 
