@@ -105,6 +105,11 @@ class CgroupDriverBase(ABC):
             self.add_process(path, pid)
         return any(d in leaves for d in applied.created)
 
+    def adopt(self, path: str, resources: Resources | None = None) -> None:
+        # a cgroupfs driver made the cgroup (with its resources) before the OCI runtime
+        # joined it: nothing is left to do
+        self.checked(path)
+
     def update(self, path: str, resources: Resources) -> None:
         plan = self.plan_update(path, resources)
         if not self.exists(path):

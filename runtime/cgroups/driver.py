@@ -78,6 +78,15 @@ class CgroupDriver(Protocol):
         """
         ...
 
+    def adopt(self, path: str, resources: Resources | None = None) -> None:
+        """Take over a container cgroup an external OCI runtime made (runtime.container.oci):
+        a process-bound driver's (the scope runc or crun started with ``--systemd-cgroup``)
+        gets ``resources`` as :meth:`create` would have given them, and what the driver's own
+        units carry that the runtime's lack; the others made the cgroup before the runtime
+        joined it, and do nothing. Raises NotFound when the cgroup does not exist (a
+        process-bound driver), InvalidArgument as :meth:`create`."""
+        ...
+
     def update(self, path: str, resources: Resources) -> None:
         """Apply ``resources`` to the live cgroup (CRI UpdateContainerResources).
 

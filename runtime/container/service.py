@@ -219,11 +219,13 @@ class ContainerService:
         cg_path = driver.container_path(sandbox.cgroup_path, cid)
         resources = check_resources(config.resources) if config.resources is not None else None
         # A process-bound driver (systemd: a scope cannot exist without a process) makes the
-        # cgroup around the forked process below; the others make it now, empty.
+        # cgroup around the forked process below; the others make it now, empty. An OCI
+        # runtime run with --systemd-cgroup starts the scope itself, around its init, and the
+        # driver adopts it once the runtime's create returned (runtime.container.oci).
         bound = driver.process_bound
+        runtime_scope = bool(oci_runtime) and bound
         if oci_runtime:
-            oci.check_supported(oci_runtime, config, sandbox, restoring=restoring is not None,
-                                process_bound_cgroups=bound)
+            oci.check_supported(oci_runtime, config, sandbox, restoring=restoring is not None)
 
         def make_dirs_and_cgroup() -> None:
             self.host.make_state_dir(state_dir, log_path)
@@ -273,7 +275,7 @@ class ContainerService:
 
         undo.push("precreated process", discard_precreated)
         scoped: asyncio.Future[None] | None = None
-        if bound:
+        if bound and not runtime_scope:
             async def make_scope() -> None:
                 # systemd moves the waiting process into the new scope before the start job
                 # ends; its own join of the scope's cgroup.procs (with the spec) is a no-op.
@@ -312,7 +314,8 @@ class ContainerService:
         exec_process = plan.process(args, env, cwd, main=False)
 
         def devices_and_process_file() -> None:
-            self.host.apply_device_rules(driver.host, cg_path, plan.device_rules)
+            if not runtime_scope:  # (else no cgroup yet: the runtime applies config.json's rules)
+                self.host.apply_device_rules(driver.host, cg_path, plan.device_rules)
             self.host.save_exec_process(state_dir, exec_process)
 
         await asyncio.to_thread(devices_and_process_file)
@@ -342,6 +345,7 @@ class ContainerService:
         if oci_runtime:
             oci_root = str(oci.runtime_root(self.settings.state, sandbox.config.runtime_handler))
             launch = replace(launch, oci=OciLaunch(oci_runtime, oci_root, str(state_dir / "bundle"),
+                                                   systemd_cgroup=runtime_scope,
                                                    hook_seconds=_all_hook_seconds(hooks)))
             if launch.namespaces.user and launch.rootfs is not None:
                 # the shim attaches the rootfs it prepared here (runtime.container.oci)
@@ -350,13 +354,14 @@ class ContainerService:
             seccomp_filter = await asyncio.to_thread(planner.seccomp.resolved, plan.seccomp)
 
             async def delete_from_runtime() -> None:
-                await oci.delete(oci_runtime, oci_root, cid, hook_seconds=_all_hook_seconds(hooks))
+                await oci.delete(oci_runtime, oci_root, cid, hook_seconds=_all_hook_seconds(hooks),
+                                 systemd_cgroup=runtime_scope)
                 await asyncio.to_thread(oci.remove_userns_mount_points, cid)
 
             # the runtime's state and cgroups, whatever the shim did (undone before the state dir)
             undo.push("OCI runtime state", delete_from_runtime)
             assert launch.oci is not None
-            await asyncio.to_thread(oci.write_bundle_for, launch, launch.oci, cgroups_path=cg_path,
+            await asyncio.to_thread(oci.write_bundle_for, launch, launch.oci, cgroup_path=cg_path,
                                     device_rules=plan.device_rules, resources=resources, seccomp=seccomp_filter,
                                     hooks=hooks, sandbox=sandbox)
             steps.mark("bundle")
@@ -371,6 +376,11 @@ class ContainerService:
             _all_hook_seconds(hooks) if oci_runtime else hook_seconds(hooks, "createContainer")))
         undo.push("shim process", lambda: client.delete(cid, rpc_timeout=30))
         steps.mark("shim")
+        if runtime_scope:
+            # the scope the runtime started (its init in it, the container's process not yet
+            # exec'd): all of the limits and the unit properties of the driver's own scopes
+            await asyncio.to_thread(driver.adopt, cg_path, resources)
+            steps.mark("scope adopted")
         if hooks and not oci_runtime:  # OCI: prestart/createRuntime run once the container's namespaces exist
             state = oci_state(cid, "created", created.pid, str(state_dir), config.annotations)
             await run_hooks(hooks, ("prestart", "createRuntime"), state, strict=True, container_id=cid)
@@ -382,7 +392,7 @@ class ContainerService:
             log_path=log_path, cgroup_path=cg_path, snapshot_key=cid, user=plan.user.user, mounts=config.mounts,
             resources=resources, stop_signal=stop_signal, hooks=hooks,
             checkpoint=restoring.path if restoring is not None else "",
-            oci_runtime=oci_runtime, oci_root=oci_root,
+            oci_runtime=oci_runtime, oci_root=oci_root, oci_systemd_cgroup=runtime_scope,
         )
         await self.records.put(rec)
         # Only a stored container gets an entry: a failed create undoes everything and must not
@@ -604,7 +614,8 @@ class ContainerService:
             steps.mark("shim")
         if rec.oci_runtime:
             # before its cgroup and state dir: the runtime's state, its process if any, its cgroups
-            await oci.delete(rec.oci_runtime, rec.oci_root, rec.id, hook_seconds=_all_hook_seconds(rec.hooks))
+            await oci.delete(rec.oci_runtime, rec.oci_root, rec.id, hook_seconds=_all_hook_seconds(rec.hooks),
+                             systemd_cgroup=rec.oci_systemd_cgroup)
             await asyncio.to_thread(oci.remove_userns_mount_points, rec.id)
             steps.mark("OCI runtime delete")
         # With the process gone these are independent of each other (different cgroupfs
@@ -803,7 +814,10 @@ class ContainerService:
 
     async def _clean_oci_leftovers(self, known: set[str]) -> None:
         """``delete --force`` what an OCI runtime keeps of containers we have no record of
-        (a crash between the runtime's create and our record, or a removal cut short)."""
+        (a crash between the runtime's create and our record, or a removal cut short); with
+        ``--systemd-cgroup`` under the systemd driver, which such a container was made with
+        unless the driver was switched across the restart."""
+        systemd_cgroup = self._cgroups().process_bound
         for handler in self.settings.runtime_handlers:
             if not handler.oci_runtime_path:
                 continue
@@ -813,7 +827,7 @@ class ContainerService:
                     continue
                 log.info("recovery: deleting %s's leftover container %s", handler.oci_runtime_path, cid)
                 try:
-                    await oci.delete(handler.oci_runtime_path, str(root), cid)
+                    await oci.delete(handler.oci_runtime_path, str(root), cid, systemd_cgroup=systemd_cgroup)
                     await asyncio.to_thread(oci.remove_userns_mount_points, cid)
                 except (errors.EngineError, OSError) as exc:
                     log.error("recovery: %s delete of container %s failed: %s", handler.oci_runtime_path, cid, exc)

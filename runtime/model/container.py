@@ -223,6 +223,9 @@ class ContainerRecord:
     #: oci_runtime_path; "" when cri-shim's shim did) and that runtime's --root
     oci_runtime: str = ""
     oci_root: str = ""
+    #: that runtime made the container with ``--systemd-cgroup`` (the systemd cgroup driver:
+    #: it started the container's scope), so every later command of it passes the flag too
+    oci_systemd_cgroup: bool = False
 
     @property
     def name_key(self) -> str:

@@ -244,10 +244,12 @@ def runtime_config(
     hooks: Sequence[ContainerHook] = (),
     id_maps: tuple[Sequence[IdMap], Sequence[IdMap]] | None = None,
     bind_sources: Mapping[int, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` of ``spec`` (see the module docstring). ``cgroups_path``: the
     container's cgroup as runc names it (cgroupfs: the path under each hierarchy's root;
-    systemd: "slice:prefix:name"); ``hooks``: the container's CDI hooks, which the runtime
+    systemd: "slice:prefix:name", with the unit properties of ``annotations``:
+    runtime.oci.cgroups); ``hooks``: the container's CDI hooks, which the runtime
     runs. In a pod with its own user namespace (``spec.namespaces.user``): ``id_maps`` its
     uid and gid maps as (container id, host id, length), which runc 1.1 needs even to join
     it, and ``bind_sources`` (:func:`oci_mounts`). ValueError for what an OCI runtime cannot
@@ -279,7 +281,7 @@ def runtime_config(
         "root": {"path": spec.rootfs.path, "readonly": spec.rootfs.readonly},
         "mounts": oci_mounts(spec.mounts, privileged=spec.privileged, bind_sources=bind_sources),
         "linux": linux,
-        "annotations": {"io.kubernetes.cri.sandbox-id": spec.sandbox_id},
+        "annotations": {**(annotations or {}), "io.kubernetes.cri.sandbox-id": spec.sandbox_id},
     }
     if hooks:
         config["hooks"] = oci_hooks(hooks)

@@ -30,6 +30,10 @@ that the container is still the shim's child (exit status, CRI log, attach, OOM 
               (ProcessTable.attach_tty: output to the CRI log and attach, stdin, resize).
               runc's own stdio is then /dev/null; its errors are in its log.
     delete: ``runc delete --force ID`` (its state under ``--root`` and its cgroups).
+    cgroups: under the systemd cgroup driver each of these commands gets ``--systemd-cgroup``
+              (OciLaunch.systemd_cgroup): create starts the container's scope around the
+              init (runtime.oci.cgroups), delete stops it; the OOM watch of its memory.events
+              begins once create has made it.
     hooks:  the container's CDI hooks are in config.json; the runtime runs them inside these
               commands (create: prestart, createRuntime, createContainer, and with runc 1.1
               poststart; start: crun's poststart; delete: poststop), whose deadlines grow by
@@ -264,8 +268,6 @@ class OciRunner:
             raise errors.AlreadyExists(f"container {spec.container_id} already exists in this pod")
         proc = Proc(key=spec.container_id, spec=spec)
         proc.log = CriLogFile(spec.log_path) if spec.log_path else None
-        proc.oom_base = oom_kill_count(spec.memory_cgroup)
-        table.oom.watch(proc.key, spec.memory_cgroup)
         pid_file = Path(oci.bundle) / INIT_PID_FILE
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
@@ -301,6 +303,12 @@ class OciRunner:
                     f"creating container {spec.container_id}: {oci.runtime} create failed ({_describe(status)}): "
                     f"{detail}")
             pid = _read_pid(pid_file)
+            # Only now: with --systemd-cgroup the runtime's create made the container's
+            # scope, whose memory.events did not exist before (runtime.oci.cgroups). The
+            # container's process has not run yet (its init waits for start), so nothing
+            # of its own is missed; the count so far is its baseline (0 in a new scope).
+            proc.oom_base = oom_kill_count(spec.memory_cgroup)
+            table.oom.watch(proc.key, spec.memory_cgroup)
         except BaseException:
             table._close_io(proc)
             table.oom.unwatch(proc.key)

@@ -7,7 +7,9 @@ directory it is given (the real shim bind-mounts the namespaces onto such files)
 pod network, runs the test's ``netns_step`` (what the shim does inside the netns: the host
 end of the veth appears); ``pid_holder`` answers with a live pid (this test process: the
 service only reads its start time); ``precreate``/``create``/``delete`` keep the set of
-containers the shim holds; ``shutdown`` ends the shim and its subscriptions.
+containers the shim holds (``create`` first runs the test's ``create_step`` with the spec, if
+any: what an OCI runtime's create does on the host); ``shutdown`` ends the shim and its
+subscriptions.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, TypeVar, cast
 
 from runtime import errors
 from runtime.linux.proc import ProcessRef
+from runtime.model.launch import LaunchSpec
 from runtime.model.network import PodNetnsPlan, PodNetnsResult
 from runtime.model.sandbox import PinnedNamespaces
 from runtime.shim.port import ShimConnection
@@ -48,6 +51,7 @@ NO_PID = 1 << 23
 FAKE_PRECREATED_PID = NO_PID + 1
 
 NetnsStep = Callable[[PodNetnsPlan], PodNetnsResult]
+CreateStep = Callable[[LaunchSpec], None]
 
 
 @dataclass
@@ -86,6 +90,8 @@ class FakeShimConnection(ShimConnection):
                 # the forked process' pid (a made-up one: the systemd driver's scope is made around it)
                 reply = Pid(FAKE_PRECREATED_PID)
             case Create(spec=spec):
+                if self._shims.create_step is not None:
+                    self._shims.create_step(spec)
                 shim.containers.add(spec.container_id)
                 reply = ProcState(spec.container_id, os.getpid())
             case Delete(container_id=cid):
@@ -124,6 +130,7 @@ class FakeShims:
         self.journal = journal
         self.dir = state / "shims"
         self.netns_step = netns_step
+        self.create_step: CreateStep | None = None
         self.running: dict[str, FakeShim] = {}
         self._next_pid = NO_PID
 

@@ -37,7 +37,13 @@ from runtime.cgroups.paths import ancestors, check_cgroup_path, parent_of, under
 from runtime.cgroups.plan import CgroupPlan, EnableControllers, PlanStep, apply_plan
 from runtime.cgroups.stats import CgroupStats
 from runtime.cgroups.systemd.manager import SystemdManager
-from runtime.cgroups.systemd.properties import resource_properties, scope_properties, slice_properties
+from runtime.cgroups.systemd.properties import (
+    SCOPE_OOM_POLICY_VERSION,
+    Property,
+    resource_properties,
+    scope_properties,
+    slice_properties,
+)
 from runtime.cgroups.systemd.units import (
     SCOPE,
     SLICE,
@@ -205,6 +211,29 @@ class SystemdCgroupDriver:
                 return False
             clock.sleep(0.05)
         return True
+
+    def adopt(self, path: str, resources: Resources | None = None) -> None:
+        """The scope an OCI runtime started for a container (runc or crun with
+        ``--systemd-cgroup``: runtime.oci.cgroups). The runtime set what config.json gave it
+        (memory, CPU, cpuset) and turned every accounting on; here the scope gets all of
+        ``resources`` as unit properties and cgroupfs writes, as :meth:`create` gives a scope
+        of ours (swap, hugetlb, ``unified``...), and before systemd 253 ``MemoryAccounting=no``
+        (properties.scope_properties: with it on, systemd < 253 stops the whole scope when the
+        kernel OOM-kills any one process in it; runc and crun set it, and crun after the
+        config's own properties, so it is changed here, on the live unit)."""
+        checked, unit = self._unit(path)
+        if not unit.endswith(SCOPE):
+            raise InvalidArgument(f"cgroup {path!r} is not a container scope")
+        plan = self.plan_create(checked, resources)
+        version = self.manager.version()
+        props = resource_properties(resources, version)
+        if version < SCOPE_OOM_POLICY_VERSION:
+            props.append(Property("MemoryAccounting", "b", False))
+        if not self.inner.exists(checked):
+            raise NotFound(f"the OCI runtime made no scope {unit} at {checked}")
+        if props:
+            self.manager.set_unit_properties(unit, props)
+        apply_plan(self.fs, plan)
 
     def update(self, path: str, resources: Resources) -> None:
         checked, unit = self._unit(path)

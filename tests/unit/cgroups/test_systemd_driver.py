@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from runtime.cgroups.systemd.driver import SystemdCgroupDriver
+from runtime.cgroups.systemd.properties import Property
 from runtime.cgroups.v2 import CgroupV2Driver
 from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from runtime.model.resources import HugepageLimit, Resources
@@ -216,3 +217,32 @@ def test_a_shared_slice_goes_only_once_nothing_is_left_in_it(driver: SystemdCgro
     assert driver.remove_if_unused(path) is True
     assert "test.slice" not in systemd.units and not d(v2, path).exists()
     assert driver.remove_if_unused(path) is False
+
+
+def test_a_scope_an_oci_runtime_started_is_adopted(driver: SystemdCgroupDriver, systemd: FakeSystemd,
+                                                  v2: FakeCgroupKernel) -> None:
+    # runc/crun --systemd-cgroup start the scope (runtime.oci.cgroups) with MemoryAccounting=yes
+    # and the limits of config.json only; the driver gives it the rest, as to a scope of its own
+    pod = driver.sandbox_path("", SID)
+    driver.create(pod)
+    path = driver.container_path(pod, CID)
+    scope = f"cri-shim-{CID}.scope"
+    limits = Resources(memory_limit_in_bytes=64 << 20, memory_swap_limit_in_bytes=96 << 20,
+                       hugepage_limits=(HugepageLimit("2MB", 4 << 20),))
+    with pytest.raises(NotFound, match="made no scope"):
+        driver.adopt(path, limits)
+    with pytest.raises(InvalidArgument, match="not a container scope"):
+        driver.adopt(pod, limits)
+    systemd.start_transient_unit(scope, [Property("Slice", "s", f"cri_shim-{SID}.slice"),
+                                         Property("Delegate", "b", True), Property("PIDs", "au", [4242]),
+                                         Property("MemoryAccounting", "b", True)])
+    driver.adopt(path, limits)
+    [(unit, props)] = systemd.calls_of("set")
+    assert unit == scope
+    assert props == {"MemoryMax": 64 << 20, "MemorySwapMax": 32 << 20, "MemoryAccounting": False}
+    assert (d(v2, path) / "memory.swap.max").read_text() == str(32 << 20)
+    assert (d(v2, path) / "hugetlb.2MB.max").read_text() == str(4 << 20)
+    # systemd >= 253 leaves OOM kills of delegated scopes to the kernel: accounting stays on
+    systemd.systemd_version = 253
+    driver.adopt(path, None)
+    assert systemd.calls_of("set")[1:] == []

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
 
-from runtime.config import NetworkSettings, PodSettings, RuntimeSettings
+from runtime.config import NetworkSettings, PodSettings, RuntimeHandlerSettings, RuntimeSettings
 from runtime.container.service import ContainerService
 from runtime.engine import all_migrations
 from runtime.events import EventBus
@@ -76,7 +76,8 @@ class JournaledNetwork:
 
 
 class Rig:
-    def __init__(self, tmp: Path, *, systemd: bool = False) -> None:
+    def __init__(self, tmp: Path, *, systemd: bool = False,
+                 runtime_handlers: tuple[RuntimeHandlerSettings, ...] = ()) -> None:
         self.tmp = tmp
         self.journal = Journal()
         self.settings = RuntimeSettings(
@@ -85,6 +86,7 @@ class Rig:
                                     cni_bin_dirs=(tmp / "bin",), cni_cache_dir=tmp / "cni-cache",
                                     mode="builtin", nft_table="t_unit"),
             pods=PodSettings(cgroup_parent=CGROUP_PARENT, ksm="off"),
+            runtime_handlers=runtime_handlers,
         )
         self.store = FaultyStore(tmp / "meta.db", all_migrations(), self.journal)
         self.links = FakeHost()
@@ -178,8 +180,9 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def lifecycle_rig(tmp: Path, *, systemd: bool = False) -> AsyncIterator[Rig]:
-    rig = Rig(tmp, systemd=systemd)
+async def lifecycle_rig(tmp: Path, *, systemd: bool = False,
+                        runtime_handlers: tuple[RuntimeHandlerSettings, ...] = ()) -> AsyncIterator[Rig]:
+    rig = Rig(tmp, systemd=systemd, runtime_handlers=runtime_handlers)
     await rig.store.aopen()
     try:
         await rig.network.start()
