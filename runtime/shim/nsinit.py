@@ -1,9 +1,10 @@
 """The pod's namespaces: making and pinning them, the PID holder, connecting inside them.
 
 - :func:`make_namespaces`: make, configure and pin the pod's net/ipc/uts namespaces (no
-  pause process), in a child the shim forks for it (runtime.shim.server: a shim may host
-  several pods, runtime.shim.group, and never stands in one's namespaces); for a pod with
-  its own user namespace (hostUsers: false) that one too, made by a further child, owning them.
+  pause process), on the shim's only thread, which then returns to its own namespaces
+  (runtime.shim.server: a shim may host several pods, runtime.shim.group, and never serves
+  one from another's namespaces); for a pod with its own user namespace (hostUsers: false)
+  that one too, made by a child, owning them.
 - :func:`connect_in_netns`: a TCP connection made inside the pod's network namespace,
   handed back as an fd (port-forward); :func:`netlink_in_netns`: a NETLINK_ROUTE socket made
   there, handed back the same way (CDI netDevices).
@@ -55,10 +56,10 @@ def make_namespaces(request: NamespacesRequest) -> NamespacesResult:
     """Make the pod's namespaces, configure and pin them; returns the pins and the network
     step's result. Raises OSError, with our own namespaces restored.
 
-    Without a user namespace, in the calling (single-threaded) process, the shim's child:
-    unshare them, set the hostname, apply namespaced sysctls, run the network's
-    in-namespace step, pin each by bind-mounting ``/proc/self/ns/<type>`` onto a file (as
-    ``ip netns add`` does) so it outlives every process, then setns back into our own.
+    Without a user namespace, in the calling thread (the shim's only one): unshare them, set
+    the hostname, apply namespaced sysctls, run the network's in-namespace step, pin each by
+    bind-mounting ``/proc/self/ns/<type>`` onto a file (as ``ip netns add`` does) so it
+    outlives every process, then setns back into our own.
 
     With ``request.userns`` (uid and gid maps: (container id, host id, length)) the
     namespaces must belong to a new user namespace, which only a child can make

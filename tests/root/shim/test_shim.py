@@ -69,6 +69,10 @@ async def test_container_lifecycle(shim: tuple[ShimManager, Path]) -> None:
     pins = ns.pins.pins()
     assert set(pins) == {"net", "ipc", "uts"}
     assert os.stat(pins["net"]).st_ino != os.stat("/proc/self/ns/net").st_ino
+    # the shim made them on its own thread and stands in the node's namespaces again
+    shim_pid = info.pid
+    for kind in ("net", "ipc", "uts"):
+        assert os.stat(f"/proc/{shim_pid}/ns/{kind}").st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino, kind
 
     cid = "c" * 64
     spec = container_spec(tmp_path, cid, ("sh", "-c", "echo hello $FOO; hostname; echo err >&2; exit 3"), pins)
