@@ -166,6 +166,7 @@ clusterDNS:
 resolvConf: ""
 featureGates:
   PodAndContainerStatsFromCRI: true
+  CRIListStreaming: true  # kubelet lists pods and containers through the Stream* RPCs
 cgroupRoot: /{node.cgroup}
 cgroupsPerQOS: true
 enforceNodeAllocatable:

@@ -347,6 +347,35 @@ def test_stats_summary_from_cri(kube: Kube) -> None:
                and 'pod="client-node-a"' in line for line in metrics.splitlines())
 
 
+def rpc_counts(node: str) -> dict[str, float]:
+    """cri-shim's ``cri_shim_grpc_requests_total`` with code OK by method, scraped from the
+    node's daemon (its metrics listen on 127.0.0.1 in the node's network namespace)."""
+    script = ("import urllib.request; "
+              "print(urllib.request.urlopen('http://127.0.0.1:9472/metrics', timeout=10).read().decode())")
+    out = subprocess.run(["ip", "netns", "exec", f"crishimk8s-{node}", "python3", "-c", script],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    counts: dict[str, float] = {}
+    for line in out.splitlines():
+        if line.startswith("cri_shim_grpc_requests_total{") and 'code="OK"' in line:
+            method = line.split('method="', 1)[1].split('"', 1)[0]
+            counts[method] = counts.get(method, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_kubelet_lists_through_the_stream_rpcs(kube: Kube) -> None:
+    """kubelet runs with the CRIListStreaming gate (scripts/clusterlib/configs.py): its relist
+    and its pod and container listings go through StreamPodSandboxes and StreamContainers."""
+    for node in NODES:
+        first = rpc_counts(node)
+        for method in ("StreamPodSandboxes", "StreamContainers"):
+            assert first.get(method, 0) > 0, f"{node}: kubelet never called {method}: {sorted(first)}"
+        # PLEG relists every second: the streamed lists go on
+        def more(node: str = node, before: float = first["StreamContainers"]) -> bool:
+            return rpc_counts(node).get("StreamContainers", 0) > before
+
+        eventually(f"{node}: more StreamContainers calls", more, 30, every=2)
+
+
 def test_job_completes(kube: Kube) -> None:
     kube.apply(f"""apiVersion: batch/v1
 kind: Job
