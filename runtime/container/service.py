@@ -1,7 +1,9 @@
 """ContainerService: CreateContainer ... ExecSync, and the record of every container exit.
 
-A container is a process under its pod's shim: created (set up, waiting for start) by the
-shim's ``create``, started by ``start``; its rootfs is an overlay over the image's snapshots
+A container is a process under its pod's shim: created by the shim's ``create`` (its process
+forked and handed the spec; its set-up, mounts to pivot_root, goes on in the shim), started by
+``start``, which awaits that set-up first, so its failure is a StartError (exit 128), as
+containerd's ``runc create`` in StartContainer; its rootfs is an overlay over the image's snapshots
 with a fresh upper dir (``OverlaySnapshotter.prepare``), its cgroup ``<pod cgroup>/<id>``.
 
 Contracts:
@@ -372,8 +374,16 @@ class ContainerService:
         with contextlib.suppress(errors.EngineError, TimeoutError, OSError):
             await precreated  # if that failed, create forks the process itself
         steps.mark("precreated")
+        # containerd's CreateContainer writes metadata only; its StartContainer runs ``runc
+        # create``. So here: the shim answers once the set-up child has the spec, and the
+        # set-up's outcome (mounts, pivot_root, "ready") comes with the start, where a failure
+        # is a StartError. Awaited here where the created process is needed before we answer:
+        # prestart/createRuntime hooks get its pid and namespaces, createContainer hooks must
+        # fail the create (CDI), an OCI runtime's create is ``runc create`` itself, and a
+        # restore's set-up is retired at start for criu's tree (kept as it was tested).
+        early = not hooks and not oci_runtime and restoring is None
         created = await client.create(launch, rpc_timeout=90 + (
-            _all_hook_seconds(hooks) if oci_runtime else hook_seconds(hooks, "createContainer")))
+            _all_hook_seconds(hooks) if oci_runtime else hook_seconds(hooks, "createContainer")), early=early)
         undo.push("shim process", lambda: client.delete(cid, rpc_timeout=30))
         steps.mark("shim")
         if runtime_scope:
@@ -486,7 +496,8 @@ class ContainerService:
                         raise errors.FailedPrecondition(
                             f"container {rec.id}: the pod's shim cannot restore ({exc}); make the pod again") from None
                 else:
-                    got = await client.start(rec.id, rpc_timeout=30 + (
+                    # a set-up the create left running is awaited first (the shim's: 60 s at most)
+                    got = await client.start(rec.id, rpc_timeout=90 + (
                         _all_hook_seconds(rec.hooks) if rec.oci_runtime else hook_seconds(rec.hooks, "startContainer")))
             except errors.FailedPrecondition as exc:
                 now = time.time_ns()

@@ -92,10 +92,13 @@ class ShimConnection(Protocol):
         req = Precreate(container_id, namespaces, cgroup_procs, stdin, tty)
         return (await self.request(req, rpc_timeout)).pid
 
-    async def create(self, spec: LaunchSpec, rpc_timeout: float | None = 90) -> ProcState:
-        return await self.request(Create(spec), rpc_timeout)
+    async def create(self, spec: LaunchSpec, rpc_timeout: float | None = 90, *, early: bool = False) -> ProcState:
+        """``early``: the answer comes once the set-up child has the spec, its outcome with
+        :meth:`start` (protocol 6; an older shim answers once it is ready)."""
+        return await self.request(Create(spec, early), rpc_timeout)
 
     async def start(self, container_id: str, rpc_timeout: float | None = 30) -> ProcState:
+        """Start a created container; a set-up still running is awaited first (``early``)."""
         return await self.request(Start(container_id), rpc_timeout)
 
     async def restore(self, container_id: str, plan: RestorePlan, rpc_timeout: float | None = None) -> ProcState:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from runtime import errors
 from runtime.linux import libc, mountapi, ptys
@@ -104,6 +105,17 @@ class Proc:
     #: kill() while the set-up child hands over: signals for the container's process
     pending_signals: list[int] = field(default_factory=list)
     handing_over: bool = False
+    #: a created container's set-up, still running after ``create`` answered (create with
+    #: ``early``): :meth:`ProcessTable.start` awaits it
+    setup: asyncio.Task[None] | None = None
+    #: why that set-up failed (or was aborted): the container has no process (``pid`` 0),
+    #: and its start raises FailedPrecondition with this
+    setup_error: str = ""
+
+    @property
+    def ended(self) -> bool:
+        """Exited, or created without a process left (its set-up failed or was aborted)."""
+        return self.state == "exited" or bool(self.setup_error)
 
 
 def oom_kill_count(memory_cgroup: str) -> int:
@@ -648,16 +660,16 @@ class ProcessTable:
                             "where a container with CAP_SYS_PTRACE can reach the set-up process", why)
         return self._proc_pidns
 
-    async def _read_report(self, fd: int, lines: list[str] | None = None) -> list[str]:
-        """Lines from a child's report pipe until "ready", an error, or EOF (appended to
-        ``lines`` as they come, so a caller that times out still has them)."""
+    async def _read_report(self, fd: int | BinaryIO, lines: list[str] | None = None) -> list[str]:
+        """Lines from a child's report pipe (an fd, or a file object of it) until "ready", an
+        error, or EOF (appended to ``lines`` as they come, so a caller that times out still
+        has them). The pipe is closed on return."""
         if lines is None:
             lines = []
         buf = b""
         reader = asyncio.StreamReader()
-        transport, _ = await self._loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
-        )
+        pipe = os.fdopen(fd, "rb", buffering=0) if isinstance(fd, int) else fd
+        transport, _ = await self._loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
         try:
             while True:
                 chunk = await reader.read(4096)
@@ -709,9 +721,17 @@ class ProcessTable:
         if pre is not None:
             pre.discard()
 
-    async def create(self, spec: LaunchSpec) -> Proc:
+    async def create(self, spec: LaunchSpec, *, early: bool = False) -> Proc:
         """Create a container process: set up, then waiting for :meth:`start`. A spec with
-        ``oci`` is created by that OCI runtime (runtime.shim.ociproc)."""
+        ``oci`` is created by that OCI runtime (runtime.shim.ociproc). Raises
+        FailedPrecondition ("creating container <id>: <reason>") when its set-up fails, with
+        everything undone.
+
+        ``early``: return once the set-up child has the spec; the set-up (mounts, pivot_root,
+        "ready") goes on in ``proc.setup``, whose outcome :meth:`start` awaits and raises, as
+        containerd runs ``runc create`` in StartContainer, not in CreateContainer. Ignored (the
+        set-up is awaited here) for a spec with createContainer hooks, whose failure must fail
+        the create (runtime.shim.hookrun), and for an OCI runtime's container."""
         if spec.oci is not None:
             self.discard_precreated(spec.container_id)
             return await self.oci.create(spec)
@@ -762,12 +782,37 @@ class ProcessTable:
             setup = self.wait_child(pid)
         proc.pid = pid
         self.procs[spec.container_id] = proc
+        # a file object from here on: closed by the report's reader, or by the undo of a set-up
+        # cancelled before it read anything (see _setup_ended)
+        pipe = os.fdopen(report_r, "rb", buffering=0)
+        # createContainer hooks run before "ready" (runtime.shim.hookrun), each within its timeout
+        timeout = 60 + hook_seconds(spec, "createContainer")
+        if not early or spec.hooks:
+            await self._settle_setup(proc, setup, pipe, timeout)
+            return proc
+        task = self._loop.create_task(self._settle_setup(proc, setup, pipe, timeout))
+        proc.setup = task
+        task.add_done_callback(lambda t: self._setup_ended(proc, t, setup, pipe))
+        return proc
+
+    async def _settle_setup(self, proc: Proc, setup: asyncio.Future[int], pipe: BinaryIO, timeout: float) -> None:
+        """Wait for a created container's set-up child (``proc.pid``, its exit in ``setup``)
+        to report "ready" on ``pipe``, then take its process over: the pid it handed over to
+        (a pod user namespace), its late tty, its exit tracked as the container's. On a
+        failure, a timeout or a cancel everything is undone (:meth:`_abort`) and the error
+        raised (FailedPrecondition naming the reason when the set-up failed)."""
+        key, pid = proc.key, proc.pid
         lines: list[str] = []
         try:
-            # createContainer hooks run before "ready" (runtime.shim.hookrun), each within its timeout
-            await asyncio.wait_for(self._read_report(report_r, lines), 60 + hook_seconds(spec, "createContainer"))
-        except BaseException:
-            self._abort(proc, setup, _handed_over_pid(lines))
+            await asyncio.wait_for(self._read_report(pipe, lines), timeout)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                pipe.close()
+            why = "removed while being set up" if isinstance(exc, asyncio.CancelledError) else (
+                f"setup process did not report ready within {timeout:g}s" if isinstance(exc, TimeoutError)
+                else str(exc))
+            self._abort(proc, setup, _handed_over_pid(lines), f"creating container {key}: {why}")
+            await self._gone(proc, setup)
             raise
         # In a pod with its own user namespace the child we forked may hand the container
         # over to its own child (init.enter_pod_user_namespace) and exit: that one is ours
@@ -778,15 +823,16 @@ class ProcessTable:
             if err is None and not setup.done():
                 # the report pipe closed first: give the reaper a moment to learn how it ended
                 await asyncio.wait({setup}, timeout=1.0)
-            self._abort(proc, setup, handed)
-            raise errors.FailedPrecondition(
-                f"creating container {spec.container_id}: {err or _silent_end(lines, setup)}"
-            )
-        if spec.process.tty:
+            message = f"creating container {key}: {err or _silent_end(lines, setup)}"
+            self._abort(proc, setup, handed, message)
+            await self._gone(proc, setup)
+            raise errors.FailedPrecondition(message)
+        if proc.spec.process.tty:
             try:
                 self._open_late_tty(proc, handed or pid)
-            except BaseException:
-                self._abort(proc, setup, handed)
+            except BaseException as exc:
+                self._abort(proc, setup, handed, f"creating container {key}: its terminal: {exc}")
+                await self._gone(proc, setup)
                 raise
         # ready and waiting: from now on its end is the container's end
         if handed:
@@ -796,11 +842,26 @@ class ProcessTable:
         # a set-up child that hands over at start gets no pidfd: nothing may join its
         # namespaces (it is in ours) until the container's process has replaced it
         self._track(proc, proc.pid, pidfd=not proc.handover)
-        return proc
 
-    def _abort(self, proc: Proc, setup: asyncio.Future[int], handed: int = 0) -> None:
+    def _setup_ended(self, proc: Proc, task: asyncio.Task[None], setup: asyncio.Future[int], pipe: BinaryIO) -> None:
+        """A background set-up ended (done callback, before anyone awaiting it resumes). Its
+        failure was undone and kept in ``proc.setup_error`` for :meth:`start`; a task
+        cancelled before its first step never ran its own undo, so that happens here."""
+        if task.cancelled():
+            if not proc.setup_error:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+                self._abort(proc, setup, 0, f"creating container {proc.key}: removed while being set up")
+            return
+        exc = task.exception()  # retrieved: it is reported by start, not as a lost task's error
+        if exc is not None and not isinstance(exc, errors.EngineError):
+            log.error("shim: setting up container %s failed: %s: %s", proc.key, type(exc).__name__, exc)
+
+    def _abort(self, proc: Proc, setup: asyncio.Future[int], handed: int = 0, why: str = "") -> None:
         """Undo a failed create: the set-up process (and the one it handed over to, if any)
-        is killed and reaped quietly."""
+        is killed and reaped quietly, its stdio closed, its OOM watch ended. A create that
+        answered before the set-up ended (``proc.setup``) keeps its entry, without a
+        process, and ``why`` for its start; otherwise the entry goes."""
         if handed and not self.reaper.reaped_unclaimed(handed):  # reaped already: the pid may be reused
             with contextlib.suppress(ProcessLookupError):
                 os.kill(handed, signal.SIGKILL)
@@ -809,13 +870,42 @@ class ProcessTable:
                 os.kill(proc.pid, signal.SIGKILL)
         self._close_io(proc)
         self.oom.unwatch(proc.key)
-        self.procs.pop(proc.key, None)
+        if proc.setup is None:
+            self.procs.pop(proc.key, None)
+        else:
+            proc.pid = 0
+            proc.setup_error = why or f"creating container {proc.key}: the set-up failed"
+
+    @staticmethod
+    async def _gone(proc: Proc, setup: asyncio.Future[int]) -> None:
+        """After the undo of a background set-up: wait (bounded) until its killed child is
+        reaped, so a failed start or a delete answers once the container's mounts (in the
+        child's mount namespace) are gone. A create that fails answers at once, as before."""
+        if proc.setup is None or setup.done():
+            return
+        with contextlib.suppress(BaseException):  # a second cancel: the first one is raised anyway
+            await asyncio.wait({setup}, timeout=10)
+
+    async def _await_setup(self, proc: Proc) -> None:
+        """Wait for a created container's background set-up (create with ``early``); when it
+        failed, the container ends without a process (exit 128, StartError, no exit event:
+        the daemon records the failed start) and FailedPrecondition says why."""
+        if proc.setup is not None and not proc.setup.done():
+            await asyncio.wait({proc.setup})
+        if proc.setup_error and proc.state == "created":
+            self._start_failed(proc, proc.setup_error)
+        if proc.setup_error:
+            raise errors.FailedPrecondition(proc.setup_error)
 
     async def start(self, proc: Proc) -> None:
-        """Let a created process exec; raises if execve fails (the container then ends 127)."""
+        """Let a created process exec; raises if execve fails (the container then ends 127).
+        A set-up still running (create with ``early``) is awaited first; when it failed,
+        FailedPrecondition says why ("creating container <id>: <reason>") and the container
+        has ended (exit 128, StartError)."""
         if proc.spec.oci is not None:
             await self.oci.start(proc)
             return
+        await self._await_setup(proc)
         if proc.state != "created" or proc.start_w < 0:
             raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
         proc.started_at_ns = time.time_ns()
@@ -853,6 +943,7 @@ class ProcessTable:
         FailedPrecondition with criu's reason (the container is then exited, code 128)."""
         if proc.spec.oci is not None:
             raise errors.Unimplemented(f"container {proc.key}: restoring a checkpoint through an OCI runtime")
+        await self._await_setup(proc)
         if proc.state != "created" or proc.start_w < 0:
             raise errors.FailedPrecondition(f"container {proc.key} is {proc.state}, not created")
         if proc.handover or proc.spec.process.tty or proc.spec.rootfs is None:
@@ -908,7 +999,7 @@ class ProcessTable:
                     os.kill(pid, signal.SIGKILL)
             if not retired:
                 io.close_ours()
-            self._restore_failed(proc, str(exc))
+            self._start_failed(proc, str(exc))
             if isinstance(exc, (TimeoutError, OSError, ValueError)):
                 raise errors.FailedPrecondition(f"restoring container {proc.key}: {exc or 'timed out'}") from None
             raise
@@ -937,9 +1028,10 @@ class ProcessTable:
         self._close_io(proc)
         proc.open_outputs = 0
 
-    def _restore_failed(self, proc: Proc, why: str) -> None:
-        """A restore that failed: the container ended, with no process (the daemon records
-        the StartError; nothing is reported here)."""
+    def _start_failed(self, proc: Proc, why: str) -> None:
+        """A start that failed before the container's process ran (a restore, or a set-up
+        that failed after create answered): the container ended, with no process (the daemon
+        records the StartError; nothing is reported here)."""
         now = time.time_ns()
         self._close_io(proc)
         self.oom.unwatch(proc.key)
@@ -1109,6 +1201,11 @@ class ProcessTable:
             os.kill(pid, signal.SIGKILL)
 
     def kill(self, proc: Proc, sig: int) -> None:
+        """Signal the container's (or exec's) process. A container still being set up has no
+        process of its own yet: its set-up is aborted instead (delete, pod shutdown)."""
+        if proc.setup is not None and not proc.setup.done():
+            proc.setup.cancel()
+            return
         if proc.state == "exited" or not proc.pid:
             return
         if proc.handing_over:

@@ -30,7 +30,11 @@ daemon says the pod must be made again. 5, ``LaunchSpec.hooks``/``hook_state`` (
 createContainer and startContainer hooks, run by the set-up process: runtime.shim.hookrun); a
 daemon creates a container with such hooks only in a pod whose shim answers 5 or more (an
 older one would ignore the fields and run the container without them); and
-:class:`NetlinkSocket` (CDI netDevices), which an older shim refuses as unknown.
+:class:`NetlinkSocket` (CDI netDevices), which an older shim refuses as unknown. 6,
+``Create.early``: the shim answers once the set-up child has the spec and ``start`` awaits and
+raises the set-up's outcome (as containerd runs ``runc create`` in StartContainer); an older
+shim ignores the field and answers after "ready", which is as correct (a set-up failure then
+fails the create), so a daemon asks it of any shim.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from runtime.model.sandbox import PinnedNamespaces
 from runtime.shim.wire import PORT_CONNECT_TIMEOUT
 from runtime.store.codec import from_plain, to_plain
 
-SHIM_PROTOCOL = 5
+SHIM_PROTOCOL = 6
 
 R = TypeVar("R")
 
@@ -184,9 +188,15 @@ class Precreate(ShimRequest[Pid]):
 
 @dataclass(frozen=True, slots=True)
 class Create(ShimRequest[ProcState]):
+    """Create a container: set up, waiting for :class:`Start`. ``early`` (protocol 6): answer
+    once its set-up child has the spec, with that child's pid; the set-up's failure is then
+    :class:`Start`'s (runtime.shim.procs.ProcessTable.create; ignored for a spec with
+    createContainer hooks or an OCI runtime, and by older shims)."""
+
     OP: ClassVar[str] = "create"
     REPLY: ClassVar[Any] = ProcState
     spec: LaunchSpec
+    early: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -151,7 +151,7 @@ class ShimServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._holder_pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(p.state != "exited" for p in self.table.procs.values()):
+        while time.monotonic() < deadline and not all(p.ended for p in self.table.procs.values()):
             await asyncio.sleep(0.02)
         if self._server is not None:
             self._server.close()
@@ -262,8 +262,10 @@ class ShimServer:
         return Pid(pid)
 
     async def op_create(self, req: Create) -> ProcState:
+        """Answered once the set-up child has the spec when the daemon asks ``early`` (its
+        set-up's outcome comes with ``start``; protocol 6), else once it is ready."""
         assert self.table is not None
-        proc = await self.table.create(req.spec)
+        proc = await self.table.create(req.spec, early=req.early)
         return proc_state(proc)
 
     async def op_start(self, req: Start) -> ProcState:
@@ -318,7 +320,10 @@ class ShimServer:
             return Ack()
         if proc.state == "running":
             raise errors.FailedPrecondition(f"container {proc.key} is still running")
-        if proc.state == "created":
+        if proc.setup is not None and not proc.setup.done():
+            self.table.kill(proc, signal.SIGKILL)  # aborts the set-up: nothing may outlive the entry
+            await asyncio.wait({proc.setup}, timeout=10)
+        if not proc.ended:  # created and waiting for its start
             self.table.kill(proc, signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):

@@ -145,13 +145,21 @@ def test_root_inside_is_an_unprivileged_host_uid(d: DaemonProcess, images: Image
     info = json.loads(d.runtime.ContainerStatus(
         pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=10).info["info"])
     assert info["user_namespace"]["uid_map"] == [[0, HOST_ID, LENGTH]]
-    # a volume that cannot be idmapped fails the create clearly and leaves nothing
+    # a volume that cannot be idmapped fails the start clearly (the set-up makes the mounts
+    # there, as runc create in containerd's StartContainer) and its removal leaves nothing
     bad = in_pod(cfg, "bad", images.busybox, ["true"], mounts=[
         pb.Mount(container_path="/k", host_path="/sys/kernel", uidMappings=mapping(), gidMappings=mapping())])
+    bad_id = create_container(d, pod, cfg, bad)
     with pytest.raises(grpc.RpcError) as info:
-        create_container(d, pod, cfg, bad)
+        start(d, bad_id)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "idmapped mount of /sys/kernel" in (info.value.details() or "")
+    st_bad = status(d, bad_id)
+    assert (st_bad.state, st_bad.exit_code, st_bad.reason) == (pb.CONTAINER_EXITED, 128, "StartError")
+    assert "idmapped mount of /sys/kernel" in st_bad.message
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=bad_id), timeout=60)
+    assert not (d.state / "containers" / bad_id).exists()
+    assert not (d.root / "images" / "containers" / bad_id).exists()
     assert [c.metadata.name for c in d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers] == [
         "app"]
     remove_pod(d, pod)
