@@ -485,6 +485,15 @@ def test_a_created_container_killed_from_outside_fails_to_start_clearly(
     cid = create_container(d, pod, cfg, container_config("doomed", images.busybox, ["true"]))
     pid = json.loads(d.runtime.ContainerStatus(
         pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=10).info["info"])["pid"]
+    # its set-up finishes after CreateContainer (a failure there is the start's: see
+    # test_setup_at_start.py); killed once it waits for its start byte on a pipe
+    wchan = ""
+    for _ in range(400):
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        if "pipe_read" in wchan:
+            break
+        time.sleep(0.05)
+    assert "pipe_read" in wchan, f"the created process never waited for its start ({wchan!r})"
     os.kill(pid, 9)
     st = wait_state(d, cid, pb.CONTAINER_EXITED)
     assert (st.exit_code, st.reason) == (137, "Error")
