@@ -379,8 +379,10 @@ class ContainerService:
         # set-up's outcome (mounts, pivot_root, "ready") comes with the start, where a failure
         # is a StartError. Awaited here where the created process is needed before we answer:
         # prestart/createRuntime hooks get its pid and namespaces, createContainer hooks must
-        # fail the create (CDI), an OCI runtime's create is ``runc create`` itself, and a
-        # restore's set-up is retired at start for criu's tree (kept as it was tested).
+        # fail the create (CDI), an OCI runtime's create is ``runc create`` itself. A
+        # checkpoint restore waits too, as before: nothing here reads its set-up (its start
+        # retires that process for criu's tree, and the shim's restore would await a set-up
+        # still running), but that path has not been run with an early answer.
         early = not hooks and not oci_runtime and restoring is None
         created = await client.create(launch, rpc_timeout=90 + (
             _all_hook_seconds(hooks) if oci_runtime else hook_seconds(hooks, "createContainer")), early=early)
