@@ -20,7 +20,6 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
 from tests.support.daemon import CRICTL, DaemonProcess
+from tests.support.ociruntimes import OciRuntime
 from tests.support.pods import (
     container_config,
     create_container,
@@ -43,30 +43,6 @@ from tests.support.pods import (
 from tests.support.streaming_fakes import read_until, set_winsize
 
 pytestmark = [pytest.mark.service, pytest.mark.root, pytest.mark.timeout(240)]
-
-
-@dataclass(frozen=True, slots=True)
-class OciRuntime:
-    """One OCI runtime binary the module's tests run against, and the handler naming it."""
-
-    name: str
-    path: str
-
-    @property
-    def handler(self) -> str:
-        return f"test-{self.name}"
-
-
-#: Debian 12's runc and crun (scripts/install.sh installs both); every test runs on each,
-#: one daemon per runtime
-RUNTIMES = (OciRuntime("runc", "/usr/sbin/runc"), OciRuntime("crun", "/usr/bin/crun"))
-
-
-@pytest.fixture(scope="module", params=RUNTIMES, ids=[r.name for r in RUNTIMES])
-def oci(request: pytest.FixtureRequest) -> OciRuntime:
-    runtime: OciRuntime = request.param
-    assert os.access(runtime.path, os.X_OK), f"{runtime.path} is not installed (scripts/install.sh installs it)"
-    return runtime
 
 
 @pytest.fixture(scope="module")

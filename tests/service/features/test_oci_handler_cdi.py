@@ -25,21 +25,14 @@ import grpc
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
-from tests.service.features.test_oci_handler import RUNTIMES, OciRuntime
 from tests.support.daemon import DaemonProcess
+from tests.support.ociruntimes import OciRuntime
 from tests.support.pods import container_config, create_container, exec_sync, pod_config, pull, start, wait_state
 
 pytestmark = [pytest.mark.service, pytest.mark.root, pytest.mark.timeout(120)]
 
 KIND = "test.cri-shim.io/ocihooked"
 HOST_HOOKS = ("prestart", "createRuntime", "createContainer", "poststart", "poststop")
-
-
-@pytest.fixture(scope="module", params=RUNTIMES, ids=[r.name for r in RUNTIMES])
-def oci(request: pytest.FixtureRequest) -> OciRuntime:
-    runtime: OciRuntime = request.param
-    assert os.access(runtime.path, os.X_OK), f"{runtime.path} is not installed (scripts/install.sh installs it)"
-    return runtime
 
 
 @pytest.fixture(scope="module")

@@ -19,22 +19,15 @@ import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
 from runtime.container.oci import USERNS_MOUNTS
-from tests.service.features.test_oci_handler import RUNTIMES, OciRuntime
 from tests.support.daemon import DaemonProcess
 from tests.support.names import unique
+from tests.support.ociruntimes import OciRuntime
 from tests.support.pods import container_config, create_container, exec_sync, pod_config, pull, start
 
 pytestmark = [pytest.mark.service, pytest.mark.root, pytest.mark.timeout(120)]
 
 HOST_ID = 2_100_000_000 + 7 * 65536  # far from any user of this machine, apart from test_userns's
 LENGTH = 65536
-
-
-@pytest.fixture(scope="module", params=RUNTIMES, ids=[r.name for r in RUNTIMES])
-def oci(request: pytest.FixtureRequest) -> OciRuntime:
-    runtime: OciRuntime = request.param
-    assert os.access(runtime.path, os.X_OK), f"{runtime.path} is not installed (scripts/install.sh installs it)"
-    return runtime
 
 
 @pytest.fixture(scope="module")
