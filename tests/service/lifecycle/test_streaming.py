@@ -151,6 +151,13 @@ def test_attach_output_and_input(d: DaemonProcess, images: Images, tmp_path: Pat
     script = 'echo started; while read l; do echo "got:$l"; done'
     with running(d, images, tmp_path, f"at-{transport}", images.busybox, ["sh", "-c", script],
                  stdin=True) as (_, cid):
+        # attach once the shell has said "started" (else attach may see that line first)
+        log_path = Path(d.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=10)
+                        .status.log_path)
+        deadline = time.monotonic() + 15
+        while "started" not in (log_path.read_text() if log_path.exists() else ""):
+            assert time.monotonic() < deadline, "the container never printed 'started'"
+            time.sleep(0.05)
         proc = subprocess.Popen(crictl_args(d, "attach", "-r", transport, "-i", cid),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
