@@ -17,7 +17,11 @@ counters, UpdateContainerResources and removal find it where they find any conta
 ``org.systemd.property.*`` annotations set or override unit properties at the runtime's
 StartTransientUnit (runc docs/systemd-properties.md; crun reads them too, gvariant text):
 ``CollectMode=inactive-or-failed``, as the daemon's own scopes have, so a scope that ended
-failed (an OOM kill) is unloaded at once instead of lingering until a reset-failed.
+failed (an OOM kill) is unloaded at once instead of lingering until a reset-failed. And
+``run.oci.systemd.subgroup`` empty: crun 1.8 otherwise puts the container's process in a
+sub-cgroup ``<scope>/container`` on cgroup v2 (crun(1): "If not specified, it defaults to
+container on cgroup v2"; seen on the node VM), where the daemon, kubelet and a native
+container's tooling expect it in the scope itself. runc ignores the annotation.
 
 Pure: no I/O.
 """
@@ -29,8 +33,9 @@ from runtime.errors import InvalidArgument
 
 #: the ``prefix`` of ``slice:prefix:name``: the runtime joins it and the name with '-'
 SYSTEMD_PREFIX = SCOPE_PREFIX.removesuffix("-")
-#: unit properties the runtime sets on the scope it starts (gvariant text, as runc parses it)
-SYSTEMD_ANNOTATIONS = {"org.systemd.property.CollectMode": "'inactive-or-failed'"}
+#: unit properties the runtime sets on the scope it starts (gvariant text, as runc parses it),
+#: and no sub-cgroup of crun's in it (see the module docstring)
+SYSTEMD_ANNOTATIONS = {"org.systemd.property.CollectMode": "'inactive-or-failed'", "run.oci.systemd.subgroup": ""}
 
 
 def systemd_cgroups_path(cgroup_path: str) -> str:

@@ -41,8 +41,10 @@ def test_the_runtime_starts_the_scope_where_the_driver_puts_it(pod_slice: str) -
 def test_cgroupfs_drivers_give_the_path_itself() -> None:
     assert runtime_cgroup("/kubepods/burstable/pod1/" + CID, systemd=False) == ("/kubepods/burstable/pod1/" + CID, {})
     path = f"/cri_shim.slice/cri_shim-p.slice/{container_scope(CID)}"
+    # crun 1.8 would put the process in <scope>/container without the empty subgroup
     assert runtime_cgroup(path, systemd=True) == (
-        f"cri_shim-p.slice:cri-shim:{CID}", {"org.systemd.property.CollectMode": "'inactive-or-failed'"})
+        f"cri_shim-p.slice:cri-shim:{CID}",
+        {"org.systemd.property.CollectMode": "'inactive-or-failed'", "run.oci.systemd.subgroup": ""})
 
 
 @pytest.mark.parametrize("path", [
