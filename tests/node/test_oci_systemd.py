@@ -14,12 +14,14 @@ unit, no cgroup and no runtime state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
@@ -73,6 +75,16 @@ def d(tmp_path_factory: pytest.TempPathFactory, busybox: str) -> Iterator[Daemon
         yield daemon
 
 
+@pytest.fixture
+def pods(d: DaemonProcess) -> Iterator[list[str]]:
+    """The pods a test made (by :func:`new_pod`), removed after it also when it failed."""
+    made: list[str] = []
+    yield made
+    for pod in made:
+        with contextlib.suppress(grpc.RpcError):
+            remove_pod(d, pod)
+
+
 def unit_props(unit: str, *names: str) -> dict[str, str]:
     out = subprocess.run(["systemctl", "show", unit, *(f"--property={n}" for n in names)],
                          capture_output=True, text=True, timeout=60).stdout
@@ -88,10 +100,12 @@ def container_pid(d: DaemonProcess, cid: str) -> int:
     return int(json.loads(info.info["info"])["pid"])
 
 
-def new_pod(d: DaemonProcess, tmp_path: Path, runtime: str, **kw: object) -> tuple[str, pb.PodSandboxConfig]:
+def new_pod(d: DaemonProcess, pods: list[str], tmp_path: Path, runtime: str,
+            **kw: object) -> tuple[str, pb.PodSandboxConfig]:
     cfg = pod_config(log_directory=str(tmp_path / unique("logs")), **kw)  # type: ignore[arg-type]
     pod = d.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=cfg, runtime_handler=handler(runtime)),
                                   timeout=300).pod_sandbox_id
+    pods.append(pod)
     return str(pod), cfg
 
 
@@ -106,9 +120,9 @@ def runtime_root(d: DaemonProcess, runtime: str) -> Path:
 
 
 @pytest.mark.parametrize("runtime", list(RUNTIMES))
-def test_the_runtime_starts_the_containers_scope_in_the_pods_slice(d: DaemonProcess, busybox: str, tmp_path: Path,
-                                                                   runtime: str) -> None:
-    pod, cfg = new_pod(d, tmp_path, runtime)
+def test_the_runtime_starts_the_containers_scope_in_the_pods_slice(d: DaemonProcess, pods: list[str], busybox: str,
+                                                                   tmp_path: Path, runtime: str) -> None:
+    pod, cfg = new_pod(d, pods, tmp_path, runtime)
     pod_slice = f"{d.systemd_slice.removesuffix('.slice')}-{pod}.slice"
     pod_path = expand_slice(pod_slice)
     assert pod_info(d, pod)["cgroup"]["path"] == pod_path
@@ -152,11 +166,11 @@ def test_the_runtime_starts_the_containers_scope_in_the_pods_slice(d: DaemonProc
     assert not d.leaks()
 
 
-def test_a_kubelet_style_slice_parent(d: DaemonProcess, busybox: str, tmp_path: Path) -> None:
+def test_a_kubelet_style_slice_parent(d: DaemonProcess, pods: list[str], busybox: str, tmp_path: Path) -> None:
     top = unique("kubepodso", 20).replace("-", "_")
     parent = f"{top}-burstable-pod{unique('u', 20).replace('-', '_')}.slice"
     try:
-        pod, cfg = new_pod(d, tmp_path, "runc", cgroup_parent=parent)
+        pod, cfg = new_pod(d, pods, tmp_path, "runc", cgroup_parent=parent)
         assert pod_info(d, pod)["cgroup"]["path"] == expand_slice(parent)
         cid = run(d, pod, cfg, container_config("c", busybox, ["sleep", "1000"]))
         scope = f"cri-shim-{cid}.scope"
@@ -171,11 +185,11 @@ def test_a_kubelet_style_slice_parent(d: DaemonProcess, busybox: str, tmp_path: 
         subprocess.run(["systemctl", "stop", f"{top}.slice"], capture_output=True, timeout=120)
 
 
-def test_oom_kills_are_seen_and_a_childs_leaves_the_container_running(d: DaemonProcess, busybox: str,
+def test_oom_kills_are_seen_and_a_childs_leaves_the_container_running(d: DaemonProcess, pods: list[str], busybox: str,
                                                                       tmp_path: Path) -> None:
     res = pb.LinuxContainerResources(memory_limit_in_bytes=32 << 20, memory_swap_limit_in_bytes=32 << 20)
     # the main process (runc): OOMKilled, and its scope gone (CollectMode=inactive-or-failed)
-    pod, cfg = new_pod(d, tmp_path, "runc")
+    pod, cfg = new_pod(d, pods, tmp_path, "runc")
     cid = run(d, pod, cfg, container_config("hog", busybox, ["sh", "-c", "x=a; while true; do x=$x$x; done"],
                                             resources=res))
     st = wait_state(d, cid, pb.CONTAINER_EXITED, timeout=600)
@@ -184,7 +198,7 @@ def test_oom_kills_are_seen_and_a_childs_leaves_the_container_running(d: DaemonP
     remove_pod(d, pod)
     # a child (crun, which turns MemoryAccounting on after the config's properties): the
     # kernel kills the hog only, systemd 252 must not stop the whole scope for it
-    pod, cfg = new_pod(d, tmp_path, "crun")
+    pod, cfg = new_pod(d, pods, tmp_path, "crun")
     script = "(x=a; while true; do x=$x$x; done) & wait $!; echo hog=$?; sleep 1000"
     cid = run(d, pod, cfg, container_config("c", busybox, ["sh", "-c", script], resources=res))
     scope = f"cri-shim-{cid}.scope"
@@ -200,9 +214,9 @@ def test_oom_kills_are_seen_and_a_childs_leaves_the_container_running(d: DaemonP
     assert unit_props(scope, "LoadState")["LoadState"] == "not-found"
 
 
-def test_containers_survive_a_daemon_restart_and_are_removed_after(d: DaemonProcess, busybox: str,
+def test_containers_survive_a_daemon_restart_and_are_removed_after(d: DaemonProcess, pods: list[str], busybox: str,
                                                                    tmp_path: Path) -> None:
-    pod, cfg = new_pod(d, tmp_path, "crun")
+    pod, cfg = new_pod(d, pods, tmp_path, "crun")
     cid = run(d, pod, cfg, container_config("c", busybox, ["sleep", "1000"]))
     scope = f"cri-shim-{cid}.scope"
     d.kill9()
