@@ -5,7 +5,6 @@ making the pod's directory there (``mkdir -p``) and removing only the container'
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -40,11 +39,12 @@ def remove_named_dirs(cgroup_root: Path, path: str, mountinfo: str | None = None
             return
     for mount in named_hierarchies(mountinfo, cgroup_root):
         target = mount / rel
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                os.rmdir(target)
-            except OSError as exc:
-                if exc.errno in (errno.ENOTEMPTY, errno.EBUSY):
-                    log.warning("cgroup %s is still in use; left in place", target)
-                else:
-                    log.error("removing cgroup %s failed: %s", target, exc)
+        try:
+            os.rmdir(target)
+        except FileNotFoundError:
+            continue  # never made there, or removed already: nothing to do
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EBUSY):
+                log.warning("cgroup %s is still in use; left in place", target)
+            else:
+                log.error("removing cgroup %s failed: %s", target, exc)
