@@ -29,6 +29,7 @@ from runtime.cgroups.systemd.units import expand_slice
 from tests.support import imagebuilder as ib
 from tests.support.daemon import DaemonProcess, running_daemon
 from tests.support.names import unique
+from tests.support.ociruntimes import RUNTIMES as OCI_RUNTIMES
 from tests.support.pods import (
     container_config,
     create_container,
@@ -46,7 +47,8 @@ from tests.support.registry import Registry, running_registry
 pytestmark = [pytest.mark.root, pytest.mark.service, pytest.mark.peers, pytest.mark.timeout(900)]
 
 CGROUP = Path("/sys/fs/cgroup")
-RUNTIMES = {"runc": "/usr/sbin/runc", "crun": "/usr/bin/crun"}
+#: name -> binary, of the runtimes every handler test runs on (tests.support.ociruntimes)
+RUNTIMES = {r.name: r.path for r in OCI_RUNTIMES}
 
 
 def handler(runtime: str) -> str:
