@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from cri_shim import h2grpc
 from cri_shim.api.checkpoint import CheckpointHandlers
 from cri_shim.api.chunks import MAX_MESSAGE_BYTES
 from cri_shim.api.containers import ContainerHandlers
@@ -111,7 +112,7 @@ class Daemon:
         self.metrics.registry.register(collector)
         self.metrics.add_scrape_source(collector)
         self._stop = asyncio.Event()
-        self._server: grpc.aio.Server | None = None
+        self._server: grpc.aio.Server | h2grpc.Server | None = None
         self._metrics_server: MetricsServer | None = None
         backend, self._streaming_targets = self.streaming_parts()
         self.streaming = StreamingServer(backend, streaming_settings(config), metrics=self.metrics)
@@ -168,29 +169,18 @@ class Daemon:
             raise StartupError(f"cannot start the streaming server on {address}: {exc}") from None
         dispatcher = Dispatcher(self.handlers(), gate=self.engine, observer=self.metrics)
         self.container_events.start()
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        server.add_generic_rpc_handlers(tuple(dispatcher.generic_handlers()))
-        if server.add_insecure_port(f"unix://{sock}") == 0:
-            raise StartupError(f"cannot listen on {sock}")
         old_umask = os.umask(0o117)
         try:
-            await server.start()
+            self._server = await self._start_server(dispatcher, sock)
         finally:
             os.umask(old_umask)
         os.chmod(sock, 0o660)
-        self._server = server
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         log.info(
-            "cri-shim %s serving CRI on unix://%s (implemented: %d methods)",
-            _version(), sock, len(dispatcher.implemented()),
+            "cri-shim %s serving CRI on unix://%s (%s gRPC server; implemented: %d methods)",
+            _version(), sock, self.config.grpc_server, len(dispatcher.implemented()),
         )
         try:
             if self.config.metrics.address:
@@ -216,6 +206,28 @@ class Daemon:
         finally:
             await self._shutdown(sock)
         return 0
+
+    async def _start_server(self, dispatcher: Dispatcher, sock: Path) -> grpc.aio.Server | h2grpc.Server:
+        """The CRI server of ``grpc_server`` (config), listening on ``sock``."""
+        if self.config.grpc_server == "native":
+            native = h2grpc.Server(dispatcher.routes(), h2grpc.Limits(max_message=MAX_MESSAGE_BYTES))
+            try:
+                await native.start(sock)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {sock}: {exc}") from None
+            return native
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers(tuple(dispatcher.generic_handlers()))
+        if server.add_insecure_port(f"unix://{sock}") == 0:
+            raise StartupError(f"cannot listen on {sock}")
+        await server.start()
+        return server
 
     def _on_signal(self, sig: int) -> None:
         if self._stop.is_set():

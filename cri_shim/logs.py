@@ -36,5 +36,6 @@ def setup(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.INFO, log_level_number(level)))
     # httpx logs every registry request at INFO; our pull logs say what matters (and URLs of
     # token endpoints are not worth a line each).
-    for chatty in ("httpx", "httpcore"):
+    # hpack (the native CRI server's header decoder) logs every header field it decodes.
+    for chatty in ("httpx", "httpcore", "hpack"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, log_level_number(level)))

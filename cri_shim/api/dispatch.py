@@ -23,6 +23,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from cri_shim.api.errors import status_of
 from cri_shim.api.gen import api_pb2
+from cri_shim.h2grpc import Route, RpcAbort
 from runtime.errors import EngineError
 
 log = logging.getLogger("cri_shim.rpc")
@@ -43,6 +44,15 @@ MUTATING = frozenset(
 ALWAYS_AVAILABLE = frozenset({"Version", "Status", "RuntimeConfig"})
 
 _ID_FIELDS = ("pod_sandbox_id", "container_id")
+
+
+class CallContext(Protocol):
+    """What the wrappers use of a call's context: ``grpc.aio.ServicerContext`` under the grpcio
+    server, ``cri_shim.h2grpc.Context`` under the native one."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = ...) -> Any: ...
+
+    def code(self) -> Any: ...
 
 
 class RpcObserver(Protocol):
@@ -86,10 +96,13 @@ def methods(service: str) -> list[_Method]:
     return out
 
 
+_ABORTS = (grpc.aio.AbortError, RpcAbort)
+
+
 def _propagates(exc: BaseException) -> bool:
     """Cancellation, an abort the handler chose, and interpreter exits pass through; every
     other error becomes a status (see Dispatcher._failure)."""
-    return isinstance(exc, grpc.aio.AbortError) or not isinstance(exc, Exception)
+    return isinstance(exc, _ABORTS) or not isinstance(exc, Exception)
 
 
 def request_fields(request: Any) -> dict[str, str]:
@@ -147,6 +160,19 @@ class Dispatcher:
             out.append(grpc.method_handlers_generic_handler(f"runtime.v1.{service}", table))
         return out
 
+    def routes(self) -> list[Route]:
+        """Every method of both services for the native server (cri_shim/h2grpc), wrapped as
+        for grpcio."""
+        out = []
+        for service in SERVICES:
+            for m in methods(service):
+                impl = self._impl.get(m.name)
+                streaming = m.descriptor.server_streaming
+                call = self._wrap_stream(m, impl) if streaming else self._wrap_unary(m, impl)
+                out.append(Route(m.full_name, streaming, m.request_cls.FromString,
+                                 m.response_cls.SerializeToString, call))
+        return out
+
     # -- wrapping -----------------------------------------------------------------------------
 
     def _handler_for(self, m: _Method) -> grpc.RpcMethodHandler[Any, Any]:
@@ -168,8 +194,8 @@ class Dispatcher:
 
     def _wrap_unary(
         self, m: _Method, impl: Callable[..., Awaitable[Any]] | None
-    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        async def call(request: Any, context: CallContext) -> Any:
             rid = secrets.token_hex(6)
             started = time.monotonic()
             code, detail = grpc.StatusCode.OK, ""
@@ -191,8 +217,8 @@ class Dispatcher:
 
     def _wrap_stream(
         self, m: _Method, impl: Callable[..., AsyncIterator[Any]] | None
-    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+        async def call(request: Any, context: CallContext) -> AsyncIterator[Any]:
             rid = secrets.token_hex(6)
             started = time.monotonic()
             code, detail = grpc.StatusCode.OK, ""
@@ -224,7 +250,7 @@ class Dispatcher:
 
     @staticmethod
     def _failure(
-        exc: BaseException, m: _Method, rid: str, context: grpc.aio.ServicerContext[Any, Any]
+        exc: BaseException, m: _Method, rid: str, context: CallContext
     ) -> tuple[grpc.StatusCode, str]:
         """The status a handler's exception becomes (called in the ``except`` block, so an
         unexpected error is logged with its traceback under the error id the client sees)."""
@@ -232,6 +258,8 @@ class Dispatcher:
             return status_of(exc), str(exc)
         if isinstance(exc, asyncio.CancelledError):
             return grpc.StatusCode.CANCELLED, "cancelled by the client"
+        if isinstance(exc, RpcAbort):
+            return exc.code, exc.details
         if isinstance(exc, grpc.aio.AbortError):
             return context.code() or grpc.StatusCode.UNKNOWN, ""
         if not isinstance(exc, Exception):
@@ -248,12 +276,12 @@ class Dispatcher:
                 self._observer.observe(m.service, m.name, code.name, seconds)
             except Exception:
                 log.exception("rpc observer failed")
-        fields = request_fields(request)
         quiet = m.name not in MUTATING and code in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND)
         level = logging.DEBUG if quiet else logging.INFO
         if code == grpc.StatusCode.INTERNAL:
             level = logging.ERROR
         if log.isEnabledFor(level):
+            fields = request_fields(request)
             log.log(
                 level,
                 "rpc=%s rid=%s code=%s ms=%.2f%s%s",

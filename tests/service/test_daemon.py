@@ -18,7 +18,7 @@ from cri_shim.api.gen import api_pb2 as pb
 from runtime.cgroups.systemd.units import systemd_booted
 from runtime.hostinfo import CgroupMode, detect_cgroup_mode
 from runtime.security.apparmor import apparmor_enabled
-from tests.support.daemon import DaemonProcess, make_daemon
+from tests.support.daemon import DaemonProcess, make_daemon, write_config
 
 pytestmark = [pytest.mark.service, pytest.mark.timeout(90)]
 
@@ -103,6 +103,34 @@ def test_every_cri_rpc_is_served(daemon: DaemonProcess) -> None:
             assert code != grpc.StatusCode.INTERNAL, f"{service}/{m.name}: an empty request is an internal error"
             seen += 1
     assert seen >= 40
+
+
+@pytest.mark.parametrize("server", ["native", "grpcio"])
+def test_both_grpc_servers_serve_crictl_and_a_pod(tmp_path: Path, server: str) -> None:
+    """``grpc_server`` picks the CRI server; either serves the Go client (crictl: version, a pod
+    and its listing) and the generated Python client, and stops on SIGTERM with exit 0."""
+    d = make_daemon(tmp_path / "d")
+    d.top_config = f'grpc_server = "{server}"\n'
+    write_config(d)
+    d.start()
+    try:
+        assert "RuntimeName:  cri-shim" in d.crictl("version").stdout
+        pod = tmp_path / "pod.json"
+        pod.write_text(json.dumps({"metadata": {"name": f"srv-{server}", "namespace": "t", "uid": server},
+                                   "linux": {}}))
+        pod_id = d.crictl("runp", str(pod)).stdout.strip()
+        assert pod_id in d.crictl("pods", "-q").stdout
+        status = d.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10)
+        assert status.status.state == pb.SANDBOX_READY
+        d.crictl("stopp", pod_id)
+        d.crictl("rmp", pod_id)
+        with pytest.raises(grpc.RpcError) as err:
+            d.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert d.stop(signal.SIGTERM) == 0
+        assert f"({server} gRPC server;" in d.log()
+    finally:
+        d.cleanup()
 
 
 def test_socket_mode_is_0660(daemon: DaemonProcess) -> None:
@@ -220,7 +248,8 @@ def test_a_missing_pause_binary_stops_startup_saying_how_to_build_it(tmp_path: P
 
 @pytest.mark.parametrize(
     ("text", "key"),
-    [("bogus_key = 1\n", "bogus_key"), ('[network]\npod_cidr = "300.1.1.1/8"\n', "network.pod_cidr")],
+    [("bogus_key = 1\n", "bogus_key"), ('[network]\npod_cidr = "300.1.1.1/8"\n', "network.pod_cidr"),
+     ('grpc_server = "grpc-go"\n', "grpc_server")],
 )
 def test_bad_config_stops_startup_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
     cfg = tmp_path / "bad.toml"

@@ -67,6 +67,8 @@ class DaemonProcess:
     cgroup_parent: str = ""
     systemd_slice: str = ""
     log_level: str = "debug"
+    #: top-level config lines (before the tables), e.g. ``grpc_server = "grpcio"``
+    top_config: str = ""
     _channel: grpc.Channel | None = field(default=None, repr=False)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -315,6 +317,7 @@ def _with_defaults(extra: str, table: str, defaults: dict[str, str]) -> tuple[st
 def write_config(d: DaemonProcess) -> None:
     top = (
         f'address = "{d.socket}"\nroot = "{d.root}"\nstate = "{d.state}"\nlog_level = "{d.log_level}"\n'
+        + d.top_config
     )
     tables = f'[metrics]\naddress = "127.0.0.1:{d.metrics_port}"\n'
     extra, net_table = _with_defaults(d.extra_config, "network", {

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from cri_shim import h2grpc
 from cri_shim.api.dispatch import Dispatcher, methods
 from cri_shim.api.errors import STATUS_OF, status_of
 from cri_shim.api.gen import api_pb2 as pb
@@ -46,20 +47,29 @@ class Observer:
         self.seen.append((method, code))
 
 
-@pytest.fixture
-async def served(tmp_path: Any) -> AsyncIterator[tuple[api_pb2_grpc.RuntimeServiceStub, Gate, Observer]]:
+@pytest.fixture(params=["native", "grpcio"])
+async def served(
+    tmp_path: Any, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[api_pb2_grpc.RuntimeServiceStub, Gate, Observer]]:
+    """The dispatcher behind either CRI server (config ``grpc_server``)."""
     gate, obs = Gate(), Observer()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(tuple(Dispatcher([Handlers()], gate, obs).generic_handlers()))
+    dispatcher = Dispatcher([Handlers()], gate, obs)
     sock = tmp_path / "s.sock"
-    server.add_insecure_port(f"unix://{sock}")
-    await server.start()
+    server: Any
+    if request.param == "native":
+        server = h2grpc.Server(dispatcher.routes())
+        await server.start(sock)
+    else:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(tuple(dispatcher.generic_handlers()))
+        server.add_insecure_port(f"unix://{sock}")
+        await server.start()
     channel = grpc.aio.insecure_channel(f"unix://{sock}")
     try:
         yield api_pb2_grpc.RuntimeServiceStub(channel), gate, obs
     finally:
         await channel.close()
-        await server.stop(None)
+        await server.stop(0)
 
 
 def test_every_engine_error_has_a_code() -> None:
