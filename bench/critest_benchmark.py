@@ -151,7 +151,7 @@ def main() -> int:
     order = ["cri-shim", *[n for n in names if n not in ("cri-shim", "containerd")], "containerd"]
     print(f"\ncritest -benchmark (cri-tools v1.37.0), p50 / p95, {args.parallel} at a time:\n")
     print(tables.markdown(rows, order, baseline=baseline, title="operation"))
-    print(f"\nMeasured {note_before}; load after: {tables.machine_note()}.")
+    print(f"\nMeasured {note_before}; load after: {tables.load_note()}.")
     for f in failed:
         print("  FAILED:", f)
     return 1 if failed else 0

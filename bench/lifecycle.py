@@ -259,7 +259,7 @@ def main() -> int:
     names = [r.name for r in runtimes]
     baseline = names[1] if args.baseline else None
     print()
-    print(report(results, names, baseline, args.settle, args.memory_pods, note_before, tables.machine_note()))
+    print(report(results, names, baseline, args.settle, args.memory_pods, note_before, tables.load_note()))
     if args.json:
         args.json.write_text(json.dumps({"latency": {f"{k[0]} | {k[1]}": v for k, v in results.latency.items()},
                                          "memory": {f"{k[0]} | {k[1]}": v for k, v in results.memory.items()}},

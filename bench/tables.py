@@ -69,6 +69,12 @@ def markdown(rows: Sequence[Row], runtimes: Sequence[str], reference: str = "con
     return "\n".join(lines)
 
 
+def load_note() -> str:
+    """The load averages now (for "load after" under a table)."""
+    load = os.getloadavg()
+    return f"{time.strftime('%H:%M')}, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+
+
 def machine_note() -> str:
     """Where and under what load a run was measured (for the line under a table)."""
     load = os.getloadavg()
