@@ -9,10 +9,11 @@ container lifecycle. The host side of a container is :mod:`runtime.container.hos
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Protocol
 
 from runtime.image.model import Image
-from runtime.image.snapshot import OverlayMount
+from runtime.image.snapshot import OverlayMount, SnapshotRelease
 
 
 class Snapshots(Protocol):
@@ -25,6 +26,16 @@ class Snapshots(Protocol):
         """Delete snapshot ``key``; idempotent (False if absent). ``durable=False``: the
         row's deletion is made durable by the caller's next durable write (the store's
         contract), for a removal that a durable record deletion always follows."""
+        ...
+
+    def forget(self, conn: sqlite3.Connection, key: str) -> SnapshotRelease | None:
+        """Delete the row of snapshot ``key`` inside the caller's store transaction (the same
+        store as the container records: RemoveContainer deletes both in one commit); what is
+        left on disk, None if absent. Runs on the store's thread: no other I/O."""
+        ...
+
+    async def discard(self, release: SnapshotRelease) -> None:
+        """Remove what :meth:`forget` left on disk (idempotent)."""
         ...
 
     async def keys(self) -> dict[str, str]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import KeysView
+from collections.abc import Callable, KeysView
+from typing import TypeVar
 
 from runtime.errors import AlreadyExists, NotFound
 from runtime.ids import resolve_prefix
 from runtime.model.container import ContainerRecord
 from runtime.store import Migration, Store, from_json, to_json
+
+T = TypeVar("T")
 
 CONTAINER_MIGRATIONS = [
     Migration(
@@ -90,6 +93,18 @@ class ContainerRecords:
     async def delete(self, container_id: str) -> None:
         await self._store.write(lambda c: c.execute("DELETE FROM containers WHERE id=?", (container_id,)))
         self._by_id.pop(container_id, None)
+
+    async def delete_with(self, container_id: str, also: Callable[[sqlite3.Connection], T]) -> T:
+        """Delete the record and run ``also`` (other rows of the container: its snapshot's) in
+        one durable transaction: both are gone, or neither; returns what ``also`` returned."""
+
+        def txn(conn: sqlite3.Connection) -> T:
+            conn.execute("DELETE FROM containers WHERE id=?", (container_id,))
+            return also(conn)
+
+        result = await self._store.write(txn)
+        self._by_id.pop(container_id, None)
+        return result
 
     def get(self, container_id: str) -> ContainerRecord | None:
         return self._by_id.get(container_id)

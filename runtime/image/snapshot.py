@@ -20,7 +20,10 @@ Contracts:
 - :meth:`prepare` records that a container key uses an image before it returns; the image's
   layers stay on disk (even after RemoveImage) until :meth:`remove` of the key.
 - Removal deletes the database row first and the directory after, so a crash in between
-  leaves only a directory no row names, which recovery deletes.
+  leaves only a directory no row names, which recovery deletes. :meth:`OverlaySnapshotter.forget`
+  deletes the row inside a caller's transaction (RemoveContainer: with the container's record)
+  and :meth:`OverlaySnapshotter.discard` removes the directory later (its background reaper);
+  the directory name is never given to a new snapshot (fresh random names).
 """
 
 from __future__ import annotations
@@ -83,6 +86,17 @@ class OverlayMount:
     @property
     def fits_mount_data(self) -> bool:
         return len(self.data()) <= MOUNT_DATA_MAX
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRelease:
+    """A container snapshot whose row is deleted (:meth:`OverlaySnapshotter.forget`): what is
+    left on disk. ``image_removed``: RemoveImage hid its image while the container used it, so
+    the image's content may be collectable now."""
+
+    key: str
+    directory: Path
+    image_removed: bool
 
 
 def check_key(key: str) -> str:
@@ -307,33 +321,40 @@ class OverlaySnapshotter:
         Frees the image's content when RemoveImage already removed the image.
 
         ``durable=False`` commits the row's deletion without its own fsync (runtime.store.db:
-        durable with the next durable write), for RemoveContainer, which deletes the record
-        durably right after: one fsync less per removal. A power loss in between leaves the
-        row and the record, and the kubelet's retry of the removal finds the directory gone,
-        which :func:`shutil.rmtree` ignores."""
+        durable with the next durable write), for a caller that always writes durably right
+        after. A power loss in between leaves the row, and the retry finds the directory
+        gone, which :func:`shutil.rmtree` ignores."""
         check_key(key)
-
-        def delete(conn: sqlite3.Connection) -> tuple[str, bool] | None:
-            row = conn.execute(
-                "SELECT s.snapshot, coalesce(i.hidden, 1) FROM container_snapshots s"
-                " LEFT JOIN images i ON i.id = s.image_id WHERE s.key=?", (key,),
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute("DELETE FROM container_snapshots WHERE key=?", (key,))
-            return str(row[0]), bool(row[1])
-
-        found = await self._store.write(delete, durable=durable)
-        if found is None:
+        release = await self._store.write(lambda c: self.forget(c, key), durable=durable)
+        if release is None:
             return False
-        name, image_removed = found
-        await asyncio.to_thread(shutil.rmtree, self.containers_dir / name, True)
+        await self.discard(release)
+        return True
+
+    def forget(self, conn: sqlite3.Connection, key: str) -> SnapshotRelease | None:
+        """Delete the row of snapshot ``key`` in the caller's store transaction (call it from
+        a function given to :meth:`Store.write`); None when there is none. The directory stays
+        until :meth:`discard`: a crash before that leaves a directory no row names, which
+        :meth:`recover` removes at the next start."""
+        check_key(key)
+        row = conn.execute(
+            "SELECT s.snapshot, coalesce(i.hidden, 1) FROM container_snapshots s"
+            " LEFT JOIN images i ON i.id = s.image_id WHERE s.key=?", (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        conn.execute("DELETE FROM container_snapshots WHERE key=?", (key,))
+        return SnapshotRelease(key, self.containers_dir / str(row[0]), bool(row[1]))
+
+    async def discard(self, release: SnapshotRelease) -> None:
+        """Remove the directory of a snapshot :meth:`forget` deleted the row of (idempotent),
+        then let the image collector free a removed image's content."""
+        await asyncio.to_thread(shutil.rmtree, release.directory, True)
         # Only an image that RemoveImage hid while containers used it has content to free now
         # (remove_image deletes a visible image's rows itself); skipping the collection
         # otherwise saves every RemoveContainer a store transaction.
-        if image_removed and self._collect is not None:
+        if release.image_removed and self._collect is not None:
             await self._collect()
-        return True
 
     async def keys(self) -> dict[str, str]:
         """Every container snapshot key → image id (for the container service's recovery)."""

@@ -173,6 +173,18 @@ class DaemonProcess:
                 return left
             time.sleep(0.1)
 
+    @staticmethod
+    def still_there(*paths: Path, settle: float = 10.0) -> list[Path]:
+        """Which of ``paths`` still exist once ``settle`` seconds passed (or none sooner):
+        RemoveContainer answers before its directories are gone (the container reaper
+        deletes them, runtime.container.reaper). Only bounds a wait, never a timed check."""
+        deadline = time.monotonic() + settle
+        while True:
+            left = [p for p in paths if p.exists()]
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.05)
+
     def remove_all_pods(self, timeout: float = 60) -> None:
         """StopPodSandbox + RemovePodSandbox of every pod, through the running daemon."""
         from cri_shim.api.gen import api_pb2 as pb

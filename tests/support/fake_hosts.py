@@ -34,7 +34,7 @@ from runtime.cgroups.v2 import CgroupV2Driver
 from runtime.container.host import LinuxContainerHost
 from runtime.errors import NotFound
 from runtime.image.model import Image, ImageConfig
-from runtime.image.snapshot import OverlayMount
+from runtime.image.snapshot import OverlayMount, SnapshotRelease
 from runtime.model.launch import ProcessSpec
 from runtime.model.network import DnsConfig
 from runtime.model.resources import Resources
@@ -148,6 +148,18 @@ class FakeSnapshots:
         shutil.rmtree(self.root / key, ignore_errors=True)
         return self.taken.pop(key, None) is not None
 
+    def forget(self, conn: sqlite3.Connection, key: str) -> SnapshotRelease | None:
+        """As the real one, in the caller's transaction: here it forgets the key at once (a
+        rolled back transaction would leave it forgotten, which no test does)."""
+        self.journal.step("snapshots.forget")
+        if self.taken.pop(key, None) is None:
+            return None
+        return SnapshotRelease(key, self.root / key, image_removed=False)
+
+    async def discard(self, release: SnapshotRelease) -> None:
+        self.journal.step("snapshots.discard")
+        await asyncio.to_thread(shutil.rmtree, release.directory, True)
+
     async def keys(self) -> dict[str, str]:
         return dict(self.taken)
 
@@ -225,6 +237,8 @@ class FaultyStore(Store):
         #: writes committed without fsync since the last durable one, and in all
         self.unsynced = 0
         self.relaxed = 0
+        #: durable writes (an fsync each) in all
+        self.durable = 0
 
     async def write(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         self.journal.store_write()
@@ -232,4 +246,5 @@ class FaultyStore(Store):
         # a write that is not durable waits for the next durable one (runtime.store.db)
         self.unsynced = 0 if durable else self.unsynced + 1
         self.relaxed += 0 if durable else 1
+        self.durable += 1 if durable else 0
         return result

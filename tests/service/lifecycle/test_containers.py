@@ -98,7 +98,7 @@ def test_crictl_create_start_ps_inspect_logs_exec_stop_rm(d: DaemonProcess, imag
     d.crictl("rm", cid)
     assert json.loads(d.crictl("ps", "-a", "-o", "json").stdout)["containers"] == []
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=10)  # idempotent
-    assert not (d.state / "containers" / cid).exists()
+    assert not d.still_there(d.state / "containers" / cid)
     d.crictl("stopp", pod)
     d.crictl("rmp", pod)
 

@@ -85,6 +85,7 @@ def test_a_failed_setup_is_the_starts_error_and_remove_leaves_nothing(
     assert wait_state(d, ok, pb.CONTAINER_EXITED).exit_code == 4
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60)
     assert [c.id for c in d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers] == [ok]
+    d.still_there(d.state / "containers" / cid)  # its directories go in the background
     assert container_traces(d, cid, cgroup) == []
     remove_pod(d, pod)
 

@@ -158,8 +158,7 @@ def test_root_inside_is_an_unprivileged_host_uid(d: DaemonProcess, images: Image
     assert (st_bad.state, st_bad.exit_code, st_bad.reason) == (pb.CONTAINER_EXITED, 128, "StartError")
     assert "idmapped mount of /sys/kernel" in st_bad.message
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=bad_id), timeout=60)
-    assert not (d.state / "containers" / bad_id).exists()
-    assert not (d.root / "images" / "containers" / bad_id).exists()
+    assert not d.still_there(d.state / "containers" / bad_id, d.root / "images" / "containers" / bad_id)
     assert [c.metadata.name for c in d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers] == [
         "app"]
     remove_pod(d, pod)

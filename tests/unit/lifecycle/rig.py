@@ -163,6 +163,7 @@ class Rig:
     async def container_leftovers(self, sandbox_id: str) -> list[str]:
         """What of any container of ``sandbox_id`` is left: records, dirs, cgroups, snapshots,
         processes in the shim."""
+        await self.containers.reaper.settle()  # cgroups and directories are removed in the background
         left = [f"record {cid}" for cid in await self.container_rows()]
         left += [f"record in memory {r.id}" for r in self.containers.records.all()]
         for base in (self.settings.state / "containers", self.settings.state / "image-volumes"):

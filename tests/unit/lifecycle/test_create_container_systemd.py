@@ -48,6 +48,7 @@ async def test_the_scope_is_started_around_the_precreated_process(pod: tuple[Rig
     assert scope["PIDs"] == [FAKE_PRECREATED_PID] and scope["Slice"] == pod_slice and scope["Delegate"] is True
     assert drv.pids(path) == [FAKE_PRECREATED_PID]
     await rig.containers.remove(cid)
+    await rig.containers.reaper.settle()  # the scope is stopped in the background
     assert f"cri-shim-{cid}.scope" not in drv.systemd.units
     assert rig.cgroups_below(rig.sandboxes.get(sid).cgroup_path) == []
     await rig.sandboxes.stop(sid)

@@ -131,6 +131,7 @@ async def test_the_runtime_starts_the_scope_and_the_daemon_adopts_it(runtime_rig
     assert adopted["MemoryAccounting"] is False
     assert rig.cgroups.fs.read(rig.cgroups.inner.directory(rec.cgroup_path) / "memory.swap.max").strip() == "0"
     await rig.containers.remove(cid)
+    await rig.containers.reaper.settle()  # the scope is stopped in the background
     (delete,) = [c for c in runtime_calls(log) if " delete " in f" {c} "]
     assert delete.split()[1:] == [rec.oci_root, "--systemd-cgroup", "delete", "--force", cid]
     assert scope not in systemd.units
