@@ -13,8 +13,9 @@ Contracts:
 - stop: idempotent; the stop signal (config, else image, else SIGTERM), SIGKILL after the
   timeout; returns once the exit is recorded. NotFound for an unknown id.
 - remove: idempotent (unknown id is success); kills a running container first; answers once
-  the shim has dropped it, its cgroup is gone and its record is durably deleted; its
-  directories are removed in the background (``runtime.container.reaper``).
+  its record is durably deleted (with its snapshot's row), the shim has dropped its process
+  and its cgroup is gone; its directories are removed in the background
+  (``runtime.container.reaper``).
 - Exits are recorded from the shim's events (ShimWatch), from ``wait`` replies, and after a
   restart from the exit files the shim wrote (``<state>/containers/<id>/exit.json``).
 
@@ -623,54 +624,69 @@ class ContainerService:
             await run_hooks(rec.hooks, ("poststop",), state, strict=False, container_id=cid)
 
     async def _forget(self, rec: ContainerRecord, steps: StepTimer | None = None) -> Leftovers:
-        """Take back what must not outlive the record (its CDI netDevices, its process in the
-        shim, an OCI runtime's container, its image volumes' mounts), then delete the record
-        and its snapshot's row in one durable commit, and its cgroup meanwhile. Returns what
+        """Delete the record and its snapshot's row in one durable commit, and meanwhile let
+        the pod shim forget the container's process and remove its cgroup. What must not
+        outlive the record goes before the commit: its CDI netDevices, an OCI runtime's
+        container, its image volumes' mounts (the shim's entry first for these). Returns what
         is left on the host (for :class:`ContainerReaper`). When a step before the commit or
         the commit fails it raises and the record stays: every step is idempotent, and the
         kubelet's retry finishes what is left."""
         steps = steps or StepTimer()
         sandbox = self.sandboxes.records.get(rec.sandbox_id)
+        via_shim = sandbox is not None and shim_alive(sandbox.shim)
         if rec.net_devices:
             await self._detach_net_devices(rec)
             steps.mark("net devices")
-        if sandbox is not None and shim_alive(sandbox.shim):
-            with contextlib.suppress(errors.Unavailable, errors.NotFound):
-                await self.sandboxes.shims.client(rec.sandbox_id).delete(rec.id, rpc_timeout=30)
-            steps.mark("shim")
-        if rec.oci_runtime:
-            # before its cgroup and state dir: the runtime's state, its process if any, its cgroups
-            await oci.delete(rec.oci_runtime, rec.oci_root, rec.id, hook_seconds=_all_hook_seconds(rec.hooks),
-                             systemd_cgroup=rec.oci_systemd_cgroup)
-            await asyncio.to_thread(oci.remove_userns_mount_points, rec.id)
-            steps.mark("OCI runtime delete")
-        if any(m.image is not None for m in rec.config.mounts):
-            # mounts on the host: unmounted before the record goes (not durable on its own:
-            # the record's deletion next is)
-            await release_image_volumes(self.images, self.settings.state, rec.id, rec.config.mounts, durable=False)
-            steps.mark("image volumes")
+        volumes = any(m.image is not None for m in rec.config.mounts)
+        if rec.oci_runtime or volumes:
+            if via_shim:
+                await self._shim_forget(rec)
+                via_shim = False
+                steps.mark("shim")
+            if rec.oci_runtime:
+                # before its cgroup and state dir: the runtime's state, its process if any, its cgroups
+                await oci.delete(rec.oci_runtime, rec.oci_root, rec.id, hook_seconds=_all_hook_seconds(rec.hooks),
+                                 systemd_cgroup=rec.oci_systemd_cgroup)
+                await asyncio.to_thread(oci.remove_userns_mount_points, rec.id)
+                steps.mark("OCI runtime delete")
+            if volumes:
+                # mounts on the host (not durable on its own: the commit next is)
+                await release_image_volumes(self.images, self.settings.state, rec.id, rec.config.mounts,
+                                            durable=False)
+                steps.mark("image volumes")
         key = rec.snapshot_key or rec.id
-        commit = self.records.delete_with(rec.id, lambda conn: self.images.snapshots.forget(conn, key))
-        if not rec.cgroup_path:
-            forgotten = await commit
-            steps.mark("record")
-            return Leftovers(rec.id, rec.sandbox_id, "", Path(rec.exit_dir), forgotten)
-        # The cgroup goes now, while the commit waits for its fsync (a few rmdirs, ~0.2 ms on
-        # cgroup v1 here, against ~1 ms for the fsync): nothing of the container runs on after
-        # the answer, and the pod's cgroup can go right after. Independent of the record: a
-        # removal retried after a failed commit finds it gone, and the reaper retries a
-        # cgroup that failed to go (its processes did not die in time).
-        snapshot, cgroup = await asyncio.gather(
-            commit, asyncio.to_thread(self._cgroups().remove, rec.cgroup_path), return_exceptions=True)
-        steps.mark("cgroup+record")
+        # The shim's entry and the cgroup go while the commit waits for its fsync (~0.4 ms for
+        # the shim's round trip and ~0.2 ms for the rmdirs of cgroup v1 here, against ~1 ms):
+        # the process has exited (_stop) or is killed by the shim's delete (created, never
+        # started), so the record's deletion does not depend on them, nor they on it. After a
+        # failed commit the retry finds them gone; when they fail after the commit, the reaper
+        # removes the cgroup, and the shim's entry goes with the pod's shim or at the next
+        # start (recovery: _clean_shim_leftovers).
+        snapshot, dropped = await asyncio.gather(
+            self.records.delete_with(rec.id, lambda conn: self.images.snapshots.forget(conn, key)),
+            self._drop_process(rec, via_shim), return_exceptions=True)
+        steps.mark("shim+cgroup+record" if via_shim else "cgroup+record")
         if isinstance(snapshot, BaseException):
             raise snapshot
         left_cgroup = ""
-        if isinstance(cgroup, BaseException):
-            log.warning("container %s: removing its cgroup %s failed (retried in the background): %s: %s",
-                        rec.id, rec.cgroup_path, type(cgroup).__name__, cgroup)
+        if isinstance(dropped, BaseException):
+            log.warning("container %s: forgetting its process or removing its cgroup %s failed (the cgroup is "
+                        "retried in the background): %s: %s", rec.id, rec.cgroup_path, type(dropped).__name__, dropped)
             left_cgroup = rec.cgroup_path
         return Leftovers(rec.id, rec.sandbox_id, left_cgroup, Path(rec.exit_dir), snapshot)
+
+    async def _shim_forget(self, rec: ContainerRecord) -> None:
+        """The pod shim forgets the container's process (idempotent; kills one created and
+        never started); a shim that is gone has nothing to forget."""
+        with contextlib.suppress(errors.Unavailable, errors.NotFound):
+            await self.sandboxes.shims.client(rec.sandbox_id).delete(rec.id, rpc_timeout=30)
+
+    async def _drop_process(self, rec: ContainerRecord, via_shim: bool) -> None:
+        """The shim's entry (``via_shim``), then the cgroup (killing what is left in it)."""
+        if via_shim:
+            await self._shim_forget(rec)
+        if rec.cgroup_path:
+            await asyncio.to_thread(self._cgroups().remove, rec.cgroup_path)
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -848,8 +864,33 @@ class ContainerService:
         except Exception:
             log.exception("recovery: cleaning container snapshots failed")
         await asyncio.to_thread(self._clean_leftovers, known)
+        await self._clean_shim_leftovers(known)
         await self._clean_oci_leftovers(known)
         return len(known)
+
+    async def _clean_shim_leftovers(self, known: set[str]) -> None:
+        """Let live pod shims forget processes of containers we have no record of: a crash
+        after RemoveContainer's commit and before the shim's delete (they run together).
+        After _clean_leftovers, which killed what ran in such a container's cgroup."""
+        for sandbox in self.sandboxes.records.all():
+            if sandbox.state is not SandboxState.READY or not shim_alive(sandbox.shim):
+                continue
+            client = self.sandboxes.shims.client(sandbox.id)
+            try:
+                procs = await client.processes(rpc_timeout=10)
+            except errors.EngineError as exc:
+                log.error("recovery: cannot list the processes of the shim of sandbox %s: %s", sandbox.id, exc)
+                continue
+            for proc in procs:
+                if proc.container_id in known or len(proc.container_id) != 64:  # the PID holder is no container
+                    continue
+                log.info("recovery: the shim of sandbox %s forgets container %s, which has no record",
+                         sandbox.id, proc.container_id)
+                try:
+                    await client.delete(proc.container_id, rpc_timeout=30)
+                except errors.EngineError as exc:
+                    log.error("recovery: the shim of sandbox %s cannot forget container %s: %s",
+                              sandbox.id, proc.container_id, exc)
 
     async def _clean_oci_leftovers(self, known: set[str]) -> None:
         """``delete --force`` what an OCI runtime keeps of containers we have no record of

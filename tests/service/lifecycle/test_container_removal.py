@@ -1,8 +1,10 @@
-"""RemoveContainer answers once the container's record is durably gone; its state directory
-and its snapshot's upper and work directories are deleted after that, in the background
-(runtime.container.reaper). What that must never cost: a daemon killed right after the
-answer leaves nothing once it has started again, a daemon stopped with SIGTERM has finished
-the deletions, and the container's name can be taken again at once, on fresh directories.
+"""RemoveContainer answers once the container's record is durably gone (the pod shim forgets
+its process and its cgroup goes meanwhile); its state directory and its snapshot's upper and
+work directories are deleted after that, in the background (runtime.container.reaper). What
+that must never cost: a daemon killed right after the answer, or between the commit and the
+shim's delete, leaves nothing once it has started again, a daemon stopped with SIGTERM has
+finished the deletions, and the container's name can be taken again at once, on fresh
+directories.
 
 Each container here fills its upper directory with many files, so that their deletion takes
 a while and the kill or the stop lands while it runs (a quick one leaves nothing to test,
@@ -10,13 +12,16 @@ never a false failure)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from cri_shim.api.gen import api_pb2 as pb
 from runtime.container.reaper import REAP_CONCURRENCY
+from runtime.shim.manager import ShimManager
 from tests.service.lifecycle.conftest import Images
 from tests.support.daemon import DaemonProcess
 from tests.support.names import unique
@@ -101,4 +106,35 @@ def test_a_name_taken_again_at_once_gets_fresh_directories(d: DaemonProcess, ima
     assert state not in dirs and state.is_dir()
     assert not d.still_there(*dirs)
     assert exec_sync(d, again, ["cat", "/mine"]).exit_code == 0, "its rootfs is whole after the old one's removal"
+    remove_pod(d, pod)
+
+
+def shim_processes(d: DaemonProcess, pod: str) -> list[str]:
+    """The container ids the pod's shim holds a process entry for (asked over its socket)."""
+    client = ShimManager(d.state).client(pod)
+    return [p.container_id for p in asyncio.run(client.processes(rpc_timeout=10))]
+
+
+def test_a_shim_entry_without_a_record_is_forgotten_at_the_start(
+    d: DaemonProcess, images: Images, tmp_path: Path
+) -> None:
+    """What a kill -9 after RemoveContainer's commit and before the shim's delete leaves
+    (they run together): the record and the snapshot's row gone, the shim's entry not."""
+    pull(d, images.busybox)
+    pod, cfg = new_pod(d, tmp_path)
+    gone = create_container(d, pod, cfg, container_config("gone", images.busybox, ["true"]))
+    start(d, gone)
+    wait_state(d, gone, pb.CONTAINER_EXITED)
+    kept = create_container(d, pod, cfg, container_config("kept", images.busybox, ["sleep", "300"]))
+    start(d, kept)
+    assert {gone, kept} <= set(shim_processes(d, pod))
+    d.kill9()
+    with sqlite3.connect(d.root / "meta.db") as db:
+        db.execute("DELETE FROM containers WHERE id=?", (gone,))
+        db.execute("DELETE FROM container_snapshots WHERE key=?", (gone,))
+    d.start()
+    held = shim_processes(d, pod)
+    assert gone not in held and kept in held
+    assert exec_sync(d, kept, ["echo", "alive"]).stdout == b"alive\n"
+    assert d.still_there(d.state / "containers" / gone, settle=0) == []
     remove_pod(d, pod)
