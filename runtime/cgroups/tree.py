@@ -98,6 +98,20 @@ def _rmdir_retrying(fs: CgroupFs, d: Path, deadline: float, clock: Clock) -> boo
             delay = min(delay * 2, _MAX_BACKOFF)
 
 
+def remove_empty(fs: CgroupFs, directories: list[Path]) -> tuple[bool, list[Path]]:
+    """One rmdir of each directory, no retry, no error raised: (whether one existed and was
+    removed, the directories left: those the kernel refused, as busy with a process or a
+    child cgroup (EBUSY), or for another error, which :func:`remove_subtrees` reports)."""
+    removed = False
+    left: list[Path] = []
+    for d in directories:
+        try:
+            removed = fs.rmdir(d) or removed
+        except OSError:
+            left.append(d)
+    return removed, left
+
+
 def remove_subtrees(fs: CgroupFs, directories: list[Path], clock: Clock, timeout: float) -> bool:
     """rmdir each directory with all its descendants (children first), retrying on EBUSY.
 

@@ -229,8 +229,47 @@ def test_remove_kills_then_removes_children_first(v1: FakeCgroupKernel, v1_drive
     assert v1_driver.remove(POD) is False  # idempotent
 
 
+class Recording(FakeCgroupKernel):
+    """Counts the calls that look into directories (listing, reading, stat)."""
+
+    looks = 0
+
+    def child_dirs(self, path: Path) -> list[Path]:
+        self.looks += 1
+        return super().child_dirs(path)
+
+    def read(self, path: Path) -> str:
+        self.looks += 1
+        return super().read(path)
+
+    def is_dir(self, path: Path) -> bool:
+        self.looks += 1
+        return super().is_dir(path)
+
+    def rmdir(self, path: Path) -> bool:
+        looks = self.looks  # the fake kernel's own look at what is in the way does not count
+        try:
+            return super().rmdir(path)
+        finally:
+            self.looks = looks
+
+
+def test_an_empty_cgroup_goes_with_one_rmdir_per_hierarchy(tmp_path: Path, fake_time: FakeTime) -> None:
+    """RemoveContainer's cgroup (its processes gone): no listing of every hierarchy's
+    directory for children and pids first."""
+    base = make_v1_tree(tmp_path, hybrid=True)
+    k = Recording(base.root, base.mode, base.hierarchies, base.mountinfo, base.hugepages_dir)
+    d = CgroupV1Driver(k.host(), k, fake_time.clock())
+    d.create(CTR)
+    k.looks = 0
+    assert d.remove(CTR) is True
+    assert k.looks == 0
+    assert not d.exists(CTR) and d.exists(POD)
+    assert d.remove(CTR) is False  # idempotent
+
+
 class BusyAtFirst(FakeCgroupKernel):
-    busy_left = 3
+    busy_left = 4  # the first refusal is the quick attempt's (no sleep), then three with backoff
 
     def rmdir(self, path: Path) -> bool:
         if self.busy_left:
