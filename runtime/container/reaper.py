@@ -16,8 +16,9 @@ Contracts:
   these are things no row names, which the next start's recovery removes before the runtime
   is ready (``OverlaySnapshotter.recover``: snapshot directories no row names;
   ``ContainerService.recover``: state directories and cgroups of unknown containers).
-- At most ``concurrency`` removals run at once; a failure is logged with the container id
-  and left to that recovery (the record is gone: the kubelet will not retry).
+- A removal starts ``delay`` seconds after it was submitted (at once when something waits for
+  it), at most ``concurrency`` run at once; a failure is logged with the container id and
+  left to that recovery (the record is gone: the kubelet will not retry).
 - :meth:`ContainerReaper.settle` waits for the pending removals (of one sandbox: RemovePodSandbox
   waits, so a removed pod leaves nothing of its containers); :meth:`ContainerReaper.close`
   (engine stop) finishes them within a bound.
@@ -26,6 +27,7 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 #: removals at once: each is a few ms of directory work on a thread; more would only take
 #: CPU from the calls being answered
 REAP_CONCURRENCY = 2
+#: seconds a removal waits before it starts (unless something waits for it): its threads'
+#: directory walks are Python code, and right after the answer they took the GIL from the
+#: event loop sending it (measured: RemoveContainer p50 2.7 -> 2.2-2.5 ms with 5 ms here)
+REAP_DELAY = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,42 +60,51 @@ class Leftovers:
     snapshot: SnapshotRelease | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Job:
+    leftovers: Leftovers
+    #: set: start now, without waiting out the delay (someone waits for it)
+    hurry: asyncio.Event
+
+
 class ContainerReaper:
     """Removes :class:`Leftovers` in background tasks. Construction does no I/O."""
 
     def __init__(self, cgroups: CgroupsPort, host: ContainerHost, images: ContainerImages,
-                 concurrency: int = REAP_CONCURRENCY) -> None:
+                 concurrency: int = REAP_CONCURRENCY, delay: float = REAP_DELAY) -> None:
         self._cgroups = cgroups
         self._host = host
         self._images = images
         self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: dict[asyncio.Task[None], Leftovers] = {}
+        self._delay = delay
+        self._jobs: dict[asyncio.Task[None], _Job] = {}
 
     def submit(self, leftovers: Leftovers) -> None:
-        """Start removing ``leftovers`` in the background (on the running loop)."""
+        """Remove ``leftovers`` in the background (a task of the running loop)."""
+        job = _Job(leftovers, asyncio.Event())
         task = asyncio.get_running_loop().create_task(
-            self._run(leftovers), name=f"reap-container-{leftovers.container_id[:12]}")
-        self._tasks[task] = leftovers
-        task.add_done_callback(lambda t: self._tasks.pop(t, None))
-
-    def pending(self, sandbox_id: str | None = None) -> list[str]:
-        """Ids of the containers whose leftovers are being removed (of ``sandbox_id``)."""
-        return [lo.container_id for lo in self._tasks.values() if sandbox_id in (None, lo.sandbox_id)]
+            self._run(job), name=f"reap-container-{leftovers.container_id[:12]}")
+        self._jobs[task] = job
+        task.add_done_callback(lambda t: self._jobs.pop(t, None))
 
     async def settle(self, sandbox_id: str | None = None) -> None:
         """Return once no removal (of ``sandbox_id``'s containers) is pending."""
         while True:
-            tasks = [t for t, lo in self._tasks.items() if sandbox_id in (None, lo.sandbox_id)]
+            tasks = [t for t, job in self._jobs.items() if sandbox_id in (None, job.leftovers.sandbox_id)]
             if not tasks:
                 return
+            for task in tasks:
+                self._jobs[task].hurry.set()
             await asyncio.wait(tasks)
 
     async def close(self, timeout: float) -> int:
         """Engine stop: finish the pending removals for up to ``timeout`` seconds, then cancel
         the rest (the next start's recovery removes them). Returns how many were cut short."""
-        names = {t: lo.container_id for t, lo in self._tasks.items()}
+        names = {t: job.leftovers.container_id for t, job in self._jobs.items()}
         if not names:
             return 0
+        for job in self._jobs.values():
+            job.hurry.set()
         _, left = await asyncio.wait(names, timeout=timeout)
         for task in left:
             task.cancel()
@@ -123,10 +138,13 @@ class ContainerReaper:
         finally:
             self._host.remove_state_dir(leftovers.state_dir)
 
-    async def _run(self, leftovers: Leftovers) -> None:
+    async def _run(self, job: _Job) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._delay):
+                await job.hurry.wait()
         async with self._slots:
             try:
-                await self.remove(leftovers)
+                await self.remove(job.leftovers)
             except Exception as exc:
                 log.error("container %s: removing its leftovers failed; the next start's recovery retries: %s: %s",
-                          leftovers.container_id, type(exc).__name__, exc)
+                          job.leftovers.container_id, type(exc).__name__, exc)
