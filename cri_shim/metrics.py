@@ -30,7 +30,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -91,6 +91,9 @@ class Metrics:
             "Latency of CRI gRPC calls, by service and method (server streams: the stream's lifetime).",
             ["service", "method"], buckets=RPC_BUCKETS, registry=r,
         )
+        # (method, code) -> (requests, errors or None, latency) children; method names are
+        # unique across both CRI services, and methods x codes is a bounded set
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
         self.build_info = Gauge(
             f"{PREFIX}_build_info", "cri-shim version information.", ["version", "cri_api"], registry=r
         )
@@ -183,10 +186,18 @@ class Metrics:
     # -- RpcObserver ------------------------------------------------------------------------------
 
     def observe(self, service: str, method: str, code: str, seconds: float) -> None:
-        self.rpc_requests.labels(service, method, code).inc()
-        if code != "OK":
-            self.rpc_errors.labels(service, method, code).inc()
-        self.rpc_latency.labels(service, method).observe(seconds)
+        # the labelled children, looked up once per (method, code): labels() costs ~8 µs a call
+        children = self._rpc_children.get((method, code))
+        if children is None:
+            children = (self.rpc_requests.labels(service, method, code),
+                        self.rpc_errors.labels(service, method, code) if code != "OK" else None,
+                        self.rpc_latency.labels(service, method))
+            self._rpc_children[(method, code)] = children
+        requests, errors, latency = children
+        requests.inc()
+        if errors is not None:
+            errors.inc()
+        latency.observe(seconds)
 
     # -- PullObserver -----------------------------------------------------------------------------
 

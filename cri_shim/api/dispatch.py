@@ -10,6 +10,7 @@ UNIMPLEMENTED naming itself. No method ever answers a fake success.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -44,6 +45,15 @@ MUTATING = frozenset(
 ALWAYS_AVAILABLE = frozenset({"Version", "Status", "RuntimeConfig"})
 
 _ID_FIELDS = ("pod_sandbox_id", "container_id")
+
+# Request ids: a random prefix per daemon start and a counter (unique across restarts without
+# a getrandom(2) per call, which secrets.token_hex was).
+_RID_PREFIX = secrets.token_hex(3)
+_rid_counter = itertools.count(1)
+
+
+def _next_rid() -> str:
+    return f"{_RID_PREFIX}{next(_rid_counter) & 0xFFFFFF:06x}"
 
 
 class CallContext(Protocol):
@@ -196,7 +206,7 @@ class Dispatcher:
         self, m: _Method, impl: Callable[..., Awaitable[Any]] | None
     ) -> Callable[[Any, Any], Awaitable[Any]]:
         async def call(request: Any, context: CallContext) -> Any:
-            rid = secrets.token_hex(6)
+            rid = _next_rid()
             started = time.monotonic()
             code, detail = grpc.StatusCode.OK, ""
             try:
@@ -219,7 +229,7 @@ class Dispatcher:
         self, m: _Method, impl: Callable[..., AsyncIterator[Any]] | None
     ) -> Callable[[Any, Any], AsyncIterator[Any]]:
         async def call(request: Any, context: CallContext) -> AsyncIterator[Any]:
-            rid = secrets.token_hex(6)
+            rid = _next_rid()
             started = time.monotonic()
             code, detail = grpc.StatusCode.OK, ""
             try:
