@@ -64,6 +64,18 @@ def start_profiled(d: Any, out: Path) -> None:
     raise TimeoutError("cri-shim did not start")
 
 
+def step_medians(lines: list[str]) -> str:
+    """The median of each step over step lines ("9.6 ms: image=0.1 cgroup=1.1 ..."), in the
+    order the steps first appear (a step missing from a line counts as absent, not 0)."""
+    per: dict[str, list[float]] = {"total": []}
+    for line in lines:
+        total, _, rest = line.partition(" ms: ")
+        per["total"].append(float(total))
+        for name, ms in re.findall(r"\s*([^=]+?)=([\d.]+)", rest):  # names may hold spaces
+            per.setdefault(name, []).append(float(ms))
+    return " ".join(f"{name}={tables.p50(v):.1f}" for name, v in per.items() if v)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=30)
@@ -150,6 +162,7 @@ def main() -> int:
             print(f"\nlast step timings of '{what}':")
             for line in lines[-3:]:
                 print("  ", line)
+            print("   p50 per step:", step_medians(lines))
         if args.cprofile and profile.exists():
             for key in ("tottime", "cumulative"):
                 buf = io.StringIO()

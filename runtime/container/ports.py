@@ -17,9 +17,19 @@ from runtime.image.snapshot import OverlayMount, SnapshotRelease
 
 
 class Snapshots(Protocol):
-    async def prepare(self, key: str, image_id: str, owner: tuple[int, int] | None = None) -> OverlayMount:
+    async def prepare(self, key: str, image_id: str, owner: tuple[int, int] | None = None, *,
+                      durable: bool = True) -> OverlayMount:
         """A writable snapshot ``key`` over the image (a mount description; nothing is
-        mounted). NotFound for an unknown image, AlreadyExists for a used key."""
+        mounted). NotFound for an unknown image, AlreadyExists for a used key.
+        ``durable=False``: the row is made durable by the caller's next durable write."""
+        ...
+
+    async def reserve(self, key: str, image_id: str, *, durable: bool = True) -> OverlayMount:
+        """:meth:`prepare` without its directories (:meth:`make_dirs` makes them); raises as it."""
+        ...
+
+    async def make_dirs(self, mount: OverlayMount, owner: tuple[int, int] | None = None) -> None:
+        """The directories of a snapshot :meth:`reserve` returned ``mount`` for."""
         ...
 
     async def remove(self, key: str, *, durable: bool = True) -> bool:

@@ -5,11 +5,15 @@ forked and handed the spec; its set-up, mounts to pivot_root, goes on in the shi
 ``start``, which awaits that set-up first, so its failure is a StartError (exit 128), as
 containerd's ``runc create`` in StartContainer; its rootfs is an overlay over the image's snapshots
 with a fresh upper dir (``OverlaySnapshotter.prepare``), its cgroup ``<pod cgroup>/<id>``.
+Unless it has hooks, an OCI runtime, CDI netDevices or a checkpoint to restore, CreateContainer
+answers once its record is durable and its host side (cgroup, directories, the shim's process)
+is made in the background, which ``start`` awaits too (``runtime.container.setup``).
 
 Contracts:
 - create: validated first; name (sandbox/name/attempt) reserved atomically; each step's
   undo registered; a failure undoes everything (shielded, bounded). Outlives a cancelled
-  caller and is handed to the retry (runtime.handoff).
+  caller and is handed to the retry (runtime.handoff). A failure of the set-up that goes on
+  after the answer (runtime.container.setup) undoes that set-up and is the start's error.
 - stop: idempotent; the stop signal (config, else image, else SIGTERM), SIGKILL after the
   timeout; returns once the exit is recorded. NotFound for an unknown id.
 - remove: idempotent (unknown id is success); kills a running container first; answers once
@@ -52,18 +56,20 @@ from runtime.container.imagevolumes import leftover_volume_dirs, release_image_v
 from runtime.container.ports import ContainerImages
 from runtime.container.reaper import ContainerReaper, Leftovers
 from runtime.container.records import ContainerRecords
+from runtime.container.setup import ContainerSetup, ContainerSetups
 from runtime.events import EventBus, EventKind
 from runtime.handoff import Handoff, ParkedStore
 from runtime.ids import check_id, new_id
 from runtime.image.model import Image
-from runtime.model.container import ContainerConfig, ContainerHook, ContainerRecord, ContainerState
+from runtime.image.snapshot import OverlayMount
+from runtime.model.container import ContainerConfig, ContainerHook, ContainerRecord, ContainerState, ContainerUser
 from runtime.model.launch import PID_HOLDER, ExitStatus, LaunchSpec, NamespaceSpec, OciLaunch, ProcessSpec, RootfsSpec
 from runtime.model.query import select
 from runtime.model.resources import Resources, check_resources
 from runtime.model.sandbox import NamespaceMode, SandboxRecord, SandboxState
 from runtime.sandbox.hooks import CgroupsPort
 from runtime.sandbox.service import SandboxService
-from runtime.security.container import ContainerSecurityPlanner
+from runtime.security.container import ContainerSecurityPlan, ContainerSecurityPlanner
 from runtime.security.rootfs import LayeredRootfs
 from runtime.shim.manager import shim_alive
 from runtime.shim.port import ShimConnection
@@ -130,6 +136,8 @@ class ContainerService:
         self.restorer: ContainerRestorer | None = None
         #: removes what removed containers leave on the host, in the background
         self.reaper = ContainerReaper(cgroups, host, images)
+        #: host sides of created containers still being made after CreateContainer answered
+        self.setups = ContainerSetups(host, lambda: self.images.snapshots, cgroups)
 
     def state_dir(self, container_id: str) -> Path:
         return self.settings.state / "containers" / check_id(container_id, "container id")
@@ -236,6 +244,37 @@ class ContainerService:
         runtime_scope = bool(oci_runtime) and bound
         if oci_runtime:
             oci.check_supported(oci_runtime, config, sandbox, restoring=restoring is not None)
+        if not hooks and not oci_runtime and restoring is None and not (cdi is not None and cdi.net_devices):
+            # The host side is made once the record is durable, in the background
+            # (runtime.container.setup); before it, all that may refuse the request, the
+            # security plan on the snapshot's lower dirs (its upper one is still empty).
+            driver.plan_create(cg_path, resources)  # the cgroup's values (pure)
+            userns = sandbox.config.user_namespace
+            rootfs_mount = await self.images.snapshots.reserve(cid, image.id, durable=False)
+            undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
+            plan = await asyncio.to_thread(
+                planner.plan, config, sandbox.config, image_user=image.config.user,
+                read_image_file=LayeredRootfs(rootfs_mount.lowerdirs).read_file, shm_path=sandbox.shm_path,
+                sandbox_mounts=specs.pod_file_mounts(sandbox.files_dir, config.security.readonly_rootfs), cdi=cdi,
+            )
+            steps.mark("snapshot+security")
+            for warning in plan.warnings:
+                log.warning("container %s: %s", cid, warning)
+            exec_process = plan.process(args, env, cwd, main=False)
+            process = plan.process(args, env, cwd, tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once)
+            _check_process_size(process)
+            procs = () if bound else tuple(str(p) for p in driver.procs_files(cg_path))
+            launch = self._launch_spec(cid, sandbox, process, namespaces, state_dir, rootfs_mount, plan, procs,
+                                       _memory_dir(driver, cg_path), log_path)
+            rec = self._created(rec, config, image, log_path, cg_path, plan.user.user, resources, hooks=())
+            await self.records.put(rec)
+            self._exec_cache[cid] = exec_process
+            self.setups.spawn(ContainerSetup(
+                launch, rootfs_mount, userns.host_root if userns is not None else None, state_dir, log_path, cg_path,
+                resources, plan.device_rules, exec_process), self.sandboxes.shims.client(sandbox.id))
+            steps.mark("record")
+            log.debug("container %s built (%s)", cid, steps)
+            return rec
 
         def make_dirs_and_cgroup() -> None:
             self.host.make_state_dir(state_dir, log_path)
@@ -302,8 +341,8 @@ class ContainerService:
             undo.push("scope", settle_scope)  # undone first: the scope's removal waits for it
         userns = sandbox.config.user_namespace
         # hostUsers: false: the upper dir is the container root's (its host uid) on the host
-        rootfs_mount = await self.images.snapshots.prepare(
-            cid, image.id, owner=userns.host_root if userns is not None else None)
+        rootfs_mount = await self.images.snapshots.prepare(  # durable with the record
+            cid, image.id, owner=userns.host_root if userns is not None else None, durable=False)
         undo.push("snapshot", lambda: self.images.snapshots.remove(cid))
         if restore_work is not None:
             assert self.restorer is not None
@@ -332,23 +371,9 @@ class ContainerService:
         steps.mark("devices")
         process = plan.process(args, env, cwd, tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once)
         _check_process_size(process)
-        launch = LaunchSpec(
-            container_id=cid,
-            sandbox_id=sandbox.id,
-            process=process,
-            namespaces=namespaces,
-            rootfs=RootfsSpec(str(state_dir / "rootfs"), rootfs_mount.lowerdirs, rootfs_mount.upperdir,
-                              rootfs_mount.workdir, readonly=plan.readonly_rootfs),
-            mounts=plan.mounts,
-            devices=plan.devices,
-            masked_paths=plan.masked_paths,
-            readonly_paths=plan.readonly_paths,
-            cgroup_procs=procs,
-            memory_cgroup=_memory_dir(driver, cg_path),
-            log_path=log_path,
-            exit_dir=str(state_dir),
-            privileged=plan.privileged,
-            hooks=shim_hooks,
+        launch = self._launch_spec(
+            cid, sandbox, process, namespaces, state_dir, rootfs_mount, plan, procs, _memory_dir(driver, cg_path),
+            log_path, hooks=shim_hooks,
             hook_state=oci_state(cid, "creating", 0, str(state_dir), config.annotations).decode() if shim_hooks else "",
         )
         oci_root = ""
@@ -405,13 +430,9 @@ class ContainerService:
             state = oci_state(cid, "created", created.pid, str(state_dir), config.annotations)
             await run_hooks(hooks, ("prestart", "createRuntime"), state, strict=True, container_id=cid)
             steps.mark("hooks")
-        stop_signal = config.stop_signal or _signal_number(image.config.stop_signal) or signal.SIGTERM
         rec = replace(
-            rec, config=config, state=ContainerState.CREATED, pid=created.pid,
-            image_id=image.id, image_ref=_image_ref(image), image_name=_image_name(config.image.image, image),
-            log_path=log_path, cgroup_path=cg_path, snapshot_key=cid, user=plan.user.user, mounts=config.mounts,
-            resources=resources, stop_signal=stop_signal, hooks=hooks,
-            checkpoint=restoring.path if restoring is not None else "",
+            self._created(rec, config, image, log_path, cg_path, plan.user.user, resources, hooks=hooks),
+            pid=created.pid, checkpoint=restoring.path if restoring is not None else "",
             oci_runtime=oci_runtime, oci_root=oci_root, oci_systemd_cgroup=runtime_scope,
         )
         await self.records.put(rec)
@@ -421,6 +442,45 @@ class ContainerService:
         steps.mark("record")
         log.debug("container %s built (%s)", cid, steps)
         return rec
+
+    @staticmethod
+    def _launch_spec(cid: str, sandbox: SandboxRecord, process: ProcessSpec, namespaces: NamespaceSpec,
+                     state_dir: Path, rootfs: OverlayMount, plan: ContainerSecurityPlan, cgroup_procs: tuple[str, ...],
+                     memory_cgroup: str, log_path: str, *, hooks: tuple[ContainerHook, ...] = (),
+                     hook_state: str = "") -> LaunchSpec:
+        """What the pod shim gets to create the container's process."""
+        return LaunchSpec(
+            container_id=cid,
+            sandbox_id=sandbox.id,
+            process=process,
+            namespaces=namespaces,
+            rootfs=RootfsSpec(str(state_dir / "rootfs"), rootfs.lowerdirs, rootfs.upperdir, rootfs.workdir,
+                              readonly=plan.readonly_rootfs),
+            mounts=plan.mounts,
+            devices=plan.devices,
+            masked_paths=plan.masked_paths,
+            readonly_paths=plan.readonly_paths,
+            cgroup_procs=cgroup_procs,
+            memory_cgroup=memory_cgroup,
+            log_path=log_path,
+            exit_dir=str(state_dir),
+            privileged=plan.privileged,
+            hooks=hooks,
+            hook_state=hook_state,
+        )
+
+    @staticmethod
+    def _created(rec: ContainerRecord, config: ContainerConfig, image: Image, log_path: str, cgroup_path: str,
+                 user: ContainerUser, resources: Resources | None, *,
+                 hooks: tuple[ContainerHook, ...]) -> ContainerRecord:
+        """The CREATED record of a container made from ``rec`` (its reservation)."""
+        stop_signal = config.stop_signal or _signal_number(image.config.stop_signal) or signal.SIGTERM
+        return replace(
+            rec, config=config, state=ContainerState.CREATED,
+            image_id=image.id, image_ref=_image_ref(image), image_name=_image_name(config.image.image, image),
+            log_path=log_path, cgroup_path=cgroup_path, snapshot_key=rec.id, user=user, mounts=config.mounts,
+            resources=resources, stop_signal=stop_signal, hooks=hooks,
+        )
 
     async def _checkpoint_image(self, image_id: str, name: str, archive: str) -> Image:
         """The image a checkpoint was made from, by id, else by name; FailedPrecondition
@@ -489,6 +549,7 @@ class ContainerService:
 
     async def start(self, id_or_prefix: str) -> None:
         rec = self.get(id_or_prefix)
+        steps = StepTimer()
         async with self.lock(rec.id):
             rec = self.get(rec.id)
             if rec.state is not ContainerState.CREATED:
@@ -498,6 +559,10 @@ class ContainerService:
                 raise errors.FailedPrecondition(f"pod sandbox {sandbox.id} of container {rec.id} is not ready")
             client = self.sandboxes.shims.client(sandbox.id)
             try:
+                failed = await self.setups.settle(rec.id)  # its host side, made after CreateContainer answered
+                steps.mark("set-up")
+                if failed:
+                    raise errors.FailedPrecondition(failed)
                 if rec.checkpoint:  # created from a checkpoint: starting it is restoring it
                     plan = await asyncio.to_thread(load_plan, Path(rec.exit_dir))
                     try:
@@ -509,22 +574,29 @@ class ContainerService:
                     # a set-up the create left running is awaited first (the shim's: 60 s at most)
                     got = await client.start(rec.id, rpc_timeout=90 + (
                         _all_hook_seconds(rec.hooks) if rec.oci_runtime else hook_seconds(rec.hooks, "startContainer")))
+                steps.mark("shim")
             except errors.FailedPrecondition as exc:
-                now = time.time_ns()
-                await self.records.put(replace(
-                    rec, state=ContainerState.EXITED, started_at_ns=now, finished_at_ns=now, exit_code=128,
-                    reason="StartError", message=str(exc),
-                ))
-                self.events.publish(EventKind.CONTAINER_STOPPED, rec.sandbox_id, rec.id)
+                await self._record_start_error(rec, str(exc))
                 raise
             rec = replace(rec, state=ContainerState.RUNNING, pid=got.pid or rec.pid,
                           started_at_ns=got.started_at_ns or time.time_ns())
             await self.records.put(rec)
+            steps.mark("record")
         self.events.publish(EventKind.CONTAINER_STARTED, rec.sandbox_id, rec.id)
-        log.info("container %s started, pid %d", rec.id, rec.pid)
+        log.info("container %s started, pid %d (%s)", rec.id, rec.pid, steps)
         if rec.hooks and not rec.oci_runtime:  # an OCI runtime runs them itself (config.json)
             state = oci_state(rec.id, "running", rec.pid, rec.exit_dir, rec.config.annotations)
             await run_hooks(rec.hooks, ("poststart",), state, strict=False, container_id=rec.id)
+
+    async def _record_start_error(self, rec: ContainerRecord, message: str) -> None:
+        """The created container ``rec`` could not start: EXITED 128 StartError (containerd's
+        exit code and reason for a failed ``runc create``/``start``)."""
+        now = time.time_ns()
+        await self.records.put(replace(
+            rec, state=ContainerState.EXITED, started_at_ns=now, finished_at_ns=now, exit_code=128,
+            reason="StartError", message=message,
+        ))
+        self.events.publish(EventKind.CONTAINER_STOPPED, rec.sandbox_id, rec.id)
 
     # -- stop ---------------------------------------------------------------------------------
 
@@ -605,6 +677,7 @@ class ContainerService:
     async def _remove(self, cid: str) -> None:
         steps = StepTimer()
         await self._stop(cid, 0)
+        await self.setups.settle(cid)  # what it makes is removed next
         steps.mark("stop")
         async with self.lock(cid):
             rec = self.records.get(cid)
@@ -614,6 +687,7 @@ class ContainerService:
         self._locks.pop(cid, None)
         self._exec_cache.pop(cid, None)
         self._handoff.forget(cid)
+        self.setups.forget(cid)
         # its snapshot's directories and its state directory go in the background: nothing
         # reuses them, and a crash first leaves only what recovery removes (runtime.container.reaper)
         self.reaper.submit(leftovers)
@@ -734,9 +808,12 @@ class ContainerService:
         rec = self.get(id_or_prefix)
         check_resources(resources)
         async with self.lock(rec.id):
+            failed = await self.setups.settle(rec.id)  # (its cgroup may still be being made)
             rec = self.get(rec.id)
             if rec.state not in (ContainerState.CREATED, ContainerState.RUNNING):
                 raise errors.FailedPrecondition(f"container {rec.id} is {rec.state.value}")
+            if failed:
+                raise errors.FailedPrecondition(f"container {rec.id} cannot start: {failed}")
             await asyncio.to_thread(self._cgroups().update, rec.cgroup_path, resources)
             await self.records.put(replace(rec, resources=resources))
 
@@ -776,6 +853,8 @@ class ContainerService:
             log.error("container record %s cannot be read (%s); left in the store", cid, problem)
 
     async def stop_all(self, sandbox_id: str) -> None:
+        # set-ups still running first: the pod's shim, namespaces and cgroup go next
+        await self.setups.settle_all({r.id for r in self.records.of_sandbox(sandbox_id)})
         running = [r.id for r in self.records.of_sandbox(sandbox_id) if r.state is ContainerState.RUNNING]
         results = await asyncio.gather(*(self._stop(cid, 0) for cid in running), return_exceptions=True)
         for cid, res in zip(running, results, strict=True):
@@ -841,8 +920,10 @@ class ContainerService:
 
     async def close(self) -> None:
         """Engine shutdown: let running creations finish and their handoff records be written,
-        then the removals of removed containers' leftovers (bounded; recovery finishes the rest)."""
+        the set-ups they left running (bounded), then the removals of removed containers'
+        leftovers (bounded; recovery finishes the rest)."""
         await self._handoff.drain()
+        await self.setups.close()
         await self.reaper.close(REAP_DRAIN_SECONDS)
 
     async def recover(self) -> int:
@@ -924,9 +1005,21 @@ class ContainerService:
         if sandbox.state is not SandboxState.READY or not shim_alive(sandbox.shim):
             await self._record_lost(rec.id, "the pod shim is gone")
             return
+        client = self.sandboxes.shims.client(rec.sandbox_id)
         try:
-            got = await self.sandboxes.shims.client(rec.sandbox_id).state(rec.id, rpc_timeout=10)
+            got = await client.state(rec.id, rpc_timeout=10)
         except errors.NotFound:
+            if rec.state is ContainerState.CREATED:
+                # the daemon stopped between CreateContainer's answer and the end of the set-up
+                # it had left running (runtime.container.setup): a start that failed, as for
+                # any other failure of it; a process the shim forked for it goes now
+                try:
+                    await client.delete(rec.id, rpc_timeout=30)
+                except errors.EngineError as exc:
+                    log.error("recovery: container %s: discarding its process in the shim failed: %s", rec.id, exc)
+                await self._record_start_error(
+                    rec, f"creating container {rec.id}: the runtime restarted before its set-up ended")
+                return
             await self._record_lost(rec.id, "the pod shim does not know the container")
             return
         if got.exit is not None:
@@ -934,7 +1027,8 @@ class ContainerService:
         elif got.state is ProcPhase.RUNNING and rec.state is ContainerState.CREATED:
             # started, but the daemon died before it recorded that
             async with self.lock(rec.id):
-                await self.records.put(replace(rec, state=ContainerState.RUNNING, started_at_ns=got.started_at_ns))
+                await self.records.put(replace(rec, state=ContainerState.RUNNING, pid=got.pid or rec.pid,
+                                               started_at_ns=got.started_at_ns))
 
     def _clean_leftovers(self, known: set[str]) -> None:
         leftover_volume_dirs(self.settings.state, known)

@@ -18,7 +18,9 @@ Contracts:
 - Concurrent requests for the same chain id share one extraction (in this process) or wait
   for the other process's extraction (``cri-shim image import`` next to the daemon).
 - :meth:`prepare` records that a container key uses an image before it returns; the image's
-  layers stay on disk (even after RemoveImage) until :meth:`remove` of the key.
+  layers stay on disk (even after RemoveImage) until :meth:`remove` of the key. It is
+  :meth:`reserve` (the row) then :meth:`make_dirs` (the directories), which a caller may also
+  call apart; a snapshot whose directories were never made is removed as any other.
 - Removal deletes the database row first and the directory after, so a crash in between
   leaves only a directory no row names, which recovery deletes. :meth:`OverlaySnapshotter.forget`
   deletes the row inside a caller's transaction (RemoveContainer: with the container's record)
@@ -244,18 +246,40 @@ class OverlaySnapshotter:
 
     # -- container snapshots --------------------------------------------------------------------
 
-    async def prepare(self, key: str, image_id: str, owner: tuple[int, int] | None = None) -> OverlayMount:
+    async def prepare(self, key: str, image_id: str, owner: tuple[int, int] | None = None, *,
+                      durable: bool = True) -> OverlayMount:
         """Create the writable snapshot ``key`` over image ``image_id``; returns its mount.
         ``owner`` (host uid, gid) owns the upper dir, the root directory of the rootfs: the
         root of a pod's user namespace, whose container then writes as that host uid (its
         layers are shown to it through idmapped mounts; containerd chowns the same way).
 
         Raises NotFound (no such image), AlreadyExists (key exists: use :meth:`mounts_for`),
-        InvalidArgument (bad key). Persists the key → image use before returning.
+        InvalidArgument (bad key). Persists the key → image use before returning
+        (``durable=False``: as :meth:`reserve`).
+        """
+        mount = await self.reserve(key, image_id, durable=durable)
+        try:
+            await self.make_dirs(mount, owner)
+        except BaseException:
+            forget = "DELETE FROM container_snapshots WHERE key=?"
+            await asyncio.shield(self._store.write(lambda c: c.execute(forget, (key,))))
+            raise
+        return mount
+
+    async def reserve(self, key: str, image_id: str, *, durable: bool = True) -> OverlayMount:
+        """The first half of :meth:`prepare`: record that snapshot ``key`` uses image
+        ``image_id`` and return its mount description; its directories do not exist until
+        :meth:`make_dirs` (CreateContainer answers in between and makes them in the
+        background). A crash before they are made leaves a row without directories, which
+        :meth:`remove` takes (idempotent). Raises as :meth:`prepare`.
+
+        ``durable=False``: the row is committed without its own fsync (runtime.store.db:
+        durable with the next durable write), for a caller that writes its record durably
+        next (CreateContainer). A power loss before that loses both; directories made in
+        between are then named by no row, and :meth:`recover` removes them.
         """
         check_key(key)
         name = "c" + secrets.token_hex(6)
-        path = self.containers_dir / name
 
         def record(conn: sqlite3.Connection) -> list[str]:
             if conn.execute("SELECT 1 FROM container_snapshots WHERE key=?", (key,)).fetchone():
@@ -277,14 +301,16 @@ class OverlaySnapshotter:
             )
             return snaps
 
-        snaps = await self._store.write(record)
-        try:
-            await asyncio.to_thread(self._make_dirs, path, owner)
-        except BaseException:
-            forget = "DELETE FROM container_snapshots WHERE key=?"
-            await asyncio.shield(self._store.write(lambda c: c.execute(forget, (key,))))
-            raise
-        return self._mount(snaps, path)
+        snaps = await self._store.write(record, durable=durable)
+        return self._mount(snaps, self.containers_dir / name)
+
+    async def make_dirs(self, mount: OverlayMount, owner: tuple[int, int] | None = None) -> None:
+        """Make the upper and work directories of a snapshot :meth:`reserve` returned
+        ``mount`` for (``owner``: as :meth:`prepare`). Raises FileExistsError when they exist."""
+        path = Path(mount.upperdir).parent
+        if path.parent != self.containers_dir:
+            raise InvalidArgument(f"{mount.upperdir} is not the upper directory of a container snapshot")
+        await asyncio.to_thread(self._make_dirs, path, owner)
 
     @staticmethod
     def _make_dirs(path: Path, owner: tuple[int, int] | None = None) -> None:

@@ -134,14 +134,33 @@ class FakeSnapshots:
         self.lower = root / "layer"
         self.taken: dict[str, str] = {}
 
-    async def prepare(self, key: str, image_id: str, owner: tuple[int, int] | None = None) -> OverlayMount:
+    async def prepare(self, key: str, image_id: str, owner: tuple[int, int] | None = None, *,
+                      durable: bool = True) -> OverlayMount:
         await asyncio.sleep(0)  # the real one waits for its store write first
         self.journal.step("snapshots.prepare")
-        (self.root / key / "fs").mkdir(parents=True)
-        (self.root / key / "work").mkdir()
+        mount = self._take(key, image_id)
+        self._make(mount)
+        return mount
+
+    async def reserve(self, key: str, image_id: str, *, durable: bool = True) -> OverlayMount:
+        await asyncio.sleep(0)
+        self.journal.step("snapshots.reserve")
+        return self._take(key, image_id)
+
+    async def make_dirs(self, mount: OverlayMount, owner: tuple[int, int] | None = None) -> None:
+        await asyncio.sleep(0)
+        self.journal.step("snapshots.make_dirs")
+        self._make(mount)
+
+    def _take(self, key: str, image_id: str) -> OverlayMount:
         self.lower.mkdir(parents=True, exist_ok=True)
         self.taken[key] = image_id
         return OverlayMount((str(self.lower),), str(self.root / key / "fs"), str(self.root / key / "work"))
+
+    @staticmethod
+    def _make(mount: OverlayMount) -> None:
+        Path(mount.upperdir).mkdir(parents=True)
+        Path(mount.workdir).mkdir()
 
     async def remove(self, key: str, *, durable: bool = True) -> bool:
         self.journal.step("snapshots.remove")

@@ -8,8 +8,10 @@ pod network, runs the test's ``netns_step`` (what the shim does inside the netns
 end of the veth appears); ``pid_holder`` answers with a live pid (this test process: the
 service only reads its start time); ``precreate``/``create``/``delete`` keep the set of
 containers the shim holds (``create`` first runs the test's ``create_step`` with the spec, if
-any: what an OCI runtime's create does on the host); ``shutdown`` ends the shim and its
-subscriptions.
+any: what an OCI runtime's create does on the host); ``start`` marks one of them running
+(no process runs), ``kill`` a running one exited (128 + signal), ``state`` and ``wait`` tell
+which; ``shutdown`` ends the shim and its subscriptions. A test may hold the requests of an
+operation (:attr:`FakeShims.held`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, TypeVar, cast
 
 from runtime import errors
 from runtime.linux.proc import ProcessRef
-from runtime.model.launch import LaunchSpec
+from runtime.model.launch import ExitStatus, LaunchSpec
 from runtime.model.network import PodNetnsPlan, PodNetnsResult
 from runtime.model.sandbox import PinnedNamespaces
 from runtime.shim.port import ShimConnection
@@ -32,15 +34,20 @@ from runtime.shim.protocol import (
     Create,
     CreateNamespaces,
     Delete,
+    Kill,
     NamespacesRequest,
     NamespacesResult,
     Pid,
     PidHolder,
     Precreate,
+    ProcPhase,
     ProcState,
     ShimEvent,
     ShimRequest,
+    Start,
+    State,
     Subscribed,
+    Wait,
 )
 from tests.support.journal import Journal
 
@@ -59,6 +66,10 @@ class FakeShim:
     sandbox_id: str
     ref: ProcessRef
     containers: set[str] = field(default_factory=set)
+    #: forked ahead of their spec (``precreate``): unknown to ``state`` and ``start``
+    precreated: set[str] = field(default_factory=set)
+    started: set[str] = field(default_factory=set)
+    exited: dict[str, ExitStatus] = field(default_factory=dict)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -78,6 +89,9 @@ class FakeShimConnection(ShimConnection):
 
     async def request(self, request: ShimRequest[R], rpc_timeout: float | None = None) -> R:
         self._shims.journal.step(f"shim.{request.OP}")
+        held = self._shims.held.get(request.OP)
+        if held is not None:
+            await held.wait()
         shim = self._shim()
         reply: Any
         match request:
@@ -86,16 +100,32 @@ class FakeShimConnection(ShimConnection):
             case PidHolder():
                 reply = Pid(os.getpid())
             case Precreate(container_id=cid):
-                shim.containers.add(cid)
+                shim.precreated.add(cid)
                 # the forked process' pid (a made-up one: the systemd driver's scope is made around it)
                 reply = Pid(FAKE_PRECREATED_PID)
             case Create(spec=spec):
                 if self._shims.create_step is not None:
                     self._shims.create_step(spec)
+                shim.precreated.discard(spec.container_id)
                 shim.containers.add(spec.container_id)
                 reply = ProcState(spec.container_id, os.getpid())
+            case Start(container_id=cid) | State(container_id=cid) | Kill(container_id=cid) | Wait(container_id=cid):
+                if cid not in shim.containers:
+                    raise errors.NotFound(f"container {cid} is not known to the pod shim")
+                # (no process runs: "started", and "killed" once started, are all a unit test
+                # of the service can see)
+                if isinstance(request, Start):
+                    shim.started.add(cid)
+                if isinstance(request, Kill) and cid in shim.started:
+                    shim.exited.setdefault(cid, ExitStatus(128 + request.signal, signal=request.signal))
+                phase = (ProcPhase.EXITED if cid in shim.exited else
+                         ProcPhase.RUNNING if cid in shim.started else ProcPhase.CREATED)
+                reply = ProcState(cid, os.getpid(), phase, exit=shim.exited.get(cid))
             case Delete(container_id=cid):
                 shim.containers.discard(cid)
+                shim.precreated.discard(cid)
+                shim.started.discard(cid)
+                shim.exited.pop(cid, None)
                 reply = Ack()
             case _:
                 raise errors.Unimplemented(f"the fake shim does not implement {request.OP!r}")
@@ -131,6 +161,9 @@ class FakeShims:
         self.dir = state / "shims"
         self.netns_step = netns_step
         self.create_step: CreateStep | None = None
+        #: requests of these operations wait for the event before they are served (a shim
+        #: that is busy, or stopped), once journaled
+        self.held: dict[str, asyncio.Event] = {}
         self.running: dict[str, FakeShim] = {}
         self._next_pid = NO_PID
 

@@ -1,14 +1,23 @@
-"""A container's set-up (mounts, pivot_root: what ``runc create`` does) finishes in
-StartContainer, as on containerd, whose CRI plugin runs ``runc create`` there: CreateContainer
-answers once the pod shim has handed the spec to the container's process, a set-up failure is
+"""A container's set-up (cgroup, directories, its process, mounts, pivot_root: what ``runc
+create`` does) finishes in StartContainer, as on containerd, whose CRI plugin runs ``runc
+create`` there: CreateContainer answers once the container's record is durable (the daemon's
+part of the set-up goes on in the background, then the pod shim's), a set-up failure is
 StartContainer's FailedPrecondition and the container ends EXITED 128 StartError, and
 RemoveContainer then leaves nothing. A daemon killed between the two finds the container
-created (or its failure) after its restart."""
+created (or its failure) after its restart.
+
+A stopped pod shim (SIGSTOP) holds the daemon's part of the set-up at its first request to the
+shim: CreateContainer answers anyway, and what comes meanwhile (status, list, stop, remove, a
+daemon killed) is checked."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -23,6 +32,7 @@ from tests.support.pods import (
     container_config,
     create_container,
     pod_config,
+    pod_info,
     pull,
     remove_pod,
     run_pod,
@@ -64,6 +74,15 @@ def container_traces(d: DaemonProcess, cid: str, cgroup: str) -> list[str]:
     return left
 
 
+def daemon_set_up(d: DaemonProcess, cid: str, timeout: float = 30) -> None:
+    """Wait until the daemon's part of the container's set-up has ended (its debug log line),
+    the shim's may go on (test_kill9_between_the_answer_and_the_set_up: a crash before it)."""
+    deadline = time.monotonic() + timeout
+    while f"container {cid} set up (" not in d.log():
+        assert time.monotonic() < deadline, f"container {cid}: the daemon's set-up did not end in {timeout}s"
+        time.sleep(0.02)
+
+
 def test_a_failed_setup_is_the_starts_error_and_remove_leaves_nothing(
         d: DaemonProcess, images: Images, tmp_path: Path) -> None:
     pull(d, images.busybox)
@@ -95,6 +114,8 @@ def test_kill9_between_create_and_start(d: DaemonProcess, images: Images, tmp_pa
     pod, cfg = new_pod(d, tmp_path)
     bad = create_container(d, pod, cfg, unmakeable(images, tmp_path, "bad"))  # on main: FailedPrecondition here
     good = create_container(d, pod, cfg, container_config("good", images.busybox, ["sh", "-c", "echo hi; exit 3"]))
+    daemon_set_up(d, bad)
+    daemon_set_up(d, good)
     d.kill9()  # the good one's set-up may still run in the shim
     time.sleep(0.5)
     d.start()
@@ -107,4 +128,98 @@ def test_kill9_between_create_and_start(d: DaemonProcess, images: Images, tmp_pa
     assert "/etc/passwd/below" in why, why
     st = status(d, bad)
     assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 128, "StartError"), st
+    remove_pod(d, pod)
+
+
+@contextlib.contextmanager
+def stopped_shim(d: DaemonProcess, pod: str) -> Iterator[int]:
+    """The pod's shim stopped (SIGSTOP) in the block, continued after it also on a failure."""
+    pid = int(pod_info(d, pod)["shim"]["pid"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def cgroup_of(d: DaemonProcess, cid: str) -> str:
+    info = json.loads(d.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid, verbose=True),
+                                                timeout=10).info["info"])
+    return str(info["cgroup"])
+
+
+def test_created_while_the_shim_is_stopped_answers_at_once_and_starts(
+        d: DaemonProcess, images: Images, tmp_path: Path) -> None:
+    pull(d, images.busybox)
+    pod, cfg = new_pod(d, tmp_path)
+    with stopped_shim(d, pod):
+        # on main: CreateContainer waits for the shim (DEADLINE_EXCEEDED here)
+        cid = d.runtime.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod, config=container_config("c", images.busybox, ["sh", "-c", "exit 5"]),
+            sandbox_config=cfg), timeout=10).container_id
+        assert status(d, cid).state == pb.CONTAINER_CREATED
+        listed = d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers
+        assert [(c.id, c.state) for c in listed] == [(cid, pb.CONTAINER_CREATED)]
+        d.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=10)  # not running
+        assert status(d, cid).state == pb.CONTAINER_CREATED
+    start(d, cid)
+    st = wait_state(d, cid, pb.CONTAINER_EXITED)
+    assert st.exit_code == 5, st
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60)
+    remove_pod(d, pod)
+
+
+def test_remove_while_the_set_up_waits_leaves_nothing(d: DaemonProcess, images: Images, tmp_path: Path) -> None:
+    pull(d, images.busybox)
+    pod, cfg = new_pod(d, tmp_path)
+    with stopped_shim(d, pod):
+        cid = d.runtime.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod, config=container_config("c", images.busybox, ["true"]), sandbox_config=cfg),
+            timeout=10).container_id  # on main: DEADLINE_EXCEEDED here
+        cgroup = cgroup_of(d, cid)
+        removal = d.runtime.RemoveContainer.future(pb.RemoveContainerRequest(container_id=cid), timeout=60)
+        time.sleep(0.3)  # (ordering only: the removal is then likely waiting for the set-up)
+    removal.result()
+    assert d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers == []
+    assert container_traces(d, cid, cgroup) == []
+    remove_pod(d, pod)
+
+
+def test_kill9_between_the_answer_and_the_set_up(d: DaemonProcess, images: Images, tmp_path: Path) -> None:
+    """The daemon dies with the set-up not done: after its restart the container is a failed
+    start (EXITED 128 StartError), and its removal leaves nothing (the process the shim forked
+    for it afterwards, its cgroup, snapshot and state dir)."""
+    pull(d, images.busybox)
+    pod, cfg = new_pod(d, tmp_path)
+    with stopped_shim(d, pod):
+        cid = d.runtime.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod, config=container_config("c", images.busybox, ["true"]), sandbox_config=cfg),
+            timeout=10).container_id  # on main: DEADLINE_EXCEEDED here
+        cgroup = cgroup_of(d, cid)
+        d.kill9()
+    d.start()
+    st = status(d, cid)
+    assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 128, "StartError"), st
+    assert "restarted before its set-up ended" in st.message, st.message
+    start_error(d, cid)  # not created any more
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60)
+    assert container_traces(d, cid, cgroup) == []
+    remove_pod(d, pod)
+
+
+def test_a_cgroup_the_kernel_refuses_is_the_starts_error(d: DaemonProcess, images: Images, tmp_path: Path) -> None:
+    """The daemon's part of the set-up fails (no such CPU for cpuset.cpus: the kernel's
+    EINVAL): CreateContainer has answered, StartContainer fails, as containerd's ``runc
+    create`` fails in its StartContainer."""
+    pull(d, images.busybox)
+    pod, cfg = new_pod(d, tmp_path)
+    cpus = pb.LinuxContainerResources(cpuset_cpus=str((os.cpu_count() or 1) + 1000))
+    cid = create_container(d, pod, cfg, container_config("c", images.busybox, ["true"], resources=cpus))
+    cgroup = cgroup_of(d, cid)  # on main: InvalidArgument at the create
+    why = start_error(d, cid)
+    assert f"creating container {cid}" in why and "cpuset" in why, why
+    st = status(d, cid)
+    assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 128, "StartError"), st
+    d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60)
+    assert container_traces(d, cid, cgroup) == []
     remove_pod(d, pod)

@@ -175,7 +175,8 @@ class Rig:
         snapshots = self.images.snapshots.root
         if snapshots.is_dir():
             left += [f"snapshot dir {d}" for d in snapshots.iterdir() if d.name != "layer"]
-        left += [f"process {c} in the shim" for c in self.shims.running[sandbox_id].containers]
+        shim = self.shims.running[sandbox_id]
+        left += [f"process {c} in the shim" for c in sorted(shim.containers | shim.precreated)]
         left += [f"cached exec process {c}" for c in self.containers._exec_cache]
         return left
 

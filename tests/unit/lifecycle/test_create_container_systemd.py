@@ -1,6 +1,7 @@
 """CreateContainer with the systemd cgroup driver (process-bound: a scope needs a process):
 the shim forks the container's process first, the scope is started around its pid, and a
-failure anywhere undoes the scope, the process and everything else."""
+failure anywhere undoes the scope, the process and everything else (in the set-up after
+CreateContainer's answer: runtime.container.setup; the failure is then StartContainer's)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from runtime.model.container import ContainerState
 from runtime.model.sandbox import SandboxState
 from tests.support.fake_hosts import JournaledSystemdCgroups
 from tests.support.fake_shims import FAKE_PRECREATED_PID
-from tests.support.journal import InjectedFault
 from tests.unit.lifecycle.rig import Rig, lifecycle_rig
 
 pytestmark = pytest.mark.timeout(20)
@@ -39,6 +39,7 @@ async def test_the_scope_is_started_around_the_precreated_process(pod: tuple[Rig
     assert rig.sandboxes.get(sid).cgroup_path == f"/cri_shim.slice/{pod_slice}"
     mark = rig.journal.mark()
     cid = await rig.containers.create(sid, rig.container_config())
+    assert await rig.containers.setups.settle(cid) == ""
     steps = rig.journal.since(mark)
     assert steps.index("shim.precreate") < steps.index("cgroups.create") < steps.index("host.apply_device_rules")
     assert steps.index("cgroups.create") < steps.index("shim.create")  # the spec goes to a process in its scope
@@ -61,23 +62,28 @@ async def test_a_scope_systemd_refuses_undoes_the_creation(pod: tuple[Rig, str])
     rig, sid = pod
     drv = systemd_of(rig)
     drv.systemd.fail_next_scope = FailedPrecondition("systemd: starting the scope: the job ended 'failed'")
-    with pytest.raises(FailedPrecondition, match="ended 'failed'"):
-        await rig.containers.create(sid, rig.container_config())
+    failed = await rig.containers.create(sid, rig.container_config())
+    assert "ended 'failed'" in await rig.containers.setups.settle(failed)
     after = rig.journal.calls[rig.journal.calls.index("cgroups.create", 2):]  # the scope's create on
     assert "shim.delete" in after and "cgroups.remove" in after
-    assert await rig.container_leftovers(sid) == []
     assert [u for u in drv.systemd.units if u.endswith(".scope")] == []
+    with pytest.raises(FailedPrecondition, match="ended 'failed'"):
+        await rig.containers.start(failed)
+    await rig.containers.remove(failed)
+    assert await rig.container_leftovers(sid) == []
     assert rig.sandboxes.get(sid).state is SandboxState.READY
-    cid = await rig.containers.create(sid, rig.container_config())  # the name is free again
+    cid = await rig.containers.create(sid, rig.container_config())
     assert rig.containers.get(cid).state is ContainerState.CREATED
+    assert await rig.containers.setups.settle(cid) == ""
 
 
 async def test_a_failure_after_the_scope_stops_it(pod: tuple[Rig, str]) -> None:
     rig, sid = pod
     drv = systemd_of(rig)
     rig.journal.fail_at("host.apply_device_rules")
-    with pytest.raises(InjectedFault):
-        await rig.containers.create(sid, rig.container_config())
+    cid = await rig.containers.create(sid, rig.container_config())
+    assert "injected failure" in await rig.containers.setups.settle(cid)
     assert [u for u in drv.systemd.units if u.endswith(".scope")] == []
     assert [m for m, u, _p in drv.systemd.calls if u.endswith(".scope")] == ["start", "stop", "reset-failed"]
+    await rig.containers.remove(cid)
     assert await rig.container_leftovers(sid) == []
