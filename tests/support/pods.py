@@ -193,6 +193,17 @@ def wait_state(d: DaemonProcess, cid: str, state: int, timeout: float = 20) -> p
         time.sleep(0.05)
 
 
+def wait_set_up(d: DaemonProcess, cid: str, timeout: float = 30) -> None:
+    """Wait until the daemon's part of a created container's set-up, which goes on after
+    CreateContainer answered (runtime.container.setup), has ended: its debug log line (the
+    test daemons log at debug). The pod shim's part (mounts, pivot_root) may still run."""
+    deadline = time.monotonic() + timeout
+    while f"container {cid} set up (" not in d.log():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"container {cid}: the daemon's set-up did not end in {timeout}s:\n{d.log()[-3000:]}")
+        time.sleep(0.02)
+
+
 def exec_sync(d: DaemonProcess, cid: str, cmd: list[str], timeout: int = 10) -> pb.ExecSyncResponse:
     r: pb.ExecSyncResponse = d.runtime.ExecSync(
         pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=timeout), timeout=timeout + 30

@@ -33,6 +33,7 @@ from tests.support.pods import (
     start,
     status,
     to_json_file,
+    wait_set_up,
     wait_state,
 )
 
@@ -350,6 +351,7 @@ def test_kill9_restart_running_survive_exited_recorded(d: DaemonProcess, images:
         "oom", images.busybox, ["sh", "-c", "sleep 1.5; x=a; while true; do x=$x$x; done"],
         resources=pb.LinuxContainerResources(memory_limit_in_bytes=32 << 20, memory_swap_limit_in_bytes=32 << 20)))
     created = create_container(d, pod, cfg, container_config("later", images.busybox, ["sh", "-c", "exit 3"]))
+    wait_set_up(d, created)  # (killed before, it is a failed start: test_setup_at_start.py)
     ticker_pid = json.loads(d.runtime.ContainerStatus(
         pb.ContainerStatusRequest(container_id=ticker, verbose=True), timeout=10).info["info"])["pid"]
     d.kill9()
@@ -483,17 +485,23 @@ def test_a_created_container_killed_from_outside_fails_to_start_clearly(
     # container; that kill is fixed, but a start of a dead container must say so clearly)
     pod, cfg = new_pod(d, tmp_path)
     cid = create_container(d, pod, cfg, container_config("doomed", images.busybox, ["true"]))
-    pid = json.loads(d.runtime.ContainerStatus(
-        pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=10).info["info"])["pid"]
+    cgroup = json.loads(d.runtime.ContainerStatus(
+        pb.ContainerStatusRequest(container_id=cid, verbose=True), timeout=10).info["info"])["cgroup"]
     # its set-up finishes after CreateContainer (a failure there is the start's: see
-    # test_setup_at_start.py); killed once it waits for its start byte on a pipe
-    wchan = ""
+    # test_setup_at_start.py), its process made then (its pid is the start's: the cgroup
+    # tells); killed once it has its spec and waits for its start byte on a pipe
+    wait_set_up(d, cid)
+    procs = next(Path("/sys/fs/cgroup").glob(f"*/{cgroup.strip('/')}/cgroup.procs"))
+    wchan, pid = "", 0
     for _ in range(400):
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-        if "pipe_read" in wchan:
-            break
+        pids = procs.read_text().split()
+        if len(pids) == 1:
+            pid = int(pids[0])
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+            if "pipe_read" in wchan:
+                break
         time.sleep(0.05)
-    assert "pipe_read" in wchan, f"the created process never waited for its start ({wchan!r})"
+    assert "pipe_read" in wchan, f"the created process never waited for its start ({pid}: {wchan!r})"
     os.kill(pid, 9)
     st = wait_state(d, cid, pb.CONTAINER_EXITED)
     assert (st.exit_code, st.reason) == (137, "Error")

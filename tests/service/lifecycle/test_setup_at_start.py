@@ -38,6 +38,7 @@ from tests.support.pods import (
     run_pod,
     start,
     status,
+    wait_set_up,
     wait_state,
 )
 
@@ -74,15 +75,6 @@ def container_traces(d: DaemonProcess, cid: str, cgroup: str) -> list[str]:
     return left
 
 
-def daemon_set_up(d: DaemonProcess, cid: str, timeout: float = 30) -> None:
-    """Wait until the daemon's part of the container's set-up has ended (its debug log line),
-    the shim's may go on (test_kill9_between_the_answer_and_the_set_up: a crash before it)."""
-    deadline = time.monotonic() + timeout
-    while f"container {cid} set up (" not in d.log():
-        assert time.monotonic() < deadline, f"container {cid}: the daemon's set-up did not end in {timeout}s"
-        time.sleep(0.02)
-
-
 def test_a_failed_setup_is_the_starts_error_and_remove_leaves_nothing(
         d: DaemonProcess, images: Images, tmp_path: Path) -> None:
     pull(d, images.busybox)
@@ -114,8 +106,8 @@ def test_kill9_between_create_and_start(d: DaemonProcess, images: Images, tmp_pa
     pod, cfg = new_pod(d, tmp_path)
     bad = create_container(d, pod, cfg, unmakeable(images, tmp_path, "bad"))  # on main: FailedPrecondition here
     good = create_container(d, pod, cfg, container_config("good", images.busybox, ["sh", "-c", "echo hi; exit 3"]))
-    daemon_set_up(d, bad)
-    daemon_set_up(d, good)
+    wait_set_up(d, bad)
+    wait_set_up(d, good)
     d.kill9()  # the good one's set-up may still run in the shim
     time.sleep(0.5)
     d.start()
