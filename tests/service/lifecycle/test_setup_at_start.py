@@ -66,13 +66,28 @@ def start_error(d: DaemonProcess, cid: str) -> str:
     return info.value.details() or ""
 
 
-def container_traces(d: DaemonProcess, cid: str, cgroup: str) -> list[str]:
+def snapshot_dirs(d: DaemonProcess) -> set[str]:
+    """The container snapshots' directories (runtime.image.snapshot: random names)."""
+    base = d.root / "images" / "containers"
+    return {p.name for p in base.iterdir()} if base.is_dir() else set()
+
+
+def container_traces(d: DaemonProcess, cid: str, cgroup: str, snapshots_before: set[str] | None = None,
+                     settle: float = 10.0) -> list[str]:
     """What of container ``cid`` is left on the host: mounts naming it, its state dir, its
-    snapshot, its cgroup directories."""
-    left = [line for line in mounts_under([d.root, d.state]) if cid in line]
-    left += [str(p) for p in (d.state / "containers" / cid, d.root / "images" / "containers" / cid) if p.exists()]
-    left += [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{cgroup.strip('/')}") if p.exists()]
-    return left
+    cgroup directories, and snapshot directories not in ``snapshots_before`` (when given);
+    re-checked for up to ``settle`` seconds, as RemoveContainer answers before its directories
+    are gone (runtime.container.reaper)."""
+    deadline = time.monotonic() + settle
+    while True:
+        left = [line for line in mounts_under([d.root, d.state]) if cid in line]
+        left += [str(p) for p in (d.state / "containers" / cid,) if p.exists()]
+        left += [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{cgroup.strip('/')}") if p.exists()]
+        if snapshots_before is not None:
+            left += [f"snapshot {n}" for n in sorted(snapshot_dirs(d) - snapshots_before)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
 
 
 def test_a_failed_setup_is_the_starts_error_and_remove_leaves_nothing(
@@ -164,6 +179,7 @@ def test_created_while_the_shim_is_stopped_answers_at_once_and_starts(
 def test_remove_while_the_set_up_waits_leaves_nothing(d: DaemonProcess, images: Images, tmp_path: Path) -> None:
     pull(d, images.busybox)
     pod, cfg = new_pod(d, tmp_path)
+    before = snapshot_dirs(d)
     with stopped_shim(d, pod):
         cid = d.runtime.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=pod, config=container_config("c", images.busybox, ["true"]), sandbox_config=cfg),
@@ -173,7 +189,7 @@ def test_remove_while_the_set_up_waits_leaves_nothing(d: DaemonProcess, images: 
         time.sleep(0.3)  # (ordering only: the removal is then likely waiting for the set-up)
     removal.result()
     assert d.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers == []
-    assert container_traces(d, cid, cgroup) == []
+    assert container_traces(d, cid, cgroup, before) == []
     remove_pod(d, pod)
 
 
@@ -183,11 +199,13 @@ def test_kill9_between_the_answer_and_the_set_up(d: DaemonProcess, images: Image
     for it afterwards, its cgroup, snapshot and state dir)."""
     pull(d, images.busybox)
     pod, cfg = new_pod(d, tmp_path)
+    before = snapshot_dirs(d)
     with stopped_shim(d, pod):
         cid = d.runtime.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=pod, config=container_config("c", images.busybox, ["true"]), sandbox_config=cfg),
             timeout=10).container_id  # on main: DEADLINE_EXCEEDED here
         cgroup = cgroup_of(d, cid)
+        assert len(snapshot_dirs(d) - before) == 1  # (made while the shim is stopped)
         d.kill9()
     d.start()
     st = status(d, cid)
@@ -195,7 +213,7 @@ def test_kill9_between_the_answer_and_the_set_up(d: DaemonProcess, images: Image
     assert "restarted before its set-up ended" in st.message, st.message
     start_error(d, cid)  # not created any more
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60)
-    assert container_traces(d, cid, cgroup) == []
+    assert container_traces(d, cid, cgroup, before) == []
     remove_pod(d, pod)
 
 
@@ -206,6 +224,7 @@ def test_a_cgroup_the_kernel_refuses_is_the_starts_error(d: DaemonProcess, image
     pull(d, images.busybox)
     pod, cfg = new_pod(d, tmp_path)
     cpus = pb.LinuxContainerResources(cpuset_cpus=str((os.cpu_count() or 1) + 1000))
+    before = snapshot_dirs(d)
     cid = create_container(d, pod, cfg, container_config("c", images.busybox, ["true"], resources=cpus))
     cgroup = cgroup_of(d, cid)  # on main: InvalidArgument at the create
     why = start_error(d, cid)
@@ -213,5 +232,5 @@ def test_a_cgroup_the_kernel_refuses_is_the_starts_error(d: DaemonProcess, image
     st = status(d, cid)
     assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 128, "StartError"), st
     d.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=60)
-    assert container_traces(d, cid, cgroup) == []
+    assert container_traces(d, cid, cgroup, before) == []
     remove_pod(d, pod)
