@@ -89,6 +89,7 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="bench-prof-"))
     samples: dict[str, list[float]] = {}
     steps: dict[str, list[str]] = {}
+    in_daemon: dict[str, list[float]] = {}
     profile = base / "daemon.prof"
     try:
         with running_registry(base) as reg:
@@ -147,17 +148,22 @@ def main() -> int:
                 g.stop_pod(pod_id)
                 g.remove_pod(pod_id)
                 g.close()
-                for line in d.log().splitlines():
+                for line in d.log_path.read_text(errors="replace").splitlines():  # (d.log() is its tail)
                     m = re.search(r"(container|sandbox) \S+ (\w+)\b.*?\(([\d.]+ ms: .*)\)", line)
                     if m:
                         steps.setdefault(f"{m.group(1)} {m.group(2)}", []).append(m.group(3))
+                    m = re.search(r"rpc=(\w+) rid=\S+ code=OK ms=([\d.]+)", line)
+                    if m:
+                        in_daemon.setdefault(m.group(1), []).append(float(m.group(2)) / 1000)
             finally:
                 d.cleanup()
                 shutil.rmtree(d.socket.parent, ignore_errors=True)
         print(f"\n{args.rounds} rounds, {args.mode} PID; {tables.machine_note()}\n")
-        print(f"{'call':34s} {'p50 ms':>8s} {'p95 ms':>8s}")
+        print(f"{'call':34s} {'p50 ms':>8s} {'p95 ms':>8s} {'daemon p50':>10s}")
         for op, v in samples.items():
-            print(f"{op:34s} {tables.p50(v) * 1000:8.1f} {tables.pct(v, .95) * 1000:8.1f}")
+            handled = in_daemon.get(op.split(" ")[0], [])  # the handler's own time (its log line)
+            print(f"{op:34s} {tables.p50(v) * 1000:8.1f} {tables.pct(v, .95) * 1000:8.1f}"
+                  f" {tables.p50(handled) * 1000 if handled else float('nan'):10.1f}")
         for what, lines in steps.items():
             print(f"\nlast step timings of '{what}':")
             for line in lines[-3:]:
