@@ -55,8 +55,10 @@ class ContainerRecords:
                 bad.append((cid, f"{type(exc).__name__}: {exc}"))
         return bad
 
-    async def reserve(self, record: ContainerRecord) -> None:
-        """Insert ``record``; AlreadyExists naming the holder when its name is taken."""
+    async def reserve(self, record: ContainerRecord, *, durable: bool = False) -> None:
+        """Insert ``record``; AlreadyExists naming the holder when its name is taken.
+        ``durable``: with its own fsync (a record inserted whole: CreateContainer's pipelined
+        path); else see below."""
 
         def ins(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT id FROM containers WHERE name_key=?", (record.name_key,)).fetchone()
@@ -71,7 +73,7 @@ class ContainerRecords:
 
         # Not durable on its own: every creation follows it with a durable write (its record, or
         # the undo's delete) before it answers, and that fsync covers this one (runtime.store.db).
-        holder = await self._store.write(ins, durable=False)
+        holder = await self._store.write(ins, durable=durable)
         if holder is not None:
             md = record.config.metadata
             raise AlreadyExists(

@@ -170,9 +170,7 @@ class ContainerService:
             cid = new_id()
             rec = ContainerRecord(id=cid, sandbox_id=sandbox_id, config=config, created_at_ns=time.time_ns(),
                                   exit_dir=str(self.state_dir(cid)))
-            await self.records.reserve(rec)
             undo = UndoStack(f"container {cid}")
-            undo.push("record", lambda: self.records.delete(cid))
             try:
                 rec = await self._build(rec, sandbox, undo)
                 undo.clear()
@@ -194,9 +192,18 @@ class ContainerService:
         if seccomp != config.security.seccomp:
             config = replace(config, security=replace(config.security, seccomp=seccomp))
         steps = StepTimer()
-        namespaces = self._namespaces(sandbox, config)
         # the pod's runtime handler may run its containers through an OCI runtime (runc, crun)
         oci_runtime = self.sandboxes.handlers.get(sandbox.config.runtime_handler).oci_runtime_path
+        cdi_names = requested_devices(config.cdi_devices, config.annotations)
+        # Without an OCI runtime, a checkpoint to restore or CDI devices (hooks, netDevices), the
+        # host side is made after the answer (runtime.container.setup), and the name is
+        # reserved with the CREATED record, in one durable commit; else first of all.
+        pipelined = not oci_runtime and not is_checkpoint_image(config.image.image) and not cdi_names
+        if not pipelined:
+            await self.records.reserve(rec)  # CREATING: a crash from here on is undone by recovery
+            undo.push("record", lambda: self.records.delete(cid))
+            steps.mark("reserve")
+        namespaces = self._namespaces(sandbox, config)
         restoring = None
         if is_checkpoint_image(config.image.image):
             # CRI-O/containerd: an image that is a path is a checkpoint archive to restore
@@ -210,7 +217,6 @@ class ContainerService:
             image = await self.images.get(config.image.image)
         steps.mark("image")
         # CDI devices first: an unknown one fails the request before anything is made
-        cdi_names = requested_devices(config.cdi_devices, config.annotations)
         cdi = await asyncio.to_thread(self.cdi.resolve, cdi_names) if cdi_names else None
         if cdi is not None:
             check_supported(cdi)
@@ -244,10 +250,12 @@ class ContainerService:
         runtime_scope = bool(oci_runtime) and bound
         if oci_runtime:
             oci.check_supported(oci_runtime, config, sandbox, restoring=restoring is not None)
-        if not hooks and not oci_runtime and restoring is None and not (cdi is not None and cdi.net_devices):
+        if pipelined:
             # The host side is made once the record is durable, in the background
             # (runtime.container.setup); before it, all that may refuse the request, the
-            # security plan on the snapshot's lower dirs (its upper one is still empty).
+            # security plan on the snapshot's lower dirs (its upper one is still empty). A
+            # crash before the record leaves only that snapshot (and image volumes), of an
+            # unknown container: recovery removes them.
             driver.plan_create(cg_path, resources)  # the cgroup's values (pure)
             userns = sandbox.config.user_namespace
             rootfs_mount = await self.images.snapshots.reserve(cid, image.id, durable=False)
@@ -267,7 +275,7 @@ class ContainerService:
             launch = self._launch_spec(cid, sandbox, process, namespaces, state_dir, rootfs_mount, plan, procs,
                                        _memory_dir(driver, cg_path), log_path)
             rec = self._created(rec, config, image, log_path, cg_path, plan.user.user, resources, hooks=())
-            await self.records.put(rec)
+            await self.records.reserve(rec, durable=True)  # AlreadyExists when the name is taken
             self._exec_cache[cid] = exec_process
             self.setups.spawn(ContainerSetup(
                 launch, rootfs_mount, userns.host_root if userns is not None else None, state_dir, log_path, cg_path,

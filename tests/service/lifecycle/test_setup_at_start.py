@@ -205,7 +205,10 @@ def test_kill9_between_the_answer_and_the_set_up(d: DaemonProcess, images: Image
             pod_sandbox_id=pod, config=container_config("c", images.busybox, ["true"]), sandbox_config=cfg),
             timeout=10).container_id  # on main: DEADLINE_EXCEEDED here
         cgroup = cgroup_of(d, cid)
-        assert len(snapshot_dirs(d) - before) == 1  # (made while the shim is stopped)
+        deadline = time.monotonic() + 10
+        while not snapshot_dirs(d) - before and time.monotonic() < deadline:
+            time.sleep(0.02)  # its directories are made next to the request the shim holds
+        assert len(snapshot_dirs(d) - before) == 1
         d.kill9()
     d.start()
     st = status(d, cid)

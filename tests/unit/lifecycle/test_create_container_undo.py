@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.errors import FailedPrecondition
+from runtime.errors import AlreadyExists, FailedPrecondition
 from runtime.model.container import ContainerState
 from runtime.model.sandbox import SandboxState
 from tests.support.journal import InjectedFault
@@ -149,3 +149,18 @@ async def test_a_failed_precreate_is_not_fatal(pod: tuple[Rig, str]) -> None:
     assert rig.shims.running[sid].containers == {cid}
     await rig.containers.start(cid)
     assert rig.containers.get(cid).state is ContainerState.RUNNING
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_taken_name_is_refused_at_the_record_and_leaves_nothing(pod: tuple[Rig, str], kind: str) -> None:
+    """A plain container's name is reserved with its record (runtime.container.service): a
+    second one of the same name made its snapshot (and image volumes) first, which go."""
+    rig, sid = pod
+    config, _ = KINDS[kind]
+    cid = await rig.containers.create(sid, config())
+    assert await rig.containers.setups.settle(cid) == ""
+    before = await rig.container_leftovers(sid)
+    with pytest.raises(AlreadyExists, match=f"reserved for container {cid}"):
+        await rig.containers.create(sid, config())
+    assert await rig.container_leftovers(sid) == before
+    assert [r.id for r in rig.containers.list()] == [cid]
