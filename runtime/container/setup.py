@@ -9,11 +9,12 @@ and the cgroup, the snapshot's directories, the process the pod shim forks for i
 rules and exec spec, and the hand-off of the launch spec to the shim (whose own set-up,
 mounts to pivot_root, StartContainer awaits in turn: runtime.shim.procs).
 
-Measured (bench/profile_ops.py, 2 loaded cores): CreateContainer 12-14 ms with all of it
+Measured (bench/profile_ops.py, 2 cores, load ~1): CreateContainer p50 12 ms with all of it
 before the answer, 8-10 ms with the set-up begun during the creation (it then competes with
-the security plan and the record's write for the loop and the cores), 5 ms with all of it
-after the answer; StartContainer, which waits for it, went from 8-13 ms to 20-24 ms
-(containerd's: ~37 ms, its ``runc create`` and ``start``).
+the security plan and the record's write for the loop and the cores), 4-5 ms with all of it
+after the answer; StartContainer, which waits for it, went from 9-11 ms to 17-22 ms. critest
+-benchmark: CreateContainer 4.4 ms (containerd 7.7), StartContainer 22.6 ms (containerd
+44.5: its ``runc create`` and ``start``).
 
 Contracts:
 - :meth:`ContainerSetups.spawn` is called once the record is durable and CREATED. The task
