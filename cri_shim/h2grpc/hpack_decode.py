@@ -75,13 +75,7 @@ class HeaderDecoder:
                 index, pos = _integer(block, pos, 7)
                 field = self._entry(index)
             elif byte & 0x40:  # §6.2.1 literal with incremental indexing
-                index, pos = _integer(block, pos, 6)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
-                field = (name, value)
+                field, pos = self._literal(block, pos, 6)
                 self._add(field)
             elif byte & 0x20:  # §6.3 dynamic table size update: only before the first field
                 if out:
@@ -93,18 +87,23 @@ class HeaderDecoder:
                 self._evict()
                 continue
             else:  # §6.2.2 without indexing (0000), §6.2.3 never indexed (0001)
-                index, pos = _integer(block, pos, 4)
-                if index:
-                    name = self._entry(index)[0]
-                else:
-                    name, pos = self._string(block, pos)
-                value, pos = self._string(block, pos)
-                field = (name, value)
+                field, pos = self._literal(block, pos, 4)
             total += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
             if total > self._max_list:
                 raise OversizedHeaderListError(f"header list over {self._max_list} octets")
             out.append(field)
         return out
+
+    def _literal(self, data: bytes, pos: int, prefix: int) -> tuple[tuple[bytes, bytes], int]:
+        """A literal field (§6.2): its name by index (or a string when the index is 0), then its
+        value."""
+        index, pos = _integer(data, pos, prefix)
+        if index:
+            name = self._entry(index)[0]
+        else:
+            name, pos = self._string(data, pos)
+        value, pos = self._string(data, pos)
+        return (name, value), pos
 
     def _entry(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index <= _STATIC_LEN:
