@@ -107,6 +107,7 @@ class Connection(asyncio.Protocol):
         self._streams: dict[int, _Stream] = {}
         self._last_sid = 0
         self._send_window = f.DEFAULT_WINDOW
+        self._recv_window = _RECEIVE_WINDOW  # what the client may still send (after our update)
         self._peer_initial_window = f.DEFAULT_WINDOW
         self._peer_max_frame = f.DEFAULT_MAX_FRAME
         self._block: bytearray | None = None  # a header block awaiting CONTINUATION
@@ -267,8 +268,13 @@ class Connection(asyncio.Protocol):
             raise f.H2ConnectionError(f.PROTOCOL_ERROR, "DATA on stream 0")
         if sid > self._last_sid:
             raise f.H2ConnectionError(f.PROTOCOL_ERROR, "DATA on an idle stream")
-        if payload:  # the connection window is given back at once; what is held is bounded below
-            self._emit(f.window_update(0, len(payload)))
+        if payload:  # what is held is bounded below, so the window is given back in halves
+            self._recv_window -= len(payload)
+            if self._recv_window < 0:
+                raise f.H2ConnectionError(f.FLOW_CONTROL_ERROR, "DATA beyond the connection window")
+            if self._recv_window <= _RECEIVE_WINDOW // 2:
+                self._emit(f.window_update(0, _RECEIVE_WINDOW - self._recv_window))
+                self._recv_window = _RECEIVE_WINDOW
         st = self._streams.get(sid)
         if st is None:
             return  # a stream we reset or answered (RFC 9113 §5.4.2, §6.1)
