@@ -208,6 +208,9 @@ class DaemonProcess:
                 # stopping the slice stops every unit below it (pod slices, container scopes)
                 subprocess.run(["systemctl", "stop", self.systemd_slice], capture_output=True, timeout=120)
             leakmod.cleanup_host(self.footprint)
+            # the short directory make_daemon made for the socket (unix socket paths are short)
+            if self.socket.parent.name.startswith("cs-") and self.socket.parent.parent == Path("/tmp"):
+                shutil.rmtree(self.socket.parent, ignore_errors=True)
 
     def log(self) -> str:
         try:
