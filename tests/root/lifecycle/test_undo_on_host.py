@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,11 +28,12 @@ from runtime.config import NetworkSettings, PodSettings, RuntimeSettings
 from runtime.container.host import LinuxContainerHost
 from runtime.container.service import ContainerService
 from runtime.engine import all_migrations
+from runtime.errors import FailedPrecondition
 from runtime.events import EventBus
 from runtime.hostinfo import probe_host
 from runtime.image.service import ImageService
 from runtime.linux.proc import alive
-from runtime.model.container import ContainerConfig, ContainerMetadata, ImageSpec
+from runtime.model.container import ContainerConfig, ContainerMetadata, ContainerState, ImageSpec
 from runtime.model.sandbox import SandboxConfig, SandboxMetadata, SandboxState
 from runtime.network.service import NetworkService
 from runtime.sandbox.service import SandboxService
@@ -169,32 +171,73 @@ async def test_run_pod_sandbox_failing_at_its_last_step_leaves_the_host_clean(ri
     assert await rig.pod_leftovers() == []
 
 
-@pytest.mark.parametrize("failed", ["shim.create", "store.write"])
-async def test_create_container_failing_at_its_last_step_leaves_the_host_clean(rig: HostRig, failed: str) -> None:
-    """shim.create: the shim has made the container (rootfs mounted in its mount namespace,
-    process forked into the cgroup) when the call fails; store.write: the CREATED record."""
-    sid = await rig.sandboxes.run(pod_config())
-    sandbox = rig.sandboxes.get(sid)
-    config = ContainerConfig(ContainerMetadata("app"), ImageSpec(IMAGE), command=("sleep", "3600"))
-    if failed == "store.write":
-        rig.journal.fail_next_write_after("shim.create")
-    else:
-        rig.journal.fail_at(failed)
-    with pytest.raises(InjectedFault):
-        await rig.containers.create(sid, config)
-    assert "shim.create" in rig.journal.calls
-
+async def _container_is_gone_from_the_host(rig: HostRig, sid: str, sandbox_cgroup: str) -> None:
+    """Nothing of a container whose creation failed is left: record, snapshot row and
+    directories, cgroup (rmdir: so every process of it), state dir, shim process."""
     assert rig.containers.list() == [] and rig.containers.records.all() == []
     assert await rig.images.snapshots.keys() == {}
-    # its cgroup is gone (rmdir: so is every process of it)
-    assert rig.cgroups().children(sandbox.cgroup_path) == []
+    assert rig.cgroups().children(sandbox_cgroup) == []
     containers_dir = rig.settings.state / "containers"
     assert not containers_dir.is_dir() or list(containers_dir.iterdir()) == []
     cid_dirs = list((rig.settings.root / "images" / "containers").iterdir())
     assert cid_dirs == [], "no upper/work directory left"
-    # the shim holds nothing of it: the pod is as it was
     assert await rig.shim_manager.client(sid).processes(rpc_timeout=10) == ()
     assert rig.sandboxes.get(sid).state is SandboxState.READY
+
+
+async def test_create_container_failing_at_its_record_leaves_the_host_clean(
+    rig: HostRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CREATED record's write is the last step before CreateContainer answers (the host
+    side is made after it, runtime/container/setup.py): when it fails, the snapshot's row is
+    undone and nothing was made on the host yet."""
+    sid = await rig.sandboxes.run(pod_config())
+    sandbox = rig.sandboxes.get(sid)
+    config = ContainerConfig(ContainerMetadata("app"), ImageSpec(IMAGE), command=("sleep", "3600"))
+    snapshots = rig.images.snapshots
+    reserve = snapshots.reserve
+
+    async def journaled_reserve(*args: Any, **kwargs: Any) -> Any:
+        made = await reserve(*args, **kwargs)
+        rig.journal.step("snapshots.reserve")
+        return made
+
+    monkeypatch.setattr(snapshots, "reserve", journaled_reserve)
+    rig.journal.fail_next_write_after("snapshots.reserve")
+    with pytest.raises(InjectedFault):
+        await rig.containers.create(sid, config)
+    assert rig.journal.calls[-2:] == ["snapshots.reserve", "store.write"]
+    await _container_is_gone_from_the_host(rig, sid, sandbox.cgroup_path)
+
+    cid = await rig.containers.create(sid, config)  # the name is free again
+    await rig.containers.remove(cid)
+    await rig.sandboxes.remove(sid)
+    await rig.network.settle()
+    assert await rig.pod_leftovers() == []
+
+
+async def test_a_container_set_up_failing_at_its_last_step_leaves_the_host_clean(rig: HostRig) -> None:
+    """shim.create, the set-up's last step after CreateContainer answered: the shim has made
+    the container (rootfs mounted in its mount namespace, process forked into the cgroup)
+    when it fails. The set-up undoes it all; StartContainer reports it (EXITED 128
+    StartError), and RemoveContainer leaves nothing."""
+    sid = await rig.sandboxes.run(pod_config())
+    sandbox = rig.sandboxes.get(sid)
+    config = ContainerConfig(ContainerMetadata("app"), ImageSpec(IMAGE), command=("sleep", "3600"))
+    rig.journal.fail_at("shim.create")
+    cid = await rig.containers.create(sid, config)
+    with pytest.raises(FailedPrecondition, match="injected failure"):
+        await rig.containers.start(cid)
+    assert "shim.create" in rig.journal.calls
+    rec = rig.containers.get(cid)
+    assert (rec.state, rec.exit_code, rec.reason) == (ContainerState.EXITED, 128, "StartError")
+    # only the record is left until RemoveContainer
+    assert await rig.images.snapshots.keys() == {}
+    assert rig.cgroups().children(sandbox.cgroup_path) == []
+    assert await rig.shim_manager.client(sid).processes(rpc_timeout=10) == ()
+    await rig.containers.remove(cid)
+    await rig.containers.reaper.settle()
+    await _container_is_gone_from_the_host(rig, sid, sandbox.cgroup_path)
 
     cid = await rig.containers.create(sid, config)  # the name is free again
     await rig.containers.remove(cid)
