@@ -198,7 +198,12 @@ class ContainerService:
         # Without an OCI runtime, a checkpoint to restore or CDI devices (hooks, netDevices), the
         # host side is made after the answer (runtime.container.setup), and the name is
         # reserved with the CREATED record, in one durable commit; else first of all.
-        pipelined = not oci_runtime and not is_checkpoint_image(config.image.image) and not cdi_names
+        # Not with a process-bound cgroup driver (systemd): its scope exists only once the
+        # process does, and the launch spec's cgroup.procs files (which exec processes join)
+        # are those of the scope, known only then (the node VM's test_systemd_apparmor caught
+        # exec processes left in the daemon's cgroup).
+        pipelined = (not oci_runtime and not is_checkpoint_image(config.image.image) and not cdi_names
+                     and not self._cgroups().process_bound)
         if not pipelined:
             await self.records.reserve(rec)  # CREATING: a crash from here on is undone by recovery
             undo.push("record", lambda: self.records.delete(cid))

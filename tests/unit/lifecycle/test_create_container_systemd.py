@@ -1,7 +1,9 @@
 """CreateContainer with the systemd cgroup driver (process-bound: a scope needs a process):
 the shim forks the container's process first, the scope is started around its pid, and a
-failure anywhere undoes the scope, the process and everything else (in the set-up after
-CreateContainer's answer: runtime.container.setup; the failure is then StartContainer's)."""
+failure anywhere undoes the scope, the process and everything else. All of it before
+CreateContainer answers: the pipelined create (runtime.container.setup) is not used with a
+process-bound driver, whose scope's cgroup.procs (which exec processes join) exist only once
+the process does."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from runtime.model.container import ContainerState
 from runtime.model.sandbox import SandboxState
 from tests.support.fake_hosts import JournaledSystemdCgroups
 from tests.support.fake_shims import FAKE_PRECREATED_PID
+from tests.support.journal import InjectedFault
 from tests.unit.lifecycle.rig import Rig, lifecycle_rig
 
 pytestmark = pytest.mark.timeout(20)
@@ -39,8 +42,9 @@ async def test_the_scope_is_started_around_the_precreated_process(pod: tuple[Rig
     assert rig.sandboxes.get(sid).cgroup_path == f"/cri_shim.slice/{pod_slice}"
     mark = rig.journal.mark()
     cid = await rig.containers.create(sid, rig.container_config())
-    assert await rig.containers.setups.settle(cid) == ""
     steps = rig.journal.since(mark)
+    assert "shim.create" in steps, "made before the answer (not pipelined) with the systemd driver"
+    assert await rig.containers.setups.settle(cid) == ""
     assert steps.index("shim.precreate") < steps.index("cgroups.create") < steps.index("host.apply_device_rules")
     assert steps.index("cgroups.create") < steps.index("shim.create")  # the spec goes to a process in its scope
     path = rig.containers.get(cid).cgroup_path
@@ -62,28 +66,23 @@ async def test_a_scope_systemd_refuses_undoes_the_creation(pod: tuple[Rig, str])
     rig, sid = pod
     drv = systemd_of(rig)
     drv.systemd.fail_next_scope = FailedPrecondition("systemd: starting the scope: the job ended 'failed'")
-    failed = await rig.containers.create(sid, rig.container_config())
-    assert "ended 'failed'" in await rig.containers.setups.settle(failed)
+    with pytest.raises(FailedPrecondition, match="ended 'failed'"):
+        await rig.containers.create(sid, rig.container_config())
     after = rig.journal.calls[rig.journal.calls.index("cgroups.create", 2):]  # the scope's create on
     assert "shim.delete" in after and "cgroups.remove" in after
-    assert [u for u in drv.systemd.units if u.endswith(".scope")] == []
-    with pytest.raises(FailedPrecondition, match="ended 'failed'"):
-        await rig.containers.start(failed)
-    await rig.containers.remove(failed)
     assert await rig.container_leftovers(sid) == []
+    assert [u for u in drv.systemd.units if u.endswith(".scope")] == []
     assert rig.sandboxes.get(sid).state is SandboxState.READY
-    cid = await rig.containers.create(sid, rig.container_config())
+    cid = await rig.containers.create(sid, rig.container_config())  # the name is free again
     assert rig.containers.get(cid).state is ContainerState.CREATED
-    assert await rig.containers.setups.settle(cid) == ""
 
 
 async def test_a_failure_after_the_scope_stops_it(pod: tuple[Rig, str]) -> None:
     rig, sid = pod
     drv = systemd_of(rig)
     rig.journal.fail_at("host.apply_device_rules")
-    cid = await rig.containers.create(sid, rig.container_config())
-    assert "injected failure" in await rig.containers.setups.settle(cid)
+    with pytest.raises(InjectedFault):
+        await rig.containers.create(sid, rig.container_config())
     assert [u for u in drv.systemd.units if u.endswith(".scope")] == []
     assert [m for m, u, _p in drv.systemd.calls if u.endswith(".scope")] == ["start", "stop", "reset-failed"]
-    await rig.containers.remove(cid)
     assert await rig.container_leftovers(sid) == []
