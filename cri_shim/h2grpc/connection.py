@@ -153,10 +153,16 @@ class Connection(asyncio.Protocol):
         self._server.forget(self)
 
     def pause_writing(self) -> None:
+        # A client that does not read must not make us queue answers without end (a PING or
+        # a SETTINGS flood is answered frame for frame): read no more until it has caught up.
         self._writable.clear()
+        if self._transport is not None and not self._closed:
+            self._transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self._transport is not None and not self._closed and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closed:

@@ -502,3 +502,26 @@ async def test_a_stream_nobody_reads_holds_its_handler(server: Any) -> None:
     one = 5 + len(pb.ContainerEventResponse(container_id="c0:" + "p" * 200_000).SerializeToString())
     assert rest == 3 * one - 65_535
     calls.release.set()
+
+
+async def test_a_client_that_does_not_read_stops_being_read(server: Any) -> None:
+    """50,000 PINGs, no reads: the server answers until its socket buffer is full, then reads
+    no more, so what it holds for the client stays bounded (before: every ACK queued, 850 kB)."""
+    srv, _, sock = server
+
+    def flood() -> Raw:
+        r = Raw(sock)
+        r.hello()
+        r.s.settimeout(3)
+        ping = f.frame(f.PING, 0, 0, b"abcdefgh")
+        try:
+            r.send(ping * 50_000)
+        except (TimeoutError, OSError):
+            pass  # the server stopped reading: our own send blocks
+        return r
+    r = await _in_thread(flood)
+    try:
+        held = max(c._transport.get_write_buffer_size() for c in srv._connections)
+    finally:
+        r.s.close()
+    assert held < 256 * 1024, held
